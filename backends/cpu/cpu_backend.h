@@ -1,0 +1,20 @@
+// The CPU backend: aligned host memory, the reference kernels for every op and
+// oneDNN fast paths for matmul and conv2d. Linking //backends/cpu registers it.
+//
+//   Tensor fast = Matmul(a, b);                  // oneDNN
+//   { cpu::ReferenceModeGuard ref; slow = Matmul(a, b); }   // scalar loops
+#pragma once
+
+namespace quanta::cpu {
+
+// While alive, every CPU op runs its reference kernel (all threads). For tests
+// that hold fast kernels equal to the reference.
+class ReferenceModeGuard {
+ public:
+  ReferenceModeGuard();
+  ~ReferenceModeGuard();
+  ReferenceModeGuard(const ReferenceModeGuard&) = delete;
+  ReferenceModeGuard& operator=(const ReferenceModeGuard&) = delete;
+};
+
+}  // namespace quanta::cpu

@@ -1,0 +1,18 @@
+// oneDNN fast paths for the CPU backend: matmul and conv2d in f32, bf16 and f16.
+// Descriptors are built once per shape and cached (STYLE.md §9); data pointers are
+// bound at execution. A call oneDNN cannot take falls back to the reference kernel.
+#pragma once
+
+#include <cstddef>
+
+#include "core/backend.h"
+
+namespace quanta::cpu {
+
+void OneDnnMatmul(const KernelCall& c);
+void OneDnnConv2d(const KernelCall& c);
+void OneDnnSetNumThreads(int n);
+// Primitives built so far (for tests of the cache).
+size_t OneDnnCachedPrimitives();
+
+}  // namespace quanta::cpu

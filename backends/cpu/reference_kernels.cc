@@ -1,0 +1,398 @@
+// Reference kernels: one template per op family, instantiated over dtypes through
+// VisitDType. Floating sums and dot products accumulate in f64, integer ones in i64.
+#include "backends/cpu/reference_kernels.h"
+
+#include <cmath>
+#include <limits>
+
+#include "backends/cpu/strided.h"
+#include "core/generator.h"
+#include "core/scalar_ops.h"
+
+namespace quanta::cpu {
+namespace {
+
+// Visits plain (non-quantized) dtypes; throws for the rest.
+template <typename F>
+void VisitPlain(const KernelCall& c, DType dtype, F&& f) {
+  QUANTA_CHECK(!IsQuantized(dtype), OpName(c.op), ": no kernel for quantized dtype ", Name(dtype));
+  VisitDType(dtype, [&]<typename T>(TypeTag<T>) {
+    if constexpr (!std::is_same_v<T, QInt4x2>) f(TypeTag<T>{});
+  });
+}
+
+template <typename T>
+using Acc = std::conditional_t<std::is_floating_point_v<Compute<T>>, double, int64_t>;
+
+// ---- elementwise --------------------------------------------------------------
+
+template <typename Fn>
+void UnaryKernel(const KernelCall& c) {
+  const Tensor& x = c.in[0];
+  const Tensor& y = c.out[0];
+  VisitPlain(c, x.dtype(), [&]<typename T>(TypeTag<T>) {
+    const void* xp = StorageBase(x);
+    void* yp = StorageBase(y);
+    ForEachStrided<2>(y.shape(), {&y, &x}, [&](const std::array<int64_t, 2>& o) {
+      auto v = Convert<Compute<T>>(LoadAt<T>(xp, o[1]));
+      StoreAt<T>(yp, o[0], Convert<T>(Fn{}(v)));
+    });
+  });
+}
+
+template <typename Fn>
+void BinaryKernel(const KernelCall& c) {
+  const Tensor& a = c.in[0];
+  const Tensor& b = c.in[1];
+  const Tensor& y = c.out[0];
+  VisitPlain(c, a.dtype(), [&]<typename T>(TypeTag<T>) {
+    const void* ap = StorageBase(a);
+    const void* bp = StorageBase(b);
+    void* yp = StorageBase(y);
+    ForEachStrided<3>(y.shape(), {&y, &a, &b}, [&](const std::array<int64_t, 3>& o) {
+      auto r = Fn{}(Convert<Compute<T>>(LoadAt<T>(ap, o[1])), Convert<Compute<T>>(LoadAt<T>(bp, o[2])));
+      if constexpr (std::is_same_v<decltype(r), bool>) {
+        StoreAt<bool>(yp, o[0], r);
+      } else {
+        StoreAt<T>(yp, o[0], Convert<T>(r));
+      }
+    });
+  });
+}
+
+void WhereKernel(const KernelCall& c) {
+  const Tensor& cond = c.in[0];
+  const Tensor& a = c.in[1];
+  const Tensor& b = c.in[2];
+  const Tensor& y = c.out[0];
+  VisitPlain(c, a.dtype(), [&]<typename T>(TypeTag<T>) {
+    const void *cp = StorageBase(cond), *ap = StorageBase(a), *bp = StorageBase(b);
+    void* yp = StorageBase(y);
+    ForEachStrided<4>(y.shape(), {&y, &cond, &a, &b}, [&](const std::array<int64_t, 4>& o) {
+      StoreAt<T>(yp, o[0], LoadAt<bool>(cp, o[1]) ? LoadAt<T>(ap, o[2]) : LoadAt<T>(bp, o[3]));
+    });
+  });
+}
+
+// Copy with cast. Quantized dtypes copy their integer values (to the same
+// quantized dtype, or to a plain integer dtype for IntRepr).
+void CopyKernel(const KernelCall& c) {
+  const Tensor& x = c.in[0];
+  const Tensor& y = c.out[0];
+  if (x.dtype() == y.dtype() && x.is_contiguous() && y.is_contiguous() &&
+      x.dtype() != DType::kQInt4) {
+    std::memcpy(y.raw_data(), x.raw_data(), StorageBytes(x.dtype(), x.numel()));
+    return;
+  }
+  VisitDType(x.dtype(), [&]<typename S>(TypeTag<S>) {
+    VisitDType(y.dtype(), [&]<typename D>(TypeTag<D>) {
+      const void* xp = StorageBase(x);
+      void* yp = StorageBase(y);
+      ForEachStrided<2>(
+          y.shape(), {&y, &x},
+          [&](const std::array<int64_t, 2>& o) {
+            StoreAt<D>(yp, o[0], Convert<Elem<D>>(LoadAt<S>(xp, o[1])));
+          },
+          32768, /*serial=*/std::is_same_v<D, QInt4x2>);
+    });
+  });
+}
+
+void FillKernel(const KernelCall& c) {
+  const Tensor& y = c.out[0];
+  VisitPlain(c, y.dtype(), [&]<typename T>(TypeTag<T>) {
+    T v = Convert<T>(c.attrs.scalar);
+    void* yp = StorageBase(y);
+    ForEachStrided<1>(y.shape(), {&y}, [&](const std::array<int64_t, 1>& o) { StoreAt<T>(yp, o[0], v); });
+  });
+}
+
+void ArangeKernel(const KernelCall& c) {
+  const Tensor& y = c.out[0];
+  VisitPlain(c, y.dtype(), [&]<typename T>(TypeTag<T>) {
+    void* yp = StorageBase(y);
+    for (int64_t i = 0; i < y.numel(); ++i) {
+      StoreAt<T>(yp, y.offset() + i * y.stride(0), Convert<T>(c.attrs.scalar + c.attrs.scalar2 * static_cast<double>(i)));
+    }
+  });
+}
+
+// Random values: element i of the (contiguous) output uses Philox counter offset+i.
+template <typename Draw>
+void RandomKernel(const KernelCall& c, Draw draw) {
+  const Tensor& y = c.out[0];
+  VisitPlain(c, y.dtype(), [&]<typename T>(TypeTag<T>) {
+    auto* yp = static_cast<T*>(y.raw_data());
+    ParallelFor(0, y.numel(), 16384, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) yp[i] = Convert<T>(draw(c.attrs.offset + i));
+    });
+  });
+}
+void UniformKernel(const KernelCall& c) {
+  const OpAttrs& a = c.attrs;
+  RandomKernel(c, [&](uint64_t n) { return a.scalar + (a.scalar2 - a.scalar) * PhiloxUniform(a.seed, n); });
+}
+void NormalKernel(const KernelCall& c) {
+  const OpAttrs& a = c.attrs;
+  RandomKernel(c, [&](uint64_t n) { return a.scalar + a.scalar2 * PhiloxNormal(a.seed, n); });
+}
+void BernoulliKernel(const KernelCall& c) {
+  const OpAttrs& a = c.attrs;
+  RandomKernel(c, [&](uint64_t n) { return PhiloxUniform(a.seed, n) < a.scalar ? 1.0 : 0.0; });
+}
+
+// ---- reductions ---------------------------------------------------------------
+
+// Splits x into the outer view (reduced dims at size 1, aligned with the
+// keepdim-shaped output) and the inner view over the reduced dims alone.
+struct ReductionViews {
+  Tensor outer, inner;
+};
+ReductionViews SplitForReduction(const Tensor& x, const std::vector<int64_t>& dims) {
+  Shape outer_shape = x.shape(), inner_shape;
+  Strides inner_strides;
+  for (int64_t d : dims) {
+    outer_shape[d] = 1;
+    inner_shape.push_back(x.size(d));
+    inner_strides.push_back(x.stride(d));
+  }
+  return {x.AsStrided(outer_shape, x.strides(), x.offset()),
+          x.AsStrided(inner_shape, inner_strides, 0)};
+}
+
+template <typename Reducer>
+void ReduceKernel(const KernelCall& c) {
+  const Tensor& x = c.in[0];
+  const Tensor& y = c.out[0];
+  ReductionViews v = SplitForReduction(x, c.attrs.dims);
+  VisitPlain(c, x.dtype(), [&]<typename T>(TypeTag<T>) {
+    const void* xp = StorageBase(x);
+    VisitPlain(c, y.dtype(), [&]<typename Out>(TypeTag<Out>) {
+      void* yp = StorageBase(y);
+      ForEachStrided<2>(y.shape(), {&y, &v.outer}, [&](const std::array<int64_t, 2>& o) {
+        Reducer r;
+        r.template Start<T>();
+        int64_t i = 0;
+        // Inner indices are relative to the outer element's storage index.
+        ForEachStrided<1>(v.inner.shape(), {&v.inner}, [&](const std::array<int64_t, 1>& in) {
+          r.Add(Convert<Compute<T>>(LoadAt<T>(xp, o[1] + in[0])), i++);
+        }, 1, /*serial=*/true);
+        StoreAt<Out>(yp, o[0], Convert<Out>(r.template Result<Out>()));
+      }, /*grain=*/64);
+    });
+  });
+}
+
+struct SumReducer {
+  double fsum = 0;
+  int64_t isum = 0;
+  template <typename T> void Start() {}
+  template <typename C> void Add(C v, int64_t) {
+    if constexpr (std::is_floating_point_v<C>) fsum += v; else isum += v;
+  }
+  template <typename Out> auto Result() const {
+    if constexpr (std::is_floating_point_v<Compute<Out>>) return fsum; else return isum;
+  }
+};
+
+template <bool kMax>
+struct ExtremeReducer {
+  double best = 0;
+  bool any = false;
+  template <typename T> void Start() {}
+  template <typename C> void Add(C v, int64_t) {
+    double d = static_cast<double>(v);
+    if (any && std::isnan(best)) return;  // NaN propagates, as torch.max
+    if (!any || std::isnan(d) || (kMax ? d > best : d < best)) best = d;
+    any = true;
+  }
+  template <typename Out> double Result() const { return best; }
+};
+
+struct ArgmaxReducer {
+  double best = 0;
+  int64_t best_index = -1;
+  template <typename T> void Start() {}
+  template <typename C> void Add(C v, int64_t i) {
+    double d = static_cast<double>(v);
+    if (best_index < 0 || (!std::isnan(best) && (std::isnan(d) || d > best))) {
+      best = d;
+      best_index = i;
+    }
+  }
+  template <typename Out> int64_t Result() const { return best_index; }
+};
+
+// ---- matmul and convolution -----------------------------------------------------
+
+// a (..., M, K), b (..., K, N) of one rank; batch dims equal to y's or 1.
+// y (..., M, N) contiguous.
+void MatmulKernel(const KernelCall& c) {
+  const Tensor& a = c.in[0];
+  const Tensor& b = c.in[1];
+  const Tensor& y = c.out[0];
+  int rank = y.dim();
+  int64_t M = y.size(-2), N = y.size(-1), K = a.size(-1);
+  int64_t batch = y.numel() / std::max<int64_t>(M * N, 1);
+  VisitPlain(c, a.dtype(), [&]<typename T>(TypeTag<T>) {
+    const void *ap = StorageBase(a), *bp = StorageBase(b);
+    auto* yp = static_cast<T*>(y.raw_data());
+    ParallelFor(0, batch * M, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t bm = begin; bm < end; ++bm) {
+        int64_t bi = bm / M, m = bm % M;
+        int64_t a_off = a.offset(), b_off = b.offset(), rem = bi;
+        for (int d = rank - 3; d >= 0; --d) {
+          int64_t idx = rem % y.size(d);
+          rem /= y.size(d);
+          if (a.size(d) != 1) a_off += idx * a.stride(d);
+          if (b.size(d) != 1) b_off += idx * b.stride(d);
+        }
+        for (int64_t n = 0; n < N; ++n) {
+          Acc<T> acc = 0;
+          for (int64_t k = 0; k < K; ++k) {
+            acc += static_cast<Acc<T>>(Convert<Compute<T>>(LoadAt<T>(ap, a_off + m * a.stride(-2) + k * a.stride(-1)))) *
+                   static_cast<Acc<T>>(Convert<Compute<T>>(LoadAt<T>(bp, b_off + k * b.stride(-2) + n * b.stride(-1))));
+          }
+          yp[(bi * M + m) * N + n] = Convert<T>(acc);
+        }
+      }
+    });
+  });
+}
+
+// x (N, C, H, W), w (O, C/G, KH, KW), optional bias (O); all contiguous.
+// y (N, O, OH, OW).
+void Conv2dKernel(const KernelCall& c) {
+  const Tensor& x = c.in[0];
+  const Tensor& w = c.in[1];
+  const Tensor* bias = c.in.size() > 2 ? &c.in[2] : nullptr;
+  const Tensor& y = c.out[0];
+  const OpAttrs& at = c.attrs;
+  int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  int64_t O = w.size(0), CG = w.size(1), KH = w.size(2), KW = w.size(3);
+  int64_t OH = y.size(2), OW = y.size(3), G = at.groups, OG = O / G;
+  VisitPlain(c, x.dtype(), [&]<typename T>(TypeTag<T>) {
+    const T* xp = static_cast<const T*>(x.raw_data());
+    const T* wp = static_cast<const T*>(w.raw_data());
+    const T* bp = bias ? static_cast<const T*>(bias->raw_data()) : nullptr;
+    T* yp = static_cast<T*>(y.raw_data());
+    ParallelFor(0, N * O, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t no = begin; no < end; ++no) {
+        int64_t n = no / O, o = no % O, g = o / OG;
+        for (int64_t oh = 0; oh < OH; ++oh) {
+          for (int64_t ow = 0; ow < OW; ++ow) {
+            double acc = bp ? static_cast<double>(Convert<float>(bp[o])) : 0.0;
+            for (int64_t cg = 0; cg < CG; ++cg) {
+              int64_t ch = g * CG + cg;
+              for (int64_t kh = 0; kh < KH; ++kh) {
+                int64_t ih = oh * at.stride[0] - at.padding[0] + kh * at.dilation[0];
+                if (ih < 0 || ih >= H) continue;
+                for (int64_t kw = 0; kw < KW; ++kw) {
+                  int64_t iw = ow * at.stride[1] - at.padding[1] + kw * at.dilation[1];
+                  if (iw < 0 || iw >= W) continue;
+                  acc += static_cast<double>(Convert<Compute<T>>(xp[((n * C + ch) * H + ih) * W + iw])) *
+                         static_cast<double>(Convert<Compute<T>>(wp[((o * CG + cg) * KH + kh) * KW + kw]));
+                }
+              }
+            }
+            yp[((n * O + o) * OH + oh) * OW + ow] = Convert<T>(acc);
+          }
+        }
+      }
+    });
+  });
+}
+
+// ---- indexing -------------------------------------------------------------------
+
+int64_t CheckedIndex(const KernelCall& c, int64_t i, int64_t size) {
+  QUANTA_CHECK(i >= 0 && i < size, OpName(c.op), ": index ", i, " out of range for dim ",
+               c.attrs.dims[0], " of size ", size, " (", c.in[0].Describe(), ")");
+  return i;
+}
+
+// x (..., S, ...), index i64 (L) -> y (..., L, ...) along dim d.
+void IndexSelectKernel(const KernelCall& c) {
+  const Tensor& x = c.in[0];
+  const Tensor& index = c.in[1];
+  const Tensor& y = c.out[0];
+  int64_t d = c.attrs.dims[0];
+  Strides xs = x.strides(), is(y.dim(), 0);
+  xs[d] = 0;
+  is[d] = index.stride(0);
+  Tensor x_base = x.AsStrided(y.shape(), xs, x.offset());
+  Tensor idx = index.AsStrided(y.shape(), is, index.offset());
+  const auto* ip = static_cast<const int64_t*>(StorageBase(index));
+  VisitDType(x.dtype(), [&]<typename T>(TypeTag<T>) {
+    const void* xp = StorageBase(x);
+    void* yp = StorageBase(y);
+    ForEachStrided<3>(y.shape(), {&y, &x_base, &idx}, [&](const std::array<int64_t, 3>& o) {
+      int64_t i = CheckedIndex(c, ip[o[2]], x.size(d));
+      StoreAt<T>(yp, o[0], LoadAt<T>(xp, o[1] + i * x.stride(d)));
+    }, 32768, std::is_same_v<T, QInt4x2>);
+  });
+}
+
+// torch.gather: y[..i..] = x[..index[..i..]..] along dim d; y has index's shape.
+void GatherKernel(const KernelCall& c) {
+  const Tensor& x = c.in[0];
+  const Tensor& index = c.in[1];
+  const Tensor& y = c.out[0];
+  int64_t d = c.attrs.dims[0];
+  Strides xs = x.strides();
+  xs[d] = 0;
+  Tensor x_base = x.AsStrided(y.shape(), xs, x.offset());
+  const auto* ip = static_cast<const int64_t*>(StorageBase(index));
+  VisitDType(x.dtype(), [&]<typename T>(TypeTag<T>) {
+    const void* xp = StorageBase(x);
+    void* yp = StorageBase(y);
+    ForEachStrided<3>(y.shape(), {&y, &x_base, &index}, [&](const std::array<int64_t, 3>& o) {
+      int64_t i = CheckedIndex(c, ip[o[2]], x.size(d));
+      StoreAt<T>(yp, o[0], LoadAt<T>(xp, o[1] + i * x.stride(d)));
+    }, 32768, std::is_same_v<T, QInt4x2>);
+  });
+}
+
+struct Table {
+  std::array<Kernel, kNumOps> kernels{};
+  Table() {
+#define QUANTA_REF_UNARY(Name, str) kernels[static_cast<int>(Op::k##Name)] = &UnaryKernel<Name##Fn>;
+    QUANTA_UNARY_OPS(QUANTA_REF_UNARY)
+#undef QUANTA_REF_UNARY
+#define QUANTA_REF_BINARY(Name, str) kernels[static_cast<int>(Op::k##Name)] = &BinaryKernel<Name##Fn>;
+    QUANTA_BINARY_OPS(QUANTA_REF_BINARY)
+    QUANTA_COMPARE_OPS(QUANTA_REF_BINARY)
+#undef QUANTA_REF_BINARY
+    Set(Op::kSum, &ReduceKernel<SumReducer>);
+    Set(Op::kMax, &ReduceKernel<ExtremeReducer<true>>);
+    Set(Op::kMin, &ReduceKernel<ExtremeReducer<false>>);
+    Set(Op::kArgmax, &ReduceKernel<ArgmaxReducer>);
+    Set(Op::kCopy, &CopyKernel);
+    Set(Op::kFill, &FillKernel);
+    Set(Op::kArange, &ArangeKernel);
+    Set(Op::kWhere, &WhereKernel);
+    Set(Op::kMatmul, &MatmulKernel);
+    Set(Op::kConv2d, &Conv2dKernel);
+    Set(Op::kIndexSelect, &IndexSelectKernel);
+    Set(Op::kGather, &GatherKernel);
+    Set(Op::kUniform, &UniformKernel);
+    Set(Op::kNormal, &NormalKernel);
+    Set(Op::kBernoulli, &BernoulliKernel);
+    for (int i = 0; i < kNumOps; ++i) {
+      QUANTA_CHECK(kernels[i] != nullptr, "reference kernels: op ", OpName(static_cast<Op>(i)),
+                   " has none");
+    }
+  }
+  void Set(Op op, Kernel k) { kernels[static_cast<int>(op)] = k; }
+};
+// Adding an op to core/ops.def: give it a reference kernel above, then bump this.
+static_assert(kNumOps == 38, "a new op needs its reference kernel in this table");
+
+}  // namespace
+
+Kernel ReferenceKernel(Op op) {
+  static const Table* table = new Table();
+  return table->kernels[static_cast<int>(op)];
+}
+
+}  // namespace quanta::cpu

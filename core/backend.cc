@@ -1,0 +1,62 @@
+// The backend registry and the thread-count setting shared by all backends.
+#include "core/backend.h"
+
+#include <mutex>
+
+#include "core/error.h"
+#include "core/parallel.h"
+
+namespace quanta {
+namespace {
+
+std::array<std::unique_ptr<Backend>, kNumDeviceTypes>& Registry() {
+  static auto* registry = new std::array<std::unique_ptr<Backend>, kNumDeviceTypes>();
+  return *registry;
+}
+
+constexpr const char* kOpNames[] = {
+#define QUANTA_OP_NAME(name, str) str,
+    QUANTA_OPS(QUANTA_OP_NAME)
+#undef QUANTA_OP_NAME
+};
+static_assert(std::size(kOpNames) == kNumOps);
+
+}  // namespace
+
+const char* OpName(Op op) { return kOpNames[static_cast<int>(op)]; }
+
+void RegisterBackend(std::unique_ptr<Backend> backend) {
+  Registry()[static_cast<int>(backend->type())] = std::move(backend);
+}
+
+Backend* FindBackend(DeviceType type) { return Registry()[static_cast<int>(type)].get(); }
+
+Backend& GetBackend(const Device& device) {
+  Backend* backend = FindBackend(device.type);
+  QUANTA_CHECK(backend != nullptr, "device ", device.ToString(),
+               ": no backend linked in (CUDA needs --config=cuda and //backends/cuda)");
+  std::string why = backend->Unavailable();
+  QUANTA_CHECK(why.empty(), "device ", device.ToString(), ": ", why);
+  QUANTA_CHECK(device.index >= 0 && device.index < backend->DeviceCount(), "device ",
+               device.ToString(), ": index out of range (", backend->DeviceCount(),
+               " present)");
+  return *backend;
+}
+
+bool IsAvailable(const Device& device) {
+  Backend* backend = FindBackend(device.type);
+  return backend != nullptr && backend->Unavailable().empty() && device.index >= 0 &&
+         device.index < backend->DeviceCount();
+}
+
+void SetNumThreads(int n) {
+  QUANTA_CHECK(n >= 1, "SetNumThreads: need at least one thread, got ", n);
+  internal::SetPoolThreads(n);
+  for (auto& backend : Registry()) {
+    if (backend) backend->SetNumThreads(n);
+  }
+}
+
+int GetNumThreads() { return internal::PoolThreads(); }
+
+}  // namespace quanta

@@ -1,0 +1,505 @@
+// Op frontends: checks, output shape and dtype, dispatch. Composite ops (softmax,
+// var, clamp, concat, eye, ...) are written here from the primitives of ops.def.
+#include "core/ops.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_join.h"
+#include "core/backend.h"
+
+namespace quanta {
+namespace {
+
+std::string DescribeAll(std::span<const Tensor> tensors) {
+  std::vector<std::string> parts;
+  for (const Tensor& t : tensors) parts.push_back(t.Describe());
+  return absl::StrJoin(parts, ", ");
+}
+
+void CheckDefined(const char* op, std::initializer_list<const Tensor*> tensors) {
+  for (const Tensor* t : tensors) QUANTA_CHECK(t->defined(), op, ": undefined tensor argument");
+}
+
+void CheckNotQuantized(const char* op, const Tensor& t) {
+  QUANTA_CHECK(!t.is_quantized(), op, ": ", t.Describe(),
+               " is quantized; dequantize it first (float ops do not take quantized input)");
+}
+
+// Floating-point math on integers promotes to f32, as in PyTorch.
+bool NeedsFloat(Op op) {
+  switch (op) {
+    case Op::kExp: case Op::kLog: case Op::kSqrt: case Op::kRsqrt:
+    case Op::kSigmoid: case Op::kTanh: case Op::kGelu: case Op::kDiv:
+      return true;
+    default:
+      return false;
+  }
+}
+
+Tensor ScalarLike(const Tensor& like, double value) {
+  bool integral_value = value == std::floor(value) && std::abs(value) < 9.0e15;
+  DType dtype = IsFloating(like.dtype()) || (integral_value && like.dtype() != DType::kBool)
+                    ? like.dtype()
+                    : DType::kF32;
+  return Scalar(value, dtype, like.device());
+}
+
+Tensor UnaryOp(Op op, const Tensor& x) {
+  CheckDefined(OpName(op), {&x});
+  CheckNotQuantized(OpName(op), x);
+  DType dtype = NeedsFloat(op) && !IsFloating(x.dtype()) ? DType::kF32 : x.dtype();
+  Tensor in = x.To(dtype);
+  Tensor out = Tensor::Empty(x.shape(), dtype, x.device());
+  Dispatch(op, {&in, 1}, {&out, 1});
+  return out;
+}
+
+Tensor& UnaryInplace(Op op, Tensor& x) {
+  CheckDefined(OpName(op), {&x});
+  CheckNotQuantized(OpName(op), x);
+  QUANTA_CHECK(!NeedsFloat(op) || IsFloating(x.dtype()), OpName(op), "_: result is floating but ",
+               x.Describe(), " is not; use the out-of-place form");
+  Dispatch(op, {&x, 1}, {&x, 1});
+  return x;
+}
+
+// Broadcasts and promotes a and b; returns the common shape and dtype.
+std::pair<Shape, DType> BinaryGeometry(Op op, const Tensor& a, const Tensor& b) {
+  CheckDefined(OpName(op), {&a, &b});
+  CheckNotQuantized(OpName(op), a);
+  CheckNotQuantized(OpName(op), b);
+  Shape shape;
+  QUANTA_CHECK(TryBroadcastShapes(a.shape(), b.shape(), &shape), OpName(op), ": shapes ",
+               ShapeToString(a.shape()), " and ", ShapeToString(b.shape()),
+               " do not broadcast (", a.Describe(), ", ", b.Describe(), ")");
+  DType dtype = PromoteTypes(a.dtype(), b.dtype());
+  if (NeedsFloat(op) && !IsFloating(dtype)) dtype = DType::kF32;
+  return {shape, dtype};
+}
+
+Tensor BinaryOp(Op op, const Tensor& a, const Tensor& b, bool compare) {
+  auto [shape, dtype] = BinaryGeometry(op, a, b);
+  Tensor in[2] = {a.To(dtype).Expand(shape), b.To(dtype).Expand(shape)};
+  Tensor out = Tensor::Empty(shape, compare ? DType::kBool : dtype, a.device());
+  Dispatch(op, in, {&out, 1});
+  return out;
+}
+
+Tensor& BinaryInplace(Op op, Tensor& a, const Tensor& b) {
+  auto [shape, dtype] = BinaryGeometry(op, a, b);
+  QUANTA_CHECK(shape == a.shape(), OpName(op), "_: result shape ", ShapeToString(shape),
+               " differs from the in-place operand ", a.Describe());
+  QUANTA_CHECK(!IsFloating(dtype) || IsFloating(a.dtype()), OpName(op), "_: result dtype ",
+               Name(dtype), " cannot be stored in ", a.Describe());
+  Tensor in[2] = {a, b.To(a.dtype()).Expand(shape)};
+  Dispatch(op, in, {&a, 1});
+  return a;
+}
+
+// Wraps, sorts and dedups reduction dims; empty means all.
+std::vector<int64_t> ReductionDims(const char* op, const Tensor& x, const std::vector<int64_t>& dims) {
+  std::vector<int64_t> out;
+  if (dims.empty()) {
+    for (int d = 0; d < x.dim(); ++d) out.push_back(d);
+    return out;
+  }
+  for (int64_t d : dims) {
+    int w = WrapDimOrNeg(d, std::max(x.dim(), 1));
+    QUANTA_CHECK(w >= 0, op, ": dim ", d, " out of range for ", x.Describe());
+    if (x.dim() > 0) out.push_back(w);
+  }
+  std::sort(out.begin(), out.end());
+  QUANTA_CHECK(std::adjacent_find(out.begin(), out.end()) == out.end(), op, ": dim repeated in [",
+               absl::StrJoin(dims, ", "), "] for ", x.Describe());
+  return out;
+}
+
+Tensor Reduce(Op op, const Tensor& x, const std::vector<int64_t>& dims, bool keepdim, DType dtype) {
+  CheckDefined(OpName(op), {&x});
+  CheckNotQuantized(OpName(op), x);
+  OpAttrs attrs;
+  attrs.dims = ReductionDims(OpName(op), x, dims);
+  Shape kept = x.shape();
+  for (int64_t d : attrs.dims) {
+    QUANTA_CHECK(op == Op::kSum || x.size(d) > 0, OpName(op), ": cannot reduce the empty dim ", d,
+                 " of ", x.Describe());
+    kept[d] = 1;
+  }
+  Tensor out = Tensor::Empty(kept, dtype, x.device());
+  Dispatch(op, {&x, 1}, {&out, 1}, attrs);
+  if (keepdim) return out;
+  Shape squeezed;
+  for (int d = 0; d < x.dim(); ++d) {
+    if (!std::binary_search(attrs.dims.begin(), attrs.dims.end(), d)) squeezed.push_back(x.size(d));
+  }
+  return out.View(squeezed);
+}
+
+int64_t CountReduced(const Tensor& x, const std::vector<int64_t>& dims) {
+  int64_t n = 1;
+  for (int64_t d : ReductionDims("mean", x, dims)) n *= x.size(d);
+  return n;
+}
+
+Tensor RandomOp(Op op, const Shape& shape, double a, double b, Generator* gen, DType dtype,
+                const Device& device) {
+  QUANTA_CHECK(op == Op::kBernoulli || IsFloating(dtype), OpName(op), ": dtype ", Name(dtype),
+               " is not floating");
+  QUANTA_CHECK(!IsQuantized(dtype), OpName(op), ": dtype ", Name(dtype), " is quantized");
+  Tensor out = Tensor::Empty(shape, dtype, device);
+  Generator& g = gen ? *gen : DefaultGenerator();
+  OpAttrs attrs;
+  attrs.scalar = a;
+  attrs.scalar2 = b;
+  attrs.seed = g.seed();
+  attrs.offset = g.Advance(static_cast<uint64_t>(out.numel()));
+  Dispatch(op, {}, {&out, 1}, attrs);
+  return out;
+}
+
+}  // namespace
+
+void Dispatch(Op op, std::span<const Tensor> inputs, std::span<Tensor> outputs,
+              const OpAttrs& attrs) {
+  Device device = inputs.empty() ? outputs[0].device() : inputs[0].device();
+  for (const Tensor& t : inputs) {
+    QUANTA_CHECK(t.device() == device, OpName(op), ": inputs on different devices (",
+                 DescribeAll(inputs), ")");
+  }
+  for (const Tensor& t : outputs) {
+    QUANTA_CHECK(t.device() == device, OpName(op), ": output ", t.Describe(),
+                 " is not on the inputs' device ", device.ToString());
+  }
+  Kernel kernel = GetBackend(device).Find(op);
+  QUANTA_CHECK(kernel != nullptr, OpName(op), ": not supported on ", device.ToString(), " (",
+               DescribeAll(inputs), ")");
+  kernel(KernelCall{op, inputs, outputs, attrs});
+}
+
+// ---- elementwise ------------------------------------------------------------------
+
+#define QUANTA_DEFINE_UNARY(Name, str)                              \
+  Tensor Name(const Tensor& x) { return UnaryOp(Op::k##Name, x); }  \
+  Tensor& Name##Inplace(Tensor& x) { return UnaryInplace(Op::k##Name, x); }
+QUANTA_UNARY_OPS(QUANTA_DEFINE_UNARY)
+#undef QUANTA_DEFINE_UNARY
+
+#define QUANTA_DEFINE_BINARY(Name, str)                                                         \
+  Tensor Name(const Tensor& a, const Tensor& b) { return BinaryOp(Op::k##Name, a, b, false); }  \
+  Tensor Name(const Tensor& a, double b) { return Name(a, ScalarLike(a, b)); }                  \
+  Tensor& Name##Inplace(Tensor& a, const Tensor& b) { return BinaryInplace(Op::k##Name, a, b); }
+QUANTA_BINARY_OPS(QUANTA_DEFINE_BINARY)
+#undef QUANTA_DEFINE_BINARY
+
+#define QUANTA_DEFINE_COMPARE(Name, str)                                                       \
+  Tensor Name(const Tensor& a, const Tensor& b) { return BinaryOp(Op::k##Name, a, b, true); }  \
+  Tensor Name(const Tensor& a, double b) { return Name(a, ScalarLike(a, b)); }
+QUANTA_COMPARE_OPS(QUANTA_DEFINE_COMPARE)
+#undef QUANTA_DEFINE_COMPARE
+
+Tensor Clamp(const Tensor& x, std::optional<double> lo, std::optional<double> hi) {
+  QUANTA_CHECK(!lo || !hi || *lo <= *hi, "clamp: min ", *lo, " > max ", *hi, " for ", x.Describe());
+  Tensor y = lo ? Maximum(x, *lo) : x.Clone();
+  return hi ? MinimumInplace(y, ScalarLike(y, *hi)) : y;
+}
+
+Tensor& ClampInplace(Tensor& x, std::optional<double> lo, std::optional<double> hi) {
+  QUANTA_CHECK(!lo || !hi || *lo <= *hi, "clamp_: min ", *lo, " > max ", *hi, " for ", x.Describe());
+  if (lo) MaximumInplace(x, ScalarLike(x, *lo));
+  if (hi) MinimumInplace(x, ScalarLike(x, *hi));
+  return x;
+}
+
+Tensor Where(const Tensor& cond, const Tensor& a, const Tensor& b) {
+  CheckDefined("where", {&cond, &a, &b});
+  auto [ab_shape, dtype] = BinaryGeometry(Op::kWhere, a, b);
+  Shape shape;
+  QUANTA_CHECK(TryBroadcastShapes(cond.shape(), ab_shape, &shape), "where: condition ",
+               cond.Describe(), " does not broadcast with ", a.Describe(), ", ", b.Describe());
+  Tensor in[3] = {cond.To(DType::kBool).Expand(shape), a.To(dtype).Expand(shape),
+                  b.To(dtype).Expand(shape)};
+  Tensor out = Tensor::Empty(shape, dtype, a.device());
+  Dispatch(Op::kWhere, in, {&out, 1});
+  return out;
+}
+
+Tensor Square(const Tensor& x) { return Mul(x, x); }
+
+Tensor operator+(const Tensor& a, const Tensor& b) { return Add(a, b); }
+Tensor operator-(const Tensor& a, const Tensor& b) { return Sub(a, b); }
+Tensor operator*(const Tensor& a, const Tensor& b) { return Mul(a, b); }
+Tensor operator/(const Tensor& a, const Tensor& b) { return Div(a, b); }
+Tensor operator-(const Tensor& x) { return Neg(x); }
+Tensor& operator+=(Tensor& a, const Tensor& b) { return AddInplace(a, b); }
+Tensor& operator-=(Tensor& a, const Tensor& b) { return SubInplace(a, b); }
+Tensor& operator*=(Tensor& a, const Tensor& b) { return MulInplace(a, b); }
+Tensor& operator/=(Tensor& a, const Tensor& b) { return DivInplace(a, b); }
+
+Tensor Cast(const Tensor& x, DType dtype) { return x.To(dtype); }
+
+// ---- reductions ---------------------------------------------------------------------
+
+Tensor Sum(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
+  DType dtype = IsFloating(x.dtype()) ? x.dtype() : DType::kI64;
+  return Reduce(Op::kSum, x, dims, keepdim, dtype);
+}
+
+Tensor Mean(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
+  QUANTA_CHECK(IsFloating(x.dtype()), "mean: ", x.Describe(), " is not floating (cast it first)");
+  int64_t n = CountReduced(x, dims);
+  Tensor s = Sum(x, dims, keepdim);
+  return MulInplace(s, Scalar(1.0 / static_cast<double>(n), s.dtype(), s.device()));
+}
+
+Tensor Max(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
+  return Reduce(Op::kMax, x, dims, keepdim, x.dtype());
+}
+
+Tensor Min(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
+  return Reduce(Op::kMin, x, dims, keepdim, x.dtype());
+}
+
+Tensor Argmax(const Tensor& x, int64_t dim, bool keepdim) {
+  return Reduce(Op::kArgmax, x, {dim}, keepdim, DType::kI64);
+}
+
+Tensor Var(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim, int64_t correction) {
+  QUANTA_CHECK(IsFloating(x.dtype()), "var: ", x.Describe(), " is not floating (cast it first)");
+  int64_t n = CountReduced(x, dims);
+  Tensor diff = Sub(x, Mean(x, dims, /*keepdim=*/true));
+  Tensor ss = Sum(MulInplace(diff, diff), dims, keepdim);
+  double denom = static_cast<double>(n - correction);
+  return MulInplace(ss, Scalar(denom > 0 ? 1.0 / denom : NAN, ss.dtype(), ss.device()));
+}
+
+Tensor Softmax(const Tensor& x, int64_t dim) {
+  QUANTA_CHECK(IsFloating(x.dtype()), "softmax: ", x.Describe(), " is not floating");
+  Tensor e = Sub(x, Max(x, {dim}, /*keepdim=*/true));  // stable: the max entry becomes exp(0)
+  ExpInplace(e);
+  return DivInplace(e, Sum(e, {dim}, /*keepdim=*/true));
+}
+
+Tensor LogSoftmax(const Tensor& x, int64_t dim) {
+  QUANTA_CHECK(IsFloating(x.dtype()), "log_softmax: ", x.Describe(), " is not floating");
+  Tensor shifted = Sub(x, Max(x, {dim}, /*keepdim=*/true));
+  Tensor lse = Log(Sum(Exp(shifted), {dim}, /*keepdim=*/true));
+  return SubInplace(shifted, lse);
+}
+
+// ---- linear algebra and convolution ------------------------------------------------
+
+Tensor Matmul(const Tensor& a, const Tensor& b) {
+  CheckDefined("matmul", {&a, &b});
+  CheckNotQuantized("matmul", a);
+  CheckNotQuantized("matmul", b);
+  QUANTA_CHECK(a.dim() >= 1 && b.dim() >= 1, "matmul: operands need at least one dim (",
+               a.Describe(), ", ", b.Describe(), ")");
+  QUANTA_CHECK(a.dtype() == b.dtype(), "matmul: dtypes differ (", a.Describe(), ", ",
+               b.Describe(), ")");
+  QUANTA_CHECK(a.dtype() != DType::kBool, "matmul: bool operands (", a.Describe(), ")");
+  Tensor a2 = a.dim() == 1 ? a.Unsqueeze(0) : a;
+  Tensor b2 = b.dim() == 1 ? b.Unsqueeze(1) : b;
+  int64_t m = a2.size(-2), k = a2.size(-1), n = b2.size(-1);
+  QUANTA_CHECK(k == b2.size(-2), "matmul: inner dims differ (", a.Describe(), " @ ",
+               b.Describe(), ")");
+  Shape a_batch(a2.shape().begin(), a2.shape().end() - 2);
+  Shape b_batch(b2.shape().begin(), b2.shape().end() - 2);
+  Shape batch;
+  QUANTA_CHECK(TryBroadcastShapes(a_batch, b_batch, &batch), "matmul: batch dims do not broadcast (",
+               a.Describe(), " @ ", b.Describe(), ")");
+  while (a2.dim() < static_cast<int>(batch.size()) + 2) a2 = a2.Unsqueeze(0);
+  while (b2.dim() < static_cast<int>(batch.size()) + 2) b2 = b2.Unsqueeze(0);
+  Shape out_shape = batch;
+  out_shape.push_back(m);
+  out_shape.push_back(n);
+  Tensor in[2] = {a2, b2};
+  Tensor out = Tensor::Empty(out_shape, a.dtype(), a.device());
+  Dispatch(Op::kMatmul, in, {&out, 1});
+  if (a.dim() == 1) out = out.Squeeze(-2);
+  if (b.dim() == 1) out = out.Squeeze(-1);
+  return out;
+}
+
+Tensor Conv2d(const Tensor& input, const Tensor& weight, const Tensor& bias,
+              const Conv2dOptions& o) {
+  CheckDefined("conv2d", {&input, &weight});
+  std::string args = input.Describe() + ", " + weight.Describe() +
+                     (bias.defined() ? ", " + bias.Describe() : "");
+  QUANTA_CHECK(input.dim() == 4 && weight.dim() == 4, "conv2d: input (N, C, H, W) and weight (O, C/groups, KH, KW) must be 4-D (", args, ")");
+  QUANTA_CHECK(IsFloating(input.dtype()) && input.dtype() == weight.dtype() &&
+                   (!bias.defined() || bias.dtype() == input.dtype()),
+               "conv2d: needs one floating dtype for all operands (", args, ")");
+  QUANTA_CHECK(o.groups >= 1 && input.size(1) % o.groups == 0 && weight.size(0) % o.groups == 0 &&
+                   weight.size(1) * o.groups == input.size(1),
+               "conv2d: channels do not match groups=", o.groups, " (", args, ")");
+  QUANTA_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0)),
+               "conv2d: bias must have one value per output channel (", args, ")");
+  int64_t out_hw[2];
+  for (int i = 0; i < 2; ++i) {
+    QUANTA_CHECK(o.stride[i] >= 1 && o.dilation[i] >= 1 && o.padding[i] >= 0,
+                 "conv2d: stride and dilation must be >= 1 and padding >= 0 (", args, ")");
+    int64_t span = o.dilation[i] * (weight.size(2 + i) - 1) + 1;
+    out_hw[i] = (input.size(2 + i) + 2 * o.padding[i] - span) / o.stride[i] + 1;
+    QUANTA_CHECK(input.size(2 + i) + 2 * o.padding[i] >= span, "conv2d: kernel larger than the padded input (", args, ")");
+  }
+  OpAttrs attrs;
+  for (int i = 0; i < 2; ++i) {
+    attrs.stride[i] = o.stride[i];
+    attrs.padding[i] = o.padding[i];
+    attrs.dilation[i] = o.dilation[i];
+  }
+  attrs.groups = o.groups;
+  std::vector<Tensor> in = {input.Contiguous(), weight.Contiguous()};
+  if (bias.defined()) in.push_back(bias.Contiguous());
+  Tensor out = Tensor::Empty({input.size(0), weight.size(0), out_hw[0], out_hw[1]}, input.dtype(),
+                             input.device());
+  Dispatch(Op::kConv2d, in, {&out, 1}, attrs);
+  return out;
+}
+
+// ---- joining and indexing ---------------------------------------------------------
+
+Tensor Concat(const std::vector<Tensor>& tensors, int64_t dim) {
+  QUANTA_CHECK(!tensors.empty(), "concat: no tensors");
+  const Tensor& first = tensors[0];
+  int d = WrapDimOrNeg(dim, first.dim());
+  QUANTA_CHECK(d >= 0, "concat: dim ", dim, " out of range for ", first.Describe());
+  DType dtype = first.dtype();
+  int64_t total = 0;
+  for (const Tensor& t : tensors) {
+    CheckNotQuantized("concat", t);
+    bool same = t.dim() == first.dim();
+    for (int i = 0; same && i < t.dim(); ++i) same = i == d || t.size(i) == first.size(i);
+    QUANTA_CHECK(same, "concat: shapes differ outside dim ", d, " (", DescribeAll(tensors), ")");
+    dtype = PromoteTypes(dtype, t.dtype());
+    total += t.size(d);
+  }
+  Shape shape = first.shape();
+  shape[d] = total;
+  Tensor out = Tensor::Empty(shape, dtype, first.device());
+  int64_t offset = 0;
+  for (const Tensor& t : tensors) {
+    out.Narrow(d, offset, t.size(d)).CopyFrom(t);
+    offset += t.size(d);
+  }
+  return out;
+}
+
+Tensor Stack(const std::vector<Tensor>& tensors, int64_t dim) {
+  QUANTA_CHECK(!tensors.empty(), "stack: no tensors");
+  int d = WrapDimOrNeg(dim, tensors[0].dim() + 1);
+  QUANTA_CHECK(d >= 0, "stack: dim ", dim, " out of range for ", tensors[0].Describe());
+  std::vector<Tensor> expanded;
+  for (const Tensor& t : tensors) {
+    QUANTA_CHECK(t.shape() == tensors[0].shape(), "stack: shapes differ (", DescribeAll(tensors), ")");
+    expanded.push_back(t.Unsqueeze(d));
+  }
+  return Concat(expanded, d);
+}
+
+Tensor IndexSelect(const Tensor& x, int64_t dim, const Tensor& index) {
+  CheckDefined("index_select", {&x, &index});
+  int d = WrapDimOrNeg(dim, x.dim());
+  QUANTA_CHECK(d >= 0, "index_select: dim ", dim, " out of range for ", x.Describe());
+  QUANTA_CHECK(index.dim() == 1 && IsIntegral(index.dtype()),
+               "index_select: index must be a 1-D integer tensor, got ", index.Describe());
+  Shape shape = x.shape();
+  shape[d] = index.numel();
+  OpAttrs attrs;
+  attrs.dims = {d};
+  Tensor in[2] = {x, index.To(DType::kI64)};
+  Tensor out = Tensor::Empty(shape, x.dtype(), x.device());
+  Dispatch(Op::kIndexSelect, in, {&out, 1}, attrs);
+  return out;
+}
+
+Tensor Gather(const Tensor& x, int64_t dim, const Tensor& index) {
+  CheckDefined("gather", {&x, &index});
+  int d = WrapDimOrNeg(dim, x.dim());
+  QUANTA_CHECK(d >= 0, "gather: dim ", dim, " out of range for ", x.Describe());
+  QUANTA_CHECK(IsIntegral(index.dtype()) && index.dim() == x.dim(),
+               "gather: index must be an integer tensor of the same rank (", x.Describe(), ", ",
+               index.Describe(), ")");
+  for (int i = 0; i < x.dim(); ++i) {
+    QUANTA_CHECK(i == d || index.size(i) <= x.size(i), "gather: index ", index.Describe(),
+                 " larger than ", x.Describe(), " in dim ", i);
+  }
+  OpAttrs attrs;
+  attrs.dims = {d};
+  Tensor in[2] = {x, index.To(DType::kI64)};
+  Tensor out = Tensor::Empty(index.shape(), x.dtype(), x.device());
+  Dispatch(Op::kGather, in, {&out, 1}, attrs);
+  return out;
+}
+
+// ---- creation ---------------------------------------------------------------------
+
+void FillInplace(Tensor& x, double value) {
+  CheckDefined("fill", {&x});
+  CheckNotQuantized("fill", x);
+  OpAttrs attrs;
+  attrs.scalar = value;
+  Dispatch(Op::kFill, {}, {&x, 1}, attrs);
+}
+
+Tensor Full(const Shape& shape, double value, DType dtype, const Device& device) {
+  Tensor t = Tensor::Empty(shape, dtype, device);
+  FillInplace(t, value);
+  return t;
+}
+Tensor Zeros(const Shape& shape, DType dtype, const Device& device) { return Full(shape, 0, dtype, device); }
+Tensor Ones(const Shape& shape, DType dtype, const Device& device) { return Full(shape, 1, dtype, device); }
+Tensor ZerosLike(const Tensor& x) { return Zeros(x.shape(), x.dtype(), x.device()); }
+Tensor OnesLike(const Tensor& x) { return Ones(x.shape(), x.dtype(), x.device()); }
+Tensor Scalar(double value, DType dtype, const Device& device) { return Full({}, value, dtype, device); }
+
+Tensor Arange(double start, double end, double step, DType dtype, const Device& device) {
+  QUANTA_CHECK(step != 0 && std::isfinite(start) && std::isfinite(end) && std::isfinite(step),
+               "arange: bad range start=", start, " end=", end, " step=", step);
+  QUANTA_CHECK((end - start) / step >= 0, "arange: step ", step, " moves away from end (start=",
+               start, ", end=", end, ")");
+  auto n = static_cast<int64_t>(std::ceil((end - start) / step));
+  Tensor out = Tensor::Empty({n}, dtype, device);
+  OpAttrs attrs;
+  attrs.scalar = start;
+  attrs.scalar2 = step;
+  Dispatch(Op::kArange, {}, {&out, 1}, attrs);
+  return out;
+}
+
+Tensor Eye(int64_t n, DType dtype, const Device& device) {
+  QUANTA_CHECK(n >= 0, "eye: negative size ", n);
+  Tensor out = Zeros({n, n}, dtype, device);
+  Tensor diagonal = out.AsStrided({n}, {n + 1}, 0);
+  FillInplace(diagonal, 1);
+  return out;
+}
+
+// ---- random -----------------------------------------------------------------------
+
+Tensor Uniform(const Shape& shape, double low, double high, Generator* gen, DType dtype,
+               const Device& device) {
+  QUANTA_CHECK(low <= high, "uniform: low ", low, " > high ", high);
+  return RandomOp(Op::kUniform, shape, low, high, gen, dtype, device);
+}
+
+Tensor Normal(const Shape& shape, double mean, double std, Generator* gen, DType dtype,
+              const Device& device) {
+  QUANTA_CHECK(std >= 0, "normal: negative std ", std);
+  return RandomOp(Op::kNormal, shape, mean, std, gen, dtype, device);
+}
+
+Tensor Bernoulli(const Shape& shape, double p, Generator* gen, DType dtype, const Device& device) {
+  QUANTA_CHECK(p >= 0 && p <= 1, "bernoulli: probability ", p, " outside [0, 1]");
+  return RandomOp(Op::kBernoulli, shape, p, 0, gen, dtype, device);
+}
+
+Generator& DefaultGenerator() {
+  static Generator* gen = new Generator(0);
+  return *gen;
+}
+
+void ManualSeed(uint64_t seed) { DefaultGenerator().ManualSeed(seed); }
+
+}  // namespace quanta

@@ -1,0 +1,132 @@
+// The op frontends: each checks its inputs (throwing quanta::Error that names the
+// op, shapes and dtypes), works out the output shape and dtype, and dispatches to
+// the tensor's backend. Composite ops are written here from the primitives in
+// core/ops.def. No kernels here: those live in backends/.
+//
+//   Tensor y = Add(x, Tensor::Scalar(1.0f));   // NumPy broadcasting
+//   Tensor p = Softmax(Matmul(q, k.Transpose(-2, -1)), -1);
+//   Tensor s = Sum(x, {0, 2}, /*keepdim=*/true);
+//   Tensor c = Conv2d(x, w, b, {.stride = {2, 2}, .padding = {1, 1}});
+//   AddInplace(acc, y);   // acc += y
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "core/backend.h"
+#include "core/generator.h"
+#include "core/tensor.h"
+
+namespace quanta {
+
+// ---- elementwise ------------------------------------------------------------
+// Unary ops compute in the input's floating dtype (integers promote to f32 for
+// exp/log/sqrt/rsqrt/sigmoid/tanh/gelu, as in PyTorch); gelu is the erf form.
+#define QUANTA_DECLARE_UNARY(Name, str) \
+  Tensor Name(const Tensor& x);         \
+  Tensor& Name##Inplace(Tensor& x);
+QUANTA_UNARY_OPS(QUANTA_DECLARE_UNARY)
+#undef QUANTA_DECLARE_UNARY
+
+// Binary ops broadcast and promote (PromoteTypes); div of integers gives f32.
+#define QUANTA_DECLARE_BINARY(Name, str)          \
+  Tensor Name(const Tensor& a, const Tensor& b);   \
+  Tensor Name(const Tensor& a, double b);          \
+  Tensor& Name##Inplace(Tensor& a, const Tensor& b);
+QUANTA_BINARY_OPS(QUANTA_DECLARE_BINARY)
+#undef QUANTA_DECLARE_BINARY
+
+// Comparisons broadcast and give bool.
+#define QUANTA_DECLARE_COMPARE(Name, str)       \
+  Tensor Name(const Tensor& a, const Tensor& b); \
+  Tensor Name(const Tensor& a, double b);
+QUANTA_COMPARE_OPS(QUANTA_DECLARE_COMPARE)
+#undef QUANTA_DECLARE_COMPARE
+
+Tensor Clamp(const Tensor& x, std::optional<double> lo, std::optional<double> hi);
+Tensor& ClampInplace(Tensor& x, std::optional<double> lo, std::optional<double> hi);
+Tensor Where(const Tensor& cond, const Tensor& a, const Tensor& b);
+Tensor Square(const Tensor& x);
+
+Tensor operator+(const Tensor& a, const Tensor& b);
+Tensor operator-(const Tensor& a, const Tensor& b);
+Tensor operator*(const Tensor& a, const Tensor& b);
+Tensor operator/(const Tensor& a, const Tensor& b);
+Tensor operator-(const Tensor& x);
+Tensor& operator+=(Tensor& a, const Tensor& b);
+Tensor& operator-=(Tensor& a, const Tensor& b);
+Tensor& operator*=(Tensor& a, const Tensor& b);
+Tensor& operator/=(Tensor& a, const Tensor& b);
+
+// ---- casts ---------------------------------------------------------------------
+Tensor Cast(const Tensor& x, DType dtype);  // same as x.To(dtype)
+
+// ---- reductions ---------------------------------------------------------------
+// `dims` empty means every dim. Sums accumulate in f64 (floating) or i64.
+Tensor Sum(const Tensor& x, const std::vector<int64_t>& dims = {}, bool keepdim = false);
+Tensor Mean(const Tensor& x, const std::vector<int64_t>& dims = {}, bool keepdim = false);
+Tensor Max(const Tensor& x, const std::vector<int64_t>& dims = {}, bool keepdim = false);
+Tensor Min(const Tensor& x, const std::vector<int64_t>& dims = {}, bool keepdim = false);
+// Index (i64) of the first maximum along dim.
+Tensor Argmax(const Tensor& x, int64_t dim, bool keepdim = false);
+// Variance with Bessel's correction by default (correction = 1), as torch.var.
+Tensor Var(const Tensor& x, const std::vector<int64_t>& dims = {}, bool keepdim = false,
+           int64_t correction = 1);
+Tensor Softmax(const Tensor& x, int64_t dim);
+Tensor LogSoftmax(const Tensor& x, int64_t dim);
+
+// ---- linear algebra and convolution -----------------------------------------
+// torch.matmul semantics: 1-D operands are promoted and squeezed back, batch dims
+// broadcast. f32/bf16/f16 go through oneDNN on the CPU.
+Tensor Matmul(const Tensor& a, const Tensor& b);
+
+struct Conv2dOptions {
+  int64_t stride[2] = {1, 1};
+  int64_t padding[2] = {0, 0};
+  int64_t dilation[2] = {1, 1};
+  int64_t groups = 1;
+};
+// input (N, C, H, W), weight (O, C / groups, KH, KW), bias (O) or undefined.
+Tensor Conv2d(const Tensor& input, const Tensor& weight, const Tensor& bias = Tensor(),
+              const Conv2dOptions& options = {});
+
+// ---- joining and indexing -----------------------------------------------------
+Tensor Concat(const std::vector<Tensor>& tensors, int64_t dim);
+Tensor Stack(const std::vector<Tensor>& tensors, int64_t dim);
+// index: 1-D i32/i64. out.size(dim) == index.numel().
+Tensor IndexSelect(const Tensor& x, int64_t dim, const Tensor& index);
+// torch.gather: out has index's shape; out[i][j] = x[i][index[i][j]] for dim 1.
+Tensor Gather(const Tensor& x, int64_t dim, const Tensor& index);
+
+// ---- creation -------------------------------------------------------------------
+Tensor Full(const Shape& shape, double value, DType dtype = DType::kF32,
+            const Device& device = Device::Cpu());
+Tensor Zeros(const Shape& shape, DType dtype = DType::kF32, const Device& device = Device::Cpu());
+Tensor Ones(const Shape& shape, DType dtype = DType::kF32, const Device& device = Device::Cpu());
+Tensor ZerosLike(const Tensor& x);
+Tensor OnesLike(const Tensor& x);
+Tensor Scalar(double value, DType dtype = DType::kF32, const Device& device = Device::Cpu());
+// [start, end) in steps of step; numel = ceil((end - start) / step).
+Tensor Arange(double start, double end, double step = 1, DType dtype = DType::kF32,
+              const Device& device = Device::Cpu());
+Tensor Eye(int64_t n, DType dtype = DType::kF32, const Device& device = Device::Cpu());
+void FillInplace(Tensor& x, double value);
+
+// ---- random (Philox counter-based: same numbers on every backend) -------------
+Tensor Uniform(const Shape& shape, double low = 0, double high = 1, Generator* gen = nullptr,
+               DType dtype = DType::kF32, const Device& device = Device::Cpu());
+Tensor Normal(const Shape& shape, double mean = 0, double std = 1, Generator* gen = nullptr,
+              DType dtype = DType::kF32, const Device& device = Device::Cpu());
+// Each element is 1 with probability p, else 0.
+Tensor Bernoulli(const Shape& shape, double p, Generator* gen = nullptr,
+                 DType dtype = DType::kF32, const Device& device = Device::Cpu());
+
+// ---- low level -------------------------------------------------------------------
+// Runs op's kernel on the device of the inputs (or of outputs[0] when there are
+// none). Checks that every tensor is on that device. For frontends and tests.
+void Dispatch(Op op, std::span<const Tensor> inputs, std::span<Tensor> outputs,
+              const OpAttrs& attrs = {});
+
+}  // namespace quanta

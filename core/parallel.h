@@ -1,0 +1,25 @@
+// The shared thread pool that hand-written CPU loops run on. oneDNN keeps its own
+// (OpenMP) threads; SetNumThreads in core/backend.h sets both.
+//
+//   ParallelFor(0, n, /*grain=*/4096, [&](int64_t begin, int64_t end) {
+//     for (int64_t i = begin; i < end; ++i) y[i] = x[i] + 1;
+//   });
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+namespace quanta {
+
+// Splits [begin, end) into at most GetNumThreads() chunks of at least `grain`
+// items and runs fn(chunk_begin, chunk_end) on the pool; returns when all are done.
+// The first exception thrown by any chunk is rethrown here. Nested calls run inline.
+void ParallelFor(int64_t begin, int64_t end, int64_t grain,
+                 const std::function<void(int64_t, int64_t)>& fn);
+
+namespace internal {
+void SetPoolThreads(int n);
+int PoolThreads();
+}  // namespace internal
+
+}  // namespace quanta

@@ -1,0 +1,76 @@
+// The math of each elementwise op on one value, written once for every backend
+// (host and device) and every dtype: kernels apply these through templates.
+// C is the compute type (Compute<T> from dtype.h). Not kernels: no loops here.
+//
+//   float y = GeluFn{}(0.5f);
+//   bool lt = LtFn{}(1.0, 2.0);
+#pragma once
+
+#include <cmath>
+#include <type_traits>
+
+#include "core/dtype.h"
+
+namespace quanta {
+
+#define QUANTA_UNARY_FN(Name, expr)                                   \
+  struct Name##Fn {                                                    \
+    template <typename C>                                              \
+    QUANTA_HOST_DEVICE C operator()(C x) const {                       \
+      using std::exp, std::log, std::sqrt, std::abs, std::tanh, std::erf; \
+      return static_cast<C>(expr);                                     \
+    }                                                                  \
+  };
+QUANTA_UNARY_FN(Neg, -x)
+QUANTA_UNARY_FN(Exp, exp(x))
+QUANTA_UNARY_FN(Log, log(x))
+QUANTA_UNARY_FN(Sqrt, sqrt(x))
+QUANTA_UNARY_FN(Rsqrt, C(1) / sqrt(x))
+QUANTA_UNARY_FN(Abs, x < C(0) ? -x : x)
+QUANTA_UNARY_FN(Relu, x < C(0) ? C(0) : x)  // NaN stays NaN, as in PyTorch
+QUANTA_UNARY_FN(Sigmoid, C(1) / (C(1) + exp(-x)))
+QUANTA_UNARY_FN(Tanh, tanh(x))
+// The exact (erf) GELU: x * Phi(x).
+QUANTA_UNARY_FN(Gelu, C(0.5) * x * (C(1) + erf(x * C(0.70710678118654752440))))
+#undef QUANTA_UNARY_FN
+
+template <typename C>
+QUANTA_HOST_DEVICE inline bool IsNan(C x) {
+  if constexpr (std::is_floating_point_v<C>) return x != x;
+  return false;
+}
+
+#define QUANTA_BINARY_FN(Name, expr)                   \
+  struct Name##Fn {                                     \
+    template <typename C>                               \
+    QUANTA_HOST_DEVICE C operator()(C a, C b) const {   \
+      using std::pow;                                   \
+      return static_cast<C>(expr);                      \
+    }                                                   \
+  };
+QUANTA_BINARY_FN(Add, a + b)
+QUANTA_BINARY_FN(Sub, a - b)
+QUANTA_BINARY_FN(Mul, a * b)
+QUANTA_BINARY_FN(Div, a / b)
+QUANTA_BINARY_FN(Pow, pow(a, b))
+// NaN in either operand gives NaN, as torch.maximum / torch.minimum.
+QUANTA_BINARY_FN(Maximum, IsNan(a) ? a : IsNan(b) ? b : (a > b ? a : b))
+QUANTA_BINARY_FN(Minimum, IsNan(a) ? a : IsNan(b) ? b : (a < b ? a : b))
+#undef QUANTA_BINARY_FN
+
+#define QUANTA_COMPARE_FN(Name, expr)                     \
+  struct Name##Fn {                                        \
+    template <typename C>                                  \
+    QUANTA_HOST_DEVICE bool operator()(C a, C b) const {   \
+      return expr;                                         \
+    }                                                      \
+  };
+QUANTA_COMPARE_FN(Eq, a == b)
+QUANTA_COMPARE_FN(Ne, a != b)
+QUANTA_COMPARE_FN(Lt, a < b)
+QUANTA_COMPARE_FN(Le, a <= b)
+QUANTA_COMPARE_FN(Gt, a > b)
+QUANTA_COMPARE_FN(Ge, a >= b)
+#undef QUANTA_COMPARE_FN
+
+}  // namespace quanta

@@ -1,0 +1,39 @@
+// A block of device memory shared by every tensor that views it. Allocated and
+// freed through the device's backend; never resized.
+//
+//   auto s = Storage::Allocate(Device::Cpu(), 64);  // 64 bytes
+//   void* p = s->data();
+#pragma once
+
+#include <cstddef>
+#include <memory>
+
+#include "core/device.h"
+
+namespace quanta {
+
+class Backend;
+
+class Storage {
+ public:
+  static std::shared_ptr<Storage> Allocate(const Device& device, size_t bytes);
+  ~Storage();
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+
+  void* data() const { return data_; }
+  size_t bytes() const { return bytes_; }
+  const Device& device() const { return device_; }
+  Backend& backend() const { return *backend_; }
+
+ private:
+  Storage(Backend* backend, const Device& device, void* data, size_t bytes)
+      : backend_(backend), device_(device), data_(data), bytes_(bytes) {}
+
+  Backend* backend_;
+  Device device_;
+  void* data_;
+  size_t bytes_;
+};
+
+}  // namespace quanta

@@ -1,0 +1,349 @@
+// Every op of core/ops.def against reference values: hand-computed, or the
+// committed fixture testdata/unary.txt (tools/gen_core_fixtures.py, numpy f64).
+// Tolerance: |got - want| <= atol + rtol * |want|, per dtype, beside each case.
+#include "core/ops.h"
+
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "core/backend.h"
+#include "gtest/gtest.h"
+
+namespace quanta {
+namespace {
+
+// A new op in core/ops.def needs its test here; then bump this.
+static_assert(kNumOps == 38, "add a test for the new op, then update this count");
+
+void ExpectClose(const Tensor& got, const std::vector<double>& want, double atol, double rtol) {
+  std::vector<double> g = got.ToVector<double>();
+  ASSERT_EQ(g.size(), want.size()) << got.Describe();
+  for (size_t i = 0; i < g.size(); ++i) {
+    if (std::isnan(want[i])) {
+      EXPECT_TRUE(std::isnan(g[i])) << "index " << i;
+      continue;
+    }
+    EXPECT_LE(std::abs(g[i] - want[i]), atol + rtol * std::abs(want[i]))
+        << "index " << i << ": got " << g[i] << ", want " << want[i] << " (" << got.Describe() << ")";
+  }
+}
+
+Tensor F(const std::vector<float>& v, const Shape& shape) { return Tensor::FromVector<float>(v, shape); }
+Tensor Iota(const Shape& shape, DType dtype = DType::kF32) {
+  return Arange(0, static_cast<double>(NumElements(shape)), 1, dtype).View(shape);
+}
+
+// ---- elementwise --------------------------------------------------------------
+
+struct UnaryRow {
+  Tensor (*fn)(const Tensor&);
+  Tensor& (*inplace)(Tensor&);
+};
+const std::map<std::string, UnaryRow>& UnaryOps() {
+#define QUANTA_ROW(Name, str) {str, {&Name, &Name##Inplace}},
+  static const auto* ops = new std::map<std::string, UnaryRow>{QUANTA_UNARY_OPS(QUANTA_ROW)};
+#undef QUANTA_ROW
+  return *ops;
+}
+
+TEST(Ops, UnaryAgainstFixture) {
+  std::ifstream in("tests/core/testdata/unary.txt");
+  ASSERT_TRUE(in) << "missing tests/core/testdata/unary.txt";
+  std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> cases;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    std::istringstream ss(line);
+    std::string op;
+    double x, y;
+    ss >> op >> x >> y;
+    cases[op].first.push_back(x);
+    cases[op].second.push_back(y);
+  }
+  ASSERT_EQ(cases.size(), UnaryOps().size()) << "fixture and op table disagree";
+  for (const auto& [name, xy] : cases) {
+    SCOPED_TRACE(name);
+    const auto& [xs, ys] = xy;
+    Shape shape = {static_cast<int64_t>(xs.size())};
+    Tensor x64 = Tensor::FromVector<double>(xs, shape);
+    auto fn = UnaryOps().at(name).fn;
+    ExpectClose(fn(x64), ys, 1e-12, 1e-12);
+    ExpectClose(fn(x64.To(DType::kF32)), ys, 1e-6, 1e-6);
+    // f16/bf16 compute in f32 and round the input and the output.
+    ExpectClose(fn(x64.To(DType::kBF16)), ys, 2e-2, 2e-2);
+    ExpectClose(fn(x64.To(DType::kF16)), ys, 2e-3, 2e-3);
+    // In place on a strided view gives the same values.
+    Tensor base = Zeros({static_cast<int64_t>(xs.size()), 2}, DType::kF64);
+    Tensor col = base.Select(1, 1);
+    col.CopyFrom(x64);
+    UnaryOps().at(name).inplace(col);
+    ExpectClose(base.Select(1, 1), ys, 1e-12, 1e-12);
+    ExpectClose(base.Select(1, 0), std::vector<double>(xs.size(), 0.0), 0, 0);
+  }
+  Tensor t = F({-1, 2}, {2});
+  ExpInplace(t);
+  ExpectClose(t, {std::exp(-1.0), std::exp(2.0)}, 1e-6, 1e-6);
+  Tensor r = F({-1, 2}, {2});
+  ReluInplace(r);
+  ExpectClose(r, {0, 2}, 0, 0);
+  // Integers promote to f32 for floating math and stay integers for neg/abs/relu.
+  Tensor i = Tensor::FromVector<int32_t>({-4, 9}, {2});
+  EXPECT_EQ(Sqrt(Abs(i)).dtype(), DType::kF32);
+  ExpectClose(Sqrt(Abs(i)), {2, 3}, 0, 0);
+  EXPECT_EQ(Relu(i).ToVector<int32_t>(), (std::vector<int32_t>{0, 9}));
+  EXPECT_TRUE(std::isnan(Relu(F({NAN}, {1})).item<float>()));
+}
+
+TEST(Ops, BinaryHandValues) {
+  Tensor a = F({1, -2, 3, 4}, {2, 2});
+  Tensor b = F({2, 4, -1, 0.5f}, {2, 2});
+  ExpectClose(Add(a, b), {3, 2, 2, 4.5}, 0, 0);
+  ExpectClose(Sub(a, b), {-1, -6, 4, 3.5}, 0, 0);
+  ExpectClose(Mul(a, b), {2, -8, -3, 2}, 0, 0);
+  ExpectClose(Div(a, b), {0.5, -0.5, -3, 8}, 0, 0);
+  ExpectClose(Pow(F({2, 9, 4}, {3}), F({3, 0.5f, -1}, {3})), {8, 3, 0.25}, 1e-6, 1e-6);
+  ExpectClose(Maximum(a, b), {2, 4, 3, 4}, 0, 0);
+  ExpectClose(Minimum(a, b), {1, -2, -1, 0.5}, 0, 0);
+  ExpectClose(Maximum(F({NAN, 1}, {2}), F({0, NAN}, {2})), {NAN, NAN}, 0, 0);
+  ExpectClose(a + b * a - b / b, {2, -11, -1, 5}, 0, 0);
+  ExpectClose(-a, {-1, 2, -3, -4}, 0, 0);
+  ExpectClose(Add(a, 10), {11, 8, 13, 14}, 0, 0);
+  // Integer division gives f32, as torch.div.
+  Tensor i = Tensor::FromVector<int64_t>({7, -7}, {2});
+  EXPECT_EQ(Div(i, Tensor::FromVector<int64_t>({2, 2}, {2})).dtype(), DType::kF32);
+  ExpectClose(Div(i, Tensor::FromVector<int64_t>({2, 2}, {2})), {3.5, -3.5}, 0, 0);
+  EXPECT_EQ(Mul(i, 3).ToVector<int64_t>(), (std::vector<int64_t>{21, -21}));
+  EXPECT_EQ(Mul(i, 0.5).dtype(), DType::kF32);
+  EXPECT_EQ(Add(i, F({0.5f, 0.5f}, {2})).dtype(), DType::kF32);
+  // f16 and bf16 arithmetic rounds once per op.
+  Tensor h = F({1, 2048}, {2}).To(DType::kF16);
+  ExpectClose(Add(h, F({1, 1}, {2}).To(DType::kF16)), {2, 2048}, 0, 0);  // 2049 is not an f16
+}
+
+TEST(Ops, BroadcastingEdgeCases) {
+  Tensor col = F({1, 2, 3}, {3, 1});
+  Tensor row = F({10, 20, 30, 40}, {4});
+  Tensor sum = Add(col, row);
+  EXPECT_EQ(sum.shape(), (Shape{3, 4}));
+  ExpectClose(sum, {11, 21, 31, 41, 12, 22, 32, 42, 13, 23, 33, 43}, 0, 0);
+  // 0-d with anything.
+  ExpectClose(Mul(Scalar(2), col), {2, 4, 6}, 0, 0);
+  EXPECT_EQ(Mul(Scalar(2), Scalar(3)).dim(), 0);
+  // Leading dims are added; 1s stretch on both sides.
+  Tensor a = Iota({2, 1, 3});
+  Tensor b = Iota({4, 1});
+  Tensor c = Sub(a, b);
+  EXPECT_EQ(c.shape(), (Shape{2, 4, 3}));
+  EXPECT_EQ(c.ToVector<float>()[1 * 12 + 2 * 3 + 1], 4 - 2);  // a[1][0][1] - b[2][0]
+  // Empty dims broadcast to empty.
+  Tensor e = Add(Zeros({0, 3}), F({1, 2, 3}, {3}));
+  EXPECT_EQ(e.shape(), (Shape{0, 3}));
+  EXPECT_EQ(e.numel(), 0);
+  EXPECT_EQ(Add(Zeros({2, 1}), Zeros({1, 0})).shape(), (Shape{2, 0}));
+  // Broadcasting reads non-contiguous, expanded inputs.
+  Tensor t = Iota({3, 2}).Transpose(0, 1);  // (2, 3): [[0, 2, 4], [1, 3, 5]]
+  ExpectClose(Add(t, F({100, 200, 300}, {3})), {100, 202, 304, 101, 203, 305}, 0, 0);
+  // In place: a += b broadcasts b into a.
+  Tensor acc = Zeros({2, 3});
+  acc += F({1, 2, 3}, {3});
+  acc *= F({2, 3}, {2, 1});
+  ExpectClose(acc, {2, 4, 6, 3, 6, 9}, 0, 0);
+  AddInplace(acc, Scalar(1));
+  ExpectClose(acc, {3, 5, 7, 4, 7, 10}, 0, 0);
+  SubInplace(acc, Scalar(1));
+  DivInplace(acc, Scalar(2));
+  ExpectClose(acc, {1, 2, 3, 1.5, 3, 4.5}, 0, 0);
+  PowInplace(acc, Scalar(2));
+  MaximumInplace(acc, Scalar(4));
+  MinimumInplace(acc, Scalar(9));
+  ExpectClose(acc, {4, 4, 9, 4, 9, 9}, 0, 0);
+}
+
+TEST(Ops, Comparisons) {
+  Tensor a = F({1, 2, 3}, {3});
+  Tensor b = F({2, 2, 2}, {3});
+  EXPECT_EQ(Eq(a, b).dtype(), DType::kBool);
+  EXPECT_EQ(Eq(a, b).ToVector<bool>(), (std::vector<bool>{false, true, false}));
+  EXPECT_EQ(Ne(a, b).ToVector<bool>(), (std::vector<bool>{true, false, true}));
+  EXPECT_EQ(Lt(a, b).ToVector<bool>(), (std::vector<bool>{true, false, false}));
+  EXPECT_EQ(Le(a, b).ToVector<bool>(), (std::vector<bool>{true, true, false}));
+  EXPECT_EQ(Gt(a, 2).ToVector<bool>(), (std::vector<bool>{false, false, true}));
+  EXPECT_EQ(Ge(a, 2).ToVector<bool>(), (std::vector<bool>{false, true, true}));
+  EXPECT_EQ(Lt(Tensor::FromVector<int32_t>({1}, {1}), F({1.5f}, {1})).ToVector<bool>()[0], true);
+}
+
+TEST(Ops, WhereAndClamp) {
+  Tensor cond = Tensor::FromVector<bool>({true, false, true}, {3});
+  ExpectClose(Where(cond, F({1, 2, 3}, {3}), Scalar(-1)), {1, -1, 3}, 0, 0);
+  Tensor m = Where(Gt(Iota({2, 1}), 0.5), Iota({1, 3}), Zeros({1}));
+  EXPECT_EQ(m.shape(), (Shape{2, 3}));
+  ExpectClose(m, {0, 0, 0, 0, 1, 2}, 0, 0);
+  Tensor x = F({-2, 0.5f, 3}, {3});
+  ExpectClose(Clamp(x, -1, 1), {-1, 0.5, 1}, 0, 0);
+  ExpectClose(Clamp(x, std::nullopt, 0), {-2, 0, 0}, 0, 0);
+  ClampInplace(x, 0, std::nullopt);
+  ExpectClose(x, {0, 0.5, 3}, 0, 0);
+}
+
+// ---- reductions -------------------------------------------------------------------
+
+TEST(Ops, Reductions) {
+  Tensor x = Iota({2, 3, 4});  // x[i][j][k] = 12i + 4j + k
+  ExpectClose(Sum(x), {276}, 0, 0);
+  EXPECT_EQ(Sum(x).dim(), 0);
+  ExpectClose(Sum(x, {0}), {12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 32, 34}, 0, 0);
+  ExpectClose(Sum(x, {0, 2}), {60, 92, 124}, 0, 0);
+  EXPECT_EQ(Sum(x, {0, 2}, true).shape(), (Shape{1, 3, 1}));
+  EXPECT_EQ(Sum(x, {-1}).shape(), (Shape{2, 3}));
+  ExpectClose(Mean(x, {1}), {4, 5, 6, 7, 16, 17, 18, 19}, 1e-6, 0);
+  ExpectClose(Max(x, {2}), {3, 7, 11, 15, 19, 23}, 0, 0);
+  ExpectClose(Min(x, {0, 1}), {0, 1, 2, 3}, 0, 0);
+  // var over the last dim of [0, 1, 2, 3] + c is 5/3 (Bessel) or 1.25 (population).
+  ExpectClose(Var(x, {2}), std::vector<double>(6, 5.0 / 3), 1e-6, 0);
+  ExpectClose(Var(x, {2}, false, 0), std::vector<double>(6, 1.25), 1e-6, 0);
+  Tensor y = F({3, 9, 9, -1, 5, 2}, {2, 3});
+  EXPECT_EQ(Argmax(y, 1).ToVector<int64_t>(), (std::vector<int64_t>{1, 1}));  // first maximum
+  EXPECT_EQ(Argmax(y, 0).ToVector<int64_t>(), (std::vector<int64_t>{0, 0, 0}));
+  EXPECT_EQ(Argmax(y, 1, true).shape(), (Shape{2, 1}));
+  // Non-contiguous input.
+  ExpectClose(Sum(x.Transpose(0, 2), {2}), {12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 32, 34}, 0, 0);
+  // Integer sums give i64; NaN propagates through max.
+  EXPECT_EQ(Sum(Tensor::FromVector<int32_t>({1, 2}, {2})).dtype(), DType::kI64);
+  EXPECT_EQ(Sum(Tensor::FromVector<bool>({true, true, false}, {3})).item<int64_t>(), 2);
+  EXPECT_TRUE(std::isnan(Max(F({1, NAN, 3}, {3})).item<float>()));
+  // Sum of an empty dim is 0; bf16 sums accumulate wider than bf16.
+  ExpectClose(Sum(Zeros({0, 3}), {0}), {0, 0, 0}, 0, 0);
+  ExpectClose(Sum(Ones({1000}, DType::kBF16)), {1000}, 0, 0);
+}
+
+TEST(Ops, SoftmaxAndLogSoftmax) {
+  Tensor x = F({1, 2, 3, 1000, 1000, 1000}, {2, 3});
+  double e1 = std::exp(1.0), e2 = std::exp(2.0), e3 = std::exp(3.0), z = e1 + e2 + e3;
+  ExpectClose(Softmax(x, 1), {e1 / z, e2 / z, e3 / z, 1.0 / 3, 1.0 / 3, 1.0 / 3}, 1e-7, 1e-6);
+  ExpectClose(LogSoftmax(x, -1),
+              {1 - std::log(z), 2 - std::log(z), 3 - std::log(z), -std::log(3.0), -std::log(3.0),
+               -std::log(3.0)},
+              1e-6, 1e-6);
+  ExpectClose(Sum(Softmax(Iota({3, 5}), 0), {0}), std::vector<double>(5, 1.0), 1e-6, 0);
+}
+
+// ---- matmul and conv2d --------------------------------------------------------------
+
+TEST(Ops, MatmulHandValues) {
+  Tensor a = F({1, 2, 3, 4, 5, 6}, {2, 3});
+  Tensor b = F({7, 8, 9, 10, 11, 12}, {3, 2});
+  ExpectClose(Matmul(a, b), {58, 64, 139, 154}, 0, 0);
+  // 1-D operands, as torch.matmul.
+  EXPECT_EQ(Matmul(F({1, 2, 3}, {3}), b).shape(), (Shape{2}));
+  ExpectClose(Matmul(F({1, 2, 3}, {3}), b), {58, 64}, 0, 0);
+  ExpectClose(Matmul(a, F({1, 0, -1}, {3})), {-2, -2}, 0, 0);
+  ExpectClose(Matmul(F({1, 2}, {2}), F({3, 4}, {2})), {11}, 0, 0);
+  // Batched, with broadcasting: (2, 1, 2, 3) @ (4, 3, 2) -> (2, 4, 2, 2).
+  Tensor ab = Stack({a, Mul(a, 2)}, 0).Unsqueeze(1);
+  Tensor bb = Stack({b, b, Neg(b), Zeros({3, 2})}, 0);
+  Tensor y = Matmul(ab, bb);
+  EXPECT_EQ(y.shape(), (Shape{2, 4, 2, 2}));
+  ExpectClose(y.Select(0, 1).Select(0, 2), {-116, -128, -278, -308}, 0, 0);
+  // Transposed operands take oneDNN's strided path.
+  ExpectClose(Matmul(b.Transpose(0, 1), a.Transpose(0, 1)), {58, 139, 64, 154}, 0, 0);
+  // f64 and integers run the reference kernel.
+  ExpectClose(Matmul(a.To(DType::kF64), b.To(DType::kF64)), {58, 64, 139, 154}, 0, 0);
+  ExpectClose(Matmul(a.To(DType::kI32), b.To(DType::kI32)), {58, 64, 139, 154}, 0, 0);
+  ExpectClose(Matmul(a.To(DType::kBF16), b.To(DType::kBF16)), {58, 64, 139, 154}, 0, 0.01);
+}
+
+TEST(Ops, Conv2dHandValues) {
+  // 1x1x3x3 input 1..9, 2x2 kernel of ones: each output is the sum of a window.
+  Tensor x = Add(Iota({1, 1, 3, 3}), 1);
+  Tensor w = Ones({1, 1, 2, 2});
+  ExpectClose(Conv2d(x, w), {12, 16, 24, 28}, 0, 0);
+  ExpectClose(Conv2d(x, w, F({0.5f}, {1})), {12.5, 16.5, 24.5, 28.5}, 0, 0);
+  Conv2dOptions pad;
+  pad.padding[0] = pad.padding[1] = 1;
+  pad.stride[0] = pad.stride[1] = 2;
+  // Padded 5x5 with stride 2: windows at (-1,-1), (-1,1), (1,-1), (1,1).
+  ExpectClose(Conv2d(x, w, Tensor(), pad), {1, 5, 11, 28}, 0, 0);
+  Conv2dOptions dil;
+  dil.dilation[0] = dil.dilation[1] = 2;
+  ExpectClose(Conv2d(x, w, Tensor(), dil), {1 + 3 + 7 + 9}, 0, 0);
+  // groups=2: each output channel sees its own input channel.
+  Tensor x2 = Concat({x, Mul(x, 10)}, 1);
+  Conv2dOptions g2;
+  g2.groups = 2;
+  ExpectClose(Conv2d(x2, Ones({2, 1, 2, 2}), Tensor(), g2), {12, 16, 24, 28, 120, 160, 240, 280}, 0, 0);
+}
+
+// ---- joining, indexing, creation ----------------------------------------------------
+
+TEST(Ops, ConcatStackIndexSelectGather) {
+  Tensor a = Iota({2, 2});
+  Tensor b = F({9, 8}, {2, 1});
+  Tensor c = Concat({a, b}, 1);
+  EXPECT_EQ(c.shape(), (Shape{2, 3}));
+  ExpectClose(c, {0, 1, 9, 2, 3, 8}, 0, 0);
+  ExpectClose(Concat({a, a}, 0), {0, 1, 2, 3, 0, 1, 2, 3}, 0, 0);
+  EXPECT_EQ(Concat({a, a.To(DType::kF64)}, 0).dtype(), DType::kF64);
+  Tensor s = Stack({a, Neg(a)}, 2);
+  EXPECT_EQ(s.shape(), (Shape{2, 2, 2}));
+  ExpectClose(s, {0, 0, 1, -1, 2, -2, 3, -3}, 0, 0);
+  Tensor x = Iota({3, 4});
+  Tensor idx = Tensor::FromVector<int64_t>({2, 0, 2}, {3});
+  ExpectClose(IndexSelect(x, 0, idx), {8, 9, 10, 11, 0, 1, 2, 3, 8, 9, 10, 11}, 0, 0);
+  ExpectClose(IndexSelect(x, 1, Tensor::FromVector<int32_t>({3, 1}, {2})), {3, 1, 7, 5, 11, 9}, 0, 0);
+  Tensor gi = Tensor::FromVector<int64_t>({3, 0, 1, 1, 2, 2}, {3, 2});
+  ExpectClose(Gather(x, 1, gi), {3, 0, 5, 5, 10, 10}, 0, 0);
+  ExpectClose(Gather(x, 0, Tensor::FromVector<int64_t>({2, 1, 0, 0}, {1, 4})), {8, 5, 2, 3}, 0, 0);
+  EXPECT_THROW(IndexSelect(x, 0, Tensor::FromVector<int64_t>({3}, {1})), Error);
+  EXPECT_THROW(Gather(x, 1, Tensor::FromVector<int64_t>({-1}, {1, 1})), Error);
+}
+
+TEST(Ops, Creation) {
+  ExpectClose(Zeros({2, 2}), {0, 0, 0, 0}, 0, 0);
+  ExpectClose(Ones({3}, DType::kI8), {1, 1, 1}, 0, 0);
+  ExpectClose(Full({2}, 7.5, DType::kBF16), {7.5, 7.5}, 0, 0);
+  ExpectClose(Arange(0, 5), {0, 1, 2, 3, 4}, 0, 0);
+  ExpectClose(Arange(1, 2, 0.25), {1, 1.25, 1.5, 1.75}, 0, 0);
+  ExpectClose(Arange(5, 0, -2, DType::kI64), {5, 3, 1}, 0, 0);
+  ExpectClose(Eye(3), {1, 0, 0, 0, 1, 0, 0, 0, 1}, 0, 0);
+  EXPECT_EQ(Eye(0).numel(), 0);
+  Tensor t = Zeros({2, 3});
+  Tensor row = t.Select(0, 1);
+  FillInplace(row, 4);
+  ExpectClose(t, {0, 0, 0, 4, 4, 4}, 0, 0);
+}
+
+TEST(Ops, RandomIsSeededAndHasTheRightMoments) {
+  Generator g1(123), g2(123), g3(124);
+  Tensor u1 = Uniform({100000}, -1, 3, &g1);
+  Tensor u2 = Uniform({100000}, -1, 3, &g2);
+  EXPECT_EQ(u1.ToVector<float>(), u2.ToVector<float>());
+  EXPECT_NE(u1.ToVector<float>(), Uniform({100000}, -1, 3, &g3).ToVector<float>());
+  EXPECT_NE(u1.ToVector<float>(), Uniform({100000}, -1, 3, &g1).ToVector<float>());  // offset moved
+  EXPECT_GE(Min(u1).item<float>(), -1);
+  EXPECT_LT(Max(u1).item<float>(), 3);
+  // Mean 1, variance 16/12; the tolerances are 6 standard errors.
+  EXPECT_NEAR(Mean(u1).item<float>(), 1.0, 6 * std::sqrt(16.0 / 12 / 1e5));
+  EXPECT_NEAR(Var(u1).item<float>(), 16.0 / 12, 0.03);
+  Tensor n = Normal({100000}, 2, 3, &g1);
+  EXPECT_NEAR(Mean(n).item<float>(), 2.0, 6 * 3 / std::sqrt(1e5));
+  EXPECT_NEAR(std::sqrt(Var(n).item<float>()), 3.0, 0.05);
+  Tensor bern = Bernoulli({100000}, 0.3, &g1);
+  EXPECT_NEAR(Mean(bern).item<float>(), 0.3, 6 * std::sqrt(0.3 * 0.7 / 1e5));
+  EXPECT_EQ(Sum(Mul(bern, Sub(bern, 1))).item<float>(), 0);  // only 0s and 1s
+  ManualSeed(5);
+  Tensor d1 = Normal({10});
+  ManualSeed(5);
+  EXPECT_EQ(d1.ToVector<float>(), Normal({10}).ToVector<float>());
+  // The stream does not depend on the thread count.
+  SetNumThreads(1);
+  Generator g4(9);
+  std::vector<float> one = Uniform({50000}, 0, 1, &g4).ToVector<float>();
+  SetNumThreads(2);
+  Generator g5(9);
+  EXPECT_EQ(one, Uniform({50000}, 0, 1, &g5).ToVector<float>());
+}
+
+}  // namespace
+}  // namespace quanta

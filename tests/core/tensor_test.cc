@@ -1,0 +1,147 @@
+// Tensors: views share storage, contiguous() copies only when needed, casts,
+// quantized storage and printing.
+#include "core/tensor.h"
+
+#include "core/ops.h"
+#include "gtest/gtest.h"
+
+namespace quanta {
+namespace {
+
+Tensor Iota(const Shape& shape) { return Arange(0, static_cast<double>(NumElements(shape))).View(shape); }
+
+TEST(Tensor, CreationAndMetadata) {
+  Tensor t = Tensor::FromVector<float>({1, 2, 3, 4, 5, 6}, {2, 3});
+  EXPECT_EQ(t.shape(), (Shape{2, 3}));
+  EXPECT_EQ(t.strides(), (Strides{3, 1}));
+  EXPECT_EQ(t.numel(), 6);
+  EXPECT_EQ(t.dim(), 2);
+  EXPECT_EQ(t.size(-1), 3);
+  EXPECT_TRUE(t.is_contiguous());
+  EXPECT_EQ(t.Describe(), "f32[2, 3]");
+  EXPECT_EQ(t.ToVector<float>(), (std::vector<float>{1, 2, 3, 4, 5, 6}));
+  EXPECT_EQ(Scalar(2.5).dim(), 0);
+  EXPECT_EQ(Scalar(2.5).item<double>(), 2.5);
+}
+
+TEST(Tensor, ViewsShareStorage) {
+  Tensor x = Iota({2, 3, 4});
+  Tensor v = x.View({6, 4});
+  Tensor t = x.Transpose(0, 2);
+  Tensor n = x.Narrow(1, 1, 2);
+  Tensor s = x.Slice(2, 0, 4, 2);
+  Tensor e = x.Select(0, 1).Unsqueeze(0).Expand({5, 3, 4});
+  for (const Tensor* view : {&v, &t, &n, &s, &e}) EXPECT_TRUE(view->SharesStorageWith(x));
+  EXPECT_EQ(t.shape(), (Shape{4, 3, 2}));
+  EXPECT_EQ(t.strides(), (Strides{1, 4, 12}));
+  EXPECT_FALSE(t.is_contiguous());
+  EXPECT_EQ(n.offset(), 4);
+  EXPECT_EQ(s.strides(), (Strides{12, 4, 2}));
+  EXPECT_EQ(e.strides(), (Strides{0, 4, 1}));
+  // Writing through a view is seen by the base tensor.
+  Tensor col = x.Select(2, 3);  // x[:, :, 3]
+  FillInplace(col, -1);
+  std::vector<float> got = x.ToVector<float>();
+  EXPECT_EQ(got[3], -1);
+  EXPECT_EQ(got[7], -1);
+  EXPECT_EQ(got[2], 2);
+  EXPECT_EQ(s.ToVector<float>(), (std::vector<float>{0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22}));
+  EXPECT_EQ(t.Contiguous().ToVector<float>()[1], 4);  // t[0][1][0] = x[0][1][0]
+}
+
+TEST(Tensor, ViewOfNonContiguousMergesWhereStridesAllow) {
+  Tensor x = Iota({4, 6});
+  Tensor n = x.Narrow(1, 0, 4);            // (4, 4), strides (6, 1)
+  EXPECT_EQ(n.View({4, 2, 2}).strides(), (Strides{6, 2, 1}));
+  EXPECT_THROW(n.View({16}), Error);        // rows are not adjacent
+  Tensor r = n.Reshape({16});               // copies
+  EXPECT_FALSE(r.SharesStorageWith(x));
+  EXPECT_EQ(r.ToVector<float>()[4], 6);
+  EXPECT_EQ(x.View({-1, 3}).shape(), (Shape{8, 3}));
+  EXPECT_EQ(x.Flatten().shape(), (Shape{24}));
+  EXPECT_EQ(x.Unsqueeze(1).Squeeze().shape(), (Shape{4, 6}));
+  EXPECT_EQ(x.Permute({1, 0}).shape(), (Shape{6, 4}));
+}
+
+TEST(Tensor, ContiguousCopiesOnlyWhenNeeded) {
+  Tensor x = Iota({3, 4});
+  EXPECT_TRUE(x.Contiguous().SharesStorageWith(x));
+  Tensor t = x.Transpose(0, 1);
+  Tensor c = t.Contiguous();
+  EXPECT_FALSE(c.SharesStorageWith(x));
+  EXPECT_TRUE(c.is_contiguous());
+  EXPECT_EQ(c.ToVector<float>(), (std::vector<float>{0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11}));
+  // A size-1 dim's stride does not matter for contiguity.
+  EXPECT_TRUE(x.Narrow(0, 1, 1).is_contiguous());
+}
+
+TEST(Tensor, CastsBetweenDTypes) {
+  Tensor x = Tensor::FromVector<float>({-1.5f, 0.4f, 2.6f, 300.0f}, {4});
+  EXPECT_EQ(x.To(DType::kI32).ToVector<int32_t>(), (std::vector<int32_t>{-1, 0, 2, 300}));
+  EXPECT_EQ(x.To(DType::kBool).ToVector<bool>(), (std::vector<bool>{true, true, true, true}));
+  EXPECT_EQ(x.To(DType::kF64).ToVector<double>()[1], static_cast<double>(0.4f));
+  // f32 -> bf16 rounds to nearest even: 1 + 2^-8 ties down, 1 + 3 * 2^-8 ties up.
+  Tensor ties = Tensor::FromVector<float>({1.0f + 0x1p-8f, 1.0f + 3 * 0x1p-8f}, {2});
+  std::vector<BFloat16> b = ties.To(DType::kBF16).ToVector<BFloat16>();
+  EXPECT_EQ(b[0].bits, 0x3F80);
+  EXPECT_EQ(b[1].bits, 0x3F82);
+  std::vector<Half> h = Tensor::FromVector<float>({1.0f + 0x1p-11f}, {1}).To(DType::kF16).ToVector<Half>();
+  EXPECT_EQ(h[0].bits, 0x3C00);
+  // Every pair of plain dtypes converts (1 and 0 survive any of them).
+  for (DType from : {DType::kF32, DType::kF64, DType::kF16, DType::kBF16, DType::kI32, DType::kI64,
+                     DType::kI8, DType::kU8, DType::kBool}) {
+    for (DType to : {DType::kF32, DType::kF64, DType::kF16, DType::kBF16, DType::kI32, DType::kI64,
+                     DType::kI8, DType::kU8, DType::kBool}) {
+      Tensor v = Tensor::FromVector<float>({1, 0}, {2}).To(from).To(to);
+      EXPECT_EQ(v.dtype(), to);
+      EXPECT_EQ(v.ToVector<float>(), (std::vector<float>{1, 0})) << Name(from) << "->" << Name(to);
+    }
+  }
+  EXPECT_EQ(Tensor::FromVector<float>({255, 256}, {2}).To(DType::kU8).ToVector<int32_t>()[0], 255);
+}
+
+TEST(Tensor, QuantizedStorage) {
+  QuantParams p = QuantParams::PerTensor(0.5, 2);
+  Tensor q = Tensor::FromQuantized({-8, 7, 0, -1, 3}, {5}, DType::kQInt4, p);
+  EXPECT_EQ(q.dtype(), DType::kQInt4);
+  EXPECT_EQ(q.storage()->bytes(), 3u);  // five nibbles in three bytes
+  auto* bytes = static_cast<const uint8_t*>(q.raw_data());
+  EXPECT_EQ(bytes[0], 0x78);
+  EXPECT_EQ(bytes[1], 0xF0);
+  EXPECT_EQ(bytes[2], 0x03);
+  EXPECT_EQ(q.IntRepr(), (std::vector<int32_t>{-8, 7, 0, -1, 3}));
+  EXPECT_EQ(q.qparams(), p);
+  // An odd-offset view of packed storage reads the right nibbles, and copies.
+  Tensor tail = q.Narrow(0, 1, 3);
+  EXPECT_EQ(tail.IntRepr(), (std::vector<int32_t>{7, 0, -1}));
+  Tensor c = tail.Clone();
+  EXPECT_EQ(c.offset(), 0);
+  EXPECT_EQ(c.IntRepr(), (std::vector<int32_t>{7, 0, -1}));
+  EXPECT_EQ(q.Slice(0, 0, 5, 2).Contiguous().IntRepr(), (std::vector<int32_t>{-8, 0, 3}));
+
+  QuantParams pc = QuantParams::PerChannel({0.1, 0.2}, {0, 1}, 0);
+  Tensor q8 = Tensor::FromQuantized({-128, 127, 5, 6}, {2, 2}, DType::kQInt8, pc);
+  EXPECT_EQ(q8.IntRepr(), (std::vector<int32_t>{-128, 127, 5, 6}));
+  EXPECT_EQ(q8.qparams().scheme, QScheme::kPerChannel);
+  Tensor u8 = Tensor::FromQuantized({0, 255}, {2}, DType::kQUInt8, QuantParams::PerTensor(1, 128));
+  EXPECT_EQ(u8.IntRepr(), (std::vector<int32_t>{0, 255}));
+  EXPECT_EQ(u8.storage()->bytes(), 2u);
+}
+
+TEST(Tensor, Printing) {
+  Tensor x = Tensor::FromVector<float>({1, 2.5f, -3, 4}, {2, 2});
+  EXPECT_EQ(x.ToString(), "tensor([[1.0000, 2.5000],\n        [-3.0000, 4.0000]], dtype=f32)");
+  EXPECT_EQ(Tensor::FromVector<int64_t>({1, 2, 3}, {3}).ToString(), "tensor([1, 2, 3], dtype=i64)");
+  EXPECT_EQ(Scalar(2).ToString(), "tensor(2.0000, dtype=f32)");
+  Tensor q = Tensor::FromQuantized({-3, 4}, {2}, DType::kQInt8, QuantParams::PerTensor(0.25, 1));
+  EXPECT_EQ(q.ToString(), "tensor([-3, 4], dtype=qint8, scale=0.25, zero_point=1)");
+  Tensor pc = Tensor::FromQuantized({1, 2}, {2, 1}, DType::kQInt4,
+                                    QuantParams::PerChannel({0.5, 0.125}, {0, -1}, 0));
+  EXPECT_EQ(pc.ToString(),
+            "tensor([[1],\n        [2]], dtype=qint4, axis=0, scales=[0.5, 0.125], zero_points=[0, -1])");
+  std::string big = Arange(0, 2000).ToString();
+  EXPECT_NE(big.find("2.0000, ..., 1997.0000"), std::string::npos) << big.substr(0, 80);
+}
+
+}  // namespace
+}  // namespace quanta

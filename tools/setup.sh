@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs everything a fresh Debian machine needs to build and test Quanta.
+# Idempotent: running it twice is harmless. Needs root (or sudo) and apt.
+set -euo pipefail
+
+packages=(
+  bazel-bootstrap      # Bazel 4.2.3; offline stubs in third_party/bazel
+  g++ clang libclang-rt-14-dev  # clang + libFuzzer runtime for --config=fuzz
+  libdnnl-dev          # oneDNN 2.6: CPU convolution and GEMM
+  libabsl-dev          # Status, StatusOr, strings, flags
+  libgtest-dev libgmock-dev
+  libbenchmark-dev     # apps/bench_*
+  libstb-dev           # image decoding (data/)
+  zlib1g-dev           # gzip IDX files (data/)
+  dataset-fashion-mnist
+)
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup.sh: installing ${missing[*]}"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+  echo "setup.sh: all ${#packages[@]} packages present"
+fi
+
+# The CUDA toolkit is optional: only --config=cuda needs it.
+if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
+  echo "setup.sh: CUDA toolkit found (bazel build --config=cuda //... will work)"
+else
+  echo "setup.sh: no CUDA toolkit; the CPU build is unaffected"
+fi
