@@ -100,6 +100,7 @@ Tensor Tensor::FromQuantized(const std::vector<int32_t>& values, const Shape& sh
   QUANTA_CHECK(static_cast<int64_t>(values.size()) == host.numel(), "from_quantized: ",
                values.size(), " values do not fill shape ", ShapeToString(shape));
   const DTypeInfo& info = Info(dtype);
+  std::memset(host.raw_data(), 0, host.storage()->bytes());  // qint4's unused last nibble is 0
   for (size_t i = 0; i < values.size(); ++i) {
     QUANTA_CHECK(values[i] >= info.qmin && values[i] <= info.qmax, "from_quantized: value ",
                  values[i], " at index ", i, " outside the ", info.name, " range [", info.qmin,

@@ -164,6 +164,16 @@ template <typename Reducer>
 void ReduceKernel(const KernelCall& c) {
   const Tensor& x = c.in[0];
   const Tensor& y = c.out[0];
+  if (x.numel() == 0) {  // an empty reduction (the frontend allows it for sum only)
+    VisitPlain(c, y.dtype(), [&]<typename Out>(TypeTag<Out>) {
+      Reducer empty;
+      void* yp = StorageBase(y);
+      ForEachStrided<1>(y.shape(), {&y}, [&](const std::array<int64_t, 1>& o) {
+        StoreAt<Out>(yp, o[0], Convert<Out>(empty.template Result<Out>()));
+      });
+    });
+    return;
+  }
   ReductionViews v = SplitForReduction(x, c.attrs.dims);
   VisitPlain(c, x.dtype(), [&]<typename T>(TypeTag<T>) {
     const void* xp = StorageBase(x);

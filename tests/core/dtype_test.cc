@@ -9,9 +9,9 @@ namespace quanta {
 namespace {
 
 TEST(DType, TableRows) {
-  EXPECT_EQ(Name(DType::kF32), "f32");
-  EXPECT_EQ(Name(DType::kBF16), "bf16");
-  EXPECT_EQ(Name(DType::kQInt4), "qint4");
+  EXPECT_STREQ(Name(DType::kF32), "f32");
+  EXPECT_STREQ(Name(DType::kBF16), "bf16");
+  EXPECT_STREQ(Name(DType::kQInt4), "qint4");
   EXPECT_EQ(Info(DType::kF64).bits, 64);
   EXPECT_EQ(Info(DType::kQUInt8).qmin, 0);
   EXPECT_EQ(Info(DType::kQUInt8).qmax, 255);

@@ -46,7 +46,7 @@ TEST(Tensor, ViewsShareStorage) {
   EXPECT_EQ(got[7], -1);
   EXPECT_EQ(got[2], 2);
   EXPECT_EQ(s.ToVector<float>(), (std::vector<float>{0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22}));
-  EXPECT_EQ(t.Contiguous().ToVector<float>()[1], 4);  // t[0][1][0] = x[0][1][0]
+  EXPECT_EQ(t.Contiguous().ToVector<float>()[1], 12);  // t[0][0][1] = x[1][0][0]
 }
 
 TEST(Tensor, ViewOfNonContiguousMergesWhereStridesAllow) {
