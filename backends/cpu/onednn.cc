@@ -79,6 +79,19 @@ Strides FixUnitStrides(const Tensor& t) {
   return s;
 }
 
+// Runs a primitive creation; false when oneDNN has no implementation for it (the
+// caller falls back to the reference kernel). Other failures throw quanta::Error.
+template <typename F>
+bool Implemented(F&& create) {
+  try {
+    create();
+    return true;
+  } catch (const dnnl::error& e) {
+    if (e.status == dnnl_unimplemented) return false;
+    throw;  // the caller's QUANTA_ONEDNN reports it
+  }
+}
+
 }  // namespace
 
 void OneDnnMatmul(const KernelCall& c) {
@@ -104,12 +117,17 @@ void OneDnnMatmul(const KernelCall& c) {
     if (it != cache.matmuls.end()) {
       prim = it->second;
     } else {
-      QUANTA_ONEDNN("matmul", {
+      // An empty primitive is remembered as "unsupported".
+      QUANTA_ONEDNN("matmul", Implemented([&] {
         dnnl::matmul::desc desc(a_md, b_md, y_md);
         prim = dnnl::matmul(dnnl::matmul::primitive_desc(desc, Engine()));
-      });
+      }));
       cache.matmuls.emplace(key, prim);
     }
+  }
+  if (!prim) {  // e.g. f16 without AVX512-FP16: oneDNN has no kernel here
+    ReferenceKernel(c.op)(c);
+    return;
   }
   QUANTA_ONEDNN("matmul", {
     dnnl::stream stream(Engine());
@@ -155,7 +173,7 @@ void OneDnnConv2d(const KernelCall& c) {
     if (it != cache.convs.end()) {
       entry = it->second;
     } else {
-      QUANTA_ONEDNN("conv2d", {
+      QUANTA_ONEDNN("conv2d", Implemented([&] {
         // Let oneDNN pick its blocked layouts; plain tensors are reordered in and out.
         memory::desc x_any(x_dims, dt, memory::format_tag::any);
         memory::desc w_any(w_dims, dt, memory::format_tag::any);
@@ -165,9 +183,13 @@ void OneDnnConv2d(const KernelCall& c) {
                                              b_md, y_any, strides, dilates, padding, padding);
         auto pd = dnnl::convolution_forward::primitive_desc(desc, Engine());
         entry = std::make_shared<CachedConv>(CachedConv{pd, dnnl::convolution_forward(pd)});
-      });
-      cache.convs.emplace(key, entry);
+      }));
+      cache.convs.emplace(key, entry);  // nullptr: remembered as unsupported
     }
+  }
+  if (entry == nullptr) {
+    ReferenceKernel(c.op)(c);
+    return;
   }
   QUANTA_ONEDNN("conv2d", {
     dnnl::stream stream(Engine());

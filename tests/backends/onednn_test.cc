@@ -1,0 +1,96 @@
+// oneDNN's matmul and conv2d held equal to the reference kernels on random
+// inputs. Tolerance: normalized MSE (sum (got-ref)^2 / sum ref^2) per dtype.
+#include <cmath>
+
+#include "backends/cpu/cpu_backend.h"
+#include "core/ops.h"
+#include "gtest/gtest.h"
+
+namespace quanta {
+namespace {
+
+double NormalizedMse(const Tensor& got, const Tensor& ref) {
+  std::vector<double> g = got.ToVector<double>(), r = ref.ToVector<double>();
+  EXPECT_EQ(g.size(), r.size());
+  double err = 0, norm = 0;
+  for (size_t i = 0; i < g.size(); ++i) {
+    err += (g[i] - r[i]) * (g[i] - r[i]);
+    norm += r[i] * r[i];
+  }
+  return norm == 0 ? err : err / norm;
+}
+
+double Tolerance(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return 1e-10;  // f32 accumulation vs f64
+    case DType::kBF16: return 1e-4;  // output rounded to 8 mantissa bits (2^-9 relative)
+    case DType::kF16: return 1e-5;
+    default: return 0;
+  }
+}
+
+template <typename F>
+void ExpectMatchesReference(F&& op, DType dtype, const char* what) {
+  Tensor fast = op();
+  Tensor ref;
+  {
+    cpu::ReferenceModeGuard guard;
+    ref = op();
+  }
+  ASSERT_EQ(fast.shape(), ref.shape()) << what;
+  EXPECT_LE(NormalizedMse(fast, ref), Tolerance(dtype)) << what << " " << Name(dtype);
+}
+
+TEST(OneDnn, MatmulMatchesReference) {
+  Generator gen(1);
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    Tensor a = Normal({3, 37, 64}, 0, 1, &gen).To(dtype);
+    Tensor b = Normal({64, 29}, 0, 1, &gen).To(dtype);
+    Tensor bb = Normal({3, 1, 64, 29}, 0, 1, &gen).To(dtype);
+    ExpectMatchesReference([&] { return Matmul(a, b); }, dtype, "batch x matrix");
+    ExpectMatchesReference([&] { return Matmul(a, bb); }, dtype, "broadcast batch");
+    ExpectMatchesReference([&] { return Matmul(a.Transpose(-2, -1).Transpose(-2, -1).Narrow(1, 5, 20), b); },
+                           dtype, "narrowed rows");
+    ExpectMatchesReference([&] { return Matmul(b.Transpose(0, 1), a.Select(0, 1).Transpose(0, 1)); },
+                           dtype, "both transposed");
+    ExpectMatchesReference([&] { return Matmul(a.Slice(2, 0, 64, 2), b.Slice(0, 0, 64, 2)); }, dtype,
+                           "strided inner dim");
+  }
+  Tensor h = Normal({16, 32}, 0, 1, &gen).To(DType::kF16);
+  Tensor hw = Normal({32, 8}, 0, 1, &gen).To(DType::kF16);
+  ExpectMatchesReference([&] { return Matmul(h, hw); }, DType::kF16, "f16");
+}
+
+TEST(OneDnn, Conv2dMatchesReference) {
+  Generator gen(2);
+  struct Case {
+    Shape x, w;
+    int64_t stride, padding, dilation, groups;
+    bool bias;
+  };
+  const Case cases[] = {
+      {{2, 3, 12, 12}, {8, 3, 3, 3}, 1, 1, 1, 1, true},
+      {{2, 4, 11, 9}, {6, 4, 3, 3}, 2, 1, 1, 1, false},
+      {{1, 4, 13, 13}, {4, 4, 3, 3}, 1, 2, 2, 1, true},
+      {{2, 8, 10, 10}, {8, 2, 3, 3}, 1, 1, 1, 4, true},   // grouped
+      {{1, 6, 9, 9}, {6, 1, 5, 5}, 2, 2, 1, 6, false},    // depthwise
+      {{3, 16, 7, 7}, {32, 16, 1, 1}, 1, 0, 1, 1, true},  // pointwise
+  };
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    for (const Case& k : cases) {
+      Tensor x = Normal(k.x, 0, 1, &gen).To(dtype);
+      Tensor w = Normal(k.w, 0, 0.3, &gen).To(dtype);
+      Tensor b = k.bias ? Normal({k.w[0]}, 0, 1, &gen).To(dtype) : Tensor();
+      Conv2dOptions o;
+      o.stride[0] = o.stride[1] = k.stride;
+      o.padding[0] = o.padding[1] = k.padding;
+      o.dilation[0] = o.dilation[1] = k.dilation;
+      o.groups = k.groups;
+      std::string what = x.Describe() + " * " + w.Describe();
+      ExpectMatchesReference([&] { return Conv2d(x, w, b, o); }, dtype, what.c_str());
+    }
+  }
+}
+
+}  // namespace
+}  // namespace quanta
