@@ -105,7 +105,8 @@ void OneDnnMatmul(const KernelCall& c) {
   const Tensor& y = c.out[0];
   Dims a_dims(a.shape()), b_dims(b.shape()), y_dims(y.shape());
   Dims a_strides = FixUnitStrides(a), b_strides = FixUnitStrides(b), y_strides(y.strides());
-  std::string key = absl::StrCat("matmul|", static_cast<int>(dt), "|", absl::StrJoin(a_dims, ","), "/",
+  // oneDNN fixes its thread count when a primitive is created: part of the key.
+  std::string key = absl::StrCat("matmul|", GetNumThreads(), "|", static_cast<int>(dt), "|", absl::StrJoin(a_dims, ","), "/",
                                  absl::StrJoin(a_strides, ","), "|", absl::StrJoin(b_dims, ","), "/",
                                  absl::StrJoin(b_strides, ","), "|", absl::StrJoin(y_dims, ","));
   memory::desc a_md(a_dims, dt, a_strides), b_md(b_dims, dt, b_strides), y_md(y_dims, dt, y_strides);
@@ -157,7 +158,7 @@ void OneDnnConv2d(const KernelCall& c) {
   Dims strides = {at.stride[0], at.stride[1]};
   Dims dilates = {at.dilation[0] - 1, at.dilation[1] - 1};
   Dims padding = {at.padding[0], at.padding[1]};
-  std::string key = absl::StrCat("conv|", static_cast<int>(dt), "|", absl::StrJoin(x_dims, ","), "|",
+  std::string key = absl::StrCat("conv|", GetNumThreads(), "|", static_cast<int>(dt), "|", absl::StrJoin(x_dims, ","), "|",
                                  absl::StrJoin(w_dims, ","), "|", bias != nullptr, "|",
                                  absl::StrJoin(strides, ","), "|", absl::StrJoin(dilates, ","),
                                  "|", absl::StrJoin(padding, ","));
