@@ -5,7 +5,12 @@
 //   { cpu::ReferenceModeGuard ref; slow = Matmul(a, b); }   // scalar loops
 #pragma once
 
+#include <cstddef>
+
 namespace quanta::cpu {
+
+// oneDNN primitives built and cached so far (one per op, shape and thread count).
+size_t OneDnnCachedPrimitives();
 
 // While alive, every CPU op runs its reference kernel (all threads). For tests
 // that hold fast kernels equal to the reference.

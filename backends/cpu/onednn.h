@@ -5,6 +5,7 @@
 
 #include <cstddef>
 
+#include "backends/cpu/cpu_backend.h"
 #include "core/backend.h"
 
 namespace quanta::cpu {
@@ -12,7 +13,5 @@ namespace quanta::cpu {
 void OneDnnMatmul(const KernelCall& c);
 void OneDnnConv2d(const KernelCall& c);
 void OneDnnSetNumThreads(int n);
-// Primitives built so far (for tests of the cache).
-size_t OneDnnCachedPrimitives();
 
 }  // namespace quanta::cpu

@@ -92,5 +92,18 @@ TEST(OneDnn, Conv2dMatchesReference) {
   }
 }
 
+TEST(OneDnn, PrimitivesAreCachedPerShape) {
+  Tensor a = Ones({7, 5}), b = Ones({5, 3});
+  Matmul(a, b);
+  size_t after_first = cpu::OneDnnCachedPrimitives();
+  for (int i = 0; i < 3; ++i) Matmul(a, b);
+  EXPECT_EQ(cpu::OneDnnCachedPrimitives(), after_first);
+  Matmul(Ones({8, 5}), b);  // a new shape builds one more
+  EXPECT_EQ(cpu::OneDnnCachedPrimitives(), after_first + 1);
+  Conv2d(Ones({1, 2, 5, 5}), Ones({3, 2, 3, 3}));
+  Conv2d(Ones({1, 2, 5, 5}), Ones({3, 2, 3, 3}));
+  EXPECT_EQ(cpu::OneDnnCachedPrimitives(), after_first + 2);
+}
+
 }  // namespace
 }  // namespace quanta
