@@ -26,7 +26,11 @@ class ThreadPool {
     Stop();
     threads_ = std::max(1, threads);
     stop_ = false;
-    for (int i = 1; i < threads_; ++i) workers_.emplace_back([this, i] { Work(i); });
+    // Workers start from the current generation: a new worker must wait for the
+    // next Run, not replay the last one (whose task is gone).
+    for (int i = 1; i < threads_; ++i) {
+      workers_.emplace_back([this, i, generation = generation_] { Work(i, generation); });
+    }
   }
 
   // Runs task(i) for i in [0, n) with n <= threads(); task 0 on the caller.
@@ -60,8 +64,7 @@ class ThreadPool {
     in_parallel_region = false;
   }
 
-  void Work(int index) {
-    uint64_t seen = 0;
+  void Work(int index, uint64_t seen) {
     while (true) {
       const std::function<void(int)>* task;
       {
