@@ -33,7 +33,12 @@ enum class Op : uint8_t {
 };
 #define QUANTA_OP_COUNT(name, str) +1
 inline constexpr int kNumOps = 0 QUANTA_OPS(QUANTA_OP_COUNT);
+inline constexpr int kNumStructuralOps = 0 QUANTA_VIEW_OPS(QUANTA_OP_COUNT);
 #undef QUANTA_OP_COUNT
+// Structural ops (views, concat) come last in ops.def and have no kernels.
+inline constexpr bool IsStructural(Op op) {
+  return static_cast<int>(op) >= kNumOps - kNumStructuralOps;
+}
 
 const char* OpName(Op op);
 
@@ -43,7 +48,8 @@ struct OpAttrs {
   std::vector<int64_t> dims;        // reductions: reduced dims (sorted); gather/index_select: {dim}
   double scalar = 0;                // fill value; arange start; uniform low; normal mean; bernoulli p
   double scalar2 = 0;               // arange step; uniform high; normal std
-  int64_t stride[2] = {1, 1};       // conv2d
+  int64_t kernel[2] = {1, 1};       // max_pool2d
+  int64_t stride[2] = {1, 1};       // conv2d, max_pool2d
   int64_t padding[2] = {0, 0};      // conv2d
   int64_t dilation[2] = {1, 1};     // conv2d
   int64_t groups = 1;               // conv2d

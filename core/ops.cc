@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_join.h"
 #include "core/backend.h"
+#include "core/grad_mode.h"
 
 namespace quanta {
 namespace {
@@ -55,8 +56,17 @@ Tensor UnaryOp(Op op, const Tensor& x) {
   return out;
 }
 
+// In-place writes to a tensor in the graph would corrupt saved values: refused
+// while recording (optimizers update parameters under NoGradGuard).
+void CheckInplace(Op op, const Tensor& target, const Tensor* other = nullptr) {
+  QUANTA_CHECK(!GradModeEnabled() || (!target.requires_grad() && !(other && other->requires_grad())),
+               OpName(op), "_: in-place op on ", target.Describe(),
+               " while recording gradients; use the out-of-place form or NoGradGuard");
+}
+
 Tensor& UnaryInplace(Op op, Tensor& x) {
   CheckDefined(OpName(op), {&x});
+  CheckInplace(op, x);
   CheckNotQuantized(OpName(op), x);
   QUANTA_CHECK(!NeedsFloat(op) || IsFloating(x.dtype()), OpName(op), "_: result is floating but ",
                x.Describe(), " is not; use the out-of-place form");
@@ -88,6 +98,7 @@ Tensor BinaryOp(Op op, const Tensor& a, const Tensor& b, bool compare) {
 
 Tensor& BinaryInplace(Op op, Tensor& a, const Tensor& b) {
   auto [shape, dtype] = BinaryGeometry(op, a, b);
+  CheckInplace(op, a, &b);
   QUANTA_CHECK(shape == a.shape(), OpName(op), "_: result shape ", ShapeToString(shape),
                " differs from the in-place operand ", a.Describe());
   QUANTA_CHECK(!IsFloating(dtype) || IsFloating(a.dtype()), OpName(op), "_: result dtype ",
@@ -175,6 +186,7 @@ void Dispatch(Op op, std::span<const Tensor> inputs, std::span<Tensor> outputs,
   QUANTA_CHECK(kernel != nullptr, OpName(op), ": not supported on ", device.ToString(), " (",
                DescribeAll(inputs), ")");
   kernel(KernelCall{op, inputs, outputs, attrs});
+  Record(op, inputs, outputs, attrs);
 }
 
 // ---- elementwise ------------------------------------------------------------------
@@ -200,8 +212,8 @@ QUANTA_COMPARE_OPS(QUANTA_DEFINE_COMPARE)
 
 Tensor Clamp(const Tensor& x, std::optional<double> lo, std::optional<double> hi) {
   QUANTA_CHECK(!lo || !hi || *lo <= *hi, "clamp: min ", *lo, " > max ", *hi, " for ", x.Describe());
-  Tensor y = lo ? Maximum(x, *lo) : x.Clone();
-  return hi ? MinimumInplace(y, ScalarLike(y, *hi)) : y;
+  Tensor y = lo ? Maximum(x, *lo) : x;
+  return hi ? Minimum(y, *hi) : (lo ? y : x.Clone());
 }
 
 Tensor& ClampInplace(Tensor& x, std::optional<double> lo, std::optional<double> hi) {
@@ -249,7 +261,7 @@ Tensor Mean(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
   QUANTA_CHECK(IsFloating(x.dtype()), "mean: ", x.Describe(), " is not floating (cast it first)");
   int64_t n = CountReduced(x, dims);
   Tensor s = Sum(x, dims, keepdim);
-  return MulInplace(s, Scalar(1.0 / static_cast<double>(n), s.dtype(), s.device()));
+  return Mul(s, Scalar(1.0 / static_cast<double>(n), s.dtype(), s.device()));
 }
 
 Tensor Max(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
@@ -268,29 +280,60 @@ Tensor Var(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim, int6
   QUANTA_CHECK(IsFloating(x.dtype()), "var: ", x.Describe(), " is not floating (cast it first)");
   int64_t n = CountReduced(x, dims);
   Tensor diff = Sub(x, Mean(x, dims, /*keepdim=*/true));
-  Tensor ss = Sum(MulInplace(diff, diff), dims, keepdim);
+  Tensor ss = Sum(Mul(diff, diff), dims, keepdim);
   double denom = static_cast<double>(n - correction);
-  return MulInplace(ss, Scalar(denom > 0 ? 1.0 / denom : NAN, ss.dtype(), ss.device()));
+  return Mul(ss, Scalar(denom > 0 ? 1.0 / denom : NAN, ss.dtype(), ss.device()));
 }
 
 Tensor Softmax(const Tensor& x, int64_t dim) {
   QUANTA_CHECK(IsFloating(x.dtype()), "softmax: ", x.Describe(), " is not floating");
-  Tensor e = Sub(x, Max(x, {dim}, /*keepdim=*/true));  // stable: the max entry becomes exp(0)
-  ExpInplace(e);
-  return DivInplace(e, Sum(e, {dim}, /*keepdim=*/true));
+  // Stable: the max entry becomes exp(0). The max is a constant shift, so it is
+  // taken from the detached input (its gradient would cancel anyway).
+  Tensor e = Exp(Sub(x, Max(x.Detach(), {dim}, /*keepdim=*/true)));
+  return Div(e, Sum(e, {dim}, /*keepdim=*/true));
 }
 
 Tensor LogSoftmax(const Tensor& x, int64_t dim) {
   QUANTA_CHECK(IsFloating(x.dtype()), "log_softmax: ", x.Describe(), " is not floating");
-  Tensor shifted = Sub(x, Max(x, {dim}, /*keepdim=*/true));
+  Tensor shifted = Sub(x, Max(x.Detach(), {dim}, /*keepdim=*/true));
   Tensor lse = Log(Sum(Exp(shifted), {dim}, /*keepdim=*/true));
-  return SubInplace(shifted, lse);
+  return Sub(shifted, lse);
 }
 
 // ---- linear algebra and convolution ------------------------------------------------
 
+namespace {
+
+OpAttrs ConvAttrs(const Conv2dOptions& o) {
+  OpAttrs attrs;
+  for (int i = 0; i < 2; ++i) {
+    attrs.stride[i] = o.stride[i];
+    attrs.padding[i] = o.padding[i];
+    attrs.dilation[i] = o.dilation[i];
+  }
+  attrs.groups = o.groups;
+  return attrs;
+}
+
+// Under AutocastGuard, floating operands are cast to the autocast dtype.
+bool Autocasts(std::initializer_list<const Tensor*> tensors) {
+  std::optional<DType> amp = AutocastDType();
+  if (!amp) return false;
+  bool differs = false;
+  for (const Tensor* t : tensors) {
+    if (!t->defined()) continue;
+    if (t->dtype() != DType::kF32 && t->dtype() != *amp) return false;  // f64, ints: as written
+    differs = differs || t->dtype() != *amp;
+  }
+  return differs;
+}
+Tensor AutocastOperand(const Tensor& t) { return t.defined() ? t.To(*AutocastDType()) : t; }
+
+}  // namespace
+
 Tensor Matmul(const Tensor& a, const Tensor& b) {
   CheckDefined("matmul", {&a, &b});
+  if (Autocasts({&a, &b})) return Matmul(AutocastOperand(a), AutocastOperand(b));
   CheckNotQuantized("matmul", a);
   CheckNotQuantized("matmul", b);
   QUANTA_CHECK(a.dim() >= 1 && b.dim() >= 1, "matmul: operands need at least one dim (",
@@ -324,6 +367,9 @@ Tensor Matmul(const Tensor& a, const Tensor& b) {
 Tensor Conv2d(const Tensor& input, const Tensor& weight, const Tensor& bias,
               const Conv2dOptions& o) {
   CheckDefined("conv2d", {&input, &weight});
+  if (Autocasts({&input, &weight, &bias})) {
+    return Conv2d(AutocastOperand(input), AutocastOperand(weight), AutocastOperand(bias), o);
+  }
   std::string args = input.Describe() + ", " + weight.Describe() +
                      (bias.defined() ? ", " + bias.Describe() : "");
   QUANTA_CHECK(input.dim() == 4 && weight.dim() == 4, "conv2d: input (N, C, H, W) and weight (O, C/groups, KH, KW) must be 4-D (", args, ")");
@@ -343,18 +389,99 @@ Tensor Conv2d(const Tensor& input, const Tensor& weight, const Tensor& bias,
     out_hw[i] = (input.size(2 + i) + 2 * o.padding[i] - span) / o.stride[i] + 1;
     QUANTA_CHECK(input.size(2 + i) + 2 * o.padding[i] >= span, "conv2d: kernel larger than the padded input (", args, ")");
   }
-  OpAttrs attrs;
-  for (int i = 0; i < 2; ++i) {
-    attrs.stride[i] = o.stride[i];
-    attrs.padding[i] = o.padding[i];
-    attrs.dilation[i] = o.dilation[i];
-  }
-  attrs.groups = o.groups;
+  OpAttrs attrs = ConvAttrs(o);
   std::vector<Tensor> in = {input.Contiguous(), weight.Contiguous()};
   if (bias.defined()) in.push_back(bias.Contiguous());
   Tensor out = Tensor::Empty({input.size(0), weight.size(0), out_hw[0], out_hw[1]}, input.dtype(),
                              input.device());
   Dispatch(Op::kConv2d, in, {&out, 1}, attrs);
+  return out;
+}
+
+Tensor Conv2dBackwardInput(const Tensor& grad_out, const Tensor& weight, const Shape& input_shape,
+                           const Conv2dOptions& o) {
+  QUANTA_CHECK(grad_out.dim() == 4 && weight.dim() == 4 && input_shape.size() == 4 &&
+                   grad_out.dtype() == weight.dtype(),
+               "conv2d_backward_input: bad operands (", grad_out.Describe(), ", ", weight.Describe(), ")");
+  Tensor in[2] = {grad_out.Contiguous(), weight.Contiguous()};
+  Tensor out = Tensor::Empty(input_shape, grad_out.dtype(), grad_out.device());
+  Dispatch(Op::kConv2dBackwardInput, in, {&out, 1}, ConvAttrs(o));
+  return out;
+}
+
+Tensor Conv2dBackwardWeight(const Tensor& grad_out, const Tensor& input, const Shape& weight_shape,
+                            const Conv2dOptions& o) {
+  QUANTA_CHECK(grad_out.dim() == 4 && input.dim() == 4 && weight_shape.size() == 4 &&
+                   grad_out.dtype() == input.dtype(),
+               "conv2d_backward_weight: bad operands (", grad_out.Describe(), ", ", input.Describe(), ")");
+  Tensor in[2] = {grad_out.Contiguous(), input.Contiguous()};
+  Tensor out = Tensor::Empty(weight_shape, grad_out.dtype(), grad_out.device());
+  Dispatch(Op::kConv2dBackwardWeight, in, {&out, 1}, ConvAttrs(o));
+  return out;
+}
+
+Tensor MaxPool2d(const Tensor& x, const Pool2dOptions& o) {
+  CheckDefined("max_pool2d", {&x});
+  QUANTA_CHECK(x.dim() == 4 && IsFloating(x.dtype()), "max_pool2d: input must be floating (N, C, H, W), got ",
+               x.Describe());
+  OpAttrs attrs;
+  int64_t out_hw[2];
+  for (int i = 0; i < 2; ++i) {
+    attrs.kernel[i] = o.kernel[i];
+    attrs.stride[i] = o.stride[i] > 0 ? o.stride[i] : o.kernel[i];
+    attrs.padding[i] = o.padding[i];
+    attrs.dilation[i] = o.dilation[i];
+    QUANTA_CHECK(o.kernel[i] >= 1 && attrs.stride[i] >= 1 && o.dilation[i] >= 1 &&
+                     o.padding[i] >= 0 && 2 * o.padding[i] <= o.kernel[i],
+                 "max_pool2d: bad kernel/stride/padding/dilation for ", x.Describe(),
+                 " (padding must be at most half the kernel)");
+    int64_t span = o.dilation[i] * (o.kernel[i] - 1) + 1;
+    QUANTA_CHECK(x.size(2 + i) + 2 * o.padding[i] >= span, "max_pool2d: window larger than the padded input ",
+                 x.Describe());
+    out_hw[i] = (x.size(2 + i) + 2 * o.padding[i] - span) / attrs.stride[i] + 1;
+  }
+  Shape shape = {x.size(0), x.size(1), out_hw[0], out_hw[1]};
+  Tensor in = x.Contiguous();
+  Tensor out[2] = {Tensor::Empty(shape, x.dtype(), x.device()), Tensor::Empty(shape, DType::kI64, x.device())};
+  Dispatch(Op::kMaxPool2d, {&in, 1}, out, attrs);
+  return out[0];
+}
+
+Tensor MaxPool2dBackward(const Tensor& grad_out, const Tensor& indices, const Shape& input_shape) {
+  QUANTA_CHECK(grad_out.shape() == indices.shape() && indices.dtype() == DType::kI64 &&
+                   input_shape.size() == 4,
+               "max_pool2d_backward: bad operands (", grad_out.Describe(), ", ", indices.Describe(), ")");
+  Tensor in[2] = {grad_out.Contiguous(), indices.Contiguous()};
+  Tensor out = Tensor::Empty(input_shape, grad_out.dtype(), grad_out.device());
+  Dispatch(Op::kMaxPool2dBackward, in, {&out, 1});
+  return out;
+}
+
+Tensor IndexAdd(const Shape& shape, int64_t dim, const Tensor& index, const Tensor& src) {
+  int d = WrapDimOrNeg(dim, static_cast<int64_t>(shape.size()));
+  QUANTA_CHECK(d >= 0 && index.dim() == 1 && IsIntegral(index.dtype()) && src.dim() == static_cast<int>(shape.size()) &&
+                   src.size(d) == index.numel(),
+               "index_add: bad operands (shape ", ShapeToString(shape), ", dim ", dim, ", ",
+               index.Describe(), ", ", src.Describe(), ")");
+  Tensor out = Zeros(shape, src.dtype(), src.device());
+  OpAttrs attrs;
+  attrs.dims = {d};
+  Tensor in[2] = {src, index.To(DType::kI64)};
+  Dispatch(Op::kIndexAdd, in, {&out, 1}, attrs);
+  return out;
+}
+
+Tensor ScatterAdd(const Shape& shape, int64_t dim, const Tensor& index, const Tensor& src) {
+  int d = WrapDimOrNeg(dim, static_cast<int64_t>(shape.size()));
+  QUANTA_CHECK(d >= 0 && IsIntegral(index.dtype()) && index.shape() == src.shape() &&
+                   src.dim() == static_cast<int>(shape.size()),
+               "scatter_add: bad operands (shape ", ShapeToString(shape), ", dim ", dim, ", ",
+               index.Describe(), ", ", src.Describe(), ")");
+  Tensor out = Zeros(shape, src.dtype(), src.device());
+  OpAttrs attrs;
+  attrs.dims = {d};
+  Tensor in[2] = {src, index.To(DType::kI64)};
+  Dispatch(Op::kScatterAdd, in, {&out, 1}, attrs);
   return out;
 }
 
@@ -378,11 +505,17 @@ Tensor Concat(const std::vector<Tensor>& tensors, int64_t dim) {
   Shape shape = first.shape();
   shape[d] = total;
   Tensor out = Tensor::Empty(shape, dtype, first.device());
-  int64_t offset = 0;
-  for (const Tensor& t : tensors) {
-    out.Narrow(d, offset, t.size(d)).CopyFrom(t);
-    offset += t.size(d);
+  {
+    NoGradGuard no_grad;  // the copies into views are recorded as one concat below
+    int64_t offset = 0;
+    for (const Tensor& t : tensors) {
+      out.Narrow(d, offset, t.size(d)).CopyFrom(t);
+      offset += t.size(d);
+    }
   }
+  OpAttrs attrs;
+  attrs.dims = {d};
+  Record(Op::kConcat, tensors, {&out, 1}, attrs);
   return out;
 }
 
@@ -437,6 +570,7 @@ Tensor Gather(const Tensor& x, int64_t dim, const Tensor& index) {
 
 void FillInplace(Tensor& x, double value) {
   CheckDefined("fill", {&x});
+  CheckInplace(Op::kFill, x);
   CheckNotQuantized("fill", x);
   OpAttrs attrs;
   attrs.scalar = value;

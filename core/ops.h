@@ -92,6 +92,24 @@ struct Conv2dOptions {
 Tensor Conv2d(const Tensor& input, const Tensor& weight, const Tensor& bias = Tensor(),
               const Conv2dOptions& options = {});
 
+// The two halves of conv2d's gradient (autograd's conv2d backward uses them).
+Tensor Conv2dBackwardInput(const Tensor& grad_out, const Tensor& weight, const Shape& input_shape,
+                           const Conv2dOptions& options);
+Tensor Conv2dBackwardWeight(const Tensor& grad_out, const Tensor& input, const Shape& weight_shape,
+                            const Conv2dOptions& options);
+
+// ---- pooling ------------------------------------------------------------------------
+struct Pool2dOptions {
+  int64_t kernel[2] = {2, 2};
+  int64_t stride[2] = {0, 0};  // 0: the kernel size
+  int64_t padding[2] = {0, 0};
+  int64_t dilation[2] = {1, 1};
+};
+// x (N, C, H, W). Padding counts as -inf. The argmax indices are kept in the graph.
+Tensor MaxPool2d(const Tensor& x, const Pool2dOptions& options);
+// Routes grad_out to the argmax positions (indices: flat h * W + w per plane).
+Tensor MaxPool2dBackward(const Tensor& grad_out, const Tensor& indices, const Shape& input_shape);
+
 // ---- joining and indexing -----------------------------------------------------
 Tensor Concat(const std::vector<Tensor>& tensors, int64_t dim);
 Tensor Stack(const std::vector<Tensor>& tensors, int64_t dim);
@@ -99,6 +117,9 @@ Tensor Stack(const std::vector<Tensor>& tensors, int64_t dim);
 Tensor IndexSelect(const Tensor& x, int64_t dim, const Tensor& index);
 // torch.gather: out has index's shape; out[i][j] = x[i][index[i][j]] for dim 1.
 Tensor Gather(const Tensor& x, int64_t dim, const Tensor& index);
+// Adjoints of IndexSelect and Gather: zeros(shape) with src added at index.
+Tensor IndexAdd(const Shape& shape, int64_t dim, const Tensor& index, const Tensor& src);
+Tensor ScatterAdd(const Shape& shape, int64_t dim, const Tensor& index, const Tensor& src);
 
 // ---- creation -------------------------------------------------------------------
 Tensor Full(const Shape& shape, double value, DType dtype = DType::kF32,

@@ -30,6 +30,7 @@ QUANTA_UNARY_FN(Abs, x < C(0) ? -x : x)
 QUANTA_UNARY_FN(Relu, x < C(0) ? C(0) : x)  // NaN stays NaN, as in PyTorch
 QUANTA_UNARY_FN(Sigmoid, C(1) / (C(1) + exp(-x)))
 QUANTA_UNARY_FN(Tanh, tanh(x))
+QUANTA_UNARY_FN(Erf, erf(x))
 // The exact (erf) GELU: x * Phi(x).
 QUANTA_UNARY_FN(Gelu, C(0.5) * x * (C(1) + erf(x * C(0.70710678118654752440))))
 #undef QUANTA_UNARY_FN

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/backend.h"
+#include "core/grad_mode.h"
 #include "core/ops.h"
 
 namespace quanta {
@@ -18,6 +19,12 @@ int64_t WrapDim(const char* op, const Tensor& t, int64_t dim, int64_t rank) {
   int d = WrapDimOrNeg(dim, rank);
   QUANTA_CHECK(d >= 0, op, ": dim ", dim, " out of range for ", t.Describe());
   return d;
+}
+
+// Records a structural op (a view) so that gradients flow through it.
+Tensor RecordView(Op op, const Tensor& base, Tensor view, const OpAttrs& attrs = {}) {
+  Record(op, {&base, 1}, {&view, 1}, attrs);
+  return view;
 }
 
 // Elements the storage holds (two per byte for qint4).
@@ -172,6 +179,10 @@ void Tensor::CheckViewable(const char* op) const {
 
 Tensor Tensor::AsStrided(const Shape& shape, const Strides& strides, int64_t offset) const {
   CheckViewable("as_strided");
+  return MakeView(shape, strides, offset);
+}
+
+Tensor Tensor::MakeView(const Shape& shape, const Strides& strides, int64_t offset) const {
   QUANTA_CHECK(shape.size() == strides.size(), "as_strided: shape ", ShapeToString(shape),
                " and strides ", ShapeToString(strides), " differ in rank");
   int64_t lo = offset, hi = offset;
@@ -184,7 +195,7 @@ Tensor Tensor::AsStrided(const Shape& shape, const Strides& strides, int64_t off
   QUANTA_CHECK(hi < lo || (lo >= 0 && hi < StorageElements(*storage_, dtype_)),
                "as_strided: view ", ShapeToString(shape), " strides ", ShapeToString(strides),
                " offset ", offset, " reaches outside the storage of ", Describe());
-  Tensor t = *this;
+  Tensor t = Detach();
   t.shape_ = shape;
   t.strides_ = strides;
   t.offset_ = offset;
@@ -214,8 +225,7 @@ Tensor Tensor::View(const Shape& requested) const {
   // of the same element count (the algorithm of torch's computeStride).
   Strides strides(shape.size());
   if (numel() == 0 || dim() == 0) {
-    strides = ContiguousStrides(shape);
-    return AsStrided(shape, strides, offset_);
+    return RecordView(Op::kView, *this, MakeView(shape, ContiguousStrides(shape), offset_));
   }
   int64_t view_d = static_cast<int64_t>(shape.size()) - 1;
   int64_t chunk_base_stride = strides_.back();
@@ -239,7 +249,7 @@ Tensor Tensor::View(const Shape& requested) const {
     }
   }
   for (; view_d >= 0; --view_d) strides[view_d] = 1;  // leading dims of size 1
-  return AsStrided(shape, strides, offset_);
+  return RecordView(Op::kView, *this, MakeView(shape, strides, offset_));
 }
 
 Tensor Tensor::Reshape(const Shape& shape) const {
@@ -264,10 +274,13 @@ Tensor Tensor::Permute(const std::vector<int64_t>& dims) const {
     shape[i] = shape_[d];
     strides[i] = strides_[d];
   }
-  Tensor t = *this;
+  Tensor t = Detach();
   t.shape_ = shape;
   t.strides_ = strides;
-  return t;
+  OpAttrs attrs;
+  attrs.dims = dims;
+  for (int64_t& d : attrs.dims) d = WrapDimOrNeg(d, dim());
+  return RecordView(Op::kPermute, *this, t, attrs);
 }
 
 Tensor Tensor::Transpose(int64_t d0, int64_t d1) const {
@@ -283,10 +296,12 @@ Tensor Tensor::Narrow(int64_t d, int64_t start, int64_t length) const {
   if (start < 0) start += shape_[d];
   QUANTA_CHECK(start >= 0 && length >= 0 && start + length <= shape_[d], "narrow: [", start,
                ", ", start + length, ") outside dim ", d, " of ", Describe());
-  Tensor t = *this;
+  Tensor t = Detach();
   t.shape_[d] = length;
   t.offset_ += start * strides_[d];
-  return t;
+  OpAttrs attrs;
+  attrs.dims = {d, start, start + length, 1};
+  return RecordView(Op::kSlice, *this, t, attrs);
 }
 
 Tensor Tensor::Slice(int64_t d, int64_t start, int64_t end, int64_t step) const {
@@ -298,11 +313,13 @@ Tensor Tensor::Slice(int64_t d, int64_t start, int64_t end, int64_t step) const 
   if (end < 0) end += n;
   start = std::clamp<int64_t>(start, 0, n);
   end = std::clamp<int64_t>(end, start, n);
-  Tensor t = *this;
+  Tensor t = Detach();
   t.offset_ += start * strides_[d];
   t.shape_[d] = (end - start + step - 1) / step;
   t.strides_[d] *= step;
-  return t;
+  OpAttrs attrs;
+  attrs.dims = {d, start, end, step};
+  return RecordView(Op::kSlice, *this, t, attrs);
 }
 
 Tensor Tensor::Select(int64_t d, int64_t index) const {
@@ -311,11 +328,13 @@ Tensor Tensor::Select(int64_t d, int64_t index) const {
   if (index < 0) index += shape_[d];
   QUANTA_CHECK(index >= 0 && index < shape_[d], "select: index ", index, " outside dim ", d,
                " of ", Describe());
-  Tensor t = *this;
+  Tensor t = Detach();
   t.offset_ += index * strides_[d];
   t.shape_.erase(t.shape_.begin() + d);
   t.strides_.erase(t.strides_.begin() + d);
-  return t;
+  OpAttrs attrs;
+  attrs.dims = {d, index};
+  return RecordView(Op::kSelect, *this, t, attrs);
 }
 
 Tensor Tensor::Expand(const Shape& shape) const {
@@ -341,15 +360,15 @@ Tensor Tensor::Expand(const Shape& shape) const {
     out_shape[i] = want;
     out_strides[i] = want == old ? strides_[i - lead] : 0;
   }
-  Tensor t = *this;
+  Tensor t = Detach();
   t.shape_ = out_shape;
   t.strides_ = out_strides;
-  return t;
+  return RecordView(Op::kExpand, *this, t);
 }
 
 Tensor Tensor::Squeeze() const {
   CheckViewable("squeeze");
-  Tensor t = *this;
+  Tensor t = Detach();
   t.shape_.clear();
   t.strides_.clear();
   for (int i = 0; i < dim(); ++i) {
@@ -358,27 +377,27 @@ Tensor Tensor::Squeeze() const {
       t.strides_.push_back(strides_[i]);
     }
   }
-  return t;
+  return RecordView(Op::kView, *this, t);
 }
 
 Tensor Tensor::Squeeze(int64_t d) const {
   CheckViewable("squeeze");
   d = WrapDim("squeeze", *this, d, dim());
   if (shape_[d] != 1) return *this;
-  Tensor t = *this;
+  Tensor t = Detach();
   t.shape_.erase(t.shape_.begin() + d);
   t.strides_.erase(t.strides_.begin() + d);
-  return t;
+  return RecordView(Op::kView, *this, t);
 }
 
 Tensor Tensor::Unsqueeze(int64_t d) const {
   CheckViewable("unsqueeze");
   d = WrapDim("unsqueeze", *this, d, dim() + 1);
-  Tensor t = *this;
+  Tensor t = Detach();
   int64_t stride = d < dim() ? shape_[d] * strides_[d] : 1;
   t.shape_.insert(t.shape_.begin() + d, 1);
   t.strides_.insert(t.strides_.begin() + d, stride);
-  return t;
+  return RecordView(Op::kView, *this, t);
 }
 
 Tensor Tensor::Flatten(int64_t start_dim, int64_t end_dim) const {
@@ -400,7 +419,7 @@ Tensor Tensor::Contiguous() const { return is_contiguous() ? *this : Clone(); }
 
 Tensor Tensor::Clone() const {
   Tensor out = qparams_ ? Empty(shape_, dtype_, device(), *qparams_) : Empty(shape_, dtype_, device());
-  out.CopyFrom(*this);
+  CopyInto(out);
   return out;
 }
 
@@ -409,50 +428,91 @@ Tensor Tensor::To(DType dtype) const {
   QUANTA_CHECK(!IsQuantized(dtype) && !IsQuantized(dtype_), "to: cannot cast ", Describe(),
                " to ", Name(dtype), "; quantize/dequantize convert between float and quantized");
   Tensor out = Empty(shape_, dtype, device());
-  out.CopyFrom(*this);
+  CopyInto(out);
   return out;
 }
 
 Tensor Tensor::To(const Device& device) const {
   if (device == this->device()) return *this;
   Tensor out = qparams_ ? Empty(shape_, dtype_, device, *qparams_) : Empty(shape_, dtype_, device);
-  out.CopyFrom(*this);
+  CopyInto(out);
   return out;
 }
 
 void Tensor::CopyFrom(const Tensor& src) {
   QUANTA_CHECK(defined() && src.defined(), "copy: undefined tensor");
-  QUANTA_CHECK(IsQuantized(dtype_) == IsQuantized(src.dtype_) &&
-                   (!IsQuantized(dtype_) || (dtype_ == src.dtype_ && *qparams_ == *src.qparams_)),
-               "copy: cannot copy ", src.Describe(), " into ", Describe(),
+  QUANTA_CHECK(!(GradModeEnabled() && requires_grad()), "copy_: ", Describe(),
+               " requires grad; in-place writes to it would corrupt the graph (use NoGradGuard)");
+  src.CopyInto(*this);
+}
+
+void Tensor::CopyInto(Tensor& out) const {
+  QUANTA_CHECK(IsQuantized(dtype_) == IsQuantized(out.dtype_) &&
+                   (!IsQuantized(dtype_) || (dtype_ == out.dtype_ && *qparams_ == *out.qparams_)),
+               "copy: cannot copy ", Describe(), " into ", out.Describe(),
                " (quantized copies need the same dtype and parameters)");
   Shape shape;
-  QUANTA_CHECK(TryBroadcastShapes(shape_, src.shape_, &shape) && shape == shape_, "copy: ",
-               src.Describe(), " does not broadcast to ", Describe());
-  Tensor from = src.Expand(shape_);
-  if (src.device() != device()) {
-    // Across devices: pack on the source device, move bytes, unpack on this one.
+  QUANTA_CHECK(TryBroadcastShapes(out.shape_, shape_, &shape) && shape == out.shape_, "copy: ",
+               Describe(), " does not broadcast to ", out.Describe());
+  Tensor from = Expand(out.shape_);
+  if (device() == out.device()) {
+    Dispatch(Op::kCopy, {&from, 1}, {&out, 1});  // records the copy
+    return;
+  }
+  // Across devices: pack on the source device, move bytes, unpack on the target.
+  {
+    NoGradGuard no_grad;
     Tensor packed = from.Contiguous();
-    Tensor moved = qparams_ ? Empty(shape_, src.dtype_, device(), *src.qparams_)
-                            : Empty(shape_, src.dtype_, device());
-    size_t bytes = StorageBytes(src.dtype_, packed.numel());
     if (packed.dtype_ == DType::kQInt4 && (packed.offset_ & 1)) packed = packed.Clone();
+    Tensor moved = qparams_ ? Empty(out.shape_, dtype_, out.device(), *qparams_)
+                            : Empty(out.shape_, dtype_, out.device());
+    size_t bytes = StorageBytes(dtype_, packed.numel());
+    Device src_device = packed.device(), dst_device = out.device();
     if (bytes > 0) {
-      if (device().is_cpu()) {
-        GetBackend(packed.device()).CopyToHost(moved.raw_data(), packed.raw_data(), bytes,
-                                               packed.device().index);
-      } else if (packed.device().is_cpu()) {
-        GetBackend(device()).CopyFromHost(moved.raw_data(), packed.raw_data(), bytes, device().index);
+      if (dst_device.is_cpu()) {
+        GetBackend(src_device).CopyToHost(moved.raw_data(), packed.raw_data(), bytes, src_device.index);
+      } else if (src_device.is_cpu()) {
+        GetBackend(dst_device).CopyFromHost(moved.raw_data(), packed.raw_data(), bytes, dst_device.index);
       } else {  // device to device through the host
         std::vector<char> host(bytes);
-        GetBackend(packed.device()).CopyToHost(host.data(), packed.raw_data(), bytes, packed.device().index);
-        GetBackend(device()).CopyFromHost(moved.raw_data(), host.data(), bytes, device().index);
+        GetBackend(src_device).CopyToHost(host.data(), packed.raw_data(), bytes, src_device.index);
+        GetBackend(dst_device).CopyFromHost(moved.raw_data(), host.data(), bytes, dst_device.index);
       }
     }
-    from = moved;
+    Dispatch(Op::kCopy, {&moved, 1}, {&out, 1});
   }
-  Tensor self = *this;
-  Dispatch(Op::kCopy, {&from, 1}, {&self, 1});
+  Record(Op::kCopy, {&from, 1}, {&out, 1});
+}
+
+// ---- autograd state -----------------------------------------------------------------
+
+bool Tensor::requires_grad() const { return autograd_ != nullptr && autograd_->requires_grad; }
+
+Tensor& Tensor::SetRequiresGrad(bool requires_grad) {
+  QUANTA_CHECK(!requires_grad || IsFloating(dtype_), "requires_grad: ", Describe(),
+               " is not floating; only floating tensors have gradients");
+  QUANTA_CHECK(is_leaf(), "requires_grad: ", Describe(),
+               " was produced by a recorded op; only leaves can change requires_grad (Detach first)");
+  if (!autograd_) autograd_ = std::make_shared<AutogradMeta>();
+  autograd_->requires_grad = requires_grad;
+  return *this;
+}
+
+Tensor Tensor::grad() const { return autograd_ ? autograd_->grad : Tensor(); }
+
+void Tensor::SetGrad(const Tensor& grad) {
+  QUANTA_CHECK(!grad.defined() || grad.shape() == shape_, "set_grad: gradient ", grad.Describe(),
+               " does not match ", Describe());
+  if (!autograd_) autograd_ = std::make_shared<AutogradMeta>();
+  autograd_->grad = grad;
+}
+
+bool Tensor::is_leaf() const { return autograd_ == nullptr || autograd_->grad_fn == nullptr; }
+
+Tensor Tensor::Detach() const {
+  Tensor t = *this;
+  t.autograd_.reset();
+  return t;
 }
 
 // ---- reading values --------------------------------------------------------------

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <iosfwd>
 #include <memory>
 #include <string>
@@ -24,6 +25,8 @@
 #include "core/storage.h"
 
 namespace quanta {
+
+struct AutogradMeta;
 
 class Tensor {
  public:
@@ -84,6 +87,7 @@ class Tensor {
   Tensor Unsqueeze(int64_t dim) const;
   Tensor Flatten(int64_t start_dim = 0, int64_t end_dim = -1) const;
   // A view with explicit geometry over the same storage (checked against its size).
+  // Not recorded for autograd: the result is detached (kernels use it internally).
   Tensor AsStrided(const Shape& shape, const Strides& strides, int64_t offset) const;
 
   // ---- copies ----------------------------------------------------------------
@@ -103,8 +107,23 @@ class Tensor {
 
   std::string ToString() const;
 
+  // ---- autograd (the graph itself lives in autograd/) ------------------------
+  bool requires_grad() const;
+  // Marks a floating tensor as a leaf whose gradient accumulates in grad().
+  Tensor& SetRequiresGrad(bool requires_grad = true);
+  // The accumulated gradient of a leaf (undefined before the first backward).
+  Tensor grad() const;
+  void SetGrad(const Tensor& grad);
+  bool is_leaf() const;
+  // The same storage and geometry, cut from the graph.
+  Tensor Detach() const;
+  const std::shared_ptr<AutogradMeta>& autograd_meta() const { return autograd_; }
+  void SetAutogradMeta(std::shared_ptr<AutogradMeta> meta) { autograd_ = std::move(meta); }
+
  private:
   void CheckViewable(const char* op) const;
+  Tensor MakeView(const Shape& shape, const Strides& strides, int64_t offset) const;
+  void CopyInto(Tensor& out) const;  // cast/broadcast copy of *this into out, recorded
 
   std::shared_ptr<Storage> storage_;
   Shape shape_;
@@ -112,6 +131,19 @@ class Tensor {
   int64_t offset_ = 0;
   DType dtype_ = DType::kF32;
   std::shared_ptr<const QuantParams> qparams_;  // quantized dtypes only
+  std::shared_ptr<AutogradMeta> autograd_;      // null unless autograd touched it
+};
+
+struct GradNode;  // autograd/: one recorded op
+
+// Autograd state, shared by every copy of a Tensor (not by its views).
+struct AutogradMeta {
+  bool requires_grad = false;
+  Tensor grad;                        // leaves: the accumulated gradient
+  std::shared_ptr<GradNode> grad_fn;  // non-leaves: the op that produced it
+  int output_index = 0;               // which output of grad_fn
+  // Called with each gradient computed for this tensor; may return a replacement.
+  std::vector<std::function<Tensor(const Tensor&)>> hooks;
 };
 
 std::ostream& operator<<(std::ostream& os, const Tensor& t);

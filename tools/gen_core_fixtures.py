@@ -21,6 +21,7 @@ ops = {
     "relu": (xs, lambda x: max(x, 0.0)),
     "sigmoid": (xs, lambda x: 1.0 / (1.0 + np.exp(-x))),
     "tanh": (xs, np.tanh),
+    "erf": (xs, math.erf),
     "gelu": (xs, lambda x: 0.5 * x * (1.0 + math.erf(x / math.sqrt(2.0)))),
 }
 

@@ -19,7 +19,9 @@ constexpr size_t kAlignment = 64;  // one cache line, one AVX-512 vector
 class CpuBackend : public Backend {
  public:
   CpuBackend() : Backend(DeviceType::kCpu) {
-    for (int i = 0; i < kNumOps; ++i) SetKernel(static_cast<Op>(i), ReferenceKernel(static_cast<Op>(i)));
+    for (int i = 0; i < kNumOps; ++i) {
+      SetKernel(static_cast<Op>(i), ReferenceKernel(static_cast<Op>(i)));
+    }
     SetKernel(Op::kMatmul, &OneDnnMatmul);
     SetKernel(Op::kConv2d, &OneDnnConv2d);
   }

@@ -363,6 +363,195 @@ void GatherKernel(const KernelCall& c) {
   });
 }
 
+// grad_out (N, O, OH, OW), w (O, C/G, KH, KW) -> grad_in (N, C, H, W): the
+// transpose of Conv2dKernel's loop, accumulating per input element.
+void Conv2dBackwardInputKernel(const KernelCall& c) {
+  const Tensor& gy = c.in[0];
+  const Tensor& w = c.in[1];
+  const Tensor& gx = c.out[0];
+  const OpAttrs& at = c.attrs;
+  int64_t N = gx.size(0), C = gx.size(1), H = gx.size(2), W = gx.size(3);
+  int64_t O = w.size(0), CG = w.size(1), KH = w.size(2), KW = w.size(3);
+  int64_t OH = gy.size(2), OW = gy.size(3), G = at.groups, OG = O / G;
+  VisitPlain(c, gy.dtype(), [&]<typename T>(TypeTag<T>) {
+    const T* gyp = static_cast<const T*>(gy.raw_data());
+    const T* wp = static_cast<const T*>(w.raw_data());
+    T* gxp = static_cast<T*>(gx.raw_data());
+    ParallelFor(0, N * C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t nc = begin; nc < end; ++nc) {
+        int64_t n = nc / C, ch = nc % C, g = ch / CG, cg = ch % CG;
+        for (int64_t ih = 0; ih < H; ++ih) {
+          for (int64_t iw = 0; iw < W; ++iw) {
+            double acc = 0;
+            for (int64_t kh = 0; kh < KH; ++kh) {
+              int64_t th = ih + at.padding[0] - kh * at.dilation[0];
+              if (th < 0 || th % at.stride[0] != 0 || th / at.stride[0] >= OH) continue;
+              for (int64_t kw = 0; kw < KW; ++kw) {
+                int64_t tw = iw + at.padding[1] - kw * at.dilation[1];
+                if (tw < 0 || tw % at.stride[1] != 0 || tw / at.stride[1] >= OW) continue;
+                int64_t oh = th / at.stride[0], ow = tw / at.stride[1];
+                for (int64_t og = 0; og < OG; ++og) {
+                  int64_t o = g * OG + og;
+                  acc += static_cast<double>(Convert<Compute<T>>(gyp[((n * O + o) * OH + oh) * OW + ow])) *
+                         static_cast<double>(Convert<Compute<T>>(wp[((o * CG + cg) * KH + kh) * KW + kw]));
+                }
+              }
+            }
+            gxp[((n * C + ch) * H + ih) * W + iw] = Convert<T>(acc);
+          }
+        }
+      }
+    });
+  });
+}
+
+// grad_out (N, O, OH, OW), x (N, C, H, W) -> grad_w (O, C/G, KH, KW).
+void Conv2dBackwardWeightKernel(const KernelCall& c) {
+  const Tensor& gy = c.in[0];
+  const Tensor& x = c.in[1];
+  const Tensor& gw = c.out[0];
+  const OpAttrs& at = c.attrs;
+  int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  int64_t O = gw.size(0), CG = gw.size(1), KH = gw.size(2), KW = gw.size(3);
+  int64_t OH = gy.size(2), OW = gy.size(3), G = at.groups, OG = O / G;
+  VisitPlain(c, gy.dtype(), [&]<typename T>(TypeTag<T>) {
+    const T* gyp = static_cast<const T*>(gy.raw_data());
+    const T* xp = static_cast<const T*>(x.raw_data());
+    T* gwp = static_cast<T*>(gw.raw_data());
+    ParallelFor(0, O * CG, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t oc = begin; oc < end; ++oc) {
+        int64_t o = oc / CG, cg = oc % CG, ch = (o / OG) * CG + cg;
+        for (int64_t kh = 0; kh < KH; ++kh) {
+          for (int64_t kw = 0; kw < KW; ++kw) {
+            double acc = 0;
+            for (int64_t n = 0; n < N; ++n) {
+              for (int64_t oh = 0; oh < OH; ++oh) {
+                int64_t ih = oh * at.stride[0] - at.padding[0] + kh * at.dilation[0];
+                if (ih < 0 || ih >= H) continue;
+                for (int64_t ow = 0; ow < OW; ++ow) {
+                  int64_t iw = ow * at.stride[1] - at.padding[1] + kw * at.dilation[1];
+                  if (iw < 0 || iw >= W) continue;
+                  acc += static_cast<double>(Convert<Compute<T>>(gyp[((n * O + o) * OH + oh) * OW + ow])) *
+                         static_cast<double>(Convert<Compute<T>>(xp[((n * C + ch) * H + ih) * W + iw]));
+                }
+              }
+            }
+            gwp[((o * CG + cg) * KH + kh) * KW + kw] = Convert<T>(acc);
+          }
+        }
+      }
+    });
+  });
+}
+
+// x (N, C, H, W) -> y, argmax (N, C, OH, OW); argmax is h * W + w in the plane.
+void MaxPool2dKernel(const KernelCall& c) {
+  const Tensor& x = c.in[0];
+  const Tensor& y = c.out[0];
+  const Tensor& idx = c.out[1];
+  const OpAttrs& at = c.attrs;
+  int64_t NC = x.size(0) * x.size(1), H = x.size(2), W = x.size(3), OH = y.size(2), OW = y.size(3);
+  VisitPlain(c, x.dtype(), [&]<typename T>(TypeTag<T>) {
+    const T* xp = static_cast<const T*>(x.raw_data());
+    T* yp = static_cast<T*>(y.raw_data());
+    int64_t* ip = static_cast<int64_t*>(idx.raw_data());
+    ParallelFor(0, NC, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        for (int64_t oh = 0; oh < OH; ++oh) {
+          for (int64_t ow = 0; ow < OW; ++ow) {
+            double best = -INFINITY;
+            int64_t best_i = -1;
+            for (int64_t kh = 0; kh < at.kernel[0]; ++kh) {
+              int64_t ih = oh * at.stride[0] - at.padding[0] + kh * at.dilation[0];
+              if (ih < 0 || ih >= H) continue;
+              for (int64_t kw = 0; kw < at.kernel[1]; ++kw) {
+                int64_t iw = ow * at.stride[1] - at.padding[1] + kw * at.dilation[1];
+                if (iw < 0 || iw >= W) continue;
+                double v = static_cast<double>(Convert<Compute<T>>(xp[(p * H + ih) * W + iw]));
+                if (best_i < 0 || v > best || std::isnan(v)) {
+                  best = v;
+                  best_i = ih * W + iw;
+                  if (std::isnan(v)) break;
+                }
+              }
+            }
+            yp[(p * OH + oh) * OW + ow] = Convert<T>(best);
+            ip[(p * OH + oh) * OW + ow] = best_i;
+          }
+        }
+      }
+    });
+  });
+}
+
+// grad_out, indices (N, C, OH, OW) -> grad_in (N, C, H, W): each gradient goes
+// to its window's argmax; overlapping windows add up.
+void MaxPool2dBackwardKernel(const KernelCall& c) {
+  const Tensor& gy = c.in[0];
+  const Tensor& idx = c.in[1];
+  const Tensor& gx = c.out[0];
+  int64_t NC = gx.size(0) * gx.size(1), HW = gx.size(2) * gx.size(3), OHW = gy.size(2) * gy.size(3);
+  VisitPlain(c, gy.dtype(), [&]<typename T>(TypeTag<T>) {
+    const T* gyp = static_cast<const T*>(gy.raw_data());
+    const int64_t* ip = static_cast<const int64_t*>(idx.raw_data());
+    T* gxp = static_cast<T*>(gx.raw_data());
+    ParallelFor(0, NC, 1, [&](int64_t begin, int64_t end) {  // planes are independent
+      for (int64_t p = begin; p < end; ++p) {
+        std::vector<double> acc(HW, 0.0);
+        for (int64_t o = 0; o < OHW; ++o) {
+          int64_t i = ip[p * OHW + o];
+          if (i >= 0) acc[i] += static_cast<double>(Convert<Compute<T>>(gyp[p * OHW + o]));
+        }
+        for (int64_t i = 0; i < HW; ++i) gxp[p * HW + i] = Convert<T>(acc[i]);
+      }
+    });
+  });
+}
+
+// out (zeros, shape of x) += src at index along dim. Serial: indices may repeat.
+void IndexAddKernel(const KernelCall& c) {
+  const Tensor& src = c.in[0];
+  const Tensor& index = c.in[1];
+  const Tensor& y = c.out[0];
+  int64_t d = c.attrs.dims[0];
+  Strides ys = y.strides(), is(src.dim(), 0);
+  ys[d] = 0;
+  is[d] = index.stride(0);
+  Tensor y_base = y.AsStrided(src.shape(), ys, y.offset());
+  Tensor idx = index.AsStrided(src.shape(), is, index.offset());
+  const auto* ip = static_cast<const int64_t*>(StorageBase(index));
+  VisitPlain(c, src.dtype(), [&]<typename T>(TypeTag<T>) {
+    const void* sp = StorageBase(src);
+    void* yp = StorageBase(y);
+    ForEachStrided<3>(src.shape(), {&y_base, &src, &idx}, [&](const std::array<int64_t, 3>& o) {
+      int64_t i = CheckedIndex(c, ip[o[2]], y.size(d));
+      int64_t at = o[0] + i * y.stride(d);
+      StoreAt<T>(yp, at, Convert<T>(Convert<Compute<T>>(LoadAt<T>(yp, at)) + Convert<Compute<T>>(LoadAt<T>(sp, o[1]))));
+    }, 1, /*serial=*/true);
+  });
+}
+
+// out (zeros) [.. index[..i..] ..] += src[..i..] along dim. Serial.
+void ScatterAddKernel(const KernelCall& c) {
+  const Tensor& src = c.in[0];
+  const Tensor& index = c.in[1];
+  const Tensor& y = c.out[0];
+  int64_t d = c.attrs.dims[0];
+  Strides ys = y.strides();
+  ys[d] = 0;
+  Tensor y_base = y.AsStrided(src.shape(), ys, y.offset());
+  const auto* ip = static_cast<const int64_t*>(StorageBase(index));
+  VisitPlain(c, src.dtype(), [&]<typename T>(TypeTag<T>) {
+    const void* sp = StorageBase(src);
+    void* yp = StorageBase(y);
+    ForEachStrided<3>(src.shape(), {&y_base, &src, &index}, [&](const std::array<int64_t, 3>& o) {
+      int64_t i = CheckedIndex(c, ip[o[2]], y.size(d));
+      int64_t at = o[0] + i * y.stride(d);
+      StoreAt<T>(yp, at, Convert<T>(Convert<Compute<T>>(LoadAt<T>(yp, at)) + Convert<Compute<T>>(LoadAt<T>(sp, o[1]))));
+    }, 1, /*serial=*/true);
+  });
+}
+
 struct Table {
   std::array<Kernel, kNumOps> kernels{};
   Table() {
@@ -383,20 +572,26 @@ struct Table {
     Set(Op::kWhere, &WhereKernel);
     Set(Op::kMatmul, &MatmulKernel);
     Set(Op::kConv2d, &Conv2dKernel);
+    Set(Op::kConv2dBackwardInput, &Conv2dBackwardInputKernel);
+    Set(Op::kConv2dBackwardWeight, &Conv2dBackwardWeightKernel);
+    Set(Op::kMaxPool2d, &MaxPool2dKernel);
+    Set(Op::kMaxPool2dBackward, &MaxPool2dBackwardKernel);
     Set(Op::kIndexSelect, &IndexSelectKernel);
+    Set(Op::kIndexAdd, &IndexAddKernel);
     Set(Op::kGather, &GatherKernel);
+    Set(Op::kScatterAdd, &ScatterAddKernel);
     Set(Op::kUniform, &UniformKernel);
     Set(Op::kNormal, &NormalKernel);
     Set(Op::kBernoulli, &BernoulliKernel);
     for (int i = 0; i < kNumOps; ++i) {
-      QUANTA_CHECK(kernels[i] != nullptr, "reference kernels: op ", OpName(static_cast<Op>(i)),
-                   " has none");
+      QUANTA_CHECK(kernels[i] != nullptr || IsStructural(static_cast<Op>(i)),
+                   "reference kernels: op ", OpName(static_cast<Op>(i)), " has none");
     }
   }
   void Set(Op op, Kernel k) { kernels[static_cast<int>(op)] = k; }
 };
 // Adding an op to core/ops.def: give it a reference kernel above, then bump this.
-static_assert(kNumOps == 38, "a new op needs its reference kernel in this table");
+static_assert(kNumOps == 51, "a new op needs its reference kernel in this table");
 
 }  // namespace
 

@@ -7,7 +7,7 @@
 
 namespace quanta::cpu {
 
-// The reference kernel of op (never nullptr: every op has one).
+// The reference kernel of op (nullptr only for structural ops: views, concat).
 Kernel ReferenceKernel(Op op);
 
 }  // namespace quanta::cpu

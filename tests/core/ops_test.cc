@@ -15,7 +15,7 @@ namespace quanta {
 namespace {
 
 // A new op in core/ops.def needs its test here; then bump this.
-static_assert(kNumOps == 38, "add a test for the new op, then update this count");
+static_assert(kNumOps == 51, "add a test for the new op, then update this count");
 
 void ExpectClose(const Tensor& got, const std::vector<double>& want, double atol, double rtol) {
   std::vector<double> g = got.ToVector<double>();
@@ -273,6 +273,50 @@ TEST(Ops, Conv2dHandValues) {
   Conv2dOptions g2;
   g2.groups = 2;
   ExpectClose(Conv2d(x2, Ones({2, 1, 2, 2}), Tensor(), g2), {12, 16, 24, 28, 120, 160, 240, 280}, 0, 0);
+}
+
+TEST(Ops, Conv2dBackwardHandValues) {
+  // y = conv(x, w) with x 1x1x3x3 = 1..9 and w 1x1x2x2; for dL/dy = ones:
+  // dL/dx[i][j] counts the windows covering (i, j) times the weight there;
+  // dL/dw[a][b] is the sum of the window shifted by (a, b).
+  Tensor w = F({1, 2, 3, 4}, {1, 1, 2, 2});
+  Tensor g = Ones({1, 1, 2, 2});
+  ExpectClose(Conv2dBackwardInput(g, w, {1, 1, 3, 3}, {}), {1, 3, 2, 4, 10, 6, 3, 7, 4}, 0, 0);
+  Tensor x = Add(Iota({1, 1, 3, 3}), 1);
+  ExpectClose(Conv2dBackwardWeight(g, x, {1, 1, 2, 2}, {}), {12, 16, 24, 28}, 0, 0);
+  Conv2dOptions s2;
+  s2.stride[0] = s2.stride[1] = 2;
+  s2.padding[0] = s2.padding[1] = 1;
+  // Padded stride-2 windows start at (-1,-1),(-1,1),(1,-1),(1,1); the weight tap
+  // (1,1) sees x at (0,0),(0,2),(2,0),(2,2): 1 + 3 + 7 + 9.
+  ExpectClose(Conv2dBackwardWeight(g, x, {1, 1, 2, 2}, s2), {5, 10, 10, 20}, 0, 0);
+}
+
+TEST(Ops, MaxPoolAndItsBackward) {
+  Tensor x = F({1, 5, 2, 0, 3, 4, 9, 8, 7, 6, 1, 2, 0, 1, 3, 4}, {1, 1, 4, 4});
+  Pool2dOptions k2;
+  ExpectClose(MaxPool2d(x, k2), {5, 9, 7, 4}, 0, 0);
+  Pool2dOptions k3;
+  k3.kernel[0] = k3.kernel[1] = 3;
+  k3.stride[0] = k3.stride[1] = 1;
+  ExpectClose(MaxPool2d(x, k3), {9, 9, 9, 9}, 0, 0);
+  Pool2dOptions pad;
+  pad.kernel[0] = pad.kernel[1] = 2;
+  pad.padding[0] = pad.padding[1] = 1;
+  ExpectClose(MaxPool2d(x, pad), {1, 5, 0, 7, 9, 8, 0, 3, 4}, 0, 0);
+  // Backward routes each window's gradient to its argmax; overlapping windows add.
+  Tensor idx = Tensor::FromVector<int64_t>({6, 6, 8, 6}, {1, 1, 2, 2});
+  ExpectClose(MaxPool2dBackward(F({1, 2, 3, 4}, {1, 1, 2, 2}), idx, {1, 1, 4, 4}),
+              {0, 0, 0, 0, 0, 0, 7, 0, 3, 0, 0, 0, 0, 0, 0, 0}, 0, 0);
+}
+
+TEST(Ops, IndexAddAndScatterAdd) {
+  Tensor src = F({1, 2, 3, 4, 5, 6}, {3, 2});
+  Tensor idx = Tensor::FromVector<int64_t>({2, 0, 2}, {3});
+  ExpectClose(IndexAdd({4, 2}, 0, idx, src), {3, 4, 0, 0, 6, 8, 0, 0}, 0, 0);  // rows 0 and 2 of src add
+  Tensor gi = Tensor::FromVector<int64_t>({1, 1, 0, 2, 2, 2}, {3, 2});
+  ExpectClose(ScatterAdd({3, 3}, 1, gi, src), {0, 3, 0, 3, 0, 4, 0, 0, 11}, 0, 0);
+  EXPECT_THROW(IndexAdd({2, 2}, 0, Tensor::FromVector<int64_t>({0, 1, 2}, {3}), src), Error);
 }
 
 // ---- joining, indexing, creation ----------------------------------------------------
