@@ -291,7 +291,7 @@ void Conv2dKernel(const KernelCall& c) {
         int64_t n = no / O, o = no % O, g = o / OG;
         for (int64_t oh = 0; oh < OH; ++oh) {
           for (int64_t ow = 0; ow < OW; ++ow) {
-            double acc = bp ? static_cast<double>(Convert<float>(bp[o])) : 0.0;
+            double acc = bp ? static_cast<double>(Convert<Compute<T>>(bp[o])) : 0.0;
             for (int64_t cg = 0; cg < CG; ++cg) {
               int64_t ch = g * CG + cg;
               for (int64_t kh = 0; kh < KH; ++kh) {
