@@ -1,0 +1,163 @@
+// nn's functions, each a composition of core ops.
+#include "nn/functional.h"
+
+#include <cmath>
+
+#include "core/error.h"
+#include "core/grad_mode.h"
+
+namespace quanta {
+
+Tensor Linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  QUANTA_CHECK(weight.dim() == 2 && x.dim() >= 1 && x.size(-1) == weight.size(1),
+               "linear: input ", x.Describe(), " does not fit weight ", weight.Describe());
+  Tensor y = Matmul(x, weight.Transpose(0, 1));
+  return bias.defined() ? Add(y, bias) : y;
+}
+
+Tensor BatchNorm(const Tensor& x, Tensor& running_mean, Tensor& running_var, const Tensor& weight,
+                 const Tensor& bias, bool training, double momentum, double eps) {
+  QUANTA_CHECK(x.dim() == 4 && running_mean.numel() == x.size(1), "batch_norm: input ", x.Describe(),
+               " does not fit ", running_mean.numel(), " channels");
+  Shape channel = {1, x.size(1), 1, 1};
+  Tensor mean, var;
+  if (training) {
+    int64_t n = x.numel() / x.size(1);
+    QUANTA_CHECK(n > 1, "batch_norm: training needs more than one value per channel, got ", x.Describe());
+    mean = Mean(x, {0, 2, 3}, /*keepdim=*/true);
+    var = Var(x, {0, 2, 3}, /*keepdim=*/true, /*correction=*/0);
+    NoGradGuard no_grad;
+    Tensor m = mean.Detach().View({x.size(1)}).To(running_mean.dtype());
+    Tensor v = Mul(var.Detach().View({x.size(1)}), static_cast<double>(n) / (n - 1)).To(running_var.dtype());
+    running_mean.CopyFrom(Add(Mul(running_mean, 1 - momentum), Mul(m, momentum)));
+    running_var.CopyFrom(Add(Mul(running_var, 1 - momentum), Mul(v, momentum)));
+  } else {
+    mean = running_mean.View(channel);
+    var = running_var.View(channel);
+  }
+  Tensor y = Mul(Sub(x, mean), Rsqrt(Add(var, eps)));
+  if (weight.defined()) y = Mul(y, weight.View(channel));
+  if (bias.defined()) y = Add(y, bias.View(channel));
+  return y;
+}
+
+Tensor LayerNorm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight,
+                 const Tensor& bias, double eps) {
+  int k = static_cast<int>(normalized_shape.size());
+  QUANTA_CHECK(k >= 1 && x.dim() >= k &&
+                   Shape(x.shape().end() - k, x.shape().end()) == normalized_shape,
+               "layer_norm: input ", x.Describe(), " does not end in ", ShapeToString(normalized_shape));
+  std::vector<int64_t> dims;
+  for (int d = x.dim() - k; d < x.dim(); ++d) dims.push_back(d);
+  Tensor mean = Mean(x, dims, true);
+  Tensor var = Var(x, dims, true, 0);
+  Tensor y = Mul(Sub(x, mean), Rsqrt(Add(var, eps)));
+  if (weight.defined()) y = Mul(y, weight);
+  if (bias.defined()) y = Add(y, bias);
+  return y;
+}
+
+Tensor Dropout(const Tensor& x, double p, bool training, Generator* gen) {
+  QUANTA_CHECK(p >= 0 && p < 1, "dropout: probability ", p, " outside [0, 1)");
+  if (!training || p == 0) return x;
+  Tensor keep = Bernoulli(x.shape(), 1 - p, gen, x.dtype(), x.device());
+  return Mul(x, Mul(keep, 1.0 / (1 - p)));
+}
+
+Tensor AvgPool2d(const Tensor& x, const Pool2dOptions& o) {
+  QUANTA_CHECK(x.dim() == 4, "avg_pool2d: input must be (N, C, H, W), got ", x.Describe());
+  int64_t C = x.size(1);
+  // A depthwise convolution with constant weights 1 / (KH KW): autograd for free.
+  Tensor w = Full({C, 1, o.kernel[0], o.kernel[1]}, 1.0 / (o.kernel[0] * o.kernel[1]), x.dtype(), x.device());
+  Conv2dOptions c;
+  for (int i = 0; i < 2; ++i) {
+    c.stride[i] = o.stride[i] > 0 ? o.stride[i] : o.kernel[i];
+    c.padding[i] = o.padding[i];
+    c.dilation[i] = o.dilation[i];
+  }
+  c.groups = C;
+  return Conv2d(x, w, Tensor(), c);
+}
+
+Tensor AdaptiveAvgPool2d(const Tensor& x, int64_t out_h, int64_t out_w) {
+  QUANTA_CHECK(x.dim() == 4 && out_h >= 1 && out_w >= 1, "adaptive_avg_pool2d: bad input ", x.Describe(),
+               " or output ", out_h, "x", out_w);
+  int64_t H = x.size(2), W = x.size(3);
+  if (out_h == 1 && out_w == 1) return Mean(x, {2, 3}, /*keepdim=*/true);
+  if (H % out_h == 0 && W % out_w == 0) {
+    Pool2dOptions o;
+    o.kernel[0] = o.stride[0] = H / out_h;
+    o.kernel[1] = o.stride[1] = W / out_w;
+    return AvgPool2d(x, o);
+  }
+  std::vector<Tensor> rows;
+  for (int64_t i = 0; i < out_h; ++i) {
+    int64_t h0 = i * H / out_h, h1 = ((i + 1) * H + out_h - 1) / out_h;
+    std::vector<Tensor> cells;
+    for (int64_t j = 0; j < out_w; ++j) {
+      int64_t w0 = j * W / out_w, w1 = ((j + 1) * W + out_w - 1) / out_w;
+      cells.push_back(Mean(x.Narrow(2, h0, h1 - h0).Narrow(3, w0, w1 - w0), {2, 3}, true));
+    }
+    rows.push_back(Concat(cells, 3));
+  }
+  return Concat(rows, 2);
+}
+
+Tensor Embedding(const Tensor& indices, const Tensor& weight) {
+  QUANTA_CHECK(weight.dim() == 2 && IsIntegral(indices.dtype()), "embedding: needs integer indices and a (num, dim) weight, got ",
+               indices.Describe(), ", ", weight.Describe());
+  Shape shape = indices.shape();
+  shape.push_back(weight.size(1));
+  return IndexSelect(weight, 0, indices.Reshape({indices.numel()})).View(shape);
+}
+
+Tensor CrossEntropy(const Tensor& logits, const Tensor& targets, const CrossEntropyOptions& o) {
+  QUANTA_CHECK(logits.dim() == 2 && targets.dim() == 1 && targets.size(0) == logits.size(0) &&
+                   IsIntegral(targets.dtype()),
+               "cross_entropy: needs logits (N, C) and integer targets (N), got ", logits.Describe(), ", ",
+               targets.Describe());
+  QUANTA_CHECK(o.label_smoothing >= 0 && o.label_smoothing <= 1, "cross_entropy: label_smoothing ",
+               o.label_smoothing, " outside [0, 1]");
+  int64_t C = logits.size(1);
+  Tensor t = targets.To(DType::kI64);
+  Tensor valid = Ne(t, static_cast<double>(o.ignore_index));
+  {
+    Tensor bad = Mul(valid.To(DType::kI64), Add(Lt(t, 0).To(DType::kI64), Ge(t, static_cast<double>(C)).To(DType::kI64)));
+    QUANTA_CHECK(Sum(bad).item<int64_t>() == 0, "cross_entropy: a target is outside [0, ", C,
+                 ") and is not ignore_index ", o.ignore_index);
+  }
+  Tensor safe = Where(valid, t, Zeros({1}, DType::kI64));
+  Tensor logp = LogSoftmax(logits, 1);
+  Tensor nll = Neg(Gather(logp, 1, safe.Unsqueeze(1)).Squeeze(1));
+  Tensor per = nll;
+  if (o.label_smoothing > 0) {
+    Tensor smooth = Neg(Mean(logp, {1}));
+    per = Add(Mul(nll, 1 - o.label_smoothing), Mul(smooth, o.label_smoothing));
+  }
+  Tensor mask = valid.To(logits.dtype());
+  return Div(Sum(Mul(per, mask)), Maximum(Sum(mask), Scalar(1, logits.dtype(), logits.device())));
+}
+
+Tensor MseLoss(const Tensor& prediction, const Tensor& target) {
+  QUANTA_CHECK(prediction.shape() == target.shape(), "mse_loss: shapes differ (", prediction.Describe(), ", ",
+               target.Describe(), ")");
+  return Mean(Square(Sub(prediction, target)));
+}
+
+Tensor BceWithLogits(const Tensor& logits, const Tensor& targets) {
+  QUANTA_CHECK(logits.shape() == targets.shape(), "bce_with_logits: shapes differ (", logits.Describe(), ", ",
+               targets.Describe(), ")");
+  Tensor y = targets.To(logits.dtype());
+  Tensor softplus_neg_abs = Log(Add(Exp(Neg(Abs(logits))), 1.0));
+  return Mean(Add(Sub(Relu(logits), Mul(logits, y)), softplus_neg_abs));
+}
+
+Tensor ScaledDotProductAttention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask) {
+  QUANTA_CHECK(q.dim() >= 2 && q.size(-1) == k.size(-1) && k.size(-2) == v.size(-2),
+               "attention: q ", q.Describe(), ", k ", k.Describe(), ", v ", v.Describe(), " do not fit");
+  Tensor scores = Mul(Matmul(q, k.Transpose(-2, -1)), 1.0 / std::sqrt(static_cast<double>(q.size(-1))));
+  if (mask.defined()) scores = Add(scores, mask.To(scores.dtype()));
+  return Matmul(Softmax(scores, -1), v);
+}
+
+}  // namespace quanta

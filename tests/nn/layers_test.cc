@@ -1,0 +1,132 @@
+// Layers and losses: gradchecks in f64 (batch norm in train mode, layer norm,
+// embedding, cross-entropy with smoothing and ignore_index, pooling, attention
+// with masks) and hand-computed values.
+#include <cmath>
+
+#include "autograd/autograd.h"
+#include "gtest/gtest.h"
+#include "nn/init.h"
+#include "nn/layers.h"
+
+namespace quanta::nn {
+namespace {
+
+using V = const std::vector<Tensor>&;
+Generator& Gen() {
+  static Generator gen(11);
+  return gen;
+}
+Tensor Randn(const Shape& s) { return Normal(s, 0, 1, &Gen(), DType::kF64).SetRequiresGrad(); }
+
+void ExpectGradCheck(const char* what, const std::function<Tensor(V)>& fn, const std::vector<Tensor>& in) {
+  GradCheckResult r = GradCheck(fn, in);
+  EXPECT_TRUE(r.ok) << what << ": " << r.report;
+}
+
+TEST(Layers, GradChecks) {
+  ExpectGradCheck("linear", [](V x) { return quanta::Linear(x[0], x[1], x[2]); },
+                  {Randn({2, 3, 4}), Randn({5, 4}), Randn({5})});
+  Tensor rm = Zeros({3}, DType::kF64), rv = Ones({3}, DType::kF64);
+  ExpectGradCheck("batch_norm train",
+                  [&](V x) { return BatchNorm(x[0], rm, rv, x[1], x[2], true, 0.1, 1e-5); },
+                  {Randn({4, 3, 2, 2}), Randn({3}), Randn({3})});
+  ExpectGradCheck("batch_norm eval", [&](V x) { return BatchNorm(x[0], rm, rv, x[1], x[2], false, 0.1, 1e-5); },
+                  {Randn({2, 3, 2, 2}), Randn({3}), Randn({3})});
+  ExpectGradCheck("layer_norm", [](V x) { return quanta::LayerNorm(x[0], {4}, x[1], x[2], 1e-5); },
+                  {Randn({2, 3, 4}), Randn({4}), Randn({4})});
+  Tensor idx = Tensor::FromVector<int64_t>({1, 3, 1, 0}, {2, 2});
+  ExpectGradCheck("embedding", [&](V x) { return quanta::Embedding(idx, x[0]); }, {Randn({4, 3})});
+  Tensor targets = Tensor::FromVector<int64_t>({2, 0, -100, 1}, {4});
+  ExpectGradCheck("cross_entropy smoothing ignore",
+                  [&](V x) { return CrossEntropy(x[0], targets, {.label_smoothing = 0.1}); }, {Randn({4, 3})});
+  ExpectGradCheck("mse", [](V x) { return MseLoss(x[0], x[1]); }, {Randn({3, 2}), Randn({3, 2})});
+  Tensor labels = Tensor::FromVector<double>({1, 0, 1, 0}, {4});
+  ExpectGradCheck("bce_with_logits", [&](V x) { return BceWithLogits(x[0], labels); }, {Randn({4})});
+  Pool2dOptions avg;
+  avg.kernel[0] = avg.kernel[1] = 2;
+  avg.padding[0] = avg.padding[1] = 1;
+  ExpectGradCheck("avg_pool2d", [&](V x) { return quanta::AvgPool2d(x[0], avg); }, {Randn({1, 2, 4, 4})});
+  ExpectGradCheck("adaptive_avg_pool2d uneven", [](V x) { return quanta::AdaptiveAvgPool2d(x[0], 2, 3); },
+                  {Randn({1, 2, 5, 4})});
+  ExpectGradCheck("adaptive_avg_pool2d global", [](V x) { return quanta::AdaptiveAvgPool2d(x[0], 1, 1); },
+                  {Randn({2, 2, 3, 3})});
+}
+
+TEST(Layers, MultiheadAttentionGradCheckWithMasks) {
+  MultiheadAttention mha(4, 2, 0.0, &Gen());
+  mha.To(DType::kF64);
+  MultiheadAttention::Masks masks;
+  masks.causal = true;
+  masks.key_padding = Tensor::FromVector<bool>({false, false, true, false, false, false}, {2, 3});
+  ExpectGradCheck("mha causal + padding", [&](V x) { return mha.Forward(x[0], x[0], x[0], masks); },
+                  {Randn({2, 3, 4})});
+  Tensor fixed = Normal({2, 3, 4}, 0, 1, &Gen(), DType::kF64);
+  GradCheckResult r = GradCheck([&](V) { return mha.Forward(fixed, fixed, fixed, masks); }, {mha.in_proj_weight});
+  EXPECT_TRUE(r.ok) << r.report;
+  EXPECT_EQ(mha.Forward(Randn({2, 5, 4})).shape(), (Shape{2, 5, 4}));
+  // A masked key has no influence: changing it leaves the outputs unchanged.
+  Tensor x = Normal({2, 3, 4}, 0, 1, &Gen(), DType::kF64);
+  Tensor y1 = mha.Forward(x, x, x, {.key_padding = masks.key_padding});
+  Tensor x2 = x.Clone();
+  x2.Select(0, 0).Select(0, 2).CopyFrom(Full({4}, 100.0, DType::kF64));  // batch 0, key 2 is padding
+  Tensor k2 = x2, q = x;
+  Tensor y2 = mha.Forward(q, k2, k2, {.key_padding = masks.key_padding});
+  std::vector<double> a = y1.ToVector<double>(), b = y2.ToVector<double>();
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-12) << i;
+}
+
+TEST(Layers, CrossEntropyHandValues) {
+  Tensor logits = Tensor::FromVector<float>({0, 0, 0, 1, 2, 3}, {2, 3});
+  Tensor t = Tensor::FromVector<int64_t>({1, 2}, {2});
+  double lse2 = std::log(std::exp(1.0) + std::exp(2.0) + std::exp(3.0));
+  double want = (std::log(3.0) + (lse2 - 3)) / 2;
+  EXPECT_NEAR(CrossEntropy(logits, t).item<float>(), want, 1e-6);
+  // ignore_index drops the second row; smoothing 1 averages -log p over classes.
+  Tensor ti = Tensor::FromVector<int64_t>({1, -100}, {2});
+  EXPECT_NEAR(CrossEntropy(logits, ti).item<float>(), std::log(3.0), 1e-6);
+  EXPECT_NEAR(CrossEntropy(logits, t, {.label_smoothing = 1.0}).item<float>(),
+              (std::log(3.0) + (lse2 - 2)) / 2, 1e-6);
+  try {
+    CrossEntropy(logits, Tensor::FromVector<int64_t>({3, 0}, {2}));
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), "cross_entropy: a target is outside [0, 3) and is not ignore_index -100");
+  }
+  EXPECT_NEAR(BceWithLogits(Tensor::FromVector<float>({0}, {1}), Tensor::FromVector<float>({1}, {1})).item<float>(),
+              std::log(2.0), 1e-6);
+}
+
+TEST(Layers, BatchNormRunningStatisticsAndDropout) {
+  BatchNorm2d bn(1, 1e-5, 0.5);
+  Tensor x = Tensor::FromVector<float>({1, 2, 3, 6}, {4, 1, 1, 1});  // mean 3, biased var 3.5
+  Tensor y = bn.Forward(x);
+  EXPECT_NEAR(bn.running_mean.item<float>(), 1.5, 1e-6);                  // 0.5 * 0 + 0.5 * 3
+  EXPECT_NEAR(bn.running_var.item<float>(), 0.5 + 0.5 * (14.0 / 3), 1e-5);  // unbiased var 14/3
+  EXPECT_EQ(bn.num_batches_tracked.item<int64_t>(), 1);
+  EXPECT_NEAR(y.ToVector<float>()[3], 3 / std::sqrt(3.5 + 1e-5), 1e-5);
+  Generator gen(3);
+  Dropout drop(0.25, &gen);
+  Tensor d = drop.Forward(Ones({100000}));
+  EXPECT_NEAR(Mean(d).item<float>(), 1.0, 0.02);                  // scaled by 1 / (1 - p)
+  EXPECT_NEAR(Mean(Eq(d, 0).To(DType::kF32)).item<float>(), 0.25, 0.01);
+  drop.Eval();
+  EXPECT_EQ(drop.Forward(Ones({3})).ToVector<float>(), std::vector<float>(3, 1));
+}
+
+TEST(Layers, InitializersHaveTheirVariance) {
+  Generator gen(4);
+  Tensor w = Tensor::Empty({256, 128, 3, 3});
+  KaimingNormal(w, &gen);
+  EXPECT_NEAR(std::sqrt(Var(w).item<float>()), std::sqrt(2.0 / (128 * 9)), 2e-3);
+  KaimingUniform(w, &gen);
+  EXPECT_NEAR(std::sqrt(Var(w).item<float>()), std::sqrt(2.0 / (128 * 9)), 2e-3);
+  Tensor l = Tensor::Empty({300, 200});
+  XavierUniform(l, &gen);
+  EXPECT_NEAR(Var(l).item<float>(), 2.0 / 500, 2e-4);
+  XavierNormal(l, &gen, 2.0);
+  EXPECT_NEAR(Var(l).item<float>(), 4 * 2.0 / 500, 8e-4);
+  EXPECT_LE(Max(Abs(Linear(200, 300, true, &gen).weight)).item<float>(), 1 / std::sqrt(200.0) + 1e-6);
+}
+
+}  // namespace
+}  // namespace quanta::nn
