@@ -24,6 +24,8 @@ class CpuBackend : public Backend {
     }
     SetKernel(Op::kMatmul, &OneDnnMatmul);
     SetKernel(Op::kConv2d, &OneDnnConv2d);
+    SetKernel(Op::kConv2dBackwardInput, &OneDnnConv2dBackwardInput);
+    SetKernel(Op::kConv2dBackwardWeight, &OneDnnConv2dBackwardWeight);
   }
 
   void* Allocate(size_t bytes, int) override {

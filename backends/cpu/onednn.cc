@@ -47,10 +47,7 @@ bool ToOneDnn(DType d, memory::data_type* out) {
 }
 
 // One cache for every primitive, keyed by op, shapes, strides, dtypes and attrs.
-struct CachedConv {
-  dnnl::convolution_forward::primitive_desc pd;
-  dnnl::convolution_forward conv;
-};
+struct CachedConv;
 struct Cache {
   std::mutex mu;
   std::unordered_map<std::string, dnnl::matmul> matmuls;
@@ -139,79 +136,161 @@ void OneDnnMatmul(const KernelCall& c) {
   });
 }
 
+namespace {
+
+// What every convolution primitive (forward and both backwards) shares: the
+// problem's descriptors in Quanta's plain layouts and in "any" layout.
+struct ConvProblem {
+  memory::data_type dt;
+  Dims x_dims, w_dims, y_dims, strides, dilates, padding;
+  int64_t groups, out_channels;
+  bool bias;
+
+  // Shapes: x (N, C, H, W), w (O, C/G, KH, KW), y (N, O, OH, OW).
+  ConvProblem(const Shape& x, const Shape& w, const Shape& y, const OpAttrs& at, bool has_bias, memory::data_type type)
+      : dt(type), x_dims(x), y_dims(y), strides{at.stride[0], at.stride[1]},
+        dilates{at.dilation[0] - 1, at.dilation[1] - 1}, padding{at.padding[0], at.padding[1]}, groups(at.groups),
+        out_channels(w[0]), bias(has_bias) {
+    w_dims = groups == 1 ? Dims(w) : Dims{groups, w[0] / groups, w[1], w[2], w[3]};
+  }
+  std::string Key(const char* op) const {
+    return absl::StrCat(op, "|", GetNumThreads(), "|", static_cast<int>(dt), "|", absl::StrJoin(x_dims, ","), "|",
+                        absl::StrJoin(w_dims, ","), "|", bias, "|", absl::StrJoin(strides, ","), "|",
+                        absl::StrJoin(dilates, ","), "|", absl::StrJoin(padding, ","));
+  }
+  memory::desc XPlain() const { return memory::desc(x_dims, dt, memory::format_tag::nchw); }
+  memory::desc WPlain() const {
+    return memory::desc(w_dims, dt, groups == 1 ? memory::format_tag::oihw : memory::format_tag::goihw);
+  }
+  memory::desc YPlain() const { return memory::desc(y_dims, dt, memory::format_tag::nchw); }
+  memory::desc BiasDesc() const {
+    return bias ? memory::desc({out_channels}, dt, memory::format_tag::x) : memory::desc();
+  }
+  memory::desc Any(const Dims& d) const { return memory::desc(d, dt, memory::format_tag::any); }
+  dnnl::convolution_forward::primitive_desc Forward() const {
+    dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+                                         Any(x_dims), Any(w_dims), BiasDesc(), Any(y_dims), strides, dilates,
+                                         padding, padding);
+    return dnnl::convolution_forward::primitive_desc(desc, Engine());
+  }
+};
+
+// One argument of a primitive: Quanta's plain buffer, and the layout the
+// primitive wants (reordered in before, or out after, execution).
+struct Arg {
+  int id;
+  memory::desc plain, want;
+  void* data;
+  bool input;
+};
+
+void Execute(const dnnl::primitive& prim, const std::vector<Arg>& args) {
+  dnnl::stream stream(Engine());
+  std::unordered_map<int, memory> bound;
+  std::vector<std::pair<memory, memory>> outputs;  // (primitive's, user's)
+  for (const Arg& a : args) {
+    memory user(a.plain, Engine(), a.data);
+    if (a.plain == a.want) {
+      bound.emplace(a.id, user);
+      continue;
+    }
+    memory tmp(a.want, Engine());
+    if (a.input) {
+      dnnl::reorder(user, tmp).execute(stream, user, tmp);
+    } else {
+      outputs.emplace_back(tmp, user);
+    }
+    bound.emplace(a.id, tmp);
+  }
+  prim.execute(stream, bound);
+  for (auto& [from, to] : outputs) dnnl::reorder(from, to).execute(stream, from, to);
+  stream.wait();
+}
+
+struct CachedConv {
+  dnnl::primitive prim;
+  memory::desc want[3];  // the primitive's layouts of its three tensor arguments
+};
+
+// Looks up or builds a convolution primitive; nullptr when oneDNN has none.
+template <typename Build>
+std::shared_ptr<CachedConv> ConvPrimitive(const char* op, const std::string& key, Build build) {
+  Cache& cache = GetCache();
+  std::lock_guard<std::mutex> lock(cache.mu);
+  auto it = cache.convs.find(key);
+  if (it != cache.convs.end()) return it->second;
+  std::shared_ptr<CachedConv> entry;
+  QUANTA_ONEDNN(op, Implemented([&] { entry = build(); }));
+  cache.convs.emplace(key, entry);  // nullptr: remembered as unsupported
+  return entry;
+}
+
+bool ConvDtype(const KernelCall& c, memory::data_type* dt) {
+  return ToOneDnn(c.in[0].dtype(), dt) && c.out[0].numel() > 0 && c.in[0].numel() > 0 && c.in[1].numel() > 0;
+}
+
+}  // namespace
+
 // x (N, C, H, W), w (O, C/G, KH, KW), optional bias (O): contiguous. y (N, O, OH, OW).
 void OneDnnConv2d(const KernelCall& c) {
   memory::data_type dt;
-  if (!ToOneDnn(c.in[0].dtype(), &dt) || c.out[0].numel() == 0 || c.in[0].size(1) == 0) {
-    ReferenceKernel(c.op)(c);
-    return;
-  }
-  const Tensor& x = c.in[0];
-  const Tensor& w = c.in[1];
+  if (!ConvDtype(c, &dt)) return ReferenceKernel(c.op)(c);
+  const Tensor &x = c.in[0], &w = c.in[1], &y = c.out[0];
   const Tensor* bias = c.in.size() > 2 ? &c.in[2] : nullptr;
-  const Tensor& y = c.out[0];
-  const OpAttrs& at = c.attrs;
-  int64_t G = at.groups;
-  Dims x_dims(x.shape()), y_dims(y.shape());
-  Dims w_dims = G == 1 ? Dims(w.shape())
-                       : Dims{G, w.size(0) / G, w.size(1), w.size(2), w.size(3)};
-  Dims strides = {at.stride[0], at.stride[1]};
-  Dims dilates = {at.dilation[0] - 1, at.dilation[1] - 1};
-  Dims padding = {at.padding[0], at.padding[1]};
-  std::string key = absl::StrCat("conv|", GetNumThreads(), "|", static_cast<int>(dt), "|", absl::StrJoin(x_dims, ","), "|",
-                                 absl::StrJoin(w_dims, ","), "|", bias != nullptr, "|",
-                                 absl::StrJoin(strides, ","), "|", absl::StrJoin(dilates, ","),
-                                 "|", absl::StrJoin(padding, ","));
-  memory::desc x_plain(x_dims, dt, memory::format_tag::nchw);
-  memory::desc w_plain(w_dims, dt, G == 1 ? memory::format_tag::oihw : memory::format_tag::goihw);
-  memory::desc y_plain(y_dims, dt, memory::format_tag::nchw);
-  memory::desc b_md = bias ? memory::desc({w.size(0)}, dt, memory::format_tag::x) : memory::desc();
-  std::shared_ptr<CachedConv> entry;
-  Cache& cache = GetCache();
-  {
-    std::lock_guard<std::mutex> lock(cache.mu);
-    auto it = cache.convs.find(key);
-    if (it != cache.convs.end()) {
-      entry = it->second;
-    } else {
-      QUANTA_ONEDNN("conv2d", Implemented([&] {
-        // Let oneDNN pick its blocked layouts; plain tensors are reordered in and out.
-        memory::desc x_any(x_dims, dt, memory::format_tag::any);
-        memory::desc w_any(w_dims, dt, memory::format_tag::any);
-        memory::desc y_any(y_dims, dt, memory::format_tag::any);
-        dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_inference,
-                                             dnnl::algorithm::convolution_direct, x_any, w_any,
-                                             b_md, y_any, strides, dilates, padding, padding);
-        auto pd = dnnl::convolution_forward::primitive_desc(desc, Engine());
-        entry = std::make_shared<CachedConv>(CachedConv{pd, dnnl::convolution_forward(pd)});
-      }));
-      cache.convs.emplace(key, entry);  // nullptr: remembered as unsupported
-    }
-  }
-  if (entry == nullptr) {
-    ReferenceKernel(c.op)(c);
-    return;
-  }
-  QUANTA_ONEDNN("conv2d", {
-    dnnl::stream stream(Engine());
-    auto bind = [&](const memory::desc& plain, const memory::desc& want, void* data, bool in) {
-      memory user(plain, Engine(), data);
-      if (plain == want) return user;
-      memory tmp(want, Engine());
-      if (in) dnnl::reorder(user, tmp).execute(stream, user, tmp);
-      return tmp;
-    };
-    memory x_mem = bind(x_plain, entry->pd.src_desc(), x.raw_data(), true);
-    memory w_mem = bind(w_plain, entry->pd.weights_desc(), w.raw_data(), true);
-    memory y_user(y_plain, Engine(), y.raw_data());
-    memory y_mem = y_plain == entry->pd.dst_desc() ? y_user : memory(entry->pd.dst_desc(), Engine());
-    std::unordered_map<int, memory> args = {
-        {DNNL_ARG_SRC, x_mem}, {DNNL_ARG_WEIGHTS, w_mem}, {DNNL_ARG_DST, y_mem}};
-    if (bias) args.emplace(DNNL_ARG_BIAS, memory(b_md, Engine(), bias->raw_data()));
-    entry->conv.execute(stream, args);
-    if (y_mem != y_user) dnnl::reorder(y_mem, y_user).execute(stream, y_mem, y_user);
-    stream.wait();
+  ConvProblem p(x.shape(), w.shape(), y.shape(), c.attrs, bias != nullptr, dt);
+  auto entry = ConvPrimitive("conv2d", p.Key("conv"), [&] {
+    auto pd = p.Forward();
+    return std::make_shared<CachedConv>(
+        CachedConv{dnnl::convolution_forward(pd), {pd.src_desc(), pd.weights_desc(), pd.dst_desc()}});
   });
+  if (!entry) return ReferenceKernel(c.op)(c);
+  std::vector<Arg> args = {{DNNL_ARG_SRC, p.XPlain(), entry->want[0], x.raw_data(), true},
+                           {DNNL_ARG_WEIGHTS, p.WPlain(), entry->want[1], w.raw_data(), true},
+                           {DNNL_ARG_DST, p.YPlain(), entry->want[2], y.raw_data(), false}};
+  if (bias) args.push_back({DNNL_ARG_BIAS, p.BiasDesc(), p.BiasDesc(), bias->raw_data(), true});
+  QUANTA_ONEDNN("conv2d", Execute(entry->prim, args));
+}
+
+// grad_y (N, O, OH, OW), w (O, C/G, KH, KW) -> grad_x (N, C, H, W).
+void OneDnnConv2dBackwardInput(const KernelCall& c) {
+  memory::data_type dt;
+  if (!ConvDtype(c, &dt)) return ReferenceKernel(c.op)(c);
+  const Tensor &gy = c.in[0], &w = c.in[1], &gx = c.out[0];
+  ConvProblem p(gx.shape(), w.shape(), gy.shape(), c.attrs, false, dt);
+  auto entry = ConvPrimitive("conv2d_backward_input", p.Key("conv_bwd_data"), [&] {
+    dnnl::convolution_backward_data::desc desc(dnnl::algorithm::convolution_direct, p.Any(p.x_dims),
+                                               p.Any(p.w_dims), p.Any(p.y_dims), p.strides, p.dilates, p.padding,
+                                               p.padding);
+    auto pd = dnnl::convolution_backward_data::primitive_desc(desc, Engine(), p.Forward());
+    return std::make_shared<CachedConv>(CachedConv{dnnl::convolution_backward_data(pd),
+                                                   {pd.diff_dst_desc(), pd.weights_desc(), pd.diff_src_desc()}});
+  });
+  if (!entry) return ReferenceKernel(c.op)(c);
+  QUANTA_ONEDNN("conv2d_backward_input",
+                Execute(entry->prim, {{DNNL_ARG_DIFF_DST, p.YPlain(), entry->want[0], gy.raw_data(), true},
+                                      {DNNL_ARG_WEIGHTS, p.WPlain(), entry->want[1], w.raw_data(), true},
+                                      {DNNL_ARG_DIFF_SRC, p.XPlain(), entry->want[2], gx.raw_data(), false}}));
+}
+
+// grad_y (N, O, OH, OW), x (N, C, H, W) -> grad_w (O, C/G, KH, KW).
+void OneDnnConv2dBackwardWeight(const KernelCall& c) {
+  memory::data_type dt;
+  if (!ConvDtype(c, &dt)) return ReferenceKernel(c.op)(c);
+  const Tensor &gy = c.in[0], &x = c.in[1], &gw = c.out[0];
+  ConvProblem p(x.shape(), gw.shape(), gy.shape(), c.attrs, false, dt);
+  auto entry = ConvPrimitive("conv2d_backward_weight", p.Key("conv_bwd_weights"), [&] {
+    dnnl::convolution_backward_weights::desc desc(dnnl::algorithm::convolution_direct, p.Any(p.x_dims),
+                                                  p.Any(p.w_dims), p.Any(p.y_dims), p.strides, p.dilates,
+                                                  p.padding, p.padding);
+    auto pd = dnnl::convolution_backward_weights::primitive_desc(desc, Engine(), p.Forward());
+    return std::make_shared<CachedConv>(CachedConv{dnnl::convolution_backward_weights(pd),
+                                                   {pd.diff_dst_desc(), pd.src_desc(), pd.diff_weights_desc()}});
+  });
+  if (!entry) return ReferenceKernel(c.op)(c);
+  QUANTA_ONEDNN("conv2d_backward_weight",
+                Execute(entry->prim, {{DNNL_ARG_DIFF_DST, p.YPlain(), entry->want[0], gy.raw_data(), true},
+                                      {DNNL_ARG_SRC, p.XPlain(), entry->want[1], x.raw_data(), true},
+                                      {DNNL_ARG_DIFF_WEIGHTS, p.WPlain(), entry->want[2], gw.raw_data(), false}}));
 }
 
 void OneDnnSetNumThreads(int n) { omp_set_num_threads(n); }

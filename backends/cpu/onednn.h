@@ -1,4 +1,5 @@
-// oneDNN fast paths for the CPU backend: matmul and conv2d in f32, bf16 and f16.
+// oneDNN fast paths for the CPU backend: matmul, conv2d and both conv2d backwards
+// in f32 and bf16 (f16 where the CPU has kernels).
 // Descriptors are built once per shape and cached (STYLE.md §9); data pointers are
 // bound at execution. A call oneDNN cannot take falls back to the reference kernel.
 #pragma once
@@ -12,6 +13,8 @@ namespace quanta::cpu {
 
 void OneDnnMatmul(const KernelCall& c);
 void OneDnnConv2d(const KernelCall& c);
+void OneDnnConv2dBackwardInput(const KernelCall& c);
+void OneDnnConv2dBackwardWeight(const KernelCall& c);
 void OneDnnSetNumThreads(int n);
 
 }  // namespace quanta::cpu

@@ -88,6 +88,11 @@ TEST(OneDnn, Conv2dMatchesReference) {
       o.groups = k.groups;
       std::string what = x.Describe() + " * " + w.Describe();
       ExpectMatchesReference([&] { return Conv2d(x, w, b, o); }, dtype, what.c_str());
+      Tensor gy = Normal(Conv2d(x, w, b, o).shape(), 0, 1, &gen).To(dtype);
+      ExpectMatchesReference([&] { return Conv2dBackwardInput(gy, w, x.shape(), o); }, dtype,
+                             ("backward input " + what).c_str());
+      ExpectMatchesReference([&] { return Conv2dBackwardWeight(gy, x, w.shape(), o); }, dtype,
+                             ("backward weight " + what).c_str());
     }
   }
 }
