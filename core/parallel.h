@@ -1,5 +1,6 @@
-// The shared thread pool that hand-written CPU loops run on. oneDNN keeps its own
-// (OpenMP) threads; SetNumThreads in core/backend.h sets both.
+// The shared thread pool that hand-written CPU loops run on: OpenMP's team, the
+// same threads oneDNN uses (Note [One thread pool] in parallel.cc).
+// SetNumThreads in core/backend.h sets it.
 //
 //   ParallelFor(0, n, /*grain=*/4096, [&](int64_t begin, int64_t end) {
 //     for (int64_t i = begin; i < end; ++i) y[i] = x[i] + 1;

@@ -188,7 +188,7 @@ void ReduceKernel(const KernelCall& c) {
           r.Add(Convert<Compute<T>>(LoadAt<T>(xp, o[1] + in[0])), i++);
         }, 1, /*serial=*/true);
         StoreAt<Out>(yp, o[0], Convert<Out>(r.template Result<Out>()));
-      }, /*grain=*/64);
+      }, /*grain=*/std::max<int64_t>(1, 32768 / std::max<int64_t>(1, v.inner.numel())));
     });
   });
 }

@@ -7,8 +7,10 @@
 //   });
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
+#include <vector>
 #include <type_traits>
 
 #include "core/error.h"
@@ -42,49 +44,84 @@ inline void StoreAt(void* base, int64_t i, Elem<T> v) {
 
 inline void* StorageBase(const Tensor& t) { return t.storage()->data(); }
 
+// The loop geometry of N operands over one shape after merging dims that are
+// adjacent in every operand's memory and dropping dims of size 1: (N, C, H, W)
+// with a (1, C, 1, 1) operand becomes (N, C, H*W), whose innermost run is long.
+template <int N>
+struct LoopGeometry {
+  std::vector<int64_t> sizes;
+  std::vector<std::array<int64_t, N>> strides;  // per dim, per operand
+  std::array<int64_t, N> offsets;
+
+  LoopGeometry(const Shape& shape, const std::array<const Tensor*, N>& tensors) {
+    for (int k = 0; k < N; ++k) offsets[k] = tensors[k]->offset();
+    for (size_t d = 0; d < shape.size(); ++d) {
+      if (shape[d] == 1) continue;
+      std::array<int64_t, N> st;
+      for (int k = 0; k < N; ++k) st[k] = tensors[k]->strides()[d];
+      if (!sizes.empty()) {
+        bool mergeable = true;
+        for (int k = 0; k < N; ++k) mergeable = mergeable && strides.back()[k] == st[k] * shape[d];
+        if (mergeable) {
+          sizes.back() *= shape[d];
+          strides.back() = st;
+          continue;
+        }
+      }
+      sizes.push_back(shape[d]);
+      strides.push_back(st);
+    }
+    if (sizes.empty()) {  // a single element
+      sizes.push_back(1);
+      strides.push_back({});
+    }
+  }
+};
+
 // Calls f(std::array<int64_t, N> storage_indices) for every element of `shape`,
-// operand k indexed through tensors[k]'s strides and offset. Elements are split
-// across the pool in chunks of at least `grain`; pass serial=true when elements
-// share bytes (qint4 outputs).
+// operand k indexed through tensors[k]'s strides and offset. The innermost
+// (merged) dim runs as a tight loop; elements are split across the pool in
+// chunks of at least `grain`. Pass serial=true when elements share bytes (qint4
+// outputs) or the caller is itself a chunk of a parallel loop.
 template <int N, typename F>
 void ForEachStrided(const Shape& shape, const std::array<const Tensor*, N>& tensors, F&& f,
                     int64_t grain = 32768, bool serial = false) {
   int64_t numel = NumElements(shape);
   if (numel == 0) return;
-  int rank = static_cast<int>(shape.size());
-  bool contiguous = true;
-  for (const Tensor* t : tensors) contiguous = contiguous && t->is_contiguous();
+  const LoopGeometry<N> g(shape, tensors);
+  const int rank = static_cast<int>(g.sizes.size());
+  const int64_t inner = g.sizes[rank - 1];
+  const std::array<int64_t, N> inner_stride = g.strides[rank - 1];
   auto run = [&](int64_t begin, int64_t end) {
-    std::array<int64_t, N> off;
-    if (contiguous) {
-      for (int k = 0; k < N; ++k) off[k] = tensors[k]->offset() + begin;
-      for (int64_t i = begin; i < end; ++i) {
-        f(off);
-        for (int k = 0; k < N; ++k) ++off[k];
-      }
-      return;
-    }
-    // Unravel `begin` into a multi-index, then walk with carries.
+    // Unravel `begin` into a multi-index over the merged dims.
     std::array<int64_t, 16> idx{};
     QUANTA_CHECK(rank <= 16, "kernel: rank ", rank, " above the supported 16");
     int64_t rem = begin;
     for (int d = rank - 1; d >= 0; --d) {
-      idx[d] = rem % shape[d];
-      rem /= shape[d];
+      idx[d] = rem % g.sizes[d];
+      rem /= g.sizes[d];
     }
-    for (int k = 0; k < N; ++k) {
-      off[k] = tensors[k]->offset();
-      for (int d = 0; d < rank; ++d) off[k] += idx[d] * tensors[k]->strides()[d];
+    std::array<int64_t, N> off = g.offsets;
+    for (int d = 0; d < rank; ++d) {
+      for (int k = 0; k < N; ++k) off[k] += idx[d] * g.strides[d][k];
     }
-    for (int64_t i = begin; i < end; ++i) {
-      f(off);
-      for (int d = rank - 1; d >= 0; --d) {
-        if (++idx[d] < shape[d]) {
-          for (int k = 0; k < N; ++k) off[k] += tensors[k]->strides()[d];
-          break;
-        }
+    int64_t i = begin;
+    while (i < end) {
+      int64_t stop = std::min(end, i + (inner - idx[rank - 1]));
+      std::array<int64_t, N> o = off;
+      for (int64_t j = i; j < stop; ++j) {
+        f(o);
+        for (int k = 0; k < N; ++k) o[k] += inner_stride[k];
+      }
+      // Advance the multi-index past the run.
+      int64_t moved = stop - i;
+      i = stop;
+      idx[rank - 1] += moved;
+      for (int k = 0; k < N; ++k) off[k] += moved * inner_stride[k];
+      for (int d = rank - 1; d > 0 && idx[d] == g.sizes[d]; --d) {
         idx[d] = 0;
-        for (int k = 0; k < N; ++k) off[k] -= (shape[d] - 1) * tensors[k]->strides()[d];
+        ++idx[d - 1];
+        for (int k = 0; k < N; ++k) off[k] += g.strides[d - 1][k] - g.sizes[d] * g.strides[d][k];
       }
     }
   };
