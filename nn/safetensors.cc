@@ -32,8 +32,8 @@ struct Json {
   enum Kind { kString, kInteger, kArray, kObject, kOther } kind = kOther;
   std::string text;     // kString
   uint64_t integer = 0; // kInteger (non-negative only: safetensors needs no others)
-  std::vector<Json> items;
-  std::vector<std::pair<std::string, Json>> members;
+  std::vector<Json> items;          // kArray elements, or kObject member values
+  std::vector<std::string> names;   // kObject member names (items[i] is names[i]'s value)
 };
 
 class JsonParser {
@@ -101,7 +101,8 @@ class JsonParser {
       if (!Consume(':')) return Fail("expected ':'");
       Json value;
       if (!Value(&value, depth + 1)) return false;
-      out->members.emplace_back(std::move(name), std::move(value));
+      out->names.push_back(std::move(name));
+      out->items.push_back(std::move(value));
     } while (Consume(','));
     return Consume('}') || Fail("expected ',' or '}'");
   }
@@ -340,19 +341,26 @@ absl::StatusOr<Safetensors> ParseSafetensors(std::string_view bytes, std::string
     const std::string* name;
   };
   std::vector<Span> spans;
-  for (const auto& [name, entry] : root.members) {
+  for (size_t m = 0; m < root.names.size(); ++m) {
+    const std::string& name = root.names[m];
+    const Json& entry = root.items[m];
     if (name == "__metadata__") {
       if (entry.kind != Json::kObject) return Problem(source, "__metadata__ is not an object");
-      for (const auto& [k, v] : entry.members) {
-        if (v.kind != Json::kString) return Problem(source, absl::StrCat("metadata \"", k, "\" is not a string"));
-        out.metadata[k] = v.text;
+      for (size_t i = 0; i < entry.names.size(); ++i) {
+        const std::string& k = entry.names[i];
+        if (entry.items[i].kind != Json::kString) {
+          return Problem(source, absl::StrCat("metadata \"", k, "\" is not a string"));
+        }
+        out.metadata[k] = entry.items[i].text;
       }
       continue;
     }
     if (out.tensors.count(name)) return Problem(source, absl::StrCat("tensor \"", name, "\" appears twice"));
     if (entry.kind != Json::kObject) return Problem(source, absl::StrCat("tensor \"", name, "\" is not an object"));
     const Json *dtype = nullptr, *shape = nullptr, *offsets = nullptr;
-    for (const auto& [k, v] : entry.members) {
+    for (size_t i = 0; i < entry.names.size(); ++i) {
+      const std::string& k = entry.names[i];
+      const Json& v = entry.items[i];
       if (k == "dtype") dtype = &v;
       else if (k == "shape") shape = &v;
       else if (k == "data_offsets") offsets = &v;

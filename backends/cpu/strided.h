@@ -105,13 +105,22 @@ void ForEachStrided(const Shape& shape, const std::array<const Tensor*, N>& tens
     for (int d = 0; d < rank; ++d) {
       for (int k = 0; k < N; ++k) off[k] += idx[d] * g.strides[d][k];
     }
+    bool unit = true;  // every operand walks the inner dim densely: the common case
+    for (int k = 0; k < N; ++k) unit = unit && inner_stride[k] == 1;
     int64_t i = begin;
     while (i < end) {
       int64_t stop = std::min(end, i + (inner - idx[rank - 1]));
       std::array<int64_t, N> o = off;
-      for (int64_t j = i; j < stop; ++j) {
-        f(o);
-        for (int k = 0; k < N; ++k) o[k] += inner_stride[k];
+      if (unit) {
+        for (int64_t j = i; j < stop; ++j) {
+          f(o);
+          for (int k = 0; k < N; ++k) ++o[k];
+        }
+      } else {
+        for (int64_t j = i; j < stop; ++j) {
+          f(o);
+          for (int k = 0; k < N; ++k) o[k] += inner_stride[k];
+        }
       }
       // Advance the multi-index past the run.
       int64_t moved = stop - i;

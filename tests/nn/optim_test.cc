@@ -5,6 +5,8 @@
 #include "autograd/autograd.h"
 #include "gtest/gtest.h"
 #include "core/ops.h"
+#include "nn/amp.h"
+#include "nn/functional.h"
 #include "nn/optim.h"
 
 namespace quanta::nn {
@@ -113,6 +115,57 @@ TEST(Optim, StateRoundTrips) {
   state["group0.param7.exp_avg"] = Zeros({2});
   EXPECT_EQ(std::string(other.LoadStateDict(state).message()),
             "optimizer state: unexpected key \"group0.param7.exp_avg\"");
+}
+
+TEST(Amp, GradScalerSkipsNonFiniteStepsAndAdaptsTheScale) {
+  Tensor p = Param({1.0f});
+  SGD sgd({{{p}}}, {.lr = 1.0});
+  GradScaler scaler(1024.0, 2.0, 0.5, /*growth_interval=*/2);
+  // The scaled loss has a scaled gradient; Step divides it back out.
+  Backward(scaler.Scale(Sum(Mul(p, 3.0))));
+  EXPECT_NEAR(At(p.grad(), 0), 3 * 1024, 1e-3);
+  EXPECT_TRUE(scaler.Step(sgd));
+  EXPECT_NEAR(At(p, 0), 1 - 3, 1e-5);
+  // An inf gradient: no step, the scale halves, the gradients are dropped.
+  SetGrad(p, {INFINITY});
+  EXPECT_FALSE(scaler.Step(sgd));
+  EXPECT_NEAR(At(p, 0), -2, 1e-6);
+  EXPECT_EQ(scaler.scale(), 512.0);
+  EXPECT_FALSE(p.grad().defined());
+  SetGrad(p, {NAN});
+  EXPECT_FALSE(scaler.Step(sgd));
+  EXPECT_EQ(scaler.scale(), 256.0);
+  // Two clean steps in a row double it.
+  SetGrad(p, {0});
+  EXPECT_TRUE(scaler.Step(sgd));
+  SetGrad(p, {0});
+  EXPECT_TRUE(scaler.Step(sgd));
+  EXPECT_EQ(scaler.scale(), 512.0);
+}
+
+TEST(Amp, F16AutocastTrainsWithTheScaler) {
+  Generator gen(9);
+  Tensor w = Normal({4, 1}, 0, 0.1, &gen).SetRequiresGrad();
+  Tensor x = Normal({32, 4}, 0, 1, &gen);
+  Tensor y = Matmul(x, Tensor::FromVector<float>({1, -2, 0.5, 3}, {4, 1}));
+  SGD sgd({{{w}}}, {.lr = 0.05});
+  GradScaler scaler(65536.0);
+  float first = 0, last = 0;
+  for (int step = 0; step < 60; ++step) {
+    sgd.ZeroGrad();
+    Tensor loss;
+    {
+      AutocastGuard amp(DType::kF16);
+      Tensor pred = Matmul(x, w);
+      EXPECT_EQ(pred.dtype(), DType::kF16);
+      loss = MseLoss(pred.To(DType::kF32), y);
+    }
+    Backward(scaler.Scale(loss));
+    scaler.Step(sgd);
+    (step == 0 ? first : last) = loss.item<float>();
+  }
+  EXPECT_LT(last, first / 100);
+  EXPECT_EQ(w.dtype(), DType::kF32);
 }
 
 }  // namespace
