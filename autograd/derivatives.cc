@@ -140,12 +140,6 @@ Grads MaxPool2dBackwardRule(const GradNode& n, const Grads& g) {
   return {MaxPool2dBackward(g[0], Y(n, 1), X(n).shape())};
 }
 
-Grads IndexSelectBackward(const GradNode& n, const Grads& g) {
-  return {IndexAdd(X(n, 0).shape(), n.attrs.dims[0], X(n, 1), g[0]), Tensor()};
-}
-Grads IndexAddBackward(const GradNode& n, const Grads& g) {
-  return {IndexSelect(g[0], n.attrs.dims[0], X(n, 1)), Tensor()};
-}
 Grads GatherBackward(const GradNode& n, const Grads& g) {
   return {ScatterAdd(X(n, 0).shape(), n.attrs.dims[0], X(n, 1), g[0]), Tensor()};
 }
@@ -215,8 +209,6 @@ struct RuleTable {
     NotDifferentiable(Op::kConv2dBackwardWeight);
     Set(Op::kMaxPool2d, &MaxPool2dBackwardRule);
     NotDifferentiable(Op::kMaxPool2dBackward);
-    Set(Op::kIndexSelect, &IndexSelectBackward);
-    Set(Op::kIndexAdd, &IndexAddBackward);
     Set(Op::kGather, &GatherBackward);
     Set(Op::kScatterAdd, &ScatterAddBackward);
     NotDifferentiable(Op::kUniform);
@@ -235,7 +227,7 @@ struct RuleTable {
   }
 };
 // A new op in core/ops.def needs an entry above (rule or NotDifferentiable).
-static_assert(kNumOps == 51, "give the new op its backward rule, then update this count");
+static_assert(kNumOps == 49, "give the new op its backward rule, then update this count");
 
 const RuleTable& Rules() {
   static const RuleTable* table = new RuleTable();

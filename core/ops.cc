@@ -457,20 +457,6 @@ Tensor MaxPool2dBackward(const Tensor& grad_out, const Tensor& indices, const Sh
   return out;
 }
 
-Tensor IndexAdd(const Shape& shape, int64_t dim, const Tensor& index, const Tensor& src) {
-  int d = WrapDimOrNeg(dim, static_cast<int64_t>(shape.size()));
-  QUANTA_CHECK(d >= 0 && index.dim() == 1 && IsIntegral(index.dtype()) && src.dim() == static_cast<int>(shape.size()) &&
-                   src.size(d) == index.numel(),
-               "index_add: bad operands (shape ", ShapeToString(shape), ", dim ", dim, ", ",
-               index.Describe(), ", ", src.Describe(), ")");
-  Tensor out = Zeros(shape, src.dtype(), src.device());
-  OpAttrs attrs;
-  attrs.dims = {d};
-  Tensor in[2] = {src, index.To(DType::kI64)};
-  Dispatch(Op::kIndexAdd, in, {&out, 1}, attrs);
-  return out;
-}
-
 Tensor ScatterAdd(const Shape& shape, int64_t dim, const Tensor& index, const Tensor& src) {
   int d = WrapDimOrNeg(dim, static_cast<int64_t>(shape.size()));
   QUANTA_CHECK(d >= 0 && IsIntegral(index.dtype()) && index.shape() == src.shape() &&
@@ -531,20 +517,42 @@ Tensor Stack(const std::vector<Tensor>& tensors, int64_t dim) {
   return Concat(expanded, d);
 }
 
+namespace {
+// A 1-D index as a view along `dim` of `shape`, stride 0 elsewhere: index_select
+// is gather with it, index_add is scatter_add with it.
+// `size` is the indexed dim's extent; `indexed` names that tensor in errors.
+Tensor SpreadIndex(const char* op, const Tensor& index, int64_t d, const Shape& shape, int64_t size,
+                   const std::string& indexed) {
+  QUANTA_CHECK(index.dim() == 1 && IsIntegral(index.dtype()), op, ": index must be a 1-D integer tensor, got ",
+               index.Describe());
+  Tensor i64 = index.To(DType::kI64);
+  if (i64.numel() > 0) {
+    int64_t lo = Min(i64).item<int64_t>(), hi = Max(i64).item<int64_t>();
+    QUANTA_CHECK(lo >= 0 && hi < size, op, ": index ", lo < 0 ? lo : hi, " out of range for dim ", d,
+                 " of size ", size, " (", indexed, ")");
+  }
+  Shape along(shape.size(), 1);
+  along[d] = index.numel();
+  return i64.View(along).Expand(shape);
+}
+}  // namespace
+
 Tensor IndexSelect(const Tensor& x, int64_t dim, const Tensor& index) {
   CheckDefined("index_select", {&x, &index});
   int d = WrapDimOrNeg(dim, x.dim());
   QUANTA_CHECK(d >= 0, "index_select: dim ", dim, " out of range for ", x.Describe());
-  QUANTA_CHECK(index.dim() == 1 && IsIntegral(index.dtype()),
-               "index_select: index must be a 1-D integer tensor, got ", index.Describe());
   Shape shape = x.shape();
   shape[d] = index.numel();
-  OpAttrs attrs;
-  attrs.dims = {d};
-  Tensor in[2] = {x, index.To(DType::kI64)};
-  Tensor out = Tensor::Empty(shape, x.dtype(), x.device());
-  Dispatch(Op::kIndexSelect, in, {&out, 1}, attrs);
-  return out;
+  return Gather(x, d, SpreadIndex("index_select", index, d, shape, x.size(d), x.Describe()));
+}
+
+Tensor IndexAdd(const Shape& shape, int64_t dim, const Tensor& index, const Tensor& src) {
+  int d = WrapDimOrNeg(dim, static_cast<int64_t>(shape.size()));
+  QUANTA_CHECK(d >= 0 && src.dim() == static_cast<int>(shape.size()) && src.size(d) == index.numel(),
+               "index_add: bad operands (shape ", ShapeToString(shape), ", dim ", dim, ", ", index.Describe(), ", ",
+               src.Describe(), ")");
+  return ScatterAdd(shape, d,
+                    SpreadIndex("index_add", index, d, src.shape(), shape[d], "target " + ShapeToString(shape)), src);
 }
 
 Tensor Gather(const Tensor& x, int64_t dim, const Tensor& index) {

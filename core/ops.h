@@ -113,11 +113,13 @@ Tensor MaxPool2dBackward(const Tensor& grad_out, const Tensor& indices, const Sh
 // ---- joining and indexing -----------------------------------------------------
 Tensor Concat(const std::vector<Tensor>& tensors, int64_t dim);
 Tensor Stack(const std::vector<Tensor>& tensors, int64_t dim);
-// index: 1-D i32/i64. out.size(dim) == index.numel().
+// index: 1-D integer. out.size(dim) == index.numel(). A gather with the index
+// spread over the other dims (stride 0).
 Tensor IndexSelect(const Tensor& x, int64_t dim, const Tensor& index);
 // torch.gather: out has index's shape; out[i][j] = x[i][index[i][j]] for dim 1.
 Tensor Gather(const Tensor& x, int64_t dim, const Tensor& index);
-// Adjoints of IndexSelect and Gather: zeros(shape) with src added at index.
+// Adjoints of IndexSelect and Gather: zeros(shape) with src added at index
+// (torch.index_add / torch.scatter_add). IndexAdd is ScatterAdd with a spread index.
 Tensor IndexAdd(const Shape& shape, int64_t dim, const Tensor& index, const Tensor& src);
 Tensor ScatterAdd(const Shape& shape, int64_t dim, const Tensor& index, const Tensor& src);
 

@@ -321,28 +321,6 @@ int64_t CheckedIndex(const KernelCall& c, int64_t i, int64_t size) {
   return i;
 }
 
-// x (..., S, ...), index i64 (L) -> y (..., L, ...) along dim d.
-void IndexSelectKernel(const KernelCall& c) {
-  const Tensor& x = c.in[0];
-  const Tensor& index = c.in[1];
-  const Tensor& y = c.out[0];
-  int64_t d = c.attrs.dims[0];
-  Strides xs = x.strides(), is(y.dim(), 0);
-  xs[d] = 0;
-  is[d] = index.stride(0);
-  Tensor x_base = x.AsStrided(y.shape(), xs, x.offset());
-  Tensor idx = index.AsStrided(y.shape(), is, index.offset());
-  const auto* ip = static_cast<const int64_t*>(StorageBase(index));
-  VisitDType(x.dtype(), [&]<typename T>(TypeTag<T>) {
-    const void* xp = StorageBase(x);
-    void* yp = StorageBase(y);
-    ForEachStrided<3>(y.shape(), {&y, &x_base, &idx}, [&](const std::array<int64_t, 3>& o) {
-      int64_t i = CheckedIndex(c, ip[o[2]], x.size(d));
-      StoreAt<T>(yp, o[0], LoadAt<T>(xp, o[1] + i * x.stride(d)));
-    }, 32768, std::is_same_v<T, QInt4x2>);
-  });
-}
-
 // torch.gather: y[..i..] = x[..index[..i..]..] along dim d; y has index's shape.
 void GatherKernel(const KernelCall& c) {
   const Tensor& x = c.in[0];
@@ -508,29 +486,6 @@ void MaxPool2dBackwardKernel(const KernelCall& c) {
   });
 }
 
-// out (zeros, shape of x) += src at index along dim. Serial: indices may repeat.
-void IndexAddKernel(const KernelCall& c) {
-  const Tensor& src = c.in[0];
-  const Tensor& index = c.in[1];
-  const Tensor& y = c.out[0];
-  int64_t d = c.attrs.dims[0];
-  Strides ys = y.strides(), is(src.dim(), 0);
-  ys[d] = 0;
-  is[d] = index.stride(0);
-  Tensor y_base = y.AsStrided(src.shape(), ys, y.offset());
-  Tensor idx = index.AsStrided(src.shape(), is, index.offset());
-  const auto* ip = static_cast<const int64_t*>(StorageBase(index));
-  VisitPlain(c, src.dtype(), [&]<typename T>(TypeTag<T>) {
-    const void* sp = StorageBase(src);
-    void* yp = StorageBase(y);
-    ForEachStrided<3>(src.shape(), {&y_base, &src, &idx}, [&](const std::array<int64_t, 3>& o) {
-      int64_t i = CheckedIndex(c, ip[o[2]], y.size(d));
-      int64_t at = o[0] + i * y.stride(d);
-      StoreAt<T>(yp, at, Convert<T>(Convert<Compute<T>>(LoadAt<T>(yp, at)) + Convert<Compute<T>>(LoadAt<T>(sp, o[1]))));
-    }, 1, /*serial=*/true);
-  });
-}
-
 // out (zeros) [.. index[..i..] ..] += src[..i..] along dim. Serial.
 void ScatterAddKernel(const KernelCall& c) {
   const Tensor& src = c.in[0];
@@ -576,8 +531,6 @@ struct Table {
     Set(Op::kConv2dBackwardWeight, &Conv2dBackwardWeightKernel);
     Set(Op::kMaxPool2d, &MaxPool2dKernel);
     Set(Op::kMaxPool2dBackward, &MaxPool2dBackwardKernel);
-    Set(Op::kIndexSelect, &IndexSelectKernel);
-    Set(Op::kIndexAdd, &IndexAddKernel);
     Set(Op::kGather, &GatherKernel);
     Set(Op::kScatterAdd, &ScatterAddKernel);
     Set(Op::kUniform, &UniformKernel);
@@ -591,7 +544,7 @@ struct Table {
   void Set(Op op, Kernel k) { kernels[static_cast<int>(op)] = k; }
 };
 // Adding an op to core/ops.def: give it a reference kernel above, then bump this.
-static_assert(kNumOps == 51, "a new op needs its reference kernel in this table");
+static_assert(kNumOps == 49, "a new op needs its reference kernel in this table");
 
 }  // namespace
 
