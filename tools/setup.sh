@@ -11,7 +11,9 @@ packages=(
   libgtest-dev libgmock-dev
   libbenchmark-dev     # apps/bench_*
   libstb-dev           # image decoding (data/)
-  zlib1g-dev           # gzip IDX files (data/)
+  zlib1g-dev           # gzip IDX files and .tar.gz archives (data/)
+  libcurl4-openssl-dev # CIFAR-100 download (data/)
+  python3              # the loopback HTTP server of the download test
   dataset-fashion-mnist
 )
 
