@@ -6,9 +6,9 @@
 //   DataLoader loader(train, Compose({ToTensor(), RandomCrop(32, 4), HorizontalFlip()}),
 //                     {.batch_size = 128, .shuffle = true, .seed = 1, .workers = 2});
 //   for (int epoch = 0; epoch < 10; ++epoch) {
-//     DataLoader::Epoch it = loader.Start(epoch);
+//     std::unique_ptr<DataLoader::Epoch> it = loader.Start(epoch);
 //     Batch b;
-//     while (it.Next(&b)) Train(b.data, b.labels);   // f32 (B, C, H, W), i64 (B)
+//     while (it->Next(&b)) Train(b.data, b.labels);   // f32 (B, C, H, W), i64 (B)
 //   }
 #pragma once
 
