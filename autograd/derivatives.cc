@@ -116,19 +116,8 @@ Grads MatmulBackward(const GradNode& n, const Grads& g) {
           n.NeedsGrad(1) ? SumToShape(Matmul(a.Transpose(-2, -1), g[0]), b.shape()) : Tensor()};
 }
 
-Conv2dOptions OptionsOf(const OpAttrs& at) {
-  Conv2dOptions o;
-  for (int i = 0; i < 2; ++i) {
-    o.stride[i] = at.stride[i];
-    o.padding[i] = at.padding[i];
-    o.dilation[i] = at.dilation[i];
-  }
-  o.groups = at.groups;
-  return o;
-}
-
 Grads Conv2dBackward(const GradNode& n, const Grads& g) {
-  Conv2dOptions o = OptionsOf(n.attrs);
+  Conv2dOptions o = Conv2dOptionsOf(n.attrs);
   const Tensor &x = X(n, 0), &w = X(n, 1);
   Grads out = {n.NeedsGrad(0) ? Conv2dBackwardInput(g[0], w, x.shape(), o) : Tensor(),
                n.NeedsGrad(1) ? Conv2dBackwardWeight(g[0], x, w.shape(), o) : Tensor()};

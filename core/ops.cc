@@ -398,6 +398,17 @@ Tensor Conv2d(const Tensor& input, const Tensor& weight, const Tensor& bias,
   return out;
 }
 
+Conv2dOptions Conv2dOptionsOf(const OpAttrs& at) {
+  Conv2dOptions o;
+  for (int i = 0; i < 2; ++i) {
+    o.stride[i] = at.stride[i];
+    o.padding[i] = at.padding[i];
+    o.dilation[i] = at.dilation[i];
+  }
+  o.groups = at.groups;
+  return o;
+}
+
 Tensor Conv2dBackwardInput(const Tensor& grad_out, const Tensor& weight, const Shape& input_shape,
                            const Conv2dOptions& o) {
   QUANTA_CHECK(grad_out.dim() == 4 && weight.dim() == 4 && input_shape.size() == 4 &&

@@ -92,6 +92,9 @@ struct Conv2dOptions {
 Tensor Conv2d(const Tensor& input, const Tensor& weight, const Tensor& bias = Tensor(),
               const Conv2dOptions& options = {});
 
+// The conv2d geometry a recorded conv2d op carries in its OpAttrs.
+Conv2dOptions Conv2dOptionsOf(const OpAttrs& attrs);
+
 // The two halves of conv2d's gradient (autograd's conv2d backward uses them).
 Tensor Conv2dBackwardInput(const Tensor& grad_out, const Tensor& weight, const Shape& input_shape,
                            const Conv2dOptions& options);
