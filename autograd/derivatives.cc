@@ -62,6 +62,8 @@ Grads GeluBackward(const GradNode& n, const Grads& g) {
   return {Mul(g[0], Add(cdf, Mul(x, pdf)))};
 }
 
+Grads RoundBackward(const GradNode& n, const Grads&) { return {ZerosLike(X(n))}; }  // 0 almost everywhere
+
 Grads AddBackward(const GradNode&, const Grads& g) { return {g[0], g[0]}; }
 Grads SubBackward(const GradNode&, const Grads& g) { return {g[0], Neg(g[0])}; }
 Grads MulBackward(const GradNode& n, const Grads& g) {
@@ -136,6 +138,36 @@ Grads ScatterAddBackward(const GradNode& n, const Grads& g) {
   return {Gather(g[0], n.attrs.dims[0], X(n, 1)), Tensor()};
 }
 
+// ---- fake quantization ------------------------------------------------------------------
+// Inputs x, scale, zero point (spread to x's shape); the expand nodes before them
+// sum the per-element gradients of scale and zero point per channel.
+Grads FakeQuantizeBackward(const GradNode& n, const Grads& g) {
+  const Tensor &x = X(n, 0), &s = X(n, 1), &z = X(n, 2);
+  const OpAttrs& at = n.attrs;
+  DType t = x.dtype();
+  Tensor xs = Div(x, s);
+  Tensor r = Round(xs);
+  Tensor q = Add(r, z);
+  Tensor below = Mask(Lt(q, at.quant_min), t), above = Mask(Gt(q, at.quant_max), t);
+  Tensor inside = Sub(Like(below, 1), Add(below, above));
+  Grads out(3);
+  if (n.NeedsGrad(0)) {
+    Tensor gx = Mul(g[0], inside);
+    if (at.fake_quant_gradient == static_cast<int>(FakeQuantGradient::kEwgs) && at.ewgs_delta != 0) {
+      Tensor sign = Sub(Mask(Gt(g[0], 0), t), Mask(Lt(g[0], 0), t));
+      gx = Mul(gx, Add(Mul(Mul(sign, Sub(xs, r)), at.ewgs_delta), 1.0));
+    }
+    out[0] = gx;
+  }
+  if (n.NeedsGrad(1)) {
+    Tensor d = Add(Mul(inside, Sub(r, xs)),
+                   Add(Mul(below, Sub(Like(z, at.quant_min), z)), Mul(above, Sub(Like(z, at.quant_max), z))));
+    out[1] = Mul(Mul(g[0], d), at.lsq_grad_scale);
+  }
+  if (n.NeedsGrad(2)) out[2] = Mul(Mul(g[0], Add(below, above)), Neg(s));
+  return out;
+}
+
 // ---- structural ops -----------------------------------------------------------------
 
 Grads ViewBackward(const GradNode& n, const Grads& g) { return {g[0].Reshape(X(n).shape())}; }
@@ -200,6 +232,9 @@ struct RuleTable {
     NotDifferentiable(Op::kMaxPool2dBackward);
     Set(Op::kGather, &GatherBackward);
     Set(Op::kScatterAdd, &ScatterAddBackward);
+    NotDifferentiable(Op::kQuantize);    // quantized tensors carry no gradient
+    NotDifferentiable(Op::kDequantize);
+    Set(Op::kFakeQuantize, &FakeQuantizeBackward);
     NotDifferentiable(Op::kUniform);
     NotDifferentiable(Op::kNormal);
     NotDifferentiable(Op::kBernoulli);
@@ -216,7 +251,7 @@ struct RuleTable {
   }
 };
 // A new op in core/ops.def needs an entry above (rule or NotDifferentiable).
-static_assert(kNumOps == 49, "give the new op its backward rule, then update this count");
+static_assert(kNumOps == 53, "give the new op its backward rule, then update this count");
 
 const RuleTable& Rules() {
   static const RuleTable* table = new RuleTable();

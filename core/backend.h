@@ -54,6 +54,10 @@ struct OpAttrs {
   int64_t dilation[2] = {1, 1};     // conv2d
   int64_t groups = 1;               // conv2d
   uint64_t seed = 0, offset = 0;    // random ops: Philox key and first counter
+  double quant_min = 0, quant_max = 0;  // quantize, fake_quantize: the integer range
+  int fake_quant_gradient = 0;      // fake_quantize: a FakeQuantGradient (core/ops.h)
+  double ewgs_delta = 0;            // fake_quantize with EWGS
+  double lsq_grad_scale = 1;        // fake_quantize: factor on the scale's gradient (LSQ)
 };
 
 // One call of a kernel: inputs as the frontend prepared them (broadcast, same

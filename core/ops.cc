@@ -31,7 +31,7 @@ void CheckNotQuantized(const char* op, const Tensor& t) {
 bool NeedsFloat(Op op) {
   switch (op) {
     case Op::kExp: case Op::kLog: case Op::kSqrt: case Op::kRsqrt:
-    case Op::kSigmoid: case Op::kTanh: case Op::kGelu: case Op::kDiv:
+    case Op::kSigmoid: case Op::kTanh: case Op::kGelu: case Op::kDiv: case Op::kErf:
       return true;
     default:
       return false;
@@ -479,6 +479,91 @@ Tensor ScatterAdd(const Shape& shape, int64_t dim, const Tensor& index, const Te
   attrs.dims = {d};
   Tensor in[2] = {src, index.To(DType::kI64)};
   Dispatch(Op::kScatterAdd, in, {&out, 1}, attrs);
+  return out;
+}
+
+// ---- quantization --------------------------------------------------------------------
+
+std::pair<int64_t, int64_t> QuantRange(DType dtype, const QuantParams& p) {
+  const DTypeInfo& info = Info(dtype);
+  if (p.quant_min == 0 && p.quant_max == 0) return {info.qmin, info.qmax};
+  QUANTA_CHECK(IsQuantized(dtype) && p.quant_min < p.quant_max && p.quant_min >= info.qmin && p.quant_max <= info.qmax,
+               "quantize: range [", p.quant_min, ", ", p.quant_max, "] does not fit ", Name(dtype), " [", info.qmin,
+               ", ", info.qmax, "]");
+  return {p.quant_min, p.quant_max};
+}
+
+namespace {
+// Per-tensor or per-channel values as an f64 tensor spread over `shape`.
+Tensor SpreadParams(const std::vector<double>& values, const QuantParams& p, const Shape& shape, const Device& device) {
+  Tensor t = Tensor::FromVector<double>(values, {static_cast<int64_t>(values.size())}).To(device);
+  Shape along(shape.size(), 1);
+  if (p.scheme == QScheme::kPerChannel) along[p.axis] = static_cast<int64_t>(values.size());
+  return (shape.empty() ? t.View({}) : t.View(along)).Expand(shape);
+}
+std::vector<double> AsDoubles(const std::vector<int64_t>& v) { return {v.begin(), v.end()}; }
+}  // namespace
+
+Tensor Quantize(const Tensor& x, DType dtype, const QuantParams& params) {
+  CheckDefined("quantize", {&x});
+  QUANTA_CHECK(IsFloating(x.dtype()) && IsQuantized(dtype), "quantize: needs a floating input and a quantized dtype, got ",
+               x.Describe(), " to ", Name(dtype));
+  auto [qmin, qmax] = QuantRange(dtype, params);
+  Tensor out = Tensor::Empty(x.shape(), dtype, x.device(), params);
+  OpAttrs attrs;
+  attrs.quant_min = static_cast<double>(qmin);
+  attrs.quant_max = static_cast<double>(qmax);
+  Tensor in[3] = {x, SpreadParams(params.scales, params, x.shape(), x.device()),
+                  SpreadParams(AsDoubles(params.zero_points), params, x.shape(), x.device())};
+  Dispatch(Op::kQuantize, in, {&out, 1}, attrs);
+  return out;
+}
+
+Tensor Dequantize(const Tensor& q, DType dtype) {
+  CheckDefined("dequantize", {&q});
+  QUANTA_CHECK(q.is_quantized() && IsFloating(dtype), "dequantize: needs a quantized input and a floating dtype, got ",
+               q.Describe(), " to ", Name(dtype));
+  const QuantParams& p = q.qparams();
+  Tensor out = Tensor::Empty(q.shape(), dtype, q.device());
+  Tensor in[3] = {q, SpreadParams(p.scales, p, q.shape(), q.device()),
+                  SpreadParams(AsDoubles(p.zero_points), p, q.shape(), q.device())};
+  Dispatch(Op::kDequantize, in, {&out, 1});
+  return out;
+}
+
+Tensor Requantize(const Tensor& q, DType dtype, const QuantParams& params) {
+  return Quantize(Dequantize(q, DType::kF64), dtype, params);
+}
+
+Tensor FakeQuantize(const Tensor& x, const Tensor& scale, const Tensor& zero_point, const FakeQuantOptions& o) {
+  CheckDefined("fake_quantize", {&x, &scale, &zero_point});
+  QUANTA_CHECK(IsFloating(x.dtype()), "fake_quantize: ", x.Describe(), " is not floating");
+  QUANTA_CHECK(o.quant_min < o.quant_max, "fake_quantize: empty range [", o.quant_min, ", ", o.quant_max, "]");
+  QUANTA_CHECK(o.gradient == FakeQuantGradient::kSte || o.ewgs_delta >= 0, "fake_quantize: negative EWGS delta ",
+               o.ewgs_delta);
+  int64_t channels = 1;
+  Shape along(x.dim(), 1);
+  if (o.axis >= 0) {
+    QUANTA_CHECK(o.axis < x.dim(), "fake_quantize: axis ", o.axis, " out of range for ", x.Describe());
+    channels = x.size(o.axis);
+    along[o.axis] = channels;
+  }
+  QUANTA_CHECK(scale.numel() == channels && zero_point.numel() == channels, "fake_quantize: ", channels,
+               " scale and zero point values expected, got ", scale.Describe(), ", ", zero_point.Describe(), " for ",
+               x.Describe());
+  OpAttrs attrs;
+  attrs.quant_min = static_cast<double>(o.quant_min);
+  attrs.quant_max = static_cast<double>(o.quant_max);
+  attrs.fake_quant_gradient = static_cast<int>(o.gradient);
+  attrs.ewgs_delta = o.ewgs_delta;
+  attrs.lsq_grad_scale = o.lsq_grad_scale;
+  auto spread = [&](const Tensor& t) {
+    Tensor c = t.To(x.dtype()).Reshape({channels});
+    return (x.dim() == 0 ? c.View({}) : c.View(along)).Expand(x.shape());
+  };
+  Tensor in[3] = {x, spread(scale), spread(zero_point)};
+  Tensor out = Tensor::Empty(x.shape(), x.dtype(), x.device());
+  Dispatch(Op::kFakeQuantize, in, {&out, 1}, attrs);
   return out;
 }
 

@@ -113,6 +113,35 @@ Tensor MaxPool2d(const Tensor& x, const Pool2dOptions& options);
 // Routes grad_out to the argmax positions (indices: flat h * W + w per plane).
 Tensor MaxPool2dBackward(const Tensor& grad_out, const Tensor& indices, const Shape& input_shape);
 
+// ---- quantization (Note [One quantization formula] in core/scalar_ops.h) -------
+// The integer range of a quantized dtype under params (params' own range if set).
+std::pair<int64_t, int64_t> QuantRange(DType dtype, const QuantParams& params);
+// Float x to quantized dtype (qint8, quint8, qint4) with params: per tensor or
+// per channel, any range inside the dtype's (bit widths 2..8), ties to even.
+Tensor Quantize(const Tensor& x, DType dtype, const QuantParams& params);
+// scale * (q - zero_point) as a floating tensor.
+Tensor Dequantize(const Tensor& q, DType dtype = DType::kF32);
+// q under new parameters (and dtype): Quantize(Dequantize(q)) in one place.
+Tensor Requantize(const Tensor& q, DType dtype, const QuantParams& params);
+
+// How fake quantization passes gradients to its input: the straight-through
+// estimator with the clipping mask, or element-wise gradient scaling (EWGS, Lee
+// et al. 2021): g * (1 + delta * sign(g) * (x / scale - round(x / scale))).
+enum class FakeQuantGradient { kSte = 0, kEwgs = 1 };
+struct FakeQuantOptions {
+  int64_t quant_min = -128, quant_max = 127;
+  int64_t axis = -1;                 // per channel along axis, or -1: per tensor
+  FakeQuantGradient gradient = FakeQuantGradient::kSte;
+  double ewgs_delta = 0;
+  double lsq_grad_scale = 1;         // LSQ: 1 / sqrt(N * quant_max) on the scale's gradient
+};
+// y = scale * (clamp(round(x / scale) + zero_point, min, max) - zero_point), the
+// same formula as Quantize then Dequantize. scale and zero_point are floating
+// tensors of 1 or x.size(axis) values and receive LSQ's gradients: for scale,
+// round(x/s) - x/s inside the range and (min or max) - zero_point outside; for
+// zero_point (LSQ+'s offset, in steps), -scale outside and 0 inside.
+Tensor FakeQuantize(const Tensor& x, const Tensor& scale, const Tensor& zero_point, const FakeQuantOptions& options);
+
 // ---- joining and indexing -----------------------------------------------------
 Tensor Concat(const std::vector<Tensor>& tensors, int64_t dim);
 Tensor Stack(const std::vector<Tensor>& tensors, int64_t dim);

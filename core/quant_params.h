@@ -20,6 +20,9 @@ struct QuantParams {
   int axis = 0;                     // kPerChannel only
   std::vector<double> scales;       // 1 (per tensor) or size(axis) values
   std::vector<int64_t> zero_points;
+  // The integer range values are clamped to; both 0 means the dtype's full range.
+  // Narrower ranges give bit widths below the container's (4-bit values in qint8).
+  int64_t quant_min = 0, quant_max = 0;
 
   static QuantParams PerTensor(double scale, int64_t zero_point) {
     return {QScheme::kPerTensor, 0, {scale}, {zero_point}};
@@ -27,6 +30,12 @@ struct QuantParams {
   static QuantParams PerChannel(std::vector<double> scales, std::vector<int64_t> zero_points,
                                 int axis) {
     return {QScheme::kPerChannel, axis, std::move(scales), std::move(zero_points)};
+  }
+  QuantParams WithRange(int64_t min, int64_t max) const {
+    QuantParams p = *this;
+    p.quant_min = min;
+    p.quant_max = max;
+    return p;
   }
   std::string ToString() const;
   bool operator==(const QuantParams&) const = default;

@@ -17,7 +17,7 @@ namespace quanta {
   struct Name##Fn {                                                    \
     template <typename C>                                              \
     QUANTA_HOST_DEVICE C operator()(C x) const {                       \
-      using std::exp, std::log, std::sqrt, std::abs, std::tanh, std::erf; \
+      using std::exp, std::log, std::sqrt, std::abs, std::tanh, std::erf, std::nearbyint; \
       return static_cast<C>(expr);                                     \
     }                                                                  \
   };
@@ -31,6 +31,7 @@ QUANTA_UNARY_FN(Relu, x < C(0) ? C(0) : x)  // NaN stays NaN, as in PyTorch
 QUANTA_UNARY_FN(Sigmoid, C(1) / (C(1) + exp(-x)))
 QUANTA_UNARY_FN(Tanh, tanh(x))
 QUANTA_UNARY_FN(Erf, erf(x))
+QUANTA_UNARY_FN(Round, nearbyint(x))  // half to even in the default rounding mode
 // The exact (erf) GELU: x * Phi(x).
 QUANTA_UNARY_FN(Gelu, C(0.5) * x * (C(1) + erf(x * C(0.70710678118654752440))))
 #undef QUANTA_UNARY_FN
@@ -73,5 +74,17 @@ QUANTA_COMPARE_FN(Le, a <= b)
 QUANTA_COMPARE_FN(Gt, a > b)
 QUANTA_COMPARE_FN(Ge, a >= b)
 #undef QUANTA_COMPARE_FN
+
+// Note [One quantization formula]: q = clamp(round_half_even(x / scale) + zero_point,
+// quant_min, quant_max) and x = scale * (q - zero_point), in f64, for quantize,
+// dequantize and fake quantization on every backend (STYLE.md §8).
+QUANTA_HOST_DEVICE inline double QuantizeValue(double x, double scale, double zero_point, double qmin,
+                                                double qmax) {
+  double q = nearbyint(x / scale) + zero_point;
+  return q < qmin ? qmin : (q > qmax ? qmax : q);
+}
+QUANTA_HOST_DEVICE inline double DequantizeValue(double q, double scale, double zero_point) {
+  return scale * (q - zero_point);
+}
 
 }  // namespace quanta

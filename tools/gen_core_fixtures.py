@@ -22,6 +22,7 @@ ops = {
     "sigmoid": (xs, lambda x: 1.0 / (1.0 + np.exp(-x))),
     "tanh": (xs, np.tanh),
     "erf": (xs, math.erf),
+    "round": ([-2.5, -1.5, -0.5, -0.4, 0.0, 0.5, 0.6, 1.5, 2.5, 3.49], np.round),  # half to even
     "gelu": (xs, lambda x: 0.5 * x * (1.0 + math.erf(x / math.sqrt(2.0)))),
 }
 

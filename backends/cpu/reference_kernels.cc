@@ -507,6 +507,57 @@ void ScatterAddKernel(const KernelCall& c) {
   });
 }
 
+// ---- quantization (Note [One quantization formula]) -----------------------------
+
+// x float, scale and zero point f64 spread over x's shape -> q quantized.
+void QuantizeKernel(const KernelCall& c) {
+  const Tensor &x = c.in[0], &scale = c.in[1], &zp = c.in[2], &q = c.out[0];
+  const double qmin = c.attrs.quant_min, qmax = c.attrs.quant_max;
+  VisitPlain(c, x.dtype(), [&]<typename T>(TypeTag<T>) {
+    VisitDType(q.dtype(), [&]<typename Q>(TypeTag<Q>) {
+      const void *xp = StorageBase(x), *sp = StorageBase(scale), *zpp = StorageBase(zp);
+      void* qp = StorageBase(q);
+      ForEachStrided<4>(q.shape(), {&q, &x, &scale, &zp}, [&](const std::array<int64_t, 4>& o) {
+        double v = QuantizeValue(static_cast<double>(Convert<Compute<T>>(LoadAt<T>(xp, o[1]))), LoadAt<double>(sp, o[2]),
+                                 LoadAt<double>(zpp, o[3]), qmin, qmax);
+        StoreAt<Q>(qp, o[0], Convert<Elem<Q>>(v));
+      }, 32768, std::is_same_v<Q, QInt4x2>);
+    });
+  });
+}
+
+// q quantized, scale and zero point f64 spread over q's shape -> x float.
+void DequantizeKernel(const KernelCall& c) {
+  const Tensor &q = c.in[0], &scale = c.in[1], &zp = c.in[2], &x = c.out[0];
+  VisitDType(q.dtype(), [&]<typename Q>(TypeTag<Q>) {
+    VisitPlain(c, x.dtype(), [&]<typename T>(TypeTag<T>) {
+      const void *qp = StorageBase(q), *sp = StorageBase(scale), *zpp = StorageBase(zp);
+      void* xp = StorageBase(x);
+      ForEachStrided<4>(x.shape(), {&x, &q, &scale, &zp}, [&](const std::array<int64_t, 4>& o) {
+        double v = DequantizeValue(Convert<double>(LoadAt<Q>(qp, o[1])), LoadAt<double>(sp, o[2]),
+                                   LoadAt<double>(zpp, o[3]));
+        StoreAt<T>(xp, o[0], Convert<T>(v));
+      });
+    });
+  });
+}
+
+// x, scale, zero point of one floating dtype and shape -> y = dequantize(quantize(x)).
+void FakeQuantizeKernel(const KernelCall& c) {
+  const Tensor &x = c.in[0], &scale = c.in[1], &zp = c.in[2], &y = c.out[0];
+  const double qmin = c.attrs.quant_min, qmax = c.attrs.quant_max;
+  VisitPlain(c, x.dtype(), [&]<typename T>(TypeTag<T>) {
+    const void *xp = StorageBase(x), *sp = StorageBase(scale), *zpp = StorageBase(zp);
+    void* yp = StorageBase(y);
+    ForEachStrided<4>(y.shape(), {&y, &x, &scale, &zp}, [&](const std::array<int64_t, 4>& o) {
+      double s = static_cast<double>(Convert<Compute<T>>(LoadAt<T>(sp, o[2])));
+      double z = static_cast<double>(Convert<Compute<T>>(LoadAt<T>(zpp, o[3])));
+      double q = QuantizeValue(static_cast<double>(Convert<Compute<T>>(LoadAt<T>(xp, o[1]))), s, z, qmin, qmax);
+      StoreAt<T>(yp, o[0], Convert<T>(DequantizeValue(q, s, z)));
+    });
+  });
+}
+
 struct Table {
   std::array<Kernel, kNumOps> kernels{};
   Table() {
@@ -533,6 +584,9 @@ struct Table {
     Set(Op::kMaxPool2dBackward, &MaxPool2dBackwardKernel);
     Set(Op::kGather, &GatherKernel);
     Set(Op::kScatterAdd, &ScatterAddKernel);
+    Set(Op::kQuantize, &QuantizeKernel);
+    Set(Op::kDequantize, &DequantizeKernel);
+    Set(Op::kFakeQuantize, &FakeQuantizeKernel);
     Set(Op::kUniform, &UniformKernel);
     Set(Op::kNormal, &NormalKernel);
     Set(Op::kBernoulli, &BernoulliKernel);
@@ -544,7 +598,7 @@ struct Table {
   void Set(Op op, Kernel k) { kernels[static_cast<int>(op)] = k; }
 };
 // Adding an op to core/ops.def: give it a reference kernel above, then bump this.
-static_assert(kNumOps == 49, "a new op needs its reference kernel in this table");
+static_assert(kNumOps == 53, "a new op needs its reference kernel in this table");
 
 }  // namespace
 

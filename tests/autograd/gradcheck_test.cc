@@ -11,7 +11,7 @@ namespace quanta {
 namespace {
 
 // A new op needs its gradcheck row here (or a note why it has no gradient).
-static_assert(kNumOps == 49, "add a gradcheck row for the new op, then update this count");
+static_assert(kNumOps == 53, "add a gradcheck row for the new op, then update this count");
 
 Generator& Gen() {
   static Generator gen(77);
@@ -69,6 +69,7 @@ std::vector<Row> Rows() {
       {"sigmoid", [](V x) { return Sigmoid(x[0]); }, {Randn({2, 3})}},
       {"tanh", [](V x) { return Tanh(x[0]); }, {Randn({2, 3})}},
       {"erf", [](V x) { return Erf(x[0]); }, {Randn({2, 3})}},
+      {"round (zero almost everywhere)", [](V x) { return Round(Mul(x[0], 3.3)); }, {Randn({2, 3})}},
       {"gelu", [](V x) { return Gelu(x[0]); }, {Randn({2, 3})}},
       // binary, with broadcasting
       {"add broadcast", [](V x) { return Add(x[0], x[1]); }, {Randn({2, 3}), Randn({3})}},
@@ -142,7 +143,7 @@ TEST(GradCheck, CatchesAWrongGradient) {
 }
 
 TEST(GradCheck, NonDifferentiableOpsAreDeclaredSo) {
-  for (Op op : {Op::kEq, Op::kArgmax, Op::kFill, Op::kArange, Op::kUniform, Op::kNormal,
+  for (Op op : {Op::kEq, Op::kArgmax, Op::kQuantize, Op::kDequantize, Op::kFill, Op::kArange, Op::kUniform, Op::kNormal,
                 Op::kBernoulli, Op::kConv2dBackwardInput, Op::kConv2dBackwardWeight, Op::kMaxPool2dBackward}) {
     EXPECT_FALSE(internal::IsDifferentiable(op)) << OpName(op);
   }
@@ -152,7 +153,8 @@ TEST(GradCheck, NonDifferentiableOpsAreDeclaredSo) {
                          op == Op::kGt || op == Op::kGe || op == Op::kArgmax || op == Op::kFill ||
                          op == Op::kArange || op == Op::kUniform || op == Op::kNormal ||
                          op == Op::kBernoulli || op == Op::kConv2dBackwardInput ||
-                         op == Op::kConv2dBackwardWeight || op == Op::kMaxPool2dBackward;
+                         op == Op::kConv2dBackwardWeight || op == Op::kMaxPool2dBackward ||
+                         op == Op::kQuantize || op == Op::kDequantize;
     EXPECT_EQ(internal::IsDifferentiable(op), !expected_none) << OpName(op);
   }
 }

@@ -1,0 +1,115 @@
+// quantize, dequantize, requantize and fake_quantize against hand-computed
+// values at the range edges (ties go to even), per tensor and per channel, and
+// fake quantization's STE, EWGS and LSQ gradients against their formulas.
+#include "autograd/autograd.h"
+#include "core/ops.h"
+#include "gtest/gtest.h"
+
+namespace quanta {
+namespace {
+
+Tensor F(const std::vector<float>& v, const Shape& s) { return Tensor::FromVector<float>(v, s); }
+
+TEST(Quantize, PerTensorSymmetricQint8) {
+  // x / 0.5 = -129, -128.5, 0.5, 1.5, 2.5, 127, 127.5, 200.
+  Tensor x = F({-64.5f, -64.25f, 0.25f, 0.75f, 1.25f, 63.5f, 63.75f, 100}, {8});
+  Tensor q = Quantize(x, DType::kQInt8, QuantParams::PerTensor(0.5, 0));
+  EXPECT_EQ(q.IntRepr(), (std::vector<int32_t>{-128, -128, 0, 2, 2, 127, 127, 127}));
+  EXPECT_EQ(Dequantize(q).ToVector<float>(), (std::vector<float>{-64, -64, 0, 1, 1, 63.5f, 63.5f, 63.5f}));
+}
+
+TEST(Quantize, AffineQuint8AndQint4) {
+  // x / 0.125 = -128.5, -128, 0, 0.5, 127, 127.5; + 128.
+  Tensor x = F({-16.0625f, -16, 0, 0.0625f, 15.875f, 15.9375f}, {6});
+  Tensor q = Quantize(x, DType::kQUInt8, QuantParams::PerTensor(0.125, 128));
+  EXPECT_EQ(q.IntRepr(), (std::vector<int32_t>{0, 0, 128, 128, 255, 255}));
+  EXPECT_EQ(Dequantize(q).ToVector<float>(), (std::vector<float>{-16, -16, 0, 0, 15.875f, 15.875f}));
+  // qint4, packed two a byte: x / 0.25 = -8.5, -8, 1.5, 7, 7.5, 20.
+  Tensor x4 = F({-2.125f, -2, 0.375f, 1.75f, 1.875f, 5}, {6});
+  Tensor q4 = Quantize(x4, DType::kQInt4, QuantParams::PerTensor(0.25, 0));
+  EXPECT_EQ(q4.IntRepr(), (std::vector<int32_t>{-8, -8, 2, 7, 7, 7}));
+  EXPECT_EQ(q4.storage()->bytes(), 3u);
+  // Any bit width inside a container: 3-bit values [-4, 3] in qint8.
+  Tensor q3 = Quantize(x4, DType::kQInt8, QuantParams::PerTensor(0.25, 0).WithRange(-4, 3));
+  EXPECT_EQ(q3.IntRepr(), (std::vector<int32_t>{-4, -4, 2, 3, 3, 3}));
+  // 2 bits: [-2, 1].
+  Tensor q2 = Quantize(x4, DType::kQInt4, QuantParams::PerTensor(1.0, 0).WithRange(-2, 1));
+  EXPECT_EQ(q2.IntRepr(), (std::vector<int32_t>{-2, -2, 0, 1, 1, 1}));
+}
+
+TEST(Quantize, PerChannelAndRequantize) {
+  Tensor x = F({1.5f, 1.5f, -2.5f, 100}, {2, 2});
+  QuantParams p = QuantParams::PerChannel({1.0, 0.5}, {0, 1}, /*axis=*/1);
+  Tensor q = Quantize(x, DType::kQInt8, p);
+  // channel 0: 1.5 -> 2, -2.5 -> -2 (even); channel 1: 1.5 / 0.5 + 1 = 4, 200 + 1 -> 127.
+  EXPECT_EQ(q.IntRepr(), (std::vector<int32_t>{2, 4, -2, 127}));
+  EXPECT_EQ(Dequantize(q).ToVector<float>(), (std::vector<float>{2, 1.5f, -2, 63}));
+  Tensor r = Requantize(Quantize(F({1.5f, -2.5f}, {2}), DType::kQInt8, QuantParams::PerTensor(0.5, 0)),
+                        DType::kQInt4, QuantParams::PerTensor(1.0, 0));
+  EXPECT_EQ(r.IntRepr(), (std::vector<int32_t>{2, -2}));
+  try {
+    Quantize(x, DType::kQInt4, QuantParams::PerTensor(1, 0).WithRange(-16, 15));
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), "quantize: range [-16, 15] does not fit qint4 [-8, 7]");
+  }
+}
+
+TEST(FakeQuantize, ForwardIsQuantizeThenDequantize) {
+  Generator gen(1);
+  Tensor x = Normal({4, 3, 5}, 0, 2, &gen);
+  QuantParams p = QuantParams::PerChannel({0.0625, 0.125, 0.25}, {0, 3, -2}, 1);
+  Tensor want = Dequantize(Quantize(x, DType::kQInt8, p.WithRange(-8, 7)));
+  FakeQuantOptions o{.quant_min = -8, .quant_max = 7, .axis = 1};
+  Tensor got = FakeQuantize(x, F({0.0625f, 0.125f, 0.25f}, {3}), F({0, 3, -2}, {3}), o);
+  EXPECT_EQ(got.ToVector<float>(), want.ToVector<float>());
+}
+
+TEST(FakeQuantize, SteEwgsAndLsqGradients) {
+  // scale 0.5, zero point 0, range [-4, 3]: x / s = -5 (below), -1.2, 0.7, 3.8 (rounds to 4: above), 2.6.
+  std::vector<float> xv = {-2.5f, -0.6f, 0.35f, 1.9f, 1.3f};
+  Tensor g = F({1, -2, 3, 1, -1}, {5});
+  auto run = [&](FakeQuantGradient mode, double delta, std::vector<float>* gx, float* gs, float* gz) {
+    Tensor x = F(xv, {5}).SetRequiresGrad();
+    Tensor s = F({0.5f}, {1}).SetRequiresGrad();
+    Tensor z = F({0}, {1}).SetRequiresGrad();
+    FakeQuantOptions o{.quant_min = -4, .quant_max = 3, .gradient = mode, .ewgs_delta = delta, .lsq_grad_scale = 0.25};
+    Tensor y = FakeQuantize(x, s, z, o);
+    EXPECT_EQ(y.ToVector<float>(), (std::vector<float>{-2, -0.5f, 0.5f, 1.5f, 1.5f}));
+    Backward(y, g);
+    *gx = x.grad().ToVector<float>();
+    *gs = s.grad().item<float>();
+    *gz = z.grad().item<float>();
+  };
+  std::vector<float> gx;
+  float gs, gz;
+  run(FakeQuantGradient::kSte, 0, &gx, &gs, &gz);
+  EXPECT_EQ(gx, (std::vector<float>{0, -2, 3, 0, -1}));  // STE with the clipping mask
+  // LSQ: inside round(x/s) - x/s: -1 + 1.2 = 0.2, 1 - 0.7 = 0.3, 3 - 2.6 = 0.4; below -4, above 3.
+  // sum g * d = 1 * -4 + -2 * 0.2 + 3 * 0.3 + 1 * 3 + -1 * 0.4 = -0.9, times 0.25.
+  EXPECT_NEAR(gs, -0.9 * 0.25, 1e-6);
+  // Zero point: -s where clipped: (1 + 1) * -0.5.
+  EXPECT_NEAR(gz, -1.0, 1e-6);
+  run(FakeQuantGradient::kEwgs, 0.5, &gx, &gs, &gz);
+  // EWGS: g (1 + delta sign(g) (x/s - round(x/s))) inside.
+  EXPECT_NEAR(gx[1], -2 * (1 + 0.5 * -1 * (-1.2 + 1)), 1e-6);
+  EXPECT_NEAR(gx[2], 3 * (1 + 0.5 * 1 * (0.7 - 1)), 1e-6);
+  EXPECT_NEAR(gx[4], -1 * (1 + 0.5 * -1 * (2.6 - 3)), 1e-6);
+  EXPECT_EQ(gx[0], 0);
+  EXPECT_EQ(gx[3], 0);
+}
+
+TEST(FakeQuantize, PerChannelScaleGradientsSumPerChannel) {
+  Tensor x = F({0.3f, 0.3f, 0.3f, 0.3f}, {2, 2}).SetRequiresGrad();
+  Tensor s = F({1.0f, 0.25f}, {2}).SetRequiresGrad();
+  Tensor z = F({0, 0}, {2});
+  Tensor y = FakeQuantize(x, s, z, {.quant_min = -8, .quant_max = 7, .axis = 1});
+  Backward(Sum(y));
+  // Channel 0: round(0.3) - 0.3 = -0.3, twice; channel 1: round(1.2) - 1.2 = -0.2, twice.
+  std::vector<float> gs = s.grad().ToVector<float>();
+  EXPECT_NEAR(gs[0], -0.6, 1e-6);
+  EXPECT_NEAR(gs[1], -0.4, 1e-6);
+}
+
+}  // namespace
+}  // namespace quanta
