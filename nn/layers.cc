@@ -21,7 +21,13 @@ Linear::Linear(int64_t in_features, int64_t out_features, bool with_bias, Genera
   }
 }
 
-Tensor Linear::Forward(const Tensor& x) { return quanta::Linear(x, weight, bias); }
+void QuantizableLayer::AttachQuantizers(std::shared_ptr<Layer> input, std::shared_ptr<Layer> weight) {
+  QUANTA_CHECK(!input_quant && !weight_quant, "AttachQuantizers: the layer already has quantizers");
+  if (input) input_quant = RegisterModule("input_quant", std::move(input));
+  if (weight) weight_quant = RegisterModule("weight_quant", std::move(weight));
+}
+
+Tensor Linear::Forward(const Tensor& x) { return quanta::Linear(QuantizedInput(x), QuantizedWeight(weight), bias); }
 
 Conv2d::Conv2d(int64_t in_channels, int64_t out_channels, int64_t kernel_size, const Conv2dOptions& o,
                bool with_bias, Generator* gen)
@@ -39,7 +45,9 @@ Conv2d::Conv2d(int64_t in_channels, int64_t out_channels, int64_t kernel_size, c
   }
 }
 
-Tensor Conv2d::Forward(const Tensor& x) { return quanta::Conv2d(x, weight, bias, options); }
+Tensor Conv2d::Forward(const Tensor& x) {
+  return quanta::Conv2d(QuantizedInput(x), QuantizedWeight(weight), bias, options);
+}
 
 BatchNorm2d::BatchNorm2d(int64_t channels, double eps, double momentum, bool affine)
     : eps(eps), momentum(momentum) {

@@ -18,7 +18,21 @@
 
 namespace quanta::nn {
 
-class Linear : public Layer {
+// Note [Quantization slots]: Linear and Conv2d carry two optional layers that
+// quant::PrepareQat fills: input_quant runs on the input, weight_quant on the
+// weight, before the matmul or convolution. Attaching (rather than swapping the
+// layer) keeps parameter names and the typed members models hold.
+class QuantizableLayer : public Layer {
+ public:
+  void AttachQuantizers(std::shared_ptr<Layer> input, std::shared_ptr<Layer> weight);
+  std::shared_ptr<Layer> input_quant, weight_quant;
+
+ protected:
+  Tensor QuantizedInput(const Tensor& x) { return input_quant ? input_quant->Forward(x) : x; }
+  Tensor QuantizedWeight(const Tensor& w) { return weight_quant ? weight_quant->Forward(w) : w; }
+};
+
+class Linear : public QuantizableLayer {
  public:
   Linear(int64_t in_features, int64_t out_features, bool bias = true, Generator* gen = nullptr);
   Tensor Forward(const Tensor& x) override;
@@ -26,7 +40,7 @@ class Linear : public Layer {
   Tensor bias;    // (out) or undefined
 };
 
-class Conv2d : public Layer {
+class Conv2d : public QuantizableLayer {
  public:
   Conv2d(int64_t in_channels, int64_t out_channels, int64_t kernel_size,
          const Conv2dOptions& options = {}, bool bias = true, Generator* gen = nullptr);

@@ -64,6 +64,14 @@ std::vector<std::pair<std::string, std::shared_ptr<Module>>> Module::NamedChildr
   return children_;
 }
 
+std::vector<std::pair<std::string, Module*>> Module::NamedModules() {
+  std::vector<std::pair<std::string, Module*>> out = {{"", this}};
+  for (auto& [name, child] : children_) {
+    for (auto& [sub, m] : child->NamedModules()) out.emplace_back(sub.empty() ? name : name + "." + sub, m);
+  }
+  return out;
+}
+
 int64_t Module::NumParameters() const {
   int64_t n = 0;
   for (const auto& [name, t] : NamedParameters()) n += t->numel();

@@ -55,6 +55,8 @@ class Module {
   std::vector<std::pair<std::string, Tensor*>> NamedBuffers() const;
   std::vector<Tensor> Parameters() const;  // copies share storage and gradients
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> NamedChildren() const;
+  // This module ("") and every descendant, parents first, with dotted names.
+  std::vector<std::pair<std::string, Module*>> NamedModules();
   int64_t NumParameters() const;
 
   // ---- modes and moves -----------------------------------------------------------

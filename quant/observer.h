@@ -1,0 +1,110 @@
+// Observers: they watch tensors and turn the range they saw into quantization
+// parameters (scale, zero point) for a QuantSpec. Their state is module buffers,
+// so checkpoints save it. Not here: applying the parameters (quant/quantizer.h).
+//
+//   QuantSpec spec{.bits = 4, .symmetric = true, .per_channel = true, .axis = 0};
+//   auto obs = MakeObserver(ObserverKind::kEmaMinMax, spec);   // decay 0.999
+//   obs->Observe(weight);
+//   auto [scale, zero_point] = obs->Params();                 // f32 (C) tensors
+#pragma once
+
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "core/tensor.h"
+#include "nn/module.h"
+
+namespace quanta::quant {
+
+// What a tensor is quantized to: bits 2..8, signed or not, symmetric (zero point
+// at the middle) or affine, per tensor or per channel along axis.
+struct QuantSpec {
+  int bits = 8;
+  bool is_signed = true;
+  bool symmetric = true;
+  bool per_channel = false;
+  int axis = 0;
+  // [-2^(b-1) + 1, 2^(b-1) - 1] when signed and symmetric (the design's
+  // round(x / alpha * (2^(b-1) - 1))), [-2^(b-1), 2^(b-1) - 1] signed affine,
+  // [0, 2^b - 1] unsigned.
+  int64_t quant_min() const;
+  int64_t quant_max() const;
+  std::string ToString() const;  // "w4 sym per-channel(0)"
+};
+
+enum class ObserverKind { kMinMax, kEmaMinMax, kPercentile, kMse };
+
+class Observer : public nn::Module {
+ public:
+  explicit Observer(const QuantSpec& spec);
+  virtual void Observe(const Tensor& x) = 0;
+  // Scale and zero point (f32, one value or one per channel) for the range seen.
+  std::pair<Tensor, Tensor> Params() const;
+  // The range the parameters are computed from (after the observer's choice).
+  virtual std::pair<Tensor, Tensor> Range() const;
+  bool observed() const { return observed_.item<float>() > 0; }
+  const QuantSpec& spec() const { return spec_; }
+  void SetSpec(const QuantSpec& spec) { spec_ = spec; }
+  // Forgets what was seen (re-warms), keeping the spec.
+  virtual void Reset();
+
+ protected:
+  // Reduces x to per-tensor or per-channel min and max (f32).
+  std::pair<Tensor, Tensor> BatchRange(const Tensor& x) const;
+  void UpdateRange(const Tensor& lo, const Tensor& hi, double decay);  // decay 0: min/max so far
+
+  QuantSpec spec_;
+  Tensor min_val_, max_val_;  // buffers
+  Tensor observed_;           // buffer: 0 or 1
+};
+
+// The running min and max of everything seen.
+class MinMaxObserver : public Observer {
+ public:
+  using Observer::Observer;
+  void Observe(const Tensor& x) override;
+};
+
+// min and max as exponential moving averages: m = decay m + (1 - decay) batch.
+class EmaMinMaxObserver : public Observer {
+ public:
+  EmaMinMaxObserver(const QuantSpec& spec, double decay = 0.999) : Observer(spec), decay_(decay) {}
+  void Observe(const Tensor& x) override;
+
+ private:
+  double decay_;
+};
+
+// The given percentile of |x| (symmetric) or of x at both ends (affine), from a
+// histogram of everything seen. Per tensor.
+class PercentileObserver : public Observer {
+ public:
+  PercentileObserver(const QuantSpec& spec, double percentile = 99.99, int bins = 2048);
+  void Observe(const Tensor& x) override;
+  std::pair<Tensor, Tensor> Range() const override;
+  void Reset() override;
+
+ private:
+  double percentile_;
+  int bins_;
+  Tensor histogram_;  // buffer: bins over [min_val_, max_val_] at the time of each add
+};
+
+// Searches the clipping range that minimizes the quantization MSE of the last
+// batch seen (candidates: a fraction of the min/max range, 1% steps down to 30%).
+class MseObserver : public Observer {
+ public:
+  using Observer::Observer;
+  void Observe(const Tensor& x) override;
+  std::pair<Tensor, Tensor> Range() const override;
+
+ private:
+  Tensor last_;  // the last batch (not saved)
+};
+
+std::shared_ptr<Observer> MakeObserver(ObserverKind kind, const QuantSpec& spec, double ema_decay = 0.999);
+// Scale and zero point for a range under spec (shared by observers and LSQ).
+std::pair<Tensor, Tensor> ParamsForRange(const Tensor& lo, const Tensor& hi, const QuantSpec& spec);
+
+}  // namespace quanta::quant

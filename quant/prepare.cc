@@ -1,0 +1,266 @@
+// The QAT pass, policies, calibration, progressive bits and reports.
+#include "quant/prepare.h"
+
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "core/error.h"
+#include "core/grad_mode.h"
+
+namespace quanta::quant {
+namespace {
+
+bool Glob(std::string_view pattern, std::string_view name) {
+  if (pattern.empty()) return name.empty();
+  if (pattern[0] == '*') {
+    for (size_t i = 0; i <= name.size(); ++i) {
+      if (Glob(pattern.substr(1), name.substr(i))) return true;
+    }
+    return false;
+  }
+  return !name.empty() && pattern[0] == name[0] && Glob(pattern.substr(1), name.substr(1));
+}
+
+std::optional<QuantizerKind> KindFromName(std::string_view s) {
+  static const std::map<std::string, QuantizerKind, std::less<>> kinds = {
+      {"ema", QuantizerKind::kEma},   {"minmax", QuantizerKind::kMinMax},         {"ewgs", QuantizerKind::kEwgs},
+      {"lsq", QuantizerKind::kLsq},   {"percentile", QuantizerKind::kPercentile}, {"mse", QuantizerKind::kMse}};
+  auto it = kinds.find(s);
+  if (it == kinds.end()) return std::nullopt;
+  return it->second;
+}
+
+std::shared_ptr<Quantizer> MakeQuantizer(const QConfig& c, const QuantSpec& spec, int64_t channels) {
+  switch (c.kind) {
+    case QuantizerKind::kLsq: return std::make_shared<LsqQuantizer>(spec, spec.per_channel ? channels : 1);
+    case QuantizerKind::kEwgs:
+      return std::make_shared<FakeQuant>(spec, ObserverKind::kEmaMinMax, FakeQuantGradient::kEwgs, c.ewgs_delta, c.ema_decay);
+    case QuantizerKind::kMinMax: return std::make_shared<FakeQuant>(spec, ObserverKind::kMinMax);
+    case QuantizerKind::kPercentile:
+      return std::make_shared<FakeQuant>(spec.per_channel ? QuantSpec{spec.bits, spec.is_signed, spec.symmetric} : spec,
+                                         ObserverKind::kPercentile);
+    case QuantizerKind::kMse: return std::make_shared<FakeQuant>(spec, ObserverKind::kMse);
+    case QuantizerKind::kEma: break;
+  }
+  return std::make_shared<FakeQuant>(spec, ObserverKind::kEmaMinMax, FakeQuantGradient::kSte, 0, c.ema_decay);
+}
+
+}  // namespace
+
+const char* QuantizerName(QuantizerKind kind) {
+  switch (kind) {
+    case QuantizerKind::kEma: return "ema";
+    case QuantizerKind::kMinMax: return "minmax";
+    case QuantizerKind::kEwgs: return "ewgs";
+    case QuantizerKind::kLsq: return "lsq";
+    case QuantizerKind::kPercentile: return "percentile";
+    case QuantizerKind::kMse: return "mse";
+  }
+  return "?";
+}
+
+QConfig MixedPrecisionPolicy::For(const std::string& name, bool first_or_last) const {
+  QConfig c = defaults;
+  bool named = false;
+  for (const PolicyRule& r : rules) {
+    if (!Glob(r.pattern, name)) continue;
+    c.weight_bits = r.weight_bits;
+    c.act_bits = r.act_bits;
+    if (r.kind) c.kind = *r.kind;
+    named = true;
+  }
+  if (first_or_last && first_last_8bit && !named) c.weight_bits = c.act_bits = 8;
+  return c;
+}
+
+absl::StatusOr<MixedPrecisionPolicy> MixedPrecisionPolicy::Parse(std::string_view text, std::string_view source) {
+  MixedPrecisionPolicy p;
+  std::istringstream in{std::string(text)};
+  std::string line;
+  int number = 0;
+  auto bad = [&](const std::string& why) {
+    return absl::InvalidArgumentError(absl::StrCat(std::string(source), ":", number, ": ", why));
+  };
+  while (std::getline(in, line)) {
+    ++number;
+    if (size_t hash = line.find('#'); hash != std::string::npos) line.resize(hash);
+    std::istringstream words(line);
+    std::vector<std::string> w;
+    for (std::string x; words >> x;) w.push_back(x);
+    if (w.empty()) continue;
+    if (w[0] == "first_last_8bit") {
+      if (w.size() != 2 || (w[1] != "on" && w[1] != "off")) return bad("expected \"first_last_8bit on|off\"");
+      p.first_last_8bit = w[1] == "on";
+      continue;
+    }
+    if (w.size() < 3 || w.size() > 4) return bad("expected \"PATTERN WEIGHT_BITS ACT_BITS [QUANTIZER]\"");
+    int wb = 0, ab = 0;
+    try {
+      wb = std::stoi(w[1]);
+      ab = std::stoi(w[2]);
+    } catch (...) {
+      return bad("bits must be integers, got \"" + w[1] + "\" and \"" + w[2] + "\"");
+    }
+    if (wb < 2 || wb > 8 || ab < 2 || ab > 8) return bad(absl::StrCat("bits ", wb, "/", ab, " outside [2, 8]"));
+    std::optional<QuantizerKind> kind;
+    if (w.size() == 4) {
+      kind = KindFromName(w[3]);
+      if (!kind) return bad("unknown quantizer \"" + w[3] + "\" (ema, minmax, ewgs, lsq, percentile, mse)");
+    }
+    if (w[0] == "default") {
+      p.defaults.weight_bits = wb;
+      p.defaults.act_bits = ab;
+      if (kind) p.defaults.kind = *kind;
+    } else {
+      p.rules.push_back({w[0], wb, ab, kind});
+    }
+  }
+  return p;
+}
+
+absl::StatusOr<MixedPrecisionPolicy> MixedPrecisionPolicy::Load(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open the policy file"));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return Parse(ss.str(), path);
+}
+
+PrepareReport PrepareQat(nn::Module& model, const MixedPrecisionPolicy& policy) {
+  std::vector<std::pair<std::string, nn::QuantizableLayer*>> layers;
+  for (auto& [name, m] : model.NamedModules()) {
+    if (auto* q = dynamic_cast<nn::QuantizableLayer*>(m)) layers.emplace_back(name, q);
+  }
+  QUANTA_CHECK(!layers.empty(), "prepare_qat: the model has no Linear or Conv2d layer");
+  PrepareReport report;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    auto& [name, layer] = layers[i];
+    QConfig c = policy.For(name, i == 0 || i + 1 == layers.size());
+    Tensor& w = dynamic_cast<nn::Linear*>(layer) ? dynamic_cast<nn::Linear*>(layer)->weight
+                                                 : dynamic_cast<nn::Conv2d*>(layer)->weight;
+    QuantSpec wspec{.bits = c.weight_bits, .is_signed = true, .symmetric = true, .per_channel = true, .axis = 0};
+    QuantSpec aspec{.bits = c.act_bits, .is_signed = true, .symmetric = false, .per_channel = false};
+    auto wq = MakeQuantizer(c, wspec, w.size(0));
+    auto aq = MakeQuantizer(c, aspec, 1);
+    layer->AttachQuantizers(aq, wq);
+    layer->Train(model.is_training());
+    report.rows.push_back({name, dynamic_cast<nn::Linear*>(layer) ? "Linear" : "Conv2d", c, layer, wq, aq});
+  }
+  return report;
+}
+
+std::string PrepareReport::ToString() const {
+  std::string out = absl::StrFormat("%-28s %-7s %-7s %-5s %s\n", "layer", "type", "bits", "", "quantizer");
+  for (const Row& r : rows) {
+    absl::StrAppendFormat(&out, "%-28s %-7s W%dA%d        %s\n", r.name.empty() ? "(model)" : r.name, r.type,
+                          r.config.weight_bits, r.config.act_bits, QuantizerName(r.config.kind));
+  }
+  return out;
+}
+
+void Calibrate(const PrepareReport& report, nn::Module& model, const std::vector<Tensor>& batches,
+               const std::function<Tensor(const Tensor&)>& forward) {
+  bool was_training = model.is_training();
+  model.Eval();
+  auto each = [&](const std::function<void(FakeQuant&)>& fn) {
+    for (const auto& r : report.rows) {
+      for (auto* q : {r.weight.get(), r.input.get()}) {
+        if (auto* fq = dynamic_cast<FakeQuant*>(q)) fn(*fq);
+      }
+    }
+  };
+  each([](FakeQuant& q) {
+    q.observer().Reset();
+    q.SetObserving(true);
+    q.SetCalibrating(true);
+  });
+  {
+    NoGradGuard no_grad;
+    for (const Tensor& b : batches) forward(b);
+  }
+  each([](FakeQuant& q) {
+    q.SetCalibrating(false);
+    q.SetObserving(false);
+  });
+  model.Train(was_training);
+}
+
+void FreezeObservers(const PrepareReport& report, bool frozen) {
+  for (const auto& r : report.rows) {
+    for (auto* q : {r.weight.get(), r.input.get()}) {
+      if (auto* fq = dynamic_cast<FakeQuant*>(q)) fq->SetObserving(!frozen);
+    }
+  }
+}
+
+int ProgressiveBits::BitsAt(int epoch) const {
+  QUANTA_CHECK(!stages_.empty() && per_ > 0, "progressive bits: no stages");
+  size_t stage = std::min<size_t>(static_cast<size_t>(std::max(0, epoch) / per_), stages_.size() - 1);
+  return stages_[stage];
+}
+
+void ProgressiveBits::Apply(const PrepareReport& report, int epoch) const {
+  int bits = BitsAt(epoch);
+  for (const auto& r : report.rows) {
+    int wb = std::max(bits, r.config.weight_bits), ab = std::max(bits, r.config.act_bits);
+    if (r.weight->spec().bits != wb) r.weight->SetBits(wb);
+    if (r.input->spec().bits != ab) r.input->SetBits(ab);
+  }
+}
+
+std::string QuantReport(const PrepareReport& report) {
+  NoGradGuard no_grad;
+  std::string out = absl::StrFormat("%-24s %-6s %-22s %-9s %-8s %s\n", "layer", "bits", "weight scale [min, max]",
+                                    "clip %", "SQNR dB", "input range");
+  for (const auto& r : report.rows) {
+    Tensor w = dynamic_cast<nn::Linear*>(r.layer) ? dynamic_cast<nn::Linear*>(r.layer)->weight
+                                                  : dynamic_cast<nn::Conv2d*>(r.layer)->weight;
+    std::string scale = "-", clip = "-", sqnr = "-", input = "-";
+    if (r.weight->ready()) {
+      auto [s, z] = r.weight->Params();
+      scale = absl::StrFormat("[%.3g, %.3g]", Min(s).item<float>(), Max(s).item<float>());
+      const QuantSpec& sp = r.weight->spec();
+      Tensor fq = FakeQuantize(w.Detach(), s, z, {.quant_min = sp.quant_min(), .quant_max = sp.quant_max(), .axis = 0});
+      // Clipped: beyond the outermost levels by more than half a step.
+      Tensor sv = s.View({s.numel(), 1}).Expand({s.numel(), w.numel() / s.numel()}).Reshape(w.shape());
+      Tensor limit = Mul(sv, static_cast<double>(sp.quant_max()) + 0.5);
+      double clipped = Mean(Gt(Abs(w), limit).To(DType::kF32)).item<float>();
+      double signal = Sum(Square(w)).item<float>(), noise = Sum(Square(Sub(w, fq))).item<float>();
+      clip = absl::StrFormat("%.3f", 100 * clipped);
+      sqnr = absl::StrFormat("%.1f", noise > 0 ? 10 * std::log10(signal / noise) : INFINITY);
+    }
+    if (r.input->ready()) {
+      auto [s, z] = r.input->Params();
+      double sc = s.item<float>(), zp = z.item<float>();
+      const QuantSpec& sp = r.input->spec();
+      input = absl::StrFormat("[%.3g, %.3g]", sc * (sp.quant_min() - zp), sc * (sp.quant_max() - zp));
+    }
+    absl::StrAppendFormat(&out, "%-24s W%dA%d  %-22s %-9s %-8s %s\n", r.name, r.weight->spec().bits,
+                          r.input->spec().bits, scale, clip, sqnr, input);
+  }
+  return out;
+}
+
+int64_t ModelSizeBytes(const nn::Module& model, const PrepareReport& report) {
+  std::map<const Tensor*, int> weight_bits;
+  for (const auto& r : report.rows) {
+    const Tensor* w = dynamic_cast<nn::Linear*>(r.layer) ? &dynamic_cast<nn::Linear*>(r.layer)->weight
+                                                         : &dynamic_cast<nn::Conv2d*>(r.layer)->weight;
+    weight_bits[w] = r.weight->spec().bits;
+  }
+  int64_t bits = 0;
+  for (const auto& [name, t] : model.NamedParameters()) {
+    if (name.find("_quant.") != std::string::npos) continue;  // quantizer state: not deployed as weights
+    auto it = weight_bits.find(t);
+    bits += t->numel() * (it == weight_bits.end() ? 32 : it->second);
+    if (it != weight_bits.end()) bits += t->size(0) * 32;  // one f32 scale per output channel
+  }
+  return (bits + 7) / 8;
+}
+
+}  // namespace quanta::quant

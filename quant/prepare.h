@@ -1,0 +1,103 @@
+// Quantization-aware training as a pass over a model: a MixedPrecisionPolicy
+// (data: module-name patterns -> bits and quantizer) is applied by PrepareQat,
+// which attaches weight and input quantizers to every Linear and Conv2d (Note
+// [Quantization slots] in nn/layers.h), and returns what it did. Calibrate runs
+// post-training quantization's range collection; Report and ModelSizeBytes say
+// what the policy costs and keeps.
+//
+//   auto policy = MixedPrecisionPolicy::Parse("default 4 4 lsq\nlayer3.* 6 6\n");
+//   PrepareReport r = PrepareQat(*net, *policy);     // conv1 and fc stay 8-bit
+//   std::cout << r.ToString();
+//   ProgressiveBits schedule({8, 6, 4}, /*epochs_per_stage=*/5);
+//   schedule.Apply(r, epoch);                        // at the start of each epoch
+#pragma once
+
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "nn/layers.h"
+#include "quant/quantizer.h"
+
+namespace quanta::quant {
+
+// kEma: EMA min/max observer + STE (the design's dynamic scale factors, decay
+// 0.999); kMinMax: min/max observer + STE (PTQ); kEwgs: EMA observer + EWGS;
+// kLsq: learned step sizes (LSQ / LSQ+ for activations); kPercentile, kMse:
+// those observers + STE.
+enum class QuantizerKind { kEma, kMinMax, kEwgs, kLsq, kPercentile, kMse };
+const char* QuantizerName(QuantizerKind kind);
+
+struct QConfig {
+  int weight_bits = 8;
+  int act_bits = 8;
+  QuantizerKind kind = QuantizerKind::kEma;
+  double ewgs_delta = 0.2;
+  double ema_decay = 0.999;
+};
+
+struct PolicyRule {
+  std::string pattern;  // glob over dotted module names; '*' matches anything
+  int weight_bits, act_bits;
+  std::optional<QuantizerKind> kind;
+};
+
+struct MixedPrecisionPolicy {
+  QConfig defaults;
+  std::vector<PolicyRule> rules;  // the last matching rule wins
+  bool first_last_8bit = true;    // unless a rule names them, the first and last layers stay 8-bit
+  QConfig For(const std::string& name, bool first_or_last) const;
+  // Lines: "default W A [quantizer]", "PATTERN W A [quantizer]",
+  // "first_last_8bit on|off", '#' comments. Quantizers: ema minmax ewgs lsq percentile mse.
+  static absl::StatusOr<MixedPrecisionPolicy> Parse(std::string_view text, std::string_view source = "policy");
+  static absl::StatusOr<MixedPrecisionPolicy> Load(const std::string& path);
+};
+
+struct PrepareReport {
+  struct Row {
+    std::string name, type;
+    QConfig config;
+    nn::QuantizableLayer* layer;
+    std::shared_ptr<Quantizer> weight, input;
+  };
+  std::vector<Row> rows;
+  std::string ToString() const;
+};
+
+// Attaches quantizers to every Linear and Conv2d of model according to policy.
+// Parameter names stay as they were; quantizer state adds "<layer>.weight_quant.*"
+// and "<layer>.input_quant.*". Create the optimizer after this call.
+PrepareReport PrepareQat(nn::Module& model, const MixedPrecisionPolicy& policy);
+
+// PTQ: runs `forward` over the batches without gradients in eval mode with every
+// observer collecting, then freezes them (fake quantization on from then on).
+void Calibrate(const PrepareReport& report, nn::Module& model, const std::vector<Tensor>& batches,
+               const std::function<Tensor(const Tensor&)>& forward);
+// Stops (or restarts) every observer; QAT freezes them late in training.
+void FreezeObservers(const PrepareReport& report, bool frozen = true);
+
+// Progressive quantization: bits step down through `stages` (e.g. 8, 6, 4), one
+// stage every epochs_per_stage epochs, never below a layer's policy bits; the
+// quantizers whose bits change are re-warmed.
+class ProgressiveBits {
+ public:
+  ProgressiveBits(std::vector<int> stages, int epochs_per_stage) : stages_(std::move(stages)), per_(epochs_per_stage) {}
+  int BitsAt(int epoch) const;
+  void Apply(const PrepareReport& report, int epoch) const;
+
+ private:
+  std::vector<int> stages_;
+  int per_;
+};
+
+// Per layer: bits, the weight's scale range, clipping rate and SQNR (dB) of its
+// fake quantization, and the input range in use.
+std::string QuantReport(const PrepareReport& report);
+// Bytes of the model's parameters at the policy (quantized weights at their
+// bits, everything else f32).
+int64_t ModelSizeBytes(const nn::Module& model, const PrepareReport& report);
+
+}  // namespace quanta::quant

@@ -1,0 +1,88 @@
+// FakeQuant and LSQ: the glue between observers or learned steps and fake_quantize.
+#include "quant/quantizer.h"
+
+#include <cmath>
+
+#include "core/error.h"
+#include "core/grad_mode.h"
+
+namespace quanta::quant {
+
+FakeQuantOptions Quantizer::Options() const {
+  return {.quant_min = spec_.quant_min(), .quant_max = spec_.quant_max(), .axis = spec_.per_channel ? spec_.axis : -1};
+}
+
+FakeQuant::FakeQuant(const QuantSpec& spec, ObserverKind observer, FakeQuantGradient gradient, double ewgs_delta,
+                     double ema_decay)
+    : Quantizer(spec), gradient_(gradient), ewgs_delta_(ewgs_delta) {
+  observer_ = RegisterModule("observer", MakeObserver(observer, spec, ema_decay));
+}
+
+Tensor FakeQuant::Forward(const Tensor& x) {
+  if (observing_ && (is_training() || calibrating_)) observer_->Observe(x);
+  if (!enabled_ || calibrating_ || !observer_->observed()) return x;
+  auto [scale, zp] = observer_->Params();
+  FakeQuantOptions o = Options();
+  o.gradient = gradient_;
+  o.ewgs_delta = ewgs_delta_;
+  return FakeQuantize(x, scale, zp, o);
+}
+
+void FakeQuant::SetBits(int bits) {
+  QUANTA_CHECK(bits >= 2 && bits <= 8, "FakeQuant: bits ", bits, " outside [2, 8]");
+  spec_.bits = bits;
+  observer_->SetSpec(spec_);
+  observer_->Reset();
+}
+
+LsqQuantizer::LsqQuantizer(const QuantSpec& spec, int64_t channels) : Quantizer(spec) {
+  QUANTA_CHECK(channels >= 1 && (spec.per_channel || channels == 1), "LsqQuantizer: ", channels,
+               " step sizes for a ", spec.ToString(), " spec");
+  scale = Ones({channels});
+  offset = Zeros({channels});
+  initialized = Zeros({1});
+  RegisterParameter("scale", &scale);
+  if (!spec.symmetric) {
+    RegisterParameter("offset", &offset);
+  } else {
+    RegisterBuffer("offset", &offset);
+  }
+  RegisterBuffer("initialized", &initialized);
+}
+
+void LsqQuantizer::Initialize(const Tensor& x_in) {
+  NoGradGuard no_grad;
+  Tensor x = x_in.Detach().To(DType::kF32);
+  double qp = static_cast<double>(spec_.quant_max());
+  Tensor init;
+  if (spec_.per_channel) {
+    std::vector<int64_t> dims;
+    for (int d = 0; d < x.dim(); ++d) {
+      if (d != spec_.axis) dims.push_back(d);
+    }
+    init = Mul(Mean(Abs(x), dims), 2.0 / std::sqrt(qp));
+  } else {
+    init = Mul(Mean(Abs(x)), 2.0 / std::sqrt(qp)).View({1});
+  }
+  QUANTA_CHECK(init.shape() == scale.shape(), "LsqQuantizer: ", scale.numel(), " step sizes for ", x.Describe());
+  scale.CopyFrom(Maximum(init, 1e-6));  // in place: optimizers hold this tensor
+  FillInplace(initialized, 1);
+}
+
+Tensor LsqQuantizer::Forward(const Tensor& x) {
+  if (initialized.item<float>() == 0) Initialize(x);
+  if (!enabled_) return x;
+  FakeQuantOptions o = Options();
+  double per_step = static_cast<double>(x.numel()) / static_cast<double>(scale.numel());
+  o.lsq_grad_scale = 1.0 / std::sqrt(per_step * static_cast<double>(spec_.quant_max()));
+  return FakeQuantize(x, Maximum(scale, 1e-8), offset, o);
+}
+
+void LsqQuantizer::SetBits(int bits) {
+  QUANTA_CHECK(bits >= 2 && bits <= 8, "LsqQuantizer: bits ", bits, " outside [2, 8]");
+  spec_.bits = bits;
+  NoGradGuard no_grad;
+  FillInplace(initialized, 0);  // re-initialize the step from the next batch
+}
+
+}  // namespace quanta::quant

@@ -1,0 +1,77 @@
+// Quantizers: layers that fake-quantize what flows through them, the unit QAT
+// attaches to weights and activations. FakeQuant takes its range from an
+// observer (EMA by default) and passes gradients by STE or EWGS; LsqQuantizer
+// learns its step size (and, for affine activations, an offset: LSQ+).
+//
+//   auto wq = std::make_shared<FakeQuant>(QuantSpec{.bits = 4, .per_channel = true},
+//                                         ObserverKind::kEmaMinMax, FakeQuantGradient::kEwgs, 0.2);
+//   Tensor w_q = wq->Forward(weight);      // observes (in training), then fake-quantizes
+//   auto aq = std::make_shared<LsqQuantizer>(QuantSpec{.bits = 4, .symmetric = false});
+#pragma once
+
+#include <memory>
+
+#include "core/ops.h"
+#include "nn/module.h"
+#include "quant/observer.h"
+
+namespace quanta::quant {
+
+class Quantizer : public nn::Layer {
+ public:
+  explicit Quantizer(const QuantSpec& spec) : spec_(spec) {}
+  const QuantSpec& spec() const { return spec_; }
+  // Changes the bit width (progressive quantization) and re-warms the range.
+  virtual void SetBits(int bits) = 0;
+  // Scale and zero point in use (f32, one value or one per channel).
+  virtual std::pair<Tensor, Tensor> Params() const = 0;
+  virtual bool ready() const = 0;  // has parameters (has seen data)
+  void SetEnabled(bool enabled) { enabled_ = enabled; }
+  bool enabled() const { return enabled_; }
+
+ protected:
+  FakeQuantOptions Options() const;
+  QuantSpec spec_;
+  bool enabled_ = true;
+};
+
+class FakeQuant : public Quantizer {
+ public:
+  FakeQuant(const QuantSpec& spec, ObserverKind observer = ObserverKind::kEmaMinMax,
+            FakeQuantGradient gradient = FakeQuantGradient::kSte, double ewgs_delta = 0, double ema_decay = 0.999);
+  Tensor Forward(const Tensor& x) override;
+  void SetBits(int bits) override;
+  std::pair<Tensor, Tensor> Params() const override { return observer_->Params(); }
+  bool ready() const override { return observer_->observed(); }
+  // Observing happens in training mode (or while calibrating) unless frozen.
+  void SetObserving(bool on) { observing_ = on; }
+  void SetCalibrating(bool on) { calibrating_ = on; }
+  Observer& observer() { return *observer_; }
+
+ private:
+  std::shared_ptr<Observer> observer_;
+  FakeQuantGradient gradient_;
+  double ewgs_delta_;
+  bool observing_ = true, calibrating_ = false;
+};
+
+// LSQ (Esser et al. 2020): the step size is a parameter, initialized from the
+// first batch as 2 mean(|x|) / sqrt(Qp), its gradient scaled by 1 / sqrt(N Qp)
+// (N: values per step size). Affine specs also learn an offset (LSQ+).
+class LsqQuantizer : public Quantizer {
+ public:
+  // channels: the number of step sizes (x.size(axis) per channel, else 1).
+  explicit LsqQuantizer(const QuantSpec& spec, int64_t channels = 1);
+  Tensor Forward(const Tensor& x) override;
+  void SetBits(int bits) override;
+  std::pair<Tensor, Tensor> Params() const override { return {scale.Detach(), offset.Detach()}; }
+  bool ready() const override { return initialized.item<float>() > 0; }
+  Tensor scale;        // parameter: (1) or (C)
+  Tensor offset;       // parameter for affine specs (in steps), else a zero buffer
+  Tensor initialized;  // buffer: 0 or 1
+
+ private:
+  void Initialize(const Tensor& x);
+};
+
+}  // namespace quanta::quant

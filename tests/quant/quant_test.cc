@@ -1,0 +1,161 @@
+// Observers on known distributions, quantizers, policies, the QAT pass and its
+// reports.
+#include <cmath>
+
+#include "autograd/autograd.h"
+#include "gtest/gtest.h"
+#include "quant/prepare.h"
+
+namespace quanta::quant {
+namespace {
+
+TEST(QuantSpec, Ranges) {
+  EXPECT_EQ(QuantSpec{.bits = 8}.quant_min(), -127);  // the design's symmetric 2^(b-1) - 1
+  EXPECT_EQ(QuantSpec{.bits = 8}.quant_max(), 127);
+  EXPECT_EQ((QuantSpec{.bits = 4, .symmetric = false}.quant_min()), -8);
+  EXPECT_EQ((QuantSpec{.bits = 4, .is_signed = false}.quant_max()), 15);
+  EXPECT_EQ((QuantSpec{.bits = 2}.quant_max()), 1);
+  // Symmetric: scale = amax / qmax; affine: (hi - lo) / (qmax - qmin), zp = qmin - round(lo / scale).
+  auto [s, z] = ParamsForRange(Tensor::FromVector<float>({-2}, {1}), Tensor::FromVector<float>({3}, {1}), {.bits = 4});
+  EXPECT_FLOAT_EQ(s.item<float>(), 3.0f / 7);
+  EXPECT_EQ(z.item<float>(), 0);
+  auto [sa, za] = ParamsForRange(Tensor::FromVector<float>({-1}, {1}), Tensor::FromVector<float>({2}, {1}),
+                                 {.bits = 4, .symmetric = false});
+  EXPECT_FLOAT_EQ(sa.item<float>(), 3.0f / 15);
+  EXPECT_EQ(za.item<float>(), -8 + 5);  // -8 - round(-1 / 0.2)
+  // A range that excludes 0 is widened to hold it.
+  auto [sp, zp] = ParamsForRange(Tensor::FromVector<float>({1}, {1}), Tensor::FromVector<float>({2}, {1}),
+                                 {.bits = 8, .is_signed = false, .symmetric = false});
+  EXPECT_FLOAT_EQ(sp.item<float>(), 2.0f / 255);
+  EXPECT_EQ(zp.item<float>(), 0);
+}
+
+TEST(Observers, ConvergeOnKnownDistributions) {
+  Generator gen(1);
+  QuantSpec spec{.bits = 8, .symmetric = false};
+  MinMaxObserver minmax(spec);
+  EmaMinMaxObserver ema(spec, 0.9);
+  for (int i = 0; i < 200; ++i) {
+    Tensor x = Uniform({4096}, -2, 3, &gen);
+    minmax.Observe(x);
+    ema.Observe(x);
+  }
+  EXPECT_NEAR(minmax.Range().first.item<float>(), -2, 1e-3);
+  EXPECT_NEAR(minmax.Range().second.item<float>(), 3, 1e-3);
+  EXPECT_NEAR(ema.Range().first.item<float>(), -2, 0.01);   // each batch's min is within ~1e-3 of -2
+  EXPECT_NEAR(ema.Range().second.item<float>(), 3, 0.01);
+  // Per channel: channel c of a (4, 3) stream spans [-c - 1, c + 1].
+  MinMaxObserver per_channel({.bits = 8, .per_channel = true, .axis = 1});
+  per_channel.Observe(Mul(Uniform({1000, 3}, -1, 1, &gen), Tensor::FromVector<float>({1, 2, 3}, {3})));
+  std::vector<float> hi = per_channel.Range().second.ToVector<float>();
+  EXPECT_NEAR(hi[0], 1, 0.01);
+  EXPECT_NEAR(hi[2], 3, 0.03);
+  // The 99th percentile of |N(0, 1)| is 2.576.
+  PercentileObserver pct({.bits = 8}, 99.0);
+  for (int i = 0; i < 20; ++i) pct.Observe(Normal({10000}, 0, 1, &gen));
+  EXPECT_NEAR(pct.Range().second.item<float>(), 2.576, 0.05);
+  // MSE search clips a heavy-tailed distribution at 4 bits and beats min/max on MSE.
+  Tensor heavy = Mul(Normal({20000}, 0, 1, &gen), Exp(Mul(Normal({20000}, 0, 1, &gen), 0.8)));
+  QuantSpec s4{.bits = 4};
+  MseObserver mse(s4);
+  MinMaxObserver mm(s4);
+  mse.Observe(heavy);
+  mm.Observe(heavy);
+  EXPECT_LT(mse.Range().second.item<float>(), mm.Range().second.item<float>());
+  auto err = [&](Observer& o) {
+    auto [scale, zp] = o.Params();
+    return Mean(Square(Sub(FakeQuantize(heavy, scale, zp, {.quant_min = -7, .quant_max = 7}), heavy))).item<float>();
+  };
+  EXPECT_LT(err(mse), err(mm));
+  // Observer state is module state: it goes into checkpoints.
+  EXPECT_EQ(minmax.StateDict().count("min_val"), 1u);
+  EXPECT_EQ(pct.StateDict().count("histogram"), 1u);
+}
+
+TEST(Quantizers, FakeQuantAndLsq) {
+  Generator gen(2);
+  FakeQuant fq({.bits = 4, .symmetric = false}, ObserverKind::kMinMax);
+  Tensor x = Uniform({64}, -1, 2, &gen);
+  Tensor y = fq.Forward(x);  // training mode: observes, then quantizes
+  auto [s, z] = fq.Params();
+  EXPECT_EQ(y.ToVector<float>(), FakeQuantize(x, s, z, {.quant_min = -8, .quant_max = 7}).ToVector<float>());
+  fq.SetEnabled(false);
+  EXPECT_EQ(fq.Forward(x).ToVector<float>(), x.ToVector<float>());
+  // LSQ: step initialized to 2 mean|x| / sqrt(Qp); gradient scaled by 1 / sqrt(N Qp).
+  LsqQuantizer lsq({.bits = 4});
+  Tensor w = Tensor::FromVector<float>({0.5f, -1.5f, 1.0f, -1.0f}, {4}).SetRequiresGrad();
+  Tensor out = lsq.Forward(w);
+  EXPECT_NEAR(lsq.scale.item<float>(), 2 * 1.0 / std::sqrt(7.0), 1e-6);
+  Backward(Sum(out));
+  double s0 = 2 / std::sqrt(7.0), expected = 0;
+  for (float v : {0.5f, -1.5f, 1.0f, -1.0f}) expected += std::nearbyint(v / s0) - v / s0;  // all inside
+  EXPECT_NEAR(lsq.scale.grad().item<float>(), expected / std::sqrt(4 * 7.0), 1e-5);
+  // Per-channel LSQ has one step per channel from the start (optimizers hold it).
+  LsqQuantizer per_channel({.bits = 4, .per_channel = true, .axis = 0}, 3);
+  EXPECT_EQ(per_channel.scale.shape(), (Shape{3}));
+}
+
+TEST(Policy, ParsesAndResolves) {
+  auto p = MixedPrecisionPolicy::Parse(
+      "# W/A bits per layer\n"
+      "default 4 4 lsq\n"
+      "layer3.* 6 6\n"
+      "layer3.0.conv2 2 8 ewgs   # later rules win\n");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->For("layer1.0.conv1", false).weight_bits, 4);
+  EXPECT_EQ(p->For("layer3.1.conv1", false).act_bits, 6);
+  QConfig c = p->For("layer3.0.conv2", false);
+  EXPECT_EQ(c.weight_bits, 2);
+  EXPECT_EQ(c.act_bits, 8);
+  EXPECT_EQ(c.kind, QuantizerKind::kEwgs);
+  EXPECT_EQ(p->For("conv1", /*first_or_last=*/true).weight_bits, 8);  // first and last stay 8-bit
+  EXPECT_EQ(std::string(MixedPrecisionPolicy::Parse("default 4 9\n").status().message()),
+            "policy:1: bits 4/9 outside [2, 8]");
+  EXPECT_EQ(std::string(MixedPrecisionPolicy::Parse("\nfc 8 8 magic\n").status().message()),
+            "policy:2: unknown quantizer \"magic\" (ema, minmax, ewgs, lsq, percentile, mse)");
+  EXPECT_EQ(MixedPrecisionPolicy::Load("/no/such/policy").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(PrepareQat, KeepsNamesAttachesQuantizersAndReports) {
+  Generator gen(3);
+  auto net = std::make_shared<nn::Sequential>(
+      std::make_shared<nn::Conv2d>(1, 4, 3, Conv2dOptions{.padding = {1, 1}}, false, &gen),
+      std::make_shared<nn::ReLU>(), std::make_shared<nn::Conv2d>(4, 4, 3, Conv2dOptions{.padding = {1, 1}}, true, &gen),
+      std::make_shared<nn::AdaptiveAvgPool2d>(1, 1), std::make_shared<nn::Flatten>(),
+      std::make_shared<nn::Linear>(4, 3, true, &gen));
+  std::vector<std::string> before;
+  for (auto& [n, t] : net->NamedParameters()) before.push_back(n);
+  auto policy = MixedPrecisionPolicy::Parse("default 4 4 ema\n");
+  PrepareReport report = PrepareQat(*net, *policy);
+  ASSERT_EQ(report.rows.size(), 3u);
+  EXPECT_EQ(report.rows[0].config.weight_bits, 8);  // first
+  EXPECT_EQ(report.rows[1].config.weight_bits, 4);
+  EXPECT_EQ(report.rows[2].config.weight_bits, 8);  // last
+  std::vector<std::string> after;
+  for (auto& [n, t] : net->NamedParameters()) after.push_back(n);
+  EXPECT_EQ(after, before);  // EMA quantizers add buffers, not parameters
+  EXPECT_EQ(net->StateDict().count("2.weight_quant.observer.min_val"), 1u);
+  Tensor x = Normal({2, 1, 6, 6}, 0, 1, &gen);
+  Tensor y = net->Forward(x);
+  EXPECT_EQ(y.shape(), (Shape{2, 3}));
+  EXPECT_TRUE(report.rows[1].weight->ready());
+  std::string table = QuantReport(report);
+  EXPECT_NE(table.find("W4A4"), std::string::npos) << table;
+  EXPECT_NE(table.find("SQNR"), std::string::npos);
+  // Size at the policy: 4-bit conv weights, 8-bit first and last, f32 biases, f32 scales.
+  int64_t expected_bits = 36 * 8 + 4 * 32 + 144 * 4 + 4 * 32 + 4 * 32 + 12 * 8 + 3 * 32 + 3 * 32;
+  EXPECT_EQ(ModelSizeBytes(*net, report), (expected_bits + 7) / 8);
+  // Progressive: 8 bits first, then 6, then the policy's 4 (never below it).
+  ProgressiveBits prog({8, 6, 4}, 2);
+  prog.Apply(report, 0);
+  EXPECT_EQ(report.rows[1].weight->spec().bits, 8);
+  EXPECT_FALSE(report.rows[1].weight->ready());  // re-warmed
+  prog.Apply(report, 3);
+  EXPECT_EQ(report.rows[1].weight->spec().bits, 6);
+  prog.Apply(report, 9);
+  EXPECT_EQ(report.rows[1].weight->spec().bits, 4);
+  EXPECT_EQ(report.rows[0].weight->spec().bits, 8);
+}
+
+}  // namespace
+}  // namespace quanta::quant
