@@ -74,24 +74,24 @@ std::pair<Tensor, Tensor> Observer::BatchRange(const Tensor& x_in) const {
   return {Min(x, dims), Max(x, dims)};
 }
 
-void Observer::UpdateRange(const Tensor& lo, const Tensor& hi, double decay) {
+void Observer::UpdateRange(const Tensor& lo, const Tensor& hi, std::optional<double> decay) {
   NoGradGuard no_grad;
   if (!observed() || min_val_.shape() != lo.shape()) {
     min_val_ = lo.Clone();
     max_val_ = hi.Clone();
-  } else if (decay == 0) {
+  } else if (!decay) {
     min_val_.CopyFrom(Minimum(min_val_, lo));
     max_val_.CopyFrom(Maximum(max_val_, hi));
   } else {
-    min_val_.CopyFrom(Add(Mul(min_val_, decay), Mul(lo, 1 - decay)));
-    max_val_.CopyFrom(Add(Mul(max_val_, decay), Mul(hi, 1 - decay)));
+    min_val_.CopyFrom(Add(Mul(min_val_, *decay), Mul(lo, 1 - *decay)));
+    max_val_.CopyFrom(Add(Mul(max_val_, *decay), Mul(hi, 1 - *decay)));
   }
   FillInplace(observed_, 1);
 }
 
 void MinMaxObserver::Observe(const Tensor& x) {
   auto [lo, hi] = BatchRange(x);
-  UpdateRange(lo, hi, 0);
+  UpdateRange(lo, hi, std::nullopt);
 }
 
 void EmaMinMaxObserver::Observe(const Tensor& x) {
@@ -119,7 +119,7 @@ void PercentileObserver::Observe(const Tensor& x_in) {
   std::vector<float> x = x_in.Detach().To(DType::kF32).Contiguous().ToVector<float>();
   auto [lo, hi] = BatchRange(x_in);
   double old_top = observed() ? std::max(std::abs(min_val_.item<float>()), std::abs(max_val_.item<float>())) : 0;
-  UpdateRange(lo, hi, 0);
+  UpdateRange(lo, hi, std::nullopt);
   double top = std::max(std::abs(min_val_.item<float>()), std::abs(max_val_.item<float>()));
   if (top <= 0) return;
   // Histogram of |x| over [0, top]; a grown range re-bins the old counts.
@@ -151,7 +151,7 @@ std::pair<Tensor, Tensor> PercentileObserver::Range() const {
 
 void MseObserver::Observe(const Tensor& x) {
   auto [lo, hi] = BatchRange(x);
-  UpdateRange(lo, hi, 0);
+  UpdateRange(lo, hi, std::nullopt);
   last_ = x.Detach().To(DType::kF32).Contiguous();
 }
 

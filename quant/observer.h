@@ -9,6 +9,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -52,7 +53,9 @@ class Observer : public nn::Module {
  protected:
   // Reduces x to per-tensor or per-channel min and max (f32).
   std::pair<Tensor, Tensor> BatchRange(const Tensor& x) const;
-  void UpdateRange(const Tensor& lo, const Tensor& hi, double decay);  // decay 0: min/max so far
+  // With a decay: exponential moving averages (decay 0 keeps the latest batch);
+  // without: the min and max of everything so far.
+  void UpdateRange(const Tensor& lo, const Tensor& hi, std::optional<double> ema_decay);
 
   QuantSpec spec_;
   Tensor min_val_, max_val_;  // buffers
@@ -67,6 +70,8 @@ class MinMaxObserver : public Observer {
 };
 
 // min and max as exponential moving averages: m = decay m + (1 - decay) batch.
+// Decay 0 follows the latest batch: what weight quantizers use (weights move
+// every step; their current range is known exactly).
 class EmaMinMaxObserver : public Observer {
  public:
   EmaMinMaxObserver(const QuantSpec& spec, double decay = 0.999) : Observer(spec), decay_(decay) {}

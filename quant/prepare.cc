@@ -35,11 +35,14 @@ std::optional<QuantizerKind> KindFromName(std::string_view s) {
   return it->second;
 }
 
-std::shared_ptr<Quantizer> MakeQuantizer(const QConfig& c, const QuantSpec& spec, int64_t channels) {
+// Weights get the range of the weight as it is now (EMA decay 0): they move every
+// step and their range is known exactly; activations get the moving average.
+std::shared_ptr<Quantizer> MakeQuantizer(const QConfig& c, const QuantSpec& spec, int64_t channels, bool weight) {
+  double decay = weight ? 0.0 : c.ema_decay;
   switch (c.kind) {
     case QuantizerKind::kLsq: return std::make_shared<LsqQuantizer>(spec, spec.per_channel ? channels : 1);
     case QuantizerKind::kEwgs:
-      return std::make_shared<FakeQuant>(spec, ObserverKind::kEmaMinMax, FakeQuantGradient::kEwgs, c.ewgs_delta, c.ema_decay);
+      return std::make_shared<FakeQuant>(spec, ObserverKind::kEmaMinMax, FakeQuantGradient::kEwgs, c.ewgs_delta, decay);
     case QuantizerKind::kMinMax: return std::make_shared<FakeQuant>(spec, ObserverKind::kMinMax);
     case QuantizerKind::kPercentile:
       return std::make_shared<FakeQuant>(spec.per_channel ? QuantSpec{spec.bits, spec.is_signed, spec.symmetric} : spec,
@@ -47,7 +50,7 @@ std::shared_ptr<Quantizer> MakeQuantizer(const QConfig& c, const QuantSpec& spec
     case QuantizerKind::kMse: return std::make_shared<FakeQuant>(spec, ObserverKind::kMse);
     case QuantizerKind::kEma: break;
   }
-  return std::make_shared<FakeQuant>(spec, ObserverKind::kEmaMinMax, FakeQuantGradient::kSte, 0, c.ema_decay);
+  return std::make_shared<FakeQuant>(spec, ObserverKind::kEmaMinMax, FakeQuantGradient::kSte, 0, decay);
 }
 
 }  // namespace
@@ -145,8 +148,8 @@ PrepareReport PrepareQat(nn::Module& model, const MixedPrecisionPolicy& policy) 
                                                  : dynamic_cast<nn::Conv2d*>(layer)->weight;
     QuantSpec wspec{.bits = c.weight_bits, .is_signed = true, .symmetric = true, .per_channel = true, .axis = 0};
     QuantSpec aspec{.bits = c.act_bits, .is_signed = true, .symmetric = false, .per_channel = false};
-    auto wq = MakeQuantizer(c, wspec, w.size(0));
-    auto aq = MakeQuantizer(c, aspec, 1);
+    auto wq = MakeQuantizer(c, wspec, w.size(0), /*weight=*/true);
+    auto aq = MakeQuantizer(c, aspec, 1, /*weight=*/false);
     layer->AttachQuantizers(aq, wq);
     layer->Train(model.is_training());
     report.rows.push_back({name, dynamic_cast<nn::Linear*>(layer) ? "Linear" : "Conv2d", c, layer, wq, aq});

@@ -65,6 +65,15 @@ void LsqQuantizer::Initialize(const Tensor& x_in) {
     init = Mul(Mean(Abs(x)), 2.0 / std::sqrt(qp)).View({1});
   }
   QUANTA_CHECK(init.shape() == scale.shape(), "LsqQuantizer: ", scale.numel(), " step sizes for ", x.Describe());
+  if (!spec_.symmetric) {
+    // LSQ+ (Bhalgat et al. 2020) starts affine quantizers from the observed range,
+    // so that a one-sided input (after ReLU) gets every level.
+    MinMaxObserver range(spec_);
+    range.Observe(x);
+    auto [s, z] = range.Params();
+    init = s;
+    offset.CopyFrom(z);
+  }
   scale.CopyFrom(Maximum(init, 1e-6));  // in place: optimizers hold this tensor
   FillInplace(initialized, 1);
 }
