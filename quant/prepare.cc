@@ -249,6 +249,16 @@ std::string QuantReport(const PrepareReport& report) {
   return out;
 }
 
+std::vector<nn::ParamGroup> ParameterGroups(const nn::Module& model, double quant_lr_mult) {
+  nn::ParamGroup plain{.name = "model"}, quant{.lr_mult = quant_lr_mult, .weight_decay = 0.0, .name = "quant"};
+  for (const auto& [name, t] : model.NamedParameters()) {
+    (name.find("_quant.") != std::string::npos ? quant : plain).params.push_back(*t);
+  }
+  std::vector<nn::ParamGroup> groups = {plain};
+  if (!quant.params.empty()) groups.push_back(quant);
+  return groups;
+}
+
 int64_t ModelSizeBytes(const nn::Module& model, const PrepareReport& report) {
   std::map<const Tensor*, int> weight_bits;
   for (const auto& r : report.rows) {

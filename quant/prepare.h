@@ -20,6 +20,7 @@
 
 #include "absl/status/statusor.h"
 #include "nn/layers.h"
+#include "nn/optim.h"
 #include "quant/quantizer.h"
 
 namespace quanta::quant {
@@ -92,6 +93,11 @@ class ProgressiveBits {
   std::vector<int> stages_;
   int per_;
 };
+
+// Optimizer groups for a prepared model: every parameter in group "model" at the
+// base rate, the quantizers' own (LSQ steps and offsets) in group "quant" at
+// quant_lr_mult times it and without weight decay.
+std::vector<nn::ParamGroup> ParameterGroups(const nn::Module& model, double quant_lr_mult = 0.1);
 
 // Per layer: bits, the weight's scale range, clipping rate and SQNR (dB) of its
 // fake quantization, and the input range in use.

@@ -4,6 +4,8 @@
 
 #include "autograd/autograd.h"
 #include "gtest/gtest.h"
+#include "nn/checkpoint.h"
+#include "quant/conv_bn.h"
 #include "quant/prepare.h"
 
 namespace quanta::quant {
@@ -155,6 +157,75 @@ TEST(PrepareQat, KeepsNamesAttachesQuantizersAndReports) {
   prog.Apply(report, 9);
   EXPECT_EQ(report.rows[1].weight->spec().bits, 4);
   EXPECT_EQ(report.rows[0].weight->spec().bits, 8);
+}
+
+}  // namespace
+}  // namespace quanta::quant
+
+namespace quanta::quant {
+namespace {
+
+TEST(ConvBn, FoldingMatchesConvThenBatchNorm) {
+  Generator gen(4);
+  auto conv = std::make_shared<nn::Conv2d>(3, 5, 3, Conv2dOptions{.padding = {1, 1}}, true, &gen);
+  auto bn = std::make_shared<nn::BatchNorm2d>(5);
+  {
+    NoGradGuard no_grad;  // non-trivial statistics and affine parameters
+    bn->running_mean.CopyFrom(Normal({5}, 0, 1, &gen));
+    bn->running_var.CopyFrom(Uniform({5}, 0.5, 2, &gen));
+    bn->weight.CopyFrom(Uniform({5}, 0.5, 1.5, &gen));
+    bn->bias.CopyFrom(Normal({5}, 0, 1, &gen));
+  }
+  Tensor x = Normal({2, 3, 6, 6}, 0, 1, &gen);
+  conv->Eval();
+  bn->Eval();
+  Tensor reference = bn->Forward(conv->Forward(x));
+  ConvBn2d fused(conv, bn);
+  fused.Eval();
+  std::vector<float> a = fused.Forward(x).ToVector<float>(), b = reference.ToVector<float>();
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-4) << i;
+  // In training (no quantizer) it equals conv then batch norm with batch statistics.
+  fused.Train();
+  Tensor rm = bn->running_mean.Clone(), rv = bn->running_var.Clone();
+  Tensor train_out = fused.Forward(x);
+  Tensor expected = BatchNorm(quanta::Conv2d(x, conv->weight, conv->bias, conv->options), rm, rv, bn->weight, bn->bias,
+                              true, bn->momentum, bn->eps);
+  a = train_out.ToVector<float>(), b = expected.ToVector<float>();
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-4) << i;
+  EXPECT_EQ(bn->running_mean.ToVector<float>(), rm.ToVector<float>());  // the same statistics update
+  // After freeze_bn_after steps, training uses the running statistics.
+  ConvBn2d frozen(conv, bn, /*freeze_bn_after=*/0);
+  frozen.Train();
+  Tensor before = bn->running_mean.Clone();
+  frozen.Forward(x);
+  EXPECT_EQ(bn->running_mean.ToVector<float>(), before.ToVector<float>());
+}
+
+TEST(PrepareQat, QuantizerParametersTrainInTheirOwnGroupAndCheckpoint) {
+  Generator gen(5);
+  auto net = std::make_shared<nn::Sequential>(std::make_shared<nn::Linear>(4, 8, true, &gen), std::make_shared<nn::ReLU>(),
+                                              std::make_shared<nn::Linear>(8, 2, true, &gen));
+  PrepareQat(*net, *MixedPrecisionPolicy::Parse("default 4 4 lsq\nfirst_last_8bit off\n"));
+  std::vector<nn::ParamGroup> groups = ParameterGroups(*net);
+  ASSERT_EQ(groups.size(), 2u);
+  EXPECT_EQ(groups[0].params.size(), 4u);  // two weights, two biases
+  EXPECT_EQ(groups[1].params.size(), 6u);  // per layer: weight step, input step and offset
+  EXPECT_EQ(groups[1].lr_mult, 0.1);
+  nn::SGD opt(groups, {.lr = 0.1, .momentum = 0.9, .weight_decay = 1e-4});
+  Tensor x = Normal({16, 4}, 0, 1, &gen);
+  Tensor y = Tensor::FromVector<int64_t>(std::vector<int64_t>(16, 1), {16});
+  opt.ZeroGrad();
+  Backward(CrossEntropy(net->Forward(x), y));
+  opt.Step();
+  std::string path = std::string(std::getenv("TEST_TMPDIR") ? std::getenv("TEST_TMPDIR") : "/tmp") + "/qat.safetensors";
+  ASSERT_TRUE(nn::SaveCheckpoint(path, *net, &opt).ok());
+  auto copy = std::make_shared<nn::Sequential>(std::make_shared<nn::Linear>(4, 8, true, &gen), std::make_shared<nn::ReLU>(),
+                                               std::make_shared<nn::Linear>(8, 2, true, &gen));
+  PrepareQat(*copy, *MixedPrecisionPolicy::Parse("default 4 4 lsq\nfirst_last_8bit off\n"));
+  nn::SGD opt2(ParameterGroups(*copy), {.lr = 0.1, .momentum = 0.9});
+  ASSERT_TRUE(nn::LoadCheckpoint(path, *copy, &opt2).ok());
+  NoGradGuard no_grad;
+  EXPECT_EQ(copy->Forward(x).ToVector<float>(), net->Forward(x).ToVector<float>());
 }
 
 }  // namespace
