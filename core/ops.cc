@@ -567,6 +567,19 @@ Tensor FakeQuantize(const Tensor& x, const Tensor& scale, const Tensor& zero_poi
   return out;
 }
 
+std::array<Tensor, 3> FakeQuantizeBackward(const Tensor& grad, const Tensor& x, const Tensor& scale,
+                                           const Tensor& zero_point, const OpAttrs& attrs) {
+  QUANTA_CHECK(grad.shape() == x.shape() && scale.shape() == x.shape() && zero_point.shape() == x.shape() &&
+                   grad.dtype() == x.dtype() && scale.dtype() == x.dtype() && zero_point.dtype() == x.dtype(),
+               "fake_quantize_backward: operands differ (", grad.Describe(), ", ", x.Describe(), ", ",
+               scale.Describe(), ", ", zero_point.Describe(), ")");
+  Tensor in[4] = {grad, x, scale, zero_point};
+  std::array<Tensor, 3> out;
+  for (Tensor& t : out) t = Tensor::Empty(x.shape(), x.dtype(), x.device());
+  Dispatch(Op::kFakeQuantizeBackward, in, out, attrs);
+  return out;
+}
+
 // ---- joining and indexing ---------------------------------------------------------
 
 Tensor Concat(const std::vector<Tensor>& tensors, int64_t dim) {

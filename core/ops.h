@@ -10,6 +10,7 @@
 //   AddInplace(acc, y);   // acc += y
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -141,6 +142,11 @@ struct FakeQuantOptions {
 // round(x/s) - x/s inside the range and (min or max) - zero_point outside; for
 // zero_point (LSQ+'s offset, in steps), -scale outside and 0 inside.
 Tensor FakeQuantize(const Tensor& x, const Tensor& scale, const Tensor& zero_point, const FakeQuantOptions& options);
+// fake_quantize's gradients in one pass (autograd's rule calls it): for the
+// upstream grad and x, scale, zero_point already spread to x's shape, returns
+// per-element gradients of x, scale (times lsq_grad_scale) and zero point.
+std::array<Tensor, 3> FakeQuantizeBackward(const Tensor& grad, const Tensor& x, const Tensor& scale,
+                                           const Tensor& zero_point, const OpAttrs& attrs);
 
 // ---- joining and indexing -----------------------------------------------------
 Tensor Concat(const std::vector<Tensor>& tensors, int64_t dim);

@@ -17,7 +17,7 @@ namespace quanta {
   struct Name##Fn {                                                    \
     template <typename C>                                              \
     QUANTA_HOST_DEVICE C operator()(C x) const {                       \
-      using std::exp, std::log, std::sqrt, std::abs, std::tanh, std::erf, std::nearbyint; \
+      using std::exp, std::log, std::sqrt, std::abs, std::tanh, std::erf, std::rint; \
       return static_cast<C>(expr);                                     \
     }                                                                  \
   };
@@ -31,7 +31,7 @@ QUANTA_UNARY_FN(Relu, x < C(0) ? C(0) : x)  // NaN stays NaN, as in PyTorch
 QUANTA_UNARY_FN(Sigmoid, C(1) / (C(1) + exp(-x)))
 QUANTA_UNARY_FN(Tanh, tanh(x))
 QUANTA_UNARY_FN(Erf, erf(x))
-QUANTA_UNARY_FN(Round, nearbyint(x))  // half to even in the default rounding mode
+QUANTA_UNARY_FN(Round, rint(x))  // half to even in the default rounding mode
 // The exact (erf) GELU: x * Phi(x).
 QUANTA_UNARY_FN(Gelu, C(0.5) * x * (C(1) + erf(x * C(0.70710678118654752440))))
 #undef QUANTA_UNARY_FN
@@ -76,15 +76,37 @@ QUANTA_COMPARE_FN(Ge, a >= b)
 #undef QUANTA_COMPARE_FN
 
 // Note [One quantization formula]: q = clamp(round_half_even(x / scale) + zero_point,
-// quant_min, quant_max) and x = scale * (q - zero_point), in f64, for quantize,
-// dequantize and fake quantization on every backend (STYLE.md §8).
-QUANTA_HOST_DEVICE inline double QuantizeValue(double x, double scale, double zero_point, double qmin,
-                                                double qmax) {
-  double q = nearbyint(x / scale) + zero_point;
+// quant_min, quant_max) and x = scale * (q - zero_point), computed in the compute
+// type of x's dtype (f32 for f32/f16/bf16, f64 for f64), for quantize, dequantize
+// and fake quantization on every backend (STYLE.md §8): quantize then dequantize
+// equals fake quantization bit for bit.
+template <typename C>
+QUANTA_HOST_DEVICE inline C QuantizeValue(C x, C scale, C zero_point, C qmin, C qmax) {
+  using std::rint;  // ties to even in the default rounding mode; unlike nearbyint, inlined (roundss)
+  C q = rint(x / scale) + zero_point;
   return q < qmin ? qmin : (q > qmax ? qmax : q);
 }
-QUANTA_HOST_DEVICE inline double DequantizeValue(double q, double scale, double zero_point) {
+template <typename C>
+QUANTA_HOST_DEVICE inline C DequantizeValue(C q, C scale, C zero_point) {
   return scale * (q - zero_point);
+}
+
+// fake_quantize's gradients at one element (see FakeQuantize in core/ops.h):
+// of x by STE or EWGS, of the scale by LSQ (unscaled), of the zero point.
+template <typename C>
+struct FakeQuantGrads {
+  C x, scale, zero_point;
+};
+template <typename C>
+QUANTA_HOST_DEVICE inline FakeQuantGrads<C> FakeQuantizeGradients(C g, C x, C s, C z, C qmin, C qmax, bool ewgs,
+                                                                   C delta) {
+  using std::rint;
+  C xs = x / s, r = rint(xs), q = r + z;
+  if (q < qmin) return {C(0), g * (qmin - z), -g * s};
+  if (q > qmax) return {C(0), g * (qmax - z), -g * s};
+  C gx = g;
+  if (ewgs) gx *= C(1) + delta * (g > C(0) ? C(1) : (g < C(0) ? C(-1) : C(0))) * (xs - r);
+  return {gx, g * (r - xs), C(0)};
 }
 
 }  // namespace quanta

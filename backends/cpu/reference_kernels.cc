@@ -7,6 +7,7 @@
 
 #include "backends/cpu/strided.h"
 #include "core/generator.h"
+#include "core/ops.h"
 #include "core/scalar_ops.h"
 
 namespace quanta::cpu {
@@ -509,17 +510,19 @@ void ScatterAddKernel(const KernelCall& c) {
 
 // ---- quantization (Note [One quantization formula]) -----------------------------
 
-// x float, scale and zero point f64 spread over x's shape -> q quantized.
+// x float, scale and zero point f64 spread over x's shape -> q quantized, in
+// x's compute type (Note [One quantization formula]).
 void QuantizeKernel(const KernelCall& c) {
   const Tensor &x = c.in[0], &scale = c.in[1], &zp = c.in[2], &q = c.out[0];
-  const double qmin = c.attrs.quant_min, qmax = c.attrs.quant_max;
   VisitPlain(c, x.dtype(), [&]<typename T>(TypeTag<T>) {
+    using C = Compute<T>;
+    const C qmin = static_cast<C>(c.attrs.quant_min), qmax = static_cast<C>(c.attrs.quant_max);
     VisitDType(q.dtype(), [&]<typename Q>(TypeTag<Q>) {
       const void *xp = StorageBase(x), *sp = StorageBase(scale), *zpp = StorageBase(zp);
       void* qp = StorageBase(q);
       ForEachStrided<4>(q.shape(), {&q, &x, &scale, &zp}, [&](const std::array<int64_t, 4>& o) {
-        double v = QuantizeValue(static_cast<double>(Convert<Compute<T>>(LoadAt<T>(xp, o[1]))), LoadAt<double>(sp, o[2]),
-                                 LoadAt<double>(zpp, o[3]), qmin, qmax);
+        C v = QuantizeValue<C>(Convert<C>(LoadAt<T>(xp, o[1])), static_cast<C>(LoadAt<double>(sp, o[2])),
+                               static_cast<C>(LoadAt<double>(zpp, o[3])), qmin, qmax);
         StoreAt<Q>(qp, o[0], Convert<Elem<Q>>(v));
       }, 32768, std::is_same_v<Q, QInt4x2>);
     });
@@ -534,26 +537,122 @@ void DequantizeKernel(const KernelCall& c) {
       const void *qp = StorageBase(q), *sp = StorageBase(scale), *zpp = StorageBase(zp);
       void* xp = StorageBase(x);
       ForEachStrided<4>(x.shape(), {&x, &q, &scale, &zp}, [&](const std::array<int64_t, 4>& o) {
-        double v = DequantizeValue(Convert<double>(LoadAt<Q>(qp, o[1])), LoadAt<double>(sp, o[2]),
-                                   LoadAt<double>(zpp, o[3]));
+        using C = Compute<T>;
+        C v = DequantizeValue<C>(Convert<C>(LoadAt<Q>(qp, o[1])), static_cast<C>(LoadAt<double>(sp, o[2])),
+                                 static_cast<C>(LoadAt<double>(zpp, o[3])));
         StoreAt<T>(xp, o[0], Convert<T>(v));
       });
     });
   });
 }
 
+// Note [Fake-quant runs]: when x is contiguous and scale and zero point vary
+// along at most one dim (per tensor or per channel), the work is (outer, channel,
+// inner) runs with constant parameters: a loop the compiler vectorizes. Fills
+// *runs and returns true when that layout holds.
+struct ChannelRuns {
+  int64_t outer = 1, channels = 1, inner = 1, param_stride = 0;
+};
+// Calls fn(begin, end, channel) over [0, numel) in parallel chunks split at
+// channel boundaries, so that each call has one scale and zero point.
+template <typename F>
+void ForEachRun(const ChannelRuns& runs, F&& fn) {
+  int64_t numel = runs.outer * runs.channels * runs.inner;
+  ParallelFor(0, numel, 32768, [&](int64_t b, int64_t e) {
+    while (b < e) {
+      int64_t run = b / runs.inner, stop = std::min(e, (run + 1) * runs.inner);
+      fn(b, stop, run % runs.channels);
+      b = stop;
+    }
+  });
+}
+
+bool AsChannelRuns(const Tensor& x, const Tensor& param, std::initializer_list<const Tensor*> dense, ChannelRuns* runs) {
+  for (const Tensor* t : dense) {
+    if (!t->is_contiguous()) return false;
+  }
+  int axis = -1;
+  for (int d = 0; d < x.dim(); ++d) {
+    if (param.stride(d) != 0 && x.size(d) != 1) {
+      if (axis >= 0) return false;
+      axis = d;
+    }
+  }
+  if (axis >= 0) {
+    runs->channels = x.size(axis);
+    runs->param_stride = param.stride(axis);
+    for (int d = 0; d < axis; ++d) runs->outer *= x.size(d);
+    for (int d = axis + 1; d < x.dim(); ++d) runs->inner *= x.size(d);
+  } else {
+    runs->inner = x.numel();
+  }
+  return true;
+}
+
 // x, scale, zero point of one floating dtype and shape -> y = dequantize(quantize(x)).
 void FakeQuantizeKernel(const KernelCall& c) {
   const Tensor &x = c.in[0], &scale = c.in[1], &zp = c.in[2], &y = c.out[0];
-  const double qmin = c.attrs.quant_min, qmax = c.attrs.quant_max;
   VisitPlain(c, x.dtype(), [&]<typename T>(TypeTag<T>) {
+    using C = Compute<T>;
+    const C qmin = static_cast<C>(c.attrs.quant_min), qmax = static_cast<C>(c.attrs.quant_max);
+    ChannelRuns runs;
+    if (scale.strides() == zp.strides() && AsChannelRuns(x, scale, {&x, &y}, &runs)) {  // Note [Fake-quant runs]
+      const T *xp = x.data<T>(), *sp = static_cast<const T*>(StorageBase(scale)) + scale.offset();
+      const T* zpp = static_cast<const T*>(StorageBase(zp)) + zp.offset();
+      T* yp = y.data<T>();
+      ForEachRun(runs, [&](int64_t b, int64_t e, int64_t ch) {
+        const C s = Convert<C>(sp[ch * runs.param_stride]), z = Convert<C>(zpp[ch * runs.param_stride]);
+        for (int64_t i = b; i < e; ++i) {
+          yp[i] = Convert<T>(DequantizeValue<C>(QuantizeValue<C>(Convert<C>(xp[i]), s, z, qmin, qmax), s, z));
+        }
+      });
+      return;
+    }
     const void *xp = StorageBase(x), *sp = StorageBase(scale), *zpp = StorageBase(zp);
     void* yp = StorageBase(y);
     ForEachStrided<4>(y.shape(), {&y, &x, &scale, &zp}, [&](const std::array<int64_t, 4>& o) {
-      double s = static_cast<double>(Convert<Compute<T>>(LoadAt<T>(sp, o[2])));
-      double z = static_cast<double>(Convert<Compute<T>>(LoadAt<T>(zpp, o[3])));
-      double q = QuantizeValue(static_cast<double>(Convert<Compute<T>>(LoadAt<T>(xp, o[1]))), s, z, qmin, qmax);
-      StoreAt<T>(yp, o[0], Convert<T>(DequantizeValue(q, s, z)));
+      C s = Convert<C>(LoadAt<T>(sp, o[2])), z = Convert<C>(LoadAt<T>(zpp, o[3]));
+      StoreAt<T>(yp, o[0], Convert<T>(DequantizeValue<C>(QuantizeValue<C>(Convert<C>(LoadAt<T>(xp, o[1])), s, z, qmin, qmax), s, z)));
+    });
+  });
+}
+
+// grad, x, scale, zero point (one shape and dtype) -> grads of x, scale, zero point.
+void FakeQuantizeBackwardKernel(const KernelCall& c) {
+  const Tensor &g = c.in[0], &x = c.in[1], &scale = c.in[2], &zp = c.in[3];
+  const Tensor &gx = c.out[0], &gs = c.out[1], &gz = c.out[2];
+  const OpAttrs& at = c.attrs;
+  bool ewgs = at.fake_quant_gradient == static_cast<int>(FakeQuantGradient::kEwgs);
+  VisitPlain(c, x.dtype(), [&]<typename T>(TypeTag<T>) {
+    const void *gp = StorageBase(g), *xp = StorageBase(x), *sp = StorageBase(scale), *zpp = StorageBase(zp);
+    void *gxp = StorageBase(gx), *gsp = StorageBase(gs), *gzp = StorageBase(gz);
+    using C = Compute<T>;
+    auto load = [](const void* base, int64_t i) { return Convert<C>(LoadAt<T>(base, i)); };
+    const C qmin = static_cast<C>(at.quant_min), qmax = static_cast<C>(at.quant_max);
+    const C delta = static_cast<C>(at.ewgs_delta), grad_scale = static_cast<C>(at.lsq_grad_scale);
+    ChannelRuns runs;
+    if (scale.strides() == zp.strides() && AsChannelRuns(x, scale, {&x, &g, &gx, &gs, &gz}, &runs)) {
+      const T *xp = x.data<T>(), *gp0 = g.data<T>();
+      const T* sp0 = static_cast<const T*>(StorageBase(scale)) + scale.offset();
+      const T* zp0 = static_cast<const T*>(StorageBase(zp)) + zp.offset();
+      T *gx0 = gx.data<T>(), *gs0 = gs.data<T>(), *gz0 = gz.data<T>();
+      ForEachRun(runs, [&](int64_t b, int64_t e, int64_t ch) {
+        const C s = Convert<C>(sp0[ch * runs.param_stride]), z = Convert<C>(zp0[ch * runs.param_stride]);
+        for (int64_t i = b; i < e; ++i) {
+          FakeQuantGrads<C> r = FakeQuantizeGradients<C>(Convert<C>(gp0[i]), Convert<C>(xp[i]), s, z, qmin, qmax, ewgs, delta);
+          gx0[i] = Convert<T>(r.x);
+          gs0[i] = Convert<T>(r.scale * grad_scale);
+          gz0[i] = Convert<T>(r.zero_point);
+        }
+      });
+      return;
+    }
+    ForEachStrided<7>(x.shape(), {&gx, &gs, &gz, &g, &x, &scale, &zp}, [&](const std::array<int64_t, 7>& o) {
+      FakeQuantGrads<C> r = FakeQuantizeGradients<C>(load(gp, o[3]), load(xp, o[4]), load(sp, o[5]), load(zpp, o[6]),
+                                                     qmin, qmax, ewgs, delta);
+      StoreAt<T>(gxp, o[0], Convert<T>(r.x));
+      StoreAt<T>(gsp, o[1], Convert<T>(r.scale * grad_scale));
+      StoreAt<T>(gzp, o[2], Convert<T>(r.zero_point));
     });
   });
 }
@@ -587,6 +686,7 @@ struct Table {
     Set(Op::kQuantize, &QuantizeKernel);
     Set(Op::kDequantize, &DequantizeKernel);
     Set(Op::kFakeQuantize, &FakeQuantizeKernel);
+    Set(Op::kFakeQuantizeBackward, &FakeQuantizeBackwardKernel);
     Set(Op::kUniform, &UniformKernel);
     Set(Op::kNormal, &NormalKernel);
     Set(Op::kBernoulli, &BernoulliKernel);
@@ -598,7 +698,7 @@ struct Table {
   void Set(Op op, Kernel k) { kernels[static_cast<int>(op)] = k; }
 };
 // Adding an op to core/ops.def: give it a reference kernel above, then bump this.
-static_assert(kNumOps == 53, "a new op needs its reference kernel in this table");
+static_assert(kNumOps == 54, "a new op needs its reference kernel in this table");
 
 }  // namespace
 

@@ -111,5 +111,38 @@ TEST(FakeQuantize, PerChannelScaleGradientsSumPerChannel) {
   EXPECT_NEAR(gs[1], -0.4, 1e-6);
 }
 
+// The fused backward pass against the same formulas written with ops.
+TEST(FakeQuantize, FusedBackwardEqualsTheComposition) {
+  Generator gen(3);
+  Tensor x = Normal({3, 4, 5}, 0, 1.5, &gen, DType::kF64);
+  Tensor s = Uniform({3, 4, 5}, 0.1, 0.4, &gen, DType::kF64);
+  Tensor z = Round(Uniform({3, 4, 5}, -2, 2, &gen, DType::kF64));
+  Tensor g = Normal({3, 4, 5}, 0, 1, &gen, DType::kF64);
+  for (bool ewgs : {false, true}) {
+    OpAttrs at;
+    at.quant_min = -8;
+    at.quant_max = 7;
+    at.fake_quant_gradient = ewgs ? 1 : 0;
+    at.ewgs_delta = 0.3;
+    at.lsq_grad_scale = 0.5;
+    std::array<Tensor, 3> fused = FakeQuantizeBackward(g, x, s, z, at);
+    Tensor xs = Div(x, s), r = Round(xs), q = Add(r, z);
+    Tensor below = Lt(q, -8).To(DType::kF64), above = Gt(q, 7).To(DType::kF64);
+    Tensor inside = Sub(Sub(Ones({3, 4, 5}, DType::kF64), below), above);
+    Tensor gx = Mul(g, inside);
+    if (ewgs) {
+      Tensor sign = Sub(Gt(g, 0).To(DType::kF64), Lt(g, 0).To(DType::kF64));
+      gx = Mul(gx, Add(Mul(Mul(sign, Sub(xs, r)), 0.3), 1.0));
+    }
+    Tensor gs = Mul(Mul(g, Add(Mul(inside, Sub(r, xs)), Add(Mul(below, Sub(Scalar(-8, DType::kF64), z)),
+                                                              Mul(above, Sub(Scalar(7, DType::kF64), z))))), 0.5);
+    Tensor gz = Mul(Mul(g, Add(below, above)), Neg(s));
+    for (auto [got, want] : {std::pair{fused[0], gx}, std::pair{fused[1], gs}, std::pair{fused[2], gz}}) {
+      std::vector<double> a = got.ToVector<double>(), b = want.ToVector<double>();
+      for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-12) << i;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace quanta
