@@ -16,6 +16,7 @@
 ABSL_FLAG(int, threads, 2, "threads");
 ABSL_FLAG(int, steps, 4, "timed ResNet-20 steps per configuration (after one warm-up step)");
 ABSL_FLAG(int, batch, 128, "ResNet-20 batch");
+ABSL_FLAG(bool, compare, true, "also compare PTQ and QAT methods at W4A4 on a synthetic task");
 
 namespace quanta {
 namespace {
@@ -53,6 +54,90 @@ double StepSeconds(const char* policy_text, int steps, int batch) {
   return MedianSeconds(steps, step);
 }
 
+// ---- method comparison on a synthetic task (tests/quant/qat_test.cc's setup) ----
+struct Data {
+  Tensor images, labels;
+};
+Data Synthetic(int n, uint64_t seed) {  // class k brightens quadrant k of 12x12 noise
+  Generator gen(seed);
+  Tensor images = Normal({n, 1, 12, 12}, 0, 1, &gen);
+  std::vector<int64_t> labels(n);
+  NoGradGuard no_grad;
+  for (int i = 0; i < n; ++i) {
+    int k = (i * 7 + 3) % 4;
+    labels[i] = k;
+    Tensor q = images.Select(0, i).Narrow(1, (k / 2) * 6, 6).Narrow(2, (k % 2) * 6, 6);
+    q.CopyFrom(Add(q, 1.0));
+  }
+  return {images, Tensor::FromVector<int64_t>(labels, {n})};
+}
+std::shared_ptr<nn::Sequential> Cnn(uint64_t seed) {
+  Generator gen(seed);
+  Conv2dOptions pad{.padding = {1, 1}}, down{.stride = {2, 2}, .padding = {1, 1}};
+  return std::make_shared<nn::Sequential>(
+      std::make_shared<nn::Conv2d>(1, 8, 3, pad, false, &gen), std::make_shared<nn::BatchNorm2d>(8),
+      std::make_shared<nn::ReLU>(), std::make_shared<nn::Conv2d>(8, 16, 3, down, false, &gen),
+      std::make_shared<nn::BatchNorm2d>(16), std::make_shared<nn::ReLU>(), std::make_shared<nn::AdaptiveAvgPool2d>(1, 1),
+      std::make_shared<nn::Flatten>(), std::make_shared<nn::Linear>(16, 4, true, &gen));
+}
+void Train(nn::Sequential& net, const Data& d, int steps, double lr) {
+  nn::SGD opt({{net.Parameters()}}, {.lr = lr, .momentum = 0.9});
+  net.Train();
+  for (int step = 0; step < steps; ++step) {
+    int64_t start = (step * 32) % d.images.size(0);
+    opt.ZeroGrad();
+    Backward(CrossEntropy(net.Forward(d.images.Narrow(0, start, 32)), d.labels.Narrow(0, start, 32)));
+    opt.Step();
+  }
+}
+std::pair<double, double> Evaluate(nn::Sequential& net, const Data& d) {
+  NoGradGuard no_grad;
+  net.Eval();
+  Tensor logits = net.Forward(d.images);
+  net.Train();
+  return {Mean(Eq(Argmax(logits, 1), d.labels).To(DType::kF32)).item<float>(), CrossEntropy(logits, d.labels).item<float>()};
+}
+void CompareMethods() {
+  std::printf("\nW4A4 on the synthetic task (train 512, test 1000; f32 CNN trained 240 steps; mean of seeds 1, 3, 5):\n");
+  std::printf("%-34s %-9s %s\n", "method", "accuracy", "test loss");
+  std::vector<std::pair<std::string, std::pair<double, double>>> rows;
+  auto add = [&](const std::string& name, std::pair<double, double> score) {
+    for (auto& [n, s] : rows) {
+      if (n == name) {
+        s.first += score.first / 3;
+        s.second += score.second / 3;
+        return;
+      }
+    }
+    rows.push_back({name, {score.first / 3, score.second / 3}});
+  };
+  for (uint64_t seed : {1, 3, 5}) {
+    Data train = Synthetic(512, seed), test = Synthetic(1000, seed + 1);
+    auto f32 = Cnn(7 + seed);
+    Train(*f32, train, 240, 0.05);
+    add("f32", Evaluate(*f32, test));
+    std::vector<Tensor> calibration;
+    for (int b = 0; b < 8; ++b) calibration.push_back(train.images.Narrow(0, b * 32, 32));
+    for (const char* kind : {"minmax", "percentile", "mse"}) {
+      auto net = Cnn(7 + seed);
+      (void)net->LoadStateDict(f32->StateDict());
+      auto report = quant::PrepareQat(*net, *quant::MixedPrecisionPolicy::Parse(std::string("default 4 4 ") + kind +
+                                                                               "\nfirst_last_8bit off\n"));
+      quant::Calibrate(report, *net, calibration, [&](const Tensor& x) { return net->Forward(x); });
+      add(std::string("PTQ ") + kind, Evaluate(*net, test));
+    }
+    for (const char* kind : {"ema", "ewgs", "lsq"}) {
+      auto net = Cnn(7 + seed);
+      (void)net->LoadStateDict(f32->StateDict());
+      quant::PrepareQat(*net, *quant::MixedPrecisionPolicy::Parse(std::string("default 4 4 ") + kind +
+                                                                 "\nfirst_last_8bit off\n"));
+      Train(*net, train, 80, 0.02);
+      add(std::string("QAT ") + kind + " (80 steps from f32)", Evaluate(*net, test));
+    }
+  }
+  for (auto& [name, s] : rows) std::printf("%-34s %-9.4f %.4f\n", name.c_str(), s.first, s.second);
+}
+
 }  // namespace
 }  // namespace quanta
 
@@ -82,5 +167,6 @@ int main(int argc, char** argv) {
     name.pop_back();
     std::printf("  QAT %-18s %.3f s  = %.2fx f32 (target <= 1.3x)\n", name.c_str(), q, q / f32);
   }
+  if (absl::GetFlag(FLAGS_compare)) CompareMethods();
   return 0;
 }
