@@ -166,8 +166,24 @@ std::string PrepareReport::ToString() const {
   return out;
 }
 
+namespace {
+Tensor& WeightOf(nn::QuantizableLayer* layer) {
+  if (auto* l = dynamic_cast<nn::Linear*>(layer)) return l->weight;
+  return dynamic_cast<nn::Conv2d*>(layer)->weight;
+}
+Tensor& BiasOf(nn::QuantizableLayer* layer) {
+  if (auto* l = dynamic_cast<nn::Linear*>(layer)) return l->bias;
+  return dynamic_cast<nn::Conv2d*>(layer)->bias;
+}
+// The layer's float op on its (quantized) input with a given weight.
+Tensor Apply(nn::QuantizableLayer* layer, const Tensor& x, const Tensor& w) {
+  if (dynamic_cast<nn::Linear*>(layer)) return quanta::Linear(x, w);
+  return quanta::Conv2d(x, w, Tensor(), dynamic_cast<nn::Conv2d*>(layer)->options);
+}
+}  // namespace
+
 void Calibrate(const PrepareReport& report, nn::Module& model, const std::vector<Tensor>& batches,
-               const std::function<Tensor(const Tensor&)>& forward) {
+               const std::function<Tensor(const Tensor&)>& forward, bool bias_correction) {
   bool was_training = model.is_training();
   model.Eval();
   auto each = [&](const std::function<void(FakeQuant&)>& fn) {
@@ -190,6 +206,39 @@ void Calibrate(const PrepareReport& report, nn::Module& model, const std::vector
     q.SetCalibrating(false);
     q.SetObserving(false);
   });
+  // One more pass with fake quantization on: the report's input statistics, and
+  // the inputs bias correction needs.
+  for (const auto& r : report.rows) {
+    if (auto* fq = dynamic_cast<FakeQuant*>(r.input.get())) fq->SetRecording(true);
+  }
+  std::vector<Tensor> shift(report.rows.size());
+  {
+    NoGradGuard no_grad;
+    for (const Tensor& b : batches) {
+      forward(b);
+      for (size_t i = 0; bias_correction && i < report.rows.size(); ++i) {
+        const auto& r = report.rows[i];
+        auto* fq = dynamic_cast<FakeQuant*>(r.input.get());
+        if (fq == nullptr || !BiasOf(r.layer).defined() || !fq->last_output().defined()) continue;
+        const Tensor& x = fq->last_output();
+        Tensor w = WeightOf(r.layer).Detach();
+        Tensor diff = Sub(Apply(r.layer, x, w), Apply(r.layer, x, r.weight->Forward(w)));
+        std::vector<int64_t> dims;  // every dim but the output channel (dim 1 for conv, last for linear)
+        int channel = dynamic_cast<nn::Linear*>(r.layer) ? diff.dim() - 1 : 1;
+        for (int d = 0; d < diff.dim(); ++d) {
+          if (d != channel) dims.push_back(d);
+        }
+        Tensor mean = Div(Mean(diff, dims), static_cast<double>(batches.size()));
+        shift[i] = shift[i].defined() ? Add(shift[i], mean) : mean;
+      }
+    }
+    for (size_t i = 0; i < report.rows.size(); ++i) {
+      if (shift[i].defined()) BiasOf(report.rows[i].layer).CopyFrom(Add(BiasOf(report.rows[i].layer), shift[i]));
+    }
+  }
+  for (const auto& r : report.rows) {
+    if (auto* fq = dynamic_cast<FakeQuant*>(r.input.get())) fq->SetRecording(false);
+  }
   model.Train(was_training);
 }
 
@@ -218,11 +267,10 @@ void ProgressiveBits::Apply(const PrepareReport& report, int epoch) const {
 
 std::string QuantReport(const PrepareReport& report) {
   NoGradGuard no_grad;
-  std::string out = absl::StrFormat("%-24s %-6s %-22s %-9s %-8s %s\n", "layer", "bits", "weight scale [min, max]",
-                                    "clip %", "SQNR dB", "input range");
+  std::string out = absl::StrFormat("%-24s %-6s %-22s %-9s %-8s %-20s %s\n", "layer", "bits", "weight scale [min, max]",
+                                    "clip %", "SQNR dB", "input range", "input clip% SQNR |x| p50/p99/max");
   for (const auto& r : report.rows) {
-    Tensor w = dynamic_cast<nn::Linear*>(r.layer) ? dynamic_cast<nn::Linear*>(r.layer)->weight
-                                                  : dynamic_cast<nn::Conv2d*>(r.layer)->weight;
+    Tensor w = WeightOf(r.layer);
     std::string scale = "-", clip = "-", sqnr = "-", input = "-";
     if (r.weight->ready()) {
       auto [s, z] = r.weight->Params();
@@ -243,8 +291,14 @@ std::string QuantReport(const PrepareReport& report) {
       const QuantSpec& sp = r.input->spec();
       input = absl::StrFormat("[%.3g, %.3g]", sc * (sp.quant_min() - zp), sc * (sp.quant_max() - zp));
     }
-    absl::StrAppendFormat(&out, "%-24s W%dA%d  %-22s %-9s %-8s %s\n", r.name, r.weight->spec().bits,
-                          r.input->spec().bits, scale, clip, sqnr, input);
+    std::string input_stats = "-";
+    if (auto* fq = dynamic_cast<FakeQuant*>(r.input.get()); fq != nullptr && fq->stats().valid) {
+      const FakeQuant::Stats& st = fq->stats();
+      input_stats = absl::StrFormat("%.3f %.1f %.3g/%.3g/%.3g", 100 * st.clip_rate, st.sqnr_db, st.abs_p50, st.abs_p99,
+                                    st.abs_max);
+    }
+    absl::StrAppendFormat(&out, "%-24s W%dA%d  %-22s %-9s %-8s %-20s %s\n", r.name, r.weight->spec().bits,
+                          r.input->spec().bits, scale, clip, sqnr, input, input_stats);
   }
   return out;
 }

@@ -75,8 +75,11 @@ PrepareReport PrepareQat(nn::Module& model, const MixedPrecisionPolicy& policy);
 
 // PTQ: runs `forward` over the batches without gradients in eval mode with every
 // observer collecting, then freezes them (fake quantization on from then on).
+// With bias_correction (Nagel et al. 2019), each layer with a bias then gets
+// E[F(x, W)] - E[F(x, W_q)] added to it, x being the layer's quantized input
+// over the batches: the mean output shift weight quantization causes.
 void Calibrate(const PrepareReport& report, nn::Module& model, const std::vector<Tensor>& batches,
-               const std::function<Tensor(const Tensor&)>& forward);
+               const std::function<Tensor(const Tensor&)>& forward, bool bias_correction = false);
 // Stops (or restarts) every observer; QAT freezes them late in training.
 void FreezeObservers(const PrepareReport& report, bool frozen = true);
 
@@ -100,7 +103,9 @@ class ProgressiveBits {
 std::vector<nn::ParamGroup> ParameterGroups(const nn::Module& model, double quant_lr_mult = 0.1);
 
 // Per layer: bits, the weight's scale range, clipping rate and SQNR (dB) of its
-// fake quantization, and the input range in use.
+// fake quantization, the input range in use, and — for FakeQuant inputs that
+// recorded (Calibrate turns recording on) — the input's clipping rate, SQNR and
+// distribution (median, 99th percentile and max of |x|) on the last calibration batch.
 std::string QuantReport(const PrepareReport& report);
 // Bytes of the model's parameters at the policy (quantized weights at their
 // bits, everything else f32).

@@ -1,6 +1,7 @@
 // FakeQuant and LSQ: the glue between observers or learned steps and fake_quantize.
 #include "quant/quantizer.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
@@ -25,7 +26,23 @@ Tensor FakeQuant::Forward(const Tensor& x) {
   FakeQuantOptions o = Options();
   o.gradient = gradient_;
   o.ewgs_delta = ewgs_delta_;
-  return FakeQuantize(x, scale, zp, o);
+  Tensor y = FakeQuantize(x, scale, zp, o);
+  if (recording_) {
+    NoGradGuard no_grad;
+    last_output_ = y.Detach();
+    std::vector<float> v = Abs(x.Detach()).To(DType::kF32).Contiguous().ToVector<float>();
+    std::vector<float> sorted = v;
+    std::sort(sorted.begin(), sorted.end());
+    auto at = [&](double p) { return sorted.empty() ? 0.0 : sorted[static_cast<size_t>(p * (sorted.size() - 1))]; };
+    Tensor xf = x.Detach().To(DType::kF32), err = Sub(xf, y.Detach().To(DType::kF32));
+    double signal = Sum(Square(xf)).item<float>(), noise = Sum(Square(err)).item<float>();
+    // Clipped: further from the value than half a step, which rounding never is.
+    double half = 0.5 * Max(scale).item<float>() * (1 + 1e-6);
+    stats_ = {Mean(Gt(Abs(err), half).To(DType::kF32)).item<float>(),
+              noise > 0 ? 10 * std::log10(signal / noise) : INFINITY, at(0.5), at(0.99), sorted.empty() ? 0.0 : sorted.back(),
+              true};
+  }
+  return y;
 }
 
 void FakeQuant::SetBits(int bits) {

@@ -47,12 +47,23 @@ class FakeQuant : public Quantizer {
   void SetObserving(bool on) { observing_ = on; }
   void SetCalibrating(bool on) { calibrating_ = on; }
   Observer& observer() { return *observer_; }
+  // While on, keeps the last output and statistics of what came in (the report's
+  // activation columns; PTQ bias correction reads the output).
+  void SetRecording(bool on) { recording_ = on; }
+  struct Stats {
+    double clip_rate = 0, sqnr_db = 0, abs_p50 = 0, abs_p99 = 0, abs_max = 0;
+    bool valid = false;
+  };
+  const Stats& stats() const { return stats_; }
+  const Tensor& last_output() const { return last_output_; }
 
  private:
   std::shared_ptr<Observer> observer_;
   FakeQuantGradient gradient_;
   double ewgs_delta_;
-  bool observing_ = true, calibrating_ = false;
+  bool observing_ = true, calibrating_ = false, recording_ = false;
+  Stats stats_;
+  Tensor last_output_;
 };
 
 // LSQ (Esser et al. 2020): the step size is a parameter, initialized from the

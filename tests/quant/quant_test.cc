@@ -230,3 +230,42 @@ TEST(PrepareQat, QuantizerParametersTrainInTheirOwnGroupAndCheckpoint) {
 
 }  // namespace
 }  // namespace quanta::quant
+
+namespace quanta::quant {
+namespace {
+
+TEST(Calibrate, BiasCorrectionRemovesTheMeanShiftAndTheReportShowsInputs) {
+  Generator gen(6);
+  auto make = [&] {
+    Generator g(7);
+    return std::make_shared<nn::Sequential>(std::make_shared<nn::Linear>(32, 4, true, &g));
+  };
+  auto f32 = make();
+  std::vector<Tensor> batches;
+  for (int b = 0; b < 8; ++b) batches.push_back(Normal({64, 32}, 1.0, 1.0, &gen));  // inputs with a mean
+  Tensor held_out = Normal({512, 32}, 1.0, 1.0, &gen);
+  Tensor want;
+  {
+    NoGradGuard no_grad;
+    want = f32->Forward(held_out);
+  }
+  auto shift = [&](bool correct) {
+    auto net = make();
+    auto report = PrepareQat(*net, *MixedPrecisionPolicy::Parse("default 3 8 minmax\nfirst_last_8bit off\n"));
+    Calibrate(report, *net, batches, [&](const Tensor& x) { return net->Forward(x); }, correct);
+    NoGradGuard no_grad;
+    net->Eval();
+    Tensor mean_error = Mean(Sub(net->Forward(held_out), want), {0});
+    if (!correct) {
+      std::string table = QuantReport(report);
+      EXPECT_NE(table.find("input clip% SQNR"), std::string::npos) << table;
+      EXPECT_EQ(table.find(" - \n"), std::string::npos) << "input statistics missing:\n" << table;
+    }
+    return Max(Abs(mean_error)).item<float>();
+  };
+  double before = shift(false), after = shift(true);
+  EXPECT_LT(after, before / 3) << "mean output shift " << before << " -> " << after;
+}
+
+}  // namespace
+}  // namespace quanta::quant
