@@ -10,7 +10,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/error.h"
+#include "autograd/autograd.h"
 #include "core/grad_mode.h"
+#include "core/ops.h"
 
 namespace quanta::quant {
 namespace {
@@ -248,6 +250,62 @@ void FreezeObservers(const PrepareReport& report, bool frozen) {
       if (auto* fq = dynamic_cast<FakeQuant*>(q)) fq->SetObserving(!frozen);
     }
   }
+}
+
+std::vector<double> EstimateEwgsDelta(const PrepareReport& report, nn::Module& model,
+                                      const std::function<Tensor(int)>& loss, int batches, int probes, double eps) {
+  std::vector<FakeQuant*> qs;
+  for (const auto& r : report.rows) {
+    for (auto* q : {r.weight.get(), r.input.get()}) {
+      auto* fq = dynamic_cast<FakeQuant*>(q);
+      if (fq != nullptr && fq->gradient() == FakeQuantGradient::kEwgs) qs.push_back(fq);
+    }
+  }
+  std::vector<double> delta(qs.size(), 0.0);
+  if (qs.empty()) return delta;
+  Generator gen(12345);
+  std::vector<Tensor> grads(qs.size());
+  auto clear = [&] {
+    for (Tensor& p : model.Parameters()) p.SetGrad(Tensor());
+  };
+  auto pass = [&](int b, const std::vector<Tensor>& perturbations) {
+    for (size_t i = 0; i < qs.size(); ++i) {
+      qs[i]->SetProbe(perturbations.empty() ? Tensor() : perturbations[i], [&grads, i](const Tensor& g) { grads[i] = g.Detach(); });
+    }
+    Backward(loss(b));
+    clear();
+  };
+  for (int b = 0; b < batches; ++b) {
+    pass(b, {});  // the gradient at the point itself, and each output's shape
+    std::vector<Tensor> base = grads;
+    std::vector<double> trace(qs.size(), 0.0);
+    for (int k = 0; k < probes; ++k) {
+      std::vector<Tensor> v(qs.size()), plus(qs.size()), minus(qs.size());
+      for (size_t i = 0; i < qs.size(); ++i) {
+        v[i] = Sub(Mul(Bernoulli(base[i].shape(), 0.5, &gen, base[i].dtype()), 2.0), 1.0);  // Rademacher
+        plus[i] = Mul(v[i], eps);
+        minus[i] = Mul(v[i], -eps);
+      }
+      pass(b, plus);
+      std::vector<Tensor> g_plus = grads;
+      pass(b, minus);
+      for (size_t i = 0; i < qs.size(); ++i) {
+        Tensor hv = Div(Sub(g_plus[i], grads[i]), 2 * eps);
+        trace[i] += Sum(Mul(v[i], hv)).item<double>() / probes;
+      }
+    }
+    for (size_t i = 0; i < qs.size(); ++i) {
+      double n = static_cast<double>(base[i].numel());
+      double sd = std::sqrt(Var(base[i].To(DType::kF64)).item<double>());
+      if (sd > 0) delta[i] += (trace[i] / n) / (3 * sd) / batches;
+    }
+  }
+  for (size_t i = 0; i < qs.size(); ++i) {
+    qs[i]->SetProbe(Tensor(), nullptr);
+    delta[i] = std::max(0.0, delta[i]);
+    qs[i]->SetEwgsDelta(delta[i]);
+  }
+  return delta;
 }
 
 int ProgressiveBits::BitsAt(int epoch) const {

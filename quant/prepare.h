@@ -83,6 +83,18 @@ void Calibrate(const PrepareReport& report, nn::Module& model, const std::vector
 // Stops (or restarts) every observer; QAT freezes them late in training.
 void FreezeObservers(const PrepareReport& report, bool frozen = true);
 
+// EWGS's adaptive delta (Lee et al. 2021, sec. 3.3): for every EWGS quantizer,
+// delta = (Tr(H) / N) / (3 std(g)), H and g the Hessian and gradient of the loss
+// with respect to its output, Tr(H) by Hutchinson's estimator with Rademacher
+// probes. Quanta has no double backward, so H v comes from central differences
+// of the gradient, (g(y + eps v) - g(y - eps v)) / (2 eps), all quantizers probed
+// at once (independent probes keep each block's trace unbiased). `loss(b)`
+// computes the loss of batch b; returns the deltas set, clipped at 0, in report
+// order (weights then inputs, EWGS quantizers only). Leaves gradients cleared.
+std::vector<double> EstimateEwgsDelta(const PrepareReport& report, nn::Module& model,
+                                      const std::function<Tensor(int)>& loss, int batches = 3, int probes = 8,
+                                      double eps = 1e-3);
+
 // Progressive quantization: bits step down through `stages` (e.g. 8, 6, 4), one
 // stage every epochs_per_stage epochs, never below a layer's policy bits; the
 // quantizers whose bits change are re-warmed.

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "autograd/autograd.h"
 #include "core/grad_mode.h"
 
 namespace quanta::quant {
@@ -27,6 +28,18 @@ Tensor FakeQuant::Forward(const Tensor& x) {
   o.gradient = gradient_;
   o.ewgs_delta = ewgs_delta_;
   Tensor y = FakeQuantize(x, scale, zp, o);
+  if (on_grad_) {
+    // A leaf that requires grad makes y require grad even when nothing before it
+    // does (an input quantizer of the first layer); its value is the probe's.
+    Tensor probe = (perturbation_.defined() ? perturbation_ : ZerosLike(y)).Detach().SetRequiresGrad();
+    y = Add(y, probe);
+    RegisterHook(y, [fn = on_grad_](const Tensor& g) {
+      fn(g);
+      return Tensor();
+    });
+  } else if (perturbation_.defined()) {
+    y = Add(y, perturbation_);
+  }
   if (recording_) {
     NoGradGuard no_grad;
     last_output_ = y.Detach();

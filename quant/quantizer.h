@@ -9,6 +9,7 @@
 //   auto aq = std::make_shared<LsqQuantizer>(QuantSpec{.bits = 4, .symmetric = false});
 #pragma once
 
+#include <functional>
 #include <memory>
 
 #include "core/ops.h"
@@ -56,6 +57,16 @@ class FakeQuant : public Quantizer {
   };
   const Stats& stats() const { return stats_; }
   const Tensor& last_output() const { return last_output_; }
+  // EWGS's delta (EstimateEwgsDelta in quant/prepare.h sets it adaptively).
+  double ewgs_delta() const { return ewgs_delta_; }
+  void SetEwgsDelta(double delta) { ewgs_delta_ = delta; }
+  FakeQuantGradient gradient() const { return gradient_; }
+  // For Hessian estimates: a constant added to the output, and a callback that
+  // receives the gradient arriving at the output. Empty/undefined: off.
+  void SetProbe(Tensor perturbation, std::function<void(const Tensor&)> on_grad) {
+    perturbation_ = std::move(perturbation);
+    on_grad_ = std::move(on_grad);
+  }
 
  private:
   std::shared_ptr<Observer> observer_;
@@ -64,6 +75,8 @@ class FakeQuant : public Quantizer {
   bool observing_ = true, calibrating_ = false, recording_ = false;
   Stats stats_;
   Tensor last_output_;
+  Tensor perturbation_;
+  std::function<void(const Tensor&)> on_grad_;
 };
 
 // LSQ (Esser et al. 2020): the step size is a parameter, initialized from the

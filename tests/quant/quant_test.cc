@@ -269,3 +269,43 @@ TEST(Calibrate, BiasCorrectionRemovesTheMeanShiftAndTheReportShowsInputs) {
 
 }  // namespace
 }  // namespace quanta::quant
+
+namespace quanta::quant {
+namespace {
+
+// With L = a/2 ||W_q y||^2 and W_q = I, the Hessian with respect to the input
+// quantizer's output y is a I: delta = (Tr(H)/N) / (3 std(g)) = a / (3 std(a y)).
+// For the weight quantizer: Tr(H) = a * out * sum_n ||y_n||^2 over N = out * in
+// elements, g_W = a W_q Y^T Y.
+TEST(Ewgs, AdaptiveDeltaMatchesTheHessianFormula) {
+  Generator gen(8);
+  auto linear = std::make_shared<nn::Linear>(4, 4, false, &gen);
+  {
+    NoGradGuard no_grad;
+    linear->weight.CopyFrom(Eye(4));
+  }
+  nn::Sequential net(linear);
+  auto report = PrepareQat(net, *MixedPrecisionPolicy::Parse("default 8 8 ewgs\nfirst_last_8bit off\n"));
+  Tensor x = Normal({32, 4}, 0.5, 1, &gen);
+  const double a = 3.0;
+  auto loss = [&](int) { return Mul(Sum(Square(net.Forward(x))), a / 2); };
+  net.Forward(x);  // observers see the data once
+  FreezeObservers(report);
+  // All quantizers are probed at once, so each trace estimate carries cross terms
+  // that vanish only in expectation: many probes for a tight check.
+  std::vector<double> delta = EstimateEwgsDelta(report, net, loss, /*batches=*/1, /*probes=*/512);
+  ASSERT_EQ(delta.size(), 2u);
+  auto [s, z] = report.rows[0].input->Params();
+  Tensor y = FakeQuantize(x, s, z, {.quant_min = -128, .quant_max = 127});
+  double sd_y = std::sqrt(Var(y.To(DType::kF64)).item<double>());
+  EXPECT_NEAR(delta[1], a / (3 * a * sd_y), 0.05 * delta[1]);  // ~1% standard error at 512 probes
+  double sum_sq = Sum(Square(y)).item<float>();
+  Tensor g_w = Mul(Matmul(y.Transpose(0, 1), y), a);  // W_q = I
+  double sd_g = std::sqrt(Var(g_w.To(DType::kF64)).item<double>());
+  EXPECT_NEAR(delta[0], (a * 4 * sum_sq / 16) / (3 * sd_g), 0.05 * delta[0]);
+  EXPECT_EQ(dynamic_cast<FakeQuant&>(*report.rows[0].input).ewgs_delta(), delta[1]);
+  EXPECT_FALSE(linear->weight.grad().defined());
+}
+
+}  // namespace
+}  // namespace quanta::quant
