@@ -161,7 +161,7 @@ int main(int argc, char** argv) {
   int steps = absl::GetFlag(FLAGS_steps), batch = absl::GetFlag(FLAGS_batch);
   double f32 = StepSeconds(nullptr, steps, batch);
   std::printf("ResNet-20 batch %d step: f32 %.3f s\n", batch, f32);
-  for (const char* policy : {"default 8 8 ema\n", "default 4 4 ewgs\n", "default 4 4 lsq\n"}) {
+  for (const char* policy : {"default 8 8 ema\n", "default 4 4 ema\n", "default 4 4 ewgs\n", "default 4 4 lsq\n"}) {
     double q = StepSeconds(policy, steps, batch);
     std::string name(policy);
     name.pop_back();

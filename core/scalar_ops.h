@@ -97,16 +97,20 @@ template <typename C>
 struct FakeQuantGrads {
   C x, scale, zero_point;
 };
-template <typename C>
-QUANTA_HOST_DEVICE inline FakeQuantGrads<C> FakeQuantizeGradients(C g, C x, C s, C z, C qmin, C qmax, bool ewgs,
-                                                                   C delta) {
+// kEwgs is a template parameter so that each loop is branch-free and vectorizes.
+template <typename C, bool kEwgs>
+QUANTA_HOST_DEVICE inline FakeQuantGrads<C> FakeQuantizeGradients(C g, C x, C s, C z, C qmin, C qmax, C delta) {
   using std::rint;
   C xs = x / s, r = rint(xs), q = r + z;
-  if (q < qmin) return {C(0), g * (qmin - z), -g * s};
-  if (q > qmax) return {C(0), g * (qmax - z), -g * s};
-  C gx = g;
-  if (ewgs) gx *= C(1) + delta * (g > C(0) ? C(1) : (g < C(0) ? C(-1) : C(0))) * (xs - r);
-  return {gx, g * (r - xs), C(0)};
+  bool below = q < qmin, above = q > qmax, inside = !below && !above;
+  C gx = inside ? g : C(0);
+  if constexpr (kEwgs) {
+    C sign = C(g > C(0)) - C(g < C(0));
+    gx *= C(1) + delta * sign * (xs - r);
+  }
+  C gs = g * (below ? qmin - z : (above ? qmax - z : r - xs));
+  C gz = inside ? C(0) : -g * s;
+  return {gx, gs, gz};
 }
 
 }  // namespace quanta

@@ -630,30 +630,38 @@ void FakeQuantizeBackwardKernel(const KernelCall& c) {
     auto load = [](const void* base, int64_t i) { return Convert<C>(LoadAt<T>(base, i)); };
     const C qmin = static_cast<C>(at.quant_min), qmax = static_cast<C>(at.quant_max);
     const C delta = static_cast<C>(at.ewgs_delta), grad_scale = static_cast<C>(at.lsq_grad_scale);
-    ChannelRuns runs;
-    if (scale.strides() == zp.strides() && AsChannelRuns(x, scale, {&x, &g, &gx, &gs, &gz}, &runs)) {
-      const T *xp = x.data<T>(), *gp0 = g.data<T>();
-      const T* sp0 = static_cast<const T*>(StorageBase(scale)) + scale.offset();
-      const T* zp0 = static_cast<const T*>(StorageBase(zp)) + zp.offset();
-      T *gx0 = gx.data<T>(), *gs0 = gs.data<T>(), *gz0 = gz.data<T>();
-      ForEachRun(runs, [&](int64_t b, int64_t e, int64_t ch) {
-        const C s = Convert<C>(sp0[ch * runs.param_stride]), z = Convert<C>(zp0[ch * runs.param_stride]);
-        for (int64_t i = b; i < e; ++i) {
-          FakeQuantGrads<C> r = FakeQuantizeGradients<C>(Convert<C>(gp0[i]), Convert<C>(xp[i]), s, z, qmin, qmax, ewgs, delta);
-          gx0[i] = Convert<T>(r.x);
-          gs0[i] = Convert<T>(r.scale * grad_scale);
-          gz0[i] = Convert<T>(r.zero_point);
-        }
+    auto run = [&]<bool kEwgs>() {
+      ChannelRuns runs;
+      if (scale.strides() == zp.strides() && AsChannelRuns(x, scale, {&x, &g, &gx, &gs, &gz}, &runs)) {
+        const T *xp = x.data<T>(), *gp0 = g.data<T>();
+        const T* sp0 = static_cast<const T*>(StorageBase(scale)) + scale.offset();
+        const T* zp0 = static_cast<const T*>(StorageBase(zp)) + zp.offset();
+        T *gx0 = gx.data<T>(), *gs0 = gs.data<T>(), *gz0 = gz.data<T>();
+        ForEachRun(runs, [&](int64_t b, int64_t e, int64_t ch) {
+          const C s = Convert<C>(sp0[ch * runs.param_stride]), z = Convert<C>(zp0[ch * runs.param_stride]);
+          for (int64_t i = b; i < e; ++i) {
+            FakeQuantGrads<C> r =
+                FakeQuantizeGradients<C, kEwgs>(Convert<C>(gp0[i]), Convert<C>(xp[i]), s, z, qmin, qmax, delta);
+            gx0[i] = Convert<T>(r.x);
+            gs0[i] = Convert<T>(r.scale * grad_scale);
+            gz0[i] = Convert<T>(r.zero_point);
+          }
+        });
+        return;
+      }
+      ForEachStrided<7>(x.shape(), {&gx, &gs, &gz, &g, &x, &scale, &zp}, [&](const std::array<int64_t, 7>& o) {
+        FakeQuantGrads<C> r = FakeQuantizeGradients<C, kEwgs>(load(gp, o[3]), load(xp, o[4]), load(sp, o[5]),
+                                                              load(zpp, o[6]), qmin, qmax, delta);
+        StoreAt<T>(gxp, o[0], Convert<T>(r.x));
+        StoreAt<T>(gsp, o[1], Convert<T>(r.scale * grad_scale));
+        StoreAt<T>(gzp, o[2], Convert<T>(r.zero_point));
       });
-      return;
+    };
+    if (ewgs) {
+      run.template operator()<true>();
+    } else {
+      run.template operator()<false>();
     }
-    ForEachStrided<7>(x.shape(), {&gx, &gs, &gz, &g, &x, &scale, &zp}, [&](const std::array<int64_t, 7>& o) {
-      FakeQuantGrads<C> r = FakeQuantizeGradients<C>(load(gp, o[3]), load(xp, o[4]), load(sp, o[5]), load(zpp, o[6]),
-                                                     qmin, qmax, ewgs, delta);
-      StoreAt<T>(gxp, o[0], Convert<T>(r.x));
-      StoreAt<T>(gsp, o[1], Convert<T>(r.scale * grad_scale));
-      StoreAt<T>(gzp, o[2], Convert<T>(r.zero_point));
-    });
   });
 }
 

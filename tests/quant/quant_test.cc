@@ -293,12 +293,12 @@ TEST(Ewgs, AdaptiveDeltaMatchesTheHessianFormula) {
   FreezeObservers(report);
   // All quantizers are probed at once, so each trace estimate carries cross terms
   // that vanish only in expectation: many probes for a tight check.
-  std::vector<double> delta = EstimateEwgsDelta(report, net, loss, /*batches=*/1, /*probes=*/512);
+  std::vector<double> delta = EstimateEwgsDelta(report, net, loss, /*batches=*/1, /*probes=*/256);
   ASSERT_EQ(delta.size(), 2u);
   auto [s, z] = report.rows[0].input->Params();
   Tensor y = FakeQuantize(x, s, z, {.quant_min = -128, .quant_max = 127});
   double sd_y = std::sqrt(Var(y.To(DType::kF64)).item<double>());
-  EXPECT_NEAR(delta[1], a / (3 * a * sd_y), 0.05 * delta[1]);  // ~1% standard error at 512 probes
+  EXPECT_NEAR(delta[1], a / (3 * a * sd_y), 0.05 * delta[1]);  // ~1.4% standard error at 256 probes
   double sum_sq = Sum(Square(y)).item<float>();
   Tensor g_w = Mul(Matmul(y.Transpose(0, 1), y), a);  // W_q = I
   double sd_g = std::sqrt(Var(g_w.To(DType::kF64)).item<double>());
