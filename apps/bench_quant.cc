@@ -10,6 +10,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "autograd/autograd.h"
+#include "data/synthetic.h"
+#include "models/tiny_cnn.h"
 #include "models/resnet_cifar.h"
 #include "quant/prepare.h"
 
@@ -55,31 +57,9 @@ double StepSeconds(const char* policy_text, int steps, int batch) {
 }
 
 // ---- method comparison on a synthetic task (tests/quant/qat_test.cc's setup) ----
-struct Data {
-  Tensor images, labels;
-};
-Data Synthetic(int n, uint64_t seed) {  // class k brightens quadrant k of 12x12 noise
-  Generator gen(seed);
-  Tensor images = Normal({n, 1, 12, 12}, 0, 1, &gen);
-  std::vector<int64_t> labels(n);
-  NoGradGuard no_grad;
-  for (int i = 0; i < n; ++i) {
-    int k = (i * 7 + 3) % 4;
-    labels[i] = k;
-    Tensor q = images.Select(0, i).Narrow(1, (k / 2) * 6, 6).Narrow(2, (k % 2) * 6, 6);
-    q.CopyFrom(Add(q, 1.0));
-  }
-  return {images, Tensor::FromVector<int64_t>(labels, {n})};
-}
-std::shared_ptr<nn::Sequential> Cnn(uint64_t seed) {
-  Generator gen(seed);
-  Conv2dOptions pad{.padding = {1, 1}}, down{.stride = {2, 2}, .padding = {1, 1}};
-  return std::make_shared<nn::Sequential>(
-      std::make_shared<nn::Conv2d>(1, 8, 3, pad, false, &gen), std::make_shared<nn::BatchNorm2d>(8),
-      std::make_shared<nn::ReLU>(), std::make_shared<nn::Conv2d>(8, 16, 3, down, false, &gen),
-      std::make_shared<nn::BatchNorm2d>(16), std::make_shared<nn::ReLU>(), std::make_shared<nn::AdaptiveAvgPool2d>(1, 1),
-      std::make_shared<nn::Flatten>(), std::make_shared<nn::Linear>(16, 4, true, &gen));
-}
+using Data = data::QuadrantTask;
+Data Synthetic(int n, uint64_t seed) { return data::MakeQuadrantTask(n, seed, 1.0); }
+std::shared_ptr<nn::Sequential> Cnn(uint64_t seed) { return models::TinyCnn(seed); }
 void Train(nn::Sequential& net, const Data& d, int steps, double lr) {
   nn::SGD opt({{net.Parameters()}}, {.lr = lr, .momentum = 0.9});
   net.Train();

@@ -2,6 +2,8 @@
 // held-out test set: W8A8 QAT matches f32 accuracy within 0.5 points, and W4A4
 // with LSQ beats W4A4 post-training quantization with min/max ranges.
 #include "autograd/autograd.h"
+#include "data/synthetic.h"
+#include "models/tiny_cnn.h"
 #include "gtest/gtest.h"
 #include "nn/optim.h"
 #include "quant/prepare.h"
@@ -9,36 +11,9 @@
 namespace quanta::quant {
 namespace {
 
-struct Data {
-  Tensor images, labels;
-};
-// Class k brightens quadrant k of a 12x12 image by `signal` under unit noise.
-Data Synthetic(int n, uint64_t seed, double signal) {
-  Generator gen(seed);
-  Tensor images = Normal({n, 1, 12, 12}, 0, 1, &gen);
-  std::vector<int64_t> labels(n);
-  NoGradGuard no_grad;
-  for (int i = 0; i < n; ++i) {
-    int k = (i * 7 + 3) % 4;
-    labels[i] = k;
-    Tensor q = images.Select(0, i).Narrow(1, (k / 2) * 6, 6).Narrow(2, (k % 2) * 6, 6);
-    q.CopyFrom(Add(q, signal));
-  }
-  return {images, Tensor::FromVector<int64_t>(labels, {n})};
-}
-
-std::shared_ptr<nn::Sequential> Cnn(uint64_t seed) {
-  Generator gen(seed);
-  Conv2dOptions pad;
-  pad.padding[0] = pad.padding[1] = 1;
-  Conv2dOptions down = pad;
-  down.stride[0] = down.stride[1] = 2;
-  return std::make_shared<nn::Sequential>(
-      std::make_shared<nn::Conv2d>(1, 8, 3, pad, false, &gen), std::make_shared<nn::BatchNorm2d>(8),
-      std::make_shared<nn::ReLU>(), std::make_shared<nn::Conv2d>(8, 16, 3, down, false, &gen),
-      std::make_shared<nn::BatchNorm2d>(16), std::make_shared<nn::ReLU>(), std::make_shared<nn::AdaptiveAvgPool2d>(1, 1),
-      std::make_shared<nn::Flatten>(), std::make_shared<nn::Linear>(16, 4, true, &gen));
-}
+using Data = data::QuadrantTask;
+Data Synthetic(int n, uint64_t seed, double signal) { return data::MakeQuadrantTask(n, seed, signal); }
+std::shared_ptr<nn::Sequential> Cnn(uint64_t seed) { return models::TinyCnn(seed); }
 
 void Train(nn::Sequential& net, const Data& d, int steps, double lr) {
   nn::SGD opt({{net.Parameters()}}, {.lr = lr, .momentum = 0.9});
