@@ -17,6 +17,20 @@
 namespace quanta::quant {
 namespace {
 
+Tensor& WeightOf(nn::QuantizableLayer* layer) {
+  if (auto* l = dynamic_cast<nn::Linear*>(layer)) return l->weight;
+  return dynamic_cast<nn::Conv2d*>(layer)->weight;
+}
+Tensor& BiasOf(nn::QuantizableLayer* layer) {
+  if (auto* l = dynamic_cast<nn::Linear*>(layer)) return l->bias;
+  return dynamic_cast<nn::Conv2d*>(layer)->bias;
+}
+// The layer's float op on its (quantized) input with a given weight.
+Tensor Apply(nn::QuantizableLayer* layer, const Tensor& x, const Tensor& w) {
+  if (dynamic_cast<nn::Linear*>(layer)) return quanta::Linear(x, w);
+  return quanta::Conv2d(x, w, Tensor(), dynamic_cast<nn::Conv2d*>(layer)->options);
+}
+
 bool Glob(std::string_view pattern, std::string_view name) {
   if (pattern.empty()) return name.empty();
   if (pattern[0] == '*') {
@@ -146,8 +160,7 @@ PrepareReport PrepareQat(nn::Module& model, const MixedPrecisionPolicy& policy) 
   for (size_t i = 0; i < layers.size(); ++i) {
     auto& [name, layer] = layers[i];
     QConfig c = policy.For(name, i == 0 || i + 1 == layers.size());
-    Tensor& w = dynamic_cast<nn::Linear*>(layer) ? dynamic_cast<nn::Linear*>(layer)->weight
-                                                 : dynamic_cast<nn::Conv2d*>(layer)->weight;
+    Tensor& w = WeightOf(layer);
     QuantSpec wspec{.bits = c.weight_bits, .is_signed = true, .symmetric = true, .per_channel = true, .axis = 0};
     QuantSpec aspec{.bits = c.act_bits, .is_signed = true, .symmetric = false, .per_channel = false};
     auto wq = MakeQuantizer(c, wspec, w.size(0), /*weight=*/true);
@@ -168,21 +181,6 @@ std::string PrepareReport::ToString() const {
   return out;
 }
 
-namespace {
-Tensor& WeightOf(nn::QuantizableLayer* layer) {
-  if (auto* l = dynamic_cast<nn::Linear*>(layer)) return l->weight;
-  return dynamic_cast<nn::Conv2d*>(layer)->weight;
-}
-Tensor& BiasOf(nn::QuantizableLayer* layer) {
-  if (auto* l = dynamic_cast<nn::Linear*>(layer)) return l->bias;
-  return dynamic_cast<nn::Conv2d*>(layer)->bias;
-}
-// The layer's float op on its (quantized) input with a given weight.
-Tensor Apply(nn::QuantizableLayer* layer, const Tensor& x, const Tensor& w) {
-  if (dynamic_cast<nn::Linear*>(layer)) return quanta::Linear(x, w);
-  return quanta::Conv2d(x, w, Tensor(), dynamic_cast<nn::Conv2d*>(layer)->options);
-}
-}  // namespace
 
 void Calibrate(const PrepareReport& report, nn::Module& model, const std::vector<Tensor>& batches,
                const std::function<Tensor(const Tensor&)>& forward, bool bias_correction) {
@@ -374,9 +372,7 @@ std::vector<nn::ParamGroup> ParameterGroups(const nn::Module& model, double quan
 int64_t ModelSizeBytes(const nn::Module& model, const PrepareReport& report) {
   std::map<const Tensor*, int> weight_bits;
   for (const auto& r : report.rows) {
-    const Tensor* w = dynamic_cast<nn::Linear*>(r.layer) ? &dynamic_cast<nn::Linear*>(r.layer)->weight
-                                                         : &dynamic_cast<nn::Conv2d*>(r.layer)->weight;
-    weight_bits[w] = r.weight->spec().bits;
+    weight_bits[&WeightOf(r.layer)] = r.weight->spec().bits;
   }
   int64_t bits = 0;
   for (const auto& [name, t] : model.NamedParameters()) {
