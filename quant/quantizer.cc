@@ -4,8 +4,8 @@
 #include <algorithm>
 #include <cmath>
 
-#include "core/error.h"
 #include "autograd/autograd.h"
+#include "core/error.h"
 #include "core/grad_mode.h"
 
 namespace quanta::quant {
@@ -43,8 +43,7 @@ Tensor FakeQuant::Forward(const Tensor& x) {
   if (recording_) {
     NoGradGuard no_grad;
     last_output_ = y.Detach();
-    std::vector<float> v = Abs(x.Detach()).To(DType::kF32).Contiguous().ToVector<float>();
-    std::vector<float> sorted = v;
+    std::vector<float> sorted = Abs(x.Detach()).To(DType::kF32).ToVector<float>();
     std::sort(sorted.begin(), sorted.end());
     auto at = [&](double p) { return sorted.empty() ? 0.0 : sorted[static_cast<size_t>(p * (sorted.size() - 1))]; };
     Tensor xf = x.Detach().To(DType::kF32), err = Sub(xf, y.Detach().To(DType::kF32));
