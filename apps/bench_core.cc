@@ -108,6 +108,26 @@ void BM_MatmulF32_1024(benchmark::State& state) {
 }
 BENCHMARK(BM_MatmulF32_1024)->Arg(1)->Arg(2)->UseRealTime()->MinTime(2.0);
 
+// u8 x s8 -> f32 through oneDNN's int8 matmul (VNNI): what converted models run.
+void BM_MatmulInt8_1024(benchmark::State& state) {
+  int threads = static_cast<int>(state.range(0));
+  SetNumThreads(threads);
+  Generator gen(0);
+  std::vector<double> scales(1024, 0.01);
+  Tensor a = Quantize(Uniform({1024, 1024}, 0, 2, &gen), DType::kQUInt8, QuantParams::PerTensor(2.0 / 255, 0));
+  Tensor b = Quantize(Uniform({1024, 1024}, -1, 1, &gen), DType::kQInt8,
+                      QuantParams::PerChannel(scales, std::vector<int64_t>(1024, 0), 1));
+  QuantizedMatmul(a, b);  // build and cache the primitive
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(QuantizedMatmul(a, b));
+  }
+  double ops = 2.0 * 1024 * 1024 * 1024;
+  state.counters["GOP/s"] = benchmark::Counter(ops, benchmark::Counter::kIsIterationInvariantRate,
+                                               benchmark::Counter::kIs1000);
+  state.SetLabel(std::to_string(threads) + " thread(s)");
+}
+BENCHMARK(BM_MatmulInt8_1024)->Arg(1)->Arg(2)->UseRealTime()->MinTime(2.0);
+
 void BM_AddF32_16M(benchmark::State& state) {
   int threads = static_cast<int>(state.range(0));
   SetNumThreads(threads);

@@ -217,6 +217,7 @@ struct RuleTable {
     NotDifferentiable(Op::kDequantize);
     Set(Op::kFakeQuantize, &FakeQuantizeBackwardRule);
     NotDifferentiable(Op::kFakeQuantizeBackward);
+    NotDifferentiable(Op::kQuantizedMatmul);  // inference only
     NotDifferentiable(Op::kUniform);
     NotDifferentiable(Op::kNormal);
     NotDifferentiable(Op::kBernoulli);
@@ -233,7 +234,7 @@ struct RuleTable {
   }
 };
 // A new op in core/ops.def needs an entry above (rule or NotDifferentiable).
-static_assert(kNumOps == 54, "give the new op its backward rule, then update this count");
+static_assert(kNumOps == 55, "give the new op its backward rule, then update this count");
 
 const RuleTable& Rules() {
   static const RuleTable* table = new RuleTable();

@@ -580,6 +580,28 @@ std::array<Tensor, 3> FakeQuantizeBackward(const Tensor& grad, const Tensor& x, 
   return out;
 }
 
+Tensor QuantizedMatmul(const Tensor& a, const Tensor& b, const Tensor& bias, DType out_dtype, const QuantParams* out) {
+  CheckDefined("quantized_matmul", {&a, &b});
+  std::string args = a.Describe() + ", " + b.Describe() + (bias.defined() ? ", " + bias.Describe() : "");
+  QUANTA_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(0), "quantized_matmul: needs (M, K) @ (K, N) (", args, ")");
+  QUANTA_CHECK((a.dtype() == DType::kQUInt8 || a.dtype() == DType::kQInt8) && b.dtype() == DType::kQInt8,
+               "quantized_matmul: needs quint8/qint8 activations and qint8 weights (", args, ")");
+  QUANTA_CHECK(a.qparams().scheme == QScheme::kPerTensor &&
+                   (b.qparams().scheme == QScheme::kPerTensor || b.qparams().axis == 1),
+               "quantized_matmul: activations per tensor, weights per tensor or per output column (", args, ")");
+  QUANTA_CHECK(!bias.defined() || (bias.dtype() == DType::kF32 && bias.dim() == 1 && bias.size(0) == b.size(1)),
+               "quantized_matmul: bias must be f32 (N) (", args, ")");
+  QUANTA_CHECK(out_dtype == DType::kF32 || ((out_dtype == DType::kQUInt8 || out_dtype == DType::kQInt8) && out &&
+                                            out->scheme == QScheme::kPerTensor),
+               "quantized_matmul: output is f32, or quint8/qint8 with per-tensor parameters (", args, ")");
+  Tensor y = out_dtype == DType::kF32 ? Tensor::Empty({a.size(0), b.size(1)})
+                                      : Tensor::Empty({a.size(0), b.size(1)}, out_dtype, a.device(), *out);
+  std::vector<Tensor> in = {a.Contiguous(), b.Contiguous()};
+  if (bias.defined()) in.push_back(bias.Contiguous());
+  Dispatch(Op::kQuantizedMatmul, in, {&y, 1});
+  return y;
+}
+
 // ---- joining and indexing ---------------------------------------------------------
 
 Tensor Concat(const std::vector<Tensor>& tensors, int64_t dim) {

@@ -26,6 +26,7 @@ class CpuBackend : public Backend {
     SetKernel(Op::kConv2d, &OneDnnConv2d);
     SetKernel(Op::kConv2dBackwardInput, &OneDnnConv2dBackwardInput);
     SetKernel(Op::kConv2dBackwardWeight, &OneDnnConv2dBackwardWeight);
+    SetKernel(Op::kQuantizedMatmul, &OneDnnQuantizedMatmul);
   }
 
   void* Allocate(size_t bytes, int) override {

@@ -3,8 +3,10 @@
 // quanta::Error naming the op, file and line.
 #include "backends/cpu/onednn.h"
 
+#include <algorithm>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 
 #include "absl/strings/str_cat.h"
@@ -291,6 +293,69 @@ void OneDnnConv2dBackwardWeight(const KernelCall& c) {
                 Execute(entry->prim, {{DNNL_ARG_DIFF_DST, p.YPlain(), entry->want[0], gy.raw_data(), true},
                                       {DNNL_ARG_SRC, p.XPlain(), entry->want[1], x.raw_data(), true},
                                       {DNNL_ARG_DIFF_WEIGHTS, p.WPlain(), entry->want[2], gw.raw_data(), false}}));
+}
+
+// a (M, K) u8/s8, b (K, N) s8 with zero points 0 (symmetric weights), optional
+// f32 bias (N) -> y (M, N) f32 or u8/s8. oneDNN scales the i32 accumulator once:
+// dst = output_scale[n] * (acc + bias'[n]) (+ dst zero point), so the bias goes
+// in as bias[n] / (sa sb[n]) and output_scale[n] = sa sb[n] / so.
+void OneDnnQuantizedMatmul(const KernelCall& c) {
+  const Tensor &a = c.in[0], &b = c.in[1], &y = c.out[0];
+  const Tensor* bias = c.in.size() > 2 ? &c.in[2] : nullptr;
+  const QuantParams &pa = a.qparams(), &pb = b.qparams();
+  bool quantized_out = y.is_quantized();
+  bool supported = std::all_of(pb.zero_points.begin(), pb.zero_points.end(), [](int64_t z) { return z == 0; }) &&
+                   pa.quant_min == 0 && pa.quant_max == 0 && pb.quant_min == 0 && pb.quant_max == 0 &&
+                   (!quantized_out || (y.qparams().quant_min == 0 && y.qparams().quant_max == 0)) && y.numel() > 0;
+  if (!supported) return ReferenceKernel(c.op)(c);
+  int64_t M = a.size(0), K = a.size(1), N = b.size(1);
+  bool per_channel = pb.scheme == QScheme::kPerChannel;
+  double so = quantized_out ? y.qparams().scales[0] : 1.0;
+  std::vector<float> scales(per_channel ? N : 1), bias_adjusted(bias ? N : 0);
+  for (size_t i = 0; i < scales.size(); ++i) scales[i] = static_cast<float>(pa.scales[0] * pb.scales[i] / so);
+  for (int64_t n = 0; n < static_cast<int64_t>(bias_adjusted.size()); ++n) {
+    bias_adjusted[n] = static_cast<float>(bias->data<float>()[n] / (pa.scales[0] * pb.scales[per_channel ? n : 0]));
+  }
+  int32_t za = static_cast<int32_t>(pa.zero_points[0]);
+  int32_t zo = quantized_out ? static_cast<int32_t>(y.qparams().zero_points[0]) : 0;
+  memory::data_type src_dt = a.dtype() == DType::kQUInt8 ? memory::data_type::u8 : memory::data_type::s8;
+  memory::data_type dst_dt = !quantized_out ? memory::data_type::f32
+                             : y.dtype() == DType::kQUInt8 ? memory::data_type::u8 : memory::data_type::s8;
+  std::string key = absl::StrCat("qmatmul|", GetNumThreads(), "|", static_cast<int>(src_dt), "|", static_cast<int>(dst_dt),
+                                 "|", M, ",", K, ",", N, "|", bias != nullptr, "|", za, "|", zo, "|", scales.size(), "|",
+                                 std::hash<std::string_view>{}(std::string_view(reinterpret_cast<const char*>(scales.data()),
+                                                                                scales.size() * sizeof(float))));
+  memory::desc a_md({M, K}, src_dt, memory::format_tag::ab), b_md({K, N}, memory::data_type::s8, memory::format_tag::ab),
+      y_md({M, N}, dst_dt, memory::format_tag::ab), bias_md({1, N}, memory::data_type::f32, memory::format_tag::ab);
+  dnnl::matmul prim;
+  Cache& cache = GetCache();
+  {
+    std::lock_guard<std::mutex> lock(cache.mu);
+    auto it = cache.matmuls.find(key);
+    if (it != cache.matmuls.end()) {
+      prim = it->second;
+    } else {
+      QUANTA_ONEDNN("quantized_matmul", Implemented([&] {
+        dnnl::primitive_attr attr;
+        attr.set_output_scales(per_channel ? 1 << 1 : 0, scales);
+        if (za != 0) attr.set_zero_points(DNNL_ARG_SRC, 0, {za});
+        if (zo != 0) attr.set_zero_points(DNNL_ARG_DST, 0, {zo});
+        dnnl::matmul::desc desc = bias ? dnnl::matmul::desc(a_md, b_md, bias_md, y_md) : dnnl::matmul::desc(a_md, b_md, y_md);
+        prim = dnnl::matmul(dnnl::matmul::primitive_desc(desc, attr, Engine()));
+      }));
+      cache.matmuls.emplace(key, prim);
+    }
+  }
+  if (!prim) return ReferenceKernel(c.op)(c);
+  QUANTA_ONEDNN("quantized_matmul", {
+    dnnl::stream stream(Engine());
+    std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, memory(a_md, Engine(), a.raw_data())},
+                                            {DNNL_ARG_WEIGHTS, memory(b_md, Engine(), b.raw_data())},
+                                            {DNNL_ARG_DST, memory(y_md, Engine(), y.raw_data())}};
+    if (bias) args.emplace(DNNL_ARG_BIAS, memory(bias_md, Engine(), bias_adjusted.data()));
+    prim.execute(stream, args);
+    stream.wait();
+  });
 }
 
 void OneDnnSetNumThreads(int n) { omp_set_num_threads(n); }

@@ -665,6 +665,45 @@ void FakeQuantizeBackwardKernel(const KernelCall& c) {
   });
 }
 
+// a (M, K), b (K, N) quantized, optional f32 bias (N) -> y (M, N) f32 or quantized.
+void QuantizedMatmulKernel(const KernelCall& c) {
+  const Tensor &a = c.in[0], &b = c.in[1], &y = c.out[0];
+  const Tensor* bias = c.in.size() > 2 ? &c.in[2] : nullptr;
+  int64_t M = a.size(0), K = a.size(1), N = b.size(1);
+  const QuantParams &pa = a.qparams(), &pb = b.qparams();
+  std::vector<int32_t> av = a.IntRepr(), bv = b.IntRepr();
+  const float* bp = bias ? bias->data<float>() : nullptr;
+  std::vector<double> real(M * N);
+  ParallelFor(0, M, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      for (int64_t n = 0; n < N; ++n) {
+        size_t ch = pb.scheme == QScheme::kPerChannel ? n : 0;
+        int64_t acc = 0;
+        for (int64_t k = 0; k < K; ++k) {
+          acc += (int64_t{av[m * K + k]} - pa.zero_points[0]) * (int64_t{bv[k * N + n]} - pb.zero_points[ch]);
+        }
+        real[m * N + n] = pa.scales[0] * pb.scales[ch] * static_cast<double>(acc) + (bp ? bp[n] : 0.0);
+      }
+    }
+  });
+  if (y.dtype() == DType::kF32) {
+    float* yp = y.data<float>();
+    for (int64_t i = 0; i < M * N; ++i) yp[i] = static_cast<float>(real[i]);
+    return;
+  }
+  const QuantParams& po = y.qparams();
+  auto [qmin, qmax] = QuantRange(y.dtype(), po);
+  for (int64_t i = 0; i < M * N; ++i) {
+    double q = QuantizeValue<double>(real[i], po.scales[0], static_cast<double>(po.zero_points[0]),
+                                     static_cast<double>(qmin), static_cast<double>(qmax));
+    if (y.dtype() == DType::kQInt8) {
+      y.data<int8_t>()[i] = static_cast<int8_t>(q);
+    } else {
+      y.data<uint8_t>()[i] = static_cast<uint8_t>(q);
+    }
+  }
+}
+
 struct Table {
   std::array<Kernel, kNumOps> kernels{};
   Table() {
@@ -695,6 +734,7 @@ struct Table {
     Set(Op::kDequantize, &DequantizeKernel);
     Set(Op::kFakeQuantize, &FakeQuantizeKernel);
     Set(Op::kFakeQuantizeBackward, &FakeQuantizeBackwardKernel);
+    Set(Op::kQuantizedMatmul, &QuantizedMatmulKernel);
     Set(Op::kUniform, &UniformKernel);
     Set(Op::kNormal, &NormalKernel);
     Set(Op::kBernoulli, &BernoulliKernel);
@@ -706,7 +746,7 @@ struct Table {
   void Set(Op op, Kernel k) { kernels[static_cast<int>(op)] = k; }
 };
 // Adding an op to core/ops.def: give it a reference kernel above, then bump this.
-static_assert(kNumOps == 54, "a new op needs its reference kernel in this table");
+static_assert(kNumOps == 55, "a new op needs its reference kernel in this table");
 
 }  // namespace
 

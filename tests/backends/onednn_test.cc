@@ -97,6 +97,49 @@ TEST(OneDnn, Conv2dMatchesReference) {
   }
 }
 
+// oneDNN's int8 matmul (u8/s8 x s8 with VNNI) against the reference integer
+// kernel: f32 outputs agree to f32 rounding; requantized outputs may differ by one
+// level where the two round an exact tie differently (f32 vs f64 arithmetic).
+TEST(OneDnn, QuantizedMatmulMatchesReference) {
+  Generator gen(5);
+  for (DType src : {DType::kQUInt8, DType::kQInt8}) {
+    for (bool per_channel : {false, true}) {
+      for (bool with_bias : {false, true}) {
+        int64_t M = 33, K = 70, N = 19;
+        Tensor af = Uniform({M, K}, -1, 3, &gen);
+        QuantParams pa = src == DType::kQUInt8 ? QuantParams::PerTensor(4.0 / 255, 64) : QuantParams::PerTensor(4.0 / 255, -30);
+        Tensor a = Quantize(af, src, pa);
+        Tensor bf = Normal({K, N}, 0, 0.2, &gen);
+        std::vector<double> scales(N);
+        for (int64_t n = 0; n < N; ++n) scales[n] = 0.004 + 0.001 * n;
+        QuantParams pb = per_channel ? QuantParams::PerChannel(scales, std::vector<int64_t>(N, 0), 1)
+                                     : QuantParams::PerTensor(0.005, 0);
+        Tensor b = Quantize(bf, DType::kQInt8, pb);
+        Tensor bias = with_bias ? Normal({N}, 0, 1, &gen) : Tensor();
+        Tensor fast = QuantizedMatmul(a, b, bias);
+        Tensor ref;
+        {
+          cpu::ReferenceModeGuard guard;
+          ref = QuantizedMatmul(a, b, bias);
+        }
+        EXPECT_LE(NormalizedMse(fast, ref), 1e-12) << Name(src) << " per_channel " << per_channel;
+        QuantParams po = QuantParams::PerTensor(0.05, 3);
+        std::vector<int32_t> fq = QuantizedMatmul(a, b, bias, DType::kQInt8, &po).IntRepr(), rq;
+        {
+          cpu::ReferenceModeGuard guard;
+          rq = QuantizedMatmul(a, b, bias, DType::kQInt8, &po).IntRepr();
+        }
+        int differ = 0;
+        for (size_t i = 0; i < fq.size(); ++i) {
+          EXPECT_LE(std::abs(fq[i] - rq[i]), 1) << i;
+          differ += fq[i] != rq[i];
+        }
+        EXPECT_LE(differ, static_cast<int>(fq.size() / 100)) << Name(src) << " per_channel " << per_channel;
+      }
+    }
+  }
+}
+
 TEST(OneDnn, PrimitivesAreCachedPerShape) {
   Tensor a = Ones({7, 5}), b = Ones({5, 3});
   Matmul(a, b);

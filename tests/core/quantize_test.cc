@@ -111,6 +111,21 @@ TEST(FakeQuantize, PerChannelScaleGradientsSumPerChannel) {
   EXPECT_NEAR(gs[1], -0.4, 1e-6);
 }
 
+TEST(QuantizedMatmul, HandValues) {
+  // a = 0.5 * ([130 126 128; 132 128 124] - 128) = [1 -1 0; 2 0 -2]
+  Tensor a = Tensor::FromQuantized({130, 126, 128, 132, 128, 124}, {2, 3}, DType::kQUInt8, QuantParams::PerTensor(0.5, 128));
+  // b columns: scale 0.25 and 1: b = [0.25*4 1*1; 0.25*-8 1*2; 0.25*0 1*3] = [1 1; -2 2; 0 3]
+  Tensor b = Tensor::FromQuantized({4, 1, -8, 2, 0, 3}, {3, 2}, DType::kQInt8,
+                                   QuantParams::PerChannel({0.25, 1.0}, {0, 0}, /*axis=*/1));
+  Tensor bias = F({0.5f, -1}, {2});
+  // a @ b = [1*1 + -1*-2, 1*1 + -1*2; 2*1 + -2*0, 2*1 + -2*3] = [3 -1; 2 -4]; + bias.
+  EXPECT_EQ(QuantizedMatmul(a, b, bias).ToVector<float>(), (std::vector<float>{3.5f, -2, 2.5f, -5}));
+  QuantParams out = QuantParams::PerTensor(0.5, 10);
+  Tensor q = QuantizedMatmul(a, b, bias, DType::kQInt8, &out);
+  EXPECT_EQ(q.IntRepr(), (std::vector<int32_t>{17, 6, 15, 0}));  // real / 0.5 + 10; 2.5 / 0.5 = 5 exactly
+  EXPECT_EQ(Dequantize(q).ToVector<float>(), (std::vector<float>{3.5f, -2, 2.5f, -5}));
+}
+
 // The fused backward pass against the same formulas written with ops.
 TEST(FakeQuantize, FusedBackwardEqualsTheComposition) {
   Generator gen(3);
