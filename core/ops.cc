@@ -580,8 +580,29 @@ std::array<Tensor, 3> FakeQuantizeBackward(const Tensor& grad, const Tensor& x, 
   return out;
 }
 
-Tensor QuantizedMatmul(const Tensor& a, const Tensor& b, const Tensor& bias, DType out_dtype, const QuantParams* out) {
-  CheckDefined("quantized_matmul", {&a, &b});
+namespace {
+// Re-stores q's integer values in another quantized container (same parameters).
+Tensor Restore(const char* op, const Tensor& q, DType from, DType to) {
+  QUANTA_CHECK(q.defined() && q.dtype() == from, op, ": expected a ", Name(from), " tensor, got ", q.Describe());
+  QuantParams p = q.qparams();
+  const DTypeInfo& info = Info(to);
+  // The 4-bit range travels with the values: qint8 holding qint4 values says so,
+  // and a full qint4 range is the default again once packed.
+  if (p.quant_min == 0 && p.quant_max == 0 && to == DType::kQInt8) p = p.WithRange(Info(from).qmin, Info(from).qmax);
+  if (to == DType::kQInt4 && p.quant_min == info.qmin && p.quant_max == info.qmax) p = p.WithRange(0, 0);
+  for (int32_t v : q.IntRepr()) {
+    QUANTA_CHECK(v >= info.qmin && v <= info.qmax, op, ": value ", v, " does not fit ", info.name);
+  }
+  return Tensor::FromQuantized(q.IntRepr(), q.shape(), to, p, q.device());
+}
+}  // namespace
+
+Tensor UnpackQInt4(const Tensor& q) { return Restore("unpack_qint4", q, DType::kQInt4, DType::kQInt8); }
+Tensor PackQInt4(const Tensor& q) { return Restore("pack_qint4", q, DType::kQInt8, DType::kQInt4); }
+
+Tensor QuantizedMatmul(const Tensor& a, const Tensor& b_in, const Tensor& bias, DType out_dtype, const QuantParams* out) {
+  CheckDefined("quantized_matmul", {&a, &b_in});
+  Tensor b = b_in.dtype() == DType::kQInt4 ? UnpackQInt4(b_in) : b_in;
   std::string args = a.Describe() + ", " + b.Describe() + (bias.defined() ? ", " + bias.Describe() : "");
   QUANTA_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(0), "quantized_matmul: needs (M, K) @ (K, N) (", args, ")");
   QUANTA_CHECK((a.dtype() == DType::kQUInt8 || a.dtype() == DType::kQInt8) && b.dtype() == DType::kQInt8,

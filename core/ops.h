@@ -148,8 +148,13 @@ Tensor FakeQuantize(const Tensor& x, const Tensor& scale, const Tensor& zero_poi
 std::array<Tensor, 3> FakeQuantizeBackward(const Tensor& grad, const Tensor& x, const Tensor& scale,
                                            const Tensor& zero_point, const OpAttrs& attrs);
 
+// qint4 values (two a byte) as qint8 with the same parameters, and back: exact.
+Tensor UnpackQInt4(const Tensor& q);
+Tensor PackQInt4(const Tensor& q);
+
 // Integer matmul for converted models: a (M, K) quint8/qint8 per tensor, b (K, N)
-// qint8 per tensor or per channel along dim 1; bias f32 (N) or undefined.
+// qint8 or qint4 (unpacked to int8 on the way in) per tensor or per channel
+// along dim 1; bias f32 (N) or undefined.
 // acc = sum_k (a - za)(b - zb) in i32; real = sa * sb[n] * acc + bias[n]; the
 // result is real in f32, or Quantize(real, out_dtype, *out_params).
 Tensor QuantizedMatmul(const Tensor& a, const Tensor& b, const Tensor& bias = Tensor(), DType out_dtype = DType::kF32,

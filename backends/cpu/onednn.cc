@@ -304,8 +304,9 @@ void OneDnnQuantizedMatmul(const KernelCall& c) {
   const Tensor* bias = c.in.size() > 2 ? &c.in[2] : nullptr;
   const QuantParams &pa = a.qparams(), &pb = b.qparams();
   bool quantized_out = y.is_quantized();
+  // Input ranges do not change the arithmetic; a narrowed output range would need
+  // a clamp oneDNN does not do.
   bool supported = std::all_of(pb.zero_points.begin(), pb.zero_points.end(), [](int64_t z) { return z == 0; }) &&
-                   pa.quant_min == 0 && pa.quant_max == 0 && pb.quant_min == 0 && pb.quant_max == 0 &&
                    (!quantized_out || (y.qparams().quant_min == 0 && y.qparams().quant_max == 0)) && y.numel() > 0;
   if (!supported) return ReferenceKernel(c.op)(c);
   int64_t M = a.size(0), K = a.size(1), N = b.size(1);

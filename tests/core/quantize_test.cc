@@ -126,6 +126,25 @@ TEST(QuantizedMatmul, HandValues) {
   EXPECT_EQ(Dequantize(q).ToVector<float>(), (std::vector<float>{3.5f, -2, 2.5f, -5}));
 }
 
+TEST(QuantizedMatmul, Int4WeightsPackUnpackExactly) {
+  Generator gen(4);
+  Tensor w = Normal({16, 6}, 0, 1, &gen);
+  QuantParams p = QuantParams::PerChannel({0.3, 0.2, 0.25, 0.4, 0.5, 0.1}, std::vector<int64_t>(6, 0), 1);
+  Tensor w4 = Quantize(w, DType::kQInt4, p);
+  EXPECT_EQ(w4.storage()->bytes(), 48u);  // 96 values, two a byte
+  Tensor w8 = UnpackQInt4(w4);
+  EXPECT_EQ(w8.dtype(), DType::kQInt8);
+  EXPECT_EQ(w8.IntRepr(), w4.IntRepr());
+  EXPECT_EQ(w8.qparams().quant_min, -8);
+  Tensor back = PackQInt4(w8);
+  EXPECT_EQ(back.IntRepr(), w4.IntRepr());
+  EXPECT_EQ(back.qparams(), w4.qparams());
+  EXPECT_THROW(PackQInt4(Quantize(Full({1}, 100.0), DType::kQInt8, QuantParams::PerTensor(1, 0))), Error);
+  // A matmul with packed int4 weights equals the one with the same values in int8.
+  Tensor a = Quantize(Uniform({5, 16}, 0, 1, &gen), DType::kQUInt8, QuantParams::PerTensor(1.0 / 255, 0));
+  EXPECT_EQ(QuantizedMatmul(a, w4).ToVector<float>(), QuantizedMatmul(a, w8).ToVector<float>());
+}
+
 // The fused backward pass against the same formulas written with ops.
 TEST(FakeQuantize, FusedBackwardEqualsTheComposition) {
   Generator gen(3);
