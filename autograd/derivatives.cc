@@ -218,6 +218,7 @@ struct RuleTable {
     Set(Op::kFakeQuantize, &FakeQuantizeBackwardRule);
     NotDifferentiable(Op::kFakeQuantizeBackward);
     NotDifferentiable(Op::kQuantizedMatmul);  // inference only
+    NotDifferentiable(Op::kQuantizedConv2d);
     NotDifferentiable(Op::kUniform);
     NotDifferentiable(Op::kNormal);
     NotDifferentiable(Op::kBernoulli);
@@ -234,7 +235,7 @@ struct RuleTable {
   }
 };
 // A new op in core/ops.def needs an entry above (rule or NotDifferentiable).
-static_assert(kNumOps == 55, "give the new op its backward rule, then update this count");
+static_assert(kNumOps == 56, "give the new op its backward rule, then update this count");
 
 const RuleTable& Rules() {
   static const RuleTable* table = new RuleTable();

@@ -623,6 +623,42 @@ Tensor QuantizedMatmul(const Tensor& a, const Tensor& b_in, const Tensor& bias, 
   return y;
 }
 
+Tensor QuantizedConv2d(const Tensor& x, const Tensor& w_in, const Tensor& bias, const Conv2dOptions& o, DType out_dtype,
+                       const QuantParams* out) {
+  CheckDefined("quantized_conv2d", {&x, &w_in});
+  Tensor w = w_in.dtype() == DType::kQInt4 ? UnpackQInt4(w_in) : w_in;
+  std::string args = x.Describe() + ", " + w.Describe() + (bias.defined() ? ", " + bias.Describe() : "");
+  QUANTA_CHECK(x.dim() == 4 && w.dim() == 4 && (x.dtype() == DType::kQUInt8 || x.dtype() == DType::kQInt8) &&
+                   w.dtype() == DType::kQInt8,
+               "quantized_conv2d: needs quint8/qint8 (N, C, H, W) input and qint8/qint4 (O, C/G, KH, KW) weights (", args, ")");
+  QUANTA_CHECK(x.qparams().scheme == QScheme::kPerTensor &&
+                   (w.qparams().scheme == QScheme::kPerTensor || w.qparams().axis == 0),
+               "quantized_conv2d: input per tensor, weights per tensor or per output channel (", args, ")");
+  for (int64_t z : w.qparams().zero_points) {
+    QUANTA_CHECK(z == 0, "quantized_conv2d: weights must be symmetric (zero points 0) (", args, ")");
+  }
+  QUANTA_CHECK(o.groups >= 1 && w.size(1) * o.groups == x.size(1) && w.size(0) % o.groups == 0,
+               "quantized_conv2d: channels do not match groups=", o.groups, " (", args, ")");
+  QUANTA_CHECK(!bias.defined() || (bias.dtype() == DType::kF32 && bias.dim() == 1 && bias.size(0) == w.size(0)),
+               "quantized_conv2d: bias must be f32 (O) (", args, ")");
+  QUANTA_CHECK(out_dtype == DType::kF32 || ((out_dtype == DType::kQUInt8 || out_dtype == DType::kQInt8) && out &&
+                                            out->scheme == QScheme::kPerTensor),
+               "quantized_conv2d: output is f32, or quint8/qint8 with per-tensor parameters (", args, ")");
+  int64_t out_hw[2];
+  for (int i = 0; i < 2; ++i) {
+    int64_t span = o.dilation[i] * (w.size(2 + i) - 1) + 1;
+    QUANTA_CHECK(o.stride[i] >= 1 && o.dilation[i] >= 1 && o.padding[i] >= 0 && x.size(2 + i) + 2 * o.padding[i] >= span,
+                 "quantized_conv2d: bad stride, dilation or padding (", args, ")");
+    out_hw[i] = (x.size(2 + i) + 2 * o.padding[i] - span) / o.stride[i] + 1;
+  }
+  Shape shape = {x.size(0), w.size(0), out_hw[0], out_hw[1]};
+  Tensor y = out_dtype == DType::kF32 ? Tensor::Empty(shape) : Tensor::Empty(shape, out_dtype, x.device(), *out);
+  std::vector<Tensor> in = {x.Contiguous(), w.Contiguous()};
+  if (bias.defined()) in.push_back(bias.Contiguous());
+  Dispatch(Op::kQuantizedConv2d, in, {&y, 1}, ConvAttrs(o));
+  return y;
+}
+
 // ---- joining and indexing ---------------------------------------------------------
 
 Tensor Concat(const std::vector<Tensor>& tensors, int64_t dim) {

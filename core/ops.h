@@ -160,6 +160,13 @@ Tensor PackQInt4(const Tensor& q);
 Tensor QuantizedMatmul(const Tensor& a, const Tensor& b, const Tensor& bias = Tensor(), DType out_dtype = DType::kF32,
                        const QuantParams* out_params = nullptr);
 
+// Integer convolution: x (N, C, H, W) quint8/qint8 per tensor, w (O, C/G, KH, KW)
+// qint8/qint4 per tensor or per output channel (axis 0) with zero points 0, bias
+// f32 (O) or undefined; padding holds x's zero point (a real 0). Output as
+// QuantizedMatmul: f32, or requantized with per-tensor out_params.
+Tensor QuantizedConv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dOptions& options,
+                       DType out_dtype = DType::kF32, const QuantParams* out_params = nullptr);
+
 // ---- joining and indexing -----------------------------------------------------
 Tensor Concat(const std::vector<Tensor>& tensors, int64_t dim);
 Tensor Stack(const std::vector<Tensor>& tensors, int64_t dim);

@@ -704,6 +704,62 @@ void QuantizedMatmulKernel(const KernelCall& c) {
   }
 }
 
+// x (N, C, H, W), w (O, C/G, KH, KW) quantized, optional f32 bias (O) -> y (N, O,
+// OH, OW) f32 or quantized. Padding is x's zero point: it adds nothing.
+void QuantizedConv2dKernel(const KernelCall& c) {
+  const Tensor &x = c.in[0], &w = c.in[1], &y = c.out[0];
+  const Tensor* bias = c.in.size() > 2 ? &c.in[2] : nullptr;
+  const OpAttrs& at = c.attrs;
+  const QuantParams &px = x.qparams(), &pw = w.qparams();
+  int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  int64_t O = w.size(0), CG = w.size(1), KH = w.size(2), KW = w.size(3);
+  int64_t OH = y.size(2), OW = y.size(3), OG = O / at.groups;
+  std::vector<int32_t> xv = x.IntRepr(), wv = w.IntRepr();
+  const float* bp = bias ? bias->data<float>() : nullptr;
+  std::vector<double> real(y.numel());
+  ParallelFor(0, N * O, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t no = begin; no < end; ++no) {
+      int64_t n = no / O, o = no % O, g = o / OG;
+      double scale = px.scales[0] * pw.scales[pw.scheme == QScheme::kPerChannel ? o : 0];
+      for (int64_t oh = 0; oh < OH; ++oh) {
+        for (int64_t ow = 0; ow < OW; ++ow) {
+          int64_t acc = 0;
+          for (int64_t cg = 0; cg < CG; ++cg) {
+            int64_t ch = g * CG + cg;
+            for (int64_t kh = 0; kh < KH; ++kh) {
+              int64_t ih = oh * at.stride[0] - at.padding[0] + kh * at.dilation[0];
+              if (ih < 0 || ih >= H) continue;
+              for (int64_t kw = 0; kw < KW; ++kw) {
+                int64_t iw = ow * at.stride[1] - at.padding[1] + kw * at.dilation[1];
+                if (iw < 0 || iw >= W) continue;
+                acc += (int64_t{xv[((n * C + ch) * H + ih) * W + iw]} - px.zero_points[0]) *
+                       int64_t{wv[((o * CG + cg) * KH + kh) * KW + kw]};
+              }
+            }
+          }
+          real[((n * O + o) * OH + oh) * OW + ow] = scale * static_cast<double>(acc) + (bp ? bp[o] : 0.0);
+        }
+      }
+    }
+  });
+  if (y.dtype() == DType::kF32) {
+    float* yp = y.data<float>();
+    for (int64_t i = 0; i < y.numel(); ++i) yp[i] = static_cast<float>(real[i]);
+    return;
+  }
+  const QuantParams& po = y.qparams();
+  auto [qmin, qmax] = QuantRange(y.dtype(), po);
+  for (int64_t i = 0; i < y.numel(); ++i) {
+    double q = QuantizeValue<double>(real[i], po.scales[0], static_cast<double>(po.zero_points[0]),
+                                     static_cast<double>(qmin), static_cast<double>(qmax));
+    if (y.dtype() == DType::kQInt8) {
+      y.data<int8_t>()[i] = static_cast<int8_t>(q);
+    } else {
+      y.data<uint8_t>()[i] = static_cast<uint8_t>(q);
+    }
+  }
+}
+
 struct Table {
   std::array<Kernel, kNumOps> kernels{};
   Table() {
@@ -735,6 +791,7 @@ struct Table {
     Set(Op::kFakeQuantize, &FakeQuantizeKernel);
     Set(Op::kFakeQuantizeBackward, &FakeQuantizeBackwardKernel);
     Set(Op::kQuantizedMatmul, &QuantizedMatmulKernel);
+    Set(Op::kQuantizedConv2d, &QuantizedConv2dKernel);
     Set(Op::kUniform, &UniformKernel);
     Set(Op::kNormal, &NormalKernel);
     Set(Op::kBernoulli, &BernoulliKernel);
@@ -746,7 +803,7 @@ struct Table {
   void Set(Op op, Kernel k) { kernels[static_cast<int>(op)] = k; }
 };
 // Adding an op to core/ops.def: give it a reference kernel above, then bump this.
-static_assert(kNumOps == 55, "a new op needs its reference kernel in this table");
+static_assert(kNumOps == 56, "a new op needs its reference kernel in this table");
 
 }  // namespace
 

@@ -145,6 +145,35 @@ TEST(QuantizedMatmul, Int4WeightsPackUnpackExactly) {
   EXPECT_EQ(QuantizedMatmul(a, w4).ToVector<float>(), QuantizedMatmul(a, w8).ToVector<float>());
 }
 
+TEST(QuantizedConv2d, EqualsTheFloatConvolutionOfTheDequantizedOperands) {
+  Generator gen(9);
+  Conv2dOptions o;
+  o.stride[0] = 2;
+  o.padding[0] = o.padding[1] = 1;
+  o.groups = 2;
+  Tensor x = Quantize(Uniform({2, 4, 7, 6}, -1, 2, &gen), DType::kQUInt8, QuantParams::PerTensor(3.0 / 255, 85));
+  std::vector<double> scales = {0.01, 0.02, 0.015, 0.03, 0.005, 0.02};
+  Tensor w = Quantize(Normal({6, 2, 3, 3}, 0, 0.5, &gen), DType::kQInt8,
+                      QuantParams::PerChannel(scales, std::vector<int64_t>(6, 0), 0));
+  Tensor bias = Normal({6}, 0, 1, &gen);
+  Tensor want = Conv2d(Dequantize(x, DType::kF64), Dequantize(w, DType::kF64), bias.To(DType::kF64), o);
+  std::vector<double> got = QuantizedConv2d(x, w, bias, o).ToVector<double>(), ref = want.ToVector<double>();
+  ASSERT_EQ(got.size(), ref.size());
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], ref[i], 1e-5 * (1 + std::abs(ref[i]))) << i;
+  // Requantized output: Quantize of the exact result (ties aside).
+  QuantParams po = QuantParams::PerTensor(0.02, -5);
+  std::vector<int32_t> q = QuantizedConv2d(x, w, bias, o, DType::kQInt8, &po).IntRepr();
+  std::vector<int32_t> qref = Quantize(want, DType::kQInt8, po).IntRepr();
+  int differ = 0;
+  for (size_t i = 0; i < q.size(); ++i) differ += q[i] != qref[i];
+  EXPECT_LE(differ, 1);
+  // Packed int4 weights give the same result as their int8 unpacking.
+  Tensor w4 = Quantize(Normal({6, 2, 3, 3}, 0, 0.5, &gen), DType::kQInt4,
+                       QuantParams::PerChannel({0.1, 0.1, 0.2, 0.2, 0.3, 0.3}, std::vector<int64_t>(6, 0), 0));
+  EXPECT_EQ(QuantizedConv2d(x, w4, Tensor(), o).ToVector<float>(),
+            QuantizedConv2d(x, UnpackQInt4(w4), Tensor(), o).ToVector<float>());
+}
+
 // The fused backward pass against the same formulas written with ops.
 TEST(FakeQuantize, FusedBackwardEqualsTheComposition) {
   Generator gen(3);
