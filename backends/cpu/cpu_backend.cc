@@ -27,6 +27,7 @@ class CpuBackend : public Backend {
     SetKernel(Op::kConv2dBackwardInput, &OneDnnConv2dBackwardInput);
     SetKernel(Op::kConv2dBackwardWeight, &OneDnnConv2dBackwardWeight);
     SetKernel(Op::kQuantizedMatmul, &OneDnnQuantizedMatmul);
+    SetKernel(Op::kQuantizedConv2d, &OneDnnQuantizedConv2d);
   }
 
   void* Allocate(size_t bytes, int) override {

@@ -295,6 +295,70 @@ void OneDnnConv2dBackwardWeight(const KernelCall& c) {
                                       {DNNL_ARG_DIFF_WEIGHTS, p.WPlain(), entry->want[2], gw.raw_data(), false}}));
 }
 
+// x (N, C, H, W) u8/s8, w (O, C/G, KH, KW) s8 (symmetric), optional f32 bias (O)
+// -> y f32 or u8/s8; scales and bias as in OneDnnQuantizedMatmul, zero points of
+// the input and output passed at execution (oneDNN 2.6 takes them at run time).
+void OneDnnQuantizedConv2d(const KernelCall& c) {
+  const Tensor &x = c.in[0], &w = c.in[1], &y = c.out[0];
+  const Tensor* bias = c.in.size() > 2 ? &c.in[2] : nullptr;
+  const QuantParams &px = x.qparams(), &pw = w.qparams();
+  bool quantized_out = y.is_quantized();
+  if ((quantized_out && (y.qparams().quant_min != 0 || y.qparams().quant_max != 0)) || y.numel() == 0) {
+    return ReferenceKernel(c.op)(c);
+  }
+  int64_t O = w.size(0);
+  bool per_channel = pw.scheme == QScheme::kPerChannel;
+  double so = quantized_out ? y.qparams().scales[0] : 1.0;
+  std::vector<float> scales(per_channel ? O : 1), bias_adjusted(bias ? O : 0);
+  for (size_t i = 0; i < scales.size(); ++i) scales[i] = static_cast<float>(px.scales[0] * pw.scales[i] / so);
+  for (int64_t o = 0; o < static_cast<int64_t>(bias_adjusted.size()); ++o) {
+    bias_adjusted[o] = static_cast<float>(bias->data<float>()[o] / (px.scales[0] * pw.scales[per_channel ? o : 0]));
+  }
+  int32_t zx = static_cast<int32_t>(px.zero_points[0]);
+  int32_t zo = quantized_out ? static_cast<int32_t>(y.qparams().zero_points[0]) : 0;
+  memory::data_type src_dt = x.dtype() == DType::kQUInt8 ? memory::data_type::u8 : memory::data_type::s8;
+  memory::data_type dst_dt = !quantized_out ? memory::data_type::f32
+                             : y.dtype() == DType::kQUInt8 ? memory::data_type::u8 : memory::data_type::s8;
+  const OpAttrs& at = c.attrs;
+  int64_t G = at.groups;
+  Dims x_dims(x.shape()), y_dims(y.shape());
+  Dims w_dims = G == 1 ? Dims(w.shape()) : Dims{G, O / G, w.size(1), w.size(2), w.size(3)};
+  Dims strides = {at.stride[0], at.stride[1]}, dilates = {at.dilation[0] - 1, at.dilation[1] - 1},
+       padding = {at.padding[0], at.padding[1]};
+  memory::desc x_plain(x_dims, src_dt, memory::format_tag::nchw);
+  memory::desc w_plain(w_dims, memory::data_type::s8, G == 1 ? memory::format_tag::oihw : memory::format_tag::goihw);
+  memory::desc y_plain(y_dims, dst_dt, memory::format_tag::nchw);
+  memory::desc b_md = bias ? memory::desc({O}, memory::data_type::f32, memory::format_tag::x) : memory::desc();
+  memory::desc zp_md({1}, memory::data_type::s32, memory::format_tag::x);
+  std::string key = absl::StrCat("qconv|", GetNumThreads(), "|", static_cast<int>(src_dt), "|", static_cast<int>(dst_dt), "|",
+                                 absl::StrJoin(x_dims, ","), "|", absl::StrJoin(w_dims, ","), "|", bias != nullptr, "|",
+                                 absl::StrJoin(strides, ","), "|", absl::StrJoin(dilates, ","), "|",
+                                 absl::StrJoin(padding, ","), "|", zx != 0, "|", zo != 0, "|", scales.size(), "|",
+                                 std::hash<std::string_view>{}(std::string_view(
+                                     reinterpret_cast<const char*>(scales.data()), scales.size() * sizeof(float))));
+  auto entry = ConvPrimitive("quantized_conv2d", key, [&] {
+    dnnl::primitive_attr attr;
+    attr.set_output_scales(per_channel ? 1 << 1 : 0, scales);
+    if (zx != 0) attr.set_zero_points(DNNL_ARG_SRC, 0, {DNNL_RUNTIME_S32_VAL});
+    if (zo != 0) attr.set_zero_points(DNNL_ARG_DST, 0, {DNNL_RUNTIME_S32_VAL});
+    dnnl::convolution_forward::desc desc(
+        dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+        memory::desc(x_dims, src_dt, memory::format_tag::any), memory::desc(w_dims, memory::data_type::s8, memory::format_tag::any),
+        b_md, memory::desc(y_dims, dst_dt, memory::format_tag::any), strides, dilates, padding, padding);
+    auto pd = dnnl::convolution_forward::primitive_desc(desc, attr, Engine());
+    return std::make_shared<CachedConv>(
+        CachedConv{dnnl::convolution_forward(pd), {pd.src_desc(), pd.weights_desc(), pd.dst_desc()}});
+  });
+  if (!entry) return ReferenceKernel(c.op)(c);
+  std::vector<Arg> args = {{DNNL_ARG_SRC, x_plain, entry->want[0], x.raw_data(), true},
+                           {DNNL_ARG_WEIGHTS, w_plain, entry->want[1], w.raw_data(), true},
+                           {DNNL_ARG_DST, y_plain, entry->want[2], y.raw_data(), false}};
+  if (bias) args.push_back({DNNL_ARG_BIAS, b_md, b_md, bias_adjusted.data(), true});
+  if (zx != 0) args.push_back({DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_SRC, zp_md, zp_md, &zx, true});
+  if (zo != 0) args.push_back({DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_DST, zp_md, zp_md, &zo, true});
+  QUANTA_ONEDNN("quantized_conv2d", Execute(entry->prim, args));
+}
+
 // a (M, K) u8/s8, b (K, N) s8 with zero points 0 (symmetric weights), optional
 // f32 bias (N) -> y (M, N) f32 or u8/s8. oneDNN scales the i32 accumulator once:
 // dst = output_scale[n] * (acc + bias'[n]) (+ dst zero point), so the bias goes

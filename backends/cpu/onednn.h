@@ -16,6 +16,7 @@ void OneDnnConv2d(const KernelCall& c);
 void OneDnnConv2dBackwardInput(const KernelCall& c);
 void OneDnnConv2dBackwardWeight(const KernelCall& c);
 void OneDnnQuantizedMatmul(const KernelCall& c);
+void OneDnnQuantizedConv2d(const KernelCall& c);
 void OneDnnSetNumThreads(int n);
 
 }  // namespace quanta::cpu

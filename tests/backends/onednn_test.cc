@@ -140,6 +140,45 @@ TEST(OneDnn, QuantizedMatmulMatchesReference) {
   }
 }
 
+TEST(OneDnn, QuantizedConv2dMatchesReference) {
+  Generator gen(6);
+  struct Case {
+    Shape x, w;
+    int64_t stride, padding, groups;
+  };
+  for (const Case& k : {Case{{2, 8, 9, 9}, {16, 8, 3, 3}, 1, 1, 1}, Case{{1, 8, 10, 8}, {8, 4, 3, 3}, 2, 1, 2},
+                        Case{{2, 16, 6, 6}, {32, 16, 1, 1}, 1, 0, 1}}) {
+    for (DType src : {DType::kQUInt8, DType::kQInt8}) {
+      Conv2dOptions o;
+      o.stride[0] = o.stride[1] = k.stride;
+      o.padding[0] = o.padding[1] = k.padding;
+      o.groups = k.groups;
+      QuantParams px = src == DType::kQUInt8 ? QuantParams::PerTensor(3.0 / 255, 40) : QuantParams::PerTensor(3.0 / 255, 7);
+      Tensor x = Quantize(Uniform(k.x, -0.5, 2, &gen), src, px);
+      std::vector<double> scales(k.w[0]);
+      for (size_t i = 0; i < scales.size(); ++i) scales[i] = 0.003 + 0.0005 * i;
+      Tensor w = Quantize(Normal(k.w, 0, 0.2, &gen), DType::kQInt8,
+                          QuantParams::PerChannel(scales, std::vector<int64_t>(k.w[0], 0), 0));
+      Tensor bias = Normal({k.w[0]}, 0, 1, &gen);
+      Tensor fast = QuantizedConv2d(x, w, bias, o), ref;
+      QuantParams po = QuantParams::PerTensor(0.03, -4);
+      std::vector<int32_t> fq = QuantizedConv2d(x, w, bias, o, DType::kQInt8, &po).IntRepr(), rq;
+      {
+        cpu::ReferenceModeGuard guard;
+        ref = QuantizedConv2d(x, w, bias, o);
+        rq = QuantizedConv2d(x, w, bias, o, DType::kQInt8, &po).IntRepr();
+      }
+      EXPECT_LE(NormalizedMse(fast, ref), 1e-12) << x.Describe() << " * " << w.Describe();
+      int differ = 0;
+      for (size_t i = 0; i < fq.size(); ++i) {
+        EXPECT_LE(std::abs(fq[i] - rq[i]), 1) << i;
+        differ += fq[i] != rq[i];
+      }
+      EXPECT_LE(differ, static_cast<int>(fq.size() / 100) + 1) << x.Describe();
+    }
+  }
+}
+
 TEST(OneDnn, PrimitivesAreCachedPerShape) {
   Tensor a = Ones({7, 5}), b = Ones({5, 3});
   Matmul(a, b);
