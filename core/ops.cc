@@ -595,6 +595,15 @@ Tensor Restore(const char* op, const Tensor& q, DType from, DType to) {
   }
   return Tensor::FromQuantized(q.IntRepr(), q.shape(), to, p, q.device());
 }
+
+// The output of an integer op: f32, or quint8/qint8 with per-tensor parameters.
+Tensor IntegerOutput(const char* op, const Shape& shape, DType dtype, const QuantParams* params, const Device& device,
+                     const std::string& args) {
+  QUANTA_CHECK(dtype == DType::kF32 || ((dtype == DType::kQUInt8 || dtype == DType::kQInt8) && params &&
+                                        params->scheme == QScheme::kPerTensor),
+               op, ": output is f32, or quint8/qint8 with per-tensor parameters (", args, ")");
+  return dtype == DType::kF32 ? Tensor::Empty(shape, dtype, device) : Tensor::Empty(shape, dtype, device, *params);
+}
 }  // namespace
 
 Tensor UnpackQInt4(const Tensor& q) { return Restore("unpack_qint4", q, DType::kQInt4, DType::kQInt8); }
@@ -612,11 +621,7 @@ Tensor QuantizedMatmul(const Tensor& a, const Tensor& b_in, const Tensor& bias, 
                "quantized_matmul: activations per tensor, weights per tensor or per output column (", args, ")");
   QUANTA_CHECK(!bias.defined() || (bias.dtype() == DType::kF32 && bias.dim() == 1 && bias.size(0) == b.size(1)),
                "quantized_matmul: bias must be f32 (N) (", args, ")");
-  QUANTA_CHECK(out_dtype == DType::kF32 || ((out_dtype == DType::kQUInt8 || out_dtype == DType::kQInt8) && out &&
-                                            out->scheme == QScheme::kPerTensor),
-               "quantized_matmul: output is f32, or quint8/qint8 with per-tensor parameters (", args, ")");
-  Tensor y = out_dtype == DType::kF32 ? Tensor::Empty({a.size(0), b.size(1)})
-                                      : Tensor::Empty({a.size(0), b.size(1)}, out_dtype, a.device(), *out);
+  Tensor y = IntegerOutput("quantized_matmul", {a.size(0), b.size(1)}, out_dtype, out, a.device(), args);
   std::vector<Tensor> in = {a.Contiguous(), b.Contiguous()};
   if (bias.defined()) in.push_back(bias.Contiguous());
   Dispatch(Op::kQuantizedMatmul, in, {&y, 1});
@@ -641,9 +646,7 @@ Tensor QuantizedConv2d(const Tensor& x, const Tensor& w_in, const Tensor& bias, 
                "quantized_conv2d: channels do not match groups=", o.groups, " (", args, ")");
   QUANTA_CHECK(!bias.defined() || (bias.dtype() == DType::kF32 && bias.dim() == 1 && bias.size(0) == w.size(0)),
                "quantized_conv2d: bias must be f32 (O) (", args, ")");
-  QUANTA_CHECK(out_dtype == DType::kF32 || ((out_dtype == DType::kQUInt8 || out_dtype == DType::kQInt8) && out &&
-                                            out->scheme == QScheme::kPerTensor),
-               "quantized_conv2d: output is f32, or quint8/qint8 with per-tensor parameters (", args, ")");
+
   int64_t out_hw[2];
   for (int i = 0; i < 2; ++i) {
     int64_t span = o.dilation[i] * (w.size(2 + i) - 1) + 1;
@@ -652,7 +655,7 @@ Tensor QuantizedConv2d(const Tensor& x, const Tensor& w_in, const Tensor& bias, 
     out_hw[i] = (x.size(2 + i) + 2 * o.padding[i] - span) / o.stride[i] + 1;
   }
   Shape shape = {x.size(0), w.size(0), out_hw[0], out_hw[1]};
-  Tensor y = out_dtype == DType::kF32 ? Tensor::Empty(shape) : Tensor::Empty(shape, out_dtype, x.device(), *out);
+  Tensor y = IntegerOutput("quantized_conv2d", shape, out_dtype, out, x.device(), args);
   std::vector<Tensor> in = {x.Contiguous(), w.Contiguous()};
   if (bias.defined()) in.push_back(bias.Contiguous());
   Dispatch(Op::kQuantizedConv2d, in, {&y, 1}, ConvAttrs(o));

@@ -295,30 +295,55 @@ void OneDnnConv2dBackwardWeight(const KernelCall& c) {
                                       {DNNL_ARG_DIFF_WEIGHTS, p.WPlain(), entry->want[2], gw.raw_data(), false}}));
 }
 
+// What oneDNN's int8 primitives need from Quanta's parameters, for input `in`,
+// symmetric weights `w` with `channels` scales (1 or one per output channel),
+// optional f32 bias and output y: output scales s_in s_w[c] / s_out, the bias
+// as bias[c] / (s_in s_w[c]) (oneDNN adds it to the i32 accumulator before
+// scaling), zero points and data types.
+struct IntegerEpilogue {
+  std::vector<float> scales, bias;
+  int32_t zero_in, zero_out;
+  memory::data_type src_dt, dst_dt;
+
+  IntegerEpilogue(const Tensor& in, const Tensor& w, const Tensor* bias_t, const Tensor& y, int64_t channels) {
+    const QuantParams &pi = in.qparams(), &pw = w.qparams();
+    bool quantized_out = y.is_quantized();
+    double so = quantized_out ? y.qparams().scales[0] : 1.0;
+    scales.resize(channels);
+    for (int64_t c = 0; c < channels; ++c) scales[c] = static_cast<float>(pi.scales[0] * pw.scales[c] / so);
+    if (bias_t) {
+      int64_t n = bias_t->numel();
+      bias.resize(n);
+      for (int64_t c = 0; c < n; ++c) {
+        bias[c] = static_cast<float>(bias_t->data<float>()[c] / (pi.scales[0] * pw.scales[channels == 1 ? 0 : c]));
+      }
+    }
+    zero_in = static_cast<int32_t>(pi.zero_points[0]);
+    zero_out = quantized_out ? static_cast<int32_t>(y.qparams().zero_points[0]) : 0;
+    src_dt = in.dtype() == DType::kQUInt8 ? memory::data_type::u8 : memory::data_type::s8;
+    dst_dt = !quantized_out ? memory::data_type::f32
+             : y.dtype() == DType::kQUInt8 ? memory::data_type::u8 : memory::data_type::s8;
+  }
+};
+
 // x (N, C, H, W) u8/s8, w (O, C/G, KH, KW) s8 (symmetric), optional f32 bias (O)
 // -> y f32 or u8/s8; scales and bias as in OneDnnQuantizedMatmul, zero points of
 // the input and output passed at execution (oneDNN 2.6 takes them at run time).
 void OneDnnQuantizedConv2d(const KernelCall& c) {
   const Tensor &x = c.in[0], &w = c.in[1], &y = c.out[0];
   const Tensor* bias = c.in.size() > 2 ? &c.in[2] : nullptr;
-  const QuantParams &px = x.qparams(), &pw = w.qparams();
+  const QuantParams& pw = w.qparams();
   bool quantized_out = y.is_quantized();
   if ((quantized_out && (y.qparams().quant_min != 0 || y.qparams().quant_max != 0)) || y.numel() == 0) {
     return ReferenceKernel(c.op)(c);
   }
   int64_t O = w.size(0);
   bool per_channel = pw.scheme == QScheme::kPerChannel;
-  double so = quantized_out ? y.qparams().scales[0] : 1.0;
-  std::vector<float> scales(per_channel ? O : 1), bias_adjusted(bias ? O : 0);
-  for (size_t i = 0; i < scales.size(); ++i) scales[i] = static_cast<float>(px.scales[0] * pw.scales[i] / so);
-  for (int64_t o = 0; o < static_cast<int64_t>(bias_adjusted.size()); ++o) {
-    bias_adjusted[o] = static_cast<float>(bias->data<float>()[o] / (px.scales[0] * pw.scales[per_channel ? o : 0]));
-  }
-  int32_t zx = static_cast<int32_t>(px.zero_points[0]);
-  int32_t zo = quantized_out ? static_cast<int32_t>(y.qparams().zero_points[0]) : 0;
-  memory::data_type src_dt = x.dtype() == DType::kQUInt8 ? memory::data_type::u8 : memory::data_type::s8;
-  memory::data_type dst_dt = !quantized_out ? memory::data_type::f32
-                             : y.dtype() == DType::kQUInt8 ? memory::data_type::u8 : memory::data_type::s8;
+  IntegerEpilogue e(x, w, bias, y, per_channel ? O : 1);
+  std::vector<float>& scales = e.scales;
+  std::vector<float>& bias_adjusted = e.bias;
+  int32_t zx = e.zero_in, zo = e.zero_out;
+  memory::data_type src_dt = e.src_dt, dst_dt = e.dst_dt;
   const OpAttrs& at = c.attrs;
   int64_t G = at.groups;
   Dims x_dims(x.shape()), y_dims(y.shape());
@@ -366,7 +391,7 @@ void OneDnnQuantizedConv2d(const KernelCall& c) {
 void OneDnnQuantizedMatmul(const KernelCall& c) {
   const Tensor &a = c.in[0], &b = c.in[1], &y = c.out[0];
   const Tensor* bias = c.in.size() > 2 ? &c.in[2] : nullptr;
-  const QuantParams &pa = a.qparams(), &pb = b.qparams();
+  const QuantParams& pb = b.qparams();
   bool quantized_out = y.is_quantized();
   // Input ranges do not change the arithmetic; a narrowed output range would need
   // a clamp oneDNN does not do.
@@ -375,17 +400,11 @@ void OneDnnQuantizedMatmul(const KernelCall& c) {
   if (!supported) return ReferenceKernel(c.op)(c);
   int64_t M = a.size(0), K = a.size(1), N = b.size(1);
   bool per_channel = pb.scheme == QScheme::kPerChannel;
-  double so = quantized_out ? y.qparams().scales[0] : 1.0;
-  std::vector<float> scales(per_channel ? N : 1), bias_adjusted(bias ? N : 0);
-  for (size_t i = 0; i < scales.size(); ++i) scales[i] = static_cast<float>(pa.scales[0] * pb.scales[i] / so);
-  for (int64_t n = 0; n < static_cast<int64_t>(bias_adjusted.size()); ++n) {
-    bias_adjusted[n] = static_cast<float>(bias->data<float>()[n] / (pa.scales[0] * pb.scales[per_channel ? n : 0]));
-  }
-  int32_t za = static_cast<int32_t>(pa.zero_points[0]);
-  int32_t zo = quantized_out ? static_cast<int32_t>(y.qparams().zero_points[0]) : 0;
-  memory::data_type src_dt = a.dtype() == DType::kQUInt8 ? memory::data_type::u8 : memory::data_type::s8;
-  memory::data_type dst_dt = !quantized_out ? memory::data_type::f32
-                             : y.dtype() == DType::kQUInt8 ? memory::data_type::u8 : memory::data_type::s8;
+  IntegerEpilogue e(a, b, bias, y, per_channel ? N : 1);
+  std::vector<float>& scales = e.scales;
+  std::vector<float>& bias_adjusted = e.bias;
+  int32_t za = e.zero_in, zo = e.zero_out;
+  memory::data_type src_dt = e.src_dt, dst_dt = e.dst_dt;
   std::string key = absl::StrCat("qmatmul|", GetNumThreads(), "|", static_cast<int>(src_dt), "|", static_cast<int>(dst_dt),
                                  "|", M, ",", K, ",", N, "|", bias != nullptr, "|", za, "|", zo, "|", scales.size(), "|",
                                  std::hash<std::string_view>{}(std::string_view(reinterpret_cast<const char*>(scales.data()),

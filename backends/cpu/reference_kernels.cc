@@ -665,6 +665,27 @@ void FakeQuantizeBackwardKernel(const KernelCall& c) {
   });
 }
 
+// The epilogue of the integer kernels: exact real results into an f32 output, or
+// requantized with the output's per-tensor parameters (Note [One quantization formula]).
+void StoreIntegerResult(const std::vector<double>& real, const Tensor& y) {
+  if (y.dtype() == DType::kF32) {
+    float* yp = y.data<float>();
+    for (size_t i = 0; i < real.size(); ++i) yp[i] = static_cast<float>(real[i]);
+    return;
+  }
+  const QuantParams& po = y.qparams();
+  auto [qmin, qmax] = QuantRange(y.dtype(), po);
+  for (size_t i = 0; i < real.size(); ++i) {
+    double q = QuantizeValue<double>(real[i], po.scales[0], static_cast<double>(po.zero_points[0]),
+                                     static_cast<double>(qmin), static_cast<double>(qmax));
+    if (y.dtype() == DType::kQInt8) {
+      y.data<int8_t>()[i] = static_cast<int8_t>(q);
+    } else {
+      y.data<uint8_t>()[i] = static_cast<uint8_t>(q);
+    }
+  }
+}
+
 // a (M, K), b (K, N) quantized, optional f32 bias (N) -> y (M, N) f32 or quantized.
 void QuantizedMatmulKernel(const KernelCall& c) {
   const Tensor &a = c.in[0], &b = c.in[1], &y = c.out[0];
@@ -686,22 +707,7 @@ void QuantizedMatmulKernel(const KernelCall& c) {
       }
     }
   });
-  if (y.dtype() == DType::kF32) {
-    float* yp = y.data<float>();
-    for (int64_t i = 0; i < M * N; ++i) yp[i] = static_cast<float>(real[i]);
-    return;
-  }
-  const QuantParams& po = y.qparams();
-  auto [qmin, qmax] = QuantRange(y.dtype(), po);
-  for (int64_t i = 0; i < M * N; ++i) {
-    double q = QuantizeValue<double>(real[i], po.scales[0], static_cast<double>(po.zero_points[0]),
-                                     static_cast<double>(qmin), static_cast<double>(qmax));
-    if (y.dtype() == DType::kQInt8) {
-      y.data<int8_t>()[i] = static_cast<int8_t>(q);
-    } else {
-      y.data<uint8_t>()[i] = static_cast<uint8_t>(q);
-    }
-  }
+  StoreIntegerResult(real, y);
 }
 
 // x (N, C, H, W), w (O, C/G, KH, KW) quantized, optional f32 bias (O) -> y (N, O,
@@ -742,22 +748,7 @@ void QuantizedConv2dKernel(const KernelCall& c) {
       }
     }
   });
-  if (y.dtype() == DType::kF32) {
-    float* yp = y.data<float>();
-    for (int64_t i = 0; i < y.numel(); ++i) yp[i] = static_cast<float>(real[i]);
-    return;
-  }
-  const QuantParams& po = y.qparams();
-  auto [qmin, qmax] = QuantRange(y.dtype(), po);
-  for (int64_t i = 0; i < y.numel(); ++i) {
-    double q = QuantizeValue<double>(real[i], po.scales[0], static_cast<double>(po.zero_points[0]),
-                                     static_cast<double>(qmin), static_cast<double>(qmax));
-    if (y.dtype() == DType::kQInt8) {
-      y.data<int8_t>()[i] = static_cast<int8_t>(q);
-    } else {
-      y.data<uint8_t>()[i] = static_cast<uint8_t>(q);
-    }
-  }
+  StoreIntegerResult(real, y);
 }
 
 struct Table {
