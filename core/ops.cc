@@ -181,6 +181,8 @@ void Dispatch(Op op, std::span<const Tensor> inputs, std::span<Tensor> outputs,
   for (const Tensor& t : outputs) {
     QUANTA_CHECK(t.device() == device, OpName(op), ": output ", t.Describe(),
                  " is not on the inputs' device ", device.ToString());
+    QUANTA_CHECK(!t.storage() || !t.storage()->constant(), OpName(op), ": output ", t.Describe(),
+                 " is constant storage (Note [Constant storage] in core/storage.h)");
   }
   Kernel kernel = GetBackend(device).Find(op);
   QUANTA_CHECK(kernel != nullptr, OpName(op), ": not supported on ", device.ToString(), " (",
@@ -609,13 +611,33 @@ Tensor IntegerOutput(const char* op, const Shape& shape, DType dtype, const Quan
 Tensor UnpackQInt4(const Tensor& q) { return Restore("unpack_qint4", q, DType::kQInt4, DType::kQInt8); }
 Tensor PackQInt4(const Tensor& q) { return Restore("pack_qint4", q, DType::kQInt8, DType::kQInt4); }
 
-Tensor QuantizedMatmul(const Tensor& a, const Tensor& b_in, const Tensor& bias, DType out_dtype, const QuantParams* out) {
-  CheckDefined("quantized_matmul", {&a, &b_in});
-  Tensor b = b_in.dtype() == DType::kQInt4 ? UnpackQInt4(b_in) : b_in;
+namespace {
+
+// Checks the post-ops against the output and appends the residual to the inputs.
+void AddPostOps(const char* op, const IntegerPostOps& post, const Tensor& y, const std::string& args,
+                std::vector<Tensor>& in, OpAttrs& attrs) {
+  attrs.relu = post.relu;
+  if (!post.residual.defined()) return;
+  QUANTA_CHECK(post.residual.dtype() == DType::kF32 && post.residual.shape() == y.shape() &&
+                   post.residual.device() == y.device(),
+               op, ": the residual must be f32 of the output's shape ", ShapeToString(y.shape()), " (", args,
+               ", residual ", post.residual.Describe(), ")");
+  attrs.residual = true;
+  const Tensor& r = post.residual;
+  in.push_back(r.is_channels_last() && y.is_channels_last() ? r : r.Contiguous());
+}
+
+bool IsIntegerWeight(DType d) { return d == DType::kQInt8 || d == DType::kQInt4; }
+
+}  // namespace
+
+Tensor QuantizedMatmul(const Tensor& a, const Tensor& b, const Tensor& bias, DType out_dtype, const QuantParams* out,
+                       const IntegerPostOps& post) {
+  CheckDefined("quantized_matmul", {&a, &b});
   std::string args = a.Describe() + ", " + b.Describe() + (bias.defined() ? ", " + bias.Describe() : "");
   QUANTA_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(0), "quantized_matmul: needs (M, K) @ (K, N) (", args, ")");
-  QUANTA_CHECK((a.dtype() == DType::kQUInt8 || a.dtype() == DType::kQInt8) && b.dtype() == DType::kQInt8,
-               "quantized_matmul: needs quint8/qint8 activations and qint8 weights (", args, ")");
+  QUANTA_CHECK((a.dtype() == DType::kQUInt8 || a.dtype() == DType::kQInt8) && IsIntegerWeight(b.dtype()),
+               "quantized_matmul: needs quint8/qint8 activations and qint8/qint4 weights (", args, ")");
   QUANTA_CHECK(a.qparams().scheme == QScheme::kPerTensor &&
                    (b.qparams().scheme == QScheme::kPerTensor || b.qparams().axis == 1),
                "quantized_matmul: activations per tensor, weights per tensor or per output column (", args, ")");
@@ -624,25 +646,26 @@ Tensor QuantizedMatmul(const Tensor& a, const Tensor& b_in, const Tensor& bias, 
   Tensor y = IntegerOutput("quantized_matmul", {a.size(0), b.size(1)}, out_dtype, out, a.device(), args);
   std::vector<Tensor> in = {a.Contiguous(), b.Contiguous()};
   if (bias.defined()) in.push_back(bias.Contiguous());
-  Dispatch(Op::kQuantizedMatmul, in, {&y, 1});
+  OpAttrs attrs;
+  AddPostOps("quantized_matmul", post, y, args, in, attrs);
+  Dispatch(Op::kQuantizedMatmul, in, {&y, 1}, attrs);
   return y;
 }
 
-Tensor QuantizedConv2d(const Tensor& x, const Tensor& w_in, const Tensor& bias, const Conv2dOptions& o, DType out_dtype,
-                       const QuantParams* out) {
-  CheckDefined("quantized_conv2d", {&x, &w_in});
-  Tensor w = w_in.dtype() == DType::kQInt4 ? UnpackQInt4(w_in) : w_in;
-  std::string args = x.Describe() + ", " + w.Describe() + (bias.defined() ? ", " + bias.Describe() : "");
-  QUANTA_CHECK(x.dim() == 4 && w.dim() == 4 && (x.dtype() == DType::kQUInt8 || x.dtype() == DType::kQInt8) &&
-                   w.dtype() == DType::kQInt8,
+Tensor QuantizedConv2d(const Tensor& x_in, const Tensor& w, const Tensor& bias, const Conv2dOptions& o, DType out_dtype,
+                       const QuantParams* out, const IntegerPostOps& post) {
+  CheckDefined("quantized_conv2d", {&x_in, &w});
+  std::string args = x_in.Describe() + ", " + w.Describe() + (bias.defined() ? ", " + bias.Describe() : "");
+  QUANTA_CHECK(x_in.dim() == 4 && w.dim() == 4 && (x_in.dtype() == DType::kQUInt8 || x_in.dtype() == DType::kQInt8) &&
+                   IsIntegerWeight(w.dtype()),
                "quantized_conv2d: needs quint8/qint8 (N, C, H, W) input and qint8/qint4 (O, C/G, KH, KW) weights (", args, ")");
-  QUANTA_CHECK(x.qparams().scheme == QScheme::kPerTensor &&
+  QUANTA_CHECK(x_in.qparams().scheme == QScheme::kPerTensor &&
                    (w.qparams().scheme == QScheme::kPerTensor || w.qparams().axis == 0),
                "quantized_conv2d: input per tensor, weights per tensor or per output channel (", args, ")");
   for (int64_t z : w.qparams().zero_points) {
     QUANTA_CHECK(z == 0, "quantized_conv2d: weights must be symmetric (zero points 0) (", args, ")");
   }
-  QUANTA_CHECK(o.groups >= 1 && w.size(1) * o.groups == x.size(1) && w.size(0) % o.groups == 0,
+  QUANTA_CHECK(o.groups >= 1 && w.size(1) * o.groups == x_in.size(1) && w.size(0) % o.groups == 0,
                "quantized_conv2d: channels do not match groups=", o.groups, " (", args, ")");
   QUANTA_CHECK(!bias.defined() || (bias.dtype() == DType::kF32 && bias.dim() == 1 && bias.size(0) == w.size(0)),
                "quantized_conv2d: bias must be f32 (O) (", args, ")");
@@ -650,15 +673,21 @@ Tensor QuantizedConv2d(const Tensor& x, const Tensor& w_in, const Tensor& bias, 
   int64_t out_hw[2];
   for (int i = 0; i < 2; ++i) {
     int64_t span = o.dilation[i] * (w.size(2 + i) - 1) + 1;
-    QUANTA_CHECK(o.stride[i] >= 1 && o.dilation[i] >= 1 && o.padding[i] >= 0 && x.size(2 + i) + 2 * o.padding[i] >= span,
+    QUANTA_CHECK(o.stride[i] >= 1 && o.dilation[i] >= 1 && o.padding[i] >= 0 && x_in.size(2 + i) + 2 * o.padding[i] >= span,
                  "quantized_conv2d: bad stride, dilation or padding (", args, ")");
-    out_hw[i] = (x.size(2 + i) + 2 * o.padding[i] - span) / o.stride[i] + 1;
+    out_hw[i] = (x_in.size(2 + i) + 2 * o.padding[i] - span) / o.stride[i] + 1;
   }
+  bool channels_last = x_in.is_channels_last();
+  Tensor x = channels_last ? x_in : x_in.Contiguous();
   Shape shape = {x.size(0), w.size(0), out_hw[0], out_hw[1]};
-  Tensor y = IntegerOutput("quantized_conv2d", shape, out_dtype, out, x.device(), args);
-  std::vector<Tensor> in = {x.Contiguous(), w.Contiguous()};
+  Tensor y = IntegerOutput("quantized_conv2d", channels_last ? Shape{shape[0], shape[2], shape[3], shape[1]} : shape,
+                           out_dtype, out, x.device(), args);
+  if (channels_last) y = y.Permute({0, 3, 1, 2});
+  std::vector<Tensor> in = {x, w.Contiguous()};
   if (bias.defined()) in.push_back(bias.Contiguous());
-  Dispatch(Op::kQuantizedConv2d, in, {&y, 1}, ConvAttrs(o));
+  OpAttrs attrs = ConvAttrs(o);
+  AddPostOps("quantized_conv2d", post, y, args, in, attrs);
+  Dispatch(Op::kQuantizedConv2d, in, {&y, 1}, attrs);
   return y;
 }
 

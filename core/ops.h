@@ -152,20 +152,30 @@ std::array<Tensor, 3> FakeQuantizeBackward(const Tensor& grad, const Tensor& x, 
 Tensor UnpackQInt4(const Tensor& q);
 Tensor PackQInt4(const Tensor& q);
 
+// What an integer layer fuses after its accumulation and bias, before the output
+// is rounded and stored (no extra pass): real += residual (f32, the output's
+// shape: a skip connection, in real units), then real = max(real, 0).
+struct IntegerPostOps {
+  Tensor residual;
+  bool relu = false;
+};
+
 // Integer matmul for converted models: a (M, K) quint8/qint8 per tensor, b (K, N)
-// qint8 or qint4 (unpacked to int8 on the way in) per tensor or per channel
+// qint8 or qint4 (two a byte; the kernel unpacks it) per tensor or per channel
 // along dim 1; bias f32 (N) or undefined.
-// acc = sum_k (a - za)(b - zb) in i32; real = sa * sb[n] * acc + bias[n]; the
-// result is real in f32, or Quantize(real, out_dtype, *out_params).
+// acc = sum_k (a - za)(b - zb) in i32; real = sa * sb[n] * acc + bias[n], then
+// the post-ops; the result is real in f32, or Quantize(real, out_dtype, *out_params).
 Tensor QuantizedMatmul(const Tensor& a, const Tensor& b, const Tensor& bias = Tensor(), DType out_dtype = DType::kF32,
-                       const QuantParams* out_params = nullptr);
+                       const QuantParams* out_params = nullptr, const IntegerPostOps& post = {});
 
 // Integer convolution: x (N, C, H, W) quint8/qint8 per tensor, w (O, C/G, KH, KW)
 // qint8/qint4 per tensor or per output channel (axis 0) with zero points 0, bias
 // f32 (O) or undefined; padding holds x's zero point (a real 0). Output as
-// QuantizedMatmul: f32, or requantized with per-tensor out_params.
+// QuantizedMatmul: f32, or requantized with per-tensor out_params. A channels-last
+// x (Tensor::ChannelsLast) gives a channels-last output, with no layout change.
 Tensor QuantizedConv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dOptions& options,
-                       DType out_dtype = DType::kF32, const QuantParams* out_params = nullptr);
+                       DType out_dtype = DType::kF32, const QuantParams* out_params = nullptr,
+                       const IntegerPostOps& post = {});
 
 // ---- joining and indexing -----------------------------------------------------
 Tensor Concat(const std::vector<Tensor>& tensors, int64_t dim);

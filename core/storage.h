@@ -25,6 +25,12 @@ class Storage {
   size_t bytes() const { return bytes_; }
   const Device& device() const { return device_; }
   Backend& backend() const { return *backend_; }
+  // Note [Constant storage]: a storage marked constant promises that its bytes
+  // never change again (a converted model's weights). Backends may keep derived
+  // copies of it (oneDNN's reordered weights) until it is freed; Dispatch refuses
+  // to write into it.
+  void MarkConstant() { constant_ = true; }
+  bool constant() const { return constant_; }
 
  private:
   Storage(Backend* backend, const Device& device, void* data, size_t bytes)
@@ -34,6 +40,7 @@ class Storage {
   Device device_;
   void* data_;
   size_t bytes_;
+  bool constant_ = false;
 };
 
 }  // namespace quanta

@@ -417,6 +417,24 @@ Tensor Tensor::Flatten(int64_t start_dim, int64_t end_dim) const {
 
 Tensor Tensor::Contiguous() const { return is_contiguous() ? *this : Clone(); }
 
+bool Tensor::is_channels_last() const {
+  if (dim() != 4) return false;
+  // Memory order N, H, W, C; dims of size 1 may carry any stride.
+  int64_t expected = 1;
+  for (int d : {1, 3, 2, 0}) {
+    if (shape_[d] == 1) continue;
+    if (strides_[d] != expected) return false;
+    expected *= shape_[d];
+  }
+  return true;
+}
+
+Tensor Tensor::ChannelsLast() const {
+  QUANTA_CHECK(dim() == 4, "channels_last: needs (N, C, H, W), got ", Describe());
+  if (is_channels_last()) return *this;
+  return Permute({0, 2, 3, 1}).Contiguous().Permute({0, 3, 1, 2});
+}
+
 Tensor Tensor::Clone() const {
   Tensor out = qparams_ ? Empty(shape_, dtype_, device(), *qparams_) : Empty(shape_, dtype_, device());
   CopyInto(out);

@@ -60,6 +60,9 @@ class Tensor {
   DType dtype() const { return dtype_; }
   Device device() const;
   bool is_contiguous() const;
+  // 4-D with memory in (N, H, W, C) order: what int8 convolutions read and write
+  // without a layout change.
+  bool is_channels_last() const;
   bool is_quantized() const { return IsQuantized(dtype_); }
   const QuantParams& qparams() const;  // throws unless quantized
   const std::shared_ptr<Storage>& storage() const { return storage_; }
@@ -92,6 +95,7 @@ class Tensor {
 
   // ---- copies ----------------------------------------------------------------
   Tensor Contiguous() const;  // *this when already contiguous
+  Tensor ChannelsLast() const;  // (N, C, H, W) with channels-last memory; *this when already so
   Tensor Clone() const;
   Tensor To(DType dtype) const;  // cast (f16/bf16 round to nearest even)
   Tensor To(const Device& device) const;

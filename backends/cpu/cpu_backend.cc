@@ -35,7 +35,10 @@ class CpuBackend : public Backend {
     QUANTA_CHECK(p != nullptr, "cpu: out of memory allocating ", bytes, " bytes");
     return p;
   }
-  void Free(void* ptr, size_t, int) override { std::free(ptr); }
+  void Free(void* ptr, size_t, int) override {
+    OneDnnForget(ptr);
+    std::free(ptr);
+  }
   void CopyFromHost(void* dst, const void* src, size_t bytes, int) override { std::memcpy(dst, src, bytes); }
   void CopyToHost(void* dst, const void* src, size_t bytes, int) override { std::memcpy(dst, src, bytes); }
   void CopyOnDevice(void* dst, const void* src, size_t bytes, int) override { std::memcpy(dst, src, bytes); }

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "backends/cpu/reference_kernels.h"
+#include "core/ops.h"
 #include "core/tensor.h"
 #include "oneapi/dnnl/dnnl.hpp"
 
@@ -295,151 +296,250 @@ void OneDnnConv2dBackwardWeight(const KernelCall& c) {
                                       {DNNL_ARG_DIFF_WEIGHTS, p.WPlain(), entry->want[2], gw.raw_data(), false}}));
 }
 
+// Note [Weight cache]: weights in constant storage (Note [Constant storage] in
+// core/storage.h: a converted model's) are reordered into a primitive's layout
+// once and kept, keyed by their address and that layout, until the storage is
+// freed (OneDnnForget). qint4 weights are unpacked on the same miss, so a
+// converted int4 model stores 4 bits and runs on int8 VNNI with no per-call cost.
+struct WeightCache {
+  std::mutex mu;
+  std::unordered_map<const void*, std::vector<std::pair<memory::desc, memory>>> entries;
+};
+WeightCache& GetWeightCache() {
+  static WeightCache* cache = new WeightCache();
+  return *cache;
+}
+
+// The weights in the layout `want`: from the cache (constant storage), or
+// reordered now. qint4 is unpacked to s8 first. `plain` describes w (or its
+// unpacked copy) as Quanta lays it out.
+memory WeightsFor(const Tensor& w, const memory::desc& plain, const memory::desc& want, dnnl::stream& stream) {
+  bool constant = w.storage()->constant();
+  WeightCache& cache = GetWeightCache();
+  if (constant) {
+    std::lock_guard<std::mutex> lock(cache.mu);
+    for (auto& [desc, mem] : cache.entries[w.raw_data()]) {
+      if (desc == want) return mem;
+    }
+  }
+  Tensor w8 = w.dtype() == DType::kQInt4 ? UnpackQInt4(w) : w;
+  memory user(plain, Engine(), w8.raw_data());
+  memory out(want, Engine());
+  if (plain == want && !constant && w8.SharesStorageWith(w)) {
+    out = user;
+  } else {
+    dnnl::reorder(user, out).execute(stream, user, out);
+    stream.wait();
+  }
+  if (constant) {
+    std::lock_guard<std::mutex> lock(cache.mu);
+    cache.entries[w.raw_data()].emplace_back(want, out);
+  }
+  return out;
+}
+
 // What oneDNN's int8 primitives need from Quanta's parameters, for input `in`,
 // symmetric weights `w` with `channels` scales (1 or one per output channel),
-// optional f32 bias and output y: output scales s_in s_w[c] / s_out, the bias
-// as bias[c] / (s_in s_w[c]) (oneDNN adds it to the i32 accumulator before
-// scaling), zero points and data types.
+// optional f32 bias, the post-ops, and output y. oneDNN computes
+//   dst = zero_out + post_ops(output_scale[c] * (acc + bias'[c]))
+// and rounds: bias' = bias / (s_in s_w[c]). Without a residual, output_scale =
+// s_in s_w[c] / s_out and the post-ops are ReLU; with one, output_scale = s_in
+// s_w[c] (real units), then add the residual, ReLU, and scale by 1 / s_out. A
+// narrowed output range (4-bit activations in an 8-bit container) ends in a clip.
 struct IntegerEpilogue {
   std::vector<float> scales, bias;
   int32_t zero_in, zero_out;
   memory::data_type src_dt, dst_dt;
+  bool residual, relu;
+  float inv_out_scale = 1;
+  float clip_lo = 0, clip_hi = 0;
+  bool clip = false;
 
-  IntegerEpilogue(const Tensor& in, const Tensor& w, const Tensor* bias_t, const Tensor& y, int64_t channels) {
+  IntegerEpilogue(const KernelCall& c, const Tensor* bias_t, int64_t channels) {
+    const Tensor &in = c.in[0], &w = c.in[1], &y = c.out[0];
     const QuantParams &pi = in.qparams(), &pw = w.qparams();
     bool quantized_out = y.is_quantized();
+    residual = c.attrs.residual;
+    relu = c.attrs.relu;
     double so = quantized_out ? y.qparams().scales[0] : 1.0;
+    inv_out_scale = static_cast<float>(1.0 / so);
     scales.resize(channels);
-    for (int64_t c = 0; c < channels; ++c) scales[c] = static_cast<float>(pi.scales[0] * pw.scales[c] / so);
+    for (int64_t ch = 0; ch < channels; ++ch) {
+      scales[ch] = static_cast<float>(pi.scales[0] * pw.scales[ch] / (residual ? 1.0 : so));
+    }
     if (bias_t) {
       int64_t n = bias_t->numel();
       bias.resize(n);
-      for (int64_t c = 0; c < n; ++c) {
-        bias[c] = static_cast<float>(bias_t->data<float>()[c] / (pi.scales[0] * pw.scales[channels == 1 ? 0 : c]));
+      for (int64_t ch = 0; ch < n; ++ch) {
+        bias[ch] = static_cast<float>(bias_t->data<float>()[ch] / (pi.scales[0] * pw.scales[channels == 1 ? 0 : ch]));
       }
     }
     zero_in = static_cast<int32_t>(pi.zero_points[0]);
     zero_out = quantized_out ? static_cast<int32_t>(y.qparams().zero_points[0]) : 0;
+    if (quantized_out && (y.qparams().quant_min != 0 || y.qparams().quant_max != 0)) {
+      clip = true;
+      clip_lo = static_cast<float>(y.qparams().quant_min - zero_out);
+      clip_hi = static_cast<float>(y.qparams().quant_max - zero_out);
+    }
     src_dt = in.dtype() == DType::kQUInt8 ? memory::data_type::u8 : memory::data_type::s8;
     dst_dt = !quantized_out ? memory::data_type::f32
              : y.dtype() == DType::kQUInt8 ? memory::data_type::u8 : memory::data_type::s8;
   }
+
+  // Output scales, run-time zero points and post-ops; residual_md: the layout the
+  // residual is read in.
+  dnnl::primitive_attr Attr(bool per_channel, const memory::desc& residual_md) const {
+    dnnl::primitive_attr attr;
+    attr.set_output_scales(per_channel ? 1 << 1 : 0, scales);
+    if (zero_in != 0) attr.set_zero_points(DNNL_ARG_SRC, 0, {DNNL_RUNTIME_S32_VAL});
+    if (zero_out != 0) attr.set_zero_points(DNNL_ARG_DST, 0, {DNNL_RUNTIME_S32_VAL});
+    dnnl::post_ops ops;
+    if (residual) ops.append_binary(dnnl::algorithm::binary_add, residual_md);
+    if (relu) ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+    if (residual && inv_out_scale != 1.f) ops.append_eltwise(1.f, dnnl::algorithm::eltwise_linear, inv_out_scale, 0.f);
+    if (clip) ops.append_eltwise(1.f, dnnl::algorithm::eltwise_clip, clip_lo, clip_hi);
+    attr.set_post_ops(ops);
+    return attr;
+  }
+
+  std::string Key() const {
+    return absl::StrCat(static_cast<int>(src_dt), "|", static_cast<int>(dst_dt), "|", zero_in != 0, "|", zero_out != 0,
+                        "|", residual, relu, clip, "|", inv_out_scale, "|", clip_lo, ",", clip_hi, "|", scales.size(), "|",
+                        std::hash<std::string_view>{}(std::string_view(reinterpret_cast<const char*>(scales.data()),
+                                                                       scales.size() * sizeof(float))));
+  }
+
+  // The run-time arguments every integer primitive takes besides its operands.
+  void AddArgs(std::unordered_map<int, memory>& args, int32_t* zin, int32_t* zout) const {
+    memory::desc zp_md({1}, memory::data_type::s32, memory::format_tag::x);
+    if (zero_in != 0) args.emplace(DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_SRC, memory(zp_md, Engine(), zin));
+    if (zero_out != 0) args.emplace(DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_DST, memory(zp_md, Engine(), zout));
+  }
 };
 
-// x (N, C, H, W) u8/s8, w (O, C/G, KH, KW) s8 (symmetric), optional f32 bias (O)
-// -> y f32 or u8/s8; scales and bias as in OneDnnQuantizedMatmul, zero points of
-// the input and output passed at execution (oneDNN 2.6 takes them at run time).
+constexpr int kResidualArg = DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1;
+
+// A tensor's own layout as a oneDNN descriptor (its strides).
+memory::desc Plain(const Tensor& t, memory::data_type dt) { return memory::desc(Dims(t.shape()), dt, FixUnitStrides(t)); }
+
+const Tensor* IntegerBias(const KernelCall& c) {
+  return c.in.size() > 2u + (c.attrs.residual ? 1 : 0) ? &c.in[2] : nullptr;
+}
+
+// Binds src/dst (and the residual) to the primitive, reordering those whose
+// layout differs, runs it and reorders the output back.
+void ExecuteInteger(const dnnl::primitive& prim, std::unordered_map<int, memory> args,
+                    const std::vector<Arg>& layout_args, dnnl::stream& stream) {
+  std::vector<std::pair<memory, memory>> outputs;
+  for (const Arg& a : layout_args) {
+    memory user(a.plain, Engine(), a.data);
+    if (a.plain == a.want) {
+      args.emplace(a.id, user);
+      continue;
+    }
+    memory tmp(a.want, Engine());
+    if (a.input) {
+      dnnl::reorder(user, tmp).execute(stream, user, tmp);
+    } else {
+      outputs.emplace_back(tmp, user);
+    }
+    args.emplace(a.id, tmp);
+  }
+  prim.execute(stream, args);
+  for (auto& [from, to] : outputs) dnnl::reorder(from, to).execute(stream, from, to);
+  stream.wait();
+}
+
+// x (N, C, H, W) u8/s8, w (O, C/G, KH, KW) s8/s4 (symmetric), optional f32 bias
+// (O), optional f32 residual -> y f32 or u8/s8. Activations are read and written
+// channels-last (what int8 convolutions want; channels-last tensors need no
+// reorder); zero points are passed at execution (oneDNN 2.6 takes them at run time).
 void OneDnnQuantizedConv2d(const KernelCall& c) {
   const Tensor &x = c.in[0], &w = c.in[1], &y = c.out[0];
-  const Tensor* bias = c.in.size() > 2 ? &c.in[2] : nullptr;
+  const Tensor* bias = IntegerBias(c);
+  if (y.numel() == 0) return ReferenceKernel(c.op)(c);
   const QuantParams& pw = w.qparams();
-  bool quantized_out = y.is_quantized();
-  if ((quantized_out && (y.qparams().quant_min != 0 || y.qparams().quant_max != 0)) || y.numel() == 0) {
-    return ReferenceKernel(c.op)(c);
-  }
   int64_t O = w.size(0);
   bool per_channel = pw.scheme == QScheme::kPerChannel;
-  IntegerEpilogue e(x, w, bias, y, per_channel ? O : 1);
-  std::vector<float>& scales = e.scales;
-  std::vector<float>& bias_adjusted = e.bias;
-  int32_t zx = e.zero_in, zo = e.zero_out;
-  memory::data_type src_dt = e.src_dt, dst_dt = e.dst_dt;
+  IntegerEpilogue e(c, bias, per_channel ? O : 1);
   const OpAttrs& at = c.attrs;
   int64_t G = at.groups;
   Dims x_dims(x.shape()), y_dims(y.shape());
   Dims w_dims = G == 1 ? Dims(w.shape()) : Dims{G, O / G, w.size(1), w.size(2), w.size(3)};
   Dims strides = {at.stride[0], at.stride[1]}, dilates = {at.dilation[0] - 1, at.dilation[1] - 1},
        padding = {at.padding[0], at.padding[1]};
-  memory::desc x_plain(x_dims, src_dt, memory::format_tag::nchw);
+  memory::desc x_want(x_dims, e.src_dt, memory::format_tag::nhwc), y_want(y_dims, e.dst_dt, memory::format_tag::nhwc);
+  memory::desc r_want(y_dims, memory::data_type::f32, memory::format_tag::nhwc);
   memory::desc w_plain(w_dims, memory::data_type::s8, G == 1 ? memory::format_tag::oihw : memory::format_tag::goihw);
-  memory::desc y_plain(y_dims, dst_dt, memory::format_tag::nchw);
   memory::desc b_md = bias ? memory::desc({O}, memory::data_type::f32, memory::format_tag::x) : memory::desc();
-  memory::desc zp_md({1}, memory::data_type::s32, memory::format_tag::x);
-  std::string key = absl::StrCat("qconv|", GetNumThreads(), "|", static_cast<int>(src_dt), "|", static_cast<int>(dst_dt), "|",
-                                 absl::StrJoin(x_dims, ","), "|", absl::StrJoin(w_dims, ","), "|", bias != nullptr, "|",
-                                 absl::StrJoin(strides, ","), "|", absl::StrJoin(dilates, ","), "|",
-                                 absl::StrJoin(padding, ","), "|", zx != 0, "|", zo != 0, "|", scales.size(), "|",
-                                 std::hash<std::string_view>{}(std::string_view(
-                                     reinterpret_cast<const char*>(scales.data()), scales.size() * sizeof(float))));
+  std::string key = absl::StrCat("qconv|", GetNumThreads(), "|", e.Key(), "|", absl::StrJoin(x_dims, ","), "|",
+                                 absl::StrJoin(w_dims, ","), "|", bias != nullptr, "|", absl::StrJoin(strides, ","), "|",
+                                 absl::StrJoin(dilates, ","), "|", absl::StrJoin(padding, ","));
   auto entry = ConvPrimitive("quantized_conv2d", key, [&] {
-    dnnl::primitive_attr attr;
-    attr.set_output_scales(per_channel ? 1 << 1 : 0, scales);
-    if (zx != 0) attr.set_zero_points(DNNL_ARG_SRC, 0, {DNNL_RUNTIME_S32_VAL});
-    if (zo != 0) attr.set_zero_points(DNNL_ARG_DST, 0, {DNNL_RUNTIME_S32_VAL});
-    dnnl::convolution_forward::desc desc(
-        dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
-        memory::desc(x_dims, src_dt, memory::format_tag::any), memory::desc(w_dims, memory::data_type::s8, memory::format_tag::any),
-        b_md, memory::desc(y_dims, dst_dt, memory::format_tag::any), strides, dilates, padding, padding);
-    auto pd = dnnl::convolution_forward::primitive_desc(desc, attr, Engine());
+    dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, x_want,
+                                         memory::desc(w_dims, memory::data_type::s8, memory::format_tag::any), b_md,
+                                         y_want, strides, dilates, padding, padding);
+    auto pd = dnnl::convolution_forward::primitive_desc(desc, e.Attr(per_channel, r_want), Engine());
     return std::make_shared<CachedConv>(
         CachedConv{dnnl::convolution_forward(pd), {pd.src_desc(), pd.weights_desc(), pd.dst_desc()}});
   });
   if (!entry) return ReferenceKernel(c.op)(c);
-  std::vector<Arg> args = {{DNNL_ARG_SRC, x_plain, entry->want[0], x.raw_data(), true},
-                           {DNNL_ARG_WEIGHTS, w_plain, entry->want[1], w.raw_data(), true},
-                           {DNNL_ARG_DST, y_plain, entry->want[2], y.raw_data(), false}};
-  if (bias) args.push_back({DNNL_ARG_BIAS, b_md, b_md, bias_adjusted.data(), true});
-  if (zx != 0) args.push_back({DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_SRC, zp_md, zp_md, &zx, true});
-  if (zo != 0) args.push_back({DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_DST, zp_md, zp_md, &zo, true});
-  QUANTA_ONEDNN("quantized_conv2d", Execute(entry->prim, args));
+  int32_t zin = e.zero_in, zout = e.zero_out;
+  QUANTA_ONEDNN("quantized_conv2d", {
+    dnnl::stream stream(Engine());
+    std::unordered_map<int, memory> args = {{DNNL_ARG_WEIGHTS, WeightsFor(w, w_plain, entry->want[1], stream)}};
+    if (bias) args.emplace(DNNL_ARG_BIAS, memory(b_md, Engine(), e.bias.data()));
+    e.AddArgs(args, &zin, &zout);
+    std::vector<Arg> layout = {{DNNL_ARG_SRC, Plain(x, e.src_dt), entry->want[0], x.raw_data(), true},
+                               {DNNL_ARG_DST, Plain(y, e.dst_dt), entry->want[2], y.raw_data(), false}};
+    if (e.residual) {
+      const Tensor& r = c.in.back();
+      layout.push_back({kResidualArg, Plain(r, memory::data_type::f32), r_want, r.raw_data(), true});
+    }
+    ExecuteInteger(entry->prim, std::move(args), layout, stream);
+  });
 }
 
-// a (M, K) u8/s8, b (K, N) s8 with zero points 0 (symmetric weights), optional
-// f32 bias (N) -> y (M, N) f32 or u8/s8. oneDNN scales the i32 accumulator once:
-// dst = output_scale[n] * (acc + bias'[n]) (+ dst zero point), so the bias goes
-// in as bias[n] / (sa sb[n]) and output_scale[n] = sa sb[n] / so.
+// a (M, K) u8/s8, b (K, N) s8/s4 with zero points 0 (symmetric weights), optional
+// f32 bias (N), optional residual (M, N) -> y (M, N) f32 or u8/s8; scales, bias and
+// post-ops as in IntegerEpilogue.
 void OneDnnQuantizedMatmul(const KernelCall& c) {
   const Tensor &a = c.in[0], &b = c.in[1], &y = c.out[0];
-  const Tensor* bias = c.in.size() > 2 ? &c.in[2] : nullptr;
+  const Tensor* bias = IntegerBias(c);
   const QuantParams& pb = b.qparams();
-  bool quantized_out = y.is_quantized();
-  // Input ranges do not change the arithmetic; a narrowed output range would need
-  // a clamp oneDNN does not do.
   bool supported = std::all_of(pb.zero_points.begin(), pb.zero_points.end(), [](int64_t z) { return z == 0; }) &&
-                   (!quantized_out || (y.qparams().quant_min == 0 && y.qparams().quant_max == 0)) && y.numel() > 0;
+                   y.numel() > 0;
   if (!supported) return ReferenceKernel(c.op)(c);
   int64_t M = a.size(0), K = a.size(1), N = b.size(1);
   bool per_channel = pb.scheme == QScheme::kPerChannel;
-  IntegerEpilogue e(a, b, bias, y, per_channel ? N : 1);
-  std::vector<float>& scales = e.scales;
-  std::vector<float>& bias_adjusted = e.bias;
-  int32_t za = e.zero_in, zo = e.zero_out;
-  memory::data_type src_dt = e.src_dt, dst_dt = e.dst_dt;
-  std::string key = absl::StrCat("qmatmul|", GetNumThreads(), "|", static_cast<int>(src_dt), "|", static_cast<int>(dst_dt),
-                                 "|", M, ",", K, ",", N, "|", bias != nullptr, "|", za, "|", zo, "|", scales.size(), "|",
-                                 std::hash<std::string_view>{}(std::string_view(reinterpret_cast<const char*>(scales.data()),
-                                                                                scales.size() * sizeof(float))));
-  memory::desc a_md({M, K}, src_dt, memory::format_tag::ab), b_md({K, N}, memory::data_type::s8, memory::format_tag::ab),
-      y_md({M, N}, dst_dt, memory::format_tag::ab), bias_md({1, N}, memory::data_type::f32, memory::format_tag::ab);
-  dnnl::matmul prim;
-  Cache& cache = GetCache();
-  {
-    std::lock_guard<std::mutex> lock(cache.mu);
-    auto it = cache.matmuls.find(key);
-    if (it != cache.matmuls.end()) {
-      prim = it->second;
-    } else {
-      QUANTA_ONEDNN("quantized_matmul", Implemented([&] {
-        dnnl::primitive_attr attr;
-        attr.set_output_scales(per_channel ? 1 << 1 : 0, scales);
-        if (za != 0) attr.set_zero_points(DNNL_ARG_SRC, 0, {za});
-        if (zo != 0) attr.set_zero_points(DNNL_ARG_DST, 0, {zo});
-        dnnl::matmul::desc desc = bias ? dnnl::matmul::desc(a_md, b_md, bias_md, y_md) : dnnl::matmul::desc(a_md, b_md, y_md);
-        prim = dnnl::matmul(dnnl::matmul::primitive_desc(desc, attr, Engine()));
-      }));
-      cache.matmuls.emplace(key, prim);
-    }
-  }
-  if (!prim) return ReferenceKernel(c.op)(c);
+  IntegerEpilogue e(c, bias, per_channel ? N : 1);
+  memory::desc a_md({M, K}, e.src_dt, memory::format_tag::ab), b_md({K, N}, memory::data_type::s8, memory::format_tag::ab),
+      y_md({M, N}, e.dst_dt, memory::format_tag::ab), bias_md({1, N}, memory::data_type::f32, memory::format_tag::ab),
+      r_md({M, N}, memory::data_type::f32, memory::format_tag::ab);
+  std::string key = absl::StrCat("qmatmul|", GetNumThreads(), "|", e.Key(), "|", M, ",", K, ",", N, "|", bias != nullptr);
+  auto entry = ConvPrimitive("quantized_matmul", key, [&] {
+    dnnl::matmul::desc desc = bias ? dnnl::matmul::desc(a_md, b_md, bias_md, y_md) : dnnl::matmul::desc(a_md, b_md, y_md);
+    auto pd = dnnl::matmul::primitive_desc(desc, e.Attr(per_channel, r_md), Engine());
+    return std::make_shared<CachedConv>(CachedConv{dnnl::matmul(pd), {pd.src_desc(), pd.weights_desc(), pd.dst_desc()}});
+  });
+  if (!entry) return ReferenceKernel(c.op)(c);
+  int32_t zin = e.zero_in, zout = e.zero_out;
   QUANTA_ONEDNN("quantized_matmul", {
     dnnl::stream stream(Engine());
-    std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, memory(a_md, Engine(), a.raw_data())},
-                                            {DNNL_ARG_WEIGHTS, memory(b_md, Engine(), b.raw_data())},
-                                            {DNNL_ARG_DST, memory(y_md, Engine(), y.raw_data())}};
-    if (bias) args.emplace(DNNL_ARG_BIAS, memory(bias_md, Engine(), bias_adjusted.data()));
-    prim.execute(stream, args);
-    stream.wait();
+    std::unordered_map<int, memory> args = {{DNNL_ARG_WEIGHTS, WeightsFor(b, b_md, entry->want[1], stream)}};
+    if (bias) args.emplace(DNNL_ARG_BIAS, memory(bias_md, Engine(), e.bias.data()));
+    e.AddArgs(args, &zin, &zout);
+    std::vector<Arg> layout = {{DNNL_ARG_SRC, a_md, entry->want[0], a.raw_data(), true},
+                               {DNNL_ARG_DST, y_md, entry->want[2], y.raw_data(), false}};
+    if (e.residual) layout.push_back({kResidualArg, r_md, r_md, c.in.back().raw_data(), true});
+    ExecuteInteger(entry->prim, std::move(args), layout, stream);
   });
+}
+
+void OneDnnForget(const void* data) {
+  WeightCache& cache = GetWeightCache();
+  std::lock_guard<std::mutex> lock(cache.mu);
+  cache.entries.erase(data);
 }
 
 void OneDnnSetNumThreads(int n) { omp_set_num_threads(n); }

@@ -18,5 +18,7 @@ void OneDnnConv2dBackwardWeight(const KernelCall& c);
 void OneDnnQuantizedMatmul(const KernelCall& c);
 void OneDnnQuantizedConv2d(const KernelCall& c);
 void OneDnnSetNumThreads(int n);
+// Drops what the weight cache holds for storage at `data` (Note [Weight cache]).
+void OneDnnForget(const void* data);
 
 }  // namespace quanta::cpu

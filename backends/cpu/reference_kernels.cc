@@ -665,31 +665,50 @@ void FakeQuantizeBackwardKernel(const KernelCall& c) {
   });
 }
 
-// The epilogue of the integer kernels: exact real results into an f32 output, or
-// requantized with the output's per-tensor parameters (Note [One quantization formula]).
-void StoreIntegerResult(const std::vector<double>& real, const Tensor& y) {
+// The epilogue of the integer kernels: the post-ops (residual, ReLU), then exact
+// real results into an f32 output, or requantized with the output's per-tensor
+// parameters (Note [One quantization formula]). `real` is in y's logical order; y
+// may be strided (channels-last).
+void StoreIntegerResult(std::vector<double>& real, const KernelCall& c) {
+  const Tensor& y = c.out[0];
+  if (c.attrs.residual) {
+    std::vector<float> r = c.in.back().ToVector<float>();
+    for (size_t i = 0; i < real.size(); ++i) real[i] += r[i];
+  }
+  if (c.attrs.relu) {
+    for (double& v : real) v = std::max(v, 0.0);
+  }
+  std::vector<int64_t> offsets(real.size());
+  size_t i = 0;
+  ForEachStrided<1>(
+      y.shape(), {&y}, [&](const std::array<int64_t, 1>& o) { offsets[i++] = o[0] - y.offset(); }, 1, /*serial=*/true);
   if (y.dtype() == DType::kF32) {
     float* yp = y.data<float>();
-    for (size_t i = 0; i < real.size(); ++i) yp[i] = static_cast<float>(real[i]);
+    for (size_t k = 0; k < real.size(); ++k) yp[offsets[k]] = static_cast<float>(real[k]);
     return;
   }
   const QuantParams& po = y.qparams();
   auto [qmin, qmax] = QuantRange(y.dtype(), po);
-  for (size_t i = 0; i < real.size(); ++i) {
-    double q = QuantizeValue<double>(real[i], po.scales[0], static_cast<double>(po.zero_points[0]),
+  for (size_t k = 0; k < real.size(); ++k) {
+    double q = QuantizeValue<double>(real[k], po.scales[0], static_cast<double>(po.zero_points[0]),
                                      static_cast<double>(qmin), static_cast<double>(qmax));
     if (y.dtype() == DType::kQInt8) {
-      y.data<int8_t>()[i] = static_cast<int8_t>(q);
+      y.data<int8_t>()[offsets[k]] = static_cast<int8_t>(q);
     } else {
-      y.data<uint8_t>()[i] = static_cast<uint8_t>(q);
+      y.data<uint8_t>()[offsets[k]] = static_cast<uint8_t>(q);
     }
   }
 }
 
+// Bias: the input after the two operands, unless it is the residual.
+const Tensor* IntegerBias(const KernelCall& c) {
+  return c.in.size() > 2u + (c.attrs.residual ? 1 : 0) ? &c.in[2] : nullptr;
+}
+
 // a (M, K), b (K, N) quantized, optional f32 bias (N) -> y (M, N) f32 or quantized.
 void QuantizedMatmulKernel(const KernelCall& c) {
-  const Tensor &a = c.in[0], &b = c.in[1], &y = c.out[0];
-  const Tensor* bias = c.in.size() > 2 ? &c.in[2] : nullptr;
+  const Tensor &a = c.in[0], &b = c.in[1];
+  const Tensor* bias = IntegerBias(c);
   int64_t M = a.size(0), K = a.size(1), N = b.size(1);
   const QuantParams &pa = a.qparams(), &pb = b.qparams();
   std::vector<int32_t> av = a.IntRepr(), bv = b.IntRepr();
@@ -707,14 +726,14 @@ void QuantizedMatmulKernel(const KernelCall& c) {
       }
     }
   });
-  StoreIntegerResult(real, y);
+  StoreIntegerResult(real, c);
 }
 
 // x (N, C, H, W), w (O, C/G, KH, KW) quantized, optional f32 bias (O) -> y (N, O,
 // OH, OW) f32 or quantized. Padding is x's zero point: it adds nothing.
 void QuantizedConv2dKernel(const KernelCall& c) {
   const Tensor &x = c.in[0], &w = c.in[1], &y = c.out[0];
-  const Tensor* bias = c.in.size() > 2 ? &c.in[2] : nullptr;
+  const Tensor* bias = IntegerBias(c);
   const OpAttrs& at = c.attrs;
   const QuantParams &px = x.qparams(), &pw = w.qparams();
   int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
@@ -748,7 +767,7 @@ void QuantizedConv2dKernel(const KernelCall& c) {
       }
     }
   });
-  StoreIntegerResult(real, y);
+  StoreIntegerResult(real, c);
 }
 
 struct Table {

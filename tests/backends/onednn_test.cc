@@ -179,6 +179,81 @@ TEST(OneDnn, QuantizedConv2dMatchesReference) {
   }
 }
 
+// The fused post-ops (residual, ReLU, a narrowed output range), channels-last
+// activations, qint4 weights and cached constant weights: each variant of the
+// oneDNN int8 convolution and matmul against the reference kernels, f32 outputs
+// to f32 rounding and requantized outputs within one level.
+TEST(OneDnn, IntegerPostOpsMatchReference) {
+  Generator gen(9);
+  struct Variant {
+    bool residual, relu, narrow, channels_last, int4, constant;
+  };
+  int v = 0;
+  for (const Variant& k : {Variant{false, true, false, false, false, false}, Variant{true, false, false, false, false, false},
+                           Variant{true, true, false, true, false, false}, Variant{false, true, true, false, false, false},
+                           Variant{true, true, true, true, true, true}, Variant{false, false, false, true, false, true}}) {
+    SCOPED_TRACE(::testing::Message() << "variant " << v++);
+    Conv2dOptions o;
+    o.padding[0] = o.padding[1] = 1;
+    Tensor x = Quantize(Uniform({2, 8, 7, 6}, -1, 2, &gen), DType::kQInt8, QuantParams::PerTensor(3.0 / 255, -43));
+    if (k.channels_last) x = x.ChannelsLast();
+    std::vector<double> scales(12);
+    for (size_t i = 0; i < scales.size(); ++i) scales[i] = (k.int4 ? 0.03 : 0.003) + 0.0005 * i;
+    QuantParams pw = QuantParams::PerChannel(scales, std::vector<int64_t>(12, 0), 0);
+    if (k.int4) pw = pw.WithRange(-7, 7);
+    Tensor w = Quantize(Normal({12, 8, 3, 3}, 0, 0.2, &gen), k.int4 ? DType::kQInt4 : DType::kQInt8, pw);
+    if (k.constant) w.storage()->MarkConstant();
+    Tensor bias = Normal({12}, 0, 0.5, &gen);
+    IntegerPostOps post{.residual = k.residual ? Normal({2, 12, 7, 6}, 0, 1, &gen) : Tensor(), .relu = k.relu};
+    QuantParams po = QuantParams::PerTensor(0.02, -5);
+    if (k.narrow) po = po.WithRange(-8, 7);
+    for (int repeat = 0; repeat < (k.constant ? 2 : 1); ++repeat) {  // a second call reads the cached weights
+      Tensor fast = QuantizedConv2d(x, w, bias, o, DType::kF32, nullptr, post);
+      Tensor fq = QuantizedConv2d(x, w, bias, o, DType::kQInt8, &po, post);
+      EXPECT_EQ(fq.is_channels_last(), k.channels_last);
+      Tensor ref, rq;
+      {
+        cpu::ReferenceModeGuard guard;
+        ref = QuantizedConv2d(x, w, bias, o, DType::kF32, nullptr, post);
+        rq = QuantizedConv2d(x, w, bias, o, DType::kQInt8, &po, post);
+      }
+      EXPECT_LE(NormalizedMse(fast, ref), 1e-12);
+      std::vector<int32_t> f = fq.IntRepr(), r = rq.IntRepr();
+      int differ = 0;
+      for (size_t i = 0; i < f.size(); ++i) {
+        EXPECT_LE(std::abs(f[i] - r[i]), 1) << i;
+        differ += f[i] != r[i];
+        if (k.narrow) EXPECT_TRUE(f[i] >= -8 && f[i] <= 7) << f[i];
+        if (k.relu) EXPECT_GE(f[i], -5);  // ReLU: never below the zero point
+      }
+      EXPECT_LE(differ, static_cast<int>(f.size() / 100) + 1);
+    }
+    // The matmul takes the same post-ops.
+    Tensor a = Quantize(Uniform({5, 16}, -1, 2, &gen), DType::kQUInt8, QuantParams::PerTensor(3.0 / 255, 85));
+    Tensor b = Quantize(Normal({16, 9}, 0, 0.2, &gen), k.int4 ? DType::kQInt4 : DType::kQInt8,
+                        k.int4 ? QuantParams::PerTensor(0.05, 0).WithRange(-7, 7) : QuantParams::PerTensor(0.004, 0));
+    if (k.constant) b.storage()->MarkConstant();
+    IntegerPostOps mpost{.residual = k.residual ? Normal({5, 9}, 0, 1, &gen) : Tensor(), .relu = k.relu};
+    Tensor mfast = QuantizedMatmul(a, b, Tensor(), DType::kF32, nullptr, mpost), mref;
+    {
+      cpu::ReferenceModeGuard guard;
+      mref = QuantizedMatmul(a, b, Tensor(), DType::kF32, nullptr, mpost);
+    }
+    EXPECT_LE(NormalizedMse(mfast, mref), 1e-12);
+  }
+}
+
+TEST(OneDnn, ConstantStorageRefusesWrites) {
+  Tensor w = Ones({3});
+  w.storage()->MarkConstant();
+  try {
+    AddInplace(w, Ones({3}));
+    FAIL() << "expected quanta::Error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("constant storage"), std::string::npos) << e.what();
+  }
+}
+
 TEST(OneDnn, PrimitivesAreCachedPerShape) {
   Tensor a = Ones({7, 5}), b = Ones({5, 3});
   Matmul(a, b);
