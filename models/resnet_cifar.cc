@@ -71,4 +71,29 @@ Tensor CifarResNet::Forward(const Tensor& x) {
   return fc->Forward(Mean(y, {2, 3}));
 }
 
+void CifarResNet::ConvertTo(quant::IntegerBuilder& b) const {
+  std::vector<std::pair<std::string, std::shared_ptr<BasicBlock>>> blocks;
+  for (const auto& [stage_name, stage] : NamedChildren()) {
+    if (!dynamic_cast<nn::Sequential*>(stage.get())) continue;
+    for (const auto& [i, m] : stage->NamedChildren()) {
+      blocks.emplace_back(stage_name + "." + i, std::dynamic_pointer_cast<BasicBlock>(m));
+    }
+  }
+  QUANTA_CHECK(!blocks.empty(), "CifarResNet: no blocks to convert");
+  int x = b.Conv("conv1", *conv1, bn1.get(), b.input(), /*relu=*/true, blocks[0].second->conv1.get());
+  for (size_t k = 0; k < blocks.size(); ++k) {
+    const auto& [name, block] = blocks[k];
+    const nn::QuantizableLayer* next = k + 1 < blocks.size() ? blocks[k + 1].second->conv1.get() : nullptr;
+    int h = b.Conv(name + ".conv1", *block->conv1, block->bn1.get(), x, /*relu=*/true, block->conv2.get());
+    int shortcut = x;
+    if (block->stride != 1 || block->in_channels != block->out_channels) {
+      int64_t extra = block->out_channels - block->in_channels;
+      shortcut = b.ShortcutPad(x, block->stride, extra / 2, extra - extra / 2);
+    }
+    // The last block's output feeds the average pool: it stays f32.
+    x = b.Conv(name + ".conv2", *block->conv2, block->bn2.get(), h, /*relu=*/true, next, shortcut);
+  }
+  b.Linear("fc", *fc, b.GlobalAvgPool(x), /*relu=*/false, nullptr);
+}
+
 }  // namespace quanta::models

@@ -7,11 +7,13 @@
 //   Generator gen(0);
 //   auto net = CifarResNet::Make(20, /*num_classes=*/100, &gen);
 //   Tensor logits = net->Forward(images);   // images (N, 3, 32, 32)
+//   auto int8 = quant::Convert(*net);        // after PrepareQat and training or Calibrate
 #pragma once
 
 #include <memory>
 
 #include "nn/layers.h"
+#include "quant/convert.h"
 
 namespace quanta::models {
 
@@ -25,12 +27,15 @@ class BasicBlock : public nn::Layer {
   int64_t in_channels, out_channels, stride;
 };
 
-class CifarResNet : public nn::Layer {
+class CifarResNet : public nn::Layer, public quant::Convertible {
  public:
   // depth = 6n + 2 (20, 32, 44, 56, 110).
   static std::shared_ptr<CifarResNet> Make(int depth, int64_t num_classes, Generator* gen = nullptr);
   CifarResNet(int blocks_per_stage, int64_t num_classes, Generator* gen);
   Tensor Forward(const Tensor& x) override;
+  // The integer form (quant/convert.h): each block's conv2 adds the shortcut and
+  // applies the ReLU in its epilogue.
+  void ConvertTo(quant::IntegerBuilder& b) const override;
   std::shared_ptr<nn::Conv2d> conv1;
   std::shared_ptr<nn::BatchNorm2d> bn1;
   std::shared_ptr<nn::Sequential> layer1, layer2, layer3;

@@ -23,8 +23,12 @@ std::pair<Tensor, Tensor> ConvBn2d::FoldedWeightAndBias() const {
   return {w, b};
 }
 
-Tensor ConvBn2d::Forward(const Tensor& x) {
-  auto quantize = [&](const Tensor& w) { return weight_quant ? weight_quant->Forward(w) : w; };
+Tensor ConvBn2d::Forward(const Tensor& x_in) {
+  // The quantization slots: conv's input quantizer; the weight quantizer on the
+  // folded weight is ours, or conv's when we have none (PrepareQat fills conv's).
+  Tensor x = conv->input_quant ? conv->input_quant->Forward(x_in) : x_in;
+  const std::shared_ptr<nn::Layer>& wq = weight_quant ? weight_quant : conv->weight_quant;
+  auto quantize = [&](const Tensor& w) { return wq ? wq->Forward(w) : w; };
   if (!is_training()) {
     auto [w, b] = FoldedWeightAndBias();
     return Conv2d(x, quantize(w), b, conv->options);

@@ -27,7 +27,7 @@ class ConvBn2d : public nn::Layer {
 
   std::shared_ptr<nn::Conv2d> conv;
   std::shared_ptr<nn::BatchNorm2d> bn;
-  std::shared_ptr<Quantizer> weight_quant;  // optional; set before training
+  std::shared_ptr<nn::Layer> weight_quant;  // optional (else conv->weight_quant); set before training
   int64_t freeze_bn_after;                  // -1: never
   int64_t steps = 0;
 };

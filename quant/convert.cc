@@ -1,0 +1,293 @@
+// Convert: quantizer parameters into integer weights and activation parameters,
+// batch norm folded, and the generic conversion of Sequential models.
+#include "quant/convert.h"
+
+#include <cmath>
+#include <limits>
+#include <typeinfo>
+
+#include "absl/strings/str_cat.h"
+#include "core/error.h"
+#include "core/grad_mode.h"
+#include "quant/quantizer.h"
+
+namespace quanta::quant {
+namespace {
+
+const Quantizer& ReadyQuantizer(const std::shared_ptr<nn::Layer>& slot, const std::string& name, const char* which) {
+  auto* q = dynamic_cast<const Quantizer*>(slot.get());
+  QUANTA_CHECK(q != nullptr, "convert: ", name, " has no ", which,
+               " quantizer; run PrepareQat (then train, or Calibrate) before converting");
+  QUANTA_CHECK(q->enabled() && q->ready(), "convert: the ", which, " quantizer of ", name,
+               q->enabled() ? " has not seen data (train or Calibrate first)" : " is disabled");
+  return *q;
+}
+
+// The integer range to store in QuantParams: 0, 0 (the dtype's own) unless narrower.
+QuantParams WithSpecRange(QuantParams p, const QuantSpec& spec, DType dtype) {
+  int64_t full_min = dtype == DType::kQUInt8 ? 0 : dtype == DType::kQInt4 ? -8 : -128;
+  int64_t full_max = dtype == DType::kQUInt8 ? 255 : dtype == DType::kQInt4 ? 7 : 127;
+  if (spec.quant_min() == full_min && spec.quant_max() == full_max) return p;
+  return p.WithRange(spec.quant_min(), spec.quant_max());
+}
+
+struct Activation {
+  DType dtype;
+  QuantParams params;
+  int bits;
+};
+
+// What the layer's input quantizer does to its input, as tensor parameters. An
+// LSQ+ offset is learned in fractional steps; the integer model rounds it.
+Activation InputActivation(const nn::QuantizableLayer& layer, const std::string& name) {
+  const Quantizer& q = ReadyQuantizer(layer.input_quant, name, "input");
+  const QuantSpec& spec = q.spec();
+  auto [s, z] = q.Params();
+  QUANTA_CHECK(s.numel() == 1, "convert: the input quantizer of ", name, " is not per tensor");
+  DType dtype = spec.is_signed ? DType::kQInt8 : DType::kQUInt8;
+  double scale = static_cast<float>(s.item<float>());
+  int64_t zp = std::llround(z.item<float>());
+  return {dtype, WithSpecRange(QuantParams::PerTensor(scale, zp), spec, dtype), spec.bits};
+}
+
+// The layer's float weight (O, ...) as its weight quantizer quantizes it: per
+// output channel along 0, symmetric; then scaled per channel by `factor` (a
+// folded batch norm's gamma / sigma; a negative factor flips the channel's
+// integers, which the symmetric range allows).
+Tensor IntegerWeight(const std::shared_ptr<nn::Layer>& weight_quant, const std::string& name, const Tensor& w,
+                     const std::vector<double>& factor, int* bits) {
+  const Quantizer& q = ReadyQuantizer(weight_quant, name, "weight");
+  const QuantSpec& spec = q.spec();
+  QUANTA_CHECK(spec.symmetric, "convert: the weight quantizer of ", name, " is not symmetric (", spec.ToString(), ")");
+  *bits = spec.bits;
+  int64_t O = w.size(0);
+  std::vector<float> s = q.Params().first.ToVector<float>();
+  QUANTA_CHECK(s.size() == 1 || static_cast<int64_t>(s.size()) == O, "convert: ", name, " has ", s.size(),
+               " weight scales for ", O, " output channels");
+  std::vector<double> scales(O);
+  for (int64_t o = 0; o < O; ++o) scales[o] = s[s.size() == 1 ? 0 : o];
+  QuantParams fq = QuantParams::PerChannel(scales, std::vector<int64_t>(O, 0), 0).WithRange(spec.quant_min(), spec.quant_max());
+  std::vector<int32_t> values = Quantize(w.Detach().Contiguous(), DType::kQInt8, fq).IntRepr();
+  int64_t per = w.numel() / std::max<int64_t>(O, 1);
+  std::vector<double> folded(O);
+  for (int64_t o = 0; o < O; ++o) {
+    double f = factor.empty() ? 1.0 : factor[o];
+    folded[o] = static_cast<float>(scales[o] * std::abs(f));
+    if (folded[o] <= 0) folded[o] = std::numeric_limits<float>::min();  // a dead channel: all its integers are 0
+    if (f < 0) {
+      for (int64_t i = o * per; i < (o + 1) * per; ++i) values[i] = -values[i];
+    }
+  }
+  DType dtype = spec.bits <= 4 ? DType::kQInt4 : DType::kQInt8;
+  QuantParams p = WithSpecRange(QuantParams::PerChannel(folded, std::vector<int64_t>(O, 0), 0), spec, dtype);
+  return Tensor::FromQuantized(values, w.shape(), dtype, p);
+}
+
+// gamma / sigma and the bias a batch norm folds into the layer before it.
+std::pair<std::vector<double>, Tensor> FoldBatchNorm(const nn::BatchNorm2d& bn, const Tensor& bias, int64_t O) {
+  std::vector<float> mean = bn.running_mean.ToVector<float>(), var = bn.running_var.ToVector<float>();
+  std::vector<float> gamma = bn.weight.defined() ? bn.weight.ToVector<float>() : std::vector<float>(O, 1.f);
+  std::vector<float> beta = bn.bias.defined() ? bn.bias.ToVector<float>() : std::vector<float>(O, 0.f);
+  std::vector<float> b = bias.defined() ? bias.ToVector<float>() : std::vector<float>(O, 0.f);
+  std::vector<double> factor(O);
+  std::vector<float> folded(O);
+  for (int64_t o = 0; o < O; ++o) {
+    factor[o] = gamma[o] / std::sqrt(static_cast<double>(var[o]) + bn.eps);
+    folded[o] = static_cast<float>((b[o] - mean[o]) * factor[o] + beta[o]);
+  }
+  return {factor, Tensor::FromVector(folded, {O})};
+}
+
+}  // namespace
+
+IntegerBuilder::IntegerBuilder() : model_(std::make_shared<IntegerModel>()) {}
+
+int IntegerBuilder::QuantizedInput(int in, const nn::QuantizableLayer& layer, const std::string& name) {
+  Activation a = InputActivation(layer, name);
+  const IntegerNode& src = model_->node(in);
+  if (src.out_dtype == a.dtype && src.out_params == a.params) return in;
+  return model_->Add(IntegerNode{.kind = NodeKind::kQuantize, .name = name + ".input_quant", .inputs = {in},
+                                 .out_dtype = a.dtype, .out_params = a.params});
+}
+
+int IntegerBuilder::AddWeighted(IntegerNode node, const nn::QuantizableLayer& layer, int in,
+                                const nn::QuantizableLayer* consumer) {
+  node.inputs = {QuantizedInput(in, layer, node.name)};
+  node.act_bits = InputActivation(layer, node.name).bits;
+  if (consumer) {
+    Activation out = InputActivation(*consumer, absl::StrCat(node.name, "'s consumer"));
+    node.out_dtype = out.dtype;
+    node.out_params = out.params;
+  }
+  return model_->Add(std::move(node));
+}
+
+int IntegerBuilder::Conv(const std::string& name, const nn::Conv2d& conv, const nn::BatchNorm2d* bn, int in, bool relu,
+                         const nn::QuantizableLayer* consumer, int residual) {
+  NoGradGuard no_grad;
+  int64_t O = conv.weight.size(0);
+  IntegerNode n{.kind = NodeKind::kConv2d, .name = name, .conv = conv.options, .relu = relu, .residual = residual};
+  std::vector<double> factor;
+  n.bias = conv.bias.defined() ? conv.bias.Detach().Contiguous() : Tensor();
+  if (bn) {
+    QUANTA_CHECK(bn->running_mean.numel() == O, "convert: ", name, " has ", O, " channels, its batch norm ",
+                 bn->running_mean.numel());
+    std::tie(factor, n.bias) = FoldBatchNorm(*bn, conv.bias, O);
+  }
+  n.weight = IntegerWeight(conv.weight_quant, name, conv.weight, factor, &n.weight_bits);
+  return AddWeighted(std::move(n), conv, in, consumer);
+}
+
+int IntegerBuilder::Conv(const std::string& name, const ConvBn2d& cb, int in, bool relu,
+                         const nn::QuantizableLayer* consumer, int residual) {
+  NoGradGuard no_grad;
+  auto [w, b] = cb.FoldedWeightAndBias();
+  IntegerNode n{.kind = NodeKind::kConv2d, .name = name, .conv = cb.conv->options, .relu = relu, .residual = residual};
+  n.bias = b.Contiguous();
+  // ConvBn2d's own weight quantizer (on the folded weight) when set, else conv's.
+  n.weight = IntegerWeight(cb.weight_quant ? cb.weight_quant : cb.conv->weight_quant, name, w, {}, &n.weight_bits);
+  return AddWeighted(std::move(n), *cb.conv, in, consumer);
+}
+
+int IntegerBuilder::Linear(const std::string& name, const nn::Linear& linear, int in, bool relu,
+                           const nn::QuantizableLayer* consumer, int residual) {
+  NoGradGuard no_grad;
+  IntegerNode n{.kind = NodeKind::kLinear, .name = name, .relu = relu, .residual = residual};
+  Tensor w = IntegerWeight(linear.weight_quant, name, linear.weight, {}, &n.weight_bits);  // (N, K) per channel along 0
+  // The matmul reads (K, N) with scales along 1.
+  int64_t N = w.size(0), K = w.size(1);
+  std::vector<int32_t> v = w.IntRepr(), t(v.size());
+  for (int64_t i = 0; i < N; ++i) {
+    for (int64_t k = 0; k < K; ++k) t[k * N + i] = v[i * K + k];
+  }
+  QuantParams p = w.qparams();
+  p.axis = 1;
+  n.weight = Tensor::FromQuantized(t, {K, N}, w.dtype(), p);
+  n.bias = linear.bias.defined() ? linear.bias.Detach().Contiguous() : Tensor();
+  return AddWeighted(std::move(n), linear, in, consumer);
+}
+
+int IntegerBuilder::MaxPool(int in, const Pool2dOptions& options) {
+  const IntegerNode& src = model_->node(in);
+  return model_->Add(IntegerNode{.kind = NodeKind::kMaxPool2d, .name = src.name + ".max_pool", .inputs = {in},
+                                 .out_dtype = src.out_dtype, .out_params = src.out_params, .pool = options});
+}
+
+int IntegerBuilder::GlobalAvgPool(int in) {
+  return model_->Add(IntegerNode{.kind = NodeKind::kGlobalAvgPool, .name = model_->node(in).name + ".avg_pool", .inputs = {in}});
+}
+
+int IntegerBuilder::Flatten(int in) {
+  const IntegerNode& src = model_->node(in);
+  return model_->Add(IntegerNode{.kind = NodeKind::kFlatten, .name = src.name + ".flatten", .inputs = {in},
+                                 .out_dtype = src.out_dtype, .out_params = src.out_params});
+}
+
+int IntegerBuilder::ShortcutPad(int in, int64_t stride, int64_t pad_before, int64_t pad_after) {
+  return model_->Add(IntegerNode{.kind = NodeKind::kShortcutPad, .name = model_->node(in).name + ".shortcut",
+                                 .inputs = {in}, .stride = stride, .pad_before = pad_before, .pad_after = pad_after});
+}
+
+int IntegerBuilder::Dequantize(int in) {
+  if (model_->node(in).out_dtype == DType::kF32) return in;
+  return model_->Add(IntegerNode{.kind = NodeKind::kDequantize, .name = model_->node(in).name + ".dequant", .inputs = {in}});
+}
+
+namespace {
+
+// A Sequential's layers in order, nested Sequentials flattened, with names.
+void Flatten(nn::Module& m, const std::string& prefix,
+             std::vector<std::pair<std::string, std::shared_ptr<nn::Module>>>& out) {
+  for (auto& [name, child] : m.NamedChildren()) {
+    std::string full = prefix.empty() ? name : prefix + "." + name;
+    if (auto* seq = dynamic_cast<nn::Sequential*>(child.get())) {
+      Flatten(*seq, full, out);
+    } else {
+      out.emplace_back(full, child);
+    }
+  }
+}
+
+bool Transparent(const nn::Module* m) {
+  // Layers an integer value passes through unchanged in meaning.
+  return dynamic_cast<const nn::Identity*>(m) || dynamic_cast<const nn::Dropout*>(m) ||
+         dynamic_cast<const nn::Flatten*>(m) || dynamic_cast<const nn::MaxPool2d*>(m);
+}
+
+const nn::QuantizableLayer* AsQuantizable(const nn::Module* m) {
+  if (auto* cb = dynamic_cast<const ConvBn2d*>(m)) return cb->conv.get();
+  return dynamic_cast<const nn::QuantizableLayer*>(m);
+}
+
+void ConvertSequential(IntegerBuilder& b, nn::Sequential& seq) {
+  std::vector<std::pair<std::string, std::shared_ptr<nn::Module>>> layers;
+  Flatten(seq, "", layers);
+  int cur = b.input();
+  for (size_t i = 0; i < layers.size(); ++i) {
+    auto& [name, m] = layers[i];
+    const nn::Module* layer = m.get();
+    if (Transparent(layer) && !dynamic_cast<const nn::MaxPool2d*>(layer) && !dynamic_cast<const nn::Flatten*>(layer)) {
+      continue;
+    }
+    if (auto* pool = dynamic_cast<const nn::MaxPool2d*>(layer)) {
+      cur = b.MaxPool(cur, pool->options);
+      continue;
+    }
+    if (auto* flat = dynamic_cast<const nn::Flatten*>(layer)) {
+      QUANTA_CHECK(flat->start_dim == 1 && (flat->end_dim == -1 || flat->end_dim == 3), "convert: ", name,
+                   ": only Flatten from dim 1 to the end has an integer form");
+      cur = b.Flatten(cur);
+      continue;
+    }
+    if (auto* ap = dynamic_cast<const nn::AdaptiveAvgPool2d*>(layer)) {
+      QUANTA_CHECK(ap->out_h == 1 && ap->out_w == 1, "convert: ", name, ": only AdaptiveAvgPool2d(1, 1) is converted");
+      cur = b.GlobalAvgPool(cur);
+      continue;
+    }
+    const nn::QuantizableLayer* q = AsQuantizable(layer);
+    QUANTA_CHECK(q != nullptr, "convert: ", name, " (", typeid(*layer).name(),
+                 ") has no integer form; a ReLU or BatchNorm2d converts only right after a Conv2d or Linear");
+    // Fold what follows: BatchNorm2d (after a Conv2d), then ReLU.
+    size_t j = i + 1;
+    const nn::BatchNorm2d* bn = nullptr;
+    if (j < layers.size() && dynamic_cast<const nn::Conv2d*>(layer)) {
+      bn = dynamic_cast<const nn::BatchNorm2d*>(layers[j].second.get());
+      if (bn) ++j;
+    }
+    bool relu = j < layers.size() && dynamic_cast<const nn::ReLU*>(layers[j].second.get());
+    if (relu) ++j;
+    // The consumer: the next quantizable layer, if only transparent layers lie between.
+    size_t k = j;
+    while (k < layers.size() && Transparent(layers[k].second.get())) ++k;
+    const nn::QuantizableLayer* consumer = k < layers.size() ? AsQuantizable(layers[k].second.get()) : nullptr;
+    if (auto* cb = dynamic_cast<const ConvBn2d*>(layer)) {
+      cur = b.Conv(name, *cb, cur, relu, consumer);
+    } else if (auto* conv = dynamic_cast<const nn::Conv2d*>(layer)) {
+      cur = b.Conv(name, *conv, bn, cur, relu, consumer);
+    } else {
+      cur = b.Linear(name, *dynamic_cast<const nn::Linear*>(layer), cur, relu, consumer);
+    }
+    i = j - 1;
+  }
+  b.Dequantize(cur);
+}
+
+}  // namespace
+
+std::shared_ptr<IntegerModel> Convert(nn::Module& model) {
+  IntegerBuilder builder;
+  if (auto* c = dynamic_cast<Convertible*>(&model)) {
+    c->ConvertTo(builder);
+  } else if (auto* seq = dynamic_cast<nn::Sequential*>(&model)) {
+    ConvertSequential(builder, *seq);
+  } else {
+    throw Error(absl::StrCat("convert: ", typeid(model).name(),
+                             " is neither a Sequential nor Convertible (quant/convert.h says how to make it so)"));
+  }
+  auto m = builder.model();
+  QUANTA_CHECK(m->nodes().size() > 1, "convert: the model produced no integer nodes");
+  QUANTA_CHECK(m->nodes().back().out_dtype == DType::kF32, "convert: the model's output must be f32 (dequantize it)");
+  return m;
+}
+
+}  // namespace quanta::quant

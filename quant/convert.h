@@ -1,0 +1,79 @@
+// Convert: a prepared model (QAT-trained, or calibrated by PTQ) into an
+// IntegerModel that computes in integers: int8 (or packed int4) weights with
+// per-channel scales, batch norm folded, ReLU and residual adds fused into the
+// integer layers, activations passed as int8 from layer to layer (Note [Integer
+// model values] in quant/integer_model.h). Not a tracer: Sequential models
+// convert generically; a model with its own Forward (a ResNet) says how its
+// layers connect by implementing Convertible with an IntegerBuilder.
+//
+//   PrepareReport r = PrepareQat(*net, policy);  ... train, or Calibrate(r, ...) ...
+//   std::shared_ptr<IntegerModel> q = quant::Convert(*net);
+//   Tensor logits = q->Forward(images);          // matches net->Forward in eval
+//
+//   // In a model with its own Forward:
+//   void MyNet::ConvertTo(quant::IntegerBuilder& b) const {
+//     int h = b.Conv("conv1", *conv1, bn1.get(), b.input(), /*relu=*/true, /*consumer=*/fc.get());
+//     b.Linear("fc", *fc, b.Flatten(h), /*relu=*/false, /*consumer=*/nullptr);
+//   }
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "nn/layers.h"
+#include "quant/conv_bn.h"
+#include "quant/integer_model.h"
+
+namespace quanta::quant {
+
+// Note [Where activations are quantized]: the fake-quant model quantizes each
+// Conv2d/Linear's input with that layer's input quantizer and runs everything
+// else in float. The integer model quantizes the same values with the same
+// parameters, at the end of the layer that produces them: a layer's output
+// parameters are those of its consumer's input quantizer. Where no quantizable
+// layer reads a value directly (global average pooling, the logits) it stays
+// f32. One difference is unavoidable: a residual that the float model adds in
+// float is added from its quantized copy (the value the next layer read anyway).
+class IntegerBuilder {
+ public:
+  IntegerBuilder();
+  int input() const { return 0; }
+  std::shared_ptr<IntegerModel> model() const { return model_; }
+
+  // Conv2d (a BatchNorm2d after it folded) reading node `in`, ReLU fused when
+  // relu, `residual` (a node, or -1) added before the ReLU. The output is
+  // quantized for `consumer` (the layer that reads it next), or f32 when null.
+  int Conv(const std::string& name, const nn::Conv2d& conv, const nn::BatchNorm2d* bn, int in, bool relu,
+           const nn::QuantizableLayer* consumer, int residual = -1);
+  // ConvBn2d: its folded weight and bias, quantized with its weight quantizer;
+  // the input quantizer is conv's.
+  int Conv(const std::string& name, const ConvBn2d& conv_bn, int in, bool relu, const nn::QuantizableLayer* consumer,
+           int residual = -1);
+  int Linear(const std::string& name, const nn::Linear& linear, int in, bool relu,
+             const nn::QuantizableLayer* consumer, int residual = -1);
+  int MaxPool(int in, const Pool2dOptions& options);
+  int GlobalAvgPool(int in);  // -> f32 (N, C)
+  int Flatten(int in);
+  int ShortcutPad(int in, int64_t stride, int64_t pad_before, int64_t pad_after);
+  int Dequantize(int in);  // no-op for an f32 node
+
+ private:
+  // Node `in` as `layer`'s input quantizer would quantize it (a quantize or
+  // requantize node when it is not already so).
+  int QuantizedInput(int in, const nn::QuantizableLayer& layer, const std::string& name);
+  int AddWeighted(IntegerNode node, const nn::QuantizableLayer& layer, int in, const nn::QuantizableLayer* consumer);
+  std::shared_ptr<IntegerModel> model_;
+};
+
+// Models whose Forward is code, not a Sequential, implement this.
+class Convertible {
+ public:
+  virtual ~Convertible() = default;
+  virtual void ConvertTo(IntegerBuilder& builder) const = 0;
+};
+
+// Throws quanta::Error naming the layer when a quantizer is missing, disabled or
+// has not seen data, or a layer has no integer form.
+std::shared_ptr<IntegerModel> Convert(nn::Module& model);
+
+}  // namespace quanta::quant

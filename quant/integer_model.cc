@@ -1,0 +1,435 @@
+// IntegerModel: node checks, the forward pass, and the file format.
+#include "quant/integer_model.h"
+
+#include <cstring>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "core/error.h"
+#include "core/grad_mode.h"
+#include "nn/safetensors.h"
+
+namespace quanta::quant {
+namespace {
+
+constexpr NodeKind kKinds[] = {NodeKind::kInput,     NodeKind::kQuantize,      NodeKind::kDequantize,
+                               NodeKind::kConv2d,    NodeKind::kLinear,        NodeKind::kMaxPool2d,
+                               NodeKind::kGlobalAvgPool, NodeKind::kFlatten,   NodeKind::kShortcutPad};
+
+bool HasWeights(NodeKind k) { return k == NodeKind::kConv2d || k == NodeKind::kLinear; }
+
+// 4-D quantized values live channels-last (Note [Integer model values]).
+Tensor QuantizeKeepLayout(const Tensor& x, DType dtype, const QuantParams& p) {
+  if (x.is_quantized()) {
+    Tensor real = x.dim() == 4 ? Dequantize(x.Permute({0, 2, 3, 1})).Permute({0, 3, 1, 2}) : Dequantize(x);
+    return QuantizeKeepLayout(real, dtype, p);
+  }
+  if (x.dim() == 4) return Quantize(x.Permute({0, 2, 3, 1}), dtype, p).Permute({0, 3, 1, 2});
+  return Quantize(x, dtype, p);
+}
+
+Tensor Real(const Tensor& x) {
+  if (!x.is_quantized()) return x;
+  return x.dim() == 4 ? Dequantize(x.Permute({0, 2, 3, 1})).Permute({0, 3, 1, 2}) : Dequantize(x);
+}
+
+std::string Ints(std::initializer_list<int64_t> v) { return absl::StrJoin(v, ","); }
+
+}  // namespace
+
+const char* NodeKindName(NodeKind kind) {
+  switch (kind) {
+    case NodeKind::kInput: return "input";
+    case NodeKind::kQuantize: return "quantize";
+    case NodeKind::kDequantize: return "dequantize";
+    case NodeKind::kConv2d: return "conv2d";
+    case NodeKind::kLinear: return "linear";
+    case NodeKind::kMaxPool2d: return "max_pool2d";
+    case NodeKind::kGlobalAvgPool: return "global_avg_pool";
+    case NodeKind::kFlatten: return "flatten";
+    case NodeKind::kShortcutPad: return "shortcut_pad";
+  }
+  return "?";
+}
+
+IntegerModel::IntegerModel() {
+  nodes_.push_back(IntegerNode{.kind = NodeKind::kInput, .name = "input"});
+  last_use_.push_back(0);
+}
+
+int IntegerModel::Add(IntegerNode n) {
+  int index = static_cast<int>(nodes_.size());
+  std::string what = absl::StrCat("integer_model: node ", index, " (", NodeKindName(n.kind), " ", n.name, ")");
+  QUANTA_CHECK(n.kind != NodeKind::kInput, what, ": only node 0 is the input");
+  QUANTA_CHECK(n.inputs.size() == 1, what, ": takes one input, got ", n.inputs.size());
+  for (int i : n.inputs) QUANTA_CHECK(i >= 0 && i < index, what, ": reads node ", i, ", not an earlier node");
+  QUANTA_CHECK(n.residual == -1 || (HasWeights(n.kind) && n.residual >= 0 && n.residual < index), what,
+               ": bad residual node ", n.residual);
+  bool quantized_out = n.out_dtype == DType::kQInt8 || n.out_dtype == DType::kQUInt8;
+  QUANTA_CHECK(n.out_dtype == DType::kF32 || (quantized_out && n.out_params.scheme == QScheme::kPerTensor &&
+                                              n.out_params.scales.size() == 1 && n.out_params.scales[0] > 0),
+               what, ": output is f32 or per-tensor qint8/quint8, got ", Name(n.out_dtype));
+  if (HasWeights(n.kind)) {
+    const Tensor& w = n.weight;
+    QUANTA_CHECK(w.defined() && (w.dtype() == DType::kQInt8 || w.dtype() == DType::kQInt4) &&
+                     w.dim() == (n.kind == NodeKind::kConv2d ? 4 : 2),
+                 what, ": needs qint8/qint4 weights of rank ", n.kind == NodeKind::kConv2d ? 4 : 2,
+                 w.defined() ? ", got " + w.Describe() : ", got none");
+    int64_t channels = n.kind == NodeKind::kConv2d ? w.size(0) : w.size(1);
+    QUANTA_CHECK(!n.bias.defined() || (n.bias.dtype() == DType::kF32 && n.bias.numel() == channels), what,
+                 ": bias must be f32 (", channels, ")");
+    // Integer models never change their weights: oneDNN may keep them reordered.
+    w.storage()->MarkConstant();
+  } else {
+    QUANTA_CHECK(n.kind == NodeKind::kQuantize || !quantized_out || n.kind == NodeKind::kMaxPool2d ||
+                     n.kind == NodeKind::kFlatten,
+                 what, ": cannot produce a quantized output");
+  }
+  for (int i : n.inputs) last_use_[i] = index;
+  if (n.residual >= 0) last_use_[n.residual] = index;
+  nodes_.push_back(std::move(n));
+  last_use_.push_back(index);
+  return index;
+}
+
+Tensor IntegerModel::Forward(const Tensor& x) {
+  QUANTA_CHECK(nodes_.size() > 1, "integer_model: empty model (only an input)");
+  QUANTA_CHECK(x.dtype() == DType::kF32, "integer_model: the input must be f32, got ", x.Describe());
+  NoGradGuard no_grad;
+  std::vector<Tensor> v(nodes_.size());
+  v[0] = x;
+  for (size_t i = 1; i < nodes_.size(); ++i) {
+    const IntegerNode& n = nodes_[i];
+    const Tensor& in = v[n.inputs[0]];
+    switch (n.kind) {
+      case NodeKind::kInput: break;
+      case NodeKind::kQuantize: v[i] = QuantizeKeepLayout(in, n.out_dtype, n.out_params); break;
+      case NodeKind::kDequantize: v[i] = Real(in); break;
+      case NodeKind::kConv2d:
+      case NodeKind::kLinear: {
+        QUANTA_CHECK(in.is_quantized(), "integer_model: ", n.name, " needs a quantized input, got ", in.Describe());
+        IntegerPostOps post{.residual = n.residual >= 0 ? Real(v[n.residual]) : Tensor(), .relu = n.relu};
+        const QuantParams* out = n.out_dtype == DType::kF32 ? nullptr : &n.out_params;
+        v[i] = n.kind == NodeKind::kConv2d ? QuantizedConv2d(in, n.weight, n.bias, n.conv, n.out_dtype, out, post)
+                                           : QuantizedMatmul(in, n.weight, n.bias, n.out_dtype, out, post);
+        break;
+      }
+      case NodeKind::kMaxPool2d:
+        // Max commutes with the (monotone) quantization: pooling the real values and
+        // quantizing with the same parameters is exact.
+        v[i] = in.is_quantized() ? QuantizeKeepLayout(MaxPool2d(Real(in), n.pool), in.dtype(), in.qparams())
+                                 : MaxPool2d(in, n.pool);
+        break;
+      case NodeKind::kGlobalAvgPool: v[i] = Mean(Real(in), {2, 3}); break;
+      case NodeKind::kFlatten: v[i] = in.Reshape({in.size(0), -1}); break;
+      case NodeKind::kShortcutPad: {
+        Tensor s = Real(in).Slice(2, 0, in.size(2), n.stride).Slice(3, 0, in.size(3), n.stride);
+        Shape before = s.shape(), after = s.shape();
+        before[1] = n.pad_before;
+        after[1] = n.pad_after;
+        v[i] = Concat({Zeros(before), s, Zeros(after)}, 1);
+        break;
+      }
+    }
+    for (int j : n.inputs) {
+      if (last_use_[j] == static_cast<int>(i)) v[j] = Tensor();  // free what no later node reads
+    }
+  }
+  return v.back();
+}
+
+int64_t IntegerModel::Bytes() const {
+  int64_t bytes = 0;
+  for (const IntegerNode& n : nodes_) {
+    if (!HasWeights(n.kind)) continue;
+    int64_t numel = n.weight.numel();
+    bytes += n.weight.dtype() == DType::kQInt4 ? (numel + 1) / 2 : numel;
+    bytes += 4 * static_cast<int64_t>(n.weight.qparams().scales.size());
+    if (n.bias.defined()) bytes += 4 * n.bias.numel();
+  }
+  return bytes;
+}
+
+std::string IntegerModel::Summary() const {
+  std::string out = absl::StrFormat("%-4s %-16s %-26s %-6s %-8s %s\n", "#", "kind", "name", "bits", "output", "weight");
+  for (size_t i = 0; i < nodes_.size(); ++i) {
+    const IntegerNode& n = nodes_[i];
+    std::string bits = HasWeights(n.kind) ? absl::StrCat("W", n.weight_bits, "A", n.act_bits) : "";
+    absl::StrAppendFormat(&out, "%-4d %-16s %-26s %-6s %-8s %s%s%s\n", i, NodeKindName(n.kind), n.name, bits,
+                          Name(n.out_dtype), n.weight.defined() ? n.weight.Describe() : "", n.relu ? " +relu" : "",
+                          n.residual >= 0 ? absl::StrCat(" +residual(", n.residual, ")") : "");
+  }
+  absl::StrAppendFormat(&out, "bytes: %d\n", Bytes());
+  return out;
+}
+
+// ---- the file format --------------------------------------------------------
+
+namespace {
+
+std::string NodeLine(const IntegerNode& n) {
+  std::string line = absl::StrCat(NodeKindName(n.kind), " name=", n.name, " in=", absl::StrJoin(n.inputs, ","),
+                                  " out=", Name(n.out_dtype));
+  if (n.out_dtype != DType::kF32) {
+    absl::StrAppend(&line, " scale=", absl::StrFormat("%.17g", n.out_params.scales[0]), " zp=", n.out_params.zero_points[0],
+                    " qrange=", Ints({n.out_params.quant_min, n.out_params.quant_max}));
+  }
+  if (HasWeights(n.kind)) {
+    const QuantParams& pw = n.weight.qparams();
+    absl::StrAppend(&line, " wdtype=", Name(n.weight.dtype()), " wshape=", absl::StrJoin(n.weight.shape(), ","),
+                    " wrange=", Ints({pw.quant_min, pw.quant_max}), " bias=", n.bias.defined() ? 1 : 0,
+                    " relu=", n.relu ? 1 : 0, " residual=", n.residual, " bits=", Ints({n.weight_bits, n.act_bits}));
+  }
+  if (n.kind == NodeKind::kConv2d) {
+    const Conv2dOptions& c = n.conv;
+    absl::StrAppend(&line, " stride=", Ints({c.stride[0], c.stride[1]}), " pad=", Ints({c.padding[0], c.padding[1]}),
+                    " dilation=", Ints({c.dilation[0], c.dilation[1]}), " groups=", c.groups);
+  }
+  if (n.kind == NodeKind::kMaxPool2d) {
+    const Pool2dOptions& p = n.pool;
+    absl::StrAppend(&line, " kernel=", Ints({p.kernel[0], p.kernel[1]}), " stride=", Ints({p.stride[0], p.stride[1]}),
+                    " pad=", Ints({p.padding[0], p.padding[1]}), " dilation=", Ints({p.dilation[0], p.dilation[1]}));
+  }
+  if (n.kind == NodeKind::kShortcutPad) {
+    absl::StrAppend(&line, " stride=", n.stride, " pad=", Ints({n.pad_before, n.pad_after}));
+  }
+  return line;
+}
+
+// The fields of one graph line, read with checks that name the line.
+class LineReader {
+ public:
+  LineReader(const std::string& line, std::string where) : where_(std::move(where)) {
+    std::vector<std::string> tokens = absl::StrSplit(line, ' ', absl::SkipEmpty());
+    if (!tokens.empty()) kind_ = tokens[0];
+    for (size_t i = 1; i < tokens.size(); ++i) {
+      std::pair<std::string, std::string> kv = absl::StrSplit(tokens[i], absl::MaxSplits('=', 1));
+      fields_[kv.first] = kv.second;
+    }
+  }
+  const std::string& kind() const { return kind_; }
+  bool Has(const std::string& key) const { return fields_.count(key) > 0; }
+  absl::StatusOr<std::string> Str(const std::string& key) const {
+    auto it = fields_.find(key);
+    if (it == fields_.end()) return absl::InvalidArgumentError(absl::StrCat(where_, ": missing field '", key, "'"));
+    return it->second;
+  }
+  absl::StatusOr<std::vector<int64_t>> Ints(const std::string& key, size_t count) const {
+    absl::StatusOr<std::string> s = Str(key);
+    if (!s.ok()) return s.status();
+    std::vector<int64_t> out;
+    for (const std::string& part : std::vector<std::string>(absl::StrSplit(*s, ',', absl::SkipEmpty()))) {
+      int64_t v;
+      if (!absl::SimpleAtoi(part, &v)) return Bad(key, *s);
+      out.push_back(v);
+    }
+    if (count != 0 && out.size() != count) return Bad(key, *s);
+    return out;
+  }
+  absl::StatusOr<double> Double(const std::string& key) const {
+    absl::StatusOr<std::string> s = Str(key);
+    double v;
+    if (!s.ok()) return s.status();
+    if (!absl::SimpleAtod(*s, &v)) return Bad(key, *s);
+    return v;
+  }
+  absl::Status Bad(const std::string& key, const std::string& value) const {
+    return absl::InvalidArgumentError(absl::StrCat(where_, ": bad value '", value, "' for '", key, "'"));
+  }
+
+ private:
+  std::string where_, kind_;
+  std::map<std::string, std::string> fields_;
+};
+
+#define QUANTA_ASSIGN_OR_RETURN_IMPL(var, expr, tmp) \
+  auto tmp = (expr);                                 \
+  if (!tmp.ok()) return tmp.status();                \
+  var = std::move(*tmp)
+#define QUANTA_CONCAT_INNER(a, b) a##b
+#define QUANTA_CONCAT(a, b) QUANTA_CONCAT_INNER(a, b)
+#define ASSIGN_OR_RETURN(var, expr) QUANTA_ASSIGN_OR_RETURN_IMPL(var, expr, QUANTA_CONCAT(status_or_, __LINE__))
+
+absl::StatusOr<DType> ParseDType(const LineReader& r, const std::string& key) {
+  ASSIGN_OR_RETURN(std::string s, r.Str(key));
+  for (DType d : {DType::kF32, DType::kQInt8, DType::kQUInt8, DType::kQInt4}) {
+    if (s == Name(d)) return d;
+  }
+  return r.Bad(key, s);
+}
+
+// One node from its line and the file's tensors.
+absl::StatusOr<IntegerNode> ParseNode(const LineReader& r, const TensorMap& tensors, const std::string& where) {
+  IntegerNode n;
+  bool found = false;
+  for (NodeKind k : kKinds) {
+    if (r.kind() == NodeKindName(k)) {
+      n.kind = k;
+      found = true;
+    }
+  }
+  if (!found || n.kind == NodeKind::kInput) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": unknown node kind '", r.kind(), "'"));
+  }
+  ASSIGN_OR_RETURN(n.name, r.Str("name"));
+  ASSIGN_OR_RETURN(std::vector<int64_t> in, r.Ints("in", 1));
+  n.inputs = {static_cast<int>(in[0])};
+  ASSIGN_OR_RETURN(n.out_dtype, ParseDType(r, "out"));
+  if (n.out_dtype != DType::kF32) {
+    ASSIGN_OR_RETURN(double scale, r.Double("scale"));
+    ASSIGN_OR_RETURN(std::vector<int64_t> zp, r.Ints("zp", 1));
+    ASSIGN_OR_RETURN(std::vector<int64_t> range, r.Ints("qrange", 2));
+    if (!(scale > 0)) return r.Bad("scale", absl::StrCat(scale));
+    n.out_params = QuantParams::PerTensor(scale, zp[0]).WithRange(range[0], range[1]);
+  }
+  if (HasWeights(n.kind)) {
+    ASSIGN_OR_RETURN(DType wdtype, ParseDType(r, "wdtype"));
+    ASSIGN_OR_RETURN(std::vector<int64_t> wshape, r.Ints("wshape", n.kind == NodeKind::kConv2d ? 4 : 2));
+    ASSIGN_OR_RETURN(std::vector<int64_t> wrange, r.Ints("wrange", 2));
+    ASSIGN_OR_RETURN(std::vector<int64_t> flags, r.Ints("bias", 1));
+    ASSIGN_OR_RETURN(std::vector<int64_t> relu, r.Ints("relu", 1));
+    ASSIGN_OR_RETURN(std::vector<int64_t> residual, r.Ints("residual", 1));
+    ASSIGN_OR_RETURN(std::vector<int64_t> bits, r.Ints("bits", 2));
+    n.relu = relu[0] != 0;
+    n.residual = static_cast<int>(residual[0]);
+    n.weight_bits = static_cast<int>(bits[0]);
+    n.act_bits = static_cast<int>(bits[1]);
+    for (int64_t d : wshape) {
+      if (d <= 0 || d > (int64_t{1} << 31)) return r.Bad("wshape", absl::StrJoin(wshape, ","));
+    }
+    int axis = n.kind == NodeKind::kConv2d ? 0 : 1;
+    int64_t channels = wshape[axis], numel = NumElements(wshape);
+    auto get = [&](const std::string& suffix, DType dtype, int64_t count) -> absl::StatusOr<Tensor> {
+      std::string key = n.name + suffix;
+      auto it = tensors.find(key);
+      if (it == tensors.end()) return absl::NotFoundError(absl::StrCat(where, ": tensor '", key, "' is missing"));
+      if (it->second.dtype() != dtype || it->second.numel() != count) {
+        return absl::InvalidArgumentError(absl::StrCat(where, ": tensor '", key, "' is ", it->second.Describe(),
+                                                       ", expected ", Name(dtype), " with ", count, " values"));
+      }
+      return it->second;
+    };
+    ASSIGN_OR_RETURN(Tensor scales_t, get(".weight_scale", DType::kF32, channels));
+    std::vector<double> scales;
+    for (float s : scales_t.ToVector<float>()) {
+      if (!(s > 0) || !std::isfinite(s)) return r.Bad("weight_scale", absl::StrCat(s));
+      scales.push_back(s);
+    }
+    QuantParams pw = QuantParams::PerChannel(scales, std::vector<int64_t>(channels, 0), axis).WithRange(wrange[0], wrange[1]);
+    if (wdtype == DType::kQInt4) {
+      ASSIGN_OR_RETURN(Tensor packed, get(".weight", DType::kU8, (numel + 1) / 2));
+      n.weight = Tensor::Empty(wshape, DType::kQInt4, Device::Cpu(), pw);
+      std::memcpy(n.weight.raw_data(), packed.raw_data(), (numel + 1) / 2);
+    } else if (wdtype == DType::kQInt8) {
+      ASSIGN_OR_RETURN(Tensor values, get(".weight", DType::kI8, numel));
+      n.weight = Tensor::Empty(wshape, DType::kQInt8, Device::Cpu(), pw);
+      std::memcpy(n.weight.raw_data(), values.Contiguous().raw_data(), numel);
+    } else {
+      return r.Bad("wdtype", Name(wdtype));
+    }
+    // Values outside the stated range would not come from Quantize: reject them.
+    for (int32_t q : n.weight.IntRepr()) {
+      if (q < wrange[0] || q > wrange[1]) {
+        return absl::InvalidArgumentError(absl::StrCat(where, ": weight value ", q, " outside its range [", wrange[0],
+                                                       ", ", wrange[1], "]"));
+      }
+    }
+    if (flags[0]) {
+      ASSIGN_OR_RETURN(n.bias, get(".bias", DType::kF32, channels));
+      n.bias = n.bias.Reshape({channels}).Contiguous();
+    }
+  }
+  if (n.kind == NodeKind::kConv2d) {
+    ASSIGN_OR_RETURN(std::vector<int64_t> stride, r.Ints("stride", 2));
+    ASSIGN_OR_RETURN(std::vector<int64_t> pad, r.Ints("pad", 2));
+    ASSIGN_OR_RETURN(std::vector<int64_t> dilation, r.Ints("dilation", 2));
+    ASSIGN_OR_RETURN(std::vector<int64_t> groups, r.Ints("groups", 1));
+    n.conv = Conv2dOptions{.stride = {stride[0], stride[1]}, .padding = {pad[0], pad[1]},
+                           .dilation = {dilation[0], dilation[1]}, .groups = groups[0]};
+  }
+  if (n.kind == NodeKind::kMaxPool2d) {
+    ASSIGN_OR_RETURN(std::vector<int64_t> kernel, r.Ints("kernel", 2));
+    ASSIGN_OR_RETURN(std::vector<int64_t> stride, r.Ints("stride", 2));
+    ASSIGN_OR_RETURN(std::vector<int64_t> pad, r.Ints("pad", 2));
+    ASSIGN_OR_RETURN(std::vector<int64_t> dilation, r.Ints("dilation", 2));
+    n.pool = Pool2dOptions{.kernel = {kernel[0], kernel[1]}, .stride = {stride[0], stride[1]},
+                           .padding = {pad[0], pad[1]}, .dilation = {dilation[0], dilation[1]}};
+  }
+  if (n.kind == NodeKind::kShortcutPad) {
+    ASSIGN_OR_RETURN(std::vector<int64_t> stride, r.Ints("stride", 1));
+    ASSIGN_OR_RETURN(std::vector<int64_t> pad, r.Ints("pad", 2));
+    if (stride[0] < 1 || pad[0] < 0 || pad[1] < 0) return r.Bad("stride/pad", "");
+    n.stride = stride[0];
+    n.pad_before = pad[0];
+    n.pad_after = pad[1];
+  }
+  return n;
+}
+
+}  // namespace
+
+absl::Status IntegerModel::Save(const std::string& path, const std::map<std::string, std::string>& metadata) const {
+  TensorMap tensors;
+  std::vector<std::string> lines;
+  for (size_t i = 1; i < nodes_.size(); ++i) {
+    const IntegerNode& n = nodes_[i];
+    lines.push_back(NodeLine(n));
+    if (!HasWeights(n.kind)) continue;
+    const Tensor& w = n.weight;
+    int64_t bytes = w.dtype() == DType::kQInt4 ? (w.numel() + 1) / 2 : w.numel();
+    Tensor raw = Tensor::Empty({bytes}, w.dtype() == DType::kQInt4 ? DType::kU8 : DType::kI8);
+    std::memcpy(raw.raw_data(), w.Contiguous().raw_data(), bytes);
+    tensors[n.name + ".weight"] = raw;
+    std::vector<float> scales(w.qparams().scales.begin(), w.qparams().scales.end());
+    tensors[n.name + ".weight_scale"] = Tensor::FromVector(scales, {static_cast<int64_t>(scales.size())});
+    if (n.bias.defined()) tensors[n.name + ".bias"] = n.bias;
+  }
+  std::map<std::string, std::string> meta = metadata_;
+  for (const auto& [k, v] : metadata) meta[k] = v;
+  meta["quanta.format"] = "integer_model/1";
+  meta["quanta.graph"] = absl::StrJoin(lines, "\n");
+  return SaveSafetensors(path, tensors, meta);
+}
+
+absl::StatusOr<std::shared_ptr<IntegerModel>> IntegerModel::FromSafetensors(absl::StatusOr<Safetensors> file,
+                                                                            const std::string& src) {
+  if (!file.ok()) return file.status();
+  auto format = file->metadata.find("quanta.format");
+  auto graph = file->metadata.find("quanta.graph");
+  if (format == file->metadata.end() || format->second != "integer_model/1" || graph == file->metadata.end()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(src, ": not a Quanta integer model (no 'quanta.format: integer_model/1' and 'quanta.graph' metadata)"));
+  }
+  auto model = std::make_shared<IntegerModel>();
+  int line_no = 0;
+  for (const std::string& line : std::vector<std::string>(absl::StrSplit(graph->second, '\n', absl::SkipEmpty()))) {
+    ++line_no;
+    std::string where = absl::StrCat(src, ": graph line ", line_no);
+    LineReader reader(line, where);
+    absl::StatusOr<IntegerNode> node = ParseNode(reader, file->tensors, where);
+    if (!node.ok()) return node.status();
+    try {
+      model->Add(std::move(*node));
+    } catch (const Error& e) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": ", e.what()));
+    }
+  }
+  if (model->nodes().size() < 2) return absl::InvalidArgumentError(absl::StrCat(src, ": the graph has no nodes"));
+  for (const auto& [k, v] : file->metadata) {
+    if (k != "quanta.graph") model->metadata_[k] = v;
+  }
+  return model;
+}
+
+absl::StatusOr<std::shared_ptr<IntegerModel>> IntegerModel::Parse(std::string_view bytes, std::string_view source) {
+  return FromSafetensors(ParseSafetensors(bytes, source), std::string(source));
+}
+
+absl::StatusOr<std::shared_ptr<IntegerModel>> IntegerModel::Load(const std::string& path) {
+  return FromSafetensors(LoadSafetensors(path), path);
+}
+
+}  // namespace quanta::quant

@@ -1,0 +1,99 @@
+// IntegerModel: what a converted network runs — integer weights and a program of
+// nodes, kept as data so that one safetensors file holds all of it and loads
+// with no model code and no training path. Not a general graph runtime: the
+// node kinds are the ones CNN and MLP inference needs (quant/convert.h builds
+// them from a prepared model; quant/onnx_export.h writes them as ONNX QDQ).
+//
+//   auto net = quant::Convert(*model);               // after QAT or Calibrate
+//   Tensor logits = net->Forward(images);            // f32 in, f32 logits out
+//   QUANTA_RETURN_IF_ERROR(net->Save("resnet20.int8.safetensors"));
+//   auto loaded = quant::IntegerModel::Load("resnet20.int8.safetensors");  // StatusOr
+//   std::cout << loaded.value()->Summary();
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/ops.h"
+#include "nn/module.h"
+#include "nn/safetensors.h"
+
+namespace quanta::quant {
+
+// Note [Integer model values]: every node makes one value. Quantized values are
+// per-tensor qint8/quint8 and 4-D ones are channels-last (int8 convolutions read
+// them without a layout change); f32 values appear only where a float op needs
+// one (the input, global average pooling, a residual from a float shortcut, the
+// logits). A layer's output is quantized with the parameters of the input
+// quantizer of the layer that reads it, so consecutive integer layers pass
+// integers with no dequantize/quantize between them.
+enum class NodeKind {
+  kInput,          // the model's f32 input
+  kQuantize,       // f32 -> quantized, or quantized -> other parameters (requantize)
+  kDequantize,     // quantized -> f32
+  kConv2d,         // integer convolution, BN folded, fused residual + ReLU
+  kLinear,         // integer matmul, fused residual + ReLU
+  kMaxPool2d,      // on quantized values (max commutes with quantization)
+  kGlobalAvgPool,  // (N, C, H, W) -> f32 (N, C)
+  kFlatten,        // from dim 1
+  kShortcutPad,    // ResNet option A: f32 x[:, :, ::s, ::s] with zero channels before and after
+};
+const char* NodeKindName(NodeKind kind);
+
+struct IntegerNode {
+  NodeKind kind = NodeKind::kInput;
+  std::string name;
+  std::vector<int> inputs;  // earlier nodes
+  // The output: kF32, or qint8/quint8 with out_params (kQuantize, kConv2d, kLinear).
+  DType out_dtype = DType::kF32;
+  QuantParams out_params;
+  // kConv2d: weight (O, C/G, KH, KW) qint8/qint4 per channel along 0; kLinear:
+  // weight (K, N) per channel along 1. Zero points 0; bias f32 or undefined.
+  Tensor weight, bias;
+  Conv2dOptions conv;
+  Pool2dOptions pool;   // kMaxPool2d
+  bool relu = false;
+  int residual = -1;    // kConv2d/kLinear: node added before the ReLU, or -1
+  int64_t stride = 1, pad_before = 0, pad_after = 0;  // kShortcutPad
+  int weight_bits = 0, act_bits = 0;  // what the policy gave the layer (reports)
+};
+
+class IntegerModel : public nn::Layer {
+ public:
+  IntegerModel();  // node 0 is the input
+  // Appends a node; returns its index. Checks kinds, inputs and weights.
+  int Add(IntegerNode node);
+  const std::vector<IntegerNode>& nodes() const { return nodes_; }
+  const IntegerNode& node(int i) const { return nodes_.at(i); }
+  // The value of the last node for an f32 input.
+  Tensor Forward(const Tensor& x) override;
+
+  // Exact bytes of what the model holds: integer weights at their storage size
+  // (qint4: two a byte), biases and per-channel scales in f32.
+  int64_t Bytes() const;
+  // One line per node: kind, name, bits, output, weight shape.
+  std::string Summary() const;
+
+  // One safetensors file: "<node>.weight" (I8, or U8 packed two a byte for
+  // qint4), "<node>.weight_scale" (F32), "<node>.bias" (F32), and the program in
+  // the metadata ("quanta.graph", one node a line), with `metadata` added.
+  absl::Status Save(const std::string& path, const std::map<std::string, std::string>& metadata = {}) const;
+  // Errors name the file and what is wrong (a missing tensor, a bad shape, a
+  // node reading a later node, a truncated or corrupt file).
+  static absl::StatusOr<std::shared_ptr<IntegerModel>> Load(const std::string& path);
+  static absl::StatusOr<std::shared_ptr<IntegerModel>> Parse(std::string_view bytes, std::string_view source);
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+
+ private:
+  static absl::StatusOr<std::shared_ptr<IntegerModel>> FromSafetensors(absl::StatusOr<Safetensors> file,
+                                                                       const std::string& source);
+  std::vector<IntegerNode> nodes_;
+  std::vector<int> last_use_;  // per node: the last node that reads it
+  std::map<std::string, std::string> metadata_;
+};
+
+}  // namespace quanta::quant
