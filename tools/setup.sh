@@ -13,6 +13,7 @@ packages=(
   libstb-dev           # image decoding (data/)
   zlib1g-dev           # gzip IDX files and .tar.gz archives (data/)
   libcurl4-openssl-dev # CIFAR-100 download (data/)
+  libonnx-dev libprotobuf-dev  # ONNX export and its checker (quant/onnx_export)
   python3              # the loopback HTTP server of the download test
   dataset-fashion-mnist
 )
