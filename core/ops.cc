@@ -435,8 +435,9 @@ Tensor Conv2dBackwardWeight(const Tensor& grad_out, const Tensor& input, const S
 
 Tensor MaxPool2d(const Tensor& x, const Pool2dOptions& o) {
   CheckDefined("max_pool2d", {&x});
-  QUANTA_CHECK(x.dim() == 4 && IsFloating(x.dtype()), "max_pool2d: input must be floating (N, C, H, W), got ",
-               x.Describe());
+  bool quantized = (x.dtype() == DType::kQInt8 || x.dtype() == DType::kQUInt8) && x.qparams().scheme == QScheme::kPerTensor;
+  QUANTA_CHECK(x.dim() == 4 && (IsFloating(x.dtype()) || quantized),
+               "max_pool2d: input must be floating or per-tensor qint8/quint8 (N, C, H, W), got ", x.Describe());
   OpAttrs attrs;
   int64_t out_hw[2];
   for (int i = 0; i < 2; ++i) {
@@ -455,7 +456,9 @@ Tensor MaxPool2d(const Tensor& x, const Pool2dOptions& o) {
   }
   Shape shape = {x.size(0), x.size(1), out_hw[0], out_hw[1]};
   Tensor in = x.Contiguous();
-  Tensor out[2] = {Tensor::Empty(shape, x.dtype(), x.device()), Tensor::Empty(shape, DType::kI64, x.device())};
+  Tensor out[2] = {quantized ? Tensor::Empty(shape, x.dtype(), x.device(), x.qparams())
+                             : Tensor::Empty(shape, x.dtype(), x.device()),
+                   Tensor::Empty(shape, DType::kI64, x.device())};
   Dispatch(Op::kMaxPool2d, {&in, 1}, out, attrs);
   return out[0];
 }
@@ -618,12 +621,12 @@ void AddPostOps(const char* op, const IntegerPostOps& post, const Tensor& y, con
                 std::vector<Tensor>& in, OpAttrs& attrs) {
   attrs.relu = post.relu;
   if (!post.residual.defined()) return;
-  QUANTA_CHECK(post.residual.dtype() == DType::kF32 && post.residual.shape() == y.shape() &&
-                   post.residual.device() == y.device(),
-               op, ": the residual must be f32 of the output's shape ", ShapeToString(y.shape()), " (", args,
-               ", residual ", post.residual.Describe(), ")");
-  attrs.residual = true;
   const Tensor& r = post.residual;
+  bool quantized = (r.dtype() == DType::kQInt8 || r.dtype() == DType::kQUInt8) && r.qparams().scheme == QScheme::kPerTensor;
+  QUANTA_CHECK((r.dtype() == DType::kF32 || quantized) && r.shape() == y.shape() && r.device() == y.device(), op,
+               ": the residual must be f32 or per-tensor quint8/qint8 of the output's shape ", ShapeToString(y.shape()),
+               " (", args, ", residual ", r.Describe(), ")");
+  attrs.residual = true;
   in.push_back(r.is_channels_last() && y.is_channels_last() ? r : r.Contiguous());
 }
 

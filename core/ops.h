@@ -109,7 +109,9 @@ struct Pool2dOptions {
   int64_t padding[2] = {0, 0};
   int64_t dilation[2] = {1, 1};
 };
-// x (N, C, H, W). Padding counts as -inf. The argmax indices are kept in the graph.
+// x (N, C, H, W), floating or per-tensor quantized (the output keeps x's
+// parameters: max commutes with quantization). Padding counts as -inf. The argmax
+// indices are kept in the graph.
 Tensor MaxPool2d(const Tensor& x, const Pool2dOptions& options);
 // Routes grad_out to the argmax positions (indices: flat h * W + w per plane).
 Tensor MaxPool2dBackward(const Tensor& grad_out, const Tensor& indices, const Shape& input_shape);
@@ -153,8 +155,9 @@ Tensor UnpackQInt4(const Tensor& q);
 Tensor PackQInt4(const Tensor& q);
 
 // What an integer layer fuses after its accumulation and bias, before the output
-// is rounded and stored (no extra pass): real += residual (f32, the output's
-// shape: a skip connection, in real units), then real = max(real, 0).
+// is rounded and stored (no extra pass): real += residual (the output's shape: a
+// skip connection; f32, or per-tensor quint8/qint8 read as its real values), then
+// real = max(real, 0).
 struct IntegerPostOps {
   Tensor residual;
   bool relu = false;

@@ -78,6 +78,11 @@ int64_t Module::NumParameters() const {
   return n;
 }
 
+void Module::Freeze() {
+  for (const auto& [name, t] : NamedParameters()) t->storage()->MarkConstant();
+  for (const auto& [name, t] : NamedBuffers()) t->storage()->MarkConstant();
+}
+
 void Module::Train(bool training) {
   Apply([training](Module& m) { m.training_ = training; });
 }

@@ -62,6 +62,11 @@ class Module {
   // ---- modes and moves -----------------------------------------------------------
   void Train(bool training = true);
   void Eval() { Train(false); }
+  // Inference only from now on: every parameter and buffer goes into constant
+  // storage (Note [Constant storage] in core/storage.h), so oneDNN keeps the
+  // weights in its own layout instead of reordering them each call. Training
+  // the module afterwards throws at the first in-place update.
+  void Freeze();
   bool is_training() const { return training_; }
   // Moves every parameter and buffer; create optimizers after moving.
   void To(const Device& device);

@@ -111,17 +111,15 @@ Tensor IntegerModel::Forward(const Tensor& x) {
       case NodeKind::kConv2d:
       case NodeKind::kLinear: {
         QUANTA_CHECK(in.is_quantized(), "integer_model: ", n.name, " needs a quantized input, got ", in.Describe());
-        IntegerPostOps post{.residual = n.residual >= 0 ? Real(v[n.residual]) : Tensor(), .relu = n.relu};
+        IntegerPostOps post{.residual = n.residual >= 0 ? v[n.residual] : Tensor(), .relu = n.relu};
         const QuantParams* out = n.out_dtype == DType::kF32 ? nullptr : &n.out_params;
         v[i] = n.kind == NodeKind::kConv2d ? QuantizedConv2d(in, n.weight, n.bias, n.conv, n.out_dtype, out, post)
                                            : QuantizedMatmul(in, n.weight, n.bias, n.out_dtype, out, post);
         break;
       }
       case NodeKind::kMaxPool2d:
-        // Max commutes with the (monotone) quantization: pooling the real values and
-        // quantizing with the same parameters is exact.
-        v[i] = in.is_quantized() ? QuantizeKeepLayout(MaxPool2d(Real(in), n.pool), in.dtype(), in.qparams())
-                                 : MaxPool2d(in, n.pool);
+        // Max commutes with the (monotone) quantization: pooled on the integers.
+        v[i] = in.is_quantized() ? MaxPool2d(in, n.pool).ChannelsLast() : MaxPool2d(in, n.pool);
         break;
       case NodeKind::kGlobalAvgPool: v[i] = Mean(Real(in), {2, 3}); break;
       case NodeKind::kFlatten: v[i] = in.Reshape({in.size(0), -1}); break;

@@ -228,6 +228,73 @@ std::shared_ptr<CachedConv> ConvPrimitive(const char* op, const std::string& key
   return entry;
 }
 
+// Note [Weight cache]: weights in constant storage (Note [Constant storage] in
+// core/storage.h: a converted model's) are reordered into a primitive's layout
+// once and kept, keyed by their address and that layout, until the storage is
+// freed (OneDnnForget). qint4 weights are unpacked on the same miss, so a
+// converted int4 model stores 4 bits and runs on int8 VNNI with no per-call cost.
+struct WeightCache {
+  std::mutex mu;
+  std::unordered_map<const void*, std::vector<std::pair<memory::desc, memory>>> entries;
+};
+WeightCache& GetWeightCache() {
+  static WeightCache* cache = new WeightCache();
+  return *cache;
+}
+
+// The weights in the layout `want`: from the cache (constant storage), or
+// reordered now. qint4 is unpacked to s8 first. `plain` describes w (or its
+// unpacked copy) as Quanta lays it out.
+memory WeightsFor(const Tensor& w, const memory::desc& plain, const memory::desc& want, dnnl::stream& stream) {
+  bool constant = w.storage()->constant();
+  WeightCache& cache = GetWeightCache();
+  if (constant) {
+    std::lock_guard<std::mutex> lock(cache.mu);
+    for (auto& [desc, mem] : cache.entries[w.raw_data()]) {
+      if (desc == want) return mem;
+    }
+  }
+  Tensor w8 = w.dtype() == DType::kQInt4 ? UnpackQInt4(w) : w;
+  memory user(plain, Engine(), w8.raw_data());
+  memory out(want, Engine());
+  if (plain == want && !constant && w8.SharesStorageWith(w)) {
+    out = user;
+  } else {
+    dnnl::reorder(user, out).execute(stream, user, out);
+    stream.wait();
+  }
+  if (constant) {
+    std::lock_guard<std::mutex> lock(cache.mu);
+    cache.entries[w.raw_data()].emplace_back(want, out);
+  }
+  return out;
+}
+
+// Runs a primitive with `args` already bound (weights from the cache, scales,
+// zero points) and `layout_args` bound through reorders where Quanta's layout
+// differs from the primitive's; reorders outputs back.
+void ExecuteWith(const dnnl::primitive& prim, std::unordered_map<int, memory> args,
+                    const std::vector<Arg>& layout_args, dnnl::stream& stream) {
+  std::vector<std::pair<memory, memory>> outputs;
+  for (const Arg& a : layout_args) {
+    memory user(a.plain, Engine(), a.data);
+    if (a.plain == a.want) {
+      args.emplace(a.id, user);
+      continue;
+    }
+    memory tmp(a.want, Engine());
+    if (a.input) {
+      dnnl::reorder(user, tmp).execute(stream, user, tmp);
+    } else {
+      outputs.emplace_back(tmp, user);
+    }
+    args.emplace(a.id, tmp);
+  }
+  prim.execute(stream, args);
+  for (auto& [from, to] : outputs) dnnl::reorder(from, to).execute(stream, from, to);
+  stream.wait();
+}
+
 bool ConvDtype(const KernelCall& c, memory::data_type* dt) {
   return ToOneDnn(c.in[0].dtype(), dt) && c.out[0].numel() > 0 && c.in[0].numel() > 0 && c.in[1].numel() > 0;
 }
@@ -235,6 +302,7 @@ bool ConvDtype(const KernelCall& c, memory::data_type* dt) {
 }  // namespace
 
 // x (N, C, H, W), w (O, C/G, KH, KW), optional bias (O): contiguous. y (N, O, OH, OW).
+// Weights in constant storage come from the weight cache (Note [Weight cache]).
 void OneDnnConv2d(const KernelCall& c) {
   memory::data_type dt;
   if (!ConvDtype(c, &dt)) return ReferenceKernel(c.op)(c);
@@ -247,6 +315,18 @@ void OneDnnConv2d(const KernelCall& c) {
         CachedConv{dnnl::convolution_forward(pd), {pd.src_desc(), pd.weights_desc(), pd.dst_desc()}});
   });
   if (!entry) return ReferenceKernel(c.op)(c);
+  if (w.storage()->constant()) {
+    QUANTA_ONEDNN("conv2d", {
+      dnnl::stream stream(Engine());
+      std::unordered_map<int, memory> args = {{DNNL_ARG_WEIGHTS, WeightsFor(w, p.WPlain(), entry->want[1], stream)}};
+      if (bias) args.emplace(DNNL_ARG_BIAS, memory(p.BiasDesc(), Engine(), bias->raw_data()));
+      ExecuteWith(entry->prim, std::move(args),
+                  {{DNNL_ARG_SRC, p.XPlain(), entry->want[0], x.raw_data(), true},
+                   {DNNL_ARG_DST, p.YPlain(), entry->want[2], y.raw_data(), false}},
+                  stream);
+    });
+    return;
+  }
   std::vector<Arg> args = {{DNNL_ARG_SRC, p.XPlain(), entry->want[0], x.raw_data(), true},
                            {DNNL_ARG_WEIGHTS, p.WPlain(), entry->want[1], w.raw_data(), true},
                            {DNNL_ARG_DST, p.YPlain(), entry->want[2], y.raw_data(), false}};
@@ -296,82 +376,52 @@ void OneDnnConv2dBackwardWeight(const KernelCall& c) {
                                       {DNNL_ARG_DIFF_WEIGHTS, p.WPlain(), entry->want[2], gw.raw_data(), false}}));
 }
 
-// Note [Weight cache]: weights in constant storage (Note [Constant storage] in
-// core/storage.h: a converted model's) are reordered into a primitive's layout
-// once and kept, keyed by their address and that layout, until the storage is
-// freed (OneDnnForget). qint4 weights are unpacked on the same miss, so a
-// converted int4 model stores 4 bits and runs on int8 VNNI with no per-call cost.
-struct WeightCache {
-  std::mutex mu;
-  std::unordered_map<const void*, std::vector<std::pair<memory::desc, memory>>> entries;
-};
-WeightCache& GetWeightCache() {
-  static WeightCache* cache = new WeightCache();
-  return *cache;
-}
-
-// The weights in the layout `want`: from the cache (constant storage), or
-// reordered now. qint4 is unpacked to s8 first. `plain` describes w (or its
-// unpacked copy) as Quanta lays it out.
-memory WeightsFor(const Tensor& w, const memory::desc& plain, const memory::desc& want, dnnl::stream& stream) {
-  bool constant = w.storage()->constant();
-  WeightCache& cache = GetWeightCache();
-  if (constant) {
-    std::lock_guard<std::mutex> lock(cache.mu);
-    for (auto& [desc, mem] : cache.entries[w.raw_data()]) {
-      if (desc == want) return mem;
-    }
-  }
-  Tensor w8 = w.dtype() == DType::kQInt4 ? UnpackQInt4(w) : w;
-  memory user(plain, Engine(), w8.raw_data());
-  memory out(want, Engine());
-  if (plain == want && !constant && w8.SharesStorageWith(w)) {
-    out = user;
-  } else {
-    dnnl::reorder(user, out).execute(stream, user, out);
-    stream.wait();
-  }
-  if (constant) {
-    std::lock_guard<std::mutex> lock(cache.mu);
-    cache.entries[w.raw_data()].emplace_back(want, out);
-  }
-  return out;
-}
-
 // What oneDNN's int8 primitives need from Quanta's parameters, for input `in`,
 // symmetric weights `w` with `channels` scales (1 or one per output channel),
 // optional f32 bias, the post-ops, and output y. oneDNN computes
 //   dst = zero_out + post_ops(output_scale[c] * (acc + bias'[c]))
 // and rounds: bias' = bias / (s_in s_w[c]). Without a residual, output_scale =
 // s_in s_w[c] / s_out and the post-ops are ReLU; with one, output_scale = s_in
-// s_w[c] (real units), then add the residual, ReLU, and scale by 1 / s_out. A
-// narrowed output range (4-bit activations in an 8-bit container) ends in a clip.
+// s_w[c] / s_r (the residual's units: 1 for f32), then add the residual as stored
+// (its integers when quantized), subtract its zero point, ReLU, and scale by
+// s_r / s_out. A narrowed output range (4-bit activations in an 8-bit container)
+// ends in a clip.
 struct IntegerEpilogue {
   std::vector<float> scales, bias;
   int32_t zero_in, zero_out;
-  memory::data_type src_dt, dst_dt;
+  memory::data_type src_dt, dst_dt, residual_dt = memory::data_type::f32;
   bool residual, relu;
-  float inv_out_scale = 1;
+  float inv_out_scale = 1, residual_zero = 0;
   float clip_lo = 0, clip_hi = 0;
   bool clip = false;
 
-  IntegerEpilogue(const KernelCall& c, const Tensor* bias_t, int64_t channels) {
+  // channels: output scales (1 or outputs); outputs: output channels (O or N).
+  IntegerEpilogue(const KernelCall& c, const Tensor* bias_t, int64_t channels, int64_t outputs) {
     const Tensor &in = c.in[0], &w = c.in[1], &y = c.out[0];
     const QuantParams &pi = in.qparams(), &pw = w.qparams();
     bool quantized_out = y.is_quantized();
     residual = c.attrs.residual;
     relu = c.attrs.relu;
-    double so = quantized_out ? y.qparams().scales[0] : 1.0;
-    inv_out_scale = static_cast<float>(1.0 / so);
+    double so = quantized_out ? y.qparams().scales[0] : 1.0, sr = 1.0;
+    if (residual && c.in.back().is_quantized()) {
+      const Tensor& r = c.in.back();
+      sr = r.qparams().scales[0];
+      residual_zero = static_cast<float>(r.qparams().zero_points[0]);
+      residual_dt = r.dtype() == DType::kQUInt8 ? memory::data_type::u8 : memory::data_type::s8;
+    }
+    inv_out_scale = static_cast<float>(sr / so);
     scales.resize(channels);
     for (int64_t ch = 0; ch < channels; ++ch) {
-      scales[ch] = static_cast<float>(pi.scales[0] * pw.scales[ch] / (residual ? 1.0 : so));
+      scales[ch] = static_cast<float>(pi.scales[0] * pw.scales[ch] / (residual ? sr : so));
     }
-    if (bias_t) {
-      int64_t n = bias_t->numel();
-      bias.resize(n);
-      for (int64_t ch = 0; ch < n; ++ch) {
-        bias[ch] = static_cast<float>(bias_t->data<float>()[ch] / (pi.scales[0] * pw.scales[channels == 1 ? 0 : ch]));
+    // The residual's zero point goes into the bias, in real units - s_r z_r: oneDNN
+    // 2.6 gives two eltwise_linear post-ops in one chain the first one's
+    // coefficients, so there is room for only one (the final rescale).
+    if (bias_t || residual_zero != 0) {
+      bias.resize(outputs);
+      for (int64_t ch = 0; ch < outputs; ++ch) {
+        double b = (bias_t ? bias_t->data<float>()[ch] : 0.0) - sr * residual_zero;
+        bias[ch] = static_cast<float>(b / (pi.scales[0] * pw.scales[channels == 1 ? 0 : ch]));
       }
     }
     zero_in = static_cast<int32_t>(pi.zero_points[0]);
@@ -404,7 +454,8 @@ struct IntegerEpilogue {
 
   std::string Key() const {
     return absl::StrCat(static_cast<int>(src_dt), "|", static_cast<int>(dst_dt), "|", zero_in != 0, "|", zero_out != 0,
-                        "|", residual, relu, clip, "|", inv_out_scale, "|", clip_lo, ",", clip_hi, "|", scales.size(), "|",
+                        "|", residual, relu, clip, "|", static_cast<int>(residual_dt), "|", residual_zero, "|",
+                        inv_out_scale, "|", clip_lo, ",", clip_hi, "|", scales.size(), "|",
                         std::hash<std::string_view>{}(std::string_view(reinterpret_cast<const char*>(scales.data()),
                                                                        scales.size() * sizeof(float))));
   }
@@ -426,30 +477,6 @@ const Tensor* IntegerBias(const KernelCall& c) {
   return c.in.size() > 2u + (c.attrs.residual ? 1 : 0) ? &c.in[2] : nullptr;
 }
 
-// Binds src/dst (and the residual) to the primitive, reordering those whose
-// layout differs, runs it and reorders the output back.
-void ExecuteInteger(const dnnl::primitive& prim, std::unordered_map<int, memory> args,
-                    const std::vector<Arg>& layout_args, dnnl::stream& stream) {
-  std::vector<std::pair<memory, memory>> outputs;
-  for (const Arg& a : layout_args) {
-    memory user(a.plain, Engine(), a.data);
-    if (a.plain == a.want) {
-      args.emplace(a.id, user);
-      continue;
-    }
-    memory tmp(a.want, Engine());
-    if (a.input) {
-      dnnl::reorder(user, tmp).execute(stream, user, tmp);
-    } else {
-      outputs.emplace_back(tmp, user);
-    }
-    args.emplace(a.id, tmp);
-  }
-  prim.execute(stream, args);
-  for (auto& [from, to] : outputs) dnnl::reorder(from, to).execute(stream, from, to);
-  stream.wait();
-}
-
 // x (N, C, H, W) u8/s8, w (O, C/G, KH, KW) s8/s4 (symmetric), optional f32 bias
 // (O), optional f32 residual -> y f32 or u8/s8. Activations are read and written
 // channels-last (what int8 convolutions want; channels-last tensors need no
@@ -461,7 +488,8 @@ void OneDnnQuantizedConv2d(const KernelCall& c) {
   const QuantParams& pw = w.qparams();
   int64_t O = w.size(0);
   bool per_channel = pw.scheme == QScheme::kPerChannel;
-  IntegerEpilogue e(c, bias, per_channel ? O : 1);
+  IntegerEpilogue e(c, bias, per_channel ? O : 1, O);
+  bool has_bias = !e.bias.empty();
   const OpAttrs& at = c.attrs;
   int64_t G = at.groups;
   Dims x_dims(x.shape()), y_dims(y.shape());
@@ -469,11 +497,11 @@ void OneDnnQuantizedConv2d(const KernelCall& c) {
   Dims strides = {at.stride[0], at.stride[1]}, dilates = {at.dilation[0] - 1, at.dilation[1] - 1},
        padding = {at.padding[0], at.padding[1]};
   memory::desc x_want(x_dims, e.src_dt, memory::format_tag::nhwc), y_want(y_dims, e.dst_dt, memory::format_tag::nhwc);
-  memory::desc r_want(y_dims, memory::data_type::f32, memory::format_tag::nhwc);
+  memory::desc r_want(y_dims, e.residual_dt, memory::format_tag::nhwc);
   memory::desc w_plain(w_dims, memory::data_type::s8, G == 1 ? memory::format_tag::oihw : memory::format_tag::goihw);
-  memory::desc b_md = bias ? memory::desc({O}, memory::data_type::f32, memory::format_tag::x) : memory::desc();
+  memory::desc b_md = has_bias ? memory::desc({O}, memory::data_type::f32, memory::format_tag::x) : memory::desc();
   std::string key = absl::StrCat("qconv|", GetNumThreads(), "|", e.Key(), "|", absl::StrJoin(x_dims, ","), "|",
-                                 absl::StrJoin(w_dims, ","), "|", bias != nullptr, "|", absl::StrJoin(strides, ","), "|",
+                                 absl::StrJoin(w_dims, ","), "|", has_bias, "|", absl::StrJoin(strides, ","), "|",
                                  absl::StrJoin(dilates, ","), "|", absl::StrJoin(padding, ","));
   auto entry = ConvPrimitive("quantized_conv2d", key, [&] {
     dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, x_want,
@@ -488,15 +516,15 @@ void OneDnnQuantizedConv2d(const KernelCall& c) {
   QUANTA_ONEDNN("quantized_conv2d", {
     dnnl::stream stream(Engine());
     std::unordered_map<int, memory> args = {{DNNL_ARG_WEIGHTS, WeightsFor(w, w_plain, entry->want[1], stream)}};
-    if (bias) args.emplace(DNNL_ARG_BIAS, memory(b_md, Engine(), e.bias.data()));
+    if (has_bias) args.emplace(DNNL_ARG_BIAS, memory(b_md, Engine(), e.bias.data()));
     e.AddArgs(args, &zin, &zout);
     std::vector<Arg> layout = {{DNNL_ARG_SRC, Plain(x, e.src_dt), entry->want[0], x.raw_data(), true},
                                {DNNL_ARG_DST, Plain(y, e.dst_dt), entry->want[2], y.raw_data(), false}};
     if (e.residual) {
       const Tensor& r = c.in.back();
-      layout.push_back({kResidualArg, Plain(r, memory::data_type::f32), r_want, r.raw_data(), true});
+      layout.push_back({kResidualArg, Plain(r, e.residual_dt), r_want, r.raw_data(), true});
     }
-    ExecuteInteger(entry->prim, std::move(args), layout, stream);
+    ExecuteWith(entry->prim, std::move(args), layout, stream);
   });
 }
 
@@ -512,13 +540,14 @@ void OneDnnQuantizedMatmul(const KernelCall& c) {
   if (!supported) return ReferenceKernel(c.op)(c);
   int64_t M = a.size(0), K = a.size(1), N = b.size(1);
   bool per_channel = pb.scheme == QScheme::kPerChannel;
-  IntegerEpilogue e(c, bias, per_channel ? N : 1);
+  IntegerEpilogue e(c, bias, per_channel ? N : 1, N);
+  bool has_bias = !e.bias.empty();
   memory::desc a_md({M, K}, e.src_dt, memory::format_tag::ab), b_md({K, N}, memory::data_type::s8, memory::format_tag::ab),
       y_md({M, N}, e.dst_dt, memory::format_tag::ab), bias_md({1, N}, memory::data_type::f32, memory::format_tag::ab),
-      r_md({M, N}, memory::data_type::f32, memory::format_tag::ab);
-  std::string key = absl::StrCat("qmatmul|", GetNumThreads(), "|", e.Key(), "|", M, ",", K, ",", N, "|", bias != nullptr);
+      r_md({M, N}, e.residual_dt, memory::format_tag::ab);
+  std::string key = absl::StrCat("qmatmul|", GetNumThreads(), "|", e.Key(), "|", M, ",", K, ",", N, "|", has_bias);
   auto entry = ConvPrimitive("quantized_matmul", key, [&] {
-    dnnl::matmul::desc desc = bias ? dnnl::matmul::desc(a_md, b_md, bias_md, y_md) : dnnl::matmul::desc(a_md, b_md, y_md);
+    dnnl::matmul::desc desc = has_bias ? dnnl::matmul::desc(a_md, b_md, bias_md, y_md) : dnnl::matmul::desc(a_md, b_md, y_md);
     auto pd = dnnl::matmul::primitive_desc(desc, e.Attr(per_channel, r_md), Engine());
     return std::make_shared<CachedConv>(CachedConv{dnnl::matmul(pd), {pd.src_desc(), pd.weights_desc(), pd.dst_desc()}});
   });
@@ -527,12 +556,12 @@ void OneDnnQuantizedMatmul(const KernelCall& c) {
   QUANTA_ONEDNN("quantized_matmul", {
     dnnl::stream stream(Engine());
     std::unordered_map<int, memory> args = {{DNNL_ARG_WEIGHTS, WeightsFor(b, b_md, entry->want[1], stream)}};
-    if (bias) args.emplace(DNNL_ARG_BIAS, memory(bias_md, Engine(), e.bias.data()));
+    if (has_bias) args.emplace(DNNL_ARG_BIAS, memory(bias_md, Engine(), e.bias.data()));
     e.AddArgs(args, &zin, &zout);
     std::vector<Arg> layout = {{DNNL_ARG_SRC, a_md, entry->want[0], a.raw_data(), true},
                                {DNNL_ARG_DST, y_md, entry->want[2], y.raw_data(), false}};
     if (e.residual) layout.push_back({kResidualArg, r_md, r_md, c.in.back().raw_data(), true});
-    ExecuteInteger(entry->prim, std::move(args), layout, stream);
+    ExecuteWith(entry->prim, std::move(args), layout, stream);
   });
 }
 

@@ -430,36 +430,44 @@ void MaxPool2dKernel(const KernelCall& c) {
   const Tensor& idx = c.out[1];
   const OpAttrs& at = c.attrs;
   int64_t NC = x.size(0) * x.size(1), H = x.size(2), W = x.size(3), OH = y.size(2), OW = y.size(3);
-  VisitPlain(c, x.dtype(), [&]<typename T>(TypeTag<T>) {
-    const T* xp = static_cast<const T*>(x.raw_data());
-    T* yp = static_cast<T*>(y.raw_data());
-    int64_t* ip = static_cast<int64_t*>(idx.raw_data());
-    ParallelFor(0, NC, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end; ++p) {
-        for (int64_t oh = 0; oh < OH; ++oh) {
-          for (int64_t ow = 0; ow < OW; ++ow) {
-            double best = -INFINITY;
-            int64_t best_i = -1;
-            for (int64_t kh = 0; kh < at.kernel[0]; ++kh) {
-              int64_t ih = oh * at.stride[0] - at.padding[0] + kh * at.dilation[0];
-              if (ih < 0 || ih >= H) continue;
-              for (int64_t kw = 0; kw < at.kernel[1]; ++kw) {
-                int64_t iw = ow * at.stride[1] - at.padding[1] + kw * at.dilation[1];
-                if (iw < 0 || iw >= W) continue;
-                double v = static_cast<double>(Convert<Compute<T>>(xp[(p * H + ih) * W + iw]));
-                if (best_i < 0 || v > best || std::isnan(v)) {
-                  best = v;
-                  best_i = ih * W + iw;
-                  if (std::isnan(v)) break;
+  QUANTA_CHECK(x.dtype() != DType::kQInt4, "max_pool2d: no kernel for qint4");
+  // Quantized values (scale > 0) order as their integers: the max is taken on them.
+  VisitDType(x.dtype(), [&]<typename T>(TypeTag<T>) {
+    if constexpr (!std::is_same_v<T, QInt4x2>) {
+      using C = Compute<T>;
+      const T* xp = static_cast<const T*>(x.raw_data());
+      T* yp = static_cast<T*>(y.raw_data());
+      int64_t* ip = static_cast<int64_t*>(idx.raw_data());
+      ParallelFor(0, NC, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t p = begin; p < end; ++p) {
+          const T* plane = xp + p * H * W;
+          for (int64_t oh = 0; oh < OH; ++oh) {
+            for (int64_t ow = 0; ow < OW; ++ow) {
+              C best{};
+              int64_t best_i = -1;
+              for (int64_t kh = 0; kh < at.kernel[0]; ++kh) {
+                int64_t ih = oh * at.stride[0] - at.padding[0] + kh * at.dilation[0];
+                if (ih < 0 || ih >= H) continue;
+                for (int64_t kw = 0; kw < at.kernel[1]; ++kw) {
+                  int64_t iw = ow * at.stride[1] - at.padding[1] + kw * at.dilation[1];
+                  if (iw < 0 || iw >= W) continue;
+                  C v = Convert<C>(plane[ih * W + iw]);
+                  bool nan = false;
+                  if constexpr (std::is_floating_point_v<C>) nan = std::isnan(v);
+                  if (best_i < 0 || v > best || nan) {
+                    best = v;
+                    best_i = ih * W + iw;
+                    if (nan) kh = at.kernel[0], kw = at.kernel[1];  // NaN wins: stop
+                  }
                 }
               }
+              yp[(p * OH + oh) * OW + ow] = plane[best_i];
+              ip[(p * OH + oh) * OW + ow] = best_i;
             }
-            yp[(p * OH + oh) * OW + ow] = Convert<T>(best);
-            ip[(p * OH + oh) * OW + ow] = best_i;
           }
         }
-      }
-    });
+      });
+    }
   });
 }
 
@@ -672,8 +680,15 @@ void FakeQuantizeBackwardKernel(const KernelCall& c) {
 void StoreIntegerResult(std::vector<double>& real, const KernelCall& c) {
   const Tensor& y = c.out[0];
   if (c.attrs.residual) {
-    std::vector<float> r = c.in.back().ToVector<float>();
-    for (size_t i = 0; i < real.size(); ++i) real[i] += r[i];
+    const Tensor& res = c.in.back();
+    if (res.is_quantized()) {
+      std::vector<int32_t> r = res.IntRepr();
+      double s = res.qparams().scales[0], z = static_cast<double>(res.qparams().zero_points[0]);
+      for (size_t i = 0; i < real.size(); ++i) real[i] += DequantizeValue<double>(r[i], s, z);
+    } else {
+      std::vector<float> r = res.ToVector<float>();
+      for (size_t i = 0; i < real.size(); ++i) real[i] += r[i];
+    }
   }
   if (c.attrs.relu) {
     for (double& v : real) v = std::max(v, 0.0);

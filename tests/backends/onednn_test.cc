@@ -186,12 +186,22 @@ TEST(OneDnn, QuantizedConv2dMatchesReference) {
 TEST(OneDnn, IntegerPostOpsMatchReference) {
   Generator gen(9);
   struct Variant {
-    bool residual, relu, narrow, channels_last, int4, constant;
+    int residual;  // 0: none, 1: f32, 2: qint8, 3: quint8
+    bool relu, narrow, channels_last, int4, constant;
+  };
+  auto residual_of = [&](int kind, const Shape& shape, bool channels_last) {
+    Tensor r = Normal(shape, 0, 1, &gen);
+    if (kind >= 2) {
+      r = Quantize(r, kind == 2 ? DType::kQInt8 : DType::kQUInt8,
+                   QuantParams::PerTensor(0.03, kind == 2 ? 9 : 120));
+    }
+    return kind == 0 ? Tensor() : channels_last && shape.size() == 4 ? r.ChannelsLast() : r;
   };
   int v = 0;
-  for (const Variant& k : {Variant{false, true, false, false, false, false}, Variant{true, false, false, false, false, false},
-                           Variant{true, true, false, true, false, false}, Variant{false, true, true, false, false, false},
-                           Variant{true, true, true, true, true, true}, Variant{false, false, false, true, false, true}}) {
+  for (const Variant& k : {Variant{0, true, false, false, false, false}, Variant{1, false, false, false, false, false},
+                           Variant{2, true, false, true, false, false}, Variant{0, true, true, false, false, false},
+                           Variant{3, true, true, true, true, true}, Variant{1, false, false, true, false, true},
+                           Variant{2, false, false, false, false, false}}) {
     SCOPED_TRACE(::testing::Message() << "variant " << v++);
     Conv2dOptions o;
     o.padding[0] = o.padding[1] = 1;
@@ -204,7 +214,7 @@ TEST(OneDnn, IntegerPostOpsMatchReference) {
     Tensor w = Quantize(Normal({12, 8, 3, 3}, 0, 0.2, &gen), k.int4 ? DType::kQInt4 : DType::kQInt8, pw);
     if (k.constant) w.storage()->MarkConstant();
     Tensor bias = Normal({12}, 0, 0.5, &gen);
-    IntegerPostOps post{.residual = k.residual ? Normal({2, 12, 7, 6}, 0, 1, &gen) : Tensor(), .relu = k.relu};
+    IntegerPostOps post{.residual = residual_of(k.residual, {2, 12, 7, 6}, k.channels_last), .relu = k.relu};
     QuantParams po = QuantParams::PerTensor(0.02, -5);
     if (k.narrow) po = po.WithRange(-8, 7);
     for (int repeat = 0; repeat < (k.constant ? 2 : 1); ++repeat) {  // a second call reads the cached weights
@@ -233,7 +243,7 @@ TEST(OneDnn, IntegerPostOpsMatchReference) {
     Tensor b = Quantize(Normal({16, 9}, 0, 0.2, &gen), k.int4 ? DType::kQInt4 : DType::kQInt8,
                         k.int4 ? QuantParams::PerTensor(0.05, 0).WithRange(-7, 7) : QuantParams::PerTensor(0.004, 0));
     if (k.constant) b.storage()->MarkConstant();
-    IntegerPostOps mpost{.residual = k.residual ? Normal({5, 9}, 0, 1, &gen) : Tensor(), .relu = k.relu};
+    IntegerPostOps mpost{.residual = residual_of(k.residual, {5, 9}, false), .relu = k.relu};
     Tensor mfast = QuantizedMatmul(a, b, Tensor(), DType::kF32, nullptr, mpost), mref;
     {
       cpu::ReferenceModeGuard guard;

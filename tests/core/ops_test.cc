@@ -304,6 +304,12 @@ TEST(Ops, MaxPoolAndItsBackward) {
   pad.kernel[0] = pad.kernel[1] = 2;
   pad.padding[0] = pad.padding[1] = 1;
   ExpectClose(MaxPool2d(x, pad), {1, 5, 0, 7, 9, 8, 0, 3, 4}, 0, 0);
+  // Quantized input: pooled on the integers, parameters kept (x - 4 in steps of 0.5).
+  QuantParams qp = QuantParams::PerTensor(0.5, -8);
+  Tensor q = MaxPool2d(Quantize(Sub(x, 4.0), DType::kQInt8, qp), k2);
+  EXPECT_EQ(q.dtype(), DType::kQInt8);
+  EXPECT_EQ(q.qparams(), qp);
+  EXPECT_EQ(q.IntRepr(), (std::vector<int32_t>{-6, 2, -2, -8}));  // (max - 4) / 0.5 - 8
   // Backward routes each window's gradient to its argmax; overlapping windows add.
   Tensor idx = Tensor::FromVector<int64_t>({6, 6, 8, 6}, {1, 1, 2, 2});
   ExpectClose(MaxPool2dBackward(F({1, 2, 3, 4}, {1, 1, 2, 2}), idx, {1, 1, 4, 4}),

@@ -1,0 +1,125 @@
+// Inference benchmark: f32 (the nn model in eval; "frozen": the same with its
+// weights in constant storage, Module::Freeze) against the converted integer
+// models, int8 (W8A8) and int4 (W4A8: 4-bit weights, 8-bit activations), for
+// ResNet-20 (CIFAR, 32x32, batch 64 and 1) and ResNet-50 (224x224, batch 1), at 1
+// and 2 threads: median latency, images/s, model bytes, and the int8/f32 ratio;
+// then the 1024^3 GEMM in f32 and int8. Weights are random (speed does not depend
+// on their values); activation ranges come from one calibration batch.
+// A program, not a test. Run: bazel run //apps:bench_infer
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "core/grad_mode.h"
+#include "models/resnet.h"
+#include "models/resnet_cifar.h"
+#include "quant/convert.h"
+#include "quant/prepare.h"
+
+ABSL_FLAG(int, runs, 7, "timed runs per case (after one warm-up run); the median is reported");
+ABSL_FLAG(bool, skip_resnet50, false, "leave out ResNet-50 (224x224), the slow case");
+ABSL_FLAG(std::string, only, "", "run only this model (resnet20_b64, resnet20_b1, resnet50) and skip the GEMM; for profiling");
+
+namespace quanta {
+namespace {
+
+double MedianSeconds(const std::function<void()>& run, int runs) {
+  run();  // warm-up: builds and caches primitives and reordered weights
+  std::vector<double> s;
+  for (int i = 0; i < runs; ++i) {
+    auto start = std::chrono::steady_clock::now();
+    run();
+    s.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  std::sort(s.begin(), s.end());
+  return s[s.size() / 2];
+}
+
+std::shared_ptr<quant::IntegerModel> Converted(const std::function<std::shared_ptr<nn::Layer>()>& make,
+                                               const std::string& policy, const Tensor& calibration) {
+  auto net = make();
+  quant::PrepareReport r = quant::PrepareQat(*net, *quant::MixedPrecisionPolicy::Parse(policy));
+  quant::Calibrate(r, *net, {calibration}, [&](const Tensor& x) { return net->Forward(x); });
+  return quant::Convert(*net);
+}
+
+void BenchModel(const std::string& title, const std::function<std::shared_ptr<nn::Layer>()>& make, const Shape& input,
+                int runs) {
+  Generator gen(1);
+  Tensor x = Normal(input, 0, 1, &gen);
+  auto f32 = make();
+  f32->Eval();
+  auto frozen = make();  // the same model, weights frozen: oneDNN keeps them in its layout
+  frozen->Eval();
+  frozen->Freeze();
+  auto int8 = Converted(make, "default 8 8 ema\n", x);
+  auto int4 = Converted(make, "default 4 8 ema\n", x);  // first and last layers stay 8-bit
+  int64_t f32_bytes = 4 * f32->NumParameters();
+  std::printf("\n%s, input %s: parameters %lld\n", title.c_str(), ShapeToString(input).c_str(),
+              static_cast<long long>(f32->NumParameters()));
+  std::printf("  model bytes: f32 %lld (%.2f MiB) | int8 %lld (%.2f MiB, %.2fx smaller) | int4 %lld (%.2f MiB, %.2fx smaller)\n",
+              static_cast<long long>(f32_bytes), f32_bytes / 1048576.0, static_cast<long long>(int8->Bytes()),
+              int8->Bytes() / 1048576.0, static_cast<double>(f32_bytes) / int8->Bytes(),
+              static_cast<long long>(int4->Bytes()), int4->Bytes() / 1048576.0,
+              static_cast<double>(f32_bytes) / int4->Bytes());
+  NoGradGuard no_grad;
+  for (int threads : {1, 2}) {
+    SetNumThreads(threads);
+    double t_f32 = MedianSeconds([&] { f32->Forward(x); }, runs);
+    double t_frozen = MedianSeconds([&] { frozen->Forward(x); }, runs);
+    double t_int8 = MedianSeconds([&] { int8->Forward(x); }, runs);
+    double t_int4 = MedianSeconds([&] { int4->Forward(x); }, runs);
+    double n = static_cast<double>(input[0]);
+    std::printf("  threads=%d  f32 %8.2f ms %8.1f img/s | f32 frozen %8.2f ms | int8 %8.2f ms %8.1f img/s | "
+                "int4 %8.2f ms %8.1f img/s | int8/f32 %.2fx (frozen %.2fx)  int4/f32 %.2fx\n",
+                threads, 1e3 * t_f32, n / t_f32, 1e3 * t_frozen, 1e3 * t_int8, n / t_int8, 1e3 * t_int4, n / t_int4,
+                t_f32 / t_int8, t_frozen / t_int8, t_f32 / t_int4);
+  }
+}
+
+void BenchGemm(int runs) {
+  Generator gen(2);
+  const int64_t n = 1024;
+  Tensor a = Normal({n, n}, 0, 1, &gen), b = Normal({n, n}, 0, 1, &gen);
+  Tensor aq = Quantize(a, DType::kQUInt8, QuantParams::PerTensor(8.0 / 255, 128));
+  Tensor bq = Quantize(b, DType::kQInt8, QuantParams::PerTensor(4.0 / 127, 0));
+  bq.storage()->MarkConstant();  // a converted layer's weights
+  std::printf("\nGEMM %lld^3:\n", static_cast<long long>(n));
+  for (int threads : {1, 2}) {
+    SetNumThreads(threads);
+    double tf = MedianSeconds([&] { Matmul(a, b); }, runs);
+    double tq = MedianSeconds([&] { QuantizedMatmul(aq, bq); }, runs);
+    double ops = 2.0 * n * n * n;
+    std::printf("  threads=%d  f32 %.1f GFLOP/s | int8 %.1f GOP/s | int8/f32 %.2fx\n", threads, ops / tf / 1e9,
+                ops / tq / 1e9, tf / tq);
+  }
+}
+
+}  // namespace
+}  // namespace quanta
+
+int main(int argc, char** argv) {
+  using namespace quanta;
+  absl::ParseCommandLine(argc, argv);
+  const int runs = absl::GetFlag(FLAGS_runs);
+  auto resnet20 = [] {
+    Generator gen(0);
+    return std::shared_ptr<nn::Layer>(models::CifarResNet::Make(20, 100, &gen));
+  };
+  const std::string only = absl::GetFlag(FLAGS_only);
+  if (only.empty() || only == "resnet20_b64") BenchModel("ResNet-20 (CIFAR-100), batch 64", resnet20, {64, 3, 32, 32}, runs);
+  if (only.empty() || only == "resnet20_b1") BenchModel("ResNet-20 (CIFAR-100), batch 1", resnet20, {1, 3, 32, 32}, runs);
+  if ((only.empty() && !absl::GetFlag(FLAGS_skip_resnet50)) || only == "resnet50") {
+    BenchModel("ResNet-50 (ImageNet), batch 1", [] {
+      Generator gen(0);
+      return std::shared_ptr<nn::Layer>(models::ResNet::Make("resnet50", 1000, &gen));
+    }, {1, 3, 224, 224}, runs);
+  }
+  if (only.empty()) BenchGemm(runs);
+  return 0;
+}
