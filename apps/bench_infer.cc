@@ -1,5 +1,6 @@
-// Inference benchmark: f32 (the nn model in eval; "frozen": the same with its
-// weights in constant storage, Module::Freeze) against the converted integer
+// Inference benchmark: f32 (the nn model in eval, as trained: batch norm and ReLU
+// as separate ops; and "folded", quant::ConvertFloat: batch norm folded into the
+// weights, the fair float baseline) against the converted integer
 // models, int8 (W8A8) and int4 (W4A8: 4-bit weights, 8-bit activations), for
 // ResNet-20 (CIFAR, 32x32, batch 64 and 1) and ResNet-50 (224x224, batch 1), at 1
 // and 2 threads: median latency, images/s, model bytes, and the int8/f32 ratio;
@@ -54,12 +55,12 @@ void BenchModel(const std::string& title, const std::function<std::shared_ptr<nn
   Tensor x = Normal(input, 0, 1, &gen);
   auto f32 = make();
   f32->Eval();
-  auto frozen = make();  // the same model, weights frozen: oneDNN keeps them in its layout
-  frozen->Eval();
-  frozen->Freeze();
+  auto model = make();
+  model->Eval();
+  auto folded = quant::ConvertFloat(*model);
   auto int8 = Converted(make, "default 8 8 ema\n", x);
   auto int4 = Converted(make, "default 4 8 ema\n", x);  // first and last layers stay 8-bit
-  int64_t f32_bytes = 4 * f32->NumParameters();
+  int64_t f32_bytes = 4 * f32->NumParameters();  // the trained model's parameters
   std::printf("\n%s, input %s: parameters %lld\n", title.c_str(), ShapeToString(input).c_str(),
               static_cast<long long>(f32->NumParameters()));
   std::printf("  model bytes: f32 %lld (%.2f MiB) | int8 %lld (%.2f MiB, %.2fx smaller) | int4 %lld (%.2f MiB, %.2fx smaller)\n",
@@ -71,14 +72,16 @@ void BenchModel(const std::string& title, const std::function<std::shared_ptr<nn
   for (int threads : {1, 2}) {
     SetNumThreads(threads);
     double t_f32 = MedianSeconds([&] { f32->Forward(x); }, runs);
-    double t_frozen = MedianSeconds([&] { frozen->Forward(x); }, runs);
+    double t_folded = MedianSeconds([&] { folded->Forward(x); }, runs);
     double t_int8 = MedianSeconds([&] { int8->Forward(x); }, runs);
     double t_int4 = MedianSeconds([&] { int4->Forward(x); }, runs);
     double n = static_cast<double>(input[0]);
-    std::printf("  threads=%d  f32 %8.2f ms %8.1f img/s | f32 frozen %8.2f ms | int8 %8.2f ms %8.1f img/s | "
-                "int4 %8.2f ms %8.1f img/s | int8/f32 %.2fx (frozen %.2fx)  int4/f32 %.2fx\n",
-                threads, 1e3 * t_f32, n / t_f32, 1e3 * t_frozen, 1e3 * t_int8, n / t_int8, 1e3 * t_int4, n / t_int4,
-                t_f32 / t_int8, t_frozen / t_int8, t_f32 / t_int4);
+    std::printf("  threads=%d  f32 %7.2f ms %7.1f img/s | f32 folded %7.2f ms %7.1f img/s | int8 %7.2f ms %7.1f img/s | "
+                "int4 %7.2f ms %7.1f img/s\n",
+                threads, 1e3 * t_f32, n / t_f32, 1e3 * t_folded, n / t_folded, 1e3 * t_int8, n / t_int8, 1e3 * t_int4,
+                n / t_int4);
+    std::printf("             int8 vs f32 %.2fx, vs f32 folded %.2fx | int4 vs f32 folded %.2fx\n", t_f32 / t_int8,
+                t_folded / t_int8, t_folded / t_int4);
   }
 }
 

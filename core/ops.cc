@@ -455,10 +455,16 @@ Tensor MaxPool2d(const Tensor& x, const Pool2dOptions& o) {
     out_hw[i] = (x.size(2 + i) + 2 * o.padding[i] - span) / attrs.stride[i] + 1;
   }
   Shape shape = {x.size(0), x.size(1), out_hw[0], out_hw[1]};
-  Tensor in = x.Contiguous();
-  Tensor out[2] = {quantized ? Tensor::Empty(shape, x.dtype(), x.device(), x.qparams())
-                             : Tensor::Empty(shape, x.dtype(), x.device()),
-                   Tensor::Empty(shape, DType::kI64, x.device())};
+  // Channels-last input stays so (and so does the output): no layout change.
+  bool channels_last = x.is_channels_last() && !x.is_contiguous();
+  Tensor in = channels_last ? x : x.Contiguous();
+  Shape alloc = channels_last ? Shape{shape[0], shape[2], shape[3], shape[1]} : shape;
+  Tensor out[2] = {quantized ? Tensor::Empty(alloc, x.dtype(), x.device(), x.qparams())
+                             : Tensor::Empty(alloc, x.dtype(), x.device()),
+                   Tensor::Empty(alloc, DType::kI64, x.device())};
+  if (channels_last) {
+    for (Tensor& t : out) t = t.Permute({0, 3, 1, 2});
+  }
   Dispatch(Op::kMaxPool2d, {&in, 1}, out, attrs);
   return out[0];
 }

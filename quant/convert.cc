@@ -100,7 +100,22 @@ std::pair<std::vector<double>, Tensor> FoldBatchNorm(const nn::BatchNorm2d& bn, 
 
 }  // namespace
 
-IntegerBuilder::IntegerBuilder() : model_(std::make_shared<IntegerModel>()) {}
+IntegerBuilder::IntegerBuilder(bool float_weights)
+    : model_(std::make_shared<IntegerModel>()), float_(float_weights) {}
+
+namespace {
+
+// The float weight (O, ...) scaled per output channel by factor (empty: 1).
+Tensor FoldedFloatWeight(const Tensor& w, const std::vector<double>& factor) {
+  Tensor out = w.Detach().Contiguous().Clone();
+  if (factor.empty()) return out;
+  std::vector<float> f(factor.begin(), factor.end());
+  Shape shape(w.dim(), 1);
+  shape[0] = w.size(0);
+  return Mul(out, Tensor::FromVector(f, shape)).Contiguous();
+}
+
+}  // namespace
 
 int IntegerBuilder::QuantizedInput(int in, const nn::QuantizableLayer& layer, const std::string& name) {
   Activation a = InputActivation(layer, name);
@@ -112,6 +127,11 @@ int IntegerBuilder::QuantizedInput(int in, const nn::QuantizableLayer& layer, co
 
 int IntegerBuilder::AddWeighted(IntegerNode node, const nn::QuantizableLayer& layer, int in,
                                 const nn::QuantizableLayer* consumer) {
+  if (float_) {
+    node.inputs = {Dequantize(in)};
+    node.weight_bits = node.act_bits = 32;
+    return model_->Add(std::move(node));
+  }
   node.inputs = {QuantizedInput(in, layer, node.name)};
   node.act_bits = InputActivation(layer, node.name).bits;
   if (consumer) {
@@ -134,7 +154,8 @@ int IntegerBuilder::Conv(const std::string& name, const nn::Conv2d& conv, const 
                  bn->running_mean.numel());
     std::tie(factor, n.bias) = FoldBatchNorm(*bn, conv.bias, O);
   }
-  n.weight = IntegerWeight(conv.weight_quant, name, conv.weight, factor, &n.weight_bits);
+  n.weight = float_ ? FoldedFloatWeight(conv.weight, factor)
+                    : IntegerWeight(conv.weight_quant, name, conv.weight, factor, &n.weight_bits);
   return AddWeighted(std::move(n), conv, in, consumer);
 }
 
@@ -145,7 +166,8 @@ int IntegerBuilder::Conv(const std::string& name, const ConvBn2d& cb, int in, bo
   IntegerNode n{.kind = NodeKind::kConv2d, .name = name, .conv = cb.conv->options, .relu = relu, .residual = residual};
   n.bias = b.Contiguous();
   // ConvBn2d's own weight quantizer (on the folded weight) when set, else conv's.
-  n.weight = IntegerWeight(cb.weight_quant ? cb.weight_quant : cb.conv->weight_quant, name, w, {}, &n.weight_bits);
+  n.weight = float_ ? FoldedFloatWeight(w, {})
+                    : IntegerWeight(cb.weight_quant ? cb.weight_quant : cb.conv->weight_quant, name, w, {}, &n.weight_bits);
   return AddWeighted(std::move(n), *cb.conv, in, consumer);
 }
 
@@ -153,6 +175,11 @@ int IntegerBuilder::Linear(const std::string& name, const nn::Linear& linear, in
                            const nn::QuantizableLayer* consumer, int residual) {
   NoGradGuard no_grad;
   IntegerNode n{.kind = NodeKind::kLinear, .name = name, .relu = relu, .residual = residual};
+  n.bias = linear.bias.defined() ? linear.bias.Detach().Contiguous() : Tensor();
+  if (float_) {
+    n.weight = linear.weight.Detach().Transpose(0, 1).Contiguous();  // (K, N)
+    return AddWeighted(std::move(n), linear, in, consumer);
+  }
   Tensor w = IntegerWeight(linear.weight_quant, name, linear.weight, {}, &n.weight_bits);  // (N, K) per channel along 0
   // The matmul reads (K, N) with scales along 1.
   int64_t N = w.size(0), K = w.size(1);
@@ -163,7 +190,6 @@ int IntegerBuilder::Linear(const std::string& name, const nn::Linear& linear, in
   QuantParams p = w.qparams();
   p.axis = 1;
   n.weight = Tensor::FromQuantized(t, {K, N}, w.dtype(), p);
-  n.bias = linear.bias.defined() ? linear.bias.Detach().Contiguous() : Tensor();
   return AddWeighted(std::move(n), linear, in, consumer);
 }
 
@@ -274,8 +300,9 @@ void ConvertSequential(IntegerBuilder& b, nn::Sequential& seq) {
 
 }  // namespace
 
-std::shared_ptr<IntegerModel> Convert(nn::Module& model) {
-  IntegerBuilder builder;
+namespace {
+
+std::shared_ptr<IntegerModel> ConvertWith(nn::Module& model, IntegerBuilder& builder) {
   if (auto* c = dynamic_cast<Convertible*>(&model)) {
     c->ConvertTo(builder);
   } else if (auto* seq = dynamic_cast<nn::Sequential*>(&model)) {
@@ -288,6 +315,18 @@ std::shared_ptr<IntegerModel> Convert(nn::Module& model) {
   QUANTA_CHECK(m->nodes().size() > 1, "convert: the model produced no integer nodes");
   QUANTA_CHECK(m->nodes().back().out_dtype == DType::kF32, "convert: the model's output must be f32 (dequantize it)");
   return m;
+}
+
+}  // namespace
+
+std::shared_ptr<IntegerModel> Convert(nn::Module& model) {
+  IntegerBuilder builder;
+  return ConvertWith(model, builder);
+}
+
+std::shared_ptr<IntegerModel> ConvertFloat(nn::Module& model) {
+  IntegerBuilder builder(/*float_weights=*/true);
+  return ConvertWith(model, builder);
 }
 
 }  // namespace quanta::quant

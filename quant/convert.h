@@ -36,7 +36,9 @@ namespace quanta::quant {
 // float is added from its quantized copy (the value the next layer read anyway).
 class IntegerBuilder {
  public:
-  IntegerBuilder();
+  // float_weights: ConvertFloat's builder (folded f32 layers, no quantizers).
+  explicit IntegerBuilder(bool float_weights = false);
+  bool float_weights() const { return float_; }
   int input() const { return 0; }
   std::shared_ptr<IntegerModel> model() const { return model_; }
 
@@ -63,6 +65,7 @@ class IntegerBuilder {
   int QuantizedInput(int in, const nn::QuantizableLayer& layer, const std::string& name);
   int AddWeighted(IntegerNode node, const nn::QuantizableLayer& layer, int in, const nn::QuantizableLayer* consumer);
   std::shared_ptr<IntegerModel> model_;
+  bool float_;
 };
 
 // Models whose Forward is code, not a Sequential, implement this.
@@ -75,5 +78,10 @@ class Convertible {
 // Throws quanta::Error naming the layer when a quantizer is missing, disabled or
 // has not seen data, or a layer has no integer form.
 std::shared_ptr<IntegerModel> Convert(nn::Module& model);
+// The same program in f32: batch norm folded into the weights, no quantization,
+// no quantizers needed. The float baseline a converted model is measured
+// against (what deploying the float model well looks like), and a faster f32
+// inference model in its own right.
+std::shared_ptr<IntegerModel> ConvertFloat(nn::Module& model);
 
 }  // namespace quanta::quant

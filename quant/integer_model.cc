@@ -74,10 +74,11 @@ int IntegerModel::Add(IntegerNode n) {
                what, ": output is f32 or per-tensor qint8/quint8, got ", Name(n.out_dtype));
   if (HasWeights(n.kind)) {
     const Tensor& w = n.weight;
-    QUANTA_CHECK(w.defined() && (w.dtype() == DType::kQInt8 || w.dtype() == DType::kQInt4) &&
+    QUANTA_CHECK(w.defined() && (w.dtype() == DType::kQInt8 || w.dtype() == DType::kQInt4 || w.dtype() == DType::kF32) &&
                      w.dim() == (n.kind == NodeKind::kConv2d ? 4 : 2),
-                 what, ": needs qint8/qint4 weights of rank ", n.kind == NodeKind::kConv2d ? 4 : 2,
+                 what, ": needs qint8/qint4/f32 weights of rank ", n.kind == NodeKind::kConv2d ? 4 : 2,
                  w.defined() ? ", got " + w.Describe() : ", got none");
+    QUANTA_CHECK(w.dtype() != DType::kF32 || n.out_dtype == DType::kF32, what, ": a float layer has an f32 output");
     int64_t channels = n.kind == NodeKind::kConv2d ? w.size(0) : w.size(1);
     QUANTA_CHECK(!n.bias.defined() || (n.bias.dtype() == DType::kF32 && n.bias.numel() == channels), what,
                  ": bias must be f32 (", channels, ")");
@@ -110,6 +111,13 @@ Tensor IntegerModel::Forward(const Tensor& x) {
       case NodeKind::kDequantize: v[i] = Real(in); break;
       case NodeKind::kConv2d:
       case NodeKind::kLinear: {
+        if (n.weight.dtype() == DType::kF32) {  // a float layer (ConvertFloat)
+          Tensor y = n.kind == NodeKind::kConv2d ? Conv2d(Real(in), n.weight, n.bias, n.conv) : Matmul(Real(in), n.weight);
+          if (n.kind == NodeKind::kLinear && n.bias.defined()) y = quanta::Add(y, n.bias);
+          if (n.residual >= 0) y = quanta::Add(y, Real(v[n.residual]));
+          v[i] = n.relu ? Relu(y) : y;
+          break;
+        }
         QUANTA_CHECK(in.is_quantized(), "integer_model: ", n.name, " needs a quantized input, got ", in.Describe());
         IntegerPostOps post{.residual = n.residual >= 0 ? v[n.residual] : Tensor(), .relu = n.relu};
         const QuantParams* out = n.out_dtype == DType::kF32 ? nullptr : &n.out_params;
@@ -119,7 +127,7 @@ Tensor IntegerModel::Forward(const Tensor& x) {
       }
       case NodeKind::kMaxPool2d:
         // Max commutes with the (monotone) quantization: pooled on the integers.
-        v[i] = in.is_quantized() ? MaxPool2d(in, n.pool).ChannelsLast() : MaxPool2d(in, n.pool);
+        v[i] = MaxPool2d(in, n.pool);  // channels-last in, channels-last out
         break;
       case NodeKind::kGlobalAvgPool: v[i] = Mean(Real(in), {2, 3}); break;
       case NodeKind::kFlatten: v[i] = in.Reshape({in.size(0), -1}); break;
@@ -144,8 +152,12 @@ int64_t IntegerModel::Bytes() const {
   for (const IntegerNode& n : nodes_) {
     if (!HasWeights(n.kind)) continue;
     int64_t numel = n.weight.numel();
-    bytes += n.weight.dtype() == DType::kQInt4 ? (numel + 1) / 2 : numel;
-    bytes += 4 * static_cast<int64_t>(n.weight.qparams().scales.size());
+    if (n.weight.dtype() == DType::kF32) {
+      bytes += 4 * numel;
+    } else {
+      bytes += n.weight.dtype() == DType::kQInt4 ? (numel + 1) / 2 : numel;
+      bytes += 4 * static_cast<int64_t>(n.weight.qparams().scales.size());
+    }
     if (n.bias.defined()) bytes += 4 * n.bias.numel();
   }
   return bytes;
@@ -176,7 +188,7 @@ std::string NodeLine(const IntegerNode& n) {
                     " qrange=", Ints({n.out_params.quant_min, n.out_params.quant_max}));
   }
   if (HasWeights(n.kind)) {
-    const QuantParams& pw = n.weight.qparams();
+    QuantParams pw = n.weight.is_quantized() ? n.weight.qparams() : QuantParams{};
     absl::StrAppend(&line, " wdtype=", Name(n.weight.dtype()), " wshape=", absl::StrJoin(n.weight.shape(), ","),
                     " wrange=", Ints({pw.quant_min, pw.quant_max}), " bias=", n.bias.defined() ? 1 : 0,
                     " relu=", n.relu ? 1 : 0, " residual=", n.residual, " bits=", Ints({n.weight_bits, n.act_bits}));
@@ -296,8 +308,9 @@ absl::StatusOr<IntegerNode> ParseNode(const LineReader& r, const TensorMap& tens
     n.weight_bits = static_cast<int>(bits[0]);
     n.act_bits = static_cast<int>(bits[1]);
     for (int64_t d : wshape) {
-      if (d <= 0 || d > (int64_t{1} << 31)) return r.Bad("wshape", absl::StrJoin(wshape, ","));
+      if (d <= 0 || d > (int64_t{1} << 20)) return r.Bad("wshape", absl::StrJoin(wshape, ","));
     }
+    if (NumElements(wshape) > (int64_t{1} << 34)) return r.Bad("wshape", absl::StrJoin(wshape, ","));
     int axis = n.kind == NodeKind::kConv2d ? 0 : 1;
     int64_t channels = wshape[axis], numel = NumElements(wshape);
     auto get = [&](const std::string& suffix, DType dtype, int64_t count) -> absl::StatusOr<Tensor> {
@@ -310,29 +323,35 @@ absl::StatusOr<IntegerNode> ParseNode(const LineReader& r, const TensorMap& tens
       }
       return it->second;
     };
-    ASSIGN_OR_RETURN(Tensor scales_t, get(".weight_scale", DType::kF32, channels));
-    std::vector<double> scales;
-    for (float s : scales_t.ToVector<float>()) {
-      if (!(s > 0) || !std::isfinite(s)) return r.Bad("weight_scale", absl::StrCat(s));
-      scales.push_back(s);
-    }
-    QuantParams pw = QuantParams::PerChannel(scales, std::vector<int64_t>(channels, 0), axis).WithRange(wrange[0], wrange[1]);
-    if (wdtype == DType::kQInt4) {
-      ASSIGN_OR_RETURN(Tensor packed, get(".weight", DType::kU8, (numel + 1) / 2));
-      n.weight = Tensor::Empty(wshape, DType::kQInt4, Device::Cpu(), pw);
-      std::memcpy(n.weight.raw_data(), packed.raw_data(), (numel + 1) / 2);
-    } else if (wdtype == DType::kQInt8) {
-      ASSIGN_OR_RETURN(Tensor values, get(".weight", DType::kI8, numel));
-      n.weight = Tensor::Empty(wshape, DType::kQInt8, Device::Cpu(), pw);
-      std::memcpy(n.weight.raw_data(), values.Contiguous().raw_data(), numel);
+    if (wdtype == DType::kF32) {  // a float layer
+      ASSIGN_OR_RETURN(Tensor values, get(".weight", DType::kF32, numel));
+      n.weight = values.Reshape(wshape).Contiguous();
     } else {
-      return r.Bad("wdtype", Name(wdtype));
-    }
-    // Values outside the stated range would not come from Quantize: reject them.
-    for (int32_t q : n.weight.IntRepr()) {
-      if (q < wrange[0] || q > wrange[1]) {
-        return absl::InvalidArgumentError(absl::StrCat(where, ": weight value ", q, " outside its range [", wrange[0],
-                                                       ", ", wrange[1], "]"));
+      ASSIGN_OR_RETURN(Tensor scales_t, get(".weight_scale", DType::kF32, channels));
+      std::vector<double> scales;
+      for (float s : scales_t.ToVector<float>()) {
+        if (!(s > 0) || !std::isfinite(s)) return r.Bad("weight_scale", absl::StrCat(s));
+        scales.push_back(s);
+      }
+      QuantParams pw =
+          QuantParams::PerChannel(scales, std::vector<int64_t>(channels, 0), axis).WithRange(wrange[0], wrange[1]);
+      if (wdtype == DType::kQInt4) {
+        ASSIGN_OR_RETURN(Tensor packed, get(".weight", DType::kU8, (numel + 1) / 2));
+        n.weight = Tensor::Empty(wshape, DType::kQInt4, Device::Cpu(), pw);
+        std::memcpy(n.weight.raw_data(), packed.Contiguous().raw_data(), (numel + 1) / 2);
+      } else if (wdtype == DType::kQInt8) {
+        ASSIGN_OR_RETURN(Tensor values, get(".weight", DType::kI8, numel));
+        n.weight = Tensor::Empty(wshape, DType::kQInt8, Device::Cpu(), pw);
+        std::memcpy(n.weight.raw_data(), values.Contiguous().raw_data(), numel);
+      } else {
+        return r.Bad("wdtype", Name(wdtype));
+      }
+      // Values outside the stated range would not come from Quantize: reject them.
+      for (int32_t q : n.weight.IntRepr()) {
+        if (q < wrange[0] || q > wrange[1]) {
+          return absl::InvalidArgumentError(absl::StrCat(where, ": weight value ", q, " outside its range [",
+                                                         wrange[0], ", ", wrange[1], "]"));
+        }
       }
     }
     if (flags[0]) {
@@ -377,6 +396,11 @@ absl::Status IntegerModel::Save(const std::string& path, const std::map<std::str
     lines.push_back(NodeLine(n));
     if (!HasWeights(n.kind)) continue;
     const Tensor& w = n.weight;
+    if (w.dtype() == DType::kF32) {
+      tensors[n.name + ".weight"] = w;
+      if (n.bias.defined()) tensors[n.name + ".bias"] = n.bias;
+      continue;
+    }
     int64_t bytes = w.dtype() == DType::kQInt4 ? (w.numel() + 1) / 2 : w.numel();
     Tensor raw = Tensor::Empty({bytes}, w.dtype() == DType::kQInt4 ? DType::kU8 : DType::kI8);
     std::memcpy(raw.raw_data(), w.Contiguous().raw_data(), bytes);

@@ -53,6 +53,8 @@ struct IntegerNode {
   QuantParams out_params;
   // kConv2d: weight (O, C/G, KH, KW) qint8/qint4 per channel along 0; kLinear:
   // weight (K, N) per channel along 1. Zero points 0; bias f32 or undefined.
+  // f32 weights make a float layer (ConvertFloat: the folded float baseline),
+  // reading and writing f32.
   Tensor weight, bias;
   Conv2dOptions conv;
   Pool2dOptions pool;   // kMaxPool2d

@@ -149,6 +149,9 @@ class Emitter {
   // opset 13 has no 4-bit type; the values keep their 4-bit range).
   std::string Weight(const IntegerNode& n, const std::string& base) {
     const Tensor& w = n.weight;
+    if (w.dtype() == DType::kF32) {  // a float layer: the weight as it is
+      return Floats(base + "_weight", w.ToVector<float>(), w.shape());
+    }
     std::vector<int32_t> v = w.IntRepr();
     std::vector<int8_t> q(v.begin(), v.end());
     std::string wq = Initializer(base + "_weight_q", onnx::TensorProto::INT8, w.shape(), q.data(), q.size());

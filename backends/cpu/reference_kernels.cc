@@ -424,40 +424,91 @@ void Conv2dBackwardWeightKernel(const KernelCall& c) {
 }
 
 // x (N, C, H, W) -> y, argmax (N, C, OH, OW); argmax is h * W + w in the plane.
+// x (N, C, H, W) contiguous or channels-last; y and the argmax indices (flat ih *
+// W + iw per plane) in the same layout. Window bounds are worked out once per
+// output row and column, so the inner loops carry no checks; channels-last runs
+// the innermost loop over C (contiguous).
 void MaxPool2dKernel(const KernelCall& c) {
   const Tensor& x = c.in[0];
   const Tensor& y = c.out[0];
   const Tensor& idx = c.out[1];
   const OpAttrs& at = c.attrs;
-  int64_t NC = x.size(0) * x.size(1), H = x.size(2), W = x.size(3), OH = y.size(2), OW = y.size(3);
+  int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), OH = y.size(2), OW = y.size(3);
   QUANTA_CHECK(x.dtype() != DType::kQInt4, "max_pool2d: no kernel for qint4");
+  // The taps of output position o along one axis: first valid tap and count.
+  auto taps = [](int64_t out, int64_t size, int64_t k, int64_t stride, int64_t pad, int64_t dil) {
+    std::vector<std::pair<int64_t, int64_t>> t(out);
+    for (int64_t o = 0; o < out; ++o) {
+      int64_t first = 0, count = 0;
+      for (int64_t j = 0; j < k; ++j) {
+        int64_t i = o * stride - pad + j * dil;
+        if (i < 0 || i >= size) continue;
+        if (count == 0) first = j;
+        ++count;
+      }
+      t[o] = {first, count};
+    }
+    return t;
+  };
+  auto th = taps(OH, H, at.kernel[0], at.stride[0], at.padding[0], at.dilation[0]);
+  auto tw = taps(OW, W, at.kernel[1], at.stride[1], at.padding[1], at.dilation[1]);
+  bool channels_last = x.is_channels_last() && !x.is_contiguous();
   // Quantized values (scale > 0) order as their integers: the max is taken on them.
   VisitDType(x.dtype(), [&]<typename T>(TypeTag<T>) {
     if constexpr (!std::is_same_v<T, QInt4x2>) {
-      using C = Compute<T>;
+      using C_ = Compute<T>;
+      auto better = [](C_ v, C_ best) {
+        if constexpr (std::is_floating_point_v<C_>) return v > best || (std::isnan(v) && !std::isnan(best));
+        return v > best;
+      };
       const T* xp = static_cast<const T*>(x.raw_data());
       T* yp = static_cast<T*>(y.raw_data());
       int64_t* ip = static_cast<int64_t*>(idx.raw_data());
-      ParallelFor(0, NC, 1, [&](int64_t begin, int64_t end) {
+      if (channels_last) {
+        ParallelFor(0, N * OH, 1, [&](int64_t begin, int64_t end) {
+          std::vector<C_> best(C);
+          for (int64_t r = begin; r < end; ++r) {
+            int64_t n = r / OH, oh = r % OH;
+            for (int64_t ow = 0; ow < OW; ++ow) {
+              T* yrow = yp + ((n * OH + oh) * OW + ow) * C;
+              int64_t* irow = ip + ((n * OH + oh) * OW + ow) * C;
+              bool first = true;
+              for (int64_t a = 0; a < th[oh].second; ++a) {
+                int64_t ih = oh * at.stride[0] - at.padding[0] + (th[oh].first + a) * at.dilation[0];
+                for (int64_t b = 0; b < tw[ow].second; ++b) {
+                  int64_t iw = ow * at.stride[1] - at.padding[1] + (tw[ow].first + b) * at.dilation[1];
+                  const T* xrow = xp + ((n * H + ih) * W + iw) * C;
+                  for (int64_t ch = 0; ch < C; ++ch) {
+                    C_ v = Convert<C_>(xrow[ch]);
+                    if (first || better(v, best[ch])) {
+                      best[ch] = v;
+                      yrow[ch] = xrow[ch];
+                      irow[ch] = ih * W + iw;
+                    }
+                  }
+                  first = false;
+                }
+              }
+            }
+          }
+        });
+        return;
+      }
+      ParallelFor(0, N * C, 1, [&](int64_t begin, int64_t end) {
         for (int64_t p = begin; p < end; ++p) {
           const T* plane = xp + p * H * W;
           for (int64_t oh = 0; oh < OH; ++oh) {
             for (int64_t ow = 0; ow < OW; ++ow) {
-              C best{};
+              C_ best{};
               int64_t best_i = -1;
-              for (int64_t kh = 0; kh < at.kernel[0]; ++kh) {
-                int64_t ih = oh * at.stride[0] - at.padding[0] + kh * at.dilation[0];
-                if (ih < 0 || ih >= H) continue;
-                for (int64_t kw = 0; kw < at.kernel[1]; ++kw) {
-                  int64_t iw = ow * at.stride[1] - at.padding[1] + kw * at.dilation[1];
-                  if (iw < 0 || iw >= W) continue;
-                  C v = Convert<C>(plane[ih * W + iw]);
-                  bool nan = false;
-                  if constexpr (std::is_floating_point_v<C>) nan = std::isnan(v);
-                  if (best_i < 0 || v > best || nan) {
+              for (int64_t a = 0; a < th[oh].second; ++a) {
+                int64_t ih = oh * at.stride[0] - at.padding[0] + (th[oh].first + a) * at.dilation[0];
+                for (int64_t b = 0; b < tw[ow].second; ++b) {
+                  int64_t i = ih * W + ow * at.stride[1] - at.padding[1] + (tw[ow].first + b) * at.dilation[1];
+                  C_ v = Convert<C_>(plane[i]);
+                  if (best_i < 0 || better(v, best)) {
                     best = v;
-                    best_i = ih * W + iw;
-                    if (nan) kh = at.kernel[0], kw = at.kernel[1];  // NaN wins: stop
+                    best_i = i;
                   }
                 }
               }

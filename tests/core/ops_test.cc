@@ -310,6 +310,13 @@ TEST(Ops, MaxPoolAndItsBackward) {
   EXPECT_EQ(q.dtype(), DType::kQInt8);
   EXPECT_EQ(q.qparams(), qp);
   EXPECT_EQ(q.IntRepr(), (std::vector<int32_t>{-6, 2, -2, -8}));  // (max - 4) / 0.5 - 8
+  // Channels-last input: the same values, a channels-last output.
+  Generator gen(3);
+  Tensor big = Normal({2, 5, 7, 6}, 0, 1, &gen);
+  Pool2dOptions k3s2{.kernel = {3, 3}, .stride = {2, 2}, .padding = {1, 1}};
+  Tensor cl = MaxPool2d(big.ChannelsLast(), k3s2);
+  EXPECT_TRUE(cl.is_channels_last());
+  EXPECT_EQ(cl.ToVector<float>(), MaxPool2d(big, k3s2).ToVector<float>());
   // Backward routes each window's gradient to its argmax; overlapping windows add.
   Tensor idx = Tensor::FromVector<int64_t>({6, 6, 8, 6}, {1, 1, 2, 2});
   ExpectClose(MaxPool2dBackward(F({1, 2, 3, 4}, {1, 1, 2, 2}), idx, {1, 1, 4, 4}),

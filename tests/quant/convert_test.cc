@@ -20,6 +20,7 @@
 #include "core/grad_mode.h"
 #include "core/ops.h"
 #include "gtest/gtest.h"
+#include "models/resnet.h"
 #include "models/resnet_cifar.h"
 #include "models/tiny_cnn.h"
 #include "nn/layers.h"
@@ -261,6 +262,37 @@ TEST(Convert, CorruptFilesGiveClearErrors) {
   expect_error(other, "not a Quanta integer model");
   auto missing = IntegerModel::Load(TempPath("no_such_model.safetensors"));
   EXPECT_FALSE(missing.ok());
+}
+
+// ConvertFloat: batch norm folded, f32 throughout; equal to the float model in
+// eval up to f32 rounding of the folded weights (relative 1e-5 of the spread).
+TEST(Convert, FloatConversionEqualsTheFloatModel) {
+  Generator gen(31);
+  std::vector<std::shared_ptr<nn::Layer>> nets = {models::CifarResNet::Make(8, 10, &gen), models::TinyCnn(32, 3, 4),
+                                                  models::ResNet::Make("resnet18", 10, &gen)};
+  for (auto& net : nets) {
+    RandomizeBatchNorms(*net, 33);
+    net->Eval();
+    auto f = ConvertFloat(*net);
+    for (const IntegerNode& n : f->nodes()) EXPECT_NE(n.out_dtype, DType::kQInt8);
+    Tensor x = Batches({4, 3, 32, 32}, 1, 34)[0];
+    Tensor want = net->Forward(x), got = f->Forward(x);
+    Diff d = Compare(got, want);
+    EXPECT_LE(d.max_abs, 1e-5 * std::max(1.0, d.ref_std) + 1e-5) << d.max_abs;
+    EXPECT_EQ(d.agree, 1.0);
+    std::string path = TempPath("float.safetensors");
+    ASSERT_TRUE(f->Save(path).ok());
+    auto loaded = IntegerModel::Load(path);
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    EXPECT_EQ((*loaded)->Forward(x).ToVector<float>(), got.ToVector<float>());
+    EXPECT_EQ(f->Bytes(), 4 * net->NumParameters() - 4 * [&] {
+      int64_t bn = 0;  // folded away: each BN's running stats are buffers; its gamma goes into the weights
+      for (auto& [name, m] : net->NamedModules()) {
+        if (auto* b = dynamic_cast<nn::BatchNorm2d*>(m)) bn += b->weight.numel();
+      }
+      return bn;
+    }());
+  }
 }
 
 TEST(Convert, UnpreparedModelsAreRefusedByName) {
