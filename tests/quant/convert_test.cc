@@ -15,6 +15,7 @@
 // and require the same top-1 on at least 99.5% of a real test set
 // (FashionMnistTop1Agreement).
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 
 #include "core/grad_mode.h"
@@ -26,6 +27,8 @@
 #include "nn/layers.h"
 #include "quant/convert.h"
 #include "quant/prepare.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
 
 namespace quanta::quant {
 namespace {
@@ -292,6 +295,38 @@ TEST(Convert, FloatConversionEqualsTheFloatModel) {
       }
       return bn;
     }());
+  }
+}
+
+// The loader's fuzz target over every truncation and byte flip of a converted
+// model (the header and graph text in full, the weights sampled). Writes the
+// file as the fuzzer's seed when QUANTA_WRITE_SEED names a path.
+TEST(Convert, LoaderFuzzTargetSurvivesMutations) {
+  auto net = models::TinyCnn(35, 1, 4);
+  PrepareAndCalibrate(*net, "default 4 8 ema\n", Batches({4, 1, 12, 12}, 1, 36));
+  auto q = Convert(*net);
+  std::string path = TempPath("seed.safetensors");
+  ASSERT_TRUE(q->Save(path).ok());
+  std::string bytes;
+  {
+    std::ifstream f(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(f), {});
+  }
+  if (const char* seed = std::getenv("QUANTA_WRITE_SEED")) {
+    std::ofstream(seed, std::ios::binary) << bytes;
+  }
+  auto run = [](const std::string& b) { LLVMFuzzerTestOneInput(reinterpret_cast<const uint8_t*>(b.data()), b.size()); };
+  run(bytes);
+  uint64_t header = 8;
+  std::memcpy(&header, bytes.data(), 8);
+  size_t text_end = std::min(bytes.size(), static_cast<size_t>(8 + header));
+  for (size_t n = 0; n < bytes.size(); n += n < text_end ? 1 : 97) run(bytes.substr(0, n));
+  for (size_t i = 0; i < bytes.size(); i += i < text_end ? 1 : 89) {
+    for (uint8_t flip : {0x01, 0x20, 0xff}) {
+      std::string m = bytes;
+      m[i] = static_cast<char>(m[i] ^ flip);
+      run(m);
+    }
   }
 }
 
