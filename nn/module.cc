@@ -24,10 +24,11 @@ void Module::RegisterParameter(const std::string& name, Tensor* parameter) {
   parameters_.emplace_back(name, parameter);
 }
 
-void Module::RegisterBuffer(const std::string& name, Tensor* buffer) {
+void Module::RegisterBuffer(const std::string& name, Tensor* buffer, bool resizable) {
   CheckName(name);
   QUANTA_CHECK(buffer != nullptr && buffer->defined(), "module: buffer ", name, " is undefined");
   buffers_.emplace_back(name, buffer);
+  if (resizable) resizable_.push_back(buffer);
 }
 
 void Module::AddChild(const std::string& name, std::shared_ptr<Module> child) {
@@ -129,12 +130,14 @@ absl::Status Module::LoadStateDict(const TensorMap& state, bool strict) {
   for (auto& b : NamedBuffers()) targets.push_back(b);
   std::vector<std::string> missing, mismatched, unexpected;
   std::set<std::string> known;
+  std::set<const Tensor*> resizable;
+  Apply([&](Module& m) { resizable.insert(m.resizable_.begin(), m.resizable_.end()); });
   for (const auto& [name, t] : targets) {
     known.insert(name);
     auto it = state.find(name);
     if (it == state.end()) {
       missing.push_back(name);
-    } else if (it->second.shape() != t->shape() || it->second.dtype() != t->dtype()) {
+    } else if (it->second.dtype() != t->dtype() || (it->second.shape() != t->shape() && !resizable.count(t))) {
       mismatched.push_back(absl::StrCat(name, " (expected ", t->Describe(), ", got ", it->second.Describe(), ")"));
     }
   }
@@ -151,7 +154,12 @@ absl::Status Module::LoadStateDict(const TensorMap& state, bool strict) {
   NoGradGuard no_grad;
   for (auto& [name, t] : targets) {
     auto it = state.find(name);
-    if (it != state.end()) t->CopyFrom(it->second);
+    if (it == state.end()) continue;
+    if (it->second.shape() != t->shape()) {
+      *t = it->second.Clone();  // a resizable buffer takes the saved shape
+    } else {
+      t->CopyFrom(it->second);
+    }
   }
   return absl::OkStatus();
 }

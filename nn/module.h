@@ -43,7 +43,9 @@ class Module {
   // ---- registration (from constructors; one line each) -------------------------
   // The module keeps a pointer to the member: it must live as long as the module.
   void RegisterParameter(const std::string& name, Tensor* parameter);
-  void RegisterBuffer(const std::string& name, Tensor* buffer);
+  // A resizable buffer's shape depends on the data (an observer's per-channel
+  // range): LoadStateDict takes the saved shape instead of refusing it.
+  void RegisterBuffer(const std::string& name, Tensor* buffer, bool resizable = false);
   template <typename M>
   std::shared_ptr<M> RegisterModule(const std::string& name, std::shared_ptr<M> module) {
     AddChild(name, module);
@@ -89,6 +91,7 @@ class Module {
 
   std::vector<std::pair<std::string, Tensor*>> parameters_;
   std::vector<std::pair<std::string, Tensor*>> buffers_;
+  std::vector<const Tensor*> resizable_;
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
   bool training_ = true;
 };

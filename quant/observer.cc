@@ -45,8 +45,9 @@ Observer::Observer(const QuantSpec& spec) : spec_(spec) {
   min_val_ = Zeros({1});
   max_val_ = Zeros({1});
   observed_ = Zeros({1});
-  RegisterBuffer("min_val", &min_val_);
-  RegisterBuffer("max_val", &max_val_);
+  // One value, or one per channel once per-channel data has been seen.
+  RegisterBuffer("min_val", &min_val_, /*resizable=*/true);
+  RegisterBuffer("max_val", &max_val_, /*resizable=*/true);
   RegisterBuffer("observed", &observed_);
 }
 

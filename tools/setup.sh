@@ -14,6 +14,7 @@ packages=(
   zlib1g-dev           # gzip IDX files and .tar.gz archives (data/)
   libcurl4-openssl-dev # CIFAR-100 download (data/)
   libonnx-dev libprotobuf-dev  # ONNX export and its checker (quant/onnx_export)
+  gnuplot-nox          # the charts of //apps:reproduce_tables
   python3              # the loopback HTTP server of the download test
   dataset-fashion-mnist
 )

@@ -228,6 +228,36 @@ TEST(PrepareQat, QuantizerParametersTrainInTheirOwnGroupAndCheckpoint) {
   EXPECT_EQ(copy->Forward(x).ToVector<float>(), net->Forward(x).ToVector<float>());
 }
 
+// Observers' per-channel ranges take their shape from the data: a fresh prepared
+// model loads a trained one's checkpoint (resizable buffers) and computes the same.
+TEST(PrepareQat, ObserverStateCheckpointsIntoAFreshModel) {
+  Generator gen(6);
+  auto make = [&] {
+    auto net = std::make_shared<nn::Sequential>(std::make_shared<nn::Linear>(4, 8, true, &gen),
+                                                std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(8, 2, true, &gen));
+    PrepareQat(*net, *MixedPrecisionPolicy::Parse("default 4 4 ema\n"));
+    return net;
+  };
+  auto net = make();
+  Tensor x = Normal({16, 4}, 0, 1, &gen);
+  net->Train();
+  net->Forward(x);  // observes: per-channel weight ranges become (8) and (2)
+  std::string path = std::string(std::getenv("TEST_TMPDIR") ? std::getenv("TEST_TMPDIR") : "/tmp") + "/ema.safetensors";
+  ASSERT_TRUE(nn::SaveCheckpoint(path, *net).ok());
+  auto copy = make();
+  auto loaded = nn::LoadCheckpoint(path, *copy);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(copy->StateDict().at("0.weight_quant.observer.min_val").shape(), (Shape{8}));
+  net->Eval();
+  copy->Eval();
+  NoGradGuard no_grad;
+  EXPECT_EQ(copy->Forward(x).ToVector<float>(), net->Forward(x).ToVector<float>());
+  // Other buffers keep their shape check.
+  TensorMap bad = net->StateDict();
+  bad["0.input_quant.observer.observed"] = Zeros({3});
+  EXPECT_FALSE(copy->LoadStateDict(bad).ok());
+}
+
 }  // namespace
 }  // namespace quanta::quant
 

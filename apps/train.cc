@@ -1,0 +1,117 @@
+// //apps:train and //apps:train_cifar100: train a model on an image data set in
+// f32, with QAT or with PTQ, checkpoint every epoch, resume, log metrics, and end
+// with a summary table (accuracy of the trained and of the converted integer
+// model, bytes, images/s). The two targets differ only in the default --dataset.
+//
+//   bazel run //apps:train_cifar100 -- --model=resnet20 --epochs=200 --quant=qat --wbits=4 --abits=4 --quantizer=lsq
+//   bazel run //apps:train -- --dataset=fashion_mnist --model=fmnist_resnet8 --epochs=10
+#include <cstdio>
+#include <iostream>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "apps/trainer.h"
+#include "core/error.h"
+
+#ifndef QUANTA_DEFAULT_DATASET
+#define QUANTA_DEFAULT_DATASET "cifar100"
+#endif
+
+ABSL_FLAG(std::string, dataset, QUANTA_DEFAULT_DATASET, "cifar100 | cifar10 | fashion_mnist | imagefolder");
+ABSL_FLAG(std::string, data_dir, "", "where the data set is (default: ~/.cache/quanta/data for CIFAR, Debian's folder for Fashion-MNIST)");
+ABSL_FLAG(int64_t, image_size, 32, "imagefolder: resize images to this");
+ABSL_FLAG(std::string, model, "", "model name (default: resnet20, or fmnist_resnet8 for fashion_mnist)");
+ABSL_FLAG(int, epochs, 30, "epochs");
+ABSL_FLAG(int64_t, batch, 128, "batch size");
+ABSL_FLAG(double, lr, 0.1, "base learning rate (SGD with momentum 0.9)");
+ABSL_FLAG(double, weight_decay, 5e-4, "L2 weight decay");
+ABSL_FLAG(std::string, schedule, "cosine", "cosine (with warmup) | step | onecycle | constant");
+ABSL_FLAG(double, warmup_epochs, 1, "cosine warmup length");
+ABSL_FLAG(bool, augment, true, "random crop and horizontal flip");
+ABSL_FLAG(uint64_t, seed, 0, "seed (initialization, shuffling, augmentation)");
+ABSL_FLAG(int, threads, 2, "compute threads");
+ABSL_FLAG(int, workers, 2, "data loader threads");
+ABSL_FLAG(std::string, quant, "none", "none | ptq | qat");
+ABSL_FLAG(int, wbits, 8, "weight bits (2..8)");
+ABSL_FLAG(int, abits, 8, "activation bits (2..8)");
+ABSL_FLAG(std::string, quantizer, "ema", "ema | minmax | ewgs | lsq | percentile | mse");
+ABSL_FLAG(bool, first_last_8bit, true, "keep the first and last layers at 8 bits");
+ABSL_FLAG(std::string, policy, "", "a mixed-precision policy file (per-layer bits; overrides --wbits/--abits)");
+ABSL_FLAG(std::string, progressive, "", "progressive bits, e.g. 8,6,4 (with --quant=qat)");
+ABSL_FLAG(std::string, amp, "", "bf16: autocast matmul and convolution");
+ABSL_FLAG(std::string, checkpoint_dir, "", "write last.safetensors every epoch (and the integer model at the end)");
+ABSL_FLAG(bool, resume, false, "continue from --checkpoint_dir/last.safetensors");
+ABSL_FLAG(std::string, init_from, "", "start from this checkpoint's model (e.g. QAT from a trained f32 model)");
+ABSL_FLAG(std::string, metrics, "", "append one JSON line per epoch to this file");
+ABSL_FLAG(int64_t, train_subset, 0, "use the first N training images (0: all)");
+ABSL_FLAG(int64_t, test_subset, 0, "use the first N test images (0: all)");
+
+int main(int argc, char** argv) {
+  using namespace quanta;
+  absl::SetProgramUsageMessage("trains an image classifier; --help lists the flags");
+  absl::ParseCommandLine(argc, argv);
+  apps::TrainConfig c;
+  c.dataset = absl::GetFlag(FLAGS_dataset);
+  c.data_dir = absl::GetFlag(FLAGS_data_dir);
+  c.image_size = absl::GetFlag(FLAGS_image_size);
+  c.model = absl::GetFlag(FLAGS_model);
+  if (c.model.empty()) c.model = c.dataset == "fashion_mnist" ? "fmnist_resnet8" : "resnet20";
+  c.epochs = absl::GetFlag(FLAGS_epochs);
+  c.batch = absl::GetFlag(FLAGS_batch);
+  c.lr = absl::GetFlag(FLAGS_lr);
+  c.weight_decay = absl::GetFlag(FLAGS_weight_decay);
+  c.schedule = absl::GetFlag(FLAGS_schedule);
+  c.warmup_epochs = absl::GetFlag(FLAGS_warmup_epochs);
+  c.augment = absl::GetFlag(FLAGS_augment);
+  c.seed = absl::GetFlag(FLAGS_seed);
+  c.threads = absl::GetFlag(FLAGS_threads);
+  c.workers = absl::GetFlag(FLAGS_workers);
+  c.quant = absl::GetFlag(FLAGS_quant);
+  c.wbits = absl::GetFlag(FLAGS_wbits);
+  c.abits = absl::GetFlag(FLAGS_abits);
+  c.quantizer = absl::GetFlag(FLAGS_quantizer);
+  c.first_last_8bit = absl::GetFlag(FLAGS_first_last_8bit);
+  c.policy_file = absl::GetFlag(FLAGS_policy);
+  for (const std::string& part : std::vector<std::string>(absl::StrSplit(absl::GetFlag(FLAGS_progressive), ',', absl::SkipEmpty()))) {
+    int bits;
+    if (!absl::SimpleAtoi(part, &bits) || bits < 2 || bits > 8) {
+      std::fprintf(stderr, "error: --progressive=%s: each stage is a bit width in 2..8, e.g. 8,6,4\n",
+                   absl::GetFlag(FLAGS_progressive).c_str());
+      return 2;
+    }
+    c.progressive.push_back(bits);
+  }
+  c.amp = absl::GetFlag(FLAGS_amp);
+  c.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
+  c.resume = absl::GetFlag(FLAGS_resume);
+  c.init_from = absl::GetFlag(FLAGS_init_from);
+  c.metrics_file = absl::GetFlag(FLAGS_metrics);
+  c.train_subset = absl::GetFlag(FLAGS_train_subset);
+  c.test_subset = absl::GetFlag(FLAGS_test_subset);
+
+  absl::StatusOr<apps::TrainResult> r;
+  try {
+    r = apps::RunTraining(c, std::cout);
+  } catch (const Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  if (!r.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(r.status().message()).c_str());
+    return 1;
+  }
+  const bool f32_run = c.quant == "none";
+  std::printf("\n%-30s %10s %14s %12s\n", "model", "top-1", "bytes", "images/s");
+  std::printf("%-30s %9.2f%% %14lld %12.0f\n", (c.model + (f32_run ? " f32" : " fake-quant")).c_str(),
+              100 * r->float_accuracy, static_cast<long long>(r->float_bytes), r->float_images_per_second);
+  std::printf("%-30s %9.2f%% %14lld %12.0f\n",
+              (c.model + (f32_run ? " int8 (PTQ min/max)" : " integer (converted)")).c_str(), 100 * r->integer_accuracy,
+              static_cast<long long>(r->integer_bytes), r->integer_images_per_second);
+  std::printf("same top-1 as the %s model on %.2f%% of the test set; rerun: %s\n", f32_run ? "PTQ fake-quant" : "trained",
+              100 * r->agreement, r->command.c_str());
+  return 0;
+}

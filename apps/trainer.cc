@@ -1,0 +1,414 @@
+// RunTraining: data, model, quantization, the loop, evaluation and conversion.
+#include "apps/trainer.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "autograd/autograd.h"
+#include "core/grad_mode.h"
+#include "data/archive.h"
+#include "data/loader.h"
+#include "data/readers.h"
+#include "models/registry.h"
+#include "nn/checkpoint.h"
+#include "nn/optim.h"
+#include "quant/convert.h"
+#include "quant/prepare.h"
+
+namespace quanta::apps {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+struct Data {
+  std::shared_ptr<data::ImageDataset> train, test;
+  int64_t classes, channels, size;
+  std::vector<float> mean, std;
+};
+
+std::shared_ptr<data::ImageDataset> Subset(const std::shared_ptr<data::ImageDataset>& d, int64_t n) {
+  if (n <= 0 || n >= d->size()) return d;
+  std::vector<int64_t> labels(d->labels().begin(), d->labels().begin() + n);
+  return std::make_shared<data::ImageDataset>(d->images().Narrow(0, 0, n).Contiguous(), labels, d->num_classes(),
+                                              d->class_names());
+}
+
+std::string DefaultDataDir() {
+  const char* home = std::getenv("HOME");
+  return std::string(home ? home : ".") + "/.cache/quanta/data";
+}
+
+// Per-channel mean and std of u8 (N, H, W, C) images in [0, 1] (first 10k images).
+std::pair<std::vector<float>, std::vector<float>> Moments(const data::ImageDataset& d) {
+  NoGradGuard no_grad;
+  Tensor x = d.images().Narrow(0, 0, std::min<int64_t>(d.size(), 10000)).To(DType::kF32);
+  x = Div(x, 255.0);
+  std::vector<float> mean = Mean(x, {0, 1, 2}).ToVector<float>();
+  std::vector<float> var = Var(x, {0, 1, 2}).ToVector<float>();
+  std::vector<float> std(var.size());
+  for (size_t i = 0; i < var.size(); ++i) std[i] = std::sqrt(std::max(var[i], 1e-8f));
+  return {mean, std};
+}
+
+absl::StatusOr<Data> LoadData(const TrainConfig& c, std::ostream& log) {
+  Data d;
+  std::string dir = c.data_dir;
+  absl::StatusOr<std::shared_ptr<data::ImageDataset>> train, test;
+  if (c.dataset == "cifar100" || c.dataset == "cifar10") {
+    if (dir.empty()) dir = DefaultDataDir();
+    data::CifarKind kind = c.dataset == "cifar100" ? data::CifarKind::k100 : data::CifarKind::k10;
+    train = data::ReadCifar(dir, kind, data::Split::kTrain);
+    if (!train.ok() && kind == data::CifarKind::k100) {
+      log << "CIFAR-100 is not in " << dir << " (" << train.status().message() << "); downloading it\n";
+      absl::Status got = data::EnsureCifar100(dir);
+      if (!got.ok()) return got;
+      train = data::ReadCifar(dir, kind, data::Split::kTrain);
+    }
+    if (!train.ok()) {
+      return absl::NotFoundError(absl::StrCat(train.status().message(),
+                                              kind == data::CifarKind::k10
+                                                  ? "; put cifar-10-binary.tar.gz's cifar-10-batches-bin/ in --data_dir"
+                                                  : ""));
+    }
+    test = data::ReadCifar(dir, kind, data::Split::kTest);
+    d.mean = kind == data::CifarKind::k100 ? std::vector<float>{0.507f, 0.487f, 0.441f}
+                                           : std::vector<float>{0.4914f, 0.4822f, 0.4465f};
+    d.std = kind == data::CifarKind::k100 ? std::vector<float>{0.267f, 0.256f, 0.276f}
+                                          : std::vector<float>{0.2470f, 0.2435f, 0.2616f};
+  } else if (c.dataset == "fashion_mnist") {
+    if (dir.empty()) dir = data::kFashionMnistDir;
+    train = data::ReadFashionMnist(data::Split::kTrain, dir);
+    test = data::ReadFashionMnist(data::Split::kTest, dir);
+    d.mean = {0.2860f};  // the Fashion-MNIST table's normalization (issue 7)
+    d.std = {0.3530f};
+  } else if (c.dataset == "imagefolder") {
+    if (dir.empty()) return absl::InvalidArgumentError("--dataset=imagefolder needs --data_dir (with train/ and test/)");
+    train = data::ReadImageFolder(dir + "/train", c.image_size, c.image_size);
+    test = data::ReadImageFolder(dir + "/test", c.image_size, c.image_size);
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown --dataset '", c.dataset, "' (cifar100, cifar10, fashion_mnist, imagefolder)"));
+  }
+  if (!train.ok()) return train.status();
+  if (!test.ok()) return test.status();
+  d.train = Subset(*train, c.train_subset);
+  d.test = Subset(*test, c.test_subset);
+  d.classes = d.train->num_classes();
+  d.channels = d.train->images().size(3);
+  d.size = d.train->images().size(1);
+  if (d.mean.empty()) std::tie(d.mean, d.std) = Moments(*d.train);
+  return d;
+}
+
+// The argmax accuracy of `forward` over a loader's batches.
+double Accuracy(const data::DataLoader& loader, const std::function<Tensor(const Tensor&)>& forward) {
+  NoGradGuard no_grad;
+  auto it = loader.Start(0);
+  data::Batch b;
+  int64_t right = 0, total = 0;
+  while (it->Next(&b)) {
+    std::vector<int64_t> pred = Argmax(forward(b.data), 1).ToVector<int64_t>();
+    std::vector<int64_t> label = b.labels.ToVector<int64_t>();
+    for (size_t i = 0; i < pred.size(); ++i) right += pred[i] == label[i];
+    total += static_cast<int64_t>(pred.size());
+  }
+  return total == 0 ? 0 : static_cast<double>(right) / total;
+}
+
+// Top-1 agreement of two models over a loader.
+double Agreement(const data::DataLoader& loader, const std::function<Tensor(const Tensor&)>& a,
+                 const std::function<Tensor(const Tensor&)>& b) {
+  NoGradGuard no_grad;
+  auto it = loader.Start(0);
+  data::Batch batch;
+  int64_t same = 0, total = 0;
+  while (it->Next(&batch)) {
+    std::vector<int64_t> pa = Argmax(a(batch.data), 1).ToVector<int64_t>();
+    std::vector<int64_t> pb = Argmax(b(batch.data), 1).ToVector<int64_t>();
+    for (size_t i = 0; i < pa.size(); ++i) same += pa[i] == pb[i];
+    total += static_cast<int64_t>(pa.size());
+  }
+  return total == 0 ? 0 : static_cast<double>(same) / total;
+}
+
+// Images per second of `forward` on one batch (median of 5 after a warm-up).
+double ImagesPerSecond(const Tensor& batch, const std::function<Tensor(const Tensor&)>& forward) {
+  NoGradGuard no_grad;
+  forward(batch);
+  std::vector<double> s;
+  for (int i = 0; i < 5; ++i) {
+    auto t = Clock::now();
+    forward(batch);
+    s.push_back(Since(t));
+  }
+  std::sort(s.begin(), s.end());
+  return batch.size(0) / s[2];
+}
+
+absl::StatusOr<quant::MixedPrecisionPolicy> Policy(const TrainConfig& c, int64_t total_steps) {
+  absl::StatusOr<quant::MixedPrecisionPolicy> p;
+  if (!c.policy_file.empty()) {
+    p = quant::MixedPrecisionPolicy::Load(c.policy_file);
+  } else {
+    p = quant::MixedPrecisionPolicy::Parse(absl::StrFormat("default %d %d %s\nfirst_last_8bit %s\n", c.wbits, c.abits,
+                                                           c.quantizer, c.first_last_8bit ? "on" : "off"),
+                                           "--wbits/--abits/--quantizer");
+  }
+  if (!p.ok()) return p.status();
+  // EMA ranges average over about 1 / (1 - decay) steps: short runs need a
+  // shorter memory than the design's 0.999.
+  p->defaults.ema_decay = total_steps < 5000 ? 0.99 : 0.999;
+  return p;
+}
+
+std::string Duration(double seconds) {
+  int s = static_cast<int>(seconds);
+  return absl::StrFormat("%d:%02d:%02d", s / 3600, s / 60 % 60, s % 60);
+}
+
+}  // namespace
+
+std::string CommandLine(const TrainConfig& c, const std::string& program) {
+  TrainConfig d;
+  std::vector<std::string> flags;
+  auto add = [&](bool differs, const std::string& flag) {
+    if (differs) flags.push_back(flag);
+  };
+  add(c.dataset != d.dataset, "--dataset=" + c.dataset);
+  add(c.data_dir != d.data_dir, "--data_dir=" + c.data_dir);
+  add(c.model != d.model, "--model=" + c.model);
+  add(c.epochs != d.epochs, absl::StrCat("--epochs=", c.epochs));
+  add(c.batch != d.batch, absl::StrCat("--batch=", c.batch));
+  add(c.lr != d.lr, absl::StrCat("--lr=", c.lr));
+  add(c.weight_decay != d.weight_decay, absl::StrCat("--weight_decay=", c.weight_decay));
+  add(c.schedule != d.schedule, "--schedule=" + c.schedule);
+  add(c.augment != d.augment, absl::StrCat("--augment=", c.augment ? "true" : "false"));
+  add(true, absl::StrCat("--seed=", c.seed));
+  add(c.quant != d.quant, "--quant=" + c.quant);
+  add(c.quant != "none" && c.policy_file.empty(), absl::StrCat("--wbits=", c.wbits, " --abits=", c.abits,
+                                                               " --quantizer=", c.quantizer));
+  add(c.quant != "none" && !c.first_last_8bit, "--first_last_8bit=false");
+  add(!c.policy_file.empty(), "--policy=" + c.policy_file);
+  add(!c.progressive.empty(), "--progressive=" + absl::StrJoin(c.progressive, ","));
+  add(!c.amp.empty(), "--amp=" + c.amp);
+  add(!c.init_from.empty(), "--init_from=" + c.init_from);
+  add(c.train_subset != 0, absl::StrCat("--train_subset=", c.train_subset));
+  add(c.test_subset != 0, absl::StrCat("--test_subset=", c.test_subset));
+  return program + (flags.empty() ? "" : " -- " + absl::StrJoin(flags, " "));
+}
+
+absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log) {
+  if (c.quant != "none" && c.quant != "ptq" && c.quant != "qat") {
+    return absl::InvalidArgumentError("unknown --quant '" + c.quant + "' (none, ptq, qat)");
+  }
+  if (!c.amp.empty() && c.amp != "bf16") return absl::InvalidArgumentError("unknown --amp '" + c.amp + "' (bf16)");
+  if (c.epochs < 0 || c.batch <= 0) return absl::InvalidArgumentError("--epochs must be >= 0 and --batch > 0");
+  SetNumThreads(c.threads);
+  absl::StatusOr<Data> loaded = LoadData(c, log);
+  if (!loaded.ok()) return loaded.status();
+  Data& d = *loaded;
+  TrainResult result;
+  result.command = CommandLine(c, "bazel run //apps:train");
+
+  std::vector<data::TransformPtr> train_tf = {data::ToTensor()};
+  if (c.augment) {
+    train_tf.push_back(data::RandomCrop(d.size, d.size >= 32 ? 4 : 2));
+    train_tf.push_back(data::HorizontalFlip());
+  }
+  train_tf.push_back(data::Normalize(d.mean, d.std));
+  auto test_tf = data::Compose({data::ToTensor(), data::Normalize(d.mean, d.std)});
+  data::DataLoader train_loader(d.train, data::Compose(train_tf),
+                                {.batch_size = c.batch, .shuffle = true, .seed = c.seed, .drop_last = true,
+                                 .workers = c.workers});
+  data::DataLoader test_loader(d.test, test_tf, {.batch_size = 256, .shuffle = false, .workers = c.workers});
+  data::DataLoader calib_loader(d.train, test_tf, {.batch_size = c.batch, .shuffle = true, .seed = c.seed + 1,
+                                                   .workers = c.workers});
+
+  Generator gen(c.seed);
+  std::shared_ptr<nn::Layer> net;
+  try {
+    net = models::Make(c.model, d.classes, d.channels, &gen);
+  } catch (const Error& e) {
+    return absl::InvalidArgumentError(e.what());
+  }
+  result.float_bytes = 4 * net->NumParameters();
+  if (!c.init_from.empty()) {
+    auto meta = nn::LoadCheckpoint(c.init_from, *net);
+    if (!meta.ok()) return meta.status();
+  }
+  const int64_t steps_per_epoch = train_loader.NumBatches();
+  const int64_t total_steps = std::max<int64_t>(1, steps_per_epoch * c.epochs);
+  quant::PrepareReport report;
+  if (c.quant == "qat") {
+    absl::StatusOr<quant::MixedPrecisionPolicy> policy = Policy(c, total_steps);
+    if (!policy.ok()) return policy.status();
+    report = quant::PrepareQat(*net, *policy);
+    log << report.ToString();
+  }
+  nn::SGD opt(c.quant == "qat" ? quant::ParameterGroups(*net) : std::vector<nn::ParamGroup>{{net->Parameters()}},
+              {.lr = c.lr, .momentum = c.momentum, .nesterov = false, .weight_decay = c.weight_decay});
+  std::unique_ptr<nn::LrSchedule> schedule;
+  int64_t warmup = static_cast<int64_t>(c.warmup_epochs * steps_per_epoch);
+  if (c.schedule == "cosine") {
+    schedule = std::make_unique<nn::CosineWarmup>(&opt, warmup, total_steps);
+  } else if (c.schedule == "step") {
+    schedule = std::make_unique<nn::StepLr>(&opt, std::max<int64_t>(1, total_steps / 3), 0.1);
+  } else if (c.schedule == "onecycle") {
+    schedule = std::make_unique<nn::OneCycle>(&opt, c.lr, total_steps);
+  } else if (c.schedule != "constant") {
+    return absl::InvalidArgumentError("unknown --schedule '" + c.schedule + "' (cosine, step, onecycle, constant)");
+  }
+
+  int start_epoch = 0;
+  std::string last = c.checkpoint_dir.empty() ? "" : c.checkpoint_dir + "/last.safetensors";
+  if (c.resume) {
+    if (last.empty()) return absl::InvalidArgumentError("--resume needs --checkpoint_dir");
+    auto meta = nn::LoadCheckpoint(last, *net, &opt);
+    if (!meta.ok()) return meta.status();
+    start_epoch = std::stoi(meta->count("epoch") ? meta->at("epoch") : "0");
+    if (schedule) schedule->SetStep(start_epoch * steps_per_epoch);
+    log << "resumed from " << last << " at epoch " << start_epoch << "\n";
+  }
+  if (!c.checkpoint_dir.empty()) std::filesystem::create_directories(c.checkpoint_dir);
+  std::unique_ptr<quant::ProgressiveBits> progressive;
+  if (!c.progressive.empty()) {
+    if (c.quant != "qat") return absl::InvalidArgumentError("--progressive needs --quant=qat");
+    progressive = std::make_unique<quant::ProgressiveBits>(
+        c.progressive, std::max(1, c.epochs / static_cast<int>(c.progressive.size())));
+  }
+  const bool tty = c.progress_bar && isatty(STDOUT_FILENO) && &log == &std::cout;
+  auto eval_model = [&](const Tensor& x) {
+    net->Eval();
+    return net->Forward(x);
+  };
+
+  for (int epoch = start_epoch; epoch < c.epochs; ++epoch) {
+    if (progressive) progressive->Apply(report, epoch);
+    net->Train();
+    auto start = Clock::now();
+    auto it = train_loader.Start(epoch);
+    data::Batch b;
+    double loss_sum = 0;
+    int64_t right = 0, seen = 0, step = 0;
+    while (it->Next(&b)) {
+      opt.ZeroGrad();
+      Tensor logits;
+      if (c.amp == "bf16") {
+        AutocastGuard amp(DType::kBF16);
+        logits = net->Forward(b.data).To(DType::kF32);
+      } else {
+        logits = net->Forward(b.data);
+      }
+      Tensor loss = CrossEntropy(logits, b.labels);
+      Backward(loss);
+      opt.Step();
+      if (schedule) schedule->Step();
+      ++step;
+      float l = loss.item<float>();
+      if (!std::isfinite(l)) {
+        return absl::InternalError(absl::StrCat("epoch ", epoch + 1, " step ", step,
+                                                ": the loss is not finite; lower --lr"));
+      }
+      loss_sum += l * b.labels.numel();
+      std::vector<int64_t> pred = Argmax(logits.Detach(), 1).ToVector<int64_t>(), lab = b.labels.ToVector<int64_t>();
+      for (size_t i = 0; i < pred.size(); ++i) right += pred[i] == lab[i];
+      seen += static_cast<int64_t>(pred.size());
+      double elapsed = Since(start), ips = seen / std::max(elapsed, 1e-9);
+      double eta = (steps_per_epoch - step) * elapsed / step + (c.epochs - epoch - 1) * elapsed / step * steps_per_epoch;
+      std::string line = absl::StrFormat("epoch %d/%d step %d/%d loss %.4f acc %.2f%% %.0f img/s ETA %s", epoch + 1,
+                                         c.epochs, step, steps_per_epoch, loss_sum / seen, 100.0 * right / seen, ips,
+                                         Duration(eta));
+      if (tty) {
+        int width = 24, filled = static_cast<int>(width * step / std::max<int64_t>(1, steps_per_epoch));
+        std::printf("\r[%s%s] %s\033[K", std::string(filled, '#').c_str(), std::string(width - filled, '.').c_str(),
+                    line.c_str());
+        std::fflush(stdout);
+      } else if (step % std::max<int64_t>(1, steps_per_epoch / 5) == 0) {
+        log << line << "\n";
+      }
+    }
+    if (tty) std::printf("\n");
+    double seconds = Since(start);
+    double test_acc = Accuracy(test_loader, eval_model);
+    EpochMetrics m{epoch + 1, loss_sum / std::max<int64_t>(seen, 1), static_cast<double>(right) / std::max<int64_t>(seen, 1),
+                   test_acc, opt.lr(), seen / std::max(seconds, 1e-9), seconds};
+    result.history.push_back(m);
+    log << absl::StrFormat("epoch %d: train loss %.4f acc %.2f%% | test acc %.2f%% | lr %.4g | %.0f img/s | %.1f s\n",
+                           m.epoch, m.train_loss, 100 * m.train_accuracy, 100 * m.test_accuracy, m.lr,
+                           m.images_per_second, m.seconds);
+    if (!c.metrics_file.empty()) {
+      std::ofstream f(c.metrics_file, std::ios::app);
+      f << absl::StrFormat(
+          "{\"epoch\": %d, \"train_loss\": %.6f, \"train_accuracy\": %.6f, \"test_accuracy\": %.6f, \"lr\": %.6g, "
+          "\"images_per_second\": %.1f, \"seconds\": %.2f, \"model\": \"%s\", \"quant\": \"%s\"}\n",
+          m.epoch, m.train_loss, m.train_accuracy, m.test_accuracy, m.lr, m.images_per_second, m.seconds, c.model,
+          c.quant);
+      if (!f) return absl::InternalError("cannot append to --metrics_file " + c.metrics_file);
+    }
+    if (!last.empty()) {
+      absl::Status saved = nn::SaveCheckpoint(last, *net, &opt, {{"epoch", std::to_string(epoch + 1)},
+                                                                  {"command", result.command}});
+      if (!saved.ok()) return saved;
+    }
+  }
+
+  net->Eval();
+  if (c.quant == "ptq") {
+    absl::StatusOr<quant::MixedPrecisionPolicy> policy = Policy(c, total_steps);
+    if (!policy.ok()) return policy.status();
+    report = quant::PrepareQat(*net, *policy);
+    std::vector<Tensor> batches;
+    auto it = calib_loader.Start(0);
+    data::Batch b;
+    while (static_cast<int>(batches.size()) < c.calibration_batches && it->Next(&b)) batches.push_back(b.data);
+    quant::Calibrate(report, *net, batches, [&](const Tensor& x) { return net->Forward(x); });
+    net->Eval();
+  }
+  result.float_accuracy = Accuracy(test_loader, eval_model);
+  Tensor sample;
+  {
+    auto it = test_loader.Start(0);
+    data::Batch b;
+    if (it->Next(&b)) sample = b.data;
+  }
+  if (c.quant == "none") {
+    // The f32 model's own row: folded f32 speed; then an int8 row by PTQ (min/max
+    // ranges over the calibration batches), so every run's summary has both.
+    auto folded = quant::ConvertFloat(*net);
+    if (sample.defined()) {
+      result.float_images_per_second = ImagesPerSecond(sample, [&](const Tensor& x) { return folded->Forward(x); });
+    }
+    report = quant::PrepareQat(*net, *quant::MixedPrecisionPolicy::Parse("default 8 8 minmax\n"));
+    std::vector<Tensor> batches;
+    auto it = calib_loader.Start(0);
+    data::Batch b;
+    while (static_cast<int>(batches.size()) < c.calibration_batches && it->Next(&b)) batches.push_back(b.data);
+    quant::Calibrate(report, *net, batches, [&](const Tensor& x) { return net->Forward(x); });
+    net->Eval();
+  }
+  {
+    auto q = quant::Convert(*net);
+    result.integer_accuracy = Accuracy(test_loader, [&](const Tensor& x) { return q->Forward(x); });
+    result.agreement = Agreement(test_loader, eval_model, [&](const Tensor& x) { return q->Forward(x); });
+    result.integer_bytes = q->Bytes();
+    if (sample.defined()) result.integer_images_per_second = ImagesPerSecond(sample, [&](const Tensor& x) { return q->Forward(x); });
+    if (!c.checkpoint_dir.empty()) {
+      absl::Status saved = q->Save(c.checkpoint_dir + "/model.int.safetensors", {{"command", result.command}});
+      if (!saved.ok()) return saved;
+    }
+  }
+  return result;
+}
+
+}  // namespace quanta::apps

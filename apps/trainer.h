@@ -1,0 +1,70 @@
+// The training run behind //apps:train, //apps:train_cifar100 and
+// //apps:reproduce_tables: data, model, optional QAT or PTQ, the loop with
+// checkpoints and metrics, evaluation of the fake-quant and converted models.
+// Outside data (files, flags) gives absl::Status; nothing here exits.
+//
+//   TrainConfig c;
+//   c.dataset = "fashion_mnist"; c.model = "fmnist_resnet8"; c.epochs = 10;
+//   c.quant = "qat"; c.wbits = c.abits = 4; c.quantizer = "lsq";
+//   absl::StatusOr<TrainResult> r = RunTraining(c, std::cout);
+#pragma once
+
+#include <cstdint>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace quanta::apps {
+
+struct TrainConfig {
+  std::string dataset = "cifar100";  // cifar100 | cifar10 | fashion_mnist | imagefolder
+  std::string data_dir;              // "" : the dataset's default
+  int64_t image_size = 32;           // imagefolder: images are resized to this
+  std::string model = "resnet20";
+  int epochs = 30;
+  int64_t batch = 128;
+  double lr = 0.1, momentum = 0.9, weight_decay = 5e-4;
+  std::string schedule = "cosine";  // cosine | step | onecycle | constant
+  double warmup_epochs = 1;
+  bool augment = true;
+  uint64_t seed = 0;
+  int threads = 2, workers = 2;
+  std::string quant = "none";  // none | ptq | qat
+  int wbits = 8, abits = 8;
+  std::string quantizer = "ema";  // ema | minmax | ewgs | lsq | percentile | mse
+  bool first_last_8bit = true;
+  std::string policy_file;        // overrides wbits/abits/quantizer
+  std::vector<int> progressive;   // e.g. {8, 6, 4}: bits step down over the epochs
+  std::string amp;                // "" | bf16
+  std::string checkpoint_dir;     // "" : no checkpoints
+  bool resume = false;
+  std::string init_from;          // a checkpoint (model part) to start from
+  std::string metrics_file;       // JSON lines, one per epoch, appended
+  int64_t train_subset = 0, test_subset = 0;  // the first N examples (0: all)
+  int calibration_batches = 8;    // PTQ, and the int8 row of an f32 run's summary
+  bool progress_bar = true;       // on a terminal; plain lines otherwise
+};
+
+struct EpochMetrics {
+  int epoch;
+  double train_loss, train_accuracy, test_accuracy, lr, images_per_second, seconds;
+};
+
+struct TrainResult {
+  std::vector<EpochMetrics> history;
+  double float_accuracy = 0;       // the model as trained (fake-quant for QAT/PTQ)
+  double integer_accuracy = 0;     // the converted integer model (an f32 run: W8A8 PTQ of it)
+  double agreement = 0;            // share of test images where both give the same top-1
+  int64_t float_bytes = 0;         // f32 parameters
+  int64_t integer_bytes = 0;       // the converted model
+  double integer_images_per_second = 0, float_images_per_second = 0;  // folded f32 / integer, batch 256
+  std::string command;             // how to rerun it
+};
+
+absl::StatusOr<TrainResult> RunTraining(const TrainConfig& config, std::ostream& log);
+// "--dataset=... --model=..." for the fields that differ from the defaults.
+std::string CommandLine(const TrainConfig& config, const std::string& program);
+
+}  // namespace quanta::apps

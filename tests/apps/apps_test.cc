@@ -1,0 +1,111 @@
+// The training apps end to end: train_cifar100 on a tiny synthetic CIFAR-100
+// file (one epoch, checkpoint, metrics, resume, the integer model written),
+// flag errors, and reproduce_tables --quick on a small subset producing a table
+// with every row.
+#include <sys/wait.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <algorithm>
+#include <string>
+
+#include "gtest/gtest.h"
+
+namespace {
+
+std::string Tmp() {
+  const char* d = std::getenv("TEST_TMPDIR");
+  return d ? d : "/tmp";
+}
+
+// Runs a command; returns its exit code and (stdout + stderr) in *output.
+int RunCommand(const std::string& command, std::string* output) {
+  std::string log = Tmp() + "/run.log";
+  int status = std::system((command + " > " + log + " 2>&1").c_str());
+  std::ifstream f(log);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  *output = ss.str();
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+std::string Read(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// CIFAR-100 binary records: coarse label, fine label, 3072 bytes (R, G, B planes).
+// Class c's images are brighter in channel c % 3, so a model can learn something.
+void WriteCifar100(const std::string& path, int n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::ofstream f(path, std::ios::binary);
+  for (int i = 0; i < n; ++i) {
+    int label = i % 5;
+    f.put(static_cast<char>(label)).put(static_cast<char>(label));
+    for (int ch = 0; ch < 3; ++ch) {
+      for (int p = 0; p < 1024; ++p) f.put(static_cast<char>(rng() % 128 + (ch == label % 3 ? 100 : 0)));
+    }
+  }
+}
+
+TEST(Apps, TrainCifar100EndToEndWithResume) {
+  std::string data = Tmp() + "/cifar";
+  std::filesystem::create_directories(data + "/cifar-100-binary");
+  WriteCifar100(data + "/cifar-100-binary/train.bin", 256, 1);
+  WriteCifar100(data + "/cifar-100-binary/test.bin", 128, 2);
+  std::string ckpt = Tmp() + "/ckpt", metrics = Tmp() + "/metrics.jsonl";
+  std::string common = "apps/train_cifar100 --data_dir=" + data + " --model=resnet20 --batch=32 --lr=0.05 --workers=1 "
+                       "--checkpoint_dir=" + ckpt + " --metrics=" + metrics + " --quant=qat --wbits=4 --abits=8";
+  std::string out;
+  ASSERT_EQ(RunCommand(common + " --epochs=1", &out), 0) << out;
+  EXPECT_NE(out.find("epoch 1: train loss"), std::string::npos) << out;
+  EXPECT_NE(out.find("integer (converted)"), std::string::npos) << out;  // the summary table
+  EXPECT_TRUE(std::filesystem::exists(ckpt + "/last.safetensors"));
+  EXPECT_TRUE(std::filesystem::exists(ckpt + "/model.int.safetensors"));
+  std::string m = Read(metrics);
+  EXPECT_EQ(std::count(m.begin(), m.end(), '\n'), 1) << m;
+  EXPECT_NE(m.find("\"epoch\": 1"), std::string::npos) << m;
+  // Resume: a second epoch continues from the checkpoint.
+  ASSERT_EQ(RunCommand(common + " --epochs=2 --resume", &out), 0) << out;
+  EXPECT_NE(out.find("at epoch 1"), std::string::npos) << out;
+  EXPECT_EQ(out.find("epoch 1: train loss"), std::string::npos) << out;
+  EXPECT_NE(out.find("epoch 2: train loss"), std::string::npos) << out;
+  m = Read(metrics);
+  EXPECT_EQ(std::count(m.begin(), m.end(), '\n'), 2) << m;
+}
+
+TEST(Apps, BadFlagsAndMissingDataSayWhatIsWrong) {
+  std::string out;
+  EXPECT_NE(RunCommand("apps/train --dataset=fashion_mnist --quant=bogus --epochs=1", &out), 0);
+  EXPECT_NE(out.find("unknown --quant 'bogus'"), std::string::npos) << out;
+  EXPECT_NE(RunCommand("apps/train --dataset=fashion_mnist --model=resnet51", &out), 0);
+  EXPECT_NE(out.find("unknown model 'resnet51'"), std::string::npos) << out;
+  EXPECT_NE(RunCommand("apps/train --dataset=fashion_mnist --progressive=8,x", &out), 0);
+  EXPECT_NE(out.find("--progressive=8,x"), std::string::npos) << out;
+  EXPECT_NE(RunCommand("apps/train --dataset=cifar10 --data_dir=" + Tmp() + "/nothing_here --epochs=1", &out), 0);
+  EXPECT_NE(out.find("cifar-10"), std::string::npos) << out;
+}
+
+TEST(Apps, ReproduceTablesQuickWritesEveryRow) {
+  std::string md = Tmp() + "/docs/accuracy.md", out;
+  ASSERT_EQ(RunCommand("apps/reproduce_tables --quick --train_subset=256 --test_subset=128 --epochs=1 --finetune_epochs=1 "
+                "--out=" + md + " --work_dir=" + Tmp() + "/rt",
+                &out),
+            0)
+      << out;
+  std::string table = Read(md);
+  for (const char* row : {"| f32 |", "| PTQ int8 (min/max) |", "| PTQ int8 (percentile) |", "| QAT int8 (EMA) |",
+                          "| QAT W4A4 (EMA + STE) |", "| QAT W4A4 (EWGS) |", "| QAT W4A4 (LSQ) |",
+                          "| QAT progressive 8-6-4 (EMA) |", "| QAT W2A2 (LSQ, stretch) |"}) {
+    EXPECT_NE(table.find(row), std::string::npos) << row << "\n" << table;
+  }
+  EXPECT_NE(table.find("quick mode"), std::string::npos);
+  EXPECT_NE(table.find("At 4 bits"), std::string::npos);
+}
+
+}  // namespace
