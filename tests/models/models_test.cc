@@ -1,8 +1,11 @@
 // Reference models: parameter counts against torchvision's (ResNet-18/34/50) and
 // hand counts, forward shapes, stable parameter names.
+#include <cmath>
+
 #include "core/grad_mode.h"
 #include "gtest/gtest.h"
 #include "models/resnet.h"
+#include "models/registry.h"
 #include "models/resnet_cifar.h"
 
 namespace quanta::models {
@@ -40,6 +43,31 @@ TEST(Models, ForwardShapesAndNames) {
   fm->Eval();
   EXPECT_EQ(fm->Forward(Normal({3, 1, 28, 28}, 0, 1, &gen)).shape(), (Shape{3, 10}));
   EXPECT_THROW(ResNet::Make("resnet51", 10, &gen), Error);
+}
+
+// Every model by name: bf16 autocast forward, and a checkpoint round trip into a
+// freshly built model gives the same outputs.
+TEST(Models, EveryNamedModelAutocastsAndCheckpoints) {
+  for (const std::string& name : {"resnet20", "resnet18_cifar", "fmnist_resnet8", "tiny_cnn"}) {
+    SCOPED_TRACE(name);
+    int64_t channels = name == "fmnist_resnet8" ? 1 : 3, size = name == "fmnist_resnet8" ? 28 : 32;
+    Generator gen(2), other(3);
+    auto net = Make(name, 10, channels, &gen);
+    auto copy = Make(name, 10, channels, &other);
+    net->Eval();
+    copy->Eval();
+    Tensor x = Normal({2, channels, size, size}, 0, 1, &gen);
+    NoGradGuard no_grad;
+    {
+      AutocastGuard amp(DType::kBF16);
+      Tensor y = net->Forward(x);
+      EXPECT_EQ(y.shape(), (Shape{2, 10}));
+      for (float v : y.To(DType::kF32).ToVector<float>()) EXPECT_TRUE(std::isfinite(v));
+    }
+    ASSERT_TRUE(copy->LoadStateDict(net->StateDict()).ok());
+    EXPECT_EQ(copy->Forward(x).ToVector<float>(), net->Forward(x).ToVector<float>());
+  }
+  EXPECT_THROW(Make("fmnist_resnet8", 10, 3, nullptr), Error);  // a 1-channel model given RGB data
 }
 
 }  // namespace
