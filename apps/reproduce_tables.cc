@@ -29,7 +29,7 @@ ABSL_FLAG(int, finetune_epochs, -1, "QAT fine-tuning epochs per row (default: 2 
 ABSL_FLAG(int64_t, train_subset, -1, "training images (default: all; 10000 quick)");
 ABSL_FLAG(int64_t, test_subset, -1, "test images (default: all; 2000 quick)");
 ABSL_FLAG(uint64_t, seed, 0, "seed of every run");
-ABSL_FLAG(std::string, out, "docs/accuracy.md", "the table (figures go to figures/ beside it)");
+ABSL_FLAG(std::string, out, "", "the table (default docs/accuracy.md; --quick: docs/accuracy_quick.md, so a quick run never replaces the full table); figures go to figures/ beside it");
 ABSL_FLAG(std::string, work_dir, "/tmp/quanta-reproduce", "checkpoints and metrics of the runs");
 
 namespace quanta::apps {
@@ -76,7 +76,9 @@ int main(int argc, char** argv) {
   const int64_t train_subset = absl::GetFlag(FLAGS_train_subset) >= 0 ? absl::GetFlag(FLAGS_train_subset) : quick ? 10000 : 0;
   const int64_t test_subset = absl::GetFlag(FLAGS_test_subset) >= 0 ? absl::GetFlag(FLAGS_test_subset) : quick ? 2000 : 0;
   const std::string work = absl::GetFlag(FLAGS_work_dir) + "/" + dataset;
-  const std::string out = FromWorkspace(absl::GetFlag(FLAGS_out));
+  std::string out_flag = absl::GetFlag(FLAGS_out);
+  if (out_flag.empty()) out_flag = quick ? "docs/accuracy_quick.md" : "docs/accuracy.md";
+  const std::string out = FromWorkspace(out_flag);
   std::filesystem::create_directories(work);
   std::filesystem::path out_dir = std::filesystem::path(out).parent_path();
   if (out_dir.empty()) out_dir = ".";
@@ -148,7 +150,7 @@ int main(int argc, char** argv) {
   // Figures: test accuracy per epoch (f32 from scratch; fine-tuning runs
   // continue from its last epoch) and top-1 against bits.
   std::string figures = (out_dir / "figures").string();
-  std::string prefix = cifar ? "cifar100_resnet20" : "fmnist_resnet8";
+  std::string prefix = std::string(cifar ? "cifar100_resnet20" : "fmnist_resnet8") + (quick ? "_quick" : "");
   std::string curves = figures + "/" + prefix + "_curves.png", bits_png = figures + "/" + prefix + "_bits.png";
   std::string script = absl::StrCat("set terminal pngcairo size 900,540\nset output '", curves,
                                     "'\nset xlabel 'epoch'\nset ylabel 'test top-1 (%)'\nset key bottom right\nset grid\n"
