@@ -111,39 +111,35 @@ absl::StatusOr<Data> LoadData(const TrainConfig& c, std::ostream& log) {
   return d;
 }
 
-// The argmax accuracy of `forward` over a loader's batches.
-double Accuracy(const data::DataLoader& loader, const std::function<Tensor(const Tensor&)>& forward) {
-  NoGradGuard no_grad;
-  auto it = loader.Start(0);
-  data::Batch b;
-  int64_t right = 0, total = 0;
-  while (it->Next(&b)) {
-    std::vector<int64_t> pred = Argmax(forward(b.data), 1).ToVector<int64_t>();
-    std::vector<int64_t> label = b.labels.ToVector<int64_t>();
-    for (size_t i = 0; i < pred.size(); ++i) right += pred[i] == label[i];
-    total += static_cast<int64_t>(pred.size());
-  }
-  return total == 0 ? 0 : static_cast<double>(right) / total;
-}
+using Forward = std::function<Tensor(const Tensor&)>;
 
-// Top-1 agreement of two models over a loader.
-double Agreement(const data::DataLoader& loader, const std::function<Tensor(const Tensor&)>& a,
-                 const std::function<Tensor(const Tensor&)>& b) {
+// Over a loader's batches: the top-1 accuracy of `a`, of `b` (when given), and
+// the share of examples where the two predict the same class.
+struct Scores {
+  double a = 0, b = 0, same = 0;
+};
+Scores Score(const data::DataLoader& loader, const Forward& a, const Forward& b = nullptr) {
   NoGradGuard no_grad;
   auto it = loader.Start(0);
   data::Batch batch;
-  int64_t same = 0, total = 0;
+  int64_t right_a = 0, right_b = 0, same = 0, total = 0;
   while (it->Next(&batch)) {
+    std::vector<int64_t> label = batch.labels.ToVector<int64_t>();
     std::vector<int64_t> pa = Argmax(a(batch.data), 1).ToVector<int64_t>();
-    std::vector<int64_t> pb = Argmax(b(batch.data), 1).ToVector<int64_t>();
-    for (size_t i = 0; i < pa.size(); ++i) same += pa[i] == pb[i];
-    total += static_cast<int64_t>(pa.size());
+    std::vector<int64_t> pb = b ? Argmax(b(batch.data), 1).ToVector<int64_t>() : pa;
+    for (size_t i = 0; i < label.size(); ++i) {
+      right_a += pa[i] == label[i];
+      right_b += pb[i] == label[i];
+      same += pa[i] == pb[i];
+    }
+    total += static_cast<int64_t>(label.size());
   }
-  return total == 0 ? 0 : static_cast<double>(same) / total;
+  if (total == 0) return {};
+  return {static_cast<double>(right_a) / total, static_cast<double>(right_b) / total, static_cast<double>(same) / total};
 }
 
 // Images per second of `forward` on one batch (median of 5 after a warm-up).
-double ImagesPerSecond(const Tensor& batch, const std::function<Tensor(const Tensor&)>& forward) {
+double ImagesPerSecond(const Tensor& batch, const Forward& forward) {
   NoGradGuard no_grad;
   forward(batch);
   std::vector<double> s;
@@ -340,7 +336,7 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
     }
     if (tty) std::printf("\n");
     double seconds = Since(start);
-    double test_acc = Accuracy(test_loader, eval_model);
+    double test_acc = Score(test_loader, eval_model).a;
     EpochMetrics m{epoch + 1, loss_sum / std::max<int64_t>(seen, 1), static_cast<double>(right) / std::max<int64_t>(seen, 1),
                    test_acc, opt.lr(), seen / std::max(seconds, 1e-9), seconds};
     result.history.push_back(m);
@@ -364,18 +360,22 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
   }
 
   net->Eval();
-  if (c.quant == "ptq") {
-    absl::StatusOr<quant::MixedPrecisionPolicy> policy = Policy(c, total_steps);
-    if (!policy.ok()) return policy.status();
-    report = quant::PrepareQat(*net, *policy);
+  // PTQ: quantizers from the policy, ranges from the calibration batches.
+  auto post_training = [&](const quant::MixedPrecisionPolicy& policy) {
+    report = quant::PrepareQat(*net, policy);
     std::vector<Tensor> batches;
     auto it = calib_loader.Start(0);
     data::Batch b;
     while (static_cast<int>(batches.size()) < c.calibration_batches && it->Next(&b)) batches.push_back(b.data);
     quant::Calibrate(report, *net, batches, [&](const Tensor& x) { return net->Forward(x); });
     net->Eval();
+  };
+  if (c.quant == "ptq") {
+    absl::StatusOr<quant::MixedPrecisionPolicy> policy = Policy(c, total_steps);
+    if (!policy.ok()) return policy.status();
+    post_training(*policy);
   }
-  result.float_accuracy = Accuracy(test_loader, eval_model);
+  result.float_accuracy = Score(test_loader, eval_model).a;
   Tensor sample;
   {
     auto it = test_loader.Start(0);
@@ -389,18 +389,13 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
     if (sample.defined()) {
       result.float_images_per_second = ImagesPerSecond(sample, [&](const Tensor& x) { return folded->Forward(x); });
     }
-    report = quant::PrepareQat(*net, *quant::MixedPrecisionPolicy::Parse("default 8 8 minmax\n"));
-    std::vector<Tensor> batches;
-    auto it = calib_loader.Start(0);
-    data::Batch b;
-    while (static_cast<int>(batches.size()) < c.calibration_batches && it->Next(&b)) batches.push_back(b.data);
-    quant::Calibrate(report, *net, batches, [&](const Tensor& x) { return net->Forward(x); });
-    net->Eval();
+    post_training(*quant::MixedPrecisionPolicy::Parse("default 8 8 minmax\n"));
   }
   {
     auto q = quant::Convert(*net);
-    result.integer_accuracy = Accuracy(test_loader, [&](const Tensor& x) { return q->Forward(x); });
-    result.agreement = Agreement(test_loader, eval_model, [&](const Tensor& x) { return q->Forward(x); });
+    Scores scores = Score(test_loader, eval_model, [&](const Tensor& x) { return q->Forward(x); });
+    result.integer_accuracy = scores.b;
+    result.agreement = scores.same;
     result.integer_bytes = q->Bytes();
     if (sample.defined()) result.integer_images_per_second = ImagesPerSecond(sample, [&](const Tensor& x) { return q->Forward(x); });
     if (!c.checkpoint_dir.empty()) {

@@ -187,29 +187,6 @@ struct Arg {
   bool input;
 };
 
-void Execute(const dnnl::primitive& prim, const std::vector<Arg>& args) {
-  dnnl::stream stream(Engine());
-  std::unordered_map<int, memory> bound;
-  std::vector<std::pair<memory, memory>> outputs;  // (primitive's, user's)
-  for (const Arg& a : args) {
-    memory user(a.plain, Engine(), a.data);
-    if (a.plain == a.want) {
-      bound.emplace(a.id, user);
-      continue;
-    }
-    memory tmp(a.want, Engine());
-    if (a.input) {
-      dnnl::reorder(user, tmp).execute(stream, user, tmp);
-    } else {
-      outputs.emplace_back(tmp, user);
-    }
-    bound.emplace(a.id, tmp);
-  }
-  prim.execute(stream, bound);
-  for (auto& [from, to] : outputs) dnnl::reorder(from, to).execute(stream, from, to);
-  stream.wait();
-}
-
 struct CachedConv {
   dnnl::primitive prim;
   memory::desc want[3];  // the primitive's layouts of its three tensor arguments
@@ -273,8 +250,8 @@ memory WeightsFor(const Tensor& w, const memory::desc& plain, const memory::desc
 // Runs a primitive with `args` already bound (weights from the cache, scales,
 // zero points) and `layout_args` bound through reorders where Quanta's layout
 // differs from the primitive's; reorders outputs back.
-void ExecuteWith(const dnnl::primitive& prim, std::unordered_map<int, memory> args,
-                    const std::vector<Arg>& layout_args, dnnl::stream& stream) {
+void ExecuteWith(const dnnl::primitive& prim, std::unordered_map<int, memory> args, const std::vector<Arg>& layout_args,
+                 dnnl::stream& stream) {
   std::vector<std::pair<memory, memory>> outputs;
   for (const Arg& a : layout_args) {
     memory user(a.plain, Engine(), a.data);
@@ -293,6 +270,12 @@ void ExecuteWith(const dnnl::primitive& prim, std::unordered_map<int, memory> ar
   prim.execute(stream, args);
   for (auto& [from, to] : outputs) dnnl::reorder(from, to).execute(stream, from, to);
   stream.wait();
+}
+
+// ExecuteWith with every argument bound through its layout.
+void Execute(const dnnl::primitive& prim, const std::vector<Arg>& args) {
+  dnnl::stream stream(Engine());
+  ExecuteWith(prim, {}, args, stream);
 }
 
 bool ConvDtype(const KernelCall& c, memory::data_type* dt) {
