@@ -106,8 +106,9 @@ int main(int argc, char** argv) {
   }
   const bool f32_run = c.quant == "none";
   std::printf("\n%-30s %10s %14s %12s\n", "model", "top-1", "bytes", "images/s");
-  std::printf("%-30s %9.2f%% %14lld %12.0f\n", (c.model + (f32_run ? " f32" : " fake-quant")).c_str(),
-              100 * r->float_accuracy, static_cast<long long>(r->float_bytes), r->float_images_per_second);
+  std::string f32_speed = f32_run ? absl::StrFormat("%.0f", r->float_images_per_second) : "-";  // fake quant is not deployed
+  std::printf("%-30s %9.2f%% %14lld %12s\n", (c.model + (f32_run ? " f32 (folded)" : " fake-quant")).c_str(),
+              100 * r->float_accuracy, static_cast<long long>(r->float_bytes), f32_speed.c_str());
   std::printf("%-30s %9.2f%% %14lld %12.0f\n",
               (c.model + (f32_run ? " int8 (PTQ min/max)" : " integer (converted)")).c_str(), 100 * r->integer_accuracy,
               static_cast<long long>(r->integer_bytes), r->integer_images_per_second);
