@@ -85,3 +85,25 @@ TEST(Module, LoadStateDictReportsKeysByName) {
 
 }  // namespace
 }  // namespace quanta::nn
+
+namespace quanta::nn {
+namespace {
+
+// Freeze: inference keeps working (conv weights come from oneDNN's cache the
+// second time), and an optimizer step into frozen weights is refused by name.
+TEST(Module, FreezeMakesParametersConstant) {
+  Generator gen(3);
+  auto net = std::make_shared<Sequential>(std::make_shared<Conv2d>(2, 4, 3, Conv2dOptions{}, true, &gen),
+                                          std::make_shared<Flatten>(), std::make_shared<Linear>(4, 2, true, &gen));
+  Tensor x = Normal({1, 2, 3, 3}, 0, 1, &gen);
+  Tensor before = net->Forward(x);
+  net->Freeze();
+  EXPECT_EQ(net->Forward(x).ToVector<float>(), before.ToVector<float>());
+  EXPECT_EQ(net->Forward(x).ToVector<float>(), before.ToVector<float>());
+  for (auto& [name, p] : net->NamedParameters()) EXPECT_TRUE(p->storage()->constant()) << name;
+  Tensor w = net->NamedParameters()[0].second->Detach();
+  EXPECT_THROW(AddInplace(w, OnesLike(w)), Error);
+}
+
+}  // namespace
+}  // namespace quanta::nn
