@@ -1,7 +1,8 @@
 // //apps:train and //apps:train_cifar100: train a model on an image data set in
 // f32, with QAT or with PTQ, checkpoint every epoch, resume, log metrics, and end
 // with a summary table (accuracy of the trained and of the converted integer
-// model, bytes, images/s). The two targets differ only in the default --dataset.
+// model, bytes, images/s). The two targets differ only in the default --dataset
+// (train: fashion_mnist, the data set setup installs; train_cifar100: cifar100).
 //
 //   bazel run //apps:train_cifar100 -- --model=resnet20 --epochs=200 --quant=qat --wbits=4 --abits=4 --quantizer=lsq
 //   bazel run //apps:train -- --dataset=fashion_mnist --model=fmnist_resnet8 --epochs=10

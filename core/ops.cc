@@ -22,6 +22,10 @@ void CheckDefined(const char* op, std::initializer_list<const Tensor*> tensors) 
   for (const Tensor* t : tensors) QUANTA_CHECK(t->defined(), op, ": undefined tensor argument");
 }
 
+// qint8/quint8: the dtypes integer ops read and write between layers.
+bool IsInt8(DType d) { return d == DType::kQInt8 || d == DType::kQUInt8; }
+bool IsPerTensorInt8(const Tensor& t) { return IsInt8(t.dtype()) && t.qparams().scheme == QScheme::kPerTensor; }
+
 void CheckNotQuantized(const char* op, const Tensor& t) {
   QUANTA_CHECK(!t.is_quantized(), op, ": ", t.Describe(),
                " is quantized; dequantize it first (float ops do not take quantized input)");
@@ -435,7 +439,7 @@ Tensor Conv2dBackwardWeight(const Tensor& grad_out, const Tensor& input, const S
 
 Tensor MaxPool2d(const Tensor& x, const Pool2dOptions& o) {
   CheckDefined("max_pool2d", {&x});
-  bool quantized = (x.dtype() == DType::kQInt8 || x.dtype() == DType::kQUInt8) && x.qparams().scheme == QScheme::kPerTensor;
+  bool quantized = IsPerTensorInt8(x);
   QUANTA_CHECK(x.dim() == 4 && (IsFloating(x.dtype()) || quantized),
                "max_pool2d: input must be floating or per-tensor qint8/quint8 (N, C, H, W), got ", x.Describe());
   OpAttrs attrs;
@@ -610,8 +614,7 @@ Tensor Restore(const char* op, const Tensor& q, DType from, DType to) {
 // The output of an integer op: f32, or quint8/qint8 with per-tensor parameters.
 Tensor IntegerOutput(const char* op, const Shape& shape, DType dtype, const QuantParams* params, const Device& device,
                      const std::string& args) {
-  QUANTA_CHECK(dtype == DType::kF32 || ((dtype == DType::kQUInt8 || dtype == DType::kQInt8) && params &&
-                                        params->scheme == QScheme::kPerTensor),
+  QUANTA_CHECK(dtype == DType::kF32 || (IsInt8(dtype) && params && params->scheme == QScheme::kPerTensor),
                op, ": output is f32, or quint8/qint8 with per-tensor parameters (", args, ")");
   return dtype == DType::kF32 ? Tensor::Empty(shape, dtype, device) : Tensor::Empty(shape, dtype, device, *params);
 }
@@ -628,8 +631,7 @@ void AddPostOps(const char* op, const IntegerPostOps& post, const Tensor& y, con
   attrs.relu = post.relu;
   if (!post.residual.defined()) return;
   const Tensor& r = post.residual;
-  bool quantized = (r.dtype() == DType::kQInt8 || r.dtype() == DType::kQUInt8) && r.qparams().scheme == QScheme::kPerTensor;
-  QUANTA_CHECK((r.dtype() == DType::kF32 || quantized) && r.shape() == y.shape() && r.device() == y.device(), op,
+  QUANTA_CHECK((r.dtype() == DType::kF32 || IsPerTensorInt8(r)) && r.shape() == y.shape() && r.device() == y.device(), op,
                ": the residual must be f32 or per-tensor quint8/qint8 of the output's shape ", ShapeToString(y.shape()),
                " (", args, ", residual ", r.Describe(), ")");
   attrs.residual = true;
@@ -645,7 +647,7 @@ Tensor QuantizedMatmul(const Tensor& a, const Tensor& b, const Tensor& bias, DTy
   CheckDefined("quantized_matmul", {&a, &b});
   std::string args = a.Describe() + ", " + b.Describe() + (bias.defined() ? ", " + bias.Describe() : "");
   QUANTA_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(0), "quantized_matmul: needs (M, K) @ (K, N) (", args, ")");
-  QUANTA_CHECK((a.dtype() == DType::kQUInt8 || a.dtype() == DType::kQInt8) && IsIntegerWeight(b.dtype()),
+  QUANTA_CHECK(IsInt8(a.dtype()) && IsIntegerWeight(b.dtype()),
                "quantized_matmul: needs quint8/qint8 activations and qint8/qint4 weights (", args, ")");
   QUANTA_CHECK(a.qparams().scheme == QScheme::kPerTensor &&
                    (b.qparams().scheme == QScheme::kPerTensor || b.qparams().axis == 1),
@@ -665,8 +667,7 @@ Tensor QuantizedConv2d(const Tensor& x_in, const Tensor& w, const Tensor& bias, 
                        const QuantParams* out, const IntegerPostOps& post) {
   CheckDefined("quantized_conv2d", {&x_in, &w});
   std::string args = x_in.Describe() + ", " + w.Describe() + (bias.defined() ? ", " + bias.Describe() : "");
-  QUANTA_CHECK(x_in.dim() == 4 && w.dim() == 4 && (x_in.dtype() == DType::kQUInt8 || x_in.dtype() == DType::kQInt8) &&
-                   IsIntegerWeight(w.dtype()),
+  QUANTA_CHECK(x_in.dim() == 4 && w.dim() == 4 && IsInt8(x_in.dtype()) && IsIntegerWeight(w.dtype()),
                "quantized_conv2d: needs quint8/qint8 (N, C, H, W) input and qint8/qint4 (O, C/G, KH, KW) weights (", args, ")");
   QUANTA_CHECK(x_in.qparams().scheme == QScheme::kPerTensor &&
                    (w.qparams().scheme == QScheme::kPerTensor || w.qparams().axis == 0),

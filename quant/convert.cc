@@ -107,12 +107,11 @@ namespace {
 
 // The float weight (O, ...) scaled per output channel by factor (empty: 1).
 Tensor FoldedFloatWeight(const Tensor& w, const std::vector<double>& factor) {
-  Tensor out = w.Detach().Contiguous().Clone();
-  if (factor.empty()) return out;
+  if (factor.empty()) return w.Detach().Clone();
   std::vector<float> f(factor.begin(), factor.end());
   Shape shape(w.dim(), 1);
   shape[0] = w.size(0);
-  return Mul(out, Tensor::FromVector(f, shape)).Contiguous();
+  return Mul(w.Detach(), Tensor::FromVector(f, shape)).Contiguous();
 }
 
 }  // namespace
@@ -155,7 +154,8 @@ int IntegerBuilder::Conv(const std::string& name, const nn::Conv2d& conv, const 
   int64_t O = conv.weight.size(0);
   IntegerNode n{.kind = NodeKind::kConv2d, .name = name, .conv = conv.options, .relu = relu, .residual = residual};
   std::vector<double> factor;
-  n.bias = conv.bias.defined() ? conv.bias.Detach().Contiguous() : Tensor();
+  // The model's tensors are copied, never shared: the integer model is a snapshot.
+  n.bias = conv.bias.defined() ? conv.bias.Detach().Clone() : Tensor();
   if (bn) {
     QUANTA_CHECK(bn->running_mean.numel() == O, "convert: ", name, " has ", O, " channels, its batch norm ",
                  bn->running_mean.numel());
@@ -182,9 +182,9 @@ int IntegerBuilder::Linear(const std::string& name, const nn::Linear& linear, in
                            const nn::QuantizableLayer* consumer, int residual) {
   NoGradGuard no_grad;
   IntegerNode n{.kind = NodeKind::kLinear, .name = name, .relu = relu, .residual = residual};
-  n.bias = linear.bias.defined() ? linear.bias.Detach().Contiguous() : Tensor();
+  n.bias = linear.bias.defined() ? linear.bias.Detach().Clone() : Tensor();
   if (float_) {
-    n.weight = linear.weight.Detach().Transpose(0, 1).Contiguous();  // (K, N)
+    n.weight = linear.weight.Detach().Transpose(0, 1).Clone();  // (K, N), a copy
     return AddWeighted(std::move(n), linear, in, consumer);
   }
   Tensor w = IntegerWeight(linear.weight_quant, name, linear.weight, {}, &n.weight_bits);  // (N, K) per channel along 0

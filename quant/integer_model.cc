@@ -23,12 +23,8 @@ bool HasWeights(NodeKind k) { return k == NodeKind::kConv2d || k == NodeKind::kL
 
 // 4-D quantized values live channels-last (Note [Integer model values]).
 Tensor QuantizeKeepLayout(const Tensor& x, DType dtype, const QuantParams& p) {
-  if (x.is_quantized()) {
-    Tensor real = x.dim() == 4 ? Dequantize(x.Permute({0, 2, 3, 1})).Permute({0, 3, 1, 2}) : Dequantize(x);
-    return QuantizeKeepLayout(real, dtype, p);
-  }
-  if (x.dim() == 4) return Quantize(x.Permute({0, 2, 3, 1}), dtype, p).Permute({0, 3, 1, 2});
-  return Quantize(x, dtype, p);
+  auto q = [&](const Tensor& t) { return t.is_quantized() ? Requantize(t, dtype, p) : Quantize(t, dtype, p); };
+  return x.dim() == 4 ? q(x.Permute({0, 2, 3, 1})).Permute({0, 3, 1, 2}) : q(x);
 }
 
 Tensor Real(const Tensor& x) {

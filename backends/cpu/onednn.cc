@@ -460,6 +460,24 @@ const Tensor* IntegerBias(const KernelCall& c) {
   return c.in.size() > 2u + (c.attrs.residual ? 1 : 0) ? &c.in[2] : nullptr;
 }
 
+// Runs an integer primitive: weights from the weight cache, the epilogue's bias
+// and run-time zero points, src and dst (and the residual, read in `residual_plain`
+// as `residual_want`) through their layouts.
+void RunInteger(const char* op, const CachedConv& entry, const IntegerEpilogue& e, const Tensor& w,
+                const memory::desc& w_plain, const memory::desc& bias_md, const Arg& src, const Arg& dst,
+                const memory::desc& residual_plain, const memory::desc& residual_want, const Tensor* residual) {
+  int32_t zin = e.zero_in, zout = e.zero_out;
+  QUANTA_ONEDNN(op, {
+    dnnl::stream stream(Engine());
+    std::unordered_map<int, memory> args = {{DNNL_ARG_WEIGHTS, WeightsFor(w, w_plain, entry.want[1], stream)}};
+    if (!e.bias.empty()) args.emplace(DNNL_ARG_BIAS, memory(bias_md, Engine(), const_cast<float*>(e.bias.data())));
+    e.AddArgs(args, &zin, &zout);
+    std::vector<Arg> layout = {src, dst};
+    if (residual) layout.push_back({kResidualArg, residual_plain, residual_want, residual->raw_data(), true});
+    ExecuteWith(entry.prim, std::move(args), layout, stream);
+  });
+}
+
 // x (N, C, H, W) u8/s8, w (O, C/G, KH, KW) s8/s4 (symmetric), optional f32 bias
 // (O), optional f32 residual -> y f32 or u8/s8. Activations are read and written
 // channels-last (what int8 convolutions want; channels-last tensors need no
@@ -495,20 +513,10 @@ void OneDnnQuantizedConv2d(const KernelCall& c) {
         CachedConv{dnnl::convolution_forward(pd), {pd.src_desc(), pd.weights_desc(), pd.dst_desc()}});
   });
   if (!entry) return ReferenceKernel(c.op)(c);
-  int32_t zin = e.zero_in, zout = e.zero_out;
-  QUANTA_ONEDNN("quantized_conv2d", {
-    dnnl::stream stream(Engine());
-    std::unordered_map<int, memory> args = {{DNNL_ARG_WEIGHTS, WeightsFor(w, w_plain, entry->want[1], stream)}};
-    if (has_bias) args.emplace(DNNL_ARG_BIAS, memory(b_md, Engine(), e.bias.data()));
-    e.AddArgs(args, &zin, &zout);
-    std::vector<Arg> layout = {{DNNL_ARG_SRC, Plain(x, e.src_dt), entry->want[0], x.raw_data(), true},
-                               {DNNL_ARG_DST, Plain(y, e.dst_dt), entry->want[2], y.raw_data(), false}};
-    if (e.residual) {
-      const Tensor& r = c.in.back();
-      layout.push_back({kResidualArg, Plain(r, e.residual_dt), r_want, r.raw_data(), true});
-    }
-    ExecuteWith(entry->prim, std::move(args), layout, stream);
-  });
+  const Tensor* residual = e.residual ? &c.in.back() : nullptr;
+  RunInteger("quantized_conv2d", *entry, e, w, w_plain, b_md, {DNNL_ARG_SRC, Plain(x, e.src_dt), entry->want[0], x.raw_data(), true},
+             {DNNL_ARG_DST, Plain(y, e.dst_dt), entry->want[2], y.raw_data(), false},
+             residual ? Plain(*residual, e.residual_dt) : memory::desc(), r_want, residual);
 }
 
 // a (M, K) u8/s8, b (K, N) s8/s4 with zero points 0 (symmetric weights), optional
@@ -535,17 +543,9 @@ void OneDnnQuantizedMatmul(const KernelCall& c) {
     return std::make_shared<CachedConv>(CachedConv{dnnl::matmul(pd), {pd.src_desc(), pd.weights_desc(), pd.dst_desc()}});
   });
   if (!entry) return ReferenceKernel(c.op)(c);
-  int32_t zin = e.zero_in, zout = e.zero_out;
-  QUANTA_ONEDNN("quantized_matmul", {
-    dnnl::stream stream(Engine());
-    std::unordered_map<int, memory> args = {{DNNL_ARG_WEIGHTS, WeightsFor(b, b_md, entry->want[1], stream)}};
-    if (has_bias) args.emplace(DNNL_ARG_BIAS, memory(bias_md, Engine(), e.bias.data()));
-    e.AddArgs(args, &zin, &zout);
-    std::vector<Arg> layout = {{DNNL_ARG_SRC, a_md, entry->want[0], a.raw_data(), true},
-                               {DNNL_ARG_DST, y_md, entry->want[2], y.raw_data(), false}};
-    if (e.residual) layout.push_back({kResidualArg, r_md, r_md, c.in.back().raw_data(), true});
-    ExecuteWith(entry->prim, std::move(args), layout, stream);
-  });
+  const Tensor* residual = e.residual ? &c.in.back() : nullptr;
+  RunInteger("quantized_matmul", *entry, e, b, b_md, bias_md, {DNNL_ARG_SRC, a_md, entry->want[0], a.raw_data(), true},
+             {DNNL_ARG_DST, y_md, entry->want[2], y.raw_data(), false}, r_md, r_md, residual);
 }
 
 void OneDnnForget(const void* data) {
