@@ -44,6 +44,7 @@ ABSL_FLAG(bool, first_last_8bit, true, "keep the first and last layers at 8 bits
 ABSL_FLAG(std::string, policy, "", "a mixed-precision policy file (per-layer bits; overrides --wbits/--abits)");
 ABSL_FLAG(std::string, progressive, "", "progressive bits, e.g. 8,6,4 (with --quant=qat)");
 ABSL_FLAG(std::string, amp, "", "bf16: autocast matmul and convolution");
+ABSL_FLAG(std::string, device, "cpu", "cpu, or cuda / cuda:N (a build with --config=cuda and a GPU)");
 ABSL_FLAG(std::string, checkpoint_dir, "", "write last.safetensors every epoch (and the integer model at the end)");
 ABSL_FLAG(bool, resume, false, "continue from --checkpoint_dir/last.safetensors");
 ABSL_FLAG(std::string, init_from, "", "start from this checkpoint's model (e.g. QAT from a trained f32 model)");
@@ -87,6 +88,7 @@ int main(int argc, char** argv) {
     c.progressive.push_back(bits);
   }
   c.amp = absl::GetFlag(FLAGS_amp);
+  c.device = absl::GetFlag(FLAGS_device);
   c.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
   c.resume = absl::GetFlag(FLAGS_resume);
   c.init_from = absl::GetFlag(FLAGS_init_from);

@@ -11,10 +11,13 @@
 #include <fstream>
 #include <memory>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "autograd/autograd.h"
+#include "core/backend.h"
 #include "core/grad_mode.h"
 #include "data/archive.h"
 #include "data/loader.h"
@@ -113,6 +116,26 @@ absl::StatusOr<Data> LoadData(const TrainConfig& c, std::ostream& log) {
 
 using Forward = std::function<Tensor(const Tensor&)>;
 
+// "cpu", "cuda" or "cuda:N", available in this build and on this machine.
+absl::StatusOr<Device> ParseDevice(const std::string& name) {
+  Device device;
+  if (name == "cpu") return Device::Cpu();
+  if (name == "cuda") {
+    device = Device::Cuda(0);
+  } else if (int index = 0; absl::StartsWith(name, "cuda:") && absl::SimpleAtoi(name.substr(5), &index) && index >= 0) {
+    device = Device::Cuda(index);
+  } else {
+    return absl::InvalidArgumentError("unknown --device '" + name + "' (cpu, cuda, cuda:N)");
+  }
+  if (FindBackend(DeviceType::kCuda) == nullptr) {
+    return absl::FailedPreconditionError("--device=" + name + ": this build has no CUDA backend (build with --config=cuda)");
+  }
+  std::string why = FindBackend(DeviceType::kCuda)->Unavailable();
+  if (!why.empty()) return absl::FailedPreconditionError("--device=" + name + ": " + why);
+  if (!IsAvailable(device)) return absl::FailedPreconditionError("--device=" + name + ": no such device");
+  return device;
+}
+
 // Over a loader's batches: the top-1 accuracy of `a`, of `b` (when given), and
 // the share of examples where the two predict the same class.
 struct Scores {
@@ -138,14 +161,18 @@ Scores Score(const data::DataLoader& loader, const Forward& a, const Forward& b 
   return {static_cast<double>(right_a) / total, static_cast<double>(right_b) / total, static_cast<double>(same) / total};
 }
 
-// Images per second of `forward` on one batch (median of 5 after a warm-up).
+// Images per second of `forward` on one batch (median of 5 after a warm-up);
+// a device's queued work is waited for inside each timing.
 double ImagesPerSecond(const Tensor& batch, const Forward& forward) {
   NoGradGuard no_grad;
+  Backend& backend = GetBackend(batch.device());
   forward(batch);
+  backend.Synchronize(batch.device().index);
   std::vector<double> s;
   for (int i = 0; i < 5; ++i) {
     auto t = Clock::now();
     forward(batch);
+    backend.Synchronize(batch.device().index);
     s.push_back(Since(t));
   }
   std::sort(s.begin(), s.end());
@@ -198,6 +225,7 @@ std::string CommandLine(const TrainConfig& c, const std::string& program) {
   add(!c.policy_file.empty(), "--policy=" + c.policy_file);
   add(!c.progressive.empty(), "--progressive=" + absl::StrJoin(c.progressive, ","));
   add(!c.amp.empty(), "--amp=" + c.amp);
+  add(c.device != d.device, "--device=" + c.device);
   add(!c.init_from.empty(), "--init_from=" + c.init_from);
   add(c.train_subset != 0, absl::StrCat("--train_subset=", c.train_subset));
   add(c.test_subset != 0, absl::StrCat("--test_subset=", c.test_subset));
@@ -211,6 +239,9 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
   if (!c.amp.empty() && c.amp != "bf16") return absl::InvalidArgumentError("unknown --amp '" + c.amp + "' (bf16)");
   if (c.epochs < 0 || c.batch <= 0) return absl::InvalidArgumentError("--epochs must be >= 0 and --batch > 0");
   SetNumThreads(c.threads);
+  absl::StatusOr<Device> device = ParseDevice(c.device);
+  if (!device.ok()) return device.status();
+  const Device dev = *device;
   absl::StatusOr<Data> loaded = LoadData(c, log);
   if (!loaded.ok()) return loaded.status();
   Data& d = *loaded;
@@ -226,10 +257,10 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
   auto test_tf = data::Compose({data::ToTensor(), data::Normalize(d.mean, d.std)});
   data::DataLoader train_loader(d.train, data::Compose(train_tf),
                                 {.batch_size = c.batch, .shuffle = true, .seed = c.seed, .drop_last = true,
-                                 .workers = c.workers});
-  data::DataLoader test_loader(d.test, test_tf, {.batch_size = 256, .shuffle = false, .workers = c.workers});
+                                 .workers = c.workers, .device = dev});
+  data::DataLoader test_loader(d.test, test_tf, {.batch_size = 256, .shuffle = false, .workers = c.workers, .device = dev});
   data::DataLoader calib_loader(d.train, test_tf, {.batch_size = c.batch, .shuffle = true, .seed = c.seed + 1,
-                                                   .workers = c.workers});
+                                                   .workers = c.workers, .device = dev});
 
   Generator gen(c.seed);
   std::shared_ptr<nn::Layer> net;
@@ -252,6 +283,7 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
     report = quant::PrepareQat(*net, *policy);
     log << report.ToString();
   }
+  net->To(dev);  // before the optimizer takes the parameters
   nn::SGD opt(c.quant == "qat" ? quant::ParameterGroups(*net) : std::vector<nn::ParamGroup>{{net->Parameters()}},
               {.lr = c.lr, .momentum = c.momentum, .nesterov = false, .weight_decay = c.weight_decay});
   std::unique_ptr<nn::LrSchedule> schedule;
@@ -363,6 +395,7 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
   // PTQ: quantizers from the policy, ranges from the calibration batches.
   auto post_training = [&](const quant::MixedPrecisionPolicy& policy) {
     report = quant::PrepareQat(*net, policy);
+    net->To(dev);  // the new quantizers' state
     std::vector<Tensor> batches;
     auto it = calib_loader.Start(0);
     data::Batch b;
@@ -385,14 +418,20 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
   if (c.quant == "none") {
     // The f32 model's own row: folded f32 speed; then an int8 row by PTQ (min/max
     // ranges over the calibration batches), so every run's summary has both.
+    net->To(Device::Cpu());  // conversion reads the weights on the host
     auto folded = quant::ConvertFloat(*net);
+    net->To(dev);
+    folded->MoveTo(dev);
     if (sample.defined()) {
       result.float_images_per_second = ImagesPerSecond(sample, [&](const Tensor& x) { return folded->Forward(x); });
     }
     post_training(*quant::MixedPrecisionPolicy::Parse("default 8 8 minmax\n"));
   }
   {
+    net->To(Device::Cpu());
     auto q = quant::Convert(*net);
+    net->To(dev);
+    q->MoveTo(dev);
     Scores scores = Score(test_loader, eval_model, [&](const Tensor& x) { return q->Forward(x); });
     result.integer_accuracy = scores.b;
     result.agreement = scores.same;

@@ -38,6 +38,7 @@ struct TrainConfig {
   std::string policy_file;        // overrides wbits/abits/quantizer
   std::vector<int> progressive;   // e.g. {8, 6, 4}: bits step down over the epochs
   std::string amp;                // "" | bf16
+  std::string device = "cpu";     // cpu | cuda | cuda:N
   std::string checkpoint_dir;     // "" : no checkpoints
   bool resume = false;
   std::string init_from;          // a checkpoint (model part) to start from

@@ -23,6 +23,10 @@ static_assert(std::size(kOpNames) == kNumOps);
 
 }  // namespace
 
+void Backend::SetOption(const std::string& key, const std::string& value) {
+  QUANTA_CHECK(false, "backend ", Device{type_, 0}.ToString(), ": no option \"", key, "\" (value \"", value, "\")");
+}
+
 const char* OpName(Op op) { return kOpNames[static_cast<int>(op)]; }
 
 void RegisterBackend(std::unique_ptr<Backend> backend) {

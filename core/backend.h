@@ -71,6 +71,15 @@ struct KernelCall {
 };
 using Kernel = void (*)(const KernelCall&);
 
+// A device allocator's figures, in bytes (a caching allocator's; zeros where a
+// backend keeps none).
+struct MemoryStats {
+  int64_t in_use = 0;              // held by live tensors
+  int64_t peak = 0;                // most in use at once since the last reset
+  int64_t cached = 0;              // freed, kept for reuse
+  int64_t device_allocations = 0;  // calls into the driver's allocator
+};
+
 class Backend {
  public:
   explicit Backend(DeviceType type) : type_(type) { kernels_.fill(nullptr); }
@@ -90,6 +99,15 @@ class Backend {
   virtual void Synchronize(int /*device_index*/) {}
   // Threads for the backend's own vendor library (oneDNN's OpenMP pool, ...).
   virtual void SetNumThreads(int /*n*/) {}
+  // The device in words ("NVIDIA H200, sm_90, 132 SMs, 139.8 GiB"); "" if none.
+  virtual std::string DeviceName(int /*device_index*/) const { return ""; }
+  virtual MemoryStats Memory(int /*device_index*/) const { return {}; }
+  virtual void ResetPeakMemory(int /*device_index*/) {}
+  // Returns cached blocks to the driver.
+  virtual void EmptyCache(int /*device_index*/) {}
+  // A backend's own switch, e.g. the CUDA backend's "tf32" ("0"/"1") and "conv"
+  // ("cudnn"/"gemm"). Throws quanta::Error naming the key or value it does not know.
+  virtual void SetOption(const std::string& key, const std::string& value);
 
   bool Supports(Op op) const { return kernels_[static_cast<int>(op)] != nullptr; }
   // The kernel for op, or nullptr if unsupported. Virtual so that a backend can

@@ -156,7 +156,7 @@ absl::Status Module::LoadStateDict(const TensorMap& state, bool strict) {
     auto it = state.find(name);
     if (it == state.end()) continue;
     if (it->second.shape() != t->shape()) {
-      *t = it->second.Clone();  // a resizable buffer takes the saved shape
+      *t = it->second.To(t->device()).Clone();  // a resizable buffer takes the saved shape
     } else {
       t->CopyFrom(it->second);
     }

@@ -92,6 +92,17 @@ int IntegerModel::Add(IntegerNode n) {
   return index;
 }
 
+void IntegerModel::MoveTo(const Device& device) {
+  for (IntegerNode& n : nodes_) {
+    for (Tensor* t : {&n.weight, &n.bias}) {
+      if (t->defined() && t->device() != device) {
+        *t = t->To(device);
+        if (t->storage()) t->storage()->MarkConstant();
+      }
+    }
+  }
+}
+
 Tensor IntegerModel::Forward(const Tensor& x) {
   QUANTA_CHECK(nodes_.size() > 1, "integer_model: empty model (only an input)");
   QUANTA_CHECK(x.dtype() == DType::kF32, "integer_model: the input must be f32, got ", x.Describe());
@@ -132,7 +143,7 @@ Tensor IntegerModel::Forward(const Tensor& x) {
         Shape before = s.shape(), after = s.shape();
         before[1] = n.pad_before;
         after[1] = n.pad_after;
-        v[i] = Concat({Zeros(before), s, Zeros(after)}, 1);
+        v[i] = Concat({Zeros(before, DType::kF32, s.device()), s, Zeros(after, DType::kF32, s.device())}, 1);
         break;
       }
     }

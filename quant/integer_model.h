@@ -71,8 +71,11 @@ class IntegerModel : public nn::Layer {
   int Add(IntegerNode node);
   const std::vector<IntegerNode>& nodes() const { return nodes_; }
   const IntegerNode& node(int i) const { return nodes_.at(i); }
-  // The value of the last node for an f32 input.
+  // The value of the last node for an f32 input on the weights' device.
   Tensor Forward(const Tensor& x) override;
+  // Moves the weights and biases (a CUDA device runs the integer layers on int8
+  // tensor cores through cuBLASLt).
+  void MoveTo(const Device& device);
 
   // Exact bytes of what the model holds: integer weights at their storage size
   // (qint4: two a byte), biases and per-channel scales in f32.

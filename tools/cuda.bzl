@@ -5,7 +5,9 @@ default build the library is empty and nvcc never runs.
 """
 
 _NVCC = "/usr/local/cuda/bin/nvcc"
-_ARCHS = "-gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90"
+# sm_80 (A100) and sm_90 (H100/H200) machine code, plus PTX the driver can
+# compile for later GPUs.
+_ARCHS = "-gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=[sm_90,compute_90]"
 
 def cuda_library(name, srcs, cu_srcs, hdrs = [], cu_hdrs = [], deps = [], **kwargs):
     """srcs: C++ sources (gcc); cu_srcs: CUDA sources (nvcc); cu_hdrs: headers they include."""
@@ -18,7 +20,7 @@ def cuda_library(name, srcs, cu_srcs, hdrs = [], cu_hdrs = [], deps = [], **kwar
             outs = [obj],
             cmd = " ".join([
                 _NVCC,
-                "-std=c++20 -O3 --expt-relaxed-constexpr",
+                "-std=c++20 -O3 --expt-relaxed-constexpr -diag-suppress 186",
                 _ARCHS,
                 "-Xcompiler -fPIC -I.",
                 "-c $(location " + cu + ") -o $@",
