@@ -90,7 +90,7 @@ Embedding::Embedding(int64_t num_embeddings, int64_t dim, Generator* gen) {
   RegisterParameter("weight", &weight);
 }
 
-Tensor Embedding::Forward(const Tensor& indices) { return quanta::Embedding(indices, weight); }
+Tensor Embedding::Forward(const Tensor& indices) { return quanta::Embedding(indices, QuantizedWeight(weight)); }
 
 MultiheadAttention::MultiheadAttention(int64_t embed_dim, int64_t num_heads, double dropout, Generator* gen)
     : embed_dim(embed_dim), num_heads(num_heads), dropout(dropout), gen(gen) {

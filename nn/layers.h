@@ -69,7 +69,9 @@ class LayerNorm : public Layer {
   Tensor weight, bias;
 };
 
-class Embedding : public Layer {
+// A QuantizableLayer for its weight slot only (quant::PrepareQat gives the
+// table 8-bit per-row fake quantization; the indices are never quantized).
+class Embedding : public QuantizableLayer {
  public:
   Embedding(int64_t num_embeddings, int64_t dim, Generator* gen = nullptr);
   Tensor Forward(const Tensor& indices) override;

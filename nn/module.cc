@@ -37,6 +37,17 @@ void Module::AddChild(const std::string& name, std::shared_ptr<Module> child) {
   children_.emplace_back(name, std::move(child));
 }
 
+void Module::ReplaceModule(const std::string& name, std::shared_ptr<Module> module) {
+  QUANTA_CHECK(module != nullptr, "module: replacing ", name, " with null");
+  for (auto& [n, child] : children_) {
+    if (n == name) {
+      child = std::move(module);
+      return;
+    }
+  }
+  QUANTA_CHECK(false, "module: no child named ", name, " to replace");
+}
+
 void Module::Collect(const std::string& prefix, bool parameters,
                      std::vector<std::pair<std::string, Tensor*>>* out) const {
   for (const auto& [name, t] : parameters ? parameters_ : buffers_) out->emplace_back(prefix + name, t);

@@ -52,6 +52,10 @@ class Module {
     return module;
   }
 
+  // Puts module in the place of the child `name` (a layer swapped for its integer
+  // form); throws quanta::Error when there is no such child.
+  void ReplaceModule(const std::string& name, std::shared_ptr<Module> module);
+
   // ---- introspection (recursive, registration order, dotted names) ------------
   std::vector<std::pair<std::string, Tensor*>> NamedParameters() const;
   std::vector<std::pair<std::string, Tensor*>> NamedBuffers() const;

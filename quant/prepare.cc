@@ -152,11 +152,22 @@ absl::StatusOr<MixedPrecisionPolicy> MixedPrecisionPolicy::Load(const std::strin
 
 PrepareReport PrepareQat(nn::Module& model, const MixedPrecisionPolicy& policy) {
   std::vector<std::pair<std::string, nn::QuantizableLayer*>> layers;
+  PrepareReport report;
   for (auto& [name, m] : model.NamedModules()) {
-    if (auto* q = dynamic_cast<nn::QuantizableLayer*>(m)) layers.emplace_back(name, q);
+    if (auto* e = dynamic_cast<nn::Embedding*>(m)) {
+      QConfig c = policy.For(name, false);
+      c.weight_bits = 8;
+      if (c.kind == QuantizerKind::kPercentile || c.kind == QuantizerKind::kMse) c.kind = QuantizerKind::kMinMax;
+      QuantSpec spec{.bits = 8, .is_signed = true, .symmetric = true, .per_channel = true, .axis = 0};
+      auto wq = MakeQuantizer(c, spec, e->weight.size(0), /*weight=*/true);
+      e->AttachQuantizers(nullptr, wq);
+      e->Train(model.is_training());
+      report.embeddings.push_back({name, e, wq});
+    } else if (auto* q = dynamic_cast<nn::QuantizableLayer*>(m)) {
+      layers.emplace_back(name, q);
+    }
   }
   QUANTA_CHECK(!layers.empty(), "prepare_qat: the model has no Linear or Conv2d layer");
-  PrepareReport report;
   for (size_t i = 0; i < layers.size(); ++i) {
     auto& [name, layer] = layers[i];
     QConfig c = policy.For(name, i == 0 || i + 1 == layers.size());
@@ -178,6 +189,7 @@ std::string PrepareReport::ToString() const {
     absl::StrAppendFormat(&out, "%-28s %-7s W%dA%d        %s\n", r.name.empty() ? "(model)" : r.name, r.type,
                           r.config.weight_bits, r.config.act_bits, QuantizerName(r.config.kind));
   }
+  for (const auto& e : embeddings) absl::StrAppendFormat(&out, "%-28s %-7s W8 per row\n", e.name, "Embed");
   return out;
 }
 

@@ -65,10 +65,19 @@ struct PrepareReport {
     std::shared_ptr<Quantizer> weight, input;
   };
   std::vector<Row> rows;
+  // Embedding tables: 8-bit per-row weight quantization, no input quantizer;
+  // not part of the first/last rule nor of calibration statistics.
+  struct EmbeddingRow {
+    std::string name;
+    nn::Embedding* layer;
+    std::shared_ptr<Quantizer> weight;
+  };
+  std::vector<EmbeddingRow> embeddings;
   std::string ToString() const;
 };
 
-// Attaches quantizers to every Linear and Conv2d of model according to policy.
+// Attaches quantizers to every Linear and Conv2d of model according to policy,
+// and an 8-bit per-row weight quantizer to every Embedding (the policy's kind).
 // Parameter names stay as they were; quantizer state adds "<layer>.weight_quant.*"
 // and "<layer>.input_quant.*". Create the optimizer after this call.
 PrepareReport PrepareQat(nn::Module& model, const MixedPrecisionPolicy& policy);

@@ -1,0 +1,89 @@
+// IntegerLinear: weights from the weight quantizer (or max-abs), activations
+// static or dynamic, one QuantizedMatmul with the bias fused.
+#include "quant/integer_linear.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/grad_mode.h"
+#include "quant/quantizer.h"
+
+namespace quanta::quant {
+
+std::shared_ptr<IntegerLinear> IntegerLinear::From(const nn::Linear& linear, const IntegerLinearOptions& options) {
+  NoGradGuard no_grad;
+  auto out = std::make_shared<IntegerLinear>();
+  out->dynamic = options.dynamic;
+  Tensor w = linear.weight.Detach().To(Device::Cpu()).To(DType::kF32).Contiguous();  // (N, K)
+  int64_t N = w.size(0), K = w.size(1);
+  std::vector<double> scales(N);
+  int64_t qmin = -127, qmax = 127;
+  auto* wq = dynamic_cast<const Quantizer*>(linear.weight_quant.get());
+  if (wq != nullptr) {
+    QUANTA_CHECK(wq->ready() && wq->spec().symmetric, "integer_linear: the weight quantizer of a Linear (", w.Describe(),
+                 ") has no symmetric range yet");
+    std::vector<float> s = wq->Params().first.ToVector<float>();
+    for (int64_t n = 0; n < N; ++n) scales[n] = s[s.size() == 1 ? 0 : n];
+    qmin = wq->spec().quant_min(), qmax = wq->spec().quant_max();
+  } else {
+    std::vector<float> v = w.ToVector<float>();
+    for (int64_t n = 0; n < N; ++n) {
+      float m = 0;
+      for (int64_t k = 0; k < K; ++k) m = std::max(m, std::abs(v[n * K + k]));
+      scales[n] = m > 0 ? m / 127.0 : 1.0;
+    }
+  }
+  QuantParams rows = QuantParams::PerChannel(scales, std::vector<int64_t>(N, 0), 0).WithRange(qmin, qmax);
+  std::vector<int32_t> q = Quantize(w, DType::kQInt8, rows).IntRepr(), t(q.size());
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t k = 0; k < K; ++k) t[k * N + n] = q[n * K + k];
+  }
+  QuantParams cols = QuantParams::PerChannel(scales, std::vector<int64_t>(N, 0), 1).WithRange(qmin, qmax);
+  out->weight = Tensor::FromQuantized(t, {K, N}, DType::kQInt8, cols);
+  if (qmin >= -8 && qmax <= 7) out->weight = PackQInt4(out->weight);
+  if (linear.bias.defined()) out->bias = linear.bias.Detach().To(Device::Cpu()).To(DType::kF32).Clone();
+  if (!options.dynamic) {
+    auto* aq = dynamic_cast<const Quantizer*>(linear.input_quant.get());
+    QUANTA_CHECK(aq != nullptr && aq->ready(), "integer_linear: a static conversion needs a prepared and calibrated "
+                 "input quantizer (", w.Describe(), "); use dynamic activations otherwise");
+    auto [s, z] = aq->Params();
+    double scale = s.ToVector<float>()[0], zero = std::nearbyint(z.ToVector<float>()[0]);
+    const QuantSpec& spec = aq->spec();
+    out->input_dtype = spec.quant_min() >= 0 ? DType::kQUInt8 : DType::kQInt8;
+    out->input_params = QuantParams::PerTensor(scale, static_cast<int64_t>(zero)).WithRange(spec.quant_min(), spec.quant_max());
+  }
+  Device device = linear.weight.device();
+  if (!device.is_cpu()) {
+    out->weight = out->weight.To(device);
+    if (out->bias.defined()) out->bias = out->bias.To(device);
+  }
+  out->weight.storage()->MarkConstant();
+  return out;
+}
+
+Tensor IntegerLinear::Forward(const Tensor& x) {
+  NoGradGuard no_grad;
+  int64_t K = weight.size(0), N = weight.size(1);
+  QUANTA_CHECK(x.dim() >= 1 && x.size(-1) == K, "integer_linear: input ", x.Describe(), " does not end in ", K);
+  Shape out_shape = x.shape();
+  out_shape.back() = N;
+  Tensor x2 = x.To(DType::kF32).Reshape({-1, K});
+  Tensor q;
+  if (dynamic) {
+    // The batch's own range, widened to hold 0, as quint8 (PyTorch's dynamic quantization).
+    double lo = std::min(0.0, static_cast<double>(Min(x2).item<float>()));
+    double hi = std::max(0.0, static_cast<double>(Max(x2).item<float>()));
+    double scale = hi > lo ? (hi - lo) / 255.0 : 1.0;
+    int64_t zero = std::clamp<int64_t>(static_cast<int64_t>(std::nearbyint(-lo / scale)), 0, 255);
+    q = Quantize(x2, DType::kQUInt8, QuantParams::PerTensor(scale, zero));
+  } else {
+    q = Quantize(x2, input_dtype, input_params);
+  }
+  return QuantizedMatmul(q, weight, bias).Reshape(out_shape);
+}
+
+int64_t IntegerLinear::Bytes() const {
+  return StorageBytes(weight.dtype(), weight.numel()) + 4 * weight.size(1) + (bias.defined() ? 4 * bias.numel() : 0);
+}
+
+}  // namespace quanta::quant
