@@ -1,0 +1,81 @@
+// BERT-base latency: f32 against int8 (every Linear an int8 GEMM with static
+// activation ranges from one calibration batch; LayerNorm, softmax and GELU in
+// f32), sequence 128, batch 1 and 8, at 1 and 2 threads; random weights unless
+// --checkpoint names a Hugging Face safetensors file. A program, not a test.
+// Run: bazel run //apps:bench_bert
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "core/backend.h"
+#include "core/grad_mode.h"
+#include "models/bert.h"
+#include "quant/prepare.h"
+
+ABSL_FLAG(int, runs, 5, "timed runs per case (after one warm-up); the median is reported");
+ABSL_FLAG(std::string, checkpoint, "", "a Hugging Face BERT-base safetensors file (random weights otherwise)");
+ABSL_FLAG(std::string, config, "base", "tiny, mini, small or base");
+ABSL_FLAG(int64_t, seq, 128, "sequence length");
+
+namespace quanta {
+namespace {
+
+double Median(const std::function<void()>& run, int runs) {
+  run();
+  std::vector<double> s;
+  for (int i = 0; i < runs; ++i) {
+    auto t = std::chrono::steady_clock::now();
+    run();
+    s.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count());
+  }
+  std::sort(s.begin(), s.end());
+  return s[s.size() / 2];
+}
+
+int Main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  int runs = absl::GetFlag(FLAGS_runs);
+  int64_t T = absl::GetFlag(FLAGS_seq);
+  models::BertConfig config = models::BertConfig::Named(absl::GetFlag(FLAGS_config));
+  Generator gen(0);
+  auto f32 = std::make_shared<models::BertForSequenceClassification>(config, 2, &gen);
+  auto q = std::make_shared<models::BertForSequenceClassification>(config, 2, &gen);
+  if (!absl::GetFlag(FLAGS_checkpoint).empty()) {
+    auto st = models::LoadHuggingFace(absl::GetFlag(FLAGS_checkpoint), *f32);
+    if (!st.ok()) {
+      std::fprintf(stderr, "bench_bert: %s\n", std::string(st.status().message()).c_str());
+      return 1;
+    }
+  }
+  if (!q->LoadStateDict(f32->StateDict()).ok()) return 1;
+  f32->Eval();
+  q->Eval();
+  auto ids = [&](int64_t B) { return Uniform({B, T}, 1000, 29000, &gen).To(DType::kI64); };
+  quant::PrepareReport report = quant::PrepareQat(*q, *quant::MixedPrecisionPolicy::Parse("default 8 8 minmax\n"));
+  Tensor calib = ids(8);
+  quant::Calibrate(report, *q, {calib}, [&](const Tensor& x) { return q->Forward({x, Tensor(), Tensor()}); });
+  q->ToInteger({.dynamic = false});
+  NoGradGuard no_grad;
+  std::printf("BERT-%s, sequence %lld, %s weights (median of %d)\n", absl::GetFlag(FLAGS_config).c_str(),
+              static_cast<long long>(T), absl::GetFlag(FLAGS_checkpoint).empty() ? "random" : "checkpoint", runs);
+  std::printf("%-6s %-8s %12s %12s %8s\n", "batch", "threads", "f32 ms", "int8 ms", "speedup");
+  for (int64_t B : {1, 8}) {
+    Tensor x = ids(B);
+    for (int threads : {1, 2}) {
+      SetNumThreads(threads);
+      double a = Median([&] { f32->Forward({x, Tensor(), Tensor()}); }, runs);
+      double b = Median([&] { q->Forward({x, Tensor(), Tensor()}); }, runs);
+      std::printf("%-6lld %-8d %12.1f %12.1f %7.2fx\n", static_cast<long long>(B), threads, a * 1e3, b * 1e3, a / b);
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace quanta
+
+int main(int argc, char** argv) { return quanta::Main(argc, argv); }
