@@ -5,6 +5,7 @@
 
 #include "data/archive.h"
 #include "data/readers.h"
+#include "data/wordpiece.h"
 
 namespace quanta::data::fuzz {
 namespace {
@@ -36,6 +37,14 @@ int Tar(const uint8_t* data, size_t size) {
 
 int Lines(const uint8_t* data, size_t size) {
   (void)ParseLines(View(data, size), "fuzz");
+  absl::StatusOr<std::vector<LabeledText>> examples = ParseLabeledText(View(data, size), "fuzz");
+  // The tokenizer takes any bytes too (invalid UTF-8 included).
+  static const WordPieceTokenizer tokenizer =
+      WordPieceTokenizer::FromVocab({"[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "##b", "!", "\xc3\xa9"});
+  if (examples.ok()) {
+    for (const LabeledText& e : *examples) (void)tokenizer.Encode(e.text, e.label, 16);
+  }
+  (void)tokenizer.Tokenize(View(data, size));
   return 0;
 }
 

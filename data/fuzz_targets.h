@@ -13,6 +13,6 @@ int Cifar(const uint8_t* data, size_t size);  // both CIFAR layouts
 int Idx(const uint8_t* data, size_t size);    // first half images, second half labels
 int Image(const uint8_t* data, size_t size);  // PNG / JPEG / BMP via stb_image
 int Tar(const uint8_t* data, size_t size);    // tar and gzip
-int Lines(const uint8_t* data, size_t size);
+int Lines(const uint8_t* data, size_t size);  // lines, label<TAB>text, the WordPiece tokenizer
 
 }  // namespace quanta::data::fuzz

@@ -325,4 +325,37 @@ absl::StatusOr<std::vector<std::string>> ReadLines(const std::string& path) {
   return ParseLines(*bytes, path);
 }
 
+namespace {
+std::string_view Trim(std::string_view s) {
+  size_t b = s.find_first_not_of(" \t"), e = s.find_last_not_of(" \t");
+  return b == std::string_view::npos ? std::string_view() : s.substr(b, e - b + 1);
+}
+}  // namespace
+
+absl::StatusOr<std::vector<LabeledText>> ParseLabeledText(std::string_view bytes, std::string_view name) {
+  absl::StatusOr<std::vector<std::string>> lines = ParseLines(bytes, name);
+  if (!lines.ok()) return lines.status();
+  std::vector<LabeledText> out;
+  for (size_t i = 0; i < lines->size(); ++i) {
+    const std::string& line = (*lines)[i];
+    if (line.find_first_not_of(" \t") == std::string::npos) continue;
+    size_t tab = line.find('\t');
+    std::string where = absl::StrCat("line ", i + 1);
+    if (tab == std::string::npos) return Bad(name, absl::StrCat(where, " has no tab: expected label<TAB>text"));
+    std::string_view label = Trim(std::string_view(line).substr(0, tab));
+    std::string_view text = Trim(std::string_view(line).substr(tab + 1));
+    if (label.empty()) return Bad(name, absl::StrCat(where, " has an empty label"));
+    if (text.empty()) return Bad(name, absl::StrCat(where, " has an empty text"));
+    out.push_back({std::string(label), std::string(text), static_cast<int64_t>(i + 1)});
+  }
+  if (out.empty()) return Bad(name, "holds no example (expected label<TAB>text lines)");
+  return out;
+}
+
+absl::StatusOr<std::vector<LabeledText>> ReadLabeledText(const std::string& path) {
+  absl::StatusOr<std::string> bytes = ReadFileBytes(path);
+  if (!bytes.ok()) return bytes.status();
+  return ParseLabeledText(*bytes, path);
+}
+
 }  // namespace quanta::data

@@ -5,7 +5,8 @@
 //   auto train = ReadCifar("/data", CifarKind::k100, Split::kTrain);        // fine labels
 //   auto fmnist = ReadFashionMnist(Split::kTest);   // Debian's dataset-fashion-mnist
 //   auto folder = ReadImageFolder("/data/flowers", 64, 64);
-//   auto lines = ReadLines("/data/sst2.tsv");
+//   auto lines = ReadLines("/data/notes.txt");
+//   auto sst2 = ReadLabeledText("/data/sst2/train.tsv");    // label<TAB>text
 #pragma once
 
 #include <memory>
@@ -57,5 +58,15 @@ absl::StatusOr<std::shared_ptr<ImageDataset>> ReadImageFolder(const std::string&
 // ---- text: one example per line ---------------------------------------------------
 absl::StatusOr<std::vector<std::string>> ParseLines(std::string_view bytes, std::string_view name);
 absl::StatusOr<std::vector<std::string>> ReadLines(const std::string& path);
+// Text classification, one "label<TAB>text" a line (train_bert's format): the
+// label is everything before the first tab; blank lines are skipped; a line
+// without a tab, with an empty label or an empty text is an error naming the
+// file and line, and so is a file with no example.
+struct LabeledText {
+  std::string label, text;
+  int64_t line = 0;  // 1-based, for messages about this example
+};
+absl::StatusOr<std::vector<LabeledText>> ParseLabeledText(std::string_view bytes, std::string_view name);
+absl::StatusOr<std::vector<LabeledText>> ReadLabeledText(const std::string& path);
 
 }  // namespace quanta::data

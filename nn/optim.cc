@@ -1,6 +1,7 @@
 // Optimizer steps (under no-grad, in place on parameter storage) and schedules.
 #include "nn/optim.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/numbers.h"
@@ -162,6 +163,12 @@ double CosineWarmup::LrAt(int64_t step) const {
   if (step < warmup_) return base_lr() * static_cast<double>(step + 1) / static_cast<double>(warmup_);
   double t = std::min(1.0, static_cast<double>(step - warmup_) / std::max<int64_t>(1, total_ - warmup_));
   return min_lr_ + 0.5 * (base_lr() - min_lr_) * (1 + std::cos(M_PI * t));
+}
+
+double LinearWarmup::LrAt(int64_t step) const {
+  if (step < warmup_) return base_lr() * static_cast<double>(step + 1) / static_cast<double>(warmup_);
+  double left = static_cast<double>(total_ - step) / static_cast<double>(std::max<int64_t>(1, total_ - warmup_));
+  return base_lr() * std::clamp(left, 0.0, 1.0);
 }
 
 double OneCycle::LrAt(int64_t step) const {

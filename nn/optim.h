@@ -151,6 +151,19 @@ class CosineWarmup : public LrSchedule {
   double min_lr_;
 };
 
+// BERT's fine-tuning schedule: the same linear warmup, then linear decay from
+// base to 0 at `total` (transformers' get_linear_schedule_with_warmup, whose
+// warmup starts at step / warmup instead of (step + 1) / warmup).
+class LinearWarmup : public LrSchedule {
+ public:
+  LinearWarmup(Optimizer* opt, int64_t warmup, int64_t total)
+      : LrSchedule(opt, opt->lr()), warmup_(warmup), total_(total) { SetStep(0); }
+  double LrAt(int64_t step) const override;
+
+ private:
+  int64_t warmup_, total_;
+};
+
 // One-cycle (Smith 2018), cosine annealing as torch's OneCycleLR: from max/div_factor
 // up to max over pct_start of total, then down to max/(div_factor final_div_factor).
 class OneCycle : public LrSchedule {

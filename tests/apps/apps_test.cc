@@ -1,7 +1,8 @@
 // The training apps end to end: train_cifar100 on a tiny synthetic CIFAR-100
 // file (one epoch, checkpoint, metrics, resume, the integer model written),
-// flag errors, and reproduce_tables --quick on a small subset producing a table
-// with every row.
+// flag errors, reproduce_tables --quick on a small subset producing a table
+// with every row, and train_bert on make_text_task's synthetic files (f32, QAT,
+// int8) with its errors.
 #include <sys/wait.h>
 
 #include <cstdlib>
@@ -106,6 +107,61 @@ TEST(Apps, ReproduceTablesQuickWritesEveryRow) {
   }
   EXPECT_NE(table.find("quick mode"), std::string::npos);
   EXPECT_NE(table.find("At 4 bits"), std::string::npos);
+}
+
+// The accuracy (%) printed in train_bert's table on the row that starts with `model`.
+double TableAccuracy(const std::string& out, const std::string& model) {
+  size_t at = out.find("\n" + model);
+  if (at == std::string::npos) return -1;
+  std::string row = out.substr(at + 1 + model.size());
+  size_t pct = row.find('%');
+  return pct == std::string::npos ? -1 : std::atof(row.substr(0, pct).c_str());
+}
+
+TEST(Apps, TrainBertFineTunesQatAndConvertsOnSyntheticFiles) {
+  std::string task = Tmp() + "/task", out;
+  ASSERT_EQ(RunCommand("apps/make_text_task --out=" + task + " --train=1024 --test=400", &out), 0) << out;
+  std::string files = " --train=" + task + "/train.tsv --test=" + task + "/test.tsv --vocab=" + task + "/vocab.txt";
+  ASSERT_EQ(RunCommand("apps/train_bert" + files + " --config=tiny --epochs=3 --quant=qat --qat_epochs=1 --max_len=32 "
+                       "--save=" + task + "/bert.safetensors",
+                       &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("QAT epoch 1: train loss"), std::string::npos) << out;
+  double f32 = TableAccuracy(out, "BERT-tiny f32"), fake = TableAccuracy(out, "BERT-tiny QAT W8A8 fake-quant");
+  double int8 = TableAccuracy(out, "BERT-tiny int8 (W8A8, static activations)");
+  EXPECT_GE(f32, 95.0) << out;
+  EXPECT_GE(fake, f32 - 1.0) << out;
+  EXPECT_GE(int8, f32 - 1.0) << out;
+  EXPECT_NE(out.find("F1: binary, class 1 positive"), std::string::npos) << out;
+  EXPECT_TRUE(std::filesystem::exists(task + "/bert.safetensors"));
+  // The saved model evaluates as it was trained (no epochs), with dynamic int8 after it.
+  ASSERT_EQ(RunCommand("apps/train_bert" + files + " --epochs=0 --max_len=32 --init_from=" + task + "/bert.safetensors",
+                       &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("encoder and classifier loaded"), std::string::npos) << out;
+  EXPECT_GE(TableAccuracy(out, "BERT-tiny f32"), 95.0) << out;
+  EXPECT_GE(TableAccuracy(out, "BERT-tiny int8 (dynamic activations)"), 95.0) << out;
+}
+
+TEST(Apps, TrainBertErrorsNameTheProblem) {
+  std::string task = Tmp() + "/bad_task", out;
+  ASSERT_EQ(RunCommand("apps/make_text_task --out=" + task + " --train=64 --test=16", &out), 0) << out;
+  std::string vocab = " --vocab=" + task + "/vocab.txt", test = " --test=" + task + "/test.tsv";
+  std::ofstream(task + "/broken.tsv") << "1\tgreat service\nno tab on this line\n";
+  EXPECT_NE(RunCommand("apps/train_bert --train=" + task + "/broken.tsv" + test + vocab, &out), 0);
+  EXPECT_NE(out.find("broken.tsv: line 2 has no tab"), std::string::npos) << out;
+  std::ofstream(task + "/words.tsv") << "pos\tgreat\nneg\tawful\n";
+  EXPECT_NE(RunCommand("apps/train_bert --train=" + task + "/words.tsv" + test + vocab, &out), 0);
+  EXPECT_NE(out.find("test.tsv: line 1: label '"), std::string::npos) << out;
+  std::string train = " --train=" + task + "/train.tsv";
+  EXPECT_NE(RunCommand("apps/train_bert" + train + test + vocab + " --quant=int2", &out), 0);
+  EXPECT_NE(out.find("unknown --quant 'int2'"), std::string::npos) << out;
+  EXPECT_NE(RunCommand("apps/train_bert" + train + test + " --vocab=" + task + "/train.tsv", &out), 0);
+  EXPECT_NE(out.find("no [UNK] token"), std::string::npos) << out;
+  EXPECT_NE(RunCommand("apps/train_bert" + train + test + vocab + " --max_len=1000", &out), 0);
+  EXPECT_NE(out.find("--max_len=1000 exceeds BERT's 512 positions"), std::string::npos) << out;
 }
 
 }  // namespace

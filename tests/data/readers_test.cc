@@ -136,5 +136,26 @@ TEST(Readers, TextLines) {
   EXPECT_EQ(Message(ParseLines(std::string("a\nb\0c", 5), "bin").status()), "bin: line 2 holds a NUL byte: not a text file");
 }
 
+TEST(Readers, LabeledText) {
+  std::string path = TempDir() + "/train.tsv";
+  WriteFile(path, "positive\tgreat movie\r\n\n 0 \t  dull\tand long \nneg\t\xc3\xa9t\xc3\xa9");
+  auto examples = ReadLabeledText(path);
+  ASSERT_TRUE(examples.ok()) << examples.status();
+  ASSERT_EQ(examples->size(), 3u);
+  EXPECT_EQ((*examples)[0].label, "positive");
+  EXPECT_EQ((*examples)[0].text, "great movie");
+  EXPECT_EQ((*examples)[1].label, "0");
+  EXPECT_EQ((*examples)[1].text, "dull\tand long");  // only the first tab splits
+  EXPECT_EQ((*examples)[2].text, "\xc3\xa9t\xc3\xa9");
+  EXPECT_EQ((*examples)[2].line, 4);
+  EXPECT_EQ(Message(ParseLabeledText("1\tok\nno tab here\n", "a.tsv").status()),
+            "a.tsv: line 2 has no tab: expected label<TAB>text");
+  EXPECT_EQ(Message(ParseLabeledText("\tok\n", "b.tsv").status()), "b.tsv: line 1 has an empty label");
+  EXPECT_EQ(Message(ParseLabeledText("1\tok\n\n2\t \n", "c.tsv").status()), "c.tsv: line 3 has an empty text");
+  EXPECT_EQ(Message(ParseLabeledText("\n\n", "d.tsv").status()),
+            "d.tsv: holds no example (expected label<TAB>text lines)");
+  EXPECT_EQ(ReadLabeledText(TempDir() + "/missing.tsv").status().code(), absl::StatusCode::kNotFound);
+}
+
 }  // namespace
 }  // namespace quanta::data

@@ -91,6 +91,17 @@ TEST(Optim, Schedules) {
   EXPECT_NEAR(sgd2.lr(), 1.0, 1e-12);  // halfway through the cosine
   for (int i = 0; i < 60; ++i) cosine.Step();
   EXPECT_NEAR(sgd2.lr(), 0.0, 1e-12);
+  SGD linear_sgd({{{p}}}, {.lr = 2.0});
+  LinearWarmup linear(&linear_sgd, 4, 104);
+  EXPECT_NEAR(linear_sgd.lr(), 0.5, 1e-12);  // step 0 of 4 warmup steps
+  linear.SetStep(4);
+  EXPECT_NEAR(linear_sgd.lr(), 2.0, 1e-12);  // warmup done: (104 - 4) / 100 of the base
+  linear.SetStep(54);
+  EXPECT_NEAR(linear_sgd.lr(), 1.0, 1e-12);  // halfway down
+  linear.SetStep(103);
+  EXPECT_NEAR(linear_sgd.lr(), 0.02, 1e-12);
+  linear.SetStep(200);
+  EXPECT_NEAR(linear_sgd.lr(), 0.0, 1e-12);
   SGD sgd3({{{p}}}, {.lr = 1.0});
   OneCycle one(&sgd3, 1.0, 100, 0.3, 25, 1e4);
   EXPECT_NEAR(sgd3.lr(), 1.0 / 25, 1e-12);
