@@ -14,6 +14,7 @@
 #include "gtest/gtest.h"
 #include "nn/optim.h"
 #include "nn/safetensors.h"
+#include "nn/functional.h"
 #include "quant/prepare.h"
 
 namespace quanta::models {
@@ -96,6 +97,57 @@ TEST(Bert, HuggingFaceCheckpointRoundTrip) {
   std::string msg(bad.status().message());
   EXPECT_NE(msg.find("missing bert.pooler.dense.bias"), std::string::npos) << msg;
   EXPECT_NE(msg.find("bert.encoder.layer.1.intermediate.dense.weight is [512, 64]"), std::string::npos) << msg;
+}
+
+// Golden check (STYLE.md 14): tools/gen_bert_golden.py computes a small BERT
+// classifier in PyTorch (float64) as transformers does, with a padded batch and
+// a sentence pair; every output, the loss and every parameter's gradient must
+// agree. |got - ref| <= atol + rtol |ref|: f32 against f64, two layers deep.
+bool Close(const Tensor& got, const Tensor& ref, double atol, double rtol, std::string* worst) {
+  std::vector<float> g = got.Contiguous().ToVector<float>(), r = ref.Contiguous().ToVector<float>();
+  if (got.shape() != ref.shape()) {
+    *worst = "shape " + ShapeToString(got.shape()) + " vs " + ShapeToString(ref.shape());
+    return false;
+  }
+  for (size_t i = 0; i < g.size(); ++i) {
+    if (!(std::abs(g[i] - r[i]) <= atol + rtol * std::abs(r[i]))) {
+      *worst = "element " + std::to_string(i) + ": " + std::to_string(g[i]) + " vs " + std::to_string(r[i]);
+      return false;
+    }
+  }
+  return true;
+}
+
+TEST(Bert, MatchesPyTorchForwardLossAndEveryGradient) {
+  absl::StatusOr<Safetensors> golden = LoadSafetensors("tests/models/testdata/bert_golden.safetensors");
+  ASSERT_TRUE(golden.ok()) << golden.status();
+  const TensorMap& g = golden->tensors;
+  BertConfig config{40, 32, 2, 4, 64, 16, 2};
+  config.dropout = 0;
+  Generator gen(9);
+  BertForSequenceClassification net(config, 3, &gen);
+  auto ignored = LoadHuggingFace("tests/models/testdata/bert_golden.safetensors", net);
+  ASSERT_TRUE(ignored.ok()) << ignored.status();
+  net.Train();  // dropout 0: training mode is the same function, and gradients flow
+  BertInput in{g.at("input.ids"), g.at("input.type_ids"), g.at("input.mask")};
+  auto [sequence, pooled] = net.bert->Forward(in);
+  std::string worst;
+  EXPECT_TRUE(Close(sequence, g.at("output.sequence"), 1e-4, 1e-4, &worst)) << "sequence output: " << worst;
+  EXPECT_TRUE(Close(pooled, g.at("output.pooled"), 1e-4, 1e-4, &worst)) << "pooled output: " << worst;
+  Tensor head = net.Forward(in);
+  EXPECT_TRUE(Close(head, g.at("output.logits"), 1e-4, 1e-4, &worst)) << "logits: " << worst;
+  Tensor loss = CrossEntropy(head, g.at("input.labels"));
+  EXPECT_NEAR(loss.item<float>(), g.at("output.loss").item<float>(), 1e-5);
+  Backward(loss);
+  int checked = 0;
+  for (auto& [name, p] : net.NamedParameters()) {
+    auto ref = g.find("grad." + name);
+    ASSERT_NE(ref, g.end()) << name;
+    ASSERT_TRUE(p->grad().defined()) << name;
+    EXPECT_TRUE(Close(p->grad(), ref->second, 2e-5, 1e-3, &worst)) << "grad of " << name << ": " << worst;
+    ++checked;
+  }
+  EXPECT_EQ(checked, 5 + 2 * 16 + 4);  // embeddings, 16 tensors a layer, pooler and classifier
 }
 
 struct Split {
