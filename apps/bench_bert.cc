@@ -20,6 +20,8 @@ ABSL_FLAG(int, runs, 5, "timed runs per case (after one warm-up); the median is 
 ABSL_FLAG(std::string, checkpoint, "", "a Hugging Face BERT-base safetensors file (random weights otherwise)");
 ABSL_FLAG(std::string, config, "base", "tiny, mini, small or base");
 ABSL_FLAG(int64_t, seq, 128, "sequence length");
+ABSL_FLAG(std::string, only, "", "int8 or f32: time one model alone (for a profiler), batch 8 at --threads");
+ABSL_FLAG(int, threads, 1, "with --only: compute threads");
 
 namespace quanta {
 namespace {
@@ -60,6 +62,14 @@ int Main(int argc, char** argv) {
   quant::Calibrate(report, *q, {calib}, [&](const Tensor& x) { return q->Forward({x, Tensor(), Tensor()}); });
   q->ToInteger({.dynamic = false});
   NoGradGuard no_grad;
+  if (const std::string only = absl::GetFlag(FLAGS_only); !only.empty()) {
+    SetNumThreads(absl::GetFlag(FLAGS_threads));
+    auto& net = only == "int8" ? q : f32;
+    Tensor x = ids(8);
+    double s = Median([&] { net->Forward({x, Tensor(), Tensor()}); }, runs);
+    std::printf("%s batch 8, %d threads: %.1f ms\n", only.c_str(), absl::GetFlag(FLAGS_threads), s * 1e3);
+    return 0;
+  }
   std::printf("BERT-%s, sequence %lld, %s weights (median of %d)\n", absl::GetFlag(FLAGS_config).c_str(),
               static_cast<long long>(T), absl::GetFlag(FLAGS_checkpoint).empty() ? "random" : "checkpoint", runs);
   std::printf("%-6s %-8s %12s %12s %8s\n", "batch", "threads", "f32 ms", "int8 ms", "speedup");

@@ -78,12 +78,15 @@ class BertEncoderLayer : public nn::Module {
     output_norm = out.RegisterModule("LayerNorm", std::make_shared<nn::LayerNorm>(Shape{c.hidden}, c.layer_norm_eps));
   }
 
-  // x (B, T, hidden), additive mask (B, 1, 1, T): 0 for tokens, -10000 for padding (BERT's).
+  // x (B, T, hidden), additive mask (B, 1, 1, T): 0 for tokens, -10000 for padding (BERT's), or undefined.
   Tensor Forward(const Tensor& x, const Tensor& mask) {
     int64_t B = x.size(0), T = x.size(1), H = config_.heads, D = config_.hidden / H;
     auto heads = [&](std::shared_ptr<nn::Layer>& l) { return l->Forward(x).View({B, T, H, D}).Transpose(1, 2); };
     Tensor q = heads(query), k = heads(key), v = heads(value);  // (B, H, T, D)
-    Tensor scores = Add(Mul(Matmul(q, k.Transpose(-2, -1)), 1.0 / std::sqrt(static_cast<double>(D))), mask);
+    // The 1/sqrt(D) scale on q, (B, H, T, D), rather than on the (B, H, T, T)
+    // scores: the same products (exact for D a power of 4), half the work at T = 2D.
+    Tensor scores = Matmul(Mul(q, 1.0 / std::sqrt(static_cast<double>(D))), k.Transpose(-2, -1));
+    if (mask.defined()) scores = Add(scores, mask);
     Tensor probs = quanta::Dropout(Softmax(scores, -1), config_.dropout, is_training(), gen_);
     Tensor context = Matmul(probs, v).Transpose(1, 2).Reshape({B, T, config_.hidden});
     Tensor a = attention_norm->Forward(
@@ -120,11 +123,12 @@ BertModel::BertModel(const BertConfig& c, Generator* gen) : config(c), gen_(gen)
     auto e = std::make_shared<nn::Embedding>(n, c.hidden, gen);
     NoGradGuard no_grad;
     e->weight.CopyFrom(Normal(e->weight.shape(), 0, 0.02, gen));
-    return embeddings->RegisterModule(name, e);
+    return std::shared_ptr<nn::Layer>(embeddings->RegisterModule(name, e));
   };
   word_embeddings = embedding("word_embeddings", c.vocab_size);
   position_embeddings = embedding("position_embeddings", c.max_positions);
   token_type_embeddings = embedding("token_type_embeddings", c.type_vocab);
+  embeddings_ = embeddings;
   embeddings_norm = embeddings->RegisterModule("LayerNorm", std::make_shared<nn::LayerNorm>(Shape{c.hidden}, c.layer_norm_eps));
   auto encoder = RegisterModule("encoder", std::make_shared<nn::Module>());
   auto layer = encoder->RegisterModule("layer", std::make_shared<nn::Module>());
@@ -148,8 +152,12 @@ std::pair<Tensor, Tensor> BertModel::Forward(const BertInput& in) {
   Tensor x = Add(Add(word_embeddings->Forward(in.ids), position_embeddings->Forward(positions)),
                  token_type_embeddings->Forward(type_ids));
   x = quanta::Dropout(embeddings_norm->Forward(x), config.dropout, is_training(), gen_);
-  // BERT's extended mask: (1 - mask) * -10000, broadcast over heads and queries.
-  Tensor additive = Mul(Sub(Scalar(1, x.dtype(), x.device()), mask.To(x.dtype())), -10000.0).View({B, 1, 1, T});
+  // BERT's extended mask: (1 - mask) * -10000, broadcast over heads and queries;
+  // none without a mask (no padding: adding zeros would change nothing).
+  Tensor additive;
+  if (in.mask.defined()) {
+    additive = Mul(Sub(Scalar(1, x.dtype(), x.device()), mask.To(x.dtype())), -10000.0).View({B, 1, 1, T});
+  }
   for (auto& l : layers) x = l->Forward(x, additive);
   Tensor pooled = Tanh(pooler->Forward(x.Select(1, 0)));
   return {x, pooled};
@@ -158,6 +166,14 @@ std::pair<Tensor, Tensor> BertModel::Forward(const BertInput& in) {
 void BertModel::ToInteger(const IntegerOptions& o) {
   for (auto& l : layers) l->ToInteger(o);
   Swap(*pooler_parent_, "dense", pooler, o);
+  // Embedding tables as int8 rows (8-bit per row, as PrepareQat quantizes them).
+  for (auto [name, slot] : {std::pair{"word_embeddings", &word_embeddings}, {"position_embeddings", &position_embeddings},
+                            {"token_type_embeddings", &token_type_embeddings}}) {
+    if (auto* e = dynamic_cast<nn::Embedding*>(slot->get())) {
+      *slot = quant::IntegerEmbedding::From(*e);
+      embeddings_->ReplaceModule(name, *slot);
+    }
+  }
 }
 
 BertForSequenceClassification::BertForSequenceClassification(const BertConfig& c, int64_t labels, Generator* gen)

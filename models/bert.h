@@ -4,7 +4,8 @@
 // checks every name and shape); post-LN blocks with exact GELU, a pooler, and
 // sequence- and token-classification heads. Quantization goes through
 // quant::PrepareQat like the CNNs (Linear W8A8/W4A8, embeddings 8-bit per row,
-// LayerNorm and softmax in float); ToInteger swaps every Linear for an int8 one.
+// LayerNorm and softmax in float); ToInteger swaps every Linear for an int8 one
+// and every embedding table for int8 rows.
 //
 //   Generator gen(0);
 //   auto net = std::make_shared<BertForSequenceClassification>(BertConfig::Tiny(vocab), 2, &gen);
@@ -55,14 +56,15 @@ class BertModel : public nn::Module {
   std::pair<Tensor, Tensor> Forward(const BertInput& input);
   void ToInteger(const IntegerOptions& options);
   BertConfig config;
-  std::shared_ptr<nn::Embedding> word_embeddings, position_embeddings, token_type_embeddings;
+  // nn::Embedding, or quant::IntegerEmbedding after ToInteger.
+  std::shared_ptr<nn::Layer> word_embeddings, position_embeddings, token_type_embeddings;
   std::shared_ptr<nn::LayerNorm> embeddings_norm;
   std::vector<std::shared_ptr<BertEncoderLayer>> layers;
   std::shared_ptr<nn::Layer> pooler;  // Linear (hidden, hidden), tanh after it
 
  private:
   Generator* gen_;
-  std::shared_ptr<nn::Module> pooler_parent_;
+  std::shared_ptr<nn::Module> pooler_parent_, embeddings_;
 };
 
 class BertForSequenceClassification : public nn::Module {

@@ -1,5 +1,6 @@
 // IntegerLinear: weights from the weight quantizer (or max-abs), activations
-// static or dynamic, one QuantizedMatmul with the bias fused.
+// static or dynamic, one QuantizedMatmul with the bias fused. IntegerEmbedding:
+// int8 rows with a scale each.
 #include "quant/integer_linear.h"
 
 #include <algorithm>
@@ -84,6 +85,53 @@ Tensor IntegerLinear::Forward(const Tensor& x) {
 
 int64_t IntegerLinear::Bytes() const {
   return StorageBytes(weight.dtype(), weight.numel()) + 4 * weight.size(1) + (bias.defined() ? 4 * bias.numel() : 0);
+}
+
+std::shared_ptr<IntegerEmbedding> IntegerEmbedding::From(const nn::Embedding& embedding) {
+  NoGradGuard no_grad;
+  Tensor w = embedding.weight.Detach().To(Device::Cpu()).To(DType::kF32).Contiguous();  // (num, dim)
+  int64_t num = w.size(0), dim = w.size(1);
+  std::vector<double> scales(num);
+  auto* wq = dynamic_cast<const Quantizer*>(embedding.weight_quant.get());
+  if (wq != nullptr) {
+    const QuantSpec& spec = wq->spec();
+    QUANTA_CHECK(wq->ready() && spec.symmetric && spec.bits == 8 && (!spec.per_channel || spec.axis == 0),
+                 "integer_embedding: the weight quantizer of an Embedding (", w.Describe(),
+                 ") is not a ready 8-bit symmetric per-row one");
+    std::vector<float> s = wq->Params().first.ToVector<float>();
+    for (int64_t r = 0; r < num; ++r) scales[r] = s[s.size() == 1 ? 0 : r];
+  } else {
+    std::vector<float> v = w.ToVector<float>();
+    for (int64_t r = 0; r < num; ++r) {
+      float m = 0;
+      for (int64_t k = 0; k < dim; ++k) m = std::max(m, std::abs(v[r * dim + k]));
+      scales[r] = m > 0 ? m / 127.0 : 1.0;
+    }
+  }
+  // The quantizer's own rounding (Note [One quantization formula]), then plain int8 storage.
+  QuantParams rows = QuantParams::PerChannel(scales, std::vector<int64_t>(num, 0), 0).WithRange(-127, 127);
+  if (wq != nullptr) rows = rows.WithRange(wq->spec().quant_min(), wq->spec().quant_max());
+  std::vector<int32_t> q = Quantize(w, DType::kQInt8, rows).IntRepr();
+  auto out = std::make_shared<IntegerEmbedding>();
+  out->table = Tensor::FromVector<int32_t>(q, {num, dim}).To(DType::kI8);
+  std::vector<float> scale_f32(scales.begin(), scales.end());
+  out->scale = Tensor::FromVector<float>(scale_f32, {num, 1});
+  Device device = embedding.weight.device();
+  if (!device.is_cpu()) {
+    out->table = out->table.To(device);
+    out->scale = out->scale.To(device);
+  }
+  return out;
+}
+
+Tensor IntegerEmbedding::Forward(const Tensor& indices) {
+  NoGradGuard no_grad;
+  QUANTA_CHECK(IsIntegral(indices.dtype()), "integer_embedding: indices must be integers, got ", indices.Describe());
+  Tensor flat = indices.Reshape({indices.numel()});
+  Shape shape = indices.shape();
+  shape.push_back(table.size(1));
+  // scale * q in f32, as the fake quantizer's dequantization computes it.
+  return Mul(IndexSelect(table, 0, flat).To(DType::kF32), IndexSelect(scale, 0, flat)).View(shape);
 }
 
 }  // namespace quanta::quant

@@ -6,9 +6,14 @@
 // torch.ao.quantization.quantize_dynamic); weights with the weight quantizer's
 // integers, or per-channel max-abs 8-bit when the Linear was never prepared.
 //
+// IntegerEmbedding stores an Embedding table as int8 rows with one scale each
+// (the 8-bit per-row quantizer PrepareQat gives embeddings) and dequantizes
+// only the rows it looks up.
+//
 //   auto q = IntegerLinear::From(*linear, {.dynamic = false});   // after QAT
 //   Tensor y = q->Forward(x);          // x (..., in) f32 -> (..., out) f32
 //   q->Bytes();                        // int8 (or packed int4) weight + f32 bias/scales
+//   auto e = IntegerEmbedding::From(*embedding);                  // a quarter of the f32 bytes
 #pragma once
 
 #include <memory>
@@ -34,6 +39,20 @@ class IntegerLinear : public nn::Layer {
   bool dynamic = false;
   DType input_dtype = DType::kQInt8;
   QuantParams input_params;  // static: per tensor
+};
+
+// An Embedding as int8 rows: row r is scale[r] * table[r], the values the
+// embedding's fake quantizer gives (or per-row max-abs 8-bit when the layer was
+// never prepared). Forward gathers int8 rows, then dequantizes them: the same
+// floats as the fake-quantized table, without quantizing the table each call.
+class IntegerEmbedding : public nn::Layer {
+ public:
+  static std::shared_ptr<IntegerEmbedding> From(const nn::Embedding& embedding);
+  Tensor Forward(const Tensor& indices) override;  // integer (...) -> f32 (..., dim)
+  int64_t Bytes() const { return table.numel() + 4 * scale.numel(); }
+
+  Tensor table;  // (num, dim) i8
+  Tensor scale;  // (num, 1) f32
 };
 
 }  // namespace quanta::quant

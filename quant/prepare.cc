@@ -204,6 +204,10 @@ void Calibrate(const PrepareReport& report, nn::Module& model, const std::vector
         if (auto* fq = dynamic_cast<FakeQuant*>(q)) fn(*fq);
       }
     }
+    // Embedding tables are weights too: their per-row ranges come from the same pass.
+    for (const auto& e : report.embeddings) {
+      if (auto* fq = dynamic_cast<FakeQuant*>(e.weight.get())) fn(*fq);
+    }
   };
   each([](FakeQuant& q) {
     q.observer().Reset();

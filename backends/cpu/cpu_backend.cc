@@ -6,6 +6,7 @@
 #include <cstring>
 #include <new>
 
+#include "backends/cpu/block_cache.h"
 #include "backends/cpu/onednn.h"
 #include "backends/cpu/reference_kernels.h"
 #include "core/error.h"
@@ -14,7 +15,6 @@ namespace quanta::cpu {
 namespace {
 
 std::atomic<int> reference_mode{0};
-constexpr size_t kAlignment = 64;  // one cache line, one AVX-512 vector
 
 class CpuBackend : public Backend {
  public:
@@ -30,15 +30,14 @@ class CpuBackend : public Backend {
     SetKernel(Op::kQuantizedConv2d, &OneDnnQuantizedConv2d);
   }
 
-  void* Allocate(size_t bytes, int) override {
-    void* p = std::aligned_alloc(kAlignment, (bytes + kAlignment - 1) / kAlignment * kAlignment);
-    QUANTA_CHECK(p != nullptr, "cpu: out of memory allocating ", bytes, " bytes");
-    return p;
+  void* Allocate(size_t bytes, int) override { return blocks_.Allocate(bytes); }
+  void Free(void* ptr, size_t bytes, int) override {
+    OneDnnForget(ptr);  // before the block can be reused (Note [Weight cache])
+    blocks_.Free(ptr, bytes);
   }
-  void Free(void* ptr, size_t, int) override {
-    OneDnnForget(ptr);
-    std::free(ptr);
-  }
+  MemoryStats Memory(int) const override { return blocks_.Stats(); }
+  void ResetPeakMemory(int) override { blocks_.ResetPeak(); }
+  void EmptyCache(int) override { blocks_.Empty(); }
   void CopyFromHost(void* dst, const void* src, size_t bytes, int) override { std::memcpy(dst, src, bytes); }
   void CopyToHost(void* dst, const void* src, size_t bytes, int) override { std::memcpy(dst, src, bytes); }
   void CopyOnDevice(void* dst, const void* src, size_t bytes, int) override { std::memcpy(dst, src, bytes); }
@@ -47,6 +46,9 @@ class CpuBackend : public Backend {
   Kernel Find(Op op) const override {
     return reference_mode.load(std::memory_order_relaxed) > 0 ? ReferenceKernel(op) : Backend::Find(op);
   }
+
+ private:
+  BlockCache blocks_;
 };
 
 QUANTA_REGISTER_BACKEND(CpuBackend);

@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "backends/cpu/strided.h"
+#include "backends/cpu/vector_math.h"
 #include "core/generator.h"
 #include "core/ops.h"
 #include "core/scalar_ops.h"
@@ -27,16 +28,28 @@ using Acc = std::conditional_t<std::is_floating_point_v<Compute<T>>, double, int
 
 // ---- elementwise --------------------------------------------------------------
 
+// Note [Dense runs]: elementwise kernels get runs (ForEachRunStrided) and
+// write the dense case, and the case of an operand broadcast along the run, as
+// plain loops over pointers: with -O3 and backends/cpu/vector_math.h they
+// vectorize (exp, erf, tanh through glibc's libmvec). The strided loop computes
+// the same scalar function per element, so every path gives the same values up
+// to libmvec's last-ulp differences from the scalar libm.
 template <typename Fn>
 void UnaryKernel(const KernelCall& c) {
   const Tensor& x = c.in[0];
   const Tensor& y = c.out[0];
   VisitPlain(c, x.dtype(), [&]<typename T>(TypeTag<T>) {
-    const void* xp = StorageBase(x);
-    void* yp = StorageBase(y);
-    ForEachStrided<2>(y.shape(), {&y, &x}, [&](const std::array<int64_t, 2>& o) {
-      auto v = Convert<Compute<T>>(LoadAt<T>(xp, o[1]));
-      StoreAt<T>(yp, o[0], Convert<T>(Fn{}(v)));
+    const T* xb = static_cast<const T*>(StorageBase(x));
+    T* yb = static_cast<T*>(StorageBase(y));
+    ForEachRunStrided<2>(y.shape(), {&y, &x}, [&](const std::array<int64_t, 2>& o, int64_t n,
+                                                 const std::array<int64_t, 2>& s) {
+      T* yp = yb + o[0];
+      const T* xp = xb + o[1];
+      if (s[0] == 1 && s[1] == 1) {
+        for (int64_t j = 0; j < n; ++j) yp[j] = Convert<T>(Fn{}(Convert<Compute<T>>(xp[j])));
+      } else {
+        for (int64_t j = 0; j < n; ++j) yp[j * s[0]] = Convert<T>(Fn{}(Convert<Compute<T>>(xp[j * s[1]])));
+      }
     });
   });
 }
@@ -47,15 +60,27 @@ void BinaryKernel(const KernelCall& c) {
   const Tensor& b = c.in[1];
   const Tensor& y = c.out[0];
   VisitPlain(c, a.dtype(), [&]<typename T>(TypeTag<T>) {
-    const void* ap = StorageBase(a);
-    const void* bp = StorageBase(b);
-    void* yp = StorageBase(y);
-    ForEachStrided<3>(y.shape(), {&y, &a, &b}, [&](const std::array<int64_t, 3>& o) {
-      auto r = Fn{}(Convert<Compute<T>>(LoadAt<T>(ap, o[1])), Convert<Compute<T>>(LoadAt<T>(bp, o[2])));
-      if constexpr (std::is_same_v<decltype(r), bool>) {
-        StoreAt<bool>(yp, o[0], r);
+    using C = Compute<T>;
+    using R = decltype(Fn{}(C{}, C{}));
+    using Out = std::conditional_t<std::is_same_v<R, bool>, bool, T>;  // compare ops write bool
+    const T *ab = static_cast<const T*>(StorageBase(a)), *bb = static_cast<const T*>(StorageBase(b));
+    Out* yb = static_cast<Out*>(StorageBase(y));
+    ForEachRunStrided<3>(y.shape(), {&y, &a, &b}, [&](const std::array<int64_t, 3>& o, int64_t n,
+                                                     const std::array<int64_t, 3>& s) {
+      Out* yp = yb + o[0];
+      const T *ap = ab + o[1], *bp = bb + o[2];
+      if (s[0] == 1 && s[1] == 1 && s[2] == 1) {
+        for (int64_t j = 0; j < n; ++j) yp[j] = Convert<Out>(Fn{}(Convert<C>(ap[j]), Convert<C>(bp[j])));
+      } else if (s[0] == 1 && s[1] == 1 && s[2] == 0) {  // b broadcast along the run: x - mean
+        const C bv = Convert<C>(bp[0]);
+        for (int64_t j = 0; j < n; ++j) yp[j] = Convert<Out>(Fn{}(Convert<C>(ap[j]), bv));
+      } else if (s[0] == 1 && s[1] == 0 && s[2] == 1) {
+        const C av = Convert<C>(ap[0]);
+        for (int64_t j = 0; j < n; ++j) yp[j] = Convert<Out>(Fn{}(av, Convert<C>(bp[j])));
       } else {
-        StoreAt<T>(yp, o[0], Convert<T>(r));
+        for (int64_t j = 0; j < n; ++j) {
+          yp[j * s[0]] = Convert<Out>(Fn{}(Convert<C>(ap[j * s[1]]), Convert<C>(bp[j * s[2]])));
+        }
       }
     });
   });
@@ -161,39 +186,6 @@ ReductionViews SplitForReduction(const Tensor& x, const std::vector<int64_t>& di
           x.AsStrided(inner_shape, inner_strides, 0)};
 }
 
-template <typename Reducer>
-void ReduceKernel(const KernelCall& c) {
-  const Tensor& x = c.in[0];
-  const Tensor& y = c.out[0];
-  if (x.numel() == 0) {  // an empty reduction (the frontend allows it for sum only)
-    VisitPlain(c, y.dtype(), [&]<typename Out>(TypeTag<Out>) {
-      Reducer empty;
-      void* yp = StorageBase(y);
-      ForEachStrided<1>(y.shape(), {&y}, [&](const std::array<int64_t, 1>& o) {
-        StoreAt<Out>(yp, o[0], Convert<Out>(empty.template Result<Out>()));
-      });
-    });
-    return;
-  }
-  ReductionViews v = SplitForReduction(x, c.attrs.dims);
-  VisitPlain(c, x.dtype(), [&]<typename T>(TypeTag<T>) {
-    const void* xp = StorageBase(x);
-    VisitPlain(c, y.dtype(), [&]<typename Out>(TypeTag<Out>) {
-      void* yp = StorageBase(y);
-      ForEachStrided<2>(y.shape(), {&y, &v.outer}, [&](const std::array<int64_t, 2>& o) {
-        Reducer r;
-        r.template Start<T>();
-        int64_t i = 0;
-        // Inner indices are relative to the outer element's storage index.
-        ForEachStrided<1>(v.inner.shape(), {&v.inner}, [&](const std::array<int64_t, 1>& in) {
-          r.Add(Convert<Compute<T>>(LoadAt<T>(xp, o[1] + in[0])), i++);
-        }, 1, /*serial=*/true);
-        StoreAt<Out>(yp, o[0], Convert<Out>(r.template Result<Out>()));
-      }, /*grain=*/std::max<int64_t>(1, 32768 / std::max<int64_t>(1, v.inner.numel())));
-    });
-  });
-}
-
 struct SumReducer {
   double fsum = 0;
   int64_t isum = 0;
@@ -233,6 +225,83 @@ struct ArgmaxReducer {
   }
   template <typename Out> int64_t Result() const { return best_index; }
 };
+
+template <typename Reducer>
+void ReduceKernel(const KernelCall& c) {
+  const Tensor& x = c.in[0];
+  const Tensor& y = c.out[0];
+  if (x.numel() == 0) {  // an empty reduction (the frontend allows it for sum only)
+    VisitPlain(c, y.dtype(), [&]<typename Out>(TypeTag<Out>) {
+      Reducer empty;
+      void* yp = StorageBase(y);
+      ForEachStrided<1>(y.shape(), {&y}, [&](const std::array<int64_t, 1>& o) {
+        StoreAt<Out>(yp, o[0], Convert<Out>(empty.template Result<Out>()));
+      });
+    });
+    return;
+  }
+  ReductionViews v = SplitForReduction(x, c.attrs.dims);
+  // Note [Dense reductions]: a reduction over one dense run (softmax's and layer
+  // norm's last dim) of f32/f64 runs as a plain loop: sums in 8 f64 partial
+  // sums (a different order from the serial loop, no less accurate), max and min
+  // with NaN tracked beside the comparison. The result is the serial loop's but
+  // for the last bits of a sum.
+  const LoopGeometry<1> inner_geometry(v.inner.shape(), {&v.inner});
+  const bool dense = inner_geometry.sizes.size() == 1 && inner_geometry.strides[0][0] == 1;
+  constexpr bool kSum = std::is_same_v<Reducer, SumReducer>;
+  constexpr bool kExtreme = std::is_same_v<Reducer, ExtremeReducer<true>> || std::is_same_v<Reducer, ExtremeReducer<false>>;
+  if (dense && (kSum || kExtreme) && (x.dtype() == DType::kF32 || x.dtype() == DType::kF64)) {
+    const int64_t n = v.inner.numel();
+    VisitDType(x.dtype(), [&]<typename T>(TypeTag<T>) {
+      if constexpr (std::is_floating_point_v<T>) {
+        const T* xb = static_cast<const T*>(StorageBase(x));
+        VisitPlain(c, y.dtype(), [&]<typename Out>(TypeTag<Out>) {
+          void* yp = StorageBase(y);
+          ForEachStrided<2>(y.shape(), {&y, &v.outer}, [&](const std::array<int64_t, 2>& o) {
+            const T* p = xb + o[1];
+            double r;
+            if constexpr (kSum) {
+              double part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+              int64_t j = 0;
+              for (; j + 8 <= n; j += 8) {
+                for (int k = 0; k < 8; ++k) part[k] += static_cast<double>(p[j + k]);
+              }
+              for (; j < n; ++j) part[0] += static_cast<double>(p[j]);
+              r = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+            } else {
+              constexpr bool kMax = std::is_same_v<Reducer, ExtremeReducer<true>>;
+              T best = p[0];
+              bool nan = false;
+              for (int64_t j = 0; j < n; ++j) {
+                nan |= p[j] != p[j];
+                best = kMax ? (p[j] > best ? p[j] : best) : (p[j] < best ? p[j] : best);
+              }
+              r = nan ? std::numeric_limits<double>::quiet_NaN() : static_cast<double>(best);
+            }
+            StoreAt<Out>(yp, o[0], Convert<Out>(r));
+          }, /*grain=*/std::max<int64_t>(1, 32768 / std::max<int64_t>(1, n)));
+        });
+      }
+    });
+    return;
+  }
+  VisitPlain(c, x.dtype(), [&]<typename T>(TypeTag<T>) {
+    const void* xp = StorageBase(x);
+    VisitPlain(c, y.dtype(), [&]<typename Out>(TypeTag<Out>) {
+      void* yp = StorageBase(y);
+      ForEachStrided<2>(y.shape(), {&y, &v.outer}, [&](const std::array<int64_t, 2>& o) {
+        Reducer r;
+        r.template Start<T>();
+        int64_t i = 0;
+        // Inner indices are relative to the outer element's storage index.
+        ForEachStrided<1>(v.inner.shape(), {&v.inner}, [&](const std::array<int64_t, 1>& in) {
+          r.Add(Convert<Compute<T>>(LoadAt<T>(xp, o[1] + in[0])), i++);
+        }, 1, /*serial=*/true);
+        StoreAt<Out>(yp, o[0], Convert<Out>(r.template Result<Out>()));
+      }, /*grain=*/std::max<int64_t>(1, 32768 / std::max<int64_t>(1, v.inner.numel())));
+    });
+  });
+}
 
 // ---- matmul and convolution -----------------------------------------------------
 
@@ -332,13 +401,30 @@ void GatherKernel(const KernelCall& c) {
   xs[d] = 0;
   Tensor x_base = x.AsStrided(y.shape(), xs, x.offset());
   const auto* ip = static_cast<const int64_t*>(StorageBase(index));
+  const int64_t size_d = x.size(d), stride_d = x.stride(d);
   VisitDType(x.dtype(), [&]<typename T>(TypeTag<T>) {
     const void* xp = StorageBase(x);
     void* yp = StorageBase(y);
-    ForEachStrided<3>(y.shape(), {&y, &x_base, &index}, [&](const std::array<int64_t, 3>& o) {
-      int64_t i = CheckedIndex(c, ip[o[2]], x.size(d));
-      StoreAt<T>(yp, o[0], LoadAt<T>(xp, o[1] + i * x.stride(d)));
-    }, 32768, std::is_same_v<T, QInt4x2>);
+    if constexpr (!std::is_same_v<T, QInt4x2>) {
+      // Runs along which the index is constant (index_select and embedding rows:
+      // the index broadcast over the row) check it once and copy the run.
+      ForEachRunStrided<3>(y.shape(), {&y, &x_base, &index}, [&](const std::array<int64_t, 3>& o, int64_t n,
+                                                                const std::array<int64_t, 3>& s) {
+        T* yr = static_cast<T*>(yp) + o[0];
+        const T* xr = static_cast<const T*>(xp) + o[1];
+        if (s[2] == 0) {
+          const T* src = xr + CheckedIndex(c, ip[o[2]], size_d) * stride_d;
+          for (int64_t j = 0; j < n; ++j) yr[j * s[0]] = src[j * s[1]];
+        } else {
+          for (int64_t j = 0; j < n; ++j) yr[j * s[0]] = xr[j * s[1] + CheckedIndex(c, ip[o[2] + j * s[2]], size_d) * stride_d];
+        }
+      });
+    } else {
+      ForEachStrided<3>(y.shape(), {&y, &x_base, &index}, [&](const std::array<int64_t, 3>& o) {
+        int64_t i = CheckedIndex(c, ip[o[2]], size_d);
+        StoreAt<T>(yp, o[0], LoadAt<T>(xp, o[1] + i * stride_d));
+      }, 32768, /*serial=*/true);
+    }
   });
 }
 
@@ -569,42 +655,6 @@ void ScatterAddKernel(const KernelCall& c) {
 
 // ---- quantization (Note [One quantization formula]) -----------------------------
 
-// x float, scale and zero point f64 spread over x's shape -> q quantized, in
-// x's compute type (Note [One quantization formula]).
-void QuantizeKernel(const KernelCall& c) {
-  const Tensor &x = c.in[0], &scale = c.in[1], &zp = c.in[2], &q = c.out[0];
-  VisitPlain(c, x.dtype(), [&]<typename T>(TypeTag<T>) {
-    using C = Compute<T>;
-    const C qmin = static_cast<C>(c.attrs.quant_min), qmax = static_cast<C>(c.attrs.quant_max);
-    VisitDType(q.dtype(), [&]<typename Q>(TypeTag<Q>) {
-      const void *xp = StorageBase(x), *sp = StorageBase(scale), *zpp = StorageBase(zp);
-      void* qp = StorageBase(q);
-      ForEachStrided<4>(q.shape(), {&q, &x, &scale, &zp}, [&](const std::array<int64_t, 4>& o) {
-        C v = QuantizeValue<C>(Convert<C>(LoadAt<T>(xp, o[1])), static_cast<C>(LoadAt<double>(sp, o[2])),
-                               static_cast<C>(LoadAt<double>(zpp, o[3])), qmin, qmax);
-        StoreAt<Q>(qp, o[0], Convert<Elem<Q>>(v));
-      }, 32768, std::is_same_v<Q, QInt4x2>);
-    });
-  });
-}
-
-// q quantized, scale and zero point f64 spread over q's shape -> x float.
-void DequantizeKernel(const KernelCall& c) {
-  const Tensor &q = c.in[0], &scale = c.in[1], &zp = c.in[2], &x = c.out[0];
-  VisitDType(q.dtype(), [&]<typename Q>(TypeTag<Q>) {
-    VisitPlain(c, x.dtype(), [&]<typename T>(TypeTag<T>) {
-      const void *qp = StorageBase(q), *sp = StorageBase(scale), *zpp = StorageBase(zp);
-      void* xp = StorageBase(x);
-      ForEachStrided<4>(x.shape(), {&x, &q, &scale, &zp}, [&](const std::array<int64_t, 4>& o) {
-        using C = Compute<T>;
-        C v = DequantizeValue<C>(Convert<C>(LoadAt<Q>(qp, o[1])), static_cast<C>(LoadAt<double>(sp, o[2])),
-                                 static_cast<C>(LoadAt<double>(zpp, o[3])));
-        StoreAt<T>(xp, o[0], Convert<T>(v));
-      });
-    });
-  });
-}
-
 // Note [Fake-quant runs]: when x is contiguous and scale and zero point vary
 // along at most one dim (per tensor or per channel), the work is (outer, channel,
 // inner) runs with constant parameters: a loop the compiler vectorizes. Fills
@@ -646,6 +696,62 @@ bool AsChannelRuns(const Tensor& x, const Tensor& param, std::initializer_list<c
     runs->inner = x.numel();
   }
   return true;
+}
+
+// x float, scale and zero point f64 spread over x's shape -> q quantized, in
+// x's compute type (Note [One quantization formula]).
+void QuantizeKernel(const KernelCall& c) {
+  const Tensor &x = c.in[0], &scale = c.in[1], &zp = c.in[2], &q = c.out[0];
+  VisitPlain(c, x.dtype(), [&]<typename T>(TypeTag<T>) {
+    using C = Compute<T>;
+    const C qmin = static_cast<C>(c.attrs.quant_min), qmax = static_cast<C>(c.attrs.quant_max);
+    VisitDType(q.dtype(), [&]<typename Q>(TypeTag<Q>) {
+      ChannelRuns runs;
+      if constexpr (!std::is_same_v<Q, QInt4x2>) {
+        // Note [Fake-quant runs] holds here too: integer inference quantizes every
+        // activation (BERT: each Linear's input) through this kernel.
+        if (scale.strides() == zp.strides() && AsChannelRuns(x, scale, {&x, &q}, &runs)) {
+          const T* xp = x.data<T>();
+          Elem<Q>* qp = static_cast<Elem<Q>*>(StorageBase(q)) + q.offset();
+          const double *sp = static_cast<const double*>(StorageBase(scale)) + scale.offset();
+          const double* zpp = static_cast<const double*>(StorageBase(zp)) + zp.offset();
+          ForEachRun(runs, [&](int64_t b, int64_t e, int64_t ch) {
+            const C s = static_cast<C>(sp[ch * runs.param_stride]), z = static_cast<C>(zpp[ch * runs.param_stride]);
+            // Local pointers: an int8 store may alias anything, the captured ones included.
+            const T* in = xp;
+            Elem<Q>* out = qp;
+            const C lo = qmin, hi = qmax;
+            for (int64_t i = b; i < e; ++i) out[i] = Convert<Elem<Q>>(QuantizeValue<C>(Convert<C>(in[i]), s, z, lo, hi));
+          });
+          return;
+        }
+      }
+      const void *xp = StorageBase(x), *sp = StorageBase(scale), *zpp = StorageBase(zp);
+      void* qp = StorageBase(q);
+      ForEachStrided<4>(q.shape(), {&q, &x, &scale, &zp}, [&](const std::array<int64_t, 4>& o) {
+        C v = QuantizeValue<C>(Convert<C>(LoadAt<T>(xp, o[1])), static_cast<C>(LoadAt<double>(sp, o[2])),
+                               static_cast<C>(LoadAt<double>(zpp, o[3])), qmin, qmax);
+        StoreAt<Q>(qp, o[0], Convert<Elem<Q>>(v));
+      }, 32768, std::is_same_v<Q, QInt4x2>);
+    });
+  });
+}
+
+// q quantized, scale and zero point f64 spread over q's shape -> x float.
+void DequantizeKernel(const KernelCall& c) {
+  const Tensor &q = c.in[0], &scale = c.in[1], &zp = c.in[2], &x = c.out[0];
+  VisitDType(q.dtype(), [&]<typename Q>(TypeTag<Q>) {
+    VisitPlain(c, x.dtype(), [&]<typename T>(TypeTag<T>) {
+      const void *qp = StorageBase(q), *sp = StorageBase(scale), *zpp = StorageBase(zp);
+      void* xp = StorageBase(x);
+      ForEachStrided<4>(x.shape(), {&x, &q, &scale, &zp}, [&](const std::array<int64_t, 4>& o) {
+        using C = Compute<T>;
+        C v = DequantizeValue<C>(Convert<C>(LoadAt<Q>(qp, o[1])), static_cast<C>(LoadAt<double>(sp, o[2])),
+                                 static_cast<C>(LoadAt<double>(zpp, o[3])));
+        StoreAt<T>(xp, o[0], Convert<T>(v));
+      });
+    });
+  });
 }
 
 // x, scale, zero point of one floating dtype and shape -> y = dequantize(quantize(x)).

@@ -78,14 +78,14 @@ struct LoopGeometry {
   }
 };
 
-// Calls f(std::array<int64_t, N> storage_indices) for every element of `shape`,
-// operand k indexed through tensors[k]'s strides and offset. The innermost
-// (merged) dim runs as a tight loop; elements are split across the pool in
-// chunks of at least `grain`. Pass serial=true when elements share bytes (qint4
-// outputs) or the caller is itself a chunk of a parallel loop.
+// Calls f(offsets, n, strides) for every run of the innermost (merged) dim:
+// element j of the run is operand k's storage index offsets[k] + j * strides[k].
+// Runs are split across the pool in chunks of at least `grain` elements. A
+// kernel writes its dense case (every stride 1) and its broadcast cases (a
+// stride 0) as plain loops the compiler vectorizes (Note [Dense runs]).
 template <int N, typename F>
-void ForEachStrided(const Shape& shape, const std::array<const Tensor*, N>& tensors, F&& f,
-                    int64_t grain = 32768, bool serial = false) {
+void ForEachRunStrided(const Shape& shape, const std::array<const Tensor*, N>& tensors, F&& f,
+                       int64_t grain = 32768, bool serial = false) {
   int64_t numel = NumElements(shape);
   if (numel == 0) return;
   const LoopGeometry<N> g(shape, tensors);
@@ -105,23 +105,10 @@ void ForEachStrided(const Shape& shape, const std::array<const Tensor*, N>& tens
     for (int d = 0; d < rank; ++d) {
       for (int k = 0; k < N; ++k) off[k] += idx[d] * g.strides[d][k];
     }
-    bool unit = true;  // every operand walks the inner dim densely: the common case
-    for (int k = 0; k < N; ++k) unit = unit && inner_stride[k] == 1;
     int64_t i = begin;
     while (i < end) {
       int64_t stop = std::min(end, i + (inner - idx[rank - 1]));
-      std::array<int64_t, N> o = off;
-      if (unit) {
-        for (int64_t j = i; j < stop; ++j) {
-          f(o);
-          for (int k = 0; k < N; ++k) ++o[k];
-        }
-      } else {
-        for (int64_t j = i; j < stop; ++j) {
-          f(o);
-          for (int k = 0; k < N; ++k) o[k] += inner_stride[k];
-        }
-      }
+      f(off, stop - i, inner_stride);
       // Advance the multi-index past the run.
       int64_t moved = stop - i;
       i = stop;
@@ -139,6 +126,33 @@ void ForEachStrided(const Shape& shape, const std::array<const Tensor*, N>& tens
   } else {
     ParallelFor(0, numel, grain, run);
   }
+}
+
+// Calls f(std::array<int64_t, N> storage_indices) for every element of `shape`,
+// operand k indexed through tensors[k]'s strides and offset. The innermost
+// (merged) dim runs as a tight loop; elements are split across the pool in
+// chunks of at least `grain`. Pass serial=true when elements share bytes (qint4
+// outputs) or the caller is itself a chunk of a parallel loop.
+template <int N, typename F>
+void ForEachStrided(const Shape& shape, const std::array<const Tensor*, N>& tensors, F&& f,
+                    int64_t grain = 32768, bool serial = false) {
+  ForEachRunStrided<N>(shape, tensors, [&](const std::array<int64_t, N>& off, int64_t n,
+                                           const std::array<int64_t, N>& stride) {
+    std::array<int64_t, N> o = off;
+    bool unit = true;  // every operand walks the inner dim densely: the common case
+    for (int k = 0; k < N; ++k) unit = unit && stride[k] == 1;
+    if (unit) {
+      for (int64_t j = 0; j < n; ++j) {
+        f(o);
+        for (int k = 0; k < N; ++k) ++o[k];
+      }
+    } else {
+      for (int64_t j = 0; j < n; ++j) {
+        f(o);
+        for (int k = 0; k < N; ++k) o[k] += stride[k];
+      }
+    }
+  }, grain, serial);
 }
 
 }  // namespace quanta::cpu

@@ -55,6 +55,23 @@ TEST(Quantize, PerChannelAndRequantize) {
   }
 }
 
+// Contiguous inputs take the run loop (Note [Fake-quant runs]), strided ones
+// the general loop: both give the same integers, ties and clamping included.
+TEST(Quantize, RunLoopEqualsTheStridedLoop) {
+  Generator gen(4);
+  Tensor x = Mul(Round(Mul(Normal({6, 40}, 0, 3, &gen), 4.0)), 0.25);  // many exact ties at scale 0.5
+  Tensor strided = x.Transpose(0, 1);                                    // (40, 6), not contiguous
+  ASSERT_FALSE(strided.is_contiguous());
+  for (DType dtype : {DType::kQInt8, DType::kQUInt8}) {
+    QuantParams tensor = QuantParams::PerTensor(0.5, dtype == DType::kQUInt8 ? 100 : 3);
+    EXPECT_EQ(Quantize(strided, dtype, tensor).IntRepr(), Quantize(strided.Contiguous(), dtype, tensor).IntRepr());
+    std::vector<double> scales(6);
+    for (int i = 0; i < 6; ++i) scales[i] = 0.05 * (i + 1);
+    QuantParams channel = QuantParams::PerChannel(scales, std::vector<int64_t>(6, 0), /*axis=*/1);
+    EXPECT_EQ(Quantize(strided, dtype, channel).IntRepr(), Quantize(strided.Contiguous(), dtype, channel).IntRepr());
+  }
+}
+
 TEST(FakeQuantize, ForwardIsQuantizeThenDequantize) {
   Generator gen(1);
   Tensor x = Normal({4, 3, 5}, 0, 2, &gen);

@@ -15,6 +15,7 @@
 #include "nn/optim.h"
 #include "nn/safetensors.h"
 #include "nn/functional.h"
+#include "quant/integer_linear.h"
 #include "quant/prepare.h"
 
 namespace quanta::models {
@@ -148,6 +149,31 @@ TEST(Bert, MatchesPyTorchForwardLossAndEveryGradient) {
     ++checked;
   }
   EXPECT_EQ(checked, 5 + 2 * 16 + 4);  // embeddings, 16 tensors a layer, pooler and classifier
+}
+
+// PTQ calibrates the embedding tables with the Linear layers, and the int8
+// embedding (int8 rows, a scale each) gives exactly the fake-quantized rows.
+TEST(Bert, PtqCalibratesEmbeddingsAndIntegerRowsEqualFakeQuant) {
+  Generator gen(4);
+  BertForSequenceClassification net(BertConfig::Tiny(60), 2, &gen);
+  quant::PrepareReport report = quant::PrepareQat(net, *quant::MixedPrecisionPolicy::Parse("default 8 8 minmax\n"));
+  Tensor ids = Tensor::FromVector<int64_t>({2, 10, 11, 3, 2, 40, 59, 3}, {2, 4});
+  quant::Calibrate(report, net, {ids}, [&](const Tensor& x) { return net.Forward({x, Tensor(), Tensor()}); });
+  ASSERT_EQ(report.embeddings.size(), 3u);
+  for (const auto& e : report.embeddings) EXPECT_TRUE(e.weight->ready()) << e.name;
+  auto* table = dynamic_cast<nn::Embedding*>(net.bert->word_embeddings.get());
+  ASSERT_NE(table, nullptr);
+  NoGradGuard no_grad;
+  Tensor fake = table->Forward(ids);  // fake-quantized table rows
+  auto integer = quant::IntegerEmbedding::From(*table);
+  EXPECT_EQ(integer->table.dtype(), DType::kI8);
+  EXPECT_EQ(integer->Bytes(), 60 * 128 + 4 * 60);
+  EXPECT_EQ(integer->Forward(ids).ToVector<float>(), fake.ToVector<float>());
+  // The quantizer did something: the raw rows differ from the quantized ones, by at most half a step.
+  Tensor raw = IndexSelect(table->weight, 0, ids.Reshape({8})).View({2, 4, 128});
+  double diff = Max(Abs(Sub(raw, fake))).item<float>();
+  EXPECT_GT(diff, 0);
+  EXPECT_LE(diff, 0.5 * Max(Abs(table->weight)).item<float>() / 127 + 1e-7);
 }
 
 struct Split {
