@@ -58,7 +58,7 @@ struct OpAttrs {
   int fake_quant_gradient = 0;      // fake_quantize: a FakeQuantGradient (core/ops.h)
   double ewgs_delta = 0;            // fake_quantize with EWGS
   double lsq_grad_scale = 1;        // fake_quantize: factor on the scale's gradient (LSQ)
-  bool residual = false, relu = false;  // integer ops: fused post-ops (IntegerPostOps in core/ops.h)
+  bool residual = false, relu = false, gelu = false;  // integer ops: fused post-ops (IntegerPostOps in core/ops.h)
 };
 
 // One call of a kernel: inputs as the frontend prepared them (broadcast, same

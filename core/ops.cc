@@ -629,6 +629,9 @@ namespace {
 void AddPostOps(const char* op, const IntegerPostOps& post, const Tensor& y, const std::string& args,
                 std::vector<Tensor>& in, OpAttrs& attrs) {
   attrs.relu = post.relu;
+  attrs.gelu = post.gelu;
+  QUANTA_CHECK(!post.gelu || (!post.relu && !post.residual.defined()), op,
+               ": the GELU post-op comes alone, without ReLU or a residual (", args, ")");
   if (!post.residual.defined()) return;
   const Tensor& r = post.residual;
   QUANTA_CHECK((r.dtype() == DType::kF32 || IsPerTensorInt8(r)) && r.shape() == y.shape() && r.device() == y.device(), op,

@@ -161,6 +161,7 @@ Tensor PackQInt4(const Tensor& q);
 struct IntegerPostOps {
   Tensor residual;
   bool relu = false;
+  bool gelu = false;  // exact GELU of the real result (BERT's intermediate layer); not with a residual or ReLU
 };
 
 // Integer matmul for converted models: a (M, K) quint8/qint8 per tensor, b (K, N)

@@ -91,7 +91,8 @@ class BertEncoderLayer : public nn::Module {
     Tensor context = Matmul(probs, v).Transpose(1, 2).Reshape({B, T, config_.hidden});
     Tensor a = attention_norm->Forward(
         Add(quanta::Dropout(attention_dense->Forward(context), config_.dropout, is_training(), gen_), x));
-    Tensor h = Gelu(intermediate->Forward(a));
+    auto* fused = dynamic_cast<quant::IntegerLinear*>(intermediate.get());
+    Tensor h = fused && fused->gelu ? intermediate->Forward(a) : Gelu(intermediate->Forward(a));  // Note [GELU into the next quantizer]
     return output_norm->Forward(Add(quanta::Dropout(output_dense->Forward(h), config_.dropout, is_training(), gen_), a));
   }
 
@@ -103,6 +104,11 @@ class BertEncoderLayer : public nn::Module {
     Swap(*keep_[2], "dense", attention_dense, o);  // attention.output
     Swap(*keep_[3], "dense", intermediate, o);
     Swap(*keep_[4], "dense", output_dense, o);
+    if (!o.dynamic) {  // Note [GELU into the next quantizer] in quant/integer_linear.cc
+      auto* first = dynamic_cast<quant::IntegerLinear*>(intermediate.get());
+      auto* second = dynamic_cast<quant::IntegerLinear*>(output_dense.get());
+      if (first && second && !first->gelu) first->FuseGeluAndQuantize(second->input_dtype, second->input_params);
+    }
   }
 
   std::shared_ptr<nn::Layer> query, key, value, attention_dense, intermediate, output_dense;

@@ -62,12 +62,37 @@ std::shared_ptr<IntegerLinear> IntegerLinear::From(const nn::Linear& linear, con
   return out;
 }
 
+// Note [GELU into the next quantizer]: in BERT's FFN, y = GELU(x W1 + b1) feeds
+// a Linear whose input quantizer maps y to quint8. Done separately, the int8 GEMM
+// writes f32 (B T, 4H), GELU reads and writes it, the quantize pass reads it
+// again. Fused, the GEMM epilogue computes the real result, applies the exact
+// GELU, and quantizes with the next layer's static parameters: one u8 write,
+// the same formula as the fake-quant model (quantize(GELU(real))) up to the
+// epilogue's f32 arithmetic (one quantization step at a rounding boundary).
+void IntegerLinear::FuseGeluAndQuantize(DType dtype, const QuantParams& params) {
+  QUANTA_CHECK(!dynamic && (dtype == DType::kQUInt8 || dtype == DType::kQInt8) && params.scheme == QScheme::kPerTensor,
+               "integer_linear: GELU fusion needs a static layer and per-tensor quint8/qint8 output parameters");
+  gelu = true;
+  output_dtype = dtype;
+  output_params = params;
+}
+
 Tensor IntegerLinear::Forward(const Tensor& x) {
   NoGradGuard no_grad;
   int64_t K = weight.size(0), N = weight.size(1);
   QUANTA_CHECK(x.dim() >= 1 && x.size(-1) == K, "integer_linear: input ", x.Describe(), " does not end in ", K);
   Shape out_shape = x.shape();
   out_shape.back() = N;
+  if (gelu) {
+    Tensor q = x.is_quantized() ? x.Reshape({-1, K}) : Quantize(x.To(DType::kF32).Reshape({-1, K}), input_dtype, input_params);
+    return QuantizedMatmul(q, weight, bias, output_dtype, &output_params, {.gelu = true}).Reshape(out_shape);
+  }
+  if (x.is_quantized()) {  // already quantized by the previous layer (a fused GELU)
+    QUANTA_CHECK(!dynamic && x.dtype() == input_dtype && x.qparams().scales == input_params.scales &&
+                     x.qparams().zero_points == input_params.zero_points,
+                 "integer_linear: a quantized input ", x.Describe(), " must carry this layer's input parameters");
+    return QuantizedMatmul(x.Reshape({-1, K}), weight, bias).Reshape(out_shape);
+  }
   Tensor x2 = x.To(DType::kF32).Reshape({-1, K});
   Tensor q;
   if (dynamic) {

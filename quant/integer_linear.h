@@ -34,11 +34,19 @@ class IntegerLinear : public nn::Layer {
   Tensor Forward(const Tensor& x) override;
   int64_t Bytes() const;
 
+  // Fuses GELU and the next layer's input quantization into this one's GEMM
+  // epilogue (Note [GELU into the next quantizer]): Forward then returns
+  // GELU(x W + b) quantized with (dtype, params). Static layers only.
+  void FuseGeluAndQuantize(DType dtype, const QuantParams& params);
+
   Tensor weight;       // (in, out) qint8 or qint4, per output column (axis 1), zero points 0
   Tensor bias;         // (out) f32 or undefined
   bool dynamic = false;
   DType input_dtype = DType::kQInt8;
   QuantParams input_params;  // static: per tensor
+  bool gelu = false;         // FuseGeluAndQuantize was called
+  DType output_dtype = DType::kF32;
+  QuantParams output_params;
 };
 
 // An Embedding as int8 rows: row r is scale[r] * table[r], the values the

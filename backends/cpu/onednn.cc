@@ -373,7 +373,7 @@ struct IntegerEpilogue {
   std::vector<float> scales, bias;
   int32_t zero_in, zero_out;
   memory::data_type src_dt, dst_dt, residual_dt = memory::data_type::f32;
-  bool residual, relu;
+  bool residual, relu, gelu;
   float inv_out_scale = 1, residual_zero = 0;
   float clip_lo = 0, clip_hi = 0;
   bool clip = false;
@@ -385,6 +385,7 @@ struct IntegerEpilogue {
     bool quantized_out = y.is_quantized();
     residual = c.attrs.residual;
     relu = c.attrs.relu;
+    gelu = c.attrs.gelu;
     double so = quantized_out ? y.qparams().scales[0] : 1.0, sr = 1.0;
     if (residual && c.in.back().is_quantized()) {
       const Tensor& r = c.in.back();
@@ -392,10 +393,13 @@ struct IntegerEpilogue {
       residual_zero = static_cast<float>(r.qparams().zero_points[0]);
       residual_dt = r.dtype() == DType::kQUInt8 ? memory::data_type::u8 : memory::data_type::s8;
     }
+    // GELU is not linear: it sees real values, and the output scale comes after it
+    // (the chain's one eltwise_linear, as with a residual).
+    if (gelu) sr = 1.0;
     inv_out_scale = static_cast<float>(sr / so);
     scales.resize(channels);
     for (int64_t ch = 0; ch < channels; ++ch) {
-      scales[ch] = static_cast<float>(pi.scales[0] * pw.scales[ch] / (residual ? sr : so));
+      scales[ch] = static_cast<float>(pi.scales[0] * pw.scales[ch] / (residual || gelu ? sr : so));
     }
     // The residual's zero point goes into the bias, in real units - s_r z_r: oneDNN
     // 2.6 gives two eltwise_linear post-ops in one chain the first one's
@@ -429,7 +433,10 @@ struct IntegerEpilogue {
     dnnl::post_ops ops;
     if (residual) ops.append_binary(dnnl::algorithm::binary_add, residual_md);
     if (relu) ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
-    if (residual && inv_out_scale != 1.f) ops.append_eltwise(1.f, dnnl::algorithm::eltwise_linear, inv_out_scale, 0.f);
+    if (gelu) ops.append_eltwise(1.f, dnnl::algorithm::eltwise_gelu_erf, 0.f, 0.f);
+    if ((residual || gelu) && inv_out_scale != 1.f) {
+      ops.append_eltwise(1.f, dnnl::algorithm::eltwise_linear, inv_out_scale, 0.f);
+    }
     if (clip) ops.append_eltwise(1.f, dnnl::algorithm::eltwise_clip, clip_lo, clip_hi);
     attr.set_post_ops(ops);
     return attr;
@@ -437,7 +444,7 @@ struct IntegerEpilogue {
 
   std::string Key() const {
     return absl::StrCat(static_cast<int>(src_dt), "|", static_cast<int>(dst_dt), "|", zero_in != 0, "|", zero_out != 0,
-                        "|", residual, relu, clip, "|", static_cast<int>(residual_dt), "|", residual_zero, "|",
+                        "|", residual, relu, gelu, clip, "|", static_cast<int>(residual_dt), "|", residual_zero, "|",
                         inv_out_scale, "|", clip_lo, ",", clip_hi, "|", scales.size(), "|",
                         std::hash<std::string_view>{}(std::string_view(reinterpret_cast<const char*>(scales.data()),
                                                                        scales.size() * sizeof(float))));

@@ -850,6 +850,9 @@ void StoreIntegerResult(std::vector<double>& real, const KernelCall& c) {
   if (c.attrs.relu) {
     for (double& v : real) v = std::max(v, 0.0);
   }
+  if (c.attrs.gelu) {
+    for (double& v : real) v = GeluFn{}(v);
+  }
   std::vector<int64_t> offsets(real.size());
   size_t i = 0;
   ForEachStrided<1>(

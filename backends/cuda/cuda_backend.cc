@@ -767,6 +767,7 @@ Epilogue EpilogueFor(const KernelCall& c, const Tensor& y, bool conv) {
     e.qmin = static_cast<double>(qmin), e.qmax = static_cast<double>(qmax);
   }
   e.relu = c.attrs.relu;
+  e.gelu = c.attrs.gelu;
   if (c.attrs.residual) {
     const Tensor& r = c.in.back();
     e.residual = static_cast<const char*>(r.storage()->data()) + r.offset() * ElementSize(r.dtype());

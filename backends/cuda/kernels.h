@@ -160,7 +160,7 @@ struct Epilogue {
   DType residual_dtype;
   int64_t residual_strides[3], residual_pixel_strides[2];
   double sr, zr;               // the residual's parameters when quantized
-  bool relu;
+  bool relu, gelu;
 };
 std::string LaunchEpilogue(const Epilogue& e, Stream s);
 

@@ -269,6 +269,7 @@ __global__ void EpilogueLoop(Epilogue e) {
       }
     }
     if (e.relu && real < 0) real = 0;
+    if (e.gelu) real = GeluFn{}(real);
     int64_t y = image * e.y_strides[0] + ch * e.y_strides[1] + oh * e.y_pixel_strides[0] + ow * e.y_pixel_strides[1];
     if (e.y_dtype == DType::kF32) {
       static_cast<float*>(e.y)[y] = static_cast<float>(real);

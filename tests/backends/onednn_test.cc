@@ -253,6 +253,47 @@ TEST(OneDnn, IntegerPostOpsMatchReference) {
   }
 }
 
+// The GELU post-op (BERT's intermediate layer fused with the next quantizer):
+// oneDNN's eltwise_gelu_erf on real values, then the output scale, against the
+// reference epilogue and against the composition quantize(gelu(matmul)).
+TEST(OneDnn, IntegerGeluPostOpMatchesReferenceAndComposition) {
+  Generator gen(12);
+  int64_t M = 40, K = 64, N = 48;
+  Tensor a = Quantize(Uniform({M, K}, -2, 2, &gen), DType::kQUInt8, QuantParams::PerTensor(4.0 / 255, 128));
+  std::vector<double> scales(N);
+  for (int64_t n = 0; n < N; ++n) scales[n] = 0.002 + 0.0001 * n;
+  Tensor b = Quantize(Normal({K, N}, 0, 0.2, &gen), DType::kQInt8, QuantParams::PerChannel(scales, std::vector<int64_t>(N, 0), 1));
+  Tensor bias = Normal({N}, 0, 0.5, &gen);
+  IntegerPostOps gelu{.gelu = true};
+  QuantParams po = QuantParams::PerTensor(3.0 / 255, 20);  // GELU's range: about [-0.17, 2.9]
+  Tensor fast = QuantizedMatmul(a, b, bias, DType::kF32, nullptr, gelu);
+  Tensor fq = QuantizedMatmul(a, b, bias, DType::kQUInt8, &po, gelu);
+  Tensor ref, rq;
+  {
+    cpu::ReferenceModeGuard guard;
+    ref = QuantizedMatmul(a, b, bias, DType::kF32, nullptr, gelu);
+    rq = QuantizedMatmul(a, b, bias, DType::kQUInt8, &po, gelu);
+  }
+  EXPECT_LE(NormalizedMse(fast, ref), 1e-12);
+  std::vector<int32_t> composition = Quantize(Gelu(QuantizedMatmul(a, b, bias)), DType::kQUInt8, po).IntRepr();
+  std::vector<int32_t> f = fq.IntRepr(), r = rq.IntRepr();
+  int differ = 0, below_zero = 0;
+  for (size_t i = 0; i < f.size(); ++i) {
+    EXPECT_LE(std::abs(f[i] - r[i]), 1) << i;
+    EXPECT_LE(std::abs(r[i] - composition[i]), 1) << i;
+    differ += f[i] != r[i];
+    below_zero += r[i] < 20;  // GELU's negative dip is kept
+  }
+  EXPECT_LE(differ, static_cast<int>(f.size() / 100) + 1);
+  EXPECT_GT(below_zero, 0);
+  try {
+    QuantizedMatmul(a, b, bias, DType::kF32, nullptr, {.relu = true, .gelu = true});
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("the GELU post-op comes alone"), std::string::npos) << e.what();
+  }
+}
+
 TEST(OneDnn, ConstantStorageRefusesWrites) {
   Tensor w = Ones({3});
   w.storage()->MarkConstant();
