@@ -81,7 +81,14 @@ class BertEncoderLayer : public nn::Module {
   // x (B, T, hidden), additive mask (B, 1, 1, T): 0 for tokens, -10000 for padding (BERT's), or undefined.
   Tensor Forward(const Tensor& x, const Tensor& mask) {
     int64_t B = x.size(0), T = x.size(1), H = config_.heads, D = config_.hidden / H;
-    auto heads = [&](std::shared_ptr<nn::Layer>& l) { return l->Forward(x).View({B, T, H, D}).Transpose(1, 2); };
+    // Converted query, key and value with one input quantizer's parameters
+    // quantize x once (IntegerLinear::QuantizeInput).
+    Tensor input = x;
+    auto* iq = dynamic_cast<quant::IntegerLinear*>(query.get());
+    auto* ik = dynamic_cast<quant::IntegerLinear*>(key.get());
+    auto* iv = dynamic_cast<quant::IntegerLinear*>(value.get());
+    if (iq && ik && iv && iq->SameInputAs(*ik) && iq->SameInputAs(*iv)) input = iq->QuantizeInput(x);
+    auto heads = [&](std::shared_ptr<nn::Layer>& l) { return l->Forward(input).View({B, T, H, D}).Transpose(1, 2); };
     Tensor q = heads(query), k = heads(key), v = heads(value);  // (B, H, T, D)
     // The 1/sqrt(D) scale on q, (B, H, T, D), rather than on the (B, H, T, T)
     // scores: the same products (exact for D a power of 4), half the work at T = 2D.

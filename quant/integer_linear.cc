@@ -77,6 +77,18 @@ void IntegerLinear::FuseGeluAndQuantize(DType dtype, const QuantParams& params) 
   output_params = params;
 }
 
+Tensor IntegerLinear::QuantizeInput(const Tensor& x) const {
+  QUANTA_CHECK(!dynamic, "integer_linear: QuantizeInput needs static input parameters (", x.Describe(), ")");
+  NoGradGuard no_grad;
+  return Quantize(x.To(DType::kF32), input_dtype, input_params);
+}
+
+bool IntegerLinear::SameInputAs(const IntegerLinear& other) const {
+  return !dynamic && !other.dynamic && input_dtype == other.input_dtype &&
+         input_params.scales == other.input_params.scales && input_params.zero_points == other.input_params.zero_points &&
+         input_params.quant_min == other.input_params.quant_min && input_params.quant_max == other.input_params.quant_max;
+}
+
 Tensor IntegerLinear::Forward(const Tensor& x) {
   NoGradGuard no_grad;
   int64_t K = weight.size(0), N = weight.size(1);

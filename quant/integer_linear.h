@@ -38,6 +38,11 @@ class IntegerLinear : public nn::Layer {
   // epilogue (Note [GELU into the next quantizer]): Forward then returns
   // GELU(x W + b) quantized with (dtype, params). Static layers only.
   void FuseGeluAndQuantize(DType dtype, const QuantParams& params);
+  // x quantized as this layer's input (static layers): layers that share an
+  // input and its parameters (BERT's query, key and value) quantize it once and
+  // pass the result to each Forward.
+  Tensor QuantizeInput(const Tensor& x) const;
+  bool SameInputAs(const IntegerLinear& other) const;
 
   Tensor weight;       // (in, out) qint8 or qint4, per output column (axis 1), zero points 0
   Tensor bias;         // (out) f32 or undefined
