@@ -17,6 +17,7 @@ ABSL_FLAG(std::string, out, "", "folder to write train.tsv, test.tsv and vocab.t
 ABSL_FLAG(int64_t, train, 4096, "training examples");
 ABSL_FLAG(int64_t, test, 1024, "test examples");
 ABSL_FLAG(uint64_t, seed, 1, "the training split's seed (the test split uses seed + 1)");
+ABSL_FLAG(bool, negation, false, "the harder task: \"not great\" counts as bad (order matters)");
 
 namespace {
 
@@ -44,9 +45,11 @@ int main(int argc, char** argv) {
   std::string vocab;
   for (const std::string& token : quanta::data::TextTaskVocab()) absl::StrAppend(&vocab, token, "\n");
   uint64_t seed = absl::GetFlag(FLAGS_seed);
+  bool negation = absl::GetFlag(FLAGS_negation);
   for (const auto& [name, bytes] :
-       {std::pair<std::string, std::string>{"train.tsv", Tsv(quanta::data::MakeTextTask(absl::GetFlag(FLAGS_train), seed))},
-        {"test.tsv", Tsv(quanta::data::MakeTextTask(absl::GetFlag(FLAGS_test), seed + 1))},
+       {std::pair<std::string, std::string>{"train.tsv",
+                                            Tsv(quanta::data::MakeTextTask(absl::GetFlag(FLAGS_train), seed, negation))},
+        {"test.tsv", Tsv(quanta::data::MakeTextTask(absl::GetFlag(FLAGS_test), seed + 1, negation))},
         {"vocab.txt", vocab}}) {
     absl::Status st = quanta::WriteFileAtomically(out + "/" + name, bytes);
     if (!st.ok()) {

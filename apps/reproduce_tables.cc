@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "apps/trainer.h"
+#include "nn/safetensors.h"
 #include "core/error.h"
 
 ABSL_FLAG(std::string, dataset, "fashion_mnist", "fashion_mnist (fmnist_resnet8) | cifar100 (resnet20)");
@@ -252,10 +253,10 @@ int main(int argc, char** argv) {
     absl::StrAppend(&md, "\n![test accuracy per epoch](", rel, "/", prefix, "_curves.png)\n\n![top-1 against bits](",
                     rel, "/", prefix, "_bits.png)\n");
   }
-  std::ofstream f(out);
-  f << md;
-  if (!f) {
-    std::fprintf(stderr, "error: cannot write %s\n", out.c_str());
+  absl::StrAppend(&md, "\nBERT (//apps:train_bert, f32 / QAT / PTQ / int8 with F1): docs/accuracy_bert.md.\n");
+  // Atomically: a failed write leaves the previous table as it was.
+  if (absl::Status st = WriteFileAtomically(out, md); !st.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(st.message()).c_str());
     return 1;
   }
   std::printf("\n%s\nwrote %s\n", md.c_str(), out.c_str());

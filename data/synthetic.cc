@@ -31,7 +31,7 @@ const char* const kNeutral[] = {"the", "a", "service", "agent", "order", "call",
                                 "today", "my", "package", "refund", "support", "team", "it", "with", "of", "reply"};
 }  // namespace
 
-std::vector<TextExample> MakeTextTask(int64_t n, uint64_t seed) {
+std::vector<TextExample> MakeTextTask(int64_t n, uint64_t seed, bool negation) {
   std::vector<TextExample> out;
   uint64_t counter = 0;
   auto draw = [&](int64_t k) { return static_cast<int64_t>(PhiloxUniform(seed, counter++) * k) % k; };
@@ -41,13 +41,16 @@ std::vector<TextExample> MakeTextTask(int64_t n, uint64_t seed) {
     for (int64_t w = 0; w < words; ++w) {
       int64_t kind = draw(10);  // 2 in 10 good, 2 in 10 bad
       std::string word = kind < 2 ? kGood[draw(8)] : kind < 4 ? kBad[draw(8)] : kNeutral[draw(20)];
-      good += kind < 2;
-      bad += kind >= 2 && kind < 4;
+      bool flip = negation && kind < 4 && draw(3) == 0;  // "not great" counts as bad
+      good += flip ? kind >= 2 && kind < 4 : kind < 2;
+      bad += flip ? kind < 2 : kind >= 2 && kind < 4;
       if (draw(6) == 0) word += "s";  // "greats", "orders": a ##s piece
+      if (flip) word = "not " + word;
       text += (text.empty() ? "" : " ") + word;
     }
     if (draw(3) == 0) text += draw(2) ? "!" : ".";
     if (good == bad) continue;
+    // Without negation "not" never occurs, and the draws match the task's first version.
     out.push_back({good > bad ? 1 : 0, text});
   }
   return out;
@@ -58,6 +61,7 @@ std::vector<std::string> TextTaskVocab() {
   for (const char* w : kGood) v.push_back(w);
   for (const char* w : kBad) v.push_back(w);
   for (const char* w : kNeutral) v.push_back(w);
+  v.push_back("not");
   return v;
 }
 

@@ -23,13 +23,16 @@ QuadrantTask MakeQuadrantTask(int64_t n, uint64_t seed, double signal);
 // A text-classification task for BERT tests and train_bert: sentences of 6-14
 // words from a fixed word list, label 1 when they hold more "good" words
 // ("great", "superb", ...) than "bad" ones, else 0 (never a tie); some words
-// carry "##"-split suffixes. Its vocabulary (special tokens first) covers every
-// piece. Lines are "label<TAB>text", train_bert's file format.
+// carry "##"-split suffixes. With negation, a third of the sentiment words come
+// as "not great" (counting as bad) and "not rude" (good): the label then depends
+// on word order, which a bag of words cannot learn. Its vocabulary (special
+// tokens first) covers every piece. Lines are "label<TAB>text", train_bert's
+// file format.
 struct TextExample {
   int64_t label;
   std::string text;
 };
-std::vector<TextExample> MakeTextTask(int64_t n, uint64_t seed);
+std::vector<TextExample> MakeTextTask(int64_t n, uint64_t seed, bool negation = false);
 std::vector<std::string> TextTaskVocab();
 
 }  // namespace quanta::data

@@ -15,7 +15,8 @@ mode="${1:-}"
 
 if [[ "$mode" == pack ]]; then
   targets=(//tests/backends:cuda_test //apps:bench_gpu)
-  bazel build --config=cuda --dynamic_mode=off "${targets[@]}"
+  # No libmvec (backends/cpu/vector_math.h): the GPU machine's glibc may predate 2.35.
+  bazel build --config=cuda --dynamic_mode=off --copt=-DQUANTA_NO_LIBMVEC "${targets[@]}"
   bin="$(bazel info --config=cuda bazel-bin)"
   rm -rf .gpu/stage && mkdir -p .gpu/stage/lib
   cp "$bin/tests/backends/cuda_test" "$bin/apps/bench_gpu" .gpu/stage/

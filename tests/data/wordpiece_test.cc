@@ -5,8 +5,10 @@
 
 #include <cstdio>
 #include <fstream>
+#include <set>
 
 #include "core/error.h"
+#include "data/synthetic.h"
 #include "gtest/gtest.h"
 
 namespace quanta::data {
@@ -84,6 +86,40 @@ TEST(WordPiece, VocabularyErrorsNameTheProblem) {
   auto ok = WordPieceTokenizer::Load(path);
   ASSERT_TRUE(ok.ok()) << ok.status();
   EXPECT_EQ(ok->Tokenize("Hello"), (Strings{"hello"}));
+}
+
+// The synthetic text task: every label follows its rule (more good words than
+// bad, "not" flipping a word's side), the vocabulary covers every piece, and
+// "not" appears only in the negation variant.
+TEST(TextTask, LabelsFollowTheRuleAndTheVocabularyCoversEveryPiece) {
+  const std::set<std::string> good = {"great", "superb", "lovely", "helpful", "quick", "friendly", "excellent", "happy"};
+  const std::set<std::string> bad = {"awful", "slow", "rude", "broken", "terrible", "useless", "late", "angry"};
+  WordPieceTokenizer tok = WordPieceTokenizer::FromVocab(TextTaskVocab());
+  for (bool negation : {false, true}) {
+    int nots = 0;
+    for (const TextExample& e : MakeTextTask(300, 7, negation)) {
+      int score = 0;
+      bool negate = false;
+      for (const std::string& word : tok.BasicTokenize(e.text)) {
+        std::string stem = word.size() > 1 && word.back() == 's' && (good.count(word.substr(0, word.size() - 1)) ||
+                                                                     bad.count(word.substr(0, word.size() - 1)))
+                               ? word.substr(0, word.size() - 1)
+                               : word;
+        if (stem == "not") {
+          negate = true;
+          ++nots;
+          continue;
+        }
+        int side = good.count(stem) ? 1 : bad.count(stem) ? -1 : 0;
+        score += negate ? -side : side;
+        negate = false;
+      }
+      ASSERT_NE(score, 0) << e.text;
+      EXPECT_EQ(e.label, score > 0 ? 1 : 0) << e.text;
+      for (const std::string& piece : tok.Tokenize(e.text)) EXPECT_NE(piece, "[UNK]") << e.text;
+    }
+    EXPECT_EQ(nots > 0, negation);
+  }
 }
 
 }  // namespace
