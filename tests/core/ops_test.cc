@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "core/backend.h"
+#include "core/grad_mode.h"
 #include "gtest/gtest.h"
 
 namespace quanta {
@@ -216,6 +217,51 @@ TEST(Ops, Reductions) {
   // Sum of an empty dim is 0; bf16 sums accumulate wider than bf16.
   ExpectClose(Sum(Zeros({0, 3}), {0}), {0, 0, 0}, 0, 0);
   ExpectClose(Sum(Ones({1000}, DType::kBF16)), {1000}, 0, 0);
+}
+
+// The CPU kernels' dense and broadcast runs (Note [Dense runs], [Dense
+// reductions]) against their strided loops: the same values computed on
+// transposed (non-dense) copies of the operands.
+TEST(Ops, DenseRunsEqualTheStridedLoops) {
+  Generator gen(21);
+  Tensor a = Normal({37, 50}, 0, 2, &gen), col = Normal({37, 1}, 0, 2, &gen), row = Normal({1, 50}, 0, 2, &gen);
+  auto strided = [](const Tensor& t) { return t.Transpose(0, 1).Contiguous().Transpose(0, 1); };  // same values, column-major
+  ASSERT_FALSE(strided(a).is_contiguous());
+  auto same = [](const Tensor& got, const Tensor& want, double atol, double rtol) {
+    std::vector<float> g = got.To(DType::kF32).ToVector<float>(), w = want.To(DType::kF32).ToVector<float>();
+    ASSERT_EQ(g.size(), w.size());
+    for (size_t i = 0; i < g.size(); ++i) {
+      if (std::isnan(w[i])) {
+        EXPECT_TRUE(std::isnan(g[i])) << i;
+      } else {
+        EXPECT_LE(std::abs(g[i] - w[i]), atol + rtol * std::abs(w[i])) << i << ": " << g[i] << " vs " << w[i];
+      }
+    }
+  };
+  for (const Tensor& b : {col, row, Normal({37, 50}, 0, 2, &gen)}) {  // broadcast along the run, across runs, none
+    Tensor sb = b.shape() == a.shape() ? strided(b) : b;
+    same(Sub(a, b), Sub(strided(a), sb), 0, 0);
+    same(Div(b, a), Div(sb, strided(a)), 0, 0);
+    same(Gt(a, b), Gt(strided(a), sb), 0, 0);
+  }
+  same(Gelu(a), Gelu(strided(a)), 1e-6, 1e-6);  // libmvec's erf against libm's: last ulps, times 0.5x in 1 + erf
+  same(Exp(a), Exp(strided(a)), 0, 1e-6);
+  Tensor with_nan = a.Clone();
+  {
+    NoGradGuard no_grad;
+    with_nan.Narrow(0, 3, 1).Narrow(1, 7, 1).CopyFrom(Full({1, 1}, NAN));
+  }
+  for (const Tensor& x : {a, with_nan}) {
+    same(Max(x, {1}), Max(strided(x), {1}), 0, 0);  // NaN propagates on both paths
+    same(Min(x, {1}), Min(strided(x), {1}), 0, 0);
+    same(Sum(x, {1}), Sum(strided(x), {1}), 1e-5, 1e-6);  // 8 partial sums against one (50 terms of |x| ~ 2)
+  }
+  // A dense reduction over 1003 elements (not a multiple of 8) against the f64 sum.
+  Tensor long_row = Normal({2, 1003}, 1, 1, &gen);
+  std::vector<float> v = long_row.ToVector<float>();
+  double want = 0;
+  for (int i = 1003; i < 2006; ++i) want += v[i];
+  EXPECT_NEAR(Sum(long_row, {1}).ToVector<float>()[1], want, 1e-3);
 }
 
 TEST(Ops, SoftmaxAndLogSoftmax) {
