@@ -59,6 +59,7 @@ struct OpAttrs {
   double ewgs_delta = 0;            // fake_quantize with EWGS
   double lsq_grad_scale = 1;        // fake_quantize: factor on the scale's gradient (LSQ)
   bool residual = false, relu = false, gelu = false;  // integer ops: fused post-ops (IntegerPostOps in core/ops.h)
+  bool varying_input_scale = false;                   // integer ops: IntegerPostOps::varying_input_scale
 };
 
 // One call of a kernel: inputs as the frontend prepared them (broadcast, same

@@ -630,6 +630,7 @@ void AddPostOps(const char* op, const IntegerPostOps& post, const Tensor& y, con
                 std::vector<Tensor>& in, OpAttrs& attrs) {
   attrs.relu = post.relu;
   attrs.gelu = post.gelu;
+  attrs.varying_input_scale = post.varying_input_scale;
   QUANTA_CHECK(!post.gelu || (!post.relu && !post.residual.defined()), op,
                ": the GELU post-op comes alone, without ReLU or a residual (", args, ")");
   if (!post.residual.defined()) return;

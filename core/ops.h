@@ -162,6 +162,10 @@ struct IntegerPostOps {
   Tensor residual;
   bool relu = false;
   bool gelu = false;  // exact GELU of the real result (BERT's intermediate layer); not with a residual or ReLU
+  // A hint, not math: the input's scale changes from call to call (dynamic
+  // quantization), so a backend must not build a kernel per scale (Note
+  // [Run-time output scales] in backends/cpu/onednn.cc).
+  bool varying_input_scale = false;
 };
 
 // Integer matmul for converted models: a (M, K) quint8/qint8 per tensor, b (K, N)

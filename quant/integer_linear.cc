@@ -106,18 +106,17 @@ Tensor IntegerLinear::Forward(const Tensor& x) {
     return QuantizedMatmul(x.Reshape({-1, K}), weight, bias).Reshape(out_shape);
   }
   Tensor x2 = x.To(DType::kF32).Reshape({-1, K});
-  Tensor q;
   if (dynamic) {
     // The batch's own range, widened to hold 0, as quint8 (PyTorch's dynamic quantization).
-    double lo = std::min(0.0, static_cast<double>(Min(x2).item<float>()));
-    double hi = std::max(0.0, static_cast<double>(Max(x2).item<float>()));
+    // Row ranges first: rows run in parallel as dense reductions, then one short pass.
+    double lo = std::min(0.0, static_cast<double>(Min(Min(x2, {1})).item<float>()));
+    double hi = std::max(0.0, static_cast<double>(Max(Max(x2, {1})).item<float>()));
     double scale = hi > lo ? (hi - lo) / 255.0 : 1.0;
     int64_t zero = std::clamp<int64_t>(static_cast<int64_t>(std::nearbyint(-lo / scale)), 0, 255);
-    q = Quantize(x2, DType::kQUInt8, QuantParams::PerTensor(scale, zero));
-  } else {
-    q = Quantize(x2, input_dtype, input_params);
+    Tensor q = Quantize(x2, DType::kQUInt8, QuantParams::PerTensor(scale, zero));
+    return QuantizedMatmul(q, weight, bias, DType::kF32, nullptr, {.varying_input_scale = true}).Reshape(out_shape);
   }
-  return QuantizedMatmul(q, weight, bias).Reshape(out_shape);
+  return QuantizedMatmul(Quantize(x2, input_dtype, input_params), weight, bias).Reshape(out_shape);
 }
 
 int64_t IntegerLinear::Bytes() const {

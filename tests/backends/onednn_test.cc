@@ -316,6 +316,16 @@ TEST(OneDnn, PrimitivesAreCachedPerShape) {
   Conv2d(Ones({1, 2, 5, 5}), Ones({3, 2, 3, 3}));
   Conv2d(Ones({1, 2, 5, 5}), Ones({3, 2, 3, 3}));
   EXPECT_EQ(cpu::OneDnnCachedPrimitives(), after_first + 2);
+  // Integer matmuls whose input scale changes every call (dynamic quantization)
+  // share one primitive (Note [Run-time output scales]), and the results follow the scale.
+  Tensor w = Quantize(Full({5, 3}, 0.5), DType::kQInt8, QuantParams::PerTensor(0.01, 0));
+  for (int i = 1; i <= 4; ++i) {
+    Tensor x = Quantize(Full({7, 5}, 0.5 * i), DType::kQUInt8, QuantParams::PerTensor(0.01 * i, 10));
+    std::vector<float> y = QuantizedMatmul(x, w, Tensor(), DType::kF32, nullptr, {.varying_input_scale = true}).ToVector<float>();
+    EXPECT_NEAR(y[0], 5 * 0.5 * 0.5 * i, 1e-4) << i;  // sum_k x w = 5 * 0.5i * 0.5
+    if (i == 1) after_first = cpu::OneDnnCachedPrimitives();
+  }
+  EXPECT_EQ(cpu::OneDnnCachedPrimitives(), after_first);
 }
 
 }  // namespace
