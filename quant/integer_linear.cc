@@ -95,28 +95,28 @@ Tensor IntegerLinear::Forward(const Tensor& x) {
   QUANTA_CHECK(x.dim() >= 1 && x.size(-1) == K, "integer_linear: input ", x.Describe(), " does not end in ", K);
   Shape out_shape = x.shape();
   out_shape.back() = N;
-  if (gelu) {
-    Tensor q = x.is_quantized() ? x.Reshape({-1, K}) : Quantize(x.To(DType::kF32).Reshape({-1, K}), input_dtype, input_params);
-    return QuantizedMatmul(q, weight, bias, output_dtype, &output_params, {.gelu = true}).Reshape(out_shape);
-  }
-  if (x.is_quantized()) {  // already quantized by the previous layer (a fused GELU)
+  IntegerPostOps post{.gelu = gelu};
+  Tensor q;
+  if (x.is_quantized()) {  // quantized by the previous layer (a fused GELU) or shared (QuantizeInput)
     QUANTA_CHECK(!dynamic && x.dtype() == input_dtype && x.qparams().scales == input_params.scales &&
                      x.qparams().zero_points == input_params.zero_points,
                  "integer_linear: a quantized input ", x.Describe(), " must carry this layer's input parameters");
-    return QuantizedMatmul(x.Reshape({-1, K}), weight, bias).Reshape(out_shape);
-  }
-  Tensor x2 = x.To(DType::kF32).Reshape({-1, K});
-  if (dynamic) {
+    q = x.Reshape({-1, K});
+  } else if (dynamic) {
     // The batch's own range, widened to hold 0, as quint8 (PyTorch's dynamic quantization).
     // Row ranges first: rows run in parallel as dense reductions, then one short pass.
+    Tensor x2 = x.To(DType::kF32).Reshape({-1, K});
     double lo = std::min(0.0, static_cast<double>(Min(Min(x2, {1})).item<float>()));
     double hi = std::max(0.0, static_cast<double>(Max(Max(x2, {1})).item<float>()));
     double scale = hi > lo ? (hi - lo) / 255.0 : 1.0;
     int64_t zero = std::clamp<int64_t>(static_cast<int64_t>(std::nearbyint(-lo / scale)), 0, 255);
-    Tensor q = Quantize(x2, DType::kQUInt8, QuantParams::PerTensor(scale, zero));
-    return QuantizedMatmul(q, weight, bias, DType::kF32, nullptr, {.varying_input_scale = true}).Reshape(out_shape);
+    q = Quantize(x2, DType::kQUInt8, QuantParams::PerTensor(scale, zero));
+    post.varying_input_scale = true;  // Note [Run-time output scales] in backends/cpu/onednn.cc
+  } else {
+    q = Quantize(x.To(DType::kF32).Reshape({-1, K}), input_dtype, input_params);
   }
-  return QuantizedMatmul(Quantize(x2, input_dtype, input_params), weight, bias).Reshape(out_shape);
+  if (gelu) return QuantizedMatmul(q, weight, bias, output_dtype, &output_params, post).Reshape(out_shape);
+  return QuantizedMatmul(q, weight, bias, DType::kF32, nullptr, post).Reshape(out_shape);
 }
 
 int64_t IntegerLinear::Bytes() const {
