@@ -11,37 +11,41 @@
 
 namespace quanta::quant {
 
+namespace {
+
+// Per-row parameters of a weight w (rows, cols): the weight quantizer's scales
+// and range when the layer was prepared (ready, symmetric, per row or per
+// tensor), else 8-bit max-abs per row. Zero points are 0.
+QuantParams RowParams(const Tensor& w, const nn::Layer* weight_quant, const char* op) {
+  int64_t rows = w.size(0);
+  std::vector<double> scales(rows);
+  auto* wq = dynamic_cast<const Quantizer*>(weight_quant);
+  if (wq == nullptr) {
+    std::vector<float> m = Max(Abs(w), {1}).ToVector<float>();
+    for (int64_t r = 0; r < rows; ++r) scales[r] = m[r] > 0 ? m[r] / 127.0 : 1.0;
+    return QuantParams::PerChannel(scales, std::vector<int64_t>(rows, 0), 0).WithRange(-127, 127);
+  }
+  const QuantSpec& spec = wq->spec();
+  QUANTA_CHECK(wq->ready() && spec.symmetric && (!spec.per_channel || spec.axis == 0), op,
+               ": the weight quantizer of ", w.Describe(), " has no symmetric per-row range yet");
+  std::vector<float> s = wq->Params().first.ToVector<float>();
+  for (int64_t r = 0; r < rows; ++r) scales[r] = s[s.size() == 1 ? 0 : r];
+  return QuantParams::PerChannel(scales, std::vector<int64_t>(rows, 0), 0).WithRange(spec.quant_min(), spec.quant_max());
+}
+
+}  // namespace
+
 std::shared_ptr<IntegerLinear> IntegerLinear::From(const nn::Linear& linear, const IntegerLinearOptions& options) {
   NoGradGuard no_grad;
   auto out = std::make_shared<IntegerLinear>();
   out->dynamic = options.dynamic;
   Tensor w = linear.weight.Detach().To(Device::Cpu()).To(DType::kF32).Contiguous();  // (N, K)
-  int64_t N = w.size(0), K = w.size(1);
-  std::vector<double> scales(N);
-  int64_t qmin = -127, qmax = 127;
-  auto* wq = dynamic_cast<const Quantizer*>(linear.weight_quant.get());
-  if (wq != nullptr) {
-    QUANTA_CHECK(wq->ready() && wq->spec().symmetric, "integer_linear: the weight quantizer of a Linear (", w.Describe(),
-                 ") has no symmetric range yet");
-    std::vector<float> s = wq->Params().first.ToVector<float>();
-    for (int64_t n = 0; n < N; ++n) scales[n] = s[s.size() == 1 ? 0 : n];
-    qmin = wq->spec().quant_min(), qmax = wq->spec().quant_max();
-  } else {
-    std::vector<float> v = w.ToVector<float>();
-    for (int64_t n = 0; n < N; ++n) {
-      float m = 0;
-      for (int64_t k = 0; k < K; ++k) m = std::max(m, std::abs(v[n * K + k]));
-      scales[n] = m > 0 ? m / 127.0 : 1.0;
-    }
-  }
-  QuantParams rows = QuantParams::PerChannel(scales, std::vector<int64_t>(N, 0), 0).WithRange(qmin, qmax);
-  std::vector<int32_t> q = Quantize(w, DType::kQInt8, rows).IntRepr(), t(q.size());
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t k = 0; k < K; ++k) t[k * N + n] = q[n * K + k];
-  }
-  QuantParams cols = QuantParams::PerChannel(scales, std::vector<int64_t>(N, 0), 1).WithRange(qmin, qmax);
-  out->weight = Tensor::FromQuantized(t, {K, N}, DType::kQInt8, cols);
-  if (qmin >= -8 && qmax <= 7) out->weight = PackQInt4(out->weight);
+  // Stored (K, N), per output column: quantizing the transposed weight with the
+  // rows' parameters on axis 1 gives the same integers.
+  QuantParams cols = RowParams(w, linear.weight_quant.get(), "integer_linear");
+  cols.axis = 1;
+  out->weight = Quantize(w.Transpose(0, 1).Contiguous(), DType::kQInt8, cols);
+  if (cols.quant_min >= -8 && cols.quant_max <= 7) out->weight = PackQInt4(out->weight);
   if (linear.bias.defined()) out->bias = linear.bias.Detach().To(Device::Cpu()).To(DType::kF32).Clone();
   if (!options.dynamic) {
     auto* aq = dynamic_cast<const Quantizer*>(linear.input_quant.get());
@@ -127,31 +131,13 @@ std::shared_ptr<IntegerEmbedding> IntegerEmbedding::From(const nn::Embedding& em
   NoGradGuard no_grad;
   Tensor w = embedding.weight.Detach().To(Device::Cpu()).To(DType::kF32).Contiguous();  // (num, dim)
   int64_t num = w.size(0), dim = w.size(1);
-  std::vector<double> scales(num);
-  auto* wq = dynamic_cast<const Quantizer*>(embedding.weight_quant.get());
-  if (wq != nullptr) {
-    const QuantSpec& spec = wq->spec();
-    QUANTA_CHECK(wq->ready() && spec.symmetric && spec.bits == 8 && (!spec.per_channel || spec.axis == 0),
-                 "integer_embedding: the weight quantizer of an Embedding (", w.Describe(),
-                 ") is not a ready 8-bit symmetric per-row one");
-    std::vector<float> s = wq->Params().first.ToVector<float>();
-    for (int64_t r = 0; r < num; ++r) scales[r] = s[s.size() == 1 ? 0 : r];
-  } else {
-    std::vector<float> v = w.ToVector<float>();
-    for (int64_t r = 0; r < num; ++r) {
-      float m = 0;
-      for (int64_t k = 0; k < dim; ++k) m = std::max(m, std::abs(v[r * dim + k]));
-      scales[r] = m > 0 ? m / 127.0 : 1.0;
-    }
-  }
   // The quantizer's own rounding (Note [One quantization formula]), then plain int8 storage.
-  QuantParams rows = QuantParams::PerChannel(scales, std::vector<int64_t>(num, 0), 0).WithRange(-127, 127);
-  if (wq != nullptr) rows = rows.WithRange(wq->spec().quant_min(), wq->spec().quant_max());
+  QuantParams rows = RowParams(w, embedding.weight_quant.get(), "integer_embedding");
   std::vector<int32_t> q = Quantize(w, DType::kQInt8, rows).IntRepr();
+  std::vector<float> scales(rows.scales.begin(), rows.scales.end());
   auto out = std::make_shared<IntegerEmbedding>();
   out->table = Tensor::FromVector<int32_t>(q, {num, dim}).To(DType::kI8);
-  std::vector<float> scale_f32(scales.begin(), scales.end());
-  out->scale = Tensor::FromVector<float>(scale_f32, {num, 1});
+  out->scale = Tensor::FromVector<float>(scales, {num, 1});
   Device device = embedding.weight.device();
   if (!device.is_cpu()) {
     out->table = out->table.To(device);
