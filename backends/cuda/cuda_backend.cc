@@ -19,9 +19,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "backends/cuda/allocator.h"
 #include "backends/cuda/kernels.h"
 #include "core/backend.h"
+#include "core/block_cache.h"
 #include "core/error.h"
 #include "core/ops.h"
 #include "core/tensor.h"
@@ -78,7 +78,7 @@ struct DeviceState {
   cublasHandle_t blas = nullptr;
   cublasLtHandle_t blas_lt = nullptr;
   cudnnHandle_t dnn = nullptr;
-  std::unique_ptr<CachingAllocator> allocator;
+  std::unique_ptr<BlockCache> allocator;  // Note [Device block cache]
   std::mutex algo_mu;
   std::map<std::string, int> algorithms;  // cuDNN algorithm per convolution problem
 };
@@ -92,6 +92,43 @@ Options& GlobalOptions() {
   return options;
 }
 
+// Note [Device block cache]: device memory comes from a core BlockCache over
+// cudaMalloc, so a training step allocates nothing from the driver once warm.
+// Every size is cached (512-byte classes below 1 MiB, 1 MiB classes above). A
+// freed block may be handed out while kernels queued earlier still use it,
+// which the stream order makes safe (Note [One compute stream]); before cached
+// blocks go back to cudaFree the device is synchronized.
+size_t DeviceSizeClass(size_t bytes) {
+  constexpr size_t kSmall = 512, kLarge = size_t{1} << 20;
+  if (bytes < kLarge) return (std::max<size_t>(bytes, 1) + kSmall - 1) / kSmall * kSmall;
+  return (bytes + kLarge - 1) / kLarge * kLarge;
+}
+
+std::unique_ptr<BlockCache> MakeDeviceCache(int device) {
+  BlockCache::Source source{
+      .allocate =
+          [device](size_t bytes) -> void* {
+            QUANTA_CUDA_CHECK(cudaSetDevice(device));
+            void* p = nullptr;
+            cudaError_t e = cudaMalloc(&p, bytes);
+            if (e == cudaErrorMemoryAllocation) {
+              cudaGetLastError();  // clear it: the cache frees its blocks and asks again
+              return nullptr;
+            }
+            QUANTA_CHECK(e == cudaSuccess, "cuda:", device, ": allocating ", bytes, " bytes failed: ",
+                         cudaGetErrorString(e));
+            return p;
+          },
+      .release = [](void* p) { cudaFree(p); },
+      .before_release =
+          [device] {
+            cudaSetDevice(device);
+            cudaDeviceSynchronize();  // queued kernels may still use cached blocks
+          },
+      .name = "cuda:" + std::to_string(device)};
+  return std::make_unique<BlockCache>(std::move(source), &DeviceSizeClass);
+}
+
 DeviceState& State(int device) {
   static std::mutex mu;
   static std::array<std::unique_ptr<DeviceState>, 16> states;
@@ -103,7 +140,7 @@ DeviceState& State(int device) {
     s->index = device;
     QUANTA_CUDA_CHECK(cudaSetDevice(device));
     QUANTA_CUDA_CHECK(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking));
-    s->allocator = std::make_unique<CachingAllocator>(device);
+    s->allocator = MakeDeviceCache(device);
   }
   return *s;
 }
@@ -983,7 +1020,7 @@ class CudaBackend : public Backend {
   }
   MemoryStats Memory(int device) const override { return State(device).allocator->Stats(); }
   void ResetPeakMemory(int device) override { State(device).allocator->ResetPeak(); }
-  void EmptyCache(int device) override { State(device).allocator->EmptyCache(); }
+  void EmptyCache(int device) override { State(device).allocator->Empty(); }
 
   void SetOption(const std::string& key, const std::string& value) override {
     if (key == "tf32" && (value == "0" || value == "1")) {

@@ -1,23 +1,14 @@
-// The CPU block cache (Note [CPU block cache]).
-#include "backends/cpu/block_cache.h"
+// The block cache's bookkeeping; the device's allocator only on a miss.
+#include "core/block_cache.h"
 
 #include <algorithm>
-#include <bit>
-#include <cstdlib>
 
 #include "core/error.h"
 
-namespace quanta::cpu {
-
-size_t BlockCache::ClassOf(size_t bytes) {
-  size_t aligned = (std::max<size_t>(bytes, 1) + kAlignment - 1) / kAlignment * kAlignment;
-  if (aligned < kMinCached) return aligned;
-  size_t step = std::bit_floor(aligned) / 4;  // four classes per power of two
-  return (aligned + step - 1) / step * step;
-}
+namespace quanta {
 
 void* BlockCache::Allocate(size_t bytes) {
-  const size_t size = ClassOf(bytes);
+  const size_t size = size_class_(bytes);
   {
     std::lock_guard<std::mutex> lock(mu_);
     stats_.in_use += static_cast<int64_t>(size);
@@ -30,32 +21,33 @@ void* BlockCache::Allocate(size_t bytes) {
     }
     ++stats_.device_allocations;
   }
-  void* p = std::aligned_alloc(kAlignment, size);
+  void* p = source_.allocate(size);
   if (p == nullptr) {  // give the cache back and try once more
     Empty();
-    p = std::aligned_alloc(kAlignment, size);
+    p = source_.allocate(size);
   }
   if (p == nullptr) {
     std::lock_guard<std::mutex> lock(mu_);
     stats_.in_use -= static_cast<int64_t>(size);
   }
-  QUANTA_CHECK(p != nullptr, "cpu: out of memory allocating ", bytes, " bytes");
+  QUANTA_CHECK(p != nullptr, source_.name, ": out of memory allocating ", bytes, " bytes (", Stats().in_use,
+               " bytes in use by other blocks)");
   return p;
 }
 
 void BlockCache::Free(void* ptr, size_t bytes) {
   if (ptr == nullptr) return;
-  const size_t size = ClassOf(bytes);
+  const size_t size = size_class_(bytes);
   {
     std::lock_guard<std::mutex> lock(mu_);
     stats_.in_use -= static_cast<int64_t>(size);
-    if (size >= kMinCached && static_cast<size_t>(stats_.cached) + size <= kMaxCached) {
+    if (size >= min_cached_ && static_cast<size_t>(stats_.cached) + size <= max_cached_) {
       free_.emplace(size, ptr);
       stats_.cached += static_cast<int64_t>(size);
       return;
     }
   }
-  std::free(ptr);
+  source_.release(ptr);
 }
 
 void BlockCache::Empty() {
@@ -65,7 +57,9 @@ void BlockCache::Empty() {
     blocks.swap(free_);
     stats_.cached = 0;
   }
-  for (auto& [size, p] : blocks) std::free(p);
+  if (blocks.empty()) return;
+  if (source_.before_release) source_.before_release();
+  for (auto& [size, p] : blocks) source_.release(p);
 }
 
 MemoryStats BlockCache::Stats() const {
@@ -78,4 +72,4 @@ void BlockCache::ResetPeak() {
   stats_.peak = stats_.in_use;
 }
 
-}  // namespace quanta::cpu
+}  // namespace quanta
