@@ -22,6 +22,7 @@
 #include "nn/safetensors.h"
 #include "core/error.h"
 
+ABSL_FLAG(double, ema_decay, 0.99, "EMA decay of the quantized rows' activation ranges (their fine-tuning is a few hundred to a few thousand steps)");
 ABSL_FLAG(std::string, dataset, "fashion_mnist", "fashion_mnist (fmnist_resnet8) | cifar100 (resnet20)");
 ABSL_FLAG(std::string, data_dir, "", "data folder (default: the dataset's)");
 ABSL_FLAG(bool, quick, false, "fewer epochs on a subset: a check that every row runs, not the table");
@@ -110,6 +111,7 @@ int main(int argc, char** argv) {
     c.wbits = w;
     c.abits = a;
     c.quantizer = quantizer;
+    c.ema_decay = absl::GetFlag(FLAGS_ema_decay);
     c.epochs = quant == "ptq" ? 0 : finetune;
     c.lr = base.lr * 0.1;  // fine-tuning from the trained model
     c.warmup_epochs = 0;

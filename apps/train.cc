@@ -40,6 +40,8 @@ ABSL_FLAG(std::string, quant, "none", "none | ptq | qat");
 ABSL_FLAG(int, wbits, 8, "weight bits (2..8)");
 ABSL_FLAG(int, abits, 8, "activation bits (2..8)");
 ABSL_FLAG(std::string, quantizer, "ema", "ema | minmax | ewgs | lsq | percentile | mse");
+ABSL_FLAG(double, ema_decay, 0.999, "EMA observers' decay for activation ranges (about 1 / (1 - decay) steps of memory)");
+ABSL_FLAG(std::string, ewgs_delta, "auto", "EWGS: auto (Hessian estimate at each epoch, logged) or a value in steps");
 ABSL_FLAG(bool, first_last_8bit, true, "keep the first and last layers at 8 bits");
 ABSL_FLAG(std::string, policy, "", "a mixed-precision policy file (per-layer bits; overrides --wbits/--abits)");
 ABSL_FLAG(std::string, progressive, "", "progressive bits, e.g. 8,6,4 (with --quant=qat)");
@@ -77,6 +79,8 @@ int main(int argc, char** argv) {
   c.abits = absl::GetFlag(FLAGS_abits);
   c.quantizer = absl::GetFlag(FLAGS_quantizer);
   c.first_last_8bit = absl::GetFlag(FLAGS_first_last_8bit);
+  c.ema_decay = absl::GetFlag(FLAGS_ema_decay);
+  c.ewgs_delta = absl::GetFlag(FLAGS_ewgs_delta);
   c.policy_file = absl::GetFlag(FLAGS_policy);
   for (const std::string& part : std::vector<std::string>(absl::StrSplit(absl::GetFlag(FLAGS_progressive), ',', absl::SkipEmpty()))) {
     int bits;
@@ -115,7 +119,10 @@ int main(int argc, char** argv) {
   std::printf("%-30s %9.2f%% %14lld %12.0f\n",
               (c.model + (f32_run ? " int8 (PTQ min/max)" : " integer (converted)")).c_str(), 100 * r->integer_accuracy,
               static_cast<long long>(r->integer_bytes), r->integer_images_per_second);
-  std::printf("same top-1 as the %s model on %.2f%% of the test set; rerun: %s\n", f32_run ? "PTQ fake-quant" : "trained",
-              100 * r->agreement, r->command.c_str());
+  std::printf("same top-1 as the %s model on %.2f%% of the test set; largest logit difference %.4g (%.2f output steps)\n",
+              f32_run ? "PTQ fake-quant" : "trained", 100 * r->agreement, r->max_logit_diff, r->max_logit_diff_steps);
+  if (!f32_run) std::printf("activation EMA decay %g\n", c.ema_decay);
+  for (const auto& [name, delta] : r->ewgs_deltas) std::printf("EWGS delta %s %.4g\n", name.c_str(), delta);
+  std::printf("rerun: %s\n", r->command.c_str());
   return 0;
 }

@@ -138,18 +138,29 @@ absl::StatusOr<Device> ParseDevice(const std::string& name) {
 
 // Over a loader's batches: the top-1 accuracy of `a`, of `b` (when given), and
 // the share of examples where the two predict the same class.
+// With `step` (one value per class), the largest |logit_a - logit_b| in those
+// units as well.
 struct Scores {
-  double a = 0, b = 0, same = 0;
+  double a = 0, b = 0, same = 0, max_diff = 0, max_diff_steps = 0;
 };
-Scores Score(const data::DataLoader& loader, const Forward& a, const Forward& b = nullptr) {
+Scores Score(const data::DataLoader& loader, const Forward& a, const Forward& b = nullptr,
+             const std::vector<double>& step = {}) {
   NoGradGuard no_grad;
   auto it = loader.Start(0);
   data::Batch batch;
   int64_t right_a = 0, right_b = 0, same = 0, total = 0;
+  Scores r;
   while (it->Next(&batch)) {
     std::vector<int64_t> label = batch.labels.ToVector<int64_t>();
-    std::vector<int64_t> pa = Argmax(a(batch.data), 1).ToVector<int64_t>();
-    std::vector<int64_t> pb = b ? Argmax(b(batch.data), 1).ToVector<int64_t>() : pa;
+    Tensor la = a(batch.data).To(DType::kF32).To(Device::Cpu()), lb = b ? b(batch.data).To(DType::kF32).To(Device::Cpu()) : la;
+    std::vector<int64_t> pa = Argmax(la, 1).ToVector<int64_t>(), pb = Argmax(lb, 1).ToVector<int64_t>();
+    std::vector<float> va = la.Contiguous().ToVector<float>(), vb = lb.Contiguous().ToVector<float>();
+    int64_t classes = la.size(1);
+    for (size_t k = 0; k < va.size(); ++k) {
+      double d = std::abs(static_cast<double>(va[k]) - vb[k]);
+      r.max_diff = std::max(r.max_diff, d);
+      if (static_cast<int64_t>(step.size()) == classes) r.max_diff_steps = std::max(r.max_diff_steps, d / step[k % classes]);
+    }
     for (size_t i = 0; i < label.size(); ++i) {
       right_a += pa[i] == label[i];
       right_b += pb[i] == label[i];
@@ -158,7 +169,26 @@ Scores Score(const data::DataLoader& loader, const Forward& a, const Forward& b 
     total += static_cast<int64_t>(label.size());
   }
   if (total == 0) return {};
-  return {static_cast<double>(right_a) / total, static_cast<double>(right_b) / total, static_cast<double>(same) / total};
+  r.a = static_cast<double>(right_a) / total;
+  r.b = static_cast<double>(right_b) / total;
+  r.same = static_cast<double>(same) / total;
+  return r;
+}
+
+// One unit of the last integer layer's accumulator per output channel (s_in *
+// s_w): the resolution of the logits an integer model computes. Empty when the
+// last layer is a float layer.
+std::vector<double> OutputSteps(const quant::IntegerModel& m) {
+  for (int i = static_cast<int>(m.nodes().size()) - 1; i > 0; --i) {
+    const quant::IntegerNode& n = m.node(i);
+    if (!n.weight.defined()) continue;
+    if (!n.weight.is_quantized()) return {};
+    double s_in = m.node(n.inputs[0]).out_params.scales.at(0);
+    std::vector<double> steps;
+    for (double s_w : n.weight.qparams().scales) steps.push_back(s_in * s_w);
+    return steps;
+  }
+  return {};
 }
 
 // Images per second of `forward` on one batch (median of 5 after a warm-up);
@@ -189,9 +219,15 @@ absl::StatusOr<quant::MixedPrecisionPolicy> Policy(const TrainConfig& c, int64_t
                                            "--wbits/--abits/--quantizer");
   }
   if (!p.ok()) return p.status();
-  // EMA ranges average over about 1 / (1 - decay) steps: short runs need a
-  // shorter memory than the design's 0.999.
-  p->defaults.ema_decay = total_steps < 5000 ? 0.99 : 0.999;
+  if (!(c.ema_decay >= 0 && c.ema_decay < 1)) {
+    return absl::InvalidArgumentError(absl::StrCat("--ema_decay=", c.ema_decay, " is outside [0, 1)"));
+  }
+  p->defaults.ema_decay = c.ema_decay;
+  if (c.ewgs_delta != "auto") {
+    if (!absl::SimpleAtod(c.ewgs_delta, &p->defaults.ewgs_delta) || p->defaults.ewgs_delta < 0) {
+      return absl::InvalidArgumentError("--ewgs_delta=" + c.ewgs_delta + ": expected auto or a value >= 0");
+    }
+  }
   return p;
 }
 
@@ -222,6 +258,8 @@ std::string CommandLine(const TrainConfig& c, const std::string& program) {
   add(c.quant != "none" && c.policy_file.empty(), absl::StrCat("--wbits=", c.wbits, " --abits=", c.abits,
                                                                " --quantizer=", c.quantizer));
   add(c.quant != "none" && !c.first_last_8bit, "--first_last_8bit=false");
+  add(c.quant != "none" && c.ema_decay != d.ema_decay, absl::StrCat("--ema_decay=", c.ema_decay));
+  add(c.quant == "qat" && c.ewgs_delta != d.ewgs_delta, "--ewgs_delta=" + c.ewgs_delta);
   add(!c.policy_file.empty(), "--policy=" + c.policy_file);
   add(!c.progressive.empty(), "--progressive=" + absl::StrJoin(c.progressive, ","));
   add(!c.amp.empty(), "--amp=" + c.amp);
@@ -282,7 +320,12 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
     if (!policy.ok()) return policy.status();
     report = quant::PrepareQat(*net, *policy);
     log << report.ToString();
+    log << absl::StrFormat("activation EMA decay %g (--ema_decay; weights use their current range)\n", c.ema_decay);
   }
+  const bool auto_ewgs = c.quant == "qat" && c.ewgs_delta == "auto" &&
+                         std::any_of(report.rows.begin(), report.rows.end(), [](const quant::PrepareReport::Row& r) {
+                           return r.config.kind == quant::QuantizerKind::kEwgs;
+                         });
   net->To(dev);  // before the optimizer takes the parameters
   nn::SGD opt(c.quant == "qat" ? quant::ParameterGroups(*net) : std::vector<nn::ParamGroup>{{net->Parameters()}},
               {.lr = c.lr, .momentum = c.momentum, .nesterov = false, .weight_decay = c.weight_decay});
@@ -321,8 +364,44 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
     return net->Forward(x);
   };
 
+  // EWGS's adaptive delta (Lee et al. 2021, sec. 3.3), estimated at the start of
+  // each epoch on three unaugmented training batches with the observers frozen;
+  // the value each quantizer gets is logged.
+  auto estimate_ewgs = [&](int epoch) {
+    std::vector<data::Batch> probe;
+    auto it = calib_loader.Start(epoch);
+    for (data::Batch b; probe.size() < 3 && it->Next(&b);) probe.push_back(b);
+    if (probe.empty()) return;
+    net->Train();
+    if (!report.rows.front().input->ready()) net->Forward(probe[0].data);  // the observers see data first
+    quant::FreezeObservers(report, true);
+    std::vector<double> delta = quant::EstimateEwgsDelta(
+        report, *net, [&](int i) { return CrossEntropy(net->Forward(probe[i].data), probe[i].labels); },
+        static_cast<int>(probe.size()));
+    quant::FreezeObservers(report, false);
+    result.ewgs_deltas.clear();
+    std::vector<std::string> parts;
+    size_t k = 0;
+    std::vector<const quant::Quantizer*> seen;
+    for (const auto& r : report.rows) {
+      for (auto [q, which] : {std::pair{r.weight.get(), "weight"}, std::pair{r.input.get(), "input"}}) {
+        auto* fq = dynamic_cast<quant::FakeQuant*>(q);
+        if (fq == nullptr || fq->gradient() != FakeQuantGradient::kEwgs ||
+            std::find(seen.begin(), seen.end(), q) != seen.end() || k >= delta.size()) {
+          continue;
+        }
+        seen.push_back(q);
+        std::string name = absl::StrCat(r.name, ".", which);
+        result.ewgs_deltas.emplace_back(name, delta[k]);
+        parts.push_back(absl::StrFormat("%s %.3g", name, delta[k++]));
+      }
+    }
+    log << "epoch " << epoch + 1 << ": EWGS delta (in steps) " << absl::StrJoin(parts, ", ") << "\n";
+  };
+
   for (int epoch = start_epoch; epoch < c.epochs; ++epoch) {
     if (progressive) progressive->Apply(report, epoch);
+    if (auto_ewgs) estimate_ewgs(epoch);
     net->Train();
     auto start = Clock::now();
     auto it = train_loader.Start(epoch);
@@ -432,9 +511,11 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
     auto q = quant::Convert(*net);
     net->To(dev);
     q->MoveTo(dev);
-    Scores scores = Score(test_loader, eval_model, [&](const Tensor& x) { return q->Forward(x); });
+    Scores scores = Score(test_loader, eval_model, [&](const Tensor& x) { return q->Forward(x); }, OutputSteps(*q));
     result.integer_accuracy = scores.b;
     result.agreement = scores.same;
+    result.max_logit_diff = scores.max_diff;
+    result.max_logit_diff_steps = scores.max_diff_steps;
     result.integer_bytes = q->Bytes();
     if (sample.defined()) result.integer_images_per_second = ImagesPerSecond(sample, [&](const Tensor& x) { return q->Forward(x); });
     if (!c.checkpoint_dir.empty()) {

@@ -34,6 +34,10 @@ struct TrainConfig {
   std::string quant = "none";  // none | ptq | qat
   int wbits = 8, abits = 8;
   std::string quantizer = "ema";  // ema | minmax | ewgs | lsq | percentile | mse
+  // EMA observers' decay for activations: ranges average over about
+  // 1 / (1 - decay) steps (the design's 0.999; a run of a few hundred steps wants 0.99).
+  double ema_decay = 0.999;
+  std::string ewgs_delta = "auto";  // EWGS: "auto" (estimated from the Hessian each epoch) or a value
   bool first_last_8bit = true;
   std::string policy_file;        // overrides wbits/abits/quantizer
   std::vector<int> progressive;   // e.g. {8, 6, 4}: bits step down over the epochs
@@ -58,6 +62,9 @@ struct TrainResult {
   double float_accuracy = 0;       // the model as trained (fake-quant for QAT/PTQ)
   double integer_accuracy = 0;     // the converted integer model (an f32 run: W8A8 PTQ of it)
   double agreement = 0;            // share of test images where both give the same top-1
+  double max_logit_diff = 0;       // largest |logit| difference between the two
+  double max_logit_diff_steps = 0; // the same in output steps (the last layer's s_in * s_w)
+  std::vector<std::pair<std::string, double>> ewgs_deltas;  // the last estimate, per quantizer
   int64_t float_bytes = 0;         // f32 parameters
   int64_t integer_bytes = 0;       // the converted model
   double integer_images_per_second = 0, float_images_per_second = 0;  // folded f32 / integer, batch 256

@@ -1,7 +1,10 @@
 // The backend registry and the thread-count setting shared by all backends.
 #include "core/backend.h"
 
+#include <cstdio>
 #include <mutex>
+
+#include "absl/strings/str_cat.h"
 
 #include "core/error.h"
 #include "core/parallel.h"
@@ -28,6 +31,21 @@ void Backend::SetOption(const std::string& key, const std::string& value) {
 }
 
 const char* OpName(Op op) { return kOpNames[static_cast<int>(op)]; }
+
+void Backend::NoteFallback(Op op, const std::string& what) {
+  fallbacks_[static_cast<int>(op)].fetch_add(1, std::memory_order_relaxed);
+  std::string key = absl::StrCat(OpName(op), "|", what);
+  std::lock_guard<std::mutex> lock(warned_mu_);
+  if (!warned_.insert(key).second) return;
+  std::fprintf(stderr, "quanta: warning: %s on %s runs the reference kernel (the fast path refused %s)\n", OpName(op),
+               Device{type_, 0}.ToString().c_str(), what.c_str());
+}
+
+int64_t Backend::FallbackCount(Op op) const { return fallbacks_[static_cast<int>(op)].load(std::memory_order_relaxed); }
+
+void Backend::ResetFallbackCounts() {
+  for (auto& n : fallbacks_) n.store(0, std::memory_order_relaxed);
+}
 
 void RegisterBackend(std::unique_ptr<Backend> backend) {
   Registry()[static_cast<int>(backend->type())] = std::move(backend);

@@ -11,9 +11,12 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <span>
 #include <string>
 #include <string_view>
@@ -110,6 +113,15 @@ class Backend {
   // ("cudnn"/"gemm"). Throws quanta::Error naming the key or value it does not know.
   virtual void SetOption(const std::string& key, const std::string& value);
 
+  // Note [No silent slow path]: a fast path (oneDNN, cuBLASLt) that refuses a
+  // case and runs the reference loop instead says so here, with the case in
+  // words ("qint8 [64, 32, 14, 14] x qint4 [64, 32, 3, 3]: why"). The backend
+  // counts fallbacks per op and warns on stderr once per op and case; tests
+  // assert a count is 0 to prove the fast path ran.
+  void NoteFallback(Op op, const std::string& what);
+  int64_t FallbackCount(Op op) const;
+  void ResetFallbackCounts();
+
   bool Supports(Op op) const { return kernels_[static_cast<int>(op)] != nullptr; }
   // The kernel for op, or nullptr if unsupported. Virtual so that a backend can
   // choose per call (the CPU backend's reference mode, see backends/cpu).
@@ -121,6 +133,9 @@ class Backend {
  private:
   DeviceType type_;
   std::array<Kernel, kNumOps> kernels_;
+  std::array<std::atomic<int64_t>, kNumOps> fallbacks_{};
+  std::mutex warned_mu_;
+  std::set<std::string> warned_;  // "op|case" already reported
 };
 
 // Registration: each backend library registers one instance at load time.

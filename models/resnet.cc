@@ -42,13 +42,21 @@ ResNetBlock::ResNetBlock(bool bottleneck, int64_t in, int64_t width, int64_t str
   }
 }
 
-Tensor ResNetBlock::Forward(const Tensor& x) {
+Tensor ResNetBlock::Forward(const Tensor& x_in) {
+  // conv1, the downsample and the shortcut read the block input as conv1
+  // quantizes it, the value the integer model holds (Note [One quantized value,
+  // several readers] in nn/layers.h).
+  Tensor x = convs[0]->QuantizeInput(x_in);
   Tensor y = x;
   for (size_t i = 0; i < convs.size(); ++i) {
-    y = bns[i]->Forward(convs[i]->Forward(y));
+    y = bns[i]->Forward(i == 0 ? convs[0]->ForwardQuantized(x) : convs[i]->Forward(y));
     if (i + 1 < convs.size()) y = Relu(y);
   }
-  Tensor shortcut = downsample_conv ? downsample_bn->Forward(downsample_conv->Forward(x)) : x;
+  Tensor shortcut = x;
+  if (downsample_conv) {
+    Tensor ds = downsample_conv->owns_input_quant() ? downsample_conv->Forward(x_in) : downsample_conv->ForwardQuantized(x);
+    shortcut = downsample_bn->Forward(ds);
+  }
   return Relu(Add(y, shortcut));
 }
 

@@ -26,8 +26,12 @@ BasicBlock::BasicBlock(int64_t in, int64_t out, int64_t s, Generator* gen)
   bn2 = RegisterModule("bn2", std::make_shared<nn::BatchNorm2d>(out));
 }
 
-Tensor BasicBlock::Forward(const Tensor& x) {
-  Tensor y = bn2->Forward(conv2->Forward(Relu(bn1->Forward(conv1->Forward(x)))));
+Tensor BasicBlock::Forward(const Tensor& x_in) {
+  // conv1 and the shortcut read the block input as conv1 quantizes it, the value
+  // the integer model holds (Note [One quantized value, several readers] in
+  // nn/layers.h); option A pads the quantized value with exact zeros.
+  Tensor x = conv1->QuantizeInput(x_in);
+  Tensor y = bn2->Forward(conv2->Forward(Relu(bn1->Forward(conv1->ForwardQuantized(x)))));
   Tensor shortcut = x;
   if (stride != 1 || in_channels != out_channels) {
     // Option A: subsample, then pad the new channels with zeros on both sides.

@@ -27,7 +27,14 @@ void QuantizableLayer::AttachQuantizers(std::shared_ptr<Layer> input, std::share
   if (weight) weight_quant = RegisterModule("weight_quant", std::move(weight));
 }
 
-Tensor Linear::Forward(const Tensor& x) { return quanta::Linear(QuantizedInput(x), QuantizedWeight(weight), bias); }
+void QuantizableLayer::ShareInputQuantizer(const QuantizableLayer& owner) {
+  QUANTA_CHECK(!input_quant, "ShareInputQuantizer: the layer already has an input quantizer");
+  QUANTA_CHECK(owner.input_quant, "ShareInputQuantizer: the owner has no input quantizer");
+  input_quant = owner.input_quant;  // not registered: saved and moved with the owner
+  owns_input_ = false;
+}
+
+Tensor Linear::ForwardQuantized(const Tensor& x) { return quanta::Linear(x, QuantizedWeight(weight), bias); }
 
 Conv2d::Conv2d(int64_t in_channels, int64_t out_channels, int64_t kernel_size, const Conv2dOptions& o,
                bool with_bias, Generator* gen)
@@ -45,8 +52,8 @@ Conv2d::Conv2d(int64_t in_channels, int64_t out_channels, int64_t kernel_size, c
   }
 }
 
-Tensor Conv2d::Forward(const Tensor& x) {
-  return quanta::Conv2d(QuantizedInput(x), QuantizedWeight(weight), bias, options);
+Tensor Conv2d::ForwardQuantized(const Tensor& x) {
+  return quanta::Conv2d(x, QuantizedWeight(weight), bias, options);
 }
 
 BatchNorm2d::BatchNorm2d(int64_t channels, double eps, double momentum, bool affine)

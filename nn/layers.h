@@ -22,20 +22,38 @@ namespace quanta::nn {
 // quant::PrepareQat fills: input_quant runs on the input, weight_quant on the
 // weight, before the matmul or convolution. Attaching (rather than swapping the
 // layer) keeps parameter names and the typed members models hold.
+//
+// Note [One quantized value, several readers]: a value that several layers read
+// (a residual block's input: conv1, the downsample and the shortcut add) is
+// quantized once, by the first reader's input quantizer, and every reader uses
+// that one quantized value, as the integer model does. PrepareQat shares the
+// quantizer (ShareInputQuantizer: the other readers point to it without owning
+// it, so its state is saved once, under the owner's name); the model's Forward
+// calls QuantizeInput once and ForwardQuantized on each reader.
 class QuantizableLayer : public Layer {
  public:
   void AttachQuantizers(std::shared_ptr<Layer> input, std::shared_ptr<Layer> weight);
+  // Reads the value `owner` quantizes (Note [One quantized value, several readers]).
+  void ShareInputQuantizer(const QuantizableLayer& owner);
+  bool owns_input_quant() const { return owns_input_; }
+  Tensor Forward(const Tensor& x) override { return ForwardQuantized(QuantizeInput(x)); }
+  // The input as this layer's input quantizer quantizes it (x when it has none).
+  Tensor QuantizeInput(const Tensor& x) { return input_quant ? input_quant->Forward(x) : x; }
+  // The layer on an input QuantizeInput already produced.
+  virtual Tensor ForwardQuantized(const Tensor& x) = 0;
   std::shared_ptr<Layer> input_quant, weight_quant;
 
  protected:
-  Tensor QuantizedInput(const Tensor& x) { return input_quant ? input_quant->Forward(x) : x; }
   Tensor QuantizedWeight(const Tensor& w) { return weight_quant ? weight_quant->Forward(w) : w; }
+
+ private:
+  bool owns_input_ = true;
 };
 
 class Linear : public QuantizableLayer {
  public:
   Linear(int64_t in_features, int64_t out_features, bool bias = true, Generator* gen = nullptr);
-  Tensor Forward(const Tensor& x) override;
+  Tensor ForwardQuantized(const Tensor& x) override;
   Tensor weight;  // (out, in)
   Tensor bias;    // (out) or undefined
 };
@@ -44,7 +62,7 @@ class Conv2d : public QuantizableLayer {
  public:
   Conv2d(int64_t in_channels, int64_t out_channels, int64_t kernel_size,
          const Conv2dOptions& options = {}, bool bias = true, Generator* gen = nullptr);
-  Tensor Forward(const Tensor& x) override;
+  Tensor ForwardQuantized(const Tensor& x) override;
   Conv2dOptions options;
   Tensor weight;  // (out, in / groups, k, k)
   Tensor bias;    // (out) or undefined
@@ -75,6 +93,7 @@ class Embedding : public QuantizableLayer {
  public:
   Embedding(int64_t num_embeddings, int64_t dim, Generator* gen = nullptr);
   Tensor Forward(const Tensor& indices) override;
+  Tensor ForwardQuantized(const Tensor& indices) override { return Forward(indices); }  // indices are never quantized
   Tensor weight;  // (num, dim)
 };
 

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <limits>
+#include <map>
 #include <typeinfo>
 
 #include "absl/strings/str_cat.h"
@@ -37,8 +38,10 @@ struct Activation {
   int bits;
 };
 
-// What the layer's input quantizer does to its input, as tensor parameters. An
-// LSQ+ offset is learned in fractional steps; the integer model rounds it.
+// What the layer's input quantizer does to its input, as tensor parameters. The
+// zero point is already an integer (an LSQ+ offset is rounded in training's
+// forward pass too, Note [LSQ+ offsets on the integer grid] in quant/quantizer.h);
+// rint keeps ties to even should a caller pass a fractional one.
 Activation InputActivation(const nn::QuantizableLayer& layer, const std::string& name) {
   const Quantizer& q = ReadyQuantizer(layer.input_quant, name, "input");
   const QuantSpec& spec = q.spec();
@@ -46,7 +49,7 @@ Activation InputActivation(const nn::QuantizableLayer& layer, const std::string&
   QUANTA_CHECK(s.numel() == 1, "convert: the input quantizer of ", name, " is not per tensor");
   DType dtype = spec.is_signed ? DType::kQInt8 : DType::kQUInt8;
   double scale = static_cast<float>(s.item<float>());
-  int64_t zp = std::llround(z.item<float>());
+  int64_t zp = static_cast<int64_t>(std::rint(z.item<float>()));
   return {dtype, WithSpecRange(QuantParams::PerTensor(scale, zp), spec, dtype), spec.bits};
 }
 
@@ -100,8 +103,14 @@ std::pair<std::vector<double>, Tensor> FoldBatchNorm(const nn::BatchNorm2d& bn, 
 
 }  // namespace
 
-IntegerBuilder::IntegerBuilder(bool float_weights)
-    : model_(std::make_shared<IntegerModel>()), float_(float_weights) {}
+IntegerBuilder::IntegerBuilder(Mode mode) : model_(std::make_shared<IntegerModel>()), mode_(mode) {}
+
+int IntegerBuilder::PlanRead(const nn::QuantizableLayer& layer, const std::string& name, int in) {
+  readers_.resize(model_->nodes().size());
+  readers_[in].push_back(&layer);
+  // An f32 placeholder: pooling, flattening and padding nodes can follow it.
+  return model_->Add(IntegerNode{.kind = NodeKind::kDequantize, .name = name, .inputs = {in}});
+}
 
 namespace {
 
@@ -133,7 +142,7 @@ int IntegerBuilder::QuantizedInput(int in, const nn::QuantizableLayer& layer, co
 
 int IntegerBuilder::AddWeighted(IntegerNode node, const nn::QuantizableLayer& layer, int in,
                                 const nn::QuantizableLayer* consumer) {
-  if (float_) {
+  if (mode_ == Mode::kFloat) {
     node.inputs = {Dequantize(in)};
     node.weight_bits = node.act_bits = 32;
     return model_->Add(std::move(node));
@@ -150,6 +159,7 @@ int IntegerBuilder::AddWeighted(IntegerNode node, const nn::QuantizableLayer& la
 
 int IntegerBuilder::Conv(const std::string& name, const nn::Conv2d& conv, const nn::BatchNorm2d* bn, int in, bool relu,
                          const nn::QuantizableLayer* consumer, int residual) {
+  if (mode_ == Mode::kPlan) return PlanRead(conv, name, in);
   NoGradGuard no_grad;
   int64_t O = conv.weight.size(0);
   IntegerNode n{.kind = NodeKind::kConv2d, .name = name, .conv = conv.options, .relu = relu, .residual = residual};
@@ -161,29 +171,31 @@ int IntegerBuilder::Conv(const std::string& name, const nn::Conv2d& conv, const 
                  bn->running_mean.numel());
     std::tie(factor, n.bias) = FoldBatchNorm(*bn, conv.bias, O);
   }
-  n.weight = float_ ? FoldedFloatWeight(conv.weight, factor)
+  n.weight = float_weights() ? FoldedFloatWeight(conv.weight, factor)
                     : IntegerWeight(conv.weight_quant, name, conv.weight, factor, &n.weight_bits);
   return AddWeighted(std::move(n), conv, in, consumer);
 }
 
 int IntegerBuilder::Conv(const std::string& name, const ConvBn2d& cb, int in, bool relu,
                          const nn::QuantizableLayer* consumer, int residual) {
+  if (mode_ == Mode::kPlan) return PlanRead(*cb.conv, name, in);
   NoGradGuard no_grad;
   auto [w, b] = cb.FoldedWeightAndBias();
   IntegerNode n{.kind = NodeKind::kConv2d, .name = name, .conv = cb.conv->options, .relu = relu, .residual = residual};
   n.bias = b.Contiguous();
   // ConvBn2d's own weight quantizer (on the folded weight) when set, else conv's.
-  n.weight = float_ ? FoldedFloatWeight(w, {})
+  n.weight = float_weights() ? FoldedFloatWeight(w, {})
                     : IntegerWeight(cb.weight_quant ? cb.weight_quant : cb.conv->weight_quant, name, w, {}, &n.weight_bits);
   return AddWeighted(std::move(n), *cb.conv, in, consumer);
 }
 
 int IntegerBuilder::Linear(const std::string& name, const nn::Linear& linear, int in, bool relu,
                            const nn::QuantizableLayer* consumer, int residual) {
+  if (mode_ == Mode::kPlan) return PlanRead(linear, name, in);
   NoGradGuard no_grad;
   IntegerNode n{.kind = NodeKind::kLinear, .name = name, .relu = relu, .residual = residual};
   n.bias = linear.bias.defined() ? linear.bias.Detach().Clone() : Tensor();
-  if (float_) {
+  if (float_weights()) {
     n.weight = linear.weight.Detach().Transpose(0, 1).Clone();  // (K, N), a copy
     return AddWeighted(std::move(n), linear, in, consumer);
   }
@@ -327,13 +339,35 @@ std::shared_ptr<IntegerModel> ConvertWith(nn::Module& model, IntegerBuilder& bui
 }  // namespace
 
 std::shared_ptr<IntegerModel> Convert(nn::Module& model) {
-  IntegerBuilder builder;
+  IntegerBuilder builder(IntegerBuilder::Mode::kInteger);
   return ConvertWith(model, builder);
 }
 
 std::shared_ptr<IntegerModel> ConvertFloat(nn::Module& model) {
-  IntegerBuilder builder(/*float_weights=*/true);
+  IntegerBuilder builder(IntegerBuilder::Mode::kFloat);
   return ConvertWith(model, builder);
+}
+
+std::vector<std::vector<nn::QuantizableLayer*>> PlanSharedInputs(nn::Module& model) {
+  if (!dynamic_cast<Convertible*>(&model) && !dynamic_cast<nn::Sequential*>(&model)) return {};
+  IntegerBuilder builder(IntegerBuilder::Mode::kPlan);
+  ConvertWith(model, builder);
+  std::map<const nn::Module*, nn::QuantizableLayer*> mutable_layer;
+  for (auto& [name, m] : model.NamedModules()) {
+    if (auto* q = dynamic_cast<nn::QuantizableLayer*>(m)) mutable_layer[q] = q;
+  }
+  std::vector<std::vector<nn::QuantizableLayer*>> groups;
+  for (const auto& readers : builder.readers_) {
+    if (readers.size() < 2) continue;
+    std::vector<nn::QuantizableLayer*> group;
+    for (const nn::QuantizableLayer* r : readers) {
+      auto it = mutable_layer.find(r);
+      QUANTA_CHECK(it != mutable_layer.end(), "plan: a layer of the integer form is not a module of the model");
+      group.push_back(it->second);
+    }
+    groups.push_back(std::move(group));
+  }
+  return groups;
 }
 
 }  // namespace quanta::quant

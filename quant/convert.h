@@ -26,19 +26,32 @@
 
 namespace quanta::quant {
 
-// Note [Where activations are quantized]: the fake-quant model quantizes each
-// Conv2d/Linear's input with that layer's input quantizer and runs everything
-// else in float. The integer model quantizes the same values with the same
-// parameters, at the end of the layer that produces them: a layer's output
-// parameters are those of its consumer's input quantizer. Where no quantizable
-// layer reads a value directly (global average pooling, the logits) it stays
-// f32. One difference is unavoidable: a residual that the float model adds in
-// float is added from its quantized copy (the value the next layer read anyway).
+// Note [Where activations are quantized]: every value the integer model holds
+// as integers is fake-quantized in training at the same place with the same
+// parameters. The fake-quant model quantizes each Conv2d/Linear's input with
+// that layer's input quantizer; the integer model quantizes the same value with
+// the same parameters at the end of the layer that produces it (a layer's
+// output parameters are those of its consumer's input quantizer). A value that
+// several layers and a residual add read is quantized once and every reader
+// uses the quantized value, in training too (Note [One quantized value, several
+// readers] in nn/layers.h): the shortcut adds the quantized block input, and a
+// downsample reads it with the same quantizer. Where no quantizable layer reads
+// a value directly (global average pooling, the logits, a downsample's output
+// added in the epilogue) both keep it f32.
+//
+// Note [Quantization plan]: where values are quantized is written once, in the
+// model's integer form (ConvertTo, or a Sequential's chain). PlanSharedInputs
+// runs it without weights or quantizers and returns, for each value read by
+// more than one layer, the layers that read it; PrepareQat gives each such
+// group one input quantizer (the first reader's), and Convert, running the same
+// ConvertTo, finds the value already quantized with those parameters.
 class IntegerBuilder {
  public:
-  // float_weights: ConvertFloat's builder (folded f32 layers, no quantizers).
-  explicit IntegerBuilder(bool float_weights = false);
-  bool float_weights() const { return float_; }
+  // kInteger: Convert; kFloat: ConvertFloat's builder (folded f32 layers, no
+  // quantizers); kPlan: PlanSharedInputs (records who reads which node).
+  enum class Mode { kInteger, kFloat, kPlan };
+  explicit IntegerBuilder(Mode mode = Mode::kInteger);
+  bool float_weights() const { return mode_ == Mode::kFloat; }
   int input() const { return 0; }
   std::shared_ptr<IntegerModel> model() const { return model_; }
 
@@ -64,8 +77,13 @@ class IntegerBuilder {
   // requantize node when it is not already so).
   int QuantizedInput(int in, const nn::QuantizableLayer& layer, const std::string& name);
   int AddWeighted(IntegerNode node, const nn::QuantizableLayer& layer, int in, const nn::QuantizableLayer* consumer);
+  // kPlan: a placeholder node for a layer reading `in`.
+  int PlanRead(const nn::QuantizableLayer& layer, const std::string& name, int in);
   std::shared_ptr<IntegerModel> model_;
-  bool float_;
+  Mode mode_;
+  std::vector<std::vector<const nn::QuantizableLayer*>> readers_;  // kPlan: per node
+
+  friend std::vector<std::vector<nn::QuantizableLayer*>> PlanSharedInputs(nn::Module& model);
 };
 
 // Models whose Forward is code, not a Sequential, implement this.
@@ -74,6 +92,11 @@ class Convertible {
   virtual ~Convertible() = default;
   virtual void ConvertTo(IntegerBuilder& builder) const = 0;
 };
+
+// The groups of layers that read one value, for each value more than one
+// Conv2d/Linear reads, in the integer program's order (Note [Quantization
+// plan]); empty for a model that is neither Sequential nor Convertible.
+std::vector<std::vector<nn::QuantizableLayer*>> PlanSharedInputs(nn::Module& model);
 
 // Throws quanta::Error naming the layer when a quantizer is missing, disabled or
 // has not seen data, or a layer has no integer form.

@@ -52,7 +52,7 @@ std::shared_ptr<IntegerLinear> IntegerLinear::From(const nn::Linear& linear, con
     QUANTA_CHECK(aq != nullptr && aq->ready(), "integer_linear: a static conversion needs a prepared and calibrated "
                  "input quantizer (", w.Describe(), "); use dynamic activations otherwise");
     auto [s, z] = aq->Params();
-    double scale = s.ToVector<float>()[0], zero = std::nearbyint(z.ToVector<float>()[0]);
+    double scale = s.ToVector<float>()[0], zero = std::rint(z.ToVector<float>()[0]);  // an integer already
     const QuantSpec& spec = aq->spec();
     out->input_dtype = spec.quant_min() >= 0 ? DType::kQUInt8 : DType::kQInt8;
     out->input_params = QuantParams::PerTensor(scale, static_cast<int64_t>(zero)).WithRange(spec.quant_min(), spec.quant_max());
@@ -112,9 +112,10 @@ Tensor IntegerLinear::Forward(const Tensor& x) {
     Tensor x2 = x.To(DType::kF32).Reshape({-1, K});
     double lo = std::min(0.0, static_cast<double>(Min(Min(x2, {1})).item<float>()));
     double hi = std::max(0.0, static_cast<double>(Max(Max(x2, {1})).item<float>()));
-    double scale = hi > lo ? (hi - lo) / 255.0 : 1.0;
-    int64_t zero = std::clamp<int64_t>(static_cast<int64_t>(std::nearbyint(-lo / scale)), 0, 255);
-    q = Quantize(x2, DType::kQUInt8, QuantParams::PerTensor(scale, zero));
+    // Note [Range to parameters] in quant/observer.h: the observers' rule, 8-bit unsigned affine.
+    RangeParams p = ParamsForRange(static_cast<float>(lo), static_cast<float>(hi),
+                                   QuantSpec{.bits = 8, .is_signed = false, .symmetric = false});
+    q = Quantize(x2, DType::kQUInt8, QuantParams::PerTensor(p.scale, p.zero_point));
     post.varying_input_scale = true;  // Note [Run-time output scales] in backends/cpu/onednn.cc
   } else {
     q = Quantize(x.To(DType::kF32).Reshape({-1, K}), input_dtype, input_params);

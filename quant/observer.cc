@@ -22,22 +22,30 @@ std::string QuantSpec::ToString() const {
                       per_channel ? absl::StrCat(" per-channel(", axis, ")") : " per-tensor");
 }
 
+RangeParams ParamsForRange(float lo_in, float hi_in, const QuantSpec& spec) {
+  float lo = std::min(lo_in, 0.0f), hi = std::max(hi_in, 0.0f);  // the range always holds 0
+  float qmin = static_cast<float>(spec.quant_min()), qmax = static_cast<float>(spec.quant_max());
+  if (spec.symmetric) {
+    // signed: qmax = 2^(b-1) - 1; unsigned: 2^b - 1 (lo is then 0)
+    return {std::max(std::max(-lo, hi) / qmax, 1e-8f), 0};
+  }
+  float scale = std::max((hi - lo) / (qmax - qmin), 1e-8f);
+  float zp = std::clamp(qmin - std::rint(lo / scale), qmin, qmax);
+  return {scale, static_cast<int64_t>(zp)};
+}
+
 std::pair<Tensor, Tensor> ParamsForRange(const Tensor& lo_in, const Tensor& hi_in, const QuantSpec& spec) {
   NoGradGuard no_grad;
-  Tensor zero = Scalar(0);
-  Tensor lo = Minimum(lo_in, zero), hi = Maximum(hi_in, zero);  // the range always holds 0
-  double qmin = static_cast<double>(spec.quant_min()), qmax = static_cast<double>(spec.quant_max());
-  Tensor scale, zp;
-  if (spec.symmetric) {
-    Tensor amax = Maximum(Abs(lo), Abs(hi));
-    scale = Div(amax, qmax);  // signed: qmax = 2^(b-1) - 1; unsigned: 2^b - 1 (lo is then 0)
-    zp = ZerosLike(scale);
-  } else {
-    scale = Div(Sub(hi, lo), qmax - qmin);
-    scale = Maximum(scale, 1e-8);
-    zp = Clamp(Sub(Scalar(qmin), Round(Div(lo, scale))), qmin, qmax);
+  QUANTA_CHECK(lo_in.numel() == hi_in.numel(), "ParamsForRange: ", lo_in.Describe(), " and ", hi_in.Describe());
+  std::vector<float> lo = lo_in.To(DType::kF32).ToVector<float>(), hi = hi_in.To(DType::kF32).ToVector<float>();
+  std::vector<float> scale(lo.size()), zp(lo.size());
+  for (size_t i = 0; i < lo.size(); ++i) {
+    RangeParams p = ParamsForRange(lo[i], hi[i], spec);
+    scale[i] = p.scale;
+    zp[i] = static_cast<float>(p.zero_point);
   }
-  return {Maximum(scale, 1e-8), zp};
+  Shape shape = lo_in.shape();
+  return {Tensor::FromVector(scale, shape).To(lo_in.device()), Tensor::FromVector(zp, shape).To(lo_in.device())};
 }
 
 Observer::Observer(const QuantSpec& spec) : spec_(spec) {
@@ -98,6 +106,21 @@ void MinMaxObserver::Observe(const Tensor& x) {
 void EmaMinMaxObserver::Observe(const Tensor& x) {
   auto [lo, hi] = BatchRange(x);
   UpdateRange(lo, hi, decay_);
+}
+
+EmaAbsMaxObserver::EmaAbsMaxObserver(const QuantSpec& spec, double decay) : Observer(spec), decay_(decay) {
+  QUANTA_CHECK(spec.symmetric, "EmaAbsMaxObserver: ", spec.ToString(), " is not symmetric (EmaMinMaxObserver is for affine specs)");
+  QUANTA_CHECK(decay >= 0 && decay < 1, "EmaAbsMaxObserver: decay ", decay, " outside [0, 1)");
+}
+
+void EmaAbsMaxObserver::Observe(const Tensor& x) {
+  NoGradGuard no_grad;
+  auto [lo, hi] = BatchRange(x);
+  Tensor amax = Maximum(Abs(lo), Abs(hi));
+  if (observed() && max_val_.shape() == amax.shape()) amax = Add(Mul(max_val_, decay_), Mul(amax, 1 - decay_));
+  max_val_ = amax.Clone();
+  min_val_ = spec_.is_signed ? Neg(amax) : ZerosLike(amax);
+  FillInplace(observed_, 1);
 }
 
 PercentileObserver::PercentileObserver(const QuantSpec& spec, double percentile, int bins)
@@ -184,6 +207,7 @@ std::shared_ptr<Observer> MakeObserver(ObserverKind kind, const QuantSpec& spec,
   switch (kind) {
     case ObserverKind::kMinMax: return std::make_shared<MinMaxObserver>(spec);
     case ObserverKind::kEmaMinMax: return std::make_shared<EmaMinMaxObserver>(spec, ema_decay);
+    case ObserverKind::kEmaAbsMax: return std::make_shared<EmaAbsMaxObserver>(spec, ema_decay);
     case ObserverKind::kPercentile: return std::make_shared<PercentileObserver>(spec);
     case ObserverKind::kMse: return std::make_shared<MseObserver>(spec);
   }

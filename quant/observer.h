@@ -34,7 +34,9 @@ struct QuantSpec {
   std::string ToString() const;  // "w4 sym per-channel(0)"
 };
 
-enum class ObserverKind { kMinMax, kEmaMinMax, kPercentile, kMse };
+// kEmaAbsMax: the design's symmetric EMA, alpha_t = d alpha_(t-1) + (1 - d) max|x_t|;
+// kEmaMinMax: the (min, max) pair averaged, for affine specs.
+enum class ObserverKind { kMinMax, kEmaMinMax, kEmaAbsMax, kPercentile, kMse };
 
 class Observer : public nn::Module {
  public:
@@ -76,6 +78,20 @@ class EmaMinMaxObserver : public Observer {
  public:
   EmaMinMaxObserver(const QuantSpec& spec, double decay = 0.999) : Observer(spec), decay_(decay) {}
   void Observe(const Tensor& x) override;
+  double decay() const { return decay_; }
+
+ private:
+  double decay_;
+};
+
+// The design's symmetric EMA (beta = 0): alpha = decay alpha + (1 - decay) max|x|
+// per tensor or channel, the first batch's max|x| to start; the range is
+// [-alpha, alpha] (signed) or [0, alpha] (unsigned). Symmetric specs only.
+class EmaAbsMaxObserver : public Observer {
+ public:
+  EmaAbsMaxObserver(const QuantSpec& spec, double decay = 0.999);
+  void Observe(const Tensor& x) override;
+  double decay() const { return decay_; }
 
  private:
   double decay_;
@@ -109,7 +125,20 @@ class MseObserver : public Observer {
 };
 
 std::shared_ptr<Observer> MakeObserver(ObserverKind kind, const QuantSpec& spec, double ema_decay = 0.999);
-// Scale and zero point for a range under spec (shared by observers and LSQ).
+
+// Note [Range to parameters]: the one rule from a range [lo, hi] to (scale, zero
+// point), used by the observers, LSQ's start, the dynamic int8 path of
+// IntegerLinear and conversion. The range is widened to hold 0. Symmetric:
+// scale = max(|lo|, |hi|) / quant_max, zero point 0. Affine: scale = (hi - lo) /
+// (quant_max - quant_min), zero point = clamp(quant_min - rint(lo / scale)),
+// rint rounding ties to even. Scales never go below 1e-8. Computed in f32, the
+// type the scale tensors (and the fake quantizer) hold.
+struct RangeParams {
+  float scale;
+  int64_t zero_point;
+};
+RangeParams ParamsForRange(float lo, float hi, const QuantSpec& spec);
+// The same per element of lo and hi (one value or one per channel), as f32 tensors.
 std::pair<Tensor, Tensor> ParamsForRange(const Tensor& lo, const Tensor& hi, const QuantSpec& spec);
 
 }  // namespace quanta::quant

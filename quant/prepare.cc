@@ -1,6 +1,7 @@
 // The QAT pass, policies, calibration, progressive bits and reports.
 #include "quant/prepare.h"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <map>
@@ -13,6 +14,7 @@
 #include "autograd/autograd.h"
 #include "core/grad_mode.h"
 #include "core/ops.h"
+#include "quant/convert.h"
 
 namespace quanta::quant {
 namespace {
@@ -53,12 +55,16 @@ std::optional<QuantizerKind> KindFromName(std::string_view s) {
 
 // Weights get the range of the weight as it is now (EMA decay 0): they move every
 // step and their range is known exactly; activations get the moving average.
+// EMA quantizers: the design's max|x| average for symmetric specs, the (min, max)
+// pair for affine ones (Note [Range to parameters] in quant/observer.h).
 std::shared_ptr<Quantizer> MakeQuantizer(const QConfig& c, const QuantSpec& spec, int64_t channels, bool weight) {
   double decay = weight ? 0.0 : c.ema_decay;
+  ObserverKind ema = spec.symmetric ? ObserverKind::kEmaAbsMax : ObserverKind::kEmaMinMax;
   switch (c.kind) {
-    case QuantizerKind::kLsq: return std::make_shared<LsqQuantizer>(spec, spec.per_channel ? channels : 1);
+    case QuantizerKind::kLsq:
+      return std::make_shared<LsqQuantizer>(spec, spec.per_channel ? channels : 1, /*activation=*/!weight);
     case QuantizerKind::kEwgs:
-      return std::make_shared<FakeQuant>(spec, ObserverKind::kEmaMinMax, FakeQuantGradient::kEwgs, c.ewgs_delta, decay);
+      return std::make_shared<FakeQuant>(spec, ema, FakeQuantGradient::kEwgs, c.ewgs_delta, decay);
     case QuantizerKind::kMinMax: return std::make_shared<FakeQuant>(spec, ObserverKind::kMinMax);
     case QuantizerKind::kPercentile:
       return std::make_shared<FakeQuant>(spec.per_channel ? QuantSpec{spec.bits, spec.is_signed, spec.symmetric} : spec,
@@ -66,7 +72,7 @@ std::shared_ptr<Quantizer> MakeQuantizer(const QConfig& c, const QuantSpec& spec
     case QuantizerKind::kMse: return std::make_shared<FakeQuant>(spec, ObserverKind::kMse);
     case QuantizerKind::kEma: break;
   }
-  return std::make_shared<FakeQuant>(spec, ObserverKind::kEmaMinMax, FakeQuantGradient::kSte, 0, decay);
+  return std::make_shared<FakeQuant>(spec, ema, FakeQuantGradient::kSte, 0, decay);
 }
 
 }  // namespace
@@ -168,6 +174,13 @@ PrepareReport PrepareQat(nn::Module& model, const MixedPrecisionPolicy& policy) 
     }
   }
   QUANTA_CHECK(!layers.empty(), "prepare_qat: the model has no Linear or Conv2d layer");
+  // Note [Quantization plan] in quant/convert.h: a value read by several layers
+  // gets one input quantizer, its first reader's.
+  std::map<nn::QuantizableLayer*, nn::QuantizableLayer*> owner;
+  for (const auto& group : PlanSharedInputs(model)) {
+    for (size_t i = 1; i < group.size(); ++i) owner[group[i]] = group[0];
+  }
+  std::map<nn::QuantizableLayer*, size_t> row_of;
   for (size_t i = 0; i < layers.size(); ++i) {
     auto& [name, layer] = layers[i];
     QConfig c = policy.For(name, i == 0 || i + 1 == layers.size());
@@ -175,10 +188,20 @@ PrepareReport PrepareQat(nn::Module& model, const MixedPrecisionPolicy& policy) 
     QuantSpec wspec{.bits = c.weight_bits, .is_signed = true, .symmetric = true, .per_channel = true, .axis = 0};
     QuantSpec aspec{.bits = c.act_bits, .is_signed = true, .symmetric = false, .per_channel = false};
     auto wq = MakeQuantizer(c, wspec, w.size(0), /*weight=*/true);
-    auto aq = MakeQuantizer(c, aspec, 1, /*weight=*/false);
+    auto aq = owner.count(layer) ? nullptr : MakeQuantizer(c, aspec, 1, /*weight=*/false);
     layer->AttachQuantizers(aq, wq);
     layer->Train(model.is_training());
+    row_of[layer] = report.rows.size();
     report.rows.push_back({name, dynamic_cast<nn::Linear*>(layer) ? "Linear" : "Conv2d", c, layer, wq, aq});
+  }
+  for (auto& [reader, first] : owner) {
+    QUANTA_CHECK(row_of.count(reader) && row_of.count(first), "prepare_qat: a reader of a shared value is not a layer");
+    reader->ShareInputQuantizer(*first);
+    PrepareReport::Row& row = report.rows[row_of[reader]];
+    const PrepareReport::Row& from = report.rows[row_of[first]];
+    row.input = from.input;
+    row.config.act_bits = from.config.act_bits;
+    row.shared_input_with = from.name;
   }
   return report;
 }
@@ -272,7 +295,8 @@ std::vector<double> EstimateEwgsDelta(const PrepareReport& report, nn::Module& m
   for (const auto& r : report.rows) {
     for (auto* q : {r.weight.get(), r.input.get()}) {
       auto* fq = dynamic_cast<FakeQuant*>(q);
-      if (fq != nullptr && fq->gradient() == FakeQuantGradient::kEwgs) qs.push_back(fq);
+      bool seen = std::find(qs.begin(), qs.end(), fq) != qs.end();  // a shared input quantizer comes once
+      if (fq != nullptr && !seen && fq->gradient() == FakeQuantGradient::kEwgs) qs.push_back(fq);
     }
   }
   std::vector<double> delta(qs.size(), 0.0);
@@ -316,7 +340,12 @@ std::vector<double> EstimateEwgsDelta(const PrepareReport& report, nn::Module& m
   }
   for (size_t i = 0; i < qs.size(); ++i) {
     qs[i]->SetProbe(Tensor(), nullptr);
-    delta[i] = std::max(0.0, delta[i]);
+    // Note [EWGS delta in steps]: H and g are taken with respect to the real
+    // output y = s q, the gradient rule applies delta to x/s - round(x/s), a
+    // distance in steps. In step units g' = s g and H' = s^2 H, so delta' = s delta
+    // (per channel: the mean step).
+    double step = Mean(qs[i]->Params().first.To(DType::kF64)).item<double>();
+    delta[i] = std::max(0.0, delta[i]) * step;
     qs[i]->SetEwgsDelta(delta[i]);
   }
   return delta;

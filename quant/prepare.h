@@ -63,6 +63,9 @@ struct PrepareReport {
     QConfig config;
     nn::QuantizableLayer* layer;
     std::shared_ptr<Quantizer> weight, input;
+    // The layer whose input quantizer this one shares (Note [Quantization plan]
+    // in quant/convert.h), or empty: `input` is then its own.
+    std::string shared_input_with;
   };
   std::vector<Row> rows;
   // Embedding tables: 8-bit per-row weight quantization, no input quantizer;
@@ -99,7 +102,10 @@ void FreezeObservers(const PrepareReport& report, bool frozen = true);
 // of the gradient, (g(y + eps v) - g(y - eps v)) / (2 eps), all quantizers probed
 // at once (independent probes keep each block's trace unbiased). `loss(b)`
 // computes the loss of batch b; returns the deltas set, clipped at 0, in report
-// order (weights then inputs, EWGS quantizers only). Leaves gradients cleared.
+// order (weights then inputs, EWGS quantizers only, a shared input once), in
+// the units the gradient rule uses: quantization steps, i.e. the estimate in
+// real units times the quantizer's step (Note [EWGS delta in steps]). Leaves
+// gradients cleared.
 std::vector<double> EstimateEwgsDelta(const PrepareReport& report, nn::Module& model,
                                       const std::function<Tensor(int)>& loss, int batches = 3, int probes = 8,
                                       double eps = 1e-3);

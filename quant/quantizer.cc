@@ -64,7 +64,8 @@ void FakeQuant::SetBits(int bits) {
   observer_->Reset();
 }
 
-LsqQuantizer::LsqQuantizer(const QuantSpec& spec, int64_t channels) : Quantizer(spec) {
+LsqQuantizer::LsqQuantizer(const QuantSpec& spec, int64_t channels, bool activation)
+    : Quantizer(spec), activation_(activation) {
   QUANTA_CHECK(channels >= 1 && (spec.per_channel || channels == 1), "LsqQuantizer: ", channels,
                " step sizes for a ", spec.ToString(), " spec");
   scale = Ones({channels});
@@ -107,13 +108,23 @@ void LsqQuantizer::Initialize(const Tensor& x_in) {
   FillInplace(initialized, 1);
 }
 
+std::pair<Tensor, Tensor> LsqQuantizer::Params() const {
+  NoGradGuard no_grad;
+  return {Maximum(scale.Detach(), 1e-8), spec_.symmetric ? offset.Detach() : Round(offset.Detach())};
+}
+
 Tensor LsqQuantizer::Forward(const Tensor& x) {
   if (initialized.item<float>() == 0) Initialize(x);
   if (!enabled_) return x;
   FakeQuantOptions o = Options();
-  double per_step = static_cast<double>(x.numel()) / static_cast<double>(scale.numel());
+  // N: values per step size; an activation's batch is not counted (N_F).
+  double values = static_cast<double>(x.numel());
+  if (activation_ && x.dim() > 1) values /= static_cast<double>(x.size(0));
+  double per_step = values / static_cast<double>(scale.numel());
   o.lsq_grad_scale = 1.0 / std::sqrt(per_step * static_cast<double>(spec_.quant_max()));
-  return FakeQuantize(x, Maximum(scale, 1e-8), offset, o);
+  // Note [LSQ+ offsets on the integer grid]: round in the forward pass, pass the gradient straight through.
+  Tensor zero_point = spec_.symmetric ? offset : Add(offset, Sub(Round(offset), offset).Detach());
+  return FakeQuantize(x, Maximum(scale, 1e-8), zero_point, o);
 }
 
 void LsqQuantizer::SetBits(int bits) {

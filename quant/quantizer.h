@@ -80,22 +80,31 @@ class FakeQuant : public Quantizer {
 };
 
 // LSQ (Esser et al. 2020): the step size is a parameter, initialized from the
-// first batch as 2 mean(|x|) / sqrt(Qp), its gradient scaled by 1 / sqrt(N Qp)
-// (N: values per step size). Affine specs also learn an offset (LSQ+).
+// first batch as 2 mean(|x|) / sqrt(Qp), its gradient scaled by 1 / sqrt(N Qp):
+// N is the number of weights per step size for a weight quantizer, and for an
+// activation quantizer the features of one example (the paper's N_F: the batch
+// is not counted). Affine specs also learn an offset (LSQ+).
+//
+// Note [LSQ+ offsets on the integer grid]: the learned offset is a real number,
+// but the forward pass uses it rounded (ties to even) with a straight-through
+// gradient, so training quantizes on the grid the integer model uses; Params()
+// returns the rounded zero point.
 class LsqQuantizer : public Quantizer {
  public:
   // channels: the number of step sizes (x.size(axis) per channel, else 1).
-  explicit LsqQuantizer(const QuantSpec& spec, int64_t channels = 1);
+  explicit LsqQuantizer(const QuantSpec& spec, int64_t channels = 1, bool activation = false);
   Tensor Forward(const Tensor& x) override;
   void SetBits(int bits) override;
-  std::pair<Tensor, Tensor> Params() const override { return {scale.Detach(), offset.Detach()}; }
+  std::pair<Tensor, Tensor> Params() const override;
   bool ready() const override { return initialized.item<float>() > 0; }
+  bool activation() const { return activation_; }
   Tensor scale;        // parameter: (1) or (C)
   Tensor offset;       // parameter for affine specs (in steps), else a zero buffer
   Tensor initialized;  // buffer: 0 or 1
 
  private:
   void Initialize(const Tensor& x);
+  bool activation_;
 };
 
 }  // namespace quanta::quant

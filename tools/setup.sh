@@ -16,6 +16,7 @@ packages=(
   libonnx-dev libprotobuf-dev  # ONNX export and its checker (quant/onnx_export)
   gnuplot-nox          # the charts of //apps:reproduce_tables
   python3              # the loopback HTTP server of the download test
+  python3-venv         # the pinned environment below (ONNX Runtime for a test)
   dataset-fashion-mnist
 )
 
@@ -36,6 +37,18 @@ if [ ${#missing[@]} -gt 0 ]; then
 else
   echo "setup.sh: all ${#packages[@]} packages present"
 fi
+
+# ONNX Runtime for tests/quant:onnx_runtime_test, pinned with its dependencies
+# (tools/requirements-ci.txt), in a virtual environment of its own: nothing of
+# the system's Python changes. pip does not reach the network once they are in.
+venv=/opt/quanta/venv
+if [ ! -x "$venv/bin/python" ]; then
+  echo "setup.sh: creating $venv"
+  $sudo mkdir -p "$(dirname "$venv")"
+  $sudo /usr/bin/python3 -m venv "$venv"
+fi
+$sudo "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$(dirname "$0")/requirements-ci.txt"
+echo "setup.sh: $("$venv/bin/python" -c 'import onnxruntime; print("onnxruntime", onnxruntime.__version__)') in $venv"
 
 # The CUDA toolkit is optional: only --config=cuda needs it.
 if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "backends/cpu/reference_kernels.h"
+#include "core/backend.h"
 #include "core/ops.h"
 #include "core/tensor.h"
 #include "oneapi/dnnl/dnnl.hpp"
@@ -38,6 +39,15 @@ using Dims = memory::dims;
 dnnl::engine& Engine() {
   static dnnl::engine* engine = new dnnl::engine(dnnl::engine::kind::cpu, 0);
   return *engine;
+}
+
+// Note [No silent slow path] in core/backend.h: the reference kernel runs, and
+// the CPU backend counts it and warns once per op and case.
+void Fallback(const KernelCall& c, std::string_view why) {
+  std::vector<std::string> inputs;
+  for (const Tensor& t : c.in) inputs.push_back(t.Describe());
+  FindBackend(DeviceType::kCpu)->NoteFallback(c.op, absl::StrCat(absl::StrJoin(inputs, ", "), ": ", std::string(why)));
+  ReferenceKernel(c.op)(c);
 }
 
 bool ToOneDnn(DType d, memory::data_type* out) {
@@ -96,10 +106,8 @@ bool Implemented(F&& create) {
 
 void OneDnnMatmul(const KernelCall& c) {
   memory::data_type dt;
-  if (!ToOneDnn(c.in[0].dtype(), &dt) || c.out[0].numel() == 0 || c.in[0].size(-1) == 0) {
-    ReferenceKernel(c.op)(c);
-    return;
-  }
+  if (c.out[0].numel() == 0 || c.in[0].size(-1) == 0) return ReferenceKernel(c.op)(c);  // nothing to multiply
+  if (!ToOneDnn(c.in[0].dtype(), &dt)) return Fallback(c, "a dtype oneDNN's matmul does not take");
   Tensor a = PlainForMatmul(c.in[0]) ? c.in[0] : c.in[0].Contiguous();
   Tensor b = PlainForMatmul(c.in[1]) ? c.in[1] : c.in[1].Contiguous();
   const Tensor& y = c.out[0];
@@ -126,10 +134,7 @@ void OneDnnMatmul(const KernelCall& c) {
       cache.matmuls.emplace(key, prim);
     }
   }
-  if (!prim) {  // e.g. f16 without AVX512-FP16: oneDNN has no kernel here
-    ReferenceKernel(c.op)(c);
-    return;
-  }
+  if (!prim) return Fallback(c, "oneDNN has no kernel for it here (e.g. f16 without AVX512-FP16)");
   QUANTA_ONEDNN("matmul", {
     dnnl::stream stream(Engine());
     memory a_mem(a_md, Engine(), a.raw_data()), b_mem(b_md, Engine(), b.raw_data()),
@@ -288,7 +293,7 @@ bool ConvDtype(const KernelCall& c, memory::data_type* dt) {
 // Weights in constant storage come from the weight cache (Note [Weight cache]).
 void OneDnnConv2d(const KernelCall& c) {
   memory::data_type dt;
-  if (!ConvDtype(c, &dt)) return ReferenceKernel(c.op)(c);
+  if (!ConvDtype(c, &dt)) return Fallback(c, "a dtype oneDNN's convolution does not take");
   const Tensor &x = c.in[0], &w = c.in[1], &y = c.out[0];
   const Tensor* bias = c.in.size() > 2 ? &c.in[2] : nullptr;
   ConvProblem p(x.shape(), w.shape(), y.shape(), c.attrs, bias != nullptr, dt);
@@ -297,7 +302,7 @@ void OneDnnConv2d(const KernelCall& c) {
     return std::make_shared<CachedConv>(
         CachedConv{dnnl::convolution_forward(pd), {pd.src_desc(), pd.weights_desc(), pd.dst_desc()}});
   });
-  if (!entry) return ReferenceKernel(c.op)(c);
+  if (!entry) return Fallback(c, "oneDNN has no primitive for it");
   if (w.storage()->constant()) {
     QUANTA_ONEDNN("conv2d", {
       dnnl::stream stream(Engine());
@@ -320,7 +325,7 @@ void OneDnnConv2d(const KernelCall& c) {
 // grad_y (N, O, OH, OW), w (O, C/G, KH, KW) -> grad_x (N, C, H, W).
 void OneDnnConv2dBackwardInput(const KernelCall& c) {
   memory::data_type dt;
-  if (!ConvDtype(c, &dt)) return ReferenceKernel(c.op)(c);
+  if (!ConvDtype(c, &dt)) return Fallback(c, "a dtype oneDNN's convolution does not take");
   const Tensor &gy = c.in[0], &w = c.in[1], &gx = c.out[0];
   ConvProblem p(gx.shape(), w.shape(), gy.shape(), c.attrs, false, dt);
   auto entry = ConvPrimitive("conv2d_backward_input", p.Key("conv_bwd_data"), [&] {
@@ -331,7 +336,7 @@ void OneDnnConv2dBackwardInput(const KernelCall& c) {
     return std::make_shared<CachedConv>(CachedConv{dnnl::convolution_backward_data(pd),
                                                    {pd.diff_dst_desc(), pd.weights_desc(), pd.diff_src_desc()}});
   });
-  if (!entry) return ReferenceKernel(c.op)(c);
+  if (!entry) return Fallback(c, "oneDNN has no primitive for it");
   QUANTA_ONEDNN("conv2d_backward_input",
                 Execute(entry->prim, {{DNNL_ARG_DIFF_DST, p.YPlain(), entry->want[0], gy.raw_data(), true},
                                       {DNNL_ARG_WEIGHTS, p.WPlain(), entry->want[1], w.raw_data(), true},
@@ -341,7 +346,7 @@ void OneDnnConv2dBackwardInput(const KernelCall& c) {
 // grad_y (N, O, OH, OW), x (N, C, H, W) -> grad_w (O, C/G, KH, KW).
 void OneDnnConv2dBackwardWeight(const KernelCall& c) {
   memory::data_type dt;
-  if (!ConvDtype(c, &dt)) return ReferenceKernel(c.op)(c);
+  if (!ConvDtype(c, &dt)) return Fallback(c, "a dtype oneDNN's convolution does not take");
   const Tensor &gy = c.in[0], &x = c.in[1], &gw = c.out[0];
   ConvProblem p(x.shape(), gw.shape(), gy.shape(), c.attrs, false, dt);
   auto entry = ConvPrimitive("conv2d_backward_weight", p.Key("conv_bwd_weights"), [&] {
@@ -352,7 +357,7 @@ void OneDnnConv2dBackwardWeight(const KernelCall& c) {
     return std::make_shared<CachedConv>(CachedConv{dnnl::convolution_backward_weights(pd),
                                                    {pd.diff_dst_desc(), pd.src_desc(), pd.diff_weights_desc()}});
   });
-  if (!entry) return ReferenceKernel(c.op)(c);
+  if (!entry) return Fallback(c, "oneDNN has no primitive for it");
   QUANTA_ONEDNN("conv2d_backward_weight",
                 Execute(entry->prim, {{DNNL_ARG_DIFF_DST, p.YPlain(), entry->want[0], gy.raw_data(), true},
                                       {DNNL_ARG_SRC, p.XPlain(), entry->want[1], x.raw_data(), true},
@@ -534,7 +539,7 @@ void OneDnnQuantizedConv2d(const KernelCall& c) {
     return std::make_shared<CachedConv>(
         CachedConv{dnnl::convolution_forward(pd), {pd.src_desc(), pd.weights_desc(), pd.dst_desc()}});
   });
-  if (!entry) return ReferenceKernel(c.op)(c);
+  if (!entry) return Fallback(c, "oneDNN has no primitive for it");
   const Tensor* residual = e.residual ? &c.in.back() : nullptr;
   RunInteger("quantized_conv2d", *entry, e, w, w_plain, b_md, {DNNL_ARG_SRC, Plain(x, e.src_dt), entry->want[0], x.raw_data(), true},
              {DNNL_ARG_DST, Plain(y, e.dst_dt), entry->want[2], y.raw_data(), false},
@@ -548,9 +553,9 @@ void OneDnnQuantizedMatmul(const KernelCall& c) {
   const Tensor &a = c.in[0], &b = c.in[1], &y = c.out[0];
   const Tensor* bias = IntegerBias(c);
   const QuantParams& pb = b.qparams();
-  bool supported = std::all_of(pb.zero_points.begin(), pb.zero_points.end(), [](int64_t z) { return z == 0; }) &&
-                   y.numel() > 0;
-  if (!supported) return ReferenceKernel(c.op)(c);
+  bool supported = std::all_of(pb.zero_points.begin(), pb.zero_points.end(), [](int64_t z) { return z == 0; });
+  if (y.numel() == 0) return ReferenceKernel(c.op)(c);
+  if (!supported) return Fallback(c, "weights with nonzero zero points");
   int64_t M = a.size(0), K = a.size(1), N = b.size(1);
   bool per_channel = pb.scheme == QScheme::kPerChannel;
   IntegerEpilogue e(c, bias, per_channel ? N : 1, N);
@@ -566,7 +571,7 @@ void OneDnnQuantizedMatmul(const KernelCall& c) {
     auto pd = dnnl::matmul::primitive_desc(desc, e.Attr(per_channel, r_md, runtime_scales), Engine());
     return std::make_shared<CachedConv>(CachedConv{dnnl::matmul(pd), {pd.src_desc(), pd.weights_desc(), pd.dst_desc()}});
   });
-  if (!entry) return ReferenceKernel(c.op)(c);
+  if (!entry) return Fallback(c, "oneDNN has no primitive for it");
   const Tensor* residual = e.residual ? &c.in.back() : nullptr;
   RunInteger("quantized_matmul", *entry, e, b, b_md, bias_md, {DNNL_ARG_SRC, a_md, entry->want[0], a.raw_data(), true},
              {DNNL_ARG_DST, y_md, entry->want[2], y.raw_data(), false}, r_md, r_md, residual, runtime_scales);

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "backends/cpu/cpu_backend.h"
+#include "core/backend.h"
 #include "core/ops.h"
 #include "gtest/gtest.h"
 
@@ -97,10 +98,45 @@ TEST(OneDnn, Conv2dMatchesReference) {
   }
 }
 
+// Note [No silent slow path] in core/backend.h: an int8 test holds the fast
+// path to the reference only if the fast path ran. Checked when it ends.
+class ExpectFastPath {
+ public:
+  ExpectFastPath() : cpu_(GetBackend(Device::Cpu())) { cpu_.ResetFallbackCounts(); }
+  ~ExpectFastPath() {
+    for (Op op : {Op::kQuantizedMatmul, Op::kQuantizedConv2d}) {
+      EXPECT_EQ(cpu_.FallbackCount(op), 0) << OpName(op) << ": oneDNN refused a case and the reference kernel ran, "
+                                           << "so the test compared the reference with itself";
+    }
+  }
+
+ private:
+  Backend& cpu_;
+};
+
+// A refused case is counted: weights with a nonzero zero point have no oneDNN form.
+TEST(OneDnn, RefusedCasesAreCounted) {
+  Backend& cpu = GetBackend(Device::Cpu());
+  cpu.ResetFallbackCounts();
+  Tensor a = Quantize(Tensor::FromVector<float>({1, 2, 3, 4}, {2, 2}), DType::kQUInt8, QuantParams::PerTensor(0.1, 3));
+  Tensor b = Quantize(Tensor::FromVector<float>({1, -1, 2, 0}, {2, 2}), DType::kQInt8, QuantParams::PerTensor(0.05, 2));
+  Tensor y = QuantizedMatmul(a, b, Tensor());
+  EXPECT_EQ(cpu.FallbackCount(Op::kQuantizedMatmul), 1);
+  QuantizedMatmul(a, b, Tensor());
+  EXPECT_EQ(cpu.FallbackCount(Op::kQuantizedMatmul), 2);
+  // (1, 2; 3, 4) x (1, -1; 2, 0) = (5, -1; 11, -3).
+  std::vector<float> v = y.ToVector<float>();
+  std::vector<float> want = {5, -1, 11, -3};
+  for (int i = 0; i < 4; ++i) EXPECT_NEAR(v[i], want[i], 1e-4) << i;  // exact: every value is on its grid
+  cpu.ResetFallbackCounts();
+  EXPECT_EQ(cpu.FallbackCount(Op::kQuantizedMatmul), 0);
+}
+
 // oneDNN's int8 matmul (u8/s8 x s8 with VNNI) against the reference integer
 // kernel: f32 outputs agree to f32 rounding; requantized outputs may differ by one
 // level where the two round an exact tie differently (f32 vs f64 arithmetic).
 TEST(OneDnn, QuantizedMatmulMatchesReference) {
+  ExpectFastPath fast_path;
   Generator gen(5);
   for (DType src : {DType::kQUInt8, DType::kQInt8}) {
     for (bool per_channel : {false, true}) {
@@ -141,6 +177,7 @@ TEST(OneDnn, QuantizedMatmulMatchesReference) {
 }
 
 TEST(OneDnn, QuantizedConv2dMatchesReference) {
+  ExpectFastPath fast_path;
   Generator gen(6);
   struct Case {
     Shape x, w;
@@ -184,6 +221,7 @@ TEST(OneDnn, QuantizedConv2dMatchesReference) {
 // oneDNN int8 convolution and matmul against the reference kernels, f32 outputs
 // to f32 rounding and requantized outputs within one level.
 TEST(OneDnn, IntegerPostOpsMatchReference) {
+  ExpectFastPath fast_path;
   Generator gen(9);
   struct Variant {
     int residual;  // 0: none, 1: f32, 2: qint8, 3: quint8
@@ -257,6 +295,7 @@ TEST(OneDnn, IntegerPostOpsMatchReference) {
 // oneDNN's eltwise_gelu_erf on real values, then the output scale, against the
 // reference epilogue and against the composition quantize(gelu(matmul)).
 TEST(OneDnn, IntegerGeluPostOpMatchesReferenceAndComposition) {
+  ExpectFastPath fast_path;
   Generator gen(12);
   int64_t M = 40, K = 64, N = 48;
   Tensor a = Quantize(Uniform({M, K}, -2, 2, &gen), DType::kQUInt8, QuantParams::PerTensor(4.0 / 255, 128));

@@ -41,14 +41,17 @@ TEST(OnnxExport, CifarResNetInQdqFormPassesTheChecker) {
   ASSERT_TRUE(m.ParseFromString(*bytes));
   EXPECT_EQ(m.opset_import(0).version(), 13);
   auto ops = OpCounts(m);
-  int convs = 0, linears = 0;
+  int convs = 0, linears = 0, conv_biases = 0;
   for (const IntegerNode& n : q->nodes()) {
     convs += n.kind == NodeKind::kConv2d;
     linears += n.kind == NodeKind::kLinear;
+    conv_biases += n.kind == NodeKind::kConv2d && n.bias.defined();
   }
   EXPECT_EQ(ops["Conv"], convs);
   EXPECT_EQ(ops["Gemm"], linears);
-  EXPECT_EQ(ops["Add"], 3);   // one residual per block
+  EXPECT_GT(conv_biases, 0);  // folded batch norms
+  // One residual per block, and each convolution's bias (Note [Bias after the convolution]).
+  EXPECT_EQ(ops["Add"], 3 + conv_biases);
   EXPECT_EQ(ops["Pad"], 2);   // option-A shortcuts into stages 2 and 3
   // Every weight is DequantizeLinear'd; every quantized activation is quantized once.
   int quantized_values = 0;

@@ -97,6 +97,83 @@ TEST(Quantizers, FakeQuantAndLsq) {
   EXPECT_EQ(per_channel.scale.shape(), (Shape{3}));
 }
 
+// The design's symmetric EMA, worked by hand with decay 0.5: batches with max|x|
+// 2, 4 (its minimum -4 dominates) and 1 give alpha 2, 3, 2; the min/max pair on
+// the same batches tracks each end on its own (hi: 2, 1.5, 1.25; lo: -1, -2.5, -1.5)
+// and so gives max(|lo|, |hi|) = 2, 2.5, 1.5, a different range.
+TEST(Observers, EmaAbsMaxIsTheDesignsSymmetricForm) {
+  QuantSpec sym{.bits = 8};
+  EmaAbsMaxObserver abs_max(sym, 0.5);
+  EmaMinMaxObserver pair({.bits = 8}, 0.5);
+  std::vector<std::vector<float>> batches = {{-1, 2}, {-4, 1}, {-0.5f, 1}};
+  std::vector<double> alpha = {2, 3, 2}, pair_amax = {2, 2.5, 1.5};
+  for (size_t i = 0; i < batches.size(); ++i) {
+    Tensor x = Tensor::FromVector<float>(batches[i], {2});
+    abs_max.Observe(x);
+    pair.Observe(x);
+    EXPECT_FLOAT_EQ(abs_max.Range().second.item<float>(), alpha[i]) << i;
+    EXPECT_FLOAT_EQ(abs_max.Range().first.item<float>(), -alpha[i]) << i;
+    EXPECT_FLOAT_EQ(abs_max.Params().first.item<float>(), alpha[i] / 127) << i;  // scale alpha / (2^(b-1) - 1)
+    auto [lo, hi] = pair.Range();
+    EXPECT_FLOAT_EQ(std::max(-lo.item<float>(), hi.item<float>()), pair_amax[i]) << i;
+  }
+  // Per channel along 0: channel 0 sees max|x| 3 then 1 (alpha 2), channel 1 sees 1 then 5 (alpha 3).
+  EmaAbsMaxObserver per_channel({.bits = 4, .per_channel = true, .axis = 0}, 0.5);
+  per_channel.Observe(Tensor::FromVector<float>({3, -1, 0, 1}, {2, 2}));
+  per_channel.Observe(Tensor::FromVector<float>({1, 0, -5, 2}, {2, 2}));
+  EXPECT_EQ(per_channel.Range().second.ToVector<float>(), (std::vector<float>{2, 3}));
+  EXPECT_THROW(EmaAbsMaxObserver({.bits = 8, .symmetric = false}), Error);
+  // The QAT pass uses it for symmetric (weight) specs: EMA quantizers at decay 0 for weights.
+  auto net = std::make_shared<nn::Sequential>(std::make_shared<nn::Linear>(2, 2));
+  auto report = PrepareQat(*net, *MixedPrecisionPolicy::Parse("default 8 8 ema"));
+  auto& wq = dynamic_cast<FakeQuant&>(*report.rows[0].weight);
+  EXPECT_NE(dynamic_cast<EmaAbsMaxObserver*>(&wq.observer()), nullptr);
+  EXPECT_NE(dynamic_cast<EmaMinMaxObserver*>(&dynamic_cast<FakeQuant&>(*report.rows[0].input).observer()), nullptr);
+}
+
+// LSQ's gradient scale for an activation counts the features of one example
+// (N_F), not the batch: for x (2, 4) with a step of 1 and all values inside the
+// range, d(sum y)/ds = sum(round(x/s) - x/s) / sqrt(4 Qp); a weight quantizer
+// over the same 8 values uses sqrt(8 Qp).
+TEST(Quantizers, LsqActivationGradientScaleCountsOneExample) {
+  std::vector<float> v = {0.25f, 1.25f, -0.5f, 2.5f, 0.75f, -1.75f, 1.5f, 0.3f};
+  double sum = 0;
+  for (float x : v) sum += std::nearbyint(x) - x;  // s = 1: round half to even
+  for (bool activation : {true, false}) {
+    LsqQuantizer q({.bits = 4}, 1, activation);
+    Tensor x = Tensor::FromVector<float>(v, {2, 4});
+    q.Forward(x);  // initializes the step from the batch
+    {
+      NoGradGuard no_grad;
+      q.scale.CopyFrom(Ones({1}));
+    }
+    Backward(Sum(q.Forward(x)));
+    double n = activation ? 4 : 8;
+    EXPECT_NEAR(q.scale.grad().item<float>(), sum / std::sqrt(n * 7), 1e-6) << (activation ? "activation" : "weight");
+  }
+}
+
+// Note [LSQ+ offsets on the integer grid]: a learned offset of -6.4 steps is used
+// as -6.4 -> -6 in the forward pass (the integer model's zero point), and its
+// gradient passes straight through: for x clipped at either end, dy/doffset = -s.
+TEST(Quantizers, LsqPlusOffsetIsRoundedInTheForwardPass) {
+  LsqQuantizer q({.bits = 4, .symmetric = false}, 1, /*activation=*/true);
+  Tensor x = Tensor::FromVector<float>({0, 1, 2, 3}, {1, 4});
+  q.Forward(x);
+  {
+    NoGradGuard no_grad;
+    q.scale.CopyFrom(Tensor::FromVector<float>({0.5f}, {1}));
+    q.offset.CopyFrom(Tensor::FromVector<float>({-6.4f}, {1}));  // rounds to -6
+  }
+  EXPECT_EQ(q.Params().second.item<float>(), -6);
+  // Range [s (qmin - z), s (qmax - z)] = [0.5 (-8 + 6), 0.5 (7 + 6)] = [-1, 6.5]: 7 is clipped to 6.5.
+  Tensor in = Tensor::FromVector<float>({-3, 0.3f, 7, 2.6f}, {1, 4});
+  Tensor y = q.Forward(in);
+  EXPECT_EQ(y.ToVector<float>(), (std::vector<float>{-1, 0.5f, 6.5f, 2.5f}));
+  Backward(Sum(y));
+  EXPECT_FLOAT_EQ(q.offset.grad().item<float>(), -0.5f * 2);  // two clipped values, -s each
+}
+
 TEST(Policy, ParsesAndResolves) {
   auto p = MixedPrecisionPolicy::Parse(
       "# W/A bits per layer\n"
@@ -328,11 +405,15 @@ TEST(Ewgs, AdaptiveDeltaMatchesTheHessianFormula) {
   auto [s, z] = report.rows[0].input->Params();
   Tensor y = FakeQuantize(x, s, z, {.quant_min = -128, .quant_max = 127});
   double sd_y = std::sqrt(Var(y.To(DType::kF64)).item<double>());
-  EXPECT_NEAR(delta[1], a / (3 * a * sd_y), 0.05 * delta[1]);  // ~1.4% standard error at 256 probes
+  // delta is applied to distances in steps (Note [EWGS delta in steps]): the
+  // real-unit formula times the step. The input's step is s; the weight's,
+  // max|W| / 127 = 1 / 127 in every channel of W = I.
+  double step_x = s.item<float>(), step_w = 1.0 / 127;
+  EXPECT_NEAR(delta[1], step_x * a / (3 * a * sd_y), 0.05 * delta[1]);  // ~1.4% standard error at 256 probes
   double sum_sq = Sum(Square(y)).item<float>();
   Tensor g_w = Mul(Matmul(y.Transpose(0, 1), y), a);  // W_q = I
   double sd_g = std::sqrt(Var(g_w.To(DType::kF64)).item<double>());
-  EXPECT_NEAR(delta[0], (a * 4 * sum_sq / 16) / (3 * sd_g), 0.05 * delta[0]);
+  EXPECT_NEAR(delta[0], step_w * (a * 4 * sum_sq / 16) / (3 * sd_g), 0.05 * delta[0]);
   EXPECT_EQ(dynamic_cast<FakeQuant&>(*report.rows[0].input).ewgs_delta(), delta[1]);
   EXPECT_FALSE(linear->weight.grad().defined());
 }
