@@ -200,17 +200,20 @@ int main(int argc, char** argv) {
       "Train images: ", train_subset ? std::to_string(train_subset) : std::string("all"), "; test images: ",
       test_subset ? std::to_string(test_subset) : std::string("all"), ".\n\n",
       "Top-1 is the converted integer model's (what ships); fake-quant is the model as trained; agreement is the share of ",
-      "test images where the two give the same class. Bytes: `IntegerModel::Bytes()` (f32: the parameters). ",
+      "test images where the two give the same class, and the logit difference is the largest between them over the ",
+      "test set, and in output steps: s_in * max|w_c| of the last layer, the most one level of its input moves a logit. Bytes: `IntegerModel::Bytes()` (f32: the parameters). ",
       "Images/s: the integer model (f32 row: the folded f32 model) on one test batch of 256, 2 threads.\n\n",
-      "| method | top-1 | vs f32 (points) | fake-quant top-1 | agreement | model bytes | images/s | command |\n",
-      "|---|---|---|---|---|---|---|---|\n");
+      "| method | top-1 | vs f32 (points) | fake-quant top-1 | agreement | logit difference (steps) | model bytes | images/s | command |\n",
+      "|---|---|---|---|---|---|---|---|---|\n");
   for (const Row& r : rows) {
     bool is_f32 = r.bits == 0;
     double top1 = is_f32 ? r.result.float_accuracy : r.result.integer_accuracy;
-    absl::StrAppendFormat(&md, "| %s | %.2f%% | %s | %s | %s | %d | %.0f | `%s` |\n", r.method, 100 * top1,
+    absl::StrAppendFormat(&md, "| %s | %.2f%% | %s | %s | %s | %s | %d | %.0f | `%s` |\n", r.method, 100 * top1,
                           is_f32 ? "—" : absl::StrFormat("%+.2f", 100 * (top1 - base_acc)),
                           is_f32 ? "—" : absl::StrFormat("%.2f%%", 100 * r.result.float_accuracy),
                           is_f32 ? "—" : absl::StrFormat("%.2f%%", 100 * r.result.agreement),
+                          is_f32 ? "—" : absl::StrFormat("%.3g (%.2f)", r.result.max_logit_diff,
+                                                          r.result.max_logit_diff_steps),
                           is_f32 ? r.result.float_bytes : r.result.integer_bytes,
                           is_f32 ? r.result.float_images_per_second : r.result.integer_images_per_second,
                           CommandLine(r.config, "bazel run //apps:train"));

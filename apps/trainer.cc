@@ -175,17 +175,25 @@ Scores Score(const data::DataLoader& loader, const Forward& a, const Forward& b 
   return r;
 }
 
-// One unit of the last integer layer's accumulator per output channel (s_in *
-// s_w): the resolution of the logits an integer model computes. Empty when the
-// last layer is a float layer.
+// Per output channel c of the last integer layer, s_in * max_k |w_ck|: the most
+// one step of its input (one level of one feature) moves logit c. A logit
+// difference in these units says how many input levels it amounts to. Empty
+// when the last layer is a float layer.
 std::vector<double> OutputSteps(const quant::IntegerModel& m) {
   for (int i = static_cast<int>(m.nodes().size()) - 1; i > 0; --i) {
     const quant::IntegerNode& n = m.node(i);
     if (!n.weight.defined()) continue;
-    if (!n.weight.is_quantized()) return {};
+    if (!n.weight.is_quantized() || n.kind != quant::NodeKind::kLinear) return {};
     double s_in = m.node(n.inputs[0]).out_params.scales.at(0);
-    std::vector<double> steps;
-    for (double s_w : n.weight.qparams().scales) steps.push_back(s_in * s_w);
+    const std::vector<double>& s_w = n.weight.qparams().scales;  // along axis 1 of (K, N)
+    int64_t K = n.weight.size(0), N = n.weight.size(1);
+    std::vector<int32_t> q = n.weight.IntRepr();
+    std::vector<double> steps(N, 0.0);
+    for (int64_t c = 0; c < N; ++c) {
+      int32_t top = 0;
+      for (int64_t k = 0; k < K; ++k) top = std::max(top, std::abs(q[k * N + c]));
+      steps[c] = s_in * s_w[s_w.size() == 1 ? 0 : c] * std::max(top, 1);
+    }
     return steps;
   }
   return {};

@@ -63,7 +63,7 @@ struct TrainResult {
   double integer_accuracy = 0;     // the converted integer model (an f32 run: W8A8 PTQ of it)
   double agreement = 0;            // share of test images where both give the same top-1
   double max_logit_diff = 0;       // largest |logit| difference between the two
-  double max_logit_diff_steps = 0; // the same in output steps (the last layer's s_in * s_w)
+  double max_logit_diff_steps = 0; // the same in output steps: s_in * max|w_c| of the last layer
   std::vector<std::pair<std::string, double>> ewgs_deltas;  // the last estimate, per quantizer
   int64_t float_bytes = 0;         // f32 parameters
   int64_t integer_bytes = 0;       // the converted model
