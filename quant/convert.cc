@@ -128,14 +128,16 @@ Tensor FoldedFloatWeight(const Tensor& w, const std::vector<double>& factor) {
 int IntegerBuilder::QuantizedInput(int in, const nn::QuantizableLayer& layer, const std::string& name) {
   Activation a = InputActivation(layer, name);
   const IntegerNode& src = model_->node(in);
-  // Two quantizers that saw the same values (a block's conv1 and its downsample)
-  // can end a few float ulps apart when they learn their steps (LSQ): the value
-  // is then used as it is, not requantized (a pass over the whole tensor).
   const QuantParams &p = src.out_params, &q = a.params;
   bool same = src.out_dtype == a.dtype && p.zero_points == q.zero_points && p.quant_min == q.quant_min &&
-              p.quant_max == q.quant_max && p.scales.size() == 1 && q.scales.size() == 1 &&
-              std::abs(p.scales[0] - q.scales[0]) <= 1e-6 * q.scales[0];
+              p.quant_max == q.quant_max && p.scales == q.scales;
   if (same) return in;
+  // A value already quantized with other parameters: training quantized it
+  // once, so requantizing here would compute something training never did.
+  // PrepareQat gives every value one quantizer (Note [Quantization plan]).
+  QUANTA_CHECK(src.out_dtype == DType::kF32, "convert: ", name, " reads node ", in, " (", src.name,
+               "), already quantized for another layer with other parameters; its readers must share one input "
+               "quantizer (PrepareQat does this; Note [Quantization plan] in quant/convert.h)");
   return model_->Add(IntegerNode{.kind = NodeKind::kQuantize, .name = name + ".input_quant", .inputs = {in},
                                  .out_dtype = a.dtype, .out_params = a.params});
 }
