@@ -266,7 +266,8 @@ std::string CommandLine(const TrainConfig& c, const std::string& program) {
   add(c.quant != "none" && c.policy_file.empty(), absl::StrCat("--wbits=", c.wbits, " --abits=", c.abits,
                                                                " --quantizer=", c.quantizer));
   add(c.quant != "none" && !c.first_last_8bit, "--first_last_8bit=false");
-  add(c.quant != "none" && c.ema_decay != d.ema_decay, absl::StrCat("--ema_decay=", c.ema_decay));
+  const bool ema = c.quantizer == "ema" || c.quantizer == "ewgs" || !c.policy_file.empty();  // the decay matters
+  add(c.quant != "none" && ema && c.ema_decay != d.ema_decay, absl::StrCat("--ema_decay=", c.ema_decay));
   add(c.quant == "qat" && c.ewgs_delta != d.ewgs_delta, "--ewgs_delta=" + c.ewgs_delta);
   add(!c.policy_file.empty(), "--policy=" + c.policy_file);
   add(!c.progressive.empty(), "--progressive=" + absl::StrJoin(c.progressive, ","));
