@@ -382,12 +382,24 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
     for (data::Batch b; probe.size() < 3 && it->Next(&b);) probe.push_back(b);
     if (probe.empty()) return;
     net->Train();
+    // The probes run in training mode (the Hessian of the loss being trained);
+    // batch norm's running statistics are put back afterwards.
+    std::vector<std::pair<Tensor*, Tensor>> saved;
+    for (auto& [name, m] : net->NamedModules()) {
+      if (auto* bn = dynamic_cast<nn::BatchNorm2d*>(m)) {
+        for (Tensor* t : {&bn->running_mean, &bn->running_var, &bn->num_batches_tracked}) saved.emplace_back(t, t->Clone());
+      }
+    }
     if (!report.rows.front().input->ready()) net->Forward(probe[0].data);  // the observers see data first
     quant::FreezeObservers(report, true);
     std::vector<double> delta = quant::EstimateEwgsDelta(
         report, *net, [&](int i) { return CrossEntropy(net->Forward(probe[i].data), probe[i].labels); },
         static_cast<int>(probe.size()));
     quant::FreezeObservers(report, false);
+    {
+      NoGradGuard no_grad;
+      for (auto& [t, v] : saved) t->CopyFrom(v);
+    }
     result.ewgs_deltas.clear();
     std::vector<std::string> parts;
     size_t k = 0;

@@ -779,7 +779,9 @@ void Int8Gemm(const KernelCall& c, DeviceState& s, const int8_t* a, const int8_t
   if (lb) cublasLtMatrixLayoutDestroy(lb);
   if (la) cublasLtMatrixLayoutDestroy(la);
   if (op) cublasLtMatmulDescDestroy(op);
-  if (!ok) {  // a shape or device cuBLASLt refuses: the plain loops
+  if (!ok) {  // a shape or device cuBLASLt refuses: the plain loops, counted (Note [No silent slow path])
+    FindBackend(DeviceType::kCuda)->NoteFallback(c.op, absl::StrCat("int8 GEMM ", M, "x", K, " by ", K, "x", N,
+                                                                    ": cuBLASLt refused it"));
     QUANTA_LAUNCH_CHECK(c, LaunchInt8GemmLoops(a, bt, Mp, Np, Kp, acc, ldc, s.stream));
   }
 }

@@ -308,6 +308,7 @@ TEST_F(Cuda, QuantizationIsBitExact) {
 // requantized outputs within one step (a fused multiply-add may round a tie
 // the other way).
 TEST_F(Cuda, IntegerKernelsMatchCpu) {
+  backend().ResetFallbackCounts();  // Note [No silent slow path]: cuBLASLt must have run, not the loops
   Generator gen(10);
   Tensor a = Quantize(Normal({37, 70}, 0, 1, &gen), DType::kQUInt8, QuantParams::PerTensor(0.03, 131));
   std::vector<double> scales;
@@ -342,6 +343,9 @@ TEST_F(Cuda, IntegerKernelsMatchCpu) {
   Tensor conv_cl = QuantizedConv2d(Gpu(x).ChannelsLast(), Gpu(w), Gpu(cb), o);
   EXPECT_TRUE(conv_cl.is_channels_last());
   EXPECT_LE(Excess(conv_cl.Contiguous(), conv_want, 1e-5, 1e-6), 0);
+  for (Op op : {Op::kQuantizedMatmul, Op::kQuantizedConv2d}) {
+    EXPECT_EQ(backend().FallbackCount(op), 0) << OpName(op) << ": cuBLASLt refused a case; the loops ran";
+  }
 }
 
 // Gradients of composite ops computed on the device, against finite differences.
