@@ -353,7 +353,13 @@ std::shared_ptr<IntegerModel> ConvertFloat(nn::Module& model) {
 std::vector<std::vector<nn::QuantizableLayer*>> PlanSharedInputs(nn::Module& model) {
   if (!dynamic_cast<Convertible*>(&model) && !dynamic_cast<nn::Sequential*>(&model)) return {};
   IntegerBuilder builder(IntegerBuilder::Mode::kPlan);
-  ConvertWith(model, builder);
+  try {
+    ConvertWith(model, builder);
+  } catch (const Error&) {
+    // No integer form (a Sequential with a GELU, say): nothing to share, and
+    // Convert will say what is missing if it is ever called.
+    return {};
+  }
   std::map<const nn::Module*, nn::QuantizableLayer*> mutable_layer;
   for (auto& [name, m] : model.NamedModules()) {
     if (auto* q = dynamic_cast<nn::QuantizableLayer*>(m)) mutable_layer[q] = q;

@@ -95,7 +95,8 @@ class Convertible {
 
 // The groups of layers that read one value, for each value more than one
 // Conv2d/Linear reads, in the integer program's order (Note [Quantization
-// plan]); empty for a model that is neither Sequential nor Convertible.
+// plan]); empty for a model that is neither Sequential nor Convertible, or
+// that has no integer form.
 std::vector<std::vector<nn::QuantizableLayer*>> PlanSharedInputs(nn::Module& model);
 
 // Throws quanta::Error naming the layer when a quantizer is missing, disabled or

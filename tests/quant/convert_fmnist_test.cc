@@ -169,6 +169,11 @@ TEST(ConvertFashionMnist, DownsamplesShareTheBlockInputQuantizer) {
   EXPECT_FALSE(state.count("layer2.0.downsample.0.input_quant.scale"));
   std::map<const void*, int> seen;
   for (const Tensor& p : net->Parameters()) EXPECT_EQ(++seen[p.storage().get()], 1);
+  // A model without an integer form still prepares (no plan, nothing shared).
+  nn::Sequential mlp(std::make_shared<nn::Linear>(4, 8, true, &gen), std::make_shared<nn::GELU>(),
+                     std::make_shared<nn::Linear>(8, 2, true, &gen));
+  EXPECT_TRUE(PlanSharedInputs(mlp).empty());
+  EXPECT_EQ(PrepareQat(mlp, *MixedPrecisionPolicy::Parse("default 8 8 ema")).rows.size(), 2u);
 }
 
 }  // namespace
