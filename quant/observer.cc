@@ -22,30 +22,26 @@ std::string QuantSpec::ToString() const {
                       per_channel ? absl::StrCat(" per-channel(", axis, ")") : " per-tensor");
 }
 
-RangeParams ParamsForRange(float lo_in, float hi_in, const QuantSpec& spec) {
-  float lo = std::min(lo_in, 0.0f), hi = std::max(hi_in, 0.0f);  // the range always holds 0
-  float qmin = static_cast<float>(spec.quant_min()), qmax = static_cast<float>(spec.quant_max());
+std::pair<Tensor, Tensor> ParamsForRange(const Tensor& lo_in, const Tensor& hi_in, const QuantSpec& spec) {
+  // Tensor ops on the observer's device: no host round trip in the training step.
+  NoGradGuard no_grad;
+  Tensor zero = Scalar(0);
+  Tensor lo = Minimum(lo_in, zero), hi = Maximum(hi_in, zero);  // the range always holds 0
+  double qmin = static_cast<double>(spec.quant_min()), qmax = static_cast<double>(spec.quant_max());
+  Tensor scale, zp;
   if (spec.symmetric) {
-    // signed: qmax = 2^(b-1) - 1; unsigned: 2^b - 1 (lo is then 0)
-    return {std::max(std::max(-lo, hi) / qmax, 1e-8f), 0};
+    scale = Div(Maximum(Abs(lo), Abs(hi)), qmax);  // signed: qmax = 2^(b-1) - 1; unsigned: 2^b - 1 (lo is then 0)
+    zp = ZerosLike(scale);
+  } else {
+    scale = Maximum(Div(Sub(hi, lo), qmax - qmin), 1e-8);
+    zp = Clamp(Sub(Scalar(qmin), Round(Div(lo, scale))), qmin, qmax);  // Round: ties to even
   }
-  float scale = std::max((hi - lo) / (qmax - qmin), 1e-8f);
-  float zp = std::clamp(qmin - std::rint(lo / scale), qmin, qmax);
-  return {scale, static_cast<int64_t>(zp)};
+  return {Maximum(scale, 1e-8), zp};
 }
 
-std::pair<Tensor, Tensor> ParamsForRange(const Tensor& lo_in, const Tensor& hi_in, const QuantSpec& spec) {
-  NoGradGuard no_grad;
-  QUANTA_CHECK(lo_in.numel() == hi_in.numel(), "ParamsForRange: ", lo_in.Describe(), " and ", hi_in.Describe());
-  std::vector<float> lo = lo_in.To(DType::kF32).ToVector<float>(), hi = hi_in.To(DType::kF32).ToVector<float>();
-  std::vector<float> scale(lo.size()), zp(lo.size());
-  for (size_t i = 0; i < lo.size(); ++i) {
-    RangeParams p = ParamsForRange(lo[i], hi[i], spec);
-    scale[i] = p.scale;
-    zp[i] = static_cast<float>(p.zero_point);
-  }
-  Shape shape = lo_in.shape();
-  return {Tensor::FromVector(scale, shape).To(lo_in.device()), Tensor::FromVector(zp, shape).To(lo_in.device())};
+RangeParams ParamsForRange(float lo, float hi, const QuantSpec& spec) {
+  auto [scale, zp] = ParamsForRange(Tensor::FromVector<float>({lo}, {1}), Tensor::FromVector<float>({hi}, {1}), spec);
+  return {scale.item<float>(), static_cast<int64_t>(zp.item<float>())};
 }
 
 Observer::Observer(const QuantSpec& spec) : spec_(spec) {

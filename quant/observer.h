@@ -137,8 +137,9 @@ struct RangeParams {
   float scale;
   int64_t zero_point;
 };
-RangeParams ParamsForRange(float lo, float hi, const QuantSpec& spec);
-// The same per element of lo and hi (one value or one per channel), as f32 tensors.
+// Per element of lo and hi (one value or one per channel), as f32 tensors on their device.
 std::pair<Tensor, Tensor> ParamsForRange(const Tensor& lo, const Tensor& hi, const QuantSpec& spec);
+// One range on the host (the same rule, through the tensor form).
+RangeParams ParamsForRange(float lo, float hi, const QuantSpec& spec);
 
 }  // namespace quanta::quant
