@@ -215,9 +215,12 @@ std::shared_ptr<CachedConv> ConvPrimitive(const char* op, const std::string& key
 // once and kept, keyed by their address and that layout, until the storage is
 // freed (OneDnnForget). qint4 weights are unpacked on the same miss, so a
 // converted int4 model stores 4 bits and runs on int8 VNNI with no per-call cost.
+struct SplitWeights;
 struct WeightCache {
   std::mutex mu;
   std::unordered_map<const void*, std::vector<std::pair<memory::desc, memory>>> entries;
+  // Note [Exact integers without VNNI]: per constant weight, its split (null: none needed).
+  std::unordered_map<const void*, std::shared_ptr<const SplitWeights>> splits;
 };
 WeightCache& GetWeightCache() {
   static WeightCache* cache = new WeightCache();
@@ -250,6 +253,97 @@ memory WeightsFor(const Tensor& w, const memory::desc& plain, const memory::desc
     cache.entries[w.raw_data()].emplace_back(want, out);
   }
   return out;
+}
+
+// Note [Exact integers without VNNI]
+// Without VNNI (AVX2, AVX-512 before Cascade Lake), oneDNN's int8 kernels
+// multiply u8 by s8 with vpmaddubsw, which adds each pair of products into a
+// saturating int16: 2 * 255 * 127 overflows it. For an s8 source oneDNN also
+// halves the weights (scale_adjust 0.5, "sa0.5" in ONEDNN_VERBOSE), which
+// rounds every odd weight. Either way the integer model would no longer compute
+// what its fake-quant model computed (measured on a Zen 3 EPYC: logits off by
+// 3.5 at W8A8, top-1 agreement 22-97%). So, on such CPUs only:
+// - an s8 source is handed over as u8 (x + 128, zero point + 128: the same real
+//   values), which oneDNN takes without the adjustment;
+// - weights with some |w| > 64 run as two halves w = low + high, |low| <= 64,
+//   |high| <= 63, so that a pair of products stays within 2 * 255 * 64 = 32640:
+//   the high half's products (in the layer's output units) enter the low half's
+//   epilogue as its first post-op, an f32 add before the residual and the ReLU.
+// 4-bit weights (|w| <= 8) never split. With VNNI (vpdpbusd accumulates in
+// int32) nothing changes. tests/backends:onednn_avx2_test runs the int8 tests
+// with oneDNN limited to AVX2, on any machine.
+bool HasVnni() {
+  static const bool vnni = [] {
+    switch (dnnl::get_effective_cpu_isa()) {
+      case dnnl::cpu_isa::avx512_core_vnni:
+      case dnnl::cpu_isa::avx512_core_bf16:
+      case dnnl::cpu_isa::avx512_core_amx:
+      case dnnl::cpu_isa::avx2_vnni:
+        return true;
+      default:
+        return false;
+    }
+  }();
+  return vnni;
+}
+
+struct SplitWeights {
+  Tensor low, high;  // qint8, w's shape and parameters; w = low + high
+};
+
+// The split of w when this CPU needs one (Note [Exact integers without VNNI]),
+// else null; remembered for weights in constant storage.
+std::shared_ptr<const SplitWeights> SplitFor(const Tensor& w) {
+  if (HasVnni() || w.dtype() != DType::kQInt8) return nullptr;
+  bool constant = w.storage()->constant();
+  WeightCache& cache = GetWeightCache();
+  if (constant) {
+    std::lock_guard<std::mutex> lock(cache.mu);
+    auto it = cache.splits.find(w.raw_data());
+    if (it != cache.splits.end()) return it->second;
+  }
+  std::vector<int32_t> v = w.IntRepr();
+  std::shared_ptr<SplitWeights> split;
+  if (std::any_of(v.begin(), v.end(), [](int32_t x) { return x > 64 || x < -64; })) {
+    std::vector<int32_t> low(v.size()), high(v.size());
+    for (size_t i = 0; i < v.size(); ++i) {
+      low[i] = std::clamp(v[i], -64, 64);
+      high[i] = v[i] - low[i];
+    }
+    split = std::make_shared<SplitWeights>();
+    split->low = Tensor::FromQuantized(low, w.shape(), DType::kQInt8, w.qparams());
+    split->high = Tensor::FromQuantized(high, w.shape(), DType::kQInt8, w.qparams());
+    if (constant) {  // their reorders are cached too, until w is freed (OneDnnForget)
+      split->low.storage()->MarkConstant();
+      split->high.storage()->MarkConstant();
+    }
+  }
+  if (constant) {
+    std::lock_guard<std::mutex> lock(cache.mu);
+    cache.splits.emplace(w.raw_data(), split);
+  }
+  return split;
+}
+
+// Runs `kernel` with an s8 source handed over as u8 when this CPU needs it
+// (Note [Exact integers without VNNI]); false when it does not.
+bool WithUnsignedSource(const KernelCall& c, Kernel kernel) {
+  const Tensor& x = c.in[0];
+  if (HasVnni() || x.dtype() != DType::kQInt8 || x.numel() == 0) return false;
+  // The bytes x's view spans, shifted: s8 v -> u8 v + 128 is v ^ 0x80.
+  int64_t span = 1;
+  for (int d = 0; d < x.dim(); ++d) span += (x.size(d) - 1) * x.stride(d);
+  QuantParams p = x.qparams();
+  p.zero_points[0] += 128;
+  if (p.quant_min != 0 || p.quant_max != 0) p.quant_min += 128, p.quant_max += 128;
+  Tensor flat = Tensor::Empty({span}, DType::kQUInt8, Device::Cpu(), p);
+  const uint8_t* from = static_cast<const uint8_t*>(x.raw_data());
+  uint8_t* to = static_cast<uint8_t*>(flat.raw_data());
+  for (int64_t i = 0; i < span; ++i) to[i] = from[i] ^ 0x80;
+  std::vector<Tensor> in(c.in.begin(), c.in.end());
+  in[0] = flat.AsStrided(x.shape(), x.strides(), 0);
+  kernel(KernelCall{c.op, in, c.out, c.attrs});
+  return true;
 }
 
 // Runs a primitive with `args` already bound (weights from the cache, scales,
@@ -382,6 +476,10 @@ struct IntegerEpilogue {
   float inv_out_scale = 1, residual_zero = 0;
   float clip_lo = 0, clip_hi = 0;
   bool clip = false;
+  // Note [Exact integers without VNNI]: the high half of split weights, already in
+  // this epilogue's units, added first (f32, correction_md's layout).
+  bool correction = false;
+  memory::desc correction_md;
 
   // channels: output scales (1 or outputs); outputs: output channels (O or N).
   IntegerEpilogue(const KernelCall& c, const Tensor* bias_t, int64_t channels, int64_t outputs) {
@@ -445,6 +543,7 @@ struct IntegerEpilogue {
     if (zero_in != 0) attr.set_zero_points(DNNL_ARG_SRC, 0, {DNNL_RUNTIME_S32_VAL});
     if (zero_out != 0) attr.set_zero_points(DNNL_ARG_DST, 0, {DNNL_RUNTIME_S32_VAL});
     dnnl::post_ops ops;
+    if (correction) ops.append_binary(dnnl::algorithm::binary_add, correction_md);
     if (residual) ops.append_binary(dnnl::algorithm::binary_add, residual_md);
     if (relu) ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
     if (gelu) ops.append_eltwise(1.f, dnnl::algorithm::eltwise_gelu_erf, 0.f, 0.f);
@@ -458,11 +557,24 @@ struct IntegerEpilogue {
 
   std::string Key(bool runtime_scales = false) const {
     return absl::StrCat(static_cast<int>(src_dt), "|", static_cast<int>(dst_dt), "|", zero_in != 0, "|", zero_out != 0,
-                        "|", residual, relu, gelu, clip, "|", static_cast<int>(residual_dt), "|", residual_zero, "|",
+                        "|", residual, relu, gelu, clip, correction, "|", static_cast<int>(residual_dt), "|", residual_zero, "|",
                         inv_out_scale, "|", clip_lo, ",", clip_hi, "|", scales.size(), "|",
                         runtime_scales ? 0
                                        : std::hash<std::string_view>{}(std::string_view(
                                              reinterpret_cast<const char*>(scales.data()), scales.size() * sizeof(float))));
+  }
+
+  // The epilogue of the high half of split weights: the same output scales (so
+  // its result is in this epilogue's units), nothing else, into f32.
+  IntegerEpilogue HighHalf() const {
+    IntegerEpilogue h = *this;
+    h.bias.clear();
+    h.residual = h.relu = h.gelu = h.clip = h.correction = false;
+    h.zero_out = 0;
+    h.residual_zero = 0;
+    h.inv_out_scale = 1;
+    h.dst_dt = memory::data_type::f32;
+    return h;
   }
 
   // The run-time arguments every integer primitive takes besides its operands.
@@ -473,7 +585,8 @@ struct IntegerEpilogue {
   }
 };
 
-constexpr int kResidualArg = DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1;
+// The binary post-ops' operands: the correction (when there is one) comes first.
+constexpr int PostOpArg(int index) { return DNNL_ARG_ATTR_MULTIPLE_POST_OP(index) | DNNL_ARG_SRC_1; }
 
 // A tensor's own layout as a oneDNN descriptor (its strides).
 memory::desc Plain(const Tensor& t, memory::data_type dt) { return memory::desc(Dims(t.shape()), dt, FixUnitStrides(t)); }
@@ -488,7 +601,7 @@ const Tensor* IntegerBias(const KernelCall& c) {
 void RunInteger(const char* op, const CachedConv& entry, const IntegerEpilogue& e, const Tensor& w,
                 const memory::desc& w_plain, const memory::desc& bias_md, const Arg& src, const Arg& dst,
                 const memory::desc& residual_plain, const memory::desc& residual_want, const Tensor* residual,
-                bool runtime_scales = false) {
+                bool runtime_scales = false, const memory* correction = nullptr) {
   int32_t zin = e.zero_in, zout = e.zero_out;
   QUANTA_ONEDNN(op, {
     dnnl::stream stream(Engine());
@@ -499,8 +612,11 @@ void RunInteger(const char* op, const CachedConv& entry, const IntegerEpilogue& 
       args.emplace(DNNL_ARG_ATTR_OUTPUT_SCALES, memory(scales_md, Engine(), const_cast<float*>(e.scales.data())));
     }
     e.AddArgs(args, &zin, &zout);
+    if (correction) args.emplace(PostOpArg(0), *correction);
     std::vector<Arg> layout = {src, dst};
-    if (residual) layout.push_back({kResidualArg, residual_plain, residual_want, residual->raw_data(), true});
+    if (residual) {
+      layout.push_back({PostOpArg(correction ? 1 : 0), residual_plain, residual_want, residual->raw_data(), true});
+    }
     ExecuteWith(entry.prim, std::move(args), layout, stream);
   });
 }
@@ -510,9 +626,12 @@ void RunInteger(const char* op, const CachedConv& entry, const IntegerEpilogue& 
 // channels-last (what int8 convolutions want; channels-last tensors need no
 // reorder); zero points are passed at execution (oneDNN 2.6 takes them at run time).
 void OneDnnQuantizedConv2d(const KernelCall& c) {
-  const Tensor &x = c.in[0], &w = c.in[1], &y = c.out[0];
+  const Tensor &x = c.in[0], &y = c.out[0];
   const Tensor* bias = IntegerBias(c);
   if (y.numel() == 0) return ReferenceKernel(c.op)(c);
+  if (WithUnsignedSource(c, &OneDnnQuantizedConv2d)) return;  // Note [Exact integers without VNNI]
+  std::shared_ptr<const SplitWeights> split = SplitFor(c.in[1]);
+  const Tensor& w = split ? split->low : c.in[1];
   const QuantParams& pw = w.qparams();
   int64_t O = w.size(0);
   bool per_channel = pw.scheme == QScheme::kPerChannel;
@@ -528,34 +647,56 @@ void OneDnnQuantizedConv2d(const KernelCall& c) {
   memory::desc r_want(y_dims, e.residual_dt, memory::format_tag::nhwc);
   memory::desc w_plain(w_dims, memory::data_type::s8, G == 1 ? memory::format_tag::oihw : memory::format_tag::goihw);
   memory::desc b_md = has_bias ? memory::desc({O}, memory::data_type::f32, memory::format_tag::x) : memory::desc();
-  std::string key = absl::StrCat("qconv|", GetNumThreads(), "|", e.Key(), "|", absl::StrJoin(x_dims, ","), "|",
-                                 absl::StrJoin(w_dims, ","), "|", has_bias, "|", absl::StrJoin(strides, ","), "|",
-                                 absl::StrJoin(dilates, ","), "|", absl::StrJoin(padding, ","));
-  auto entry = ConvPrimitive("quantized_conv2d", key, [&] {
-    dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, x_want,
-                                         memory::desc(w_dims, memory::data_type::s8, memory::format_tag::any), b_md,
-                                         y_want, strides, dilates, padding, padding);
-    auto pd = dnnl::convolution_forward::primitive_desc(desc, e.Attr(per_channel, r_want), Engine());
-    return std::make_shared<CachedConv>(
-        CachedConv{dnnl::convolution_forward(pd), {pd.src_desc(), pd.weights_desc(), pd.dst_desc()}});
-  });
+  auto primitive = [&](const IntegerEpilogue& ep, const memory::desc& dst, const memory::desc& bias_md) {
+    std::string key = absl::StrCat("qconv|", GetNumThreads(), "|", ep.Key(), "|", absl::StrJoin(x_dims, ","), "|",
+                                   absl::StrJoin(w_dims, ","), "|", !bias_md.is_zero(), "|", absl::StrJoin(strides, ","),
+                                   "|", absl::StrJoin(dilates, ","), "|", absl::StrJoin(padding, ","));
+    return ConvPrimitive("quantized_conv2d", key, [&] {
+      dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+                                           x_want, memory::desc(w_dims, memory::data_type::s8, memory::format_tag::any),
+                                           bias_md, dst, strides, dilates, padding, padding);
+      auto pd = dnnl::convolution_forward::primitive_desc(desc, ep.Attr(per_channel, r_want), Engine());
+      return std::make_shared<CachedConv>(
+          CachedConv{dnnl::convolution_forward(pd), {pd.src_desc(), pd.weights_desc(), pd.dst_desc()}});
+    });
+  };
+  Arg src{DNNL_ARG_SRC, Plain(x, e.src_dt), x_want, x.raw_data(), true};
+  memory high;  // Note [Exact integers without VNNI]: the high half's products
+  if (split) {
+    e.correction = true;
+    e.correction_md = memory::desc(y_dims, memory::data_type::f32, memory::format_tag::nhwc);
+    IntegerEpilogue h = e.HighHalf();
+    auto entry = primitive(h, e.correction_md, memory::desc());
+    if (!entry) return Fallback(c, "oneDNN has no primitive for the high half of its weights");
+    high = memory(e.correction_md, Engine());
+    src.want = entry->want[0];
+    RunInteger("quantized_conv2d", *entry, h, split->high, w_plain, memory::desc(), src,
+               {DNNL_ARG_DST, e.correction_md, entry->want[2], high.get_data_handle(), false}, memory::desc(), r_want,
+               nullptr);
+  }
+  auto entry = primitive(e, y_want, b_md);
   if (!entry) return Fallback(c, "oneDNN has no primitive for it");
   const Tensor* residual = e.residual ? &c.in.back() : nullptr;
-  RunInteger("quantized_conv2d", *entry, e, w, w_plain, b_md, {DNNL_ARG_SRC, Plain(x, e.src_dt), entry->want[0], x.raw_data(), true},
+  src.want = entry->want[0];
+  RunInteger("quantized_conv2d", *entry, e, w, w_plain, b_md, src,
              {DNNL_ARG_DST, Plain(y, e.dst_dt), entry->want[2], y.raw_data(), false},
-             residual ? Plain(*residual, e.residual_dt) : memory::desc(), r_want, residual);
+             residual ? Plain(*residual, e.residual_dt) : memory::desc(), r_want, residual, false,
+             split ? &high : nullptr);
 }
 
 // a (M, K) u8/s8, b (K, N) s8/s4 with zero points 0 (symmetric weights), optional
 // f32 bias (N), optional residual (M, N) -> y (M, N) f32 or u8/s8; scales, bias and
 // post-ops as in IntegerEpilogue.
 void OneDnnQuantizedMatmul(const KernelCall& c) {
-  const Tensor &a = c.in[0], &b = c.in[1], &y = c.out[0];
+  const Tensor &a = c.in[0], &y = c.out[0];
   const Tensor* bias = IntegerBias(c);
-  const QuantParams& pb = b.qparams();
+  const QuantParams& pb = c.in[1].qparams();
   bool supported = std::all_of(pb.zero_points.begin(), pb.zero_points.end(), [](int64_t z) { return z == 0; });
   if (y.numel() == 0) return ReferenceKernel(c.op)(c);
   if (!supported) return Fallback(c, "weights with nonzero zero points");
+  if (WithUnsignedSource(c, &OneDnnQuantizedMatmul)) return;  // Note [Exact integers without VNNI]
+  std::shared_ptr<const SplitWeights> split = SplitFor(c.in[1]);
+  const Tensor& b = split ? split->low : c.in[1];
   int64_t M = a.size(0), K = a.size(1), N = b.size(1);
   bool per_channel = pb.scheme == QScheme::kPerChannel;
   IntegerEpilogue e(c, bias, per_channel ? N : 1, N);
@@ -564,23 +705,44 @@ void OneDnnQuantizedMatmul(const KernelCall& c) {
       y_md({M, N}, e.dst_dt, memory::format_tag::ab), bias_md({1, N}, memory::data_type::f32, memory::format_tag::ab),
       r_md({M, N}, e.residual_dt, memory::format_tag::ab);
   const bool runtime_scales = c.attrs.varying_input_scale;  // Note [Run-time output scales]
-  std::string key = absl::StrCat("qmatmul|", GetNumThreads(), "|", e.Key(runtime_scales), "|", M, ",", K, ",", N, "|",
-                                 has_bias);
-  auto entry = ConvPrimitive("quantized_matmul", key, [&] {
-    dnnl::matmul::desc desc = has_bias ? dnnl::matmul::desc(a_md, b_md, bias_md, y_md) : dnnl::matmul::desc(a_md, b_md, y_md);
-    auto pd = dnnl::matmul::primitive_desc(desc, e.Attr(per_channel, r_md, runtime_scales), Engine());
-    return std::make_shared<CachedConv>(CachedConv{dnnl::matmul(pd), {pd.src_desc(), pd.weights_desc(), pd.dst_desc()}});
-  });
+  auto primitive = [&](const IntegerEpilogue& ep, const memory::desc& dst, bool with_bias) {
+    std::string key = absl::StrCat("qmatmul|", GetNumThreads(), "|", ep.Key(runtime_scales), "|", M, ",", K, ",", N,
+                                   "|", with_bias);
+    return ConvPrimitive("quantized_matmul", key, [&] {
+      dnnl::matmul::desc desc = with_bias ? dnnl::matmul::desc(a_md, b_md, bias_md, dst) : dnnl::matmul::desc(a_md, b_md, dst);
+      auto pd = dnnl::matmul::primitive_desc(desc, ep.Attr(per_channel, r_md, runtime_scales), Engine());
+      return std::make_shared<CachedConv>(CachedConv{dnnl::matmul(pd), {pd.src_desc(), pd.weights_desc(), pd.dst_desc()}});
+    });
+  };
+  memory high;  // Note [Exact integers without VNNI]: the high half's products
+  if (split) {
+    e.correction = true;
+    e.correction_md = memory::desc({M, N}, memory::data_type::f32, memory::format_tag::ab);
+    IntegerEpilogue h = e.HighHalf();
+    auto entry = primitive(h, e.correction_md, false);
+    if (!entry) return Fallback(c, "oneDNN has no primitive for the high half of its weights");
+    high = memory(e.correction_md, Engine());
+    RunInteger("quantized_matmul", *entry, h, split->high, b_md, bias_md, {DNNL_ARG_SRC, a_md, entry->want[0], a.raw_data(), true},
+               {DNNL_ARG_DST, e.correction_md, entry->want[2], high.get_data_handle(), false}, r_md, r_md, nullptr,
+               runtime_scales);
+  }
+  auto entry = primitive(e, y_md, has_bias);
   if (!entry) return Fallback(c, "oneDNN has no primitive for it");
   const Tensor* residual = e.residual ? &c.in.back() : nullptr;
   RunInteger("quantized_matmul", *entry, e, b, b_md, bias_md, {DNNL_ARG_SRC, a_md, entry->want[0], a.raw_data(), true},
-             {DNNL_ARG_DST, y_md, entry->want[2], y.raw_data(), false}, r_md, r_md, residual, runtime_scales);
+             {DNNL_ARG_DST, y_md, entry->want[2], y.raw_data(), false}, r_md, r_md, residual, runtime_scales,
+             split ? &high : nullptr);
 }
 
 void OneDnnForget(const void* data) {
   WeightCache& cache = GetWeightCache();
+  std::shared_ptr<const SplitWeights> split;  // freed after the lock: its halves' storage calls back here
   std::lock_guard<std::mutex> lock(cache.mu);
   cache.entries.erase(data);
+  if (auto it = cache.splits.find(data); it != cache.splits.end()) {
+    split = std::move(it->second);
+    cache.splits.erase(it);
+  }
 }
 
 void OneDnnSetNumThreads(int n) { omp_set_num_threads(n); }

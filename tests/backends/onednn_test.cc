@@ -216,6 +216,54 @@ TEST(OneDnn, QuantizedConv2dMatchesReference) {
   }
 }
 
+// Note [Exact integers without VNNI] in backends/cpu/onednn.cc: the products
+// that overflow int16 pairs (255 * 127 twice) and the odd weights oneDNN halves
+// for an s8 source, against sums worked out by hand. Scales are powers of two,
+// so each f32 result is exact. Without VNNI (onednn_avx2_test runs this with
+// oneDNN limited to AVX2) the unguarded kernels gave 64 * 255 * 127 saturated.
+TEST(OneDnnExact, SaturatingProductsAndOddWeights) {
+  ExpectFastPath fast_path;
+  const int64_t K = 64;
+  // u8 255 (zero point 0) times weights 127, -127, 65 and an odd 3.
+  Tensor a = Tensor::FromQuantized(std::vector<int32_t>(2 * K, 255), {2, K}, DType::kQUInt8, QuantParams::PerTensor(1.0 / 256, 0));
+  std::vector<int32_t> bv;
+  for (int64_t k = 0; k < K; ++k) bv.insert(bv.end(), {127, -127, 65, 3});
+  Tensor b = Tensor::FromQuantized(bv, {K, 4}, DType::kQInt8, QuantParams::PerTensor(1.0 / 128, 0));
+  std::vector<float> y = QuantizedMatmul(a, b, Tensor()).ToVector<float>();
+  const double unit = 1.0 / 256 / 128;  // one product's step
+  for (int64_t m = 0; m < 2; ++m) {
+    EXPECT_EQ(y[m * 4 + 0], 64 * 255 * 127 * unit);
+    EXPECT_EQ(y[m * 4 + 1], -64 * 255 * 127 * unit);
+    EXPECT_EQ(y[m * 4 + 2], 64 * 255 * 65 * unit);
+    EXPECT_EQ(y[m * 4 + 3], 64 * 255 * 3 * unit);
+  }
+  // s8 with a zero point: (127 - (-128)) = 255 per element, and -128 - (-128) = 0.
+  std::vector<int32_t> av(2 * K, 127);
+  for (int64_t k = 0; k < K; ++k) av[K + k] = -128;
+  Tensor s = Tensor::FromQuantized(av, {2, K}, DType::kQInt8, QuantParams::PerTensor(1.0 / 256, -128));
+  y = QuantizedMatmul(s, b, Tensor()).ToVector<float>();
+  EXPECT_EQ(y[0], 64 * 255 * 127 * unit);
+  EXPECT_EQ(y[3], 64 * 255 * 3 * unit);
+  for (int n = 4; n < 8; ++n) EXPECT_EQ(y[n], 0.0f) << n;
+  // The convolution: a 3x3 window of 32 channels at 255 under weights of 127
+  // (and 1 in the last output channel): the centre pixel sums 9 * 32 products;
+  // padding (the zero point) adds nothing at the corner, where 4 * 32 remain.
+  for (DType src : {DType::kQUInt8, DType::kQInt8}) {
+    int32_t high = src == DType::kQUInt8 ? 255 : 127, zero = src == DType::kQUInt8 ? 0 : -128;
+    Tensor x = Tensor::FromQuantized(std::vector<int32_t>(32 * 3 * 3, high), {1, 32, 3, 3}, src,
+                                     QuantParams::PerTensor(1.0 / 256, zero));
+    std::vector<int32_t> wv(2 * 32 * 9, 127);
+    std::fill(wv.begin() + 32 * 9, wv.end(), 1);
+    Tensor w = Tensor::FromQuantized(wv, {2, 32, 3, 3}, DType::kQInt8, QuantParams::PerTensor(1.0 / 128, 0));
+    Conv2dOptions o;
+    o.padding[0] = o.padding[1] = 1;
+    std::vector<float> out = QuantizedConv2d(x, w, Tensor(), o).ToVector<float>();
+    EXPECT_EQ(out[4], 9 * 32 * 255 * 127 * unit) << Name(src);
+    EXPECT_EQ(out[0], 4 * 32 * 255 * 127 * unit) << Name(src);
+    EXPECT_EQ(out[9 + 4], 9 * 32 * 255 * unit) << Name(src);
+  }
+}
+
 // The fused post-ops (residual, ReLU, a narrowed output range), channels-last
 // activations, qint4 weights and cached constant weights: each variant of the
 // oneDNN int8 convolution and matmul against the reference kernels, f32 outputs
