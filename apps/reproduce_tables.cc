@@ -7,6 +7,7 @@
 //
 //   bazel run //apps:reproduce_tables -- --quick       # a few minutes
 //   bazel run //apps:reproduce_tables                  # the full table (about 1.5 h on 2 cores)
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -131,9 +132,20 @@ int main(int argc, char** argv) {
   rows.push_back(progressive);
   rows.push_back(derived("QAT W2A2 (LSQ, stretch)", "qat", 2, 2, "lsq", 2));
 
-  for (Row& r : rows) {
+  // The time left, from the work done so far: a row costs its training epochs
+  // (each also evaluates the test set, a third of a training pass per image)
+  // plus the final evaluations of the fake-quant and integer models.
+  const double n_train = train_subset ? train_subset : cifar ? 50000 : 60000;
+  const double n_test = test_subset ? test_subset : 10000;
+  auto work = [&](const Row& r) { return r.config.epochs * (n_train + n_test / 3) + n_test; };
+  double total_work = 0, done_work = 0;
+  for (const Row& r : rows) total_work += work(r);
+  const auto table_start = std::chrono::steady_clock::now();
+  for (size_t k = 0; k < rows.size(); ++k) {
+    Row& r = rows[k];
     std::filesystem::remove(r.config.metrics_file);
-    std::printf("\n=== %s: %s\n", r.method.c_str(), CommandLine(r.config, "bazel run //apps:train").c_str());
+    std::printf("\n=== row %zu/%zu, %s: %s\n", k + 1, rows.size(), r.method.c_str(),
+                CommandLine(r.config, "bazel run //apps:train").c_str());
     std::fflush(stdout);
     absl::StatusOr<TrainResult> result;
     try {
@@ -146,8 +158,13 @@ int main(int argc, char** argv) {
       return 1;
     }
     r.result = *result;
-    std::printf("%s: top-1 %.2f%% (integer %.2f%%)\n", r.method.c_str(), 100 * r.result.float_accuracy,
-                100 * r.result.integer_accuracy);
+    done_work += work(r);
+    double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - table_start).count();
+    int left = static_cast<int>(elapsed / done_work * (total_work - done_work));
+    std::printf("%s: top-1 %.2f%% (integer %.2f%%) | row %zu/%zu done, %d:%02d elapsed, about %d:%02d:%02d left\n",
+                r.method.c_str(), 100 * r.result.float_accuracy, 100 * r.result.integer_accuracy, k + 1, rows.size(),
+                static_cast<int>(elapsed) / 60, static_cast<int>(elapsed) % 60, left / 3600, left / 60 % 60, left % 60);
+    std::fflush(stdout);
   }
 
   // Figures: test accuracy per epoch (f32 from scratch; fine-tuning runs

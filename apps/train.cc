@@ -48,6 +48,7 @@ ABSL_FLAG(std::string, progressive, "", "progressive bits, e.g. 8,6,4 (with --qu
 ABSL_FLAG(std::string, amp, "", "bf16: autocast matmul and convolution");
 ABSL_FLAG(std::string, device, "cpu", "cpu, or cuda / cuda:N (a build with --config=cuda and a GPU)");
 ABSL_FLAG(std::string, checkpoint_dir, "", "write last.safetensors every epoch (and the integer model at the end)");
+ABSL_FLAG(std::string, export_onnx, "", "write the converted integer model to this ONNX file (QDQ, checked)");
 ABSL_FLAG(bool, resume, false, "continue from --checkpoint_dir/last.safetensors");
 ABSL_FLAG(std::string, init_from, "", "start from this checkpoint's model (e.g. QAT from a trained f32 model)");
 ABSL_FLAG(std::string, metrics, "", "append one JSON line per epoch to this file");
@@ -95,6 +96,7 @@ int main(int argc, char** argv) {
   c.device = absl::GetFlag(FLAGS_device);
   c.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
   c.resume = absl::GetFlag(FLAGS_resume);
+  c.export_onnx = absl::GetFlag(FLAGS_export_onnx);
   c.init_from = absl::GetFlag(FLAGS_init_from);
   c.metrics_file = absl::GetFlag(FLAGS_metrics);
   c.train_subset = absl::GetFlag(FLAGS_train_subset);

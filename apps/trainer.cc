@@ -26,6 +26,7 @@
 #include "nn/checkpoint.h"
 #include "nn/optim.h"
 #include "quant/convert.h"
+#include "quant/onnx_export.h"
 #include "quant/prepare.h"
 
 namespace quanta::apps {
@@ -73,7 +74,7 @@ absl::StatusOr<Data> LoadData(const TrainConfig& c, std::ostream& log) {
     data::CifarKind kind = c.dataset == "cifar100" ? data::CifarKind::k100 : data::CifarKind::k10;
     train = data::ReadCifar(dir, kind, data::Split::kTrain);
     if (!train.ok() && kind == data::CifarKind::k100) {
-      log << "CIFAR-100 is not in " << dir << " (" << train.status().message() << "); downloading it\n";
+      log << "CIFAR-100 is not in " << dir << " (" << train.status().message() << "); downloading it" << std::endl;
       absl::Status got = data::EnsureCifar100(dir);
       if (!got.ok()) return got;
       train = data::ReadCifar(dir, kind, data::Split::kTrain);
@@ -328,8 +329,9 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
     absl::StatusOr<quant::MixedPrecisionPolicy> policy = Policy(c, total_steps);
     if (!policy.ok()) return policy.status();
     report = quant::PrepareQat(*net, *policy);
-    log << report.ToString();
-    log << absl::StrFormat("activation EMA decay %g (--ema_decay; weights use their current range)\n", c.ema_decay);
+    log << report.ToString() << std::flush;
+    log << absl::StrFormat("activation EMA decay %g (--ema_decay; weights use their current range)", c.ema_decay)
+        << std::endl;
   }
   const bool auto_ewgs = c.quant == "qat" && c.ewgs_delta == "auto" &&
                          std::any_of(report.rows.begin(), report.rows.end(), [](const quant::PrepareReport::Row& r) {
@@ -358,7 +360,7 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
     if (!meta.ok()) return meta.status();
     start_epoch = std::stoi(meta->count("epoch") ? meta->at("epoch") : "0");
     if (schedule) schedule->SetStep(start_epoch * steps_per_epoch);
-    log << "resumed from " << last << " at epoch " << start_epoch << "\n";
+    log << "resumed from " << last << " at epoch " << start_epoch << std::endl;
   }
   if (!c.checkpoint_dir.empty()) std::filesystem::create_directories(c.checkpoint_dir);
   std::unique_ptr<quant::ProgressiveBits> progressive;
@@ -417,7 +419,7 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
         parts.push_back(absl::StrFormat("%s %.3g", name, delta[k++]));
       }
     }
-    log << "epoch " << epoch + 1 << ": EWGS delta (in steps) " << absl::StrJoin(parts, ", ") << "\n";
+    log << "epoch " << epoch + 1 << ": EWGS delta (in steps) " << absl::StrJoin(parts, ", ") << std::endl;
   };
 
   for (int epoch = start_epoch; epoch < c.epochs; ++epoch) {
@@ -463,7 +465,7 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
                     line.c_str());
         std::fflush(stdout);
       } else if (step % std::max<int64_t>(1, steps_per_epoch / 5) == 0) {
-        log << line << "\n";
+        log << line << std::endl;  // each line reaches a file (a cluster job's log) when it happens
       }
     }
     if (tty) std::printf("\n");
@@ -472,9 +474,10 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
     EpochMetrics m{epoch + 1, loss_sum / std::max<int64_t>(seen, 1), static_cast<double>(right) / std::max<int64_t>(seen, 1),
                    test_acc, opt.lr(), seen / std::max(seconds, 1e-9), seconds};
     result.history.push_back(m);
-    log << absl::StrFormat("epoch %d: train loss %.4f acc %.2f%% | test acc %.2f%% | lr %.4g | %.0f img/s | %.1f s\n",
+    log << absl::StrFormat("epoch %d: train loss %.4f acc %.2f%% | test acc %.2f%% | lr %.4g | %.0f img/s | %.1f s",
                            m.epoch, m.train_loss, 100 * m.train_accuracy, 100 * m.test_accuracy, m.lr,
-                           m.images_per_second, m.seconds);
+                           m.images_per_second, m.seconds)
+        << std::endl;
     if (!c.metrics_file.empty()) {
       std::ofstream f(c.metrics_file, std::ios::app);
       f << absl::StrFormat(
@@ -539,9 +542,18 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
     result.max_logit_diff_steps = scores.max_diff_steps;
     result.integer_bytes = q->Bytes();
     if (sample.defined()) result.integer_images_per_second = ImagesPerSecond(sample, [&](const Tensor& x) { return q->Forward(x); });
+    // The input shape travels with the model: //apps:export needs no flag for it.
+    const std::string input_shape = absl::StrCat("1,", d.channels, ",", d.size, ",", d.size);
     if (!c.checkpoint_dir.empty()) {
-      absl::Status saved = q->Save(c.checkpoint_dir + "/model.int.safetensors", {{"command", result.command}});
+      absl::Status saved = q->Save(c.checkpoint_dir + "/model.int.safetensors",
+                                   {{"command", result.command}, {"input_shape", input_shape}});
       if (!saved.ok()) return saved;
+    }
+    if (!c.export_onnx.empty()) {
+      q->MoveTo(Device::Cpu());
+      absl::Status exported = quant::ExportOnnx(*q, c.export_onnx, {1, d.channels, d.size, d.size});
+      if (!exported.ok()) return exported;
+      log << "wrote " << c.export_onnx << " (ONNX QDQ)" << std::endl;
     }
   }
   return result;

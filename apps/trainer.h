@@ -44,6 +44,7 @@ struct TrainConfig {
   std::string amp;                // "" | bf16
   std::string device = "cpu";     // cpu | cuda | cuda:N
   std::string checkpoint_dir;     // "" : no checkpoints
+  std::string export_onnx;        // "" : no ONNX file; else the converted model, QDQ, batch symbolic
   bool resume = false;
   std::string init_from;          // a checkpoint (model part) to start from
   std::string metrics_file;       // JSON lines, one per epoch, appended

@@ -263,9 +263,18 @@ absl::Status EnsureCifar100(const std::string& data_dir, const std::string& url,
   if (!bytes.ok()) return bytes.status();
   std::string got = Md5Hex(*bytes);
   if (got != md5) {
-    fs::remove(archive, ec);
+    // Never delete what the user may have put there: move it aside, under a
+    // name that says why, so that the next run downloads (or asks) afresh.
+    std::string aside = absl::StrCat(archive, ".md5-mismatch-", got.substr(0, 8));
+    for (int n = 1; fs::exists(aside, ec); ++n) aside = absl::StrCat(archive, ".md5-mismatch-", got.substr(0, 8), "-", n);
+    fs::rename(archive, aside, ec);
+    if (ec) {
+      return absl::DataLossError(absl::StrCat(archive, ": MD5 ", got, " is not the published ", md5,
+                                              "; the file is left in place (moving it aside failed: ", ec.message(),
+                                              "). ", manual));
+    }
     return absl::DataLossError(absl::StrCat(archive, ": MD5 ", got, " is not the published ", md5,
-                                            "; the file was removed. ", manual));
+                                            "; the file was moved aside to ", aside, ". ", manual));
   }
   if (absl::Status s = ExtractTarGz(archive, data_dir); !s.ok()) return s;
   if (!fs::exists(dir / "train.bin", ec) || !fs::exists(dir / "test.bin", ec)) {

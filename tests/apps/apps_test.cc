@@ -107,6 +107,11 @@ TEST(Apps, ReproduceTablesQuickWritesEveryRow) {
   }
   EXPECT_NE(table.find("quick mode"), std::string::npos);
   EXPECT_NE(table.find("At 4 bits"), std::string::npos);
+  // Where it is, and the time left for the whole table, after every row.
+  EXPECT_NE(out.find("=== row 1/9, f32:"), std::string::npos) << out;
+  EXPECT_NE(out.find("row 5/9 done"), std::string::npos) << out;
+  EXPECT_NE(out.find("row 9/9 done"), std::string::npos) << out;
+  EXPECT_NE(out.find("about 0:00:00 left"), std::string::npos) << out;  // the last row leaves nothing
 }
 
 // The accuracy (%) printed in train_bert's table on the row that starts with `model`.

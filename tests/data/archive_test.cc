@@ -135,13 +135,32 @@ TEST(Archive, EnsureCifar100DownloadsVerifiesAndUnpacks) {
   EXPECT_EQ((*train)->labels(), (std::vector<int64_t>{5, 6, 7}));
   EXPECT_TRUE(EnsureCifar100(data_dir, "http://127.0.0.1:1/unused", "unused").ok());  // already there
 
-  // A wrong checksum: the archive is removed and nothing is unpacked.
+  // A wrong checksum: the archive is moved aside, byte for byte, under a name
+  // that says why, and nothing is unpacked.
   std::string bad_dir = TempDir() + "/bad-checksum";
   absl::Status bad = EnsureCifar100(bad_dir, server.Url("cifar-100-binary.tar.gz"), std::string(32, '0'));
   EXPECT_EQ(bad.code(), absl::StatusCode::kDataLoss);
   EXPECT_NE(Message(bad).find("MD5 " + Md5Hex(archive) + " is not the published 00000000"), std::string::npos) << bad;
+  std::string aside = bad_dir + "/cifar-100-binary.tar.gz.md5-mismatch-" + Md5Hex(archive).substr(0, 8);
+  EXPECT_NE(Message(bad).find("moved aside to " + aside), std::string::npos) << bad;
   EXPECT_FALSE(fs::exists(bad_dir + "/cifar-100-binary.tar.gz"));
   EXPECT_FALSE(fs::exists(bad_dir + "/cifar-100-binary"));
+  auto kept = ReadFileBytes(aside);
+  ASSERT_TRUE(kept.ok()) << kept.status();
+  EXPECT_EQ(*kept, archive);
+
+  // A file the user put there themselves (no download): kept too, and a second
+  // mismatch of the same bytes does not overwrite the first one set aside.
+  std::string user_dir = TempDir() + "/user-file";
+  WriteFile(user_dir + "/cifar-100-binary.tar.gz", "not an archive");
+  for (int run = 0; run < 2; ++run) {
+    absl::Status s2 = EnsureCifar100(user_dir, "http://127.0.0.1:1/unused", std::string(32, '0'));
+    EXPECT_EQ(s2.code(), absl::StatusCode::kDataLoss) << s2;
+    if (run == 0) WriteFile(user_dir + "/cifar-100-binary.tar.gz", "not an archive");
+  }
+  std::string user_aside = user_dir + "/cifar-100-binary.tar.gz.md5-mismatch-" + Md5Hex("not an archive").substr(0, 8);
+  EXPECT_EQ(*ReadFileBytes(user_aside), "not an archive");
+  EXPECT_EQ(*ReadFileBytes(user_aside + "-1"), "not an archive");
 
   // A missing file on the server, then no server at all: the error says what to do.
   absl::Status missing = EnsureCifar100(TempDir() + "/missing", server.Url("nope.tar.gz"), Md5Hex(archive));
