@@ -5,7 +5,7 @@
 // CIFAR-100 when the data is there. One f32 model is trained; the PTQ rows
 // calibrate it, the QAT rows fine-tune it.
 //
-//   bazel run //apps:reproduce_tables -- --quick       # a few minutes
+//   bazel run //apps:reproduce_tables -- --quick       # fmnist_resnet8_half: 2 epochs, every row (minutes)
 //   bazel run //apps:reproduce_tables                  # the full table (about 1.5 h on 2 cores)
 #include <chrono>
 #include <cstdio>
@@ -26,11 +26,14 @@
 ABSL_FLAG(double, ema_decay, 0.99, "EMA decay of the quantized rows' activation ranges (their fine-tuning is a few hundred to a few thousand steps)");
 ABSL_FLAG(std::string, dataset, "fashion_mnist", "fashion_mnist (fmnist_resnet8) | cifar100 (resnet20)");
 ABSL_FLAG(std::string, data_dir, "", "data folder (default: the dataset's)");
-ABSL_FLAG(bool, quick, false, "fewer epochs on a subset: a check that every row runs, not the table");
+ABSL_FLAG(bool, quick, false,
+          "the quick table: fmnist_resnet8_half, f32 for 2 epochs on all the training images (one-cycle, no "
+          "augmentation), each quantized row fine-tuned on 10,000 of them; every row on the whole test set");
 ABSL_FLAG(int, epochs, -1, "f32 epochs (default: 15 full, 2 quick; 200 for cifar100)");
 ABSL_FLAG(int, finetune_epochs, -1, "QAT fine-tuning epochs per row (default: 2 full, 1 quick; 30 for cifar100)");
-ABSL_FLAG(int64_t, train_subset, -1, "training images (default: all; 10000 quick)");
-ABSL_FLAG(int64_t, test_subset, -1, "test images (default: all; 2000 quick)");
+ABSL_FLAG(int64_t, train_subset, -1, "training images of the f32 run (default: all)");
+ABSL_FLAG(int64_t, finetune_subset, -1, "training images of the quantized rows (default: as --train_subset; 10000 quick)");
+ABSL_FLAG(int64_t, test_subset, -1, "test images (default: all)");
 ABSL_FLAG(uint64_t, seed, 0, "seed of every run");
 ABSL_FLAG(std::string, out, "", "the table (default docs/accuracy.md; --quick: docs/accuracy_quick.md, so a quick run never replaces the full table); figures go to figures/ beside it");
 ABSL_FLAG(std::string, work_dir, "/tmp/quanta-reproduce", "checkpoints and metrics of the runs");
@@ -76,8 +79,11 @@ int main(int argc, char** argv) {
   auto pick = [&](int flag, int full, int fast) { return flag >= 0 ? flag : quick ? fast : full; };
   const int epochs = pick(absl::GetFlag(FLAGS_epochs), cifar ? 200 : 15, 2);
   const int finetune = pick(absl::GetFlag(FLAGS_finetune_epochs), cifar ? 30 : 2, 1);
-  const int64_t train_subset = absl::GetFlag(FLAGS_train_subset) >= 0 ? absl::GetFlag(FLAGS_train_subset) : quick ? 10000 : 0;
-  const int64_t test_subset = absl::GetFlag(FLAGS_test_subset) >= 0 ? absl::GetFlag(FLAGS_test_subset) : quick ? 2000 : 0;
+  const int64_t train_subset = std::max<int64_t>(0, absl::GetFlag(FLAGS_train_subset));
+  const int64_t finetune_subset = absl::GetFlag(FLAGS_finetune_subset) >= 0 ? absl::GetFlag(FLAGS_finetune_subset)
+                                  : quick && train_subset == 0             ? 10000
+                                                                           : train_subset;
+  const int64_t test_subset = std::max<int64_t>(0, absl::GetFlag(FLAGS_test_subset));
   const std::string work = absl::GetFlag(FLAGS_work_dir) + "/" + dataset;
   std::string out_flag = absl::GetFlag(FLAGS_out);
   if (out_flag.empty()) out_flag = quick ? "docs/accuracy_quick.md" : "docs/accuracy.md";
@@ -90,7 +96,9 @@ int main(int argc, char** argv) {
   TrainConfig base;
   base.dataset = dataset;
   base.data_dir = absl::GetFlag(FLAGS_data_dir);
-  base.model = cifar ? "resnet20" : "fmnist_resnet8";
+  // Quick: a quarter of the multiply-adds, and a schedule that reaches 90% in
+  // two epochs (Fashion-MNIST; augmentation pays off only over longer runs).
+  base.model = cifar ? "resnet20" : quick ? "fmnist_resnet8_half" : "fmnist_resnet8";
   base.seed = absl::GetFlag(FLAGS_seed);
   base.train_subset = train_subset;
   base.test_subset = test_subset;
@@ -100,6 +108,11 @@ int main(int argc, char** argv) {
 
   std::vector<Row> rows;
   auto f32 = base;
+  if (quick && !cifar) {
+    f32.augment = false;
+    f32.schedule = "onecycle";
+    f32.lr = 0.2;
+  }
   f32.checkpoint_dir = work + "/f32";
   f32.metrics_file = work + "/f32.jsonl";
   rows.push_back({"f32", f32, 0, {}});
@@ -116,6 +129,7 @@ int main(int argc, char** argv) {
     c.epochs = quant == "ptq" ? 0 : finetune;
     c.lr = base.lr * 0.1;  // fine-tuning from the trained model
     c.warmup_epochs = 0;
+    c.train_subset = finetune_subset;
     c.metrics_file = work + "/" + name + ".jsonl";
     Row r{name, c, bits, {}};
     return r;
@@ -135,11 +149,14 @@ int main(int argc, char** argv) {
   // The time left, from the work done so far: a row costs its training epochs
   // (each also evaluates the test set, a third of a training pass per image)
   // plus the final evaluations of the fake-quant and integer models.
-  const double n_train = train_subset ? train_subset : cifar ? 50000 : 60000;
+  const double n_all = cifar ? 50000 : 60000;
   const double n_test = test_subset ? test_subset : 10000;
-  auto work = [&](const Row& r) { return r.config.epochs * (n_train + n_test / 3) + n_test; };
+  auto work_of = [&](const Row& r) {
+    double n_train = r.config.train_subset ? r.config.train_subset : n_all;
+    return r.config.epochs * (n_train + n_test / 3) + n_test;
+  };
   double total_work = 0, done_work = 0;
-  for (const Row& r : rows) total_work += work(r);
+  for (const Row& r : rows) total_work += work_of(r);
   const auto table_start = std::chrono::steady_clock::now();
   for (size_t k = 0; k < rows.size(); ++k) {
     Row& r = rows[k];
@@ -158,7 +175,7 @@ int main(int argc, char** argv) {
       return 1;
     }
     r.result = *result;
-    done_work += work(r);
+    done_work += work_of(r);
     double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - table_start).count();
     int left = static_cast<int>(elapsed / done_work * (total_work - done_work));
     std::printf("%s: top-1 %.2f%% (integer %.2f%%) | row %zu/%zu done, %d:%02d elapsed, about %d:%02d:%02d left\n",
@@ -206,16 +223,25 @@ int main(int argc, char** argv) {
 
   // The table.
   const double base_acc = rows[0].result.float_accuracy;
+  auto images = [](int64_t n) { return n ? std::to_string(n) : std::string("all"); };
+  const double table_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - table_start).count();
   std::string md = absl::StrCat(
-      "# Accuracy\n\n", cifar ? "ResNet-20 on CIFAR-100" : "fmnist_resnet8 on Fashion-MNIST (Debian's dataset-fashion-mnist)",
-      quick ? " — **quick mode** (a subset and few epochs: checks that every row runs; not the table)" : "", ".\n\n",
+      "# Accuracy\n\n", cifar ? "ResNet-20 on CIFAR-100" : absl::StrCat(base.model, " on Fashion-MNIST (Debian's dataset-fashion-mnist)"),
+      quick ? " — **quick mode**" : "", ".\n\n",
       "Produced by `bazel run //apps:reproduce_tables --", quick ? " --quick" : "",
-      cifar ? " --dataset=cifar100" : "", "` (seed ", base.seed, "): f32 trained for ", epochs,
-      " epochs (SGD, momentum 0.9, cosine schedule, lr ", base.lr, ", weight decay 5e-4, random crop + flip); PTQ rows ",
+      cifar ? " --dataset=cifar100" : "", "` (seed ", base.seed, ") in ", static_cast<int>(table_seconds) / 60, " min ",
+      static_cast<int>(table_seconds) % 60, " s: f32 trained for ", epochs, " epochs (SGD, momentum 0.9, ",
+      f32.schedule == "onecycle" ? "one-cycle" : f32.schedule, " schedule, lr ", f32.lr, ", weight decay 5e-4, ",
+      f32.augment ? "random crop + flip" : "no augmentation", "); PTQ rows ",
       "calibrate it on 8 batches; QAT rows fine-tune it for ", finetune, " epochs (progressive: ",
       std::max(3, finetune), ") at a tenth of the rate. First and last layers stay 8-bit in every quantized row. ",
-      "Train images: ", train_subset ? std::to_string(train_subset) : std::string("all"), "; test images: ",
-      test_subset ? std::to_string(test_subset) : std::string("all"), ".\n\n",
+      "Train images: ", images(train_subset), " for f32, ", images(finetune_subset), " for the quantized rows; test images: ",
+      images(test_subset), ".\n\n",
+      quick ? "The quick table is the full table's recipe made small: a half-width model, 2 epochs, fine-tuning on a sixth "
+              "of the images. The full run (`bazel run //apps:reproduce_tables`, docs/accuracy.md) trains fmnist_resnet8 "
+              "for 15 epochs with augmentation and fine-tunes on every image: higher accuracy everywhere, and the 4-bit "
+              "and 2-bit rows closer to f32.\n\n"
+            : "",
       "Top-1 is the converted integer model's (what ships); fake-quant is the model as trained; agreement is the share of ",
       "test images where the two give the same class, and the logit difference is the largest between them over the ",
       "test set, and in output steps: s_in * max|w_c| of the last layer, the most one level of its input moves a logit. Bytes: `IntegerModel::Bytes()` (f32: the parameters). ",
@@ -252,7 +278,10 @@ int main(int argc, char** argv) {
                           100 * best->result.integer_accuracy,
                           100 * (best->result.integer_accuracy - second->result.integer_accuracy), second->method);
   }
-  if (!cifar) {
+  if (!cifar && quick) {
+    absl::StrAppendFormat(&md, "\nQuick-mode target (issue 16): f32 at least 90%% on the whole test set — %.2f%%, %s.\n",
+                          100 * base_acc, base_acc >= 0.90 && test_subset == 0 ? "met" : "**missed**");
+  } else if (!cifar) {
     auto row = [&](const std::string& m) -> const Row& {
       for (const Row& r : rows) {
         if (r.method == m) return r;

@@ -49,6 +49,7 @@ ABSL_FLAG(std::string, amp, "", "bf16: autocast matmul and convolution");
 ABSL_FLAG(std::string, device, "cpu", "cpu, or cuda / cuda:N (a build with --config=cuda and a GPU)");
 ABSL_FLAG(std::string, checkpoint_dir, "", "write last.safetensors every epoch (and the integer model at the end)");
 ABSL_FLAG(std::string, export_onnx, "", "write the converted integer model to this ONNX file (QDQ, checked)");
+ABSL_FLAG(bool, report, false, "print the per-layer quantization report (range, clip %, SQNR) and write it as JSON next to --metrics");
 ABSL_FLAG(bool, resume, false, "continue from --checkpoint_dir/last.safetensors");
 ABSL_FLAG(std::string, init_from, "", "start from this checkpoint's model (e.g. QAT from a trained f32 model)");
 ABSL_FLAG(std::string, metrics, "", "append one JSON line per epoch to this file");
@@ -97,6 +98,7 @@ int main(int argc, char** argv) {
   c.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
   c.resume = absl::GetFlag(FLAGS_resume);
   c.export_onnx = absl::GetFlag(FLAGS_export_onnx);
+  c.report = absl::GetFlag(FLAGS_report);
   c.init_from = absl::GetFlag(FLAGS_init_from);
   c.metrics_file = absl::GetFlag(FLAGS_metrics);
   c.train_subset = absl::GetFlag(FLAGS_train_subset);

@@ -58,6 +58,8 @@ ABSL_FLAG(int, qat_epochs, 1, "QAT fine-tuning epochs after the f32 ones");
 ABSL_FLAG(double, qat_lr, 0, "QAT peak learning rate (0: --lr / 5)");
 ABSL_FLAG(int, calib_batches, 8, "PTQ: training batches to calibrate on");
 ABSL_FLAG(bool, dynamic, false, "int8 with each batch's own activation ranges (always so with --quant=none)");
+ABSL_FLAG(bool, report, false, "print the per-layer quantization report after QAT or calibration (--quant=qat|ptq)");
+ABSL_FLAG(std::string, report_json, "", "also write the report as JSON to this file");
 ABSL_FLAG(std::string, save, "", "write the fine-tuned model here (safetensors, Hugging Face names)");
 ABSL_FLAG(uint64_t, seed, 0, "initialization, dropout and shuffling");
 ABSL_FLAG(int, threads, 2, "compute threads");
@@ -303,6 +305,22 @@ int Run() {
     }
     rows.push_back({absl::StrCat(name, " ", quant == "qat" ? "QAT " : "PTQ ", bits, " fake-quant"),
                     Evaluate(*net, *test, batch, classes), false});
+    if (absl::GetFlag(FLAGS_report) || !absl::GetFlag(FLAGS_report_json).empty()) {
+      // Inputs recorded on the first training batch, the model as it ships.
+      models::BertInput in = Rows(*train, Range(0, std::min<int64_t>(train->size(), batch)));
+      quant::RecordInputs(report, *net, {Stack({in.ids, in.type_ids, in.mask}, 0)}, [&](const Tensor& x) {
+        return net->Forward({x.Select(0, 0), x.Select(0, 1), x.Select(0, 2)});
+      });
+      std::printf("\nquantization report (inputs: one training batch)\n%s", quant::QuantReport(report).c_str());
+      if (const std::string json = absl::GetFlag(FLAGS_report_json); !json.empty()) {
+        absl::Status st = WriteFileAtomically(json, quant::QuantReportJson(report));
+        if (!st.ok()) return Fail(st);
+        std::printf("report: %s\n", json.c_str());
+      }
+      std::fflush(stdout);
+    }
+  } else if (absl::GetFlag(FLAGS_report)) {
+    std::printf("--report: nothing to report without --quant=qat or --quant=ptq (dynamic int8 has no calibrated ranges)\n");
   }
   const std::string save = absl::GetFlag(FLAGS_save);
   if (!save.empty()) {

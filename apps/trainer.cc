@@ -25,6 +25,7 @@
 #include "models/registry.h"
 #include "nn/checkpoint.h"
 #include "nn/optim.h"
+#include "nn/safetensors.h"
 #include "quant/convert.h"
 #include "quant/onnx_export.h"
 #include "quant/prepare.h"
@@ -529,6 +530,27 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
       result.float_images_per_second = ImagesPerSecond(sample, [&](const Tensor& x) { return folded->Forward(x); });
     }
     post_training(*quant::MixedPrecisionPolicy::Parse("default 8 8 minmax\n"));
+  }
+  if (c.report) {
+    // Inputs recorded on unaugmented training batches, the model as it ships.
+    std::vector<Tensor> batches;
+    auto it = calib_loader.Start(0);
+    data::Batch b;
+    while (static_cast<int>(batches.size()) < std::min(2, c.calibration_batches) && it->Next(&b)) batches.push_back(b.data);
+    quant::RecordInputs(report, *net, batches, [&](const Tensor& x) { return net->Forward(x); });
+    log << "\nquantization report (inputs: " << batches.size() << " training batches, unaugmented)\n"
+        << quant::QuantReport(report) << std::flush;
+    if (!c.metrics_file.empty()) {
+      std::string m = c.metrics_file;
+      result.report_json = (absl::EndsWith(m, ".jsonl") ? m.substr(0, m.size() - 6) : m) + ".report.json";
+    } else if (!c.checkpoint_dir.empty()) {
+      result.report_json = c.checkpoint_dir + "/report.json";
+    }
+    if (!result.report_json.empty()) {
+      absl::Status written = WriteFileAtomically(result.report_json, quant::QuantReportJson(report));
+      if (!written.ok()) return written;
+      log << "report: " << result.report_json << std::endl;
+    }
   }
   {
     net->To(Device::Cpu());

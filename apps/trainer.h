@@ -51,6 +51,10 @@ struct TrainConfig {
   int64_t train_subset = 0, test_subset = 0;  // the first N examples (0: all)
   int calibration_batches = 8;    // PTQ, and the int8 row of an f32 run's summary
   bool progress_bar = true;       // on a terminal; plain lines otherwise
+  // The per-layer quantization report (quant::QuantReport) after QAT or
+  // calibration (an f32 run: of its W8A8 PTQ row), logged, and as JSON next to
+  // the metrics (X.jsonl -> X.report.json) or in checkpoint_dir/report.json.
+  bool report = false;
 };
 
 struct EpochMetrics {
@@ -70,6 +74,7 @@ struct TrainResult {
   int64_t integer_bytes = 0;       // the converted model
   double integer_images_per_second = 0, float_images_per_second = 0;  // folded f32 / integer, batch 256
   std::string command;             // how to rerun it
+  std::string report_json;         // where the report's JSON went ("" : nowhere)
 };
 
 absl::StatusOr<TrainResult> RunTraining(const TrainConfig& config, std::ostream& log);

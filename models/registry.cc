@@ -12,7 +12,7 @@ namespace quanta::models {
 std::vector<std::string> Names() {
   return {"resnet20", "resnet32",       "resnet44",       "resnet56",       "resnet110",      "resnet18",
           "resnet34", "resnet50",       "resnet18_cifar", "resnet34_cifar", "resnet50_cifar", "fmnist_resnet8",
-          "tiny_cnn"};
+          "fmnist_resnet8_half", "tiny_cnn"};
 }
 
 std::shared_ptr<nn::Layer> Make(const std::string& name, int64_t num_classes, int64_t in_channels, Generator* gen) {
@@ -31,9 +31,9 @@ std::shared_ptr<nn::Layer> Make(const std::string& name, int64_t num_classes, in
       return ResNet::Make(base, num_classes, gen, /*cifar_stem=*/name != base);
     }
   }
-  if (name == "fmnist_resnet8") {
+  if (name == "fmnist_resnet8" || name == "fmnist_resnet8_half") {
     channels(1);
-    return ResNet::Make("fmnist_resnet8", num_classes, gen);
+    return ResNet::Make(name, num_classes, gen);
   }
   if (name == "tiny_cnn") return TinyCnn(gen ? gen->seed() : 0, in_channels, num_classes);
   throw Error("models: unknown model '" + name + "' (" + absl::StrJoin(Names(), ", ") + ")");

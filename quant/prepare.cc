@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "core/error.h"
 #include "autograd/autograd.h"
 #include "core/grad_mode.h"
@@ -366,42 +367,102 @@ void ProgressiveBits::Apply(const PrepareReport& report, int epoch) const {
   }
 }
 
-std::string QuantReport(const PrepareReport& report) {
+namespace {
+
+// One row of the report, as numbers (NaN: unknown).
+struct LayerStats {
+  std::string name, shared_input_with;
+  int weight_bits = 0, act_bits = 0;
+  double scale_min = NAN, scale_max = NAN, clip = NAN, sqnr = NAN, in_lo = NAN, in_hi = NAN;
+  Quantizer::Stats input;
+};
+
+std::vector<LayerStats> Stats(const PrepareReport& report) {
   NoGradGuard no_grad;
-  std::string out = absl::StrFormat("%-24s %-6s %-22s %-9s %-8s %-20s %s\n", "layer", "bits", "weight scale [min, max]",
-                                    "clip %", "SQNR dB", "input range", "input clip% SQNR |x| p50/p99/max");
+  std::vector<LayerStats> rows;
   for (const auto& r : report.rows) {
+    LayerStats l{.name = r.name, .shared_input_with = r.shared_input_with, .weight_bits = r.weight->spec().bits,
+                 .act_bits = r.input->spec().bits};
     Tensor w = WeightOf(r.layer);
-    std::string scale = "-", clip = "-", sqnr = "-", input = "-";
     if (r.weight->ready()) {
       auto [s, z] = r.weight->Params();
-      scale = absl::StrFormat("[%.3g, %.3g]", Min(s).item<float>(), Max(s).item<float>());
+      l.scale_min = Min(s).item<float>();
+      l.scale_max = Max(s).item<float>();
       const QuantSpec& sp = r.weight->spec();
       Tensor fq = FakeQuantize(w.Detach(), s, z, {.quant_min = sp.quant_min(), .quant_max = sp.quant_max(), .axis = 0});
       // Clipped: beyond the outermost levels by more than half a step.
       Tensor sv = s.View({s.numel(), 1}).Expand({s.numel(), w.numel() / s.numel()}).Reshape(w.shape());
       Tensor limit = Mul(sv, static_cast<double>(sp.quant_max()) + 0.5);
-      double clipped = Mean(Gt(Abs(w), limit).To(DType::kF32)).item<float>();
+      l.clip = 100 * Mean(Gt(Abs(w), limit).To(DType::kF32)).item<float>();
       double signal = Sum(Square(w)).item<float>(), noise = Sum(Square(Sub(w, fq))).item<float>();
-      clip = absl::StrFormat("%.3f", 100 * clipped);
-      sqnr = absl::StrFormat("%.1f", noise > 0 ? 10 * std::log10(signal / noise) : INFINITY);
+      l.sqnr = noise > 0 ? 10 * std::log10(signal / noise) : INFINITY;
     }
     if (r.input->ready()) {
       auto [s, z] = r.input->Params();
       double sc = s.item<float>(), zp = z.item<float>();
       const QuantSpec& sp = r.input->spec();
-      input = absl::StrFormat("[%.3g, %.3g]", sc * (sp.quant_min() - zp), sc * (sp.quant_max() - zp));
+      l.in_lo = sc * (sp.quant_min() - zp);
+      l.in_hi = sc * (sp.quant_max() - zp);
     }
-    std::string input_stats = "-";
-    if (auto* fq = dynamic_cast<FakeQuant*>(r.input.get()); fq != nullptr && fq->stats().valid) {
-      const FakeQuant::Stats& st = fq->stats();
-      input_stats = absl::StrFormat("%.3f %.1f %.3g/%.3g/%.3g", 100 * st.clip_rate, st.sqnr_db, st.abs_p50, st.abs_p99,
-                                    st.abs_max);
-    }
-    absl::StrAppendFormat(&out, "%-24s W%dA%d  %-22s %-9s %-8s %-20s %s\n", r.name, r.weight->spec().bits,
-                          r.input->spec().bits, scale, clip, sqnr, input, input_stats);
+    l.input = r.input->stats();
+    rows.push_back(l);
+  }
+  return rows;
+}
+
+std::string Json(double v) { return std::isfinite(v) ? absl::StrFormat("%.6g", v) : "null"; }
+
+}  // namespace
+
+std::string QuantReport(const PrepareReport& report) {
+  std::string out = absl::StrFormat("%-24s %-6s %-22s %-9s %-8s %-20s %s\n", "layer", "bits", "weight scale [min, max]",
+                                    "clip %", "SQNR dB", "input range", "input clip% SQNR |x| p50/p99/max");
+  for (const LayerStats& l : Stats(report)) {
+    bool w = !std::isnan(l.scale_min);
+    std::string scale = w ? absl::StrFormat("[%.3g, %.3g]", l.scale_min, l.scale_max) : "-";
+    std::string clip = w ? absl::StrFormat("%.3f", l.clip) : "-", sqnr = w ? absl::StrFormat("%.1f", l.sqnr) : "-";
+    std::string input = std::isnan(l.in_lo) ? "-" : absl::StrFormat("[%.3g, %.3g]", l.in_lo, l.in_hi);
+    std::string input_stats = l.input.valid ? absl::StrFormat("%.3f %.1f %.3g/%.3g/%.3g", 100 * l.input.clip_rate,
+                                                              l.input.sqnr_db, l.input.abs_p50, l.input.abs_p99,
+                                                              l.input.abs_max)
+                                            : "-";
+    if (!l.shared_input_with.empty()) input_stats = "(reads " + l.shared_input_with + "'s quantized input)";
+    absl::StrAppendFormat(&out, "%-24s W%dA%d  %-22s %-9s %-8s %-20s %s\n", l.name, l.weight_bits, l.act_bits, scale,
+                          clip, sqnr, input, input_stats);
   }
   return out;
+}
+
+std::string QuantReportJson(const PrepareReport& report) {
+  std::vector<std::string> layers;
+  for (const LayerStats& l : Stats(report)) {
+    std::string input = l.input.valid && l.shared_input_with.empty()
+                            ? absl::StrCat("{\"clip_percent\": ", Json(100 * l.input.clip_rate), ", \"sqnr_db\": ",
+                                           Json(l.input.sqnr_db), ", \"abs_p50\": ", Json(l.input.abs_p50),
+                                           ", \"abs_p99\": ", Json(l.input.abs_p99), ", \"abs_max\": ",
+                                           Json(l.input.abs_max), "}")
+                            : "null";
+    layers.push_back(absl::StrCat(
+        "    {\"name\": \"", l.name, "\", \"weight_bits\": ", l.weight_bits, ", \"act_bits\": ", l.act_bits,
+        ", \"weight_scale\": [", Json(l.scale_min), ", ", Json(l.scale_max), "], \"weight_clip_percent\": ",
+        Json(l.clip), ", \"weight_sqnr_db\": ", Json(l.sqnr), ", \"input_range\": [", Json(l.in_lo), ", ",
+        Json(l.in_hi), "], \"input\": ", input, ", \"shared_input_with\": ",
+        l.shared_input_with.empty() ? "null" : "\"" + l.shared_input_with + "\"", "}"));
+  }
+  return absl::StrCat("{\"layers\": [\n", absl::StrJoin(layers, ",\n"), "\n]}\n");
+}
+
+void RecordInputs(const PrepareReport& report, nn::Module& model, const std::vector<Tensor>& batches,
+                  const std::function<Tensor(const Tensor&)>& forward) {
+  bool was_training = model.is_training();
+  model.Eval();  // observers observe only in training (or calibrating): nothing changes
+  for (const auto& r : report.rows) r.input->SetRecording(true);
+  {
+    NoGradGuard no_grad;
+    for (const Tensor& b : batches) forward(b);
+  }
+  for (const auto& r : report.rows) r.input->SetRecording(false);
+  model.Train(was_training);
 }
 
 std::vector<nn::ParamGroup> ParameterGroups(const nn::Module& model, double quant_lr_mult) {

@@ -134,6 +134,16 @@ std::vector<nn::ParamGroup> ParameterGroups(const nn::Module& model, double quan
 // recorded (Calibrate turns recording on) — the input's clipping rate, SQNR and
 // distribution (median, 99th percentile and max of |x|) on the last calibration batch.
 std::string QuantReport(const PrepareReport& report);
+// The same as JSON: {"layers": [{"name", "weight_bits", "act_bits",
+// "weight_scale": [min, max], "weight_clip_percent", "weight_sqnr_db",
+// "input_range": [lo, hi], "input": {"clip_percent", "sqnr_db", "abs_p50",
+// "abs_p99", "abs_max"}, "shared_input_with"}, ...]}; null where unknown.
+std::string QuantReportJson(const PrepareReport& report);
+// Runs `forward` over `batches` in eval mode with every input quantizer
+// recording (nothing observes or learns), so that the report's input columns
+// describe the model as it is now: after QAT, or after Calibrate.
+void RecordInputs(const PrepareReport& report, nn::Module& model, const std::vector<Tensor>& batches,
+                  const std::function<Tensor(const Tensor&)>& forward);
 // Bytes of the model's parameters at the policy (quantized weights at their
 // bits, everything else f32).
 int64_t ModelSizeBytes(const nn::Module& model, const PrepareReport& report);

@@ -40,21 +40,24 @@ Tensor FakeQuant::Forward(const Tensor& x) {
   } else if (perturbation_.defined()) {
     y = Add(y, perturbation_);
   }
-  if (recording_) {
-    NoGradGuard no_grad;
-    last_output_ = y.Detach();
-    std::vector<float> sorted = Abs(x.Detach()).To(DType::kF32).ToVector<float>();
-    std::sort(sorted.begin(), sorted.end());
-    auto at = [&](double p) { return sorted.empty() ? 0.0 : sorted[static_cast<size_t>(p * (sorted.size() - 1))]; };
-    Tensor xf = x.Detach().To(DType::kF32), err = Sub(xf, y.Detach().To(DType::kF32));
-    double signal = Sum(Square(xf)).item<float>(), noise = Sum(Square(err)).item<float>();
-    // Clipped: further from the value than half a step, which rounding never is.
-    double half = 0.5 * Max(scale).item<float>() * (1 + 1e-6);
-    stats_ = {Mean(Gt(Abs(err), half).To(DType::kF32)).item<float>(),
-              noise > 0 ? 10 * std::log10(signal / noise) : INFINITY, at(0.5), at(0.99), sorted.empty() ? 0.0 : sorted.back(),
-              true};
-  }
+  Record(x, y, scale);
   return y;
+}
+
+void Quantizer::Record(const Tensor& x, const Tensor& y, const Tensor& scale) {
+  if (!recording_) return;
+  NoGradGuard no_grad;
+  last_output_ = y.Detach();
+  std::vector<float> sorted = Abs(x.Detach()).To(DType::kF32).ToVector<float>();
+  std::sort(sorted.begin(), sorted.end());
+  auto at = [&](double p) { return sorted.empty() ? 0.0 : sorted[static_cast<size_t>(p * (sorted.size() - 1))]; };
+  Tensor xf = x.Detach().To(DType::kF32), err = Sub(xf, y.Detach().To(DType::kF32));
+  double signal = Sum(Square(xf)).item<float>(), noise = Sum(Square(err)).item<float>();
+  // Clipped: further from the value than half a step, which rounding never is.
+  double half = 0.5 * Max(scale).item<float>() * (1 + 1e-6);
+  stats_ = {Mean(Gt(Abs(err), half).To(DType::kF32)).item<float>(),
+            noise > 0 ? 10 * std::log10(signal / noise) : INFINITY, at(0.5), at(0.99), sorted.empty() ? 0.0 : sorted.back(),
+            true};
 }
 
 void FakeQuant::SetBits(int bits) {
@@ -124,7 +127,10 @@ Tensor LsqQuantizer::Forward(const Tensor& x) {
   o.lsq_grad_scale = 1.0 / std::sqrt(per_step * static_cast<double>(spec_.quant_max()));
   // Note [LSQ+ offsets on the integer grid]: round in the forward pass, pass the gradient straight through.
   Tensor zero_point = spec_.symmetric ? offset : Add(offset, Sub(Round(offset), offset).Detach());
-  return FakeQuantize(x, Maximum(scale, 1e-8), zero_point, o);
+  Tensor step = Maximum(scale, 1e-8);
+  Tensor y = FakeQuantize(x, step, zero_point, o);
+  Record(x, y, step);
+  return y;
 }
 
 void LsqQuantizer::SetBits(int bits) {

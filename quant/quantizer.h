@@ -29,11 +29,25 @@ class Quantizer : public nn::Layer {
   virtual bool ready() const = 0;  // has parameters (has seen data)
   void SetEnabled(bool enabled) { enabled_ = enabled; }
   bool enabled() const { return enabled_; }
+  // While on, keeps the last output and statistics of what came in (the report's
+  // activation columns; PTQ bias correction reads the output).
+  void SetRecording(bool on) { recording_ = on; }
+  struct Stats {
+    double clip_rate = 0, sqnr_db = 0, abs_p50 = 0, abs_p99 = 0, abs_max = 0;
+    bool valid = false;
+  };
+  const Stats& stats() const { return stats_; }
+  const Tensor& last_output() const { return last_output_; }
 
  protected:
   FakeQuantOptions Options() const;
+  // When recording: x came in, y went out, quantized with steps `scale`.
+  void Record(const Tensor& x, const Tensor& y, const Tensor& scale);
   QuantSpec spec_;
   bool enabled_ = true;
+  bool recording_ = false;
+  Stats stats_;
+  Tensor last_output_;
 };
 
 class FakeQuant : public Quantizer {
@@ -48,15 +62,6 @@ class FakeQuant : public Quantizer {
   void SetObserving(bool on) { observing_ = on; }
   void SetCalibrating(bool on) { calibrating_ = on; }
   Observer& observer() { return *observer_; }
-  // While on, keeps the last output and statistics of what came in (the report's
-  // activation columns; PTQ bias correction reads the output).
-  void SetRecording(bool on) { recording_ = on; }
-  struct Stats {
-    double clip_rate = 0, sqnr_db = 0, abs_p50 = 0, abs_p99 = 0, abs_max = 0;
-    bool valid = false;
-  };
-  const Stats& stats() const { return stats_; }
-  const Tensor& last_output() const { return last_output_; }
   // EWGS's delta (EstimateEwgsDelta in quant/prepare.h sets it adaptively).
   double ewgs_delta() const { return ewgs_delta_; }
   void SetEwgsDelta(double delta) { ewgs_delta_ = delta; }
@@ -72,9 +77,7 @@ class FakeQuant : public Quantizer {
   std::shared_ptr<Observer> observer_;
   FakeQuantGradient gradient_;
   double ewgs_delta_;
-  bool observing_ = true, calibrating_ = false, recording_ = false;
-  Stats stats_;
-  Tensor last_output_;
+  bool observing_ = true, calibrating_ = false;
   Tensor perturbation_;
   std::function<void(const Tensor&)> on_grad_;
 };

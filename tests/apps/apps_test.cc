@@ -128,7 +128,7 @@ TEST(Apps, TrainBertFineTunesQatAndConvertsOnSyntheticFiles) {
   ASSERT_EQ(RunCommand("apps/make_text_task --out=" + task + " --train=1024 --test=400", &out), 0) << out;
   std::string files = " --train=" + task + "/train.tsv --test=" + task + "/test.tsv --vocab=" + task + "/vocab.txt";
   ASSERT_EQ(RunCommand("apps/train_bert" + files + " --config=tiny --epochs=3 --quant=qat --qat_epochs=1 --max_len=32 "
-                       "--save=" + task + "/bert.safetensors",
+                       "--save=" + task + "/bert.safetensors --report --report_json=" + task + "/report.json",
                        &out),
             0)
       << out;
@@ -140,6 +140,11 @@ TEST(Apps, TrainBertFineTunesQatAndConvertsOnSyntheticFiles) {
   EXPECT_GE(int8, f32 - 1.0) << out;
   EXPECT_NE(out.find("F1: binary, class 1 positive"), std::string::npos) << out;
   EXPECT_TRUE(std::filesystem::exists(task + "/bert.safetensors"));
+  // --report: the table after QAT, and its JSON.
+  EXPECT_NE(out.find("quantization report (inputs: one training batch)"), std::string::npos) << out;
+  std::string json = Read(task + "/report.json");
+  EXPECT_EQ(json.rfind("{\"layers\": [", 0), 0u) << json;
+  EXPECT_NE(json.find("\"weight_bits\": 8, \"act_bits\": 8"), std::string::npos) << json;
   // The saved model evaluates as it was trained (no epochs), with dynamic int8 after it.
   ASSERT_EQ(RunCommand("apps/train_bert" + files + " --epochs=0 --max_len=32 --init_from=" + task + "/bert.safetensors",
                        &out),

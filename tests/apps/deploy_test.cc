@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -50,9 +51,10 @@ const std::string& RunDir() {
     auto* d = new std::string(Tmp() + "/qat");
     std::string out;
     int rc = RunCommand("apps/train --dataset=fashion_mnist --train_subset=256 --test_subset=128 --epochs=1 --workers=1 "
-                        "--quant=qat --wbits=4 --abits=4 --checkpoint_dir=" + *d + " --export_onnx=" + *d + "/train.onnx",
+                        "--quant=qat --wbits=4 --abits=4 --checkpoint_dir=" + *d + " --export_onnx=" + *d + "/train.onnx --report",
                         &out);
     EXPECT_EQ(rc, 0) << out;
+    std::ofstream(*d + "/train.log") << out;
     return d;
   }();
   return *dir;
@@ -74,6 +76,19 @@ TEST(Deploy, InspectShowsTheIntegerModelAndTheCheckpoint) {
   ExpectHas(out, "epoch: 1");
   ExpectHas(out, "model.conv1.weight                                       f32    [32, 1, 3, 3]");
   ExpectHas(out, "model.layer1.0.conv1.input_quant.observer.min_val");
+}
+
+// --report: the per-layer table after QAT and its JSON in the checkpoint folder.
+TEST(Deploy, TrainReportsEveryLayer) {
+  std::string log = Read(RunDir() + "/train.log"), json = Read(RunDir() + "/report.json");
+  ExpectHas(log, "quantization report (inputs: 2 training batches, unaugmented)");
+  ExpectHas(log, "layer1.0.conv1           W4A4");
+  ExpectHas(log, "fc                       W8A8");
+  // The downsample reads the block input conv1 quantized (Note [Quantization plan]).
+  ExpectHas(log, "(reads layer2.0.conv1's quantized input)");
+  ExpectHas(json, "{\"name\": \"conv1\", \"weight_bits\": 8, \"act_bits\": 8");
+  ExpectHas(json, "\"shared_input_with\": \"layer3.0.conv1\"");
+  EXPECT_EQ(std::count(json.begin(), json.end(), '\n'), 12) << json;  // 10 layers, the brackets
 }
 
 TEST(Deploy, ExportWritesOnnxTheCheckerAccepts) {
