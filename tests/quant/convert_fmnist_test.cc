@@ -1,5 +1,7 @@
 // The numerical contract on real data (docs/quantization.md, "The contract"):
-// fmnist_resnet8 trained briefly on Fashion-MNIST (Debian's package), then
+// fmnist_resnet8_half (fmnist_resnet8's blocks, shortcuts and shared block
+// inputs at half the width: a quarter of the cost, so the suite stays within its
+// time on 2-core AVX2 machines) trained briefly on Fashion-MNIST (Debian's package), then
 // fine-tuned with QAT at W8A8, W4A4, W3A3 and W2A2 with the EMA, LSQ and EWGS
 // quantizers, converted to an integer model: on the 10,000 test images the
 // integer model gives the fake-quant model's top-1 on at least 99.9% of them.
@@ -62,7 +64,7 @@ void Train(nn::Layer& net, const std::vector<nn::ParamGroup>& groups, int64_t fi
 TensorMap F32Weights() {
   static TensorMap* weights = [] {
     Generator gen(3);
-    auto net = models::ResNet::Make("fmnist_resnet8", 10, &gen);
+    auto net = models::ResNet::Make("fmnist_resnet8_half", 10, &gen);
     Train(*net, {{net->Parameters()}}, 0, 150, 0.05);
     return new TensorMap(net->StateDict());
   }();
@@ -109,7 +111,7 @@ TEST_P(QatAgreement, IntegerModelGivesTheFakeQuantTop1) {
   ASSERT_TRUE(FashionMnist().train && FashionMnist().test) << "tools/setup.sh installs dataset-fashion-mnist";
   auto [quantizer, bits] = GetParam();
   Generator gen(4);
-  auto net = models::ResNet::Make("fmnist_resnet8", 10, &gen);
+  auto net = models::ResNet::Make("fmnist_resnet8_half", 10, &gen);
   ASSERT_TRUE(net->LoadStateDict(F32Weights()).ok());
   auto policy = MixedPrecisionPolicy::Parse(absl::StrCat("default ", bits, " ", bits, " ", quantizer, "\n"));
   ASSERT_TRUE(policy.ok());
@@ -132,7 +134,7 @@ INSTANTIATE_TEST_SUITE_P(EveryQuantizerAndWidth, QatAgreement,
 TEST(ConvertFashionMnist, PtqW4A8Agrees) {
   ASSERT_TRUE(FashionMnist().train && FashionMnist().test) << "tools/setup.sh installs dataset-fashion-mnist";
   Generator gen(4);
-  auto net = models::ResNet::Make("fmnist_resnet8", 10, &gen);
+  auto net = models::ResNet::Make("fmnist_resnet8_half", 10, &gen);
   ASSERT_TRUE(net->LoadStateDict(F32Weights()).ok());
   PrepareReport r = PrepareQat(*net, *MixedPrecisionPolicy::Parse("default 4 8 minmax"));
   std::vector<Tensor> calibration;
@@ -143,11 +145,11 @@ TEST(ConvertFashionMnist, PtqW4A8Agrees) {
   EXPECT_GE(w4.same_top1, 0.999);
 }
 
-// The plan (Note [Quantization plan]): in fmnist_resnet8, layer2.0 and layer3.0
+// The plan (Note [Quantization plan]): in fmnist_resnet8(_half), layer2.0 and layer3.0
 // have a downsample; each reads its block's input with conv1's quantizer.
 TEST(ConvertFashionMnist, DownsamplesShareTheBlockInputQuantizer) {
   Generator gen(4);
-  auto net = models::ResNet::Make("fmnist_resnet8", 10, &gen);
+  auto net = models::ResNet::Make("fmnist_resnet8_half", 10, &gen);
   std::vector<std::vector<nn::QuantizableLayer*>> groups = PlanSharedInputs(*net);
   ASSERT_EQ(groups.size(), 2u);
   for (size_t g = 0; g < 2; ++g) {
