@@ -14,31 +14,13 @@
 #include <string>
 
 #include "gtest/gtest.h"
+#include "tests/apps/run_app.h"
 
 namespace {
 
-std::string Tmp() {
-  const char* d = std::getenv("TEST_TMPDIR");
-  return d ? d : "/tmp";
-}
-
-// Runs a command; returns its exit code and (stdout + stderr) in *output.
-int RunCommand(const std::string& command, std::string* output) {
-  std::string log = Tmp() + "/run.log";
-  int status = std::system((command + " > " + log + " 2>&1").c_str());
-  std::ifstream f(log);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  *output = ss.str();
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-std::string Read(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+using quanta::testing::Read;
+using quanta::testing::RunCommand;
+using quanta::testing::Tmp;
 
 // CIFAR-100 binary records: coarse label, fine label, 3072 bytes (R, G, B planes).
 // Class c's images are brighter in channel c % 3, so a model can learn something.

@@ -18,28 +18,14 @@
 #include <thread>
 
 #include "gtest/gtest.h"
+#include "tests/apps/run_app.h"
 #include "quant/onnx_export.h"
 
 namespace {
 
-std::string Tmp() {
-  const char* d = std::getenv("TEST_TMPDIR");
-  return d ? d : "/tmp";
-}
-
-std::string Read(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-int RunCommand(const std::string& command, std::string* output) {
-  std::string log = Tmp() + "/run.log";
-  int status = std::system((command + " > " + log + " 2>&1").c_str());
-  *output = Read(log);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
+using quanta::testing::Read;
+using quanta::testing::RunCommand;
+using quanta::testing::Tmp;
 
 void ExpectHas(const std::string& text, const std::string& what) {
   EXPECT_NE(text.find(what), std::string::npos) << "missing \"" << what << "\" in:\n" << text;
