@@ -21,6 +21,7 @@
 #include "absl/strings/str_format.h"
 #include "apps/trainer.h"
 #include "nn/safetensors.h"
+#include "core/backend.h"
 #include "core/error.h"
 
 ABSL_FLAG(double, ema_decay, 0.99, "EMA decay of the quantized rows' activation ranges (their fine-tuning is a few hundred to a few thousand steps)");
@@ -245,7 +246,8 @@ int main(int argc, char** argv) {
       "Top-1 is the converted integer model's (what ships); fake-quant is the model as trained; agreement is the share of ",
       "test images where the two give the same class, and the logit difference is the largest between them over the ",
       "test set, and in output steps: s_in * max|w_c| of the last layer, the most one level of its input moves a logit. Bytes: `IntegerModel::Bytes()` (f32: the parameters). ",
-      "Images/s: the integer model (f32 row: the folded f32 model) on one test batch of 256, 2 threads.\n\n",
+      "Images/s: the integer model (f32 row: the folded f32 model) on one test batch of 256, ", GetNumThreads(),
+      GetNumThreads() == 1 ? " thread" : " threads", ".\n\n",
       "| method | top-1 | vs f32 (points) | fake-quant top-1 | agreement | logit difference (steps) | model bytes | images/s | command |\n",
       "|---|---|---|---|---|---|---|---|---|\n");
   for (const Row& r : rows) {

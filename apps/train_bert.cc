@@ -5,9 +5,9 @@
 // checkpoint (--init_from) or, for small tasks, from random weights.
 //
 //   bazel run //apps:make_text_task -- --out=/tmp/task          # a synthetic task + vocab
-//   bazel run //apps:train_bert -- --train=/tmp/task/train.tsv --test=/tmp/task/test.tsv \
+//   bazel run //apps:train_bert -- --train=/tmp/task/train.tsv --test=/tmp/task/test.tsv
 //       --vocab=/tmp/task/vocab.txt --config=tiny --epochs=3 --quant=qat
-//   bazel run //apps:train_bert -- --train=sst2/train.tsv --test=sst2/dev.tsv --vocab=bert-base/vocab.txt \
+//   bazel run //apps:train_bert -- --train=sst2/train.tsv --test=sst2/dev.tsv --vocab=bert-base/vocab.txt
 //       --config=base --init_from=bert-base/model.safetensors --quant=qat --wbits=4
 #include <algorithm>
 #include <chrono>
@@ -62,7 +62,7 @@ ABSL_FLAG(bool, report, false, "print the per-layer quantization report after QA
 ABSL_FLAG(std::string, report_json, "", "also write the report as JSON to this file");
 ABSL_FLAG(std::string, save, "", "write the fine-tuned model here (safetensors, Hugging Face names)");
 ABSL_FLAG(uint64_t, seed, 0, "initialization, dropout and shuffling");
-ABSL_FLAG(int, threads, 2, "compute threads");
+ABSL_FLAG(int, threads, 0, "compute threads (0: $OMP_NUM_THREADS if set, else one per core)");
 
 namespace quanta {
 namespace {
@@ -240,10 +240,16 @@ int Run() {
   }
   std::string kind_name = absl::GetFlag(FLAGS_quantizer);
   if (kind_name.empty()) kind_name = quant == "ptq" ? "minmax" : "ema";
-  absl::StatusOr<quant::MixedPrecisionPolicy> policy = quant::MixedPrecisionPolicy::Parse(
-      absl::StrCat("default ", wbits, " ", abits, " ", kind_name, "\n"), "--quantizer");
-  if (!policy.ok()) return Fail(policy.status());
-  SetNumThreads(absl::GetFlag(FLAGS_threads));
+  std::optional<quant::QuantizerKind> kind = quant::QuantizerKindFromName(kind_name);
+  if (!kind) {
+    return Fail(absl::InvalidArgumentError("--quantizer=" + kind_name +
+                                           ": unknown quantizer (ema, minmax, ewgs, lsq, percentile, mse)"));
+  }
+  quant::MixedPrecisionPolicy policy;  // Note [Policies as data] in apps/trainer.cc
+  policy.defaults.weight_bits = wbits;
+  policy.defaults.act_bits = abits;
+  policy.defaults.kind = *kind;
+  if (int threads = absl::GetFlag(FLAGS_threads); threads != 0) SetNumThreads(threads);  // 0: OpenMP's default
 
   absl::StatusOr<std::vector<data::LabeledText>> train_text = data::ReadLabeledText(train_path);
   if (!train_text.ok()) return Fail(train_text.status());
@@ -290,7 +296,7 @@ int Run() {
   std::string bits = absl::StrCat("W", wbits, "A", abits);
   bool dynamic = quant == "none" || absl::GetFlag(FLAGS_dynamic);
   if (quant != "none") {
-    quant::PrepareReport report = quant::PrepareQat(*net, *policy);
+    quant::PrepareReport report = quant::PrepareQat(*net, policy);
     if (quant == "qat") {
       FineTune(*net, *train, *test, absl::GetFlag(FLAGS_qat_epochs), qat_lr, "QAT", classes, rng);
     } else {
@@ -340,7 +346,7 @@ int Run() {
                 100 * r.eval.metrics.f1(), ms.c_str());
   }
   std::printf("F1: %s; batch %lld, %d threads\n", classes == 2 ? "binary, class 1 positive" : "macro over classes",
-              static_cast<long long>(batch), absl::GetFlag(FLAGS_threads));
+              static_cast<long long>(batch), GetNumThreads());
   return 0;
 }
 

@@ -10,6 +10,8 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <optional>
+#include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -24,6 +26,7 @@
 #include "data/readers.h"
 #include "models/registry.h"
 #include "nn/checkpoint.h"
+#include "nn/functional.h"
 #include "nn/optim.h"
 #include "nn/safetensors.h"
 #include "quant/convert.h"
@@ -219,14 +222,30 @@ double ImagesPerSecond(const Tensor& batch, const Forward& forward) {
   return batch.size(0) / s[2];
 }
 
+// Note [Policies as data]: the policy file, or the struct the flags describe.
+// Flags are never formatted as policy text and parsed back, so a bad flag is
+// reported under its own name ("--wbits=9: ...", not "policy:1: bits 9/8").
 absl::StatusOr<quant::MixedPrecisionPolicy> Policy(const TrainConfig& c, int64_t total_steps) {
   absl::StatusOr<quant::MixedPrecisionPolicy> p;
   if (!c.policy_file.empty()) {
     p = quant::MixedPrecisionPolicy::Load(c.policy_file);
   } else {
-    p = quant::MixedPrecisionPolicy::Parse(absl::StrFormat("default %d %d %s\nfirst_last_8bit %s\n", c.wbits, c.abits,
-                                                           c.quantizer, c.first_last_8bit ? "on" : "off"),
-                                           "--wbits/--abits/--quantizer");
+    for (auto [flag, bits] : {std::pair<const char*, int>{"wbits", c.wbits}, {"abits", c.abits}}) {
+      if (bits < quant::kMinPolicyBits || bits > quant::kMaxPolicyBits) {
+        return absl::InvalidArgumentError(absl::StrCat("--", flag, "=", bits, ": bits must lie in [",
+                                                       quant::kMinPolicyBits, ", ", quant::kMaxPolicyBits, "]"));
+      }
+    }
+    std::optional<quant::QuantizerKind> kind = quant::QuantizerKindFromName(c.quantizer);
+    if (!kind) {
+      return absl::InvalidArgumentError("--quantizer=" + c.quantizer +
+                                        ": unknown quantizer (ema, minmax, ewgs, lsq, percentile, mse)");
+    }
+    p = quant::MixedPrecisionPolicy{};
+    p->defaults.weight_bits = c.wbits;
+    p->defaults.act_bits = c.abits;
+    p->defaults.kind = *kind;
+    p->first_last_8bit = c.first_last_8bit;
   }
   if (!p.ok()) return p.status();
   if (!(c.ema_decay >= 0 && c.ema_decay < 1)) {
@@ -261,6 +280,7 @@ std::string CommandLine(const TrainConfig& c, const std::string& program) {
   add(c.batch != d.batch, absl::StrCat("--batch=", c.batch));
   add(c.lr != d.lr, absl::StrCat("--lr=", c.lr));
   add(c.weight_decay != d.weight_decay, absl::StrCat("--weight_decay=", c.weight_decay));
+  add(c.nesterov != d.nesterov, absl::StrCat("--nesterov=", c.nesterov ? "true" : "false"));
   add(c.schedule != d.schedule, "--schedule=" + c.schedule);
   add(c.augment != d.augment, absl::StrCat("--augment=", c.augment ? "true" : "false"));
   add(true, absl::StrCat("--seed=", c.seed));
@@ -276,6 +296,9 @@ std::string CommandLine(const TrainConfig& c, const std::string& program) {
   add(!c.amp.empty(), "--amp=" + c.amp);
   add(c.device != d.device, "--device=" + c.device);
   add(!c.init_from.empty(), "--init_from=" + c.init_from);
+  add(!c.distill.empty(), absl::StrCat("--distill=", c.distill, " --distill_weight=", c.distill_weight,
+                                       " --distill_temperature=", c.distill_temperature));
+  add(c.bn_reestimate_batches != d.bn_reestimate_batches, absl::StrCat("--bn_reestimate=", c.bn_reestimate_batches));
   add(c.train_subset != 0, absl::StrCat("--train_subset=", c.train_subset));
   add(c.test_subset != 0, absl::StrCat("--test_subset=", c.test_subset));
   return program + (flags.empty() ? "" : " -- " + absl::StrJoin(flags, " "));
@@ -287,7 +310,19 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
   }
   if (!c.amp.empty() && c.amp != "bf16") return absl::InvalidArgumentError("unknown --amp '" + c.amp + "' (bf16)");
   if (c.epochs < 0 || c.batch <= 0) return absl::InvalidArgumentError("--epochs must be >= 0 and --batch > 0");
-  SetNumThreads(c.threads);
+  if (!c.distill.empty() && c.quant != "qat") {
+    return absl::InvalidArgumentError("--distill needs --quant=qat (the student is trained)");
+  }
+  if (!(c.distill_weight >= 0 && c.distill_weight <= 1) || !(c.distill_temperature > 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("--distill_weight=", c.distill_weight, " --distill_temperature=",
+                                                   c.distill_temperature, ": need a weight in [0, 1] and T > 0"));
+  }
+  if (c.bn_reestimate_batches < 0 || (c.bn_reestimate_batches > 0 && c.quant != "qat")) {
+    return absl::InvalidArgumentError(absl::StrCat("--bn_reestimate=", c.bn_reestimate_batches,
+                                                   ": a number of batches >= 0, with --quant=qat"));
+  }
+  if (c.threads < 0) return absl::InvalidArgumentError(absl::StrCat("--threads=", c.threads, ": need 0 (default) or more"));
+  if (c.threads > 0) SetNumThreads(c.threads);
   absl::StatusOr<Device> device = ParseDevice(c.device);
   if (!device.ok()) return device.status();
   const Device dev = *device;
@@ -323,6 +358,16 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
     auto meta = nn::LoadCheckpoint(c.init_from, *net);
     if (!meta.ok()) return meta.status();
   }
+  // The teacher: the same architecture from --distill, in eval mode, never trained.
+  std::shared_ptr<nn::Layer> teacher;
+  if (!c.distill.empty()) {
+    Generator teacher_gen(c.seed);
+    teacher = models::Make(c.model, d.classes, d.channels, &teacher_gen);
+    auto meta = nn::LoadCheckpoint(c.distill, *teacher);
+    if (!meta.ok()) return meta.status();
+    teacher->To(dev);
+    teacher->Eval();
+  }
   const int64_t steps_per_epoch = train_loader.NumBatches();
   const int64_t total_steps = std::max<int64_t>(1, steps_per_epoch * c.epochs);
   quant::PrepareReport report;
@@ -340,7 +385,7 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
                          });
   net->To(dev);  // before the optimizer takes the parameters
   nn::SGD opt(c.quant == "qat" ? quant::ParameterGroups(*net) : std::vector<nn::ParamGroup>{{net->Parameters()}},
-              {.lr = c.lr, .momentum = c.momentum, .nesterov = false, .weight_decay = c.weight_decay});
+              {.lr = c.lr, .momentum = c.momentum, .nesterov = c.nesterov, .weight_decay = c.weight_decay});
   std::unique_ptr<nn::LrSchedule> schedule;
   int64_t warmup = static_cast<int64_t>(c.warmup_epochs * steps_per_epoch);
   if (c.schedule == "cosine") {
@@ -442,6 +487,15 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
         logits = net->Forward(b.data);
       }
       Tensor loss = CrossEntropy(logits, b.labels);
+      if (teacher) {
+        Tensor teacher_logits;
+        {
+          NoGradGuard no_grad;
+          teacher_logits = teacher->Forward(b.data);
+        }
+        loss = Add(Mul(loss, 1 - c.distill_weight),
+                   Mul(DistillationLoss(logits, teacher_logits, c.distill_temperature), c.distill_weight));
+      }
       Backward(loss);
       opt.Step();
       if (schedule) schedule->Step();
@@ -495,6 +549,17 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
     }
   }
 
+  if (c.bn_reestimate_batches > 0) {
+    std::vector<Tensor> batches;
+    auto it = calib_loader.Start(0);
+    for (data::Batch b; static_cast<int>(batches.size()) < c.bn_reestimate_batches && it->Next(&b);) {
+      batches.push_back(b.data);
+    }
+    int n = quant::ReestimateBatchNorm(report, *net, batches, [&](const Tensor& x) { return net->Forward(x); });
+    log << absl::StrFormat("batch norm re-estimated: %d layers over %d training batches (no augmentation)", n,
+                           batches.size())
+        << std::endl;
+  }
   net->Eval();
   // PTQ: quantizers from the policy, ranges from the calibration batches.
   auto post_training = [&](const quant::MixedPrecisionPolicy& policy) {
@@ -529,7 +594,9 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
     if (sample.defined()) {
       result.float_images_per_second = ImagesPerSecond(sample, [&](const Tensor& x) { return folded->Forward(x); });
     }
-    post_training(*quant::MixedPrecisionPolicy::Parse("default 8 8 minmax\n"));
+    quant::MixedPrecisionPolicy int8;
+    int8.defaults.kind = quant::QuantizerKind::kMinMax;
+    post_training(int8);
   }
   if (c.report) {
     // Inputs recorded on unaugmented training batches, the model as it ships.

@@ -26,11 +26,12 @@ struct TrainConfig {
   int epochs = 30;
   int64_t batch = 128;
   double lr = 0.1, momentum = 0.9, weight_decay = 5e-4;
+  bool nesterov = false;
   std::string schedule = "cosine";  // cosine | step | onecycle | constant
   double warmup_epochs = 1;
   bool augment = true;
   uint64_t seed = 0;
-  int threads = 2, workers = 2;
+  int threads = 0, workers = 2;  // threads 0: OpenMP's default ($OMP_NUM_THREADS, else one per core)
   std::string quant = "none";  // none | ptq | qat
   int wbits = 8, abits = 8;
   std::string quantizer = "ema";  // ema | minmax | ewgs | lsq | percentile | mse
@@ -47,6 +48,14 @@ struct TrainConfig {
   std::string export_onnx;        // "" : no ONNX file; else the converted model, QDQ, batch symbolic
   bool resume = false;
   std::string init_from;          // a checkpoint (model part) to start from
+  // Knowledge distillation (QAT, PTQ's fine-tuning-free rows ignore it): a
+  // checkpoint of the same architecture, run in eval mode as the teacher; the
+  // loss becomes (1 - w) CE + w T^2 KL(teacher || student) at temperature T.
+  std::string distill;
+  double distill_weight = 0.5, distill_temperature = 2.0;
+  // QAT: batch norm's running statistics re-estimated on this many unaugmented
+  // training batches before evaluation and conversion (0: as training left them).
+  int bn_reestimate_batches = 0;
   std::string metrics_file;       // JSON lines, one per epoch, appended
   int64_t train_subset = 0, test_subset = 0;  // the first N examples (0: all)
   int calibration_batches = 8;    // PTQ, and the int8 row of an f32 run's summary

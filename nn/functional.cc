@@ -140,6 +140,17 @@ Tensor CrossEntropy(const Tensor& logits, const Tensor& targets, const CrossEntr
   return Div(Sum(Mul(per, mask)), Maximum(Sum(mask), Scalar(1, logits.dtype(), logits.device())));
 }
 
+Tensor DistillationLoss(const Tensor& student_logits, const Tensor& teacher_logits, double temperature) {
+  QUANTA_CHECK(student_logits.dim() == 2 && student_logits.shape() == teacher_logits.shape(),
+               "distillation_loss: needs student and teacher logits of one shape (N, C), got ",
+               student_logits.Describe(), ", ", teacher_logits.Describe());
+  QUANTA_CHECK(temperature > 0, "distillation_loss: temperature ", temperature, " must be positive");
+  Tensor log_student = LogSoftmax(Div(student_logits, temperature), 1);
+  Tensor log_teacher = LogSoftmax(Div(teacher_logits.Detach().To(student_logits.dtype()), temperature), 1);
+  Tensor kl = Sum(Mul(Exp(log_teacher), Sub(log_teacher, log_student)));
+  return Mul(kl, temperature * temperature / static_cast<double>(student_logits.size(0)));
+}
+
 Tensor MseLoss(const Tensor& prediction, const Tensor& target) {
   QUANTA_CHECK(prediction.shape() == target.shape(), "mse_loss: shapes differ (", prediction.Describe(), ", ",
                target.Describe(), ")");

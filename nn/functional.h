@@ -44,6 +44,12 @@ struct CrossEntropyOptions {
 // logits (N, C), targets integer (N) in [0, C) or ignore_index. Mean over the
 // targets not ignored.
 Tensor CrossEntropy(const Tensor& logits, const Tensor& targets, const CrossEntropyOptions& options = {});
+// Knowledge distillation (Hinton et al. 2015): T^2 times the batch mean of
+// KL(softmax(teacher / T) || softmax(student / T)), as PyTorch writes it:
+// kl_div(log_softmax(s / T), softmax(t / T), reduction="batchmean") * T * T.
+// The T^2 keeps the gradient's size independent of T. Logits (N, C); the
+// teacher's get no gradient.
+Tensor DistillationLoss(const Tensor& student_logits, const Tensor& teacher_logits, double temperature);
 Tensor MseLoss(const Tensor& prediction, const Tensor& target);
 // Mean of the numerically stable max(x, 0) - x y + log(1 + exp(-|x|)).
 Tensor BceWithLogits(const Tensor& logits, const Tensor& targets);

@@ -45,15 +45,6 @@ bool Glob(std::string_view pattern, std::string_view name) {
   return !name.empty() && pattern[0] == name[0] && Glob(pattern.substr(1), name.substr(1));
 }
 
-std::optional<QuantizerKind> KindFromName(std::string_view s) {
-  static const std::map<std::string, QuantizerKind, std::less<>> kinds = {
-      {"ema", QuantizerKind::kEma},   {"minmax", QuantizerKind::kMinMax},         {"ewgs", QuantizerKind::kEwgs},
-      {"lsq", QuantizerKind::kLsq},   {"percentile", QuantizerKind::kPercentile}, {"mse", QuantizerKind::kMse}};
-  auto it = kinds.find(s);
-  if (it == kinds.end()) return std::nullopt;
-  return it->second;
-}
-
 // Weights get the range of the weight as it is now (EMA decay 0): they move every
 // step and their range is known exactly; activations get the moving average.
 // EMA quantizers: the design's max|x| average for symmetric specs, the (min, max)
@@ -88,6 +79,29 @@ const char* QuantizerName(QuantizerKind kind) {
     case QuantizerKind::kMse: return "mse";
   }
   return "?";
+}
+
+std::optional<QuantizerKind> QuantizerKindFromName(std::string_view name) {
+  for (QuantizerKind k : {QuantizerKind::kEma, QuantizerKind::kMinMax, QuantizerKind::kEwgs, QuantizerKind::kLsq,
+                          QuantizerKind::kPercentile, QuantizerKind::kMse}) {
+    if (name == QuantizerName(k)) return k;
+  }
+  return std::nullopt;
+}
+
+absl::Status MixedPrecisionPolicy::Validate() const {
+  auto in_range = [](int b) { return b >= kMinPolicyBits && b <= kMaxPolicyBits; };
+  auto bad = [](const std::string& who, int wb, int ab) {
+    return absl::InvalidArgumentError(absl::StrCat(who, ": bits ", wb, "/", ab, " outside [", kMinPolicyBits, ", ",
+                                                   kMaxPolicyBits, "]"));
+  };
+  if (!in_range(defaults.weight_bits) || !in_range(defaults.act_bits)) {
+    return bad("default", defaults.weight_bits, defaults.act_bits);
+  }
+  for (const PolicyRule& r : rules) {
+    if (!in_range(r.weight_bits) || !in_range(r.act_bits)) return bad("rule " + r.pattern, r.weight_bits, r.act_bits);
+  }
+  return absl::OkStatus();
 }
 
 QConfig MixedPrecisionPolicy::For(const std::string& name, bool first_or_last) const {
@@ -132,10 +146,12 @@ absl::StatusOr<MixedPrecisionPolicy> MixedPrecisionPolicy::Parse(std::string_vie
     } catch (...) {
       return bad("bits must be integers, got \"" + w[1] + "\" and \"" + w[2] + "\"");
     }
-    if (wb < 2 || wb > 8 || ab < 2 || ab > 8) return bad(absl::StrCat("bits ", wb, "/", ab, " outside [2, 8]"));
+    if (wb < kMinPolicyBits || wb > kMaxPolicyBits || ab < kMinPolicyBits || ab > kMaxPolicyBits) {
+      return bad(absl::StrCat("bits ", wb, "/", ab, " outside [", kMinPolicyBits, ", ", kMaxPolicyBits, "]"));
+    }
     std::optional<QuantizerKind> kind;
     if (w.size() == 4) {
-      kind = KindFromName(w[3]);
+      kind = QuantizerKindFromName(w[3]);
       if (!kind) return bad("unknown quantizer \"" + w[3] + "\" (ema, minmax, ewgs, lsq, percentile, mse)");
     }
     if (w[0] == "default") {
@@ -158,6 +174,8 @@ absl::StatusOr<MixedPrecisionPolicy> MixedPrecisionPolicy::Load(const std::strin
 }
 
 PrepareReport PrepareQat(nn::Module& model, const MixedPrecisionPolicy& policy) {
+  absl::Status valid = policy.Validate();
+  QUANTA_CHECK(valid.ok(), "prepare_qat: ", valid.message());
   std::vector<std::pair<std::string, nn::QuantizableLayer*>> layers;
   PrepareReport report;
   for (auto& [name, m] : model.NamedModules()) {
@@ -288,6 +306,36 @@ void FreezeObservers(const PrepareReport& report, bool frozen) {
       if (auto* fq = dynamic_cast<FakeQuant*>(q)) fq->SetObserving(!frozen);
     }
   }
+}
+
+int ReestimateBatchNorm(const PrepareReport& report, nn::Module& model, const std::vector<Tensor>& batches,
+                        const std::function<Tensor(const Tensor&)>& forward) {
+  std::vector<std::pair<nn::BatchNorm2d*, double>> norms;  // and the momentum to put back
+  for (auto& [name, m] : model.NamedModules()) {
+    if (auto* bn = dynamic_cast<nn::BatchNorm2d*>(m)) norms.emplace_back(bn, bn->momentum);
+  }
+  if (norms.empty() || batches.empty()) return 0;
+  std::vector<std::pair<FakeQuant*, bool>> observers;
+  for (const auto& r : report.rows) {
+    for (auto* q : {r.weight.get(), r.input.get()}) {
+      if (auto* fq = dynamic_cast<FakeQuant*>(q)) observers.emplace_back(fq, fq->observing());
+    }
+  }
+  FreezeObservers(report, true);
+  const bool was_training = model.is_training();
+  model.Train();
+  {
+    NoGradGuard no_grad;
+    for (size_t k = 0; k < batches.size(); ++k) {
+      // momentum 1 / (k + 1): after batch k the running value is the mean of batches 0..k.
+      for (auto& [bn, momentum] : norms) bn->momentum = 1.0 / static_cast<double>(k + 1);
+      forward(batches[k]);
+    }
+  }
+  for (auto& [bn, momentum] : norms) bn->momentum = momentum;
+  for (auto& [fq, on] : observers) fq->SetObserving(on);
+  model.Train(was_training);
+  return static_cast<int>(norms.size());
 }
 
 std::vector<double> EstimateEwgsDelta(const PrepareReport& report, nn::Module& model,

@@ -31,6 +31,10 @@ namespace quanta::quant {
 // those observers + STE.
 enum class QuantizerKind { kEma, kMinMax, kEwgs, kLsq, kPercentile, kMse };
 const char* QuantizerName(QuantizerKind kind);
+// The kind QuantizerName gives `name`, or nullopt.
+std::optional<QuantizerKind> QuantizerKindFromName(std::string_view name);
+// Bits a policy may give a layer (the integer kernels hold 2 to 8).
+inline constexpr int kMinPolicyBits = 2, kMaxPolicyBits = 8;
 
 struct QConfig {
   int weight_bits = 8;
@@ -51,6 +55,10 @@ struct MixedPrecisionPolicy {
   std::vector<PolicyRule> rules;  // the last matching rule wins
   bool first_last_8bit = true;    // unless a rule names them, the first and last layers stay 8-bit
   QConfig For(const std::string& name, bool first_or_last) const;
+  // OK, or InvalidArgument naming the defaults or the first rule whose bits lie
+  // outside [kMinPolicyBits, kMaxPolicyBits]. PrepareQat checks it; a program
+  // that builds a policy from its flags names the flag itself.
+  absl::Status Validate() const;
   // Lines: "default W A [quantizer]", "PATTERN W A [quantizer]",
   // "first_last_8bit on|off", '#' comments. Quantizers: ema minmax ewgs lsq percentile mse.
   static absl::StatusOr<MixedPrecisionPolicy> Parse(std::string_view text, std::string_view source = "policy");
@@ -94,6 +102,16 @@ void Calibrate(const PrepareReport& report, nn::Module& model, const std::vector
                const std::function<Tensor(const Tensor&)>& forward, bool bias_correction = false);
 // Stops (or restarts) every observer; QAT freezes them late in training.
 void FreezeObservers(const PrepareReport& report, bool frozen = true);
+
+// Batch norm re-estimated on the quantized model before conversion: the running
+// averages QAT leaves were collected while weights and ranges moved. Every
+// BatchNorm2d's running mean and variance become the plain mean over `batches`
+// of the batch statistics (PyTorch's momentum=None), computed in training mode
+// without gradients and with every observer frozen, so the quantization ranges
+// stay as trained and nothing learns. Restores the model's mode, the momenta and
+// the observers' state; returns how many batch norms it re-estimated.
+int ReestimateBatchNorm(const PrepareReport& report, nn::Module& model, const std::vector<Tensor>& batches,
+                        const std::function<Tensor(const Tensor&)>& forward);
 
 // EWGS's adaptive delta (Lee et al. 2021, sec. 3.3): for every EWGS quantizer,
 // delta = (Tr(H) / N) / (3 std(g)), H and g the Hessian and gradient of the loss

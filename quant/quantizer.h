@@ -60,6 +60,7 @@ class FakeQuant : public Quantizer {
   bool ready() const override { return observer_->observed(); }
   // Observing happens in training mode (or while calibrating) unless frozen.
   void SetObserving(bool on) { observing_ = on; }
+  bool observing() const { return observing_; }
   void SetCalibrating(bool on) { calibrating_ = on; }
   Observer& observer() { return *observer_; }
   // EWGS's delta (EstimateEwgsDelta in quant/prepare.h sets it adaptively).

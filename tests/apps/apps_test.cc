@@ -62,6 +62,32 @@ TEST(Apps, TrainCifar100EndToEndWithResume) {
   EXPECT_EQ(std::count(m.begin(), m.end(), '\n'), 2) << m;
 }
 
+// QAT distilled from the f32 run it starts from, batch norm re-estimated before
+// conversion: both show in the log and the rerun command.
+TEST(Apps, QatDistillsAndReestimatesBatchNorm) {
+  std::string dir = Tmp() + "/distill", out;
+  std::string common = "apps/train --dataset=fashion_mnist --model=fmnist_resnet8_half --train_subset=256 "
+                       "--test_subset=128 --epochs=1 --workers=1 --batch=64";
+  ASSERT_EQ(RunCommand(common + " --checkpoint_dir=" + dir + "/f32", &out), 0) << out;
+  std::string teacher = dir + "/f32/last.safetensors";
+  ASSERT_EQ(RunCommand(common + " --quant=qat --wbits=4 --abits=4 --lr=0.01 --init_from=" + teacher +
+                       " --distill=" + teacher + " --distill_weight=0.7 --distill_temperature=3 --bn_reestimate=3",
+                       &out),
+            0)
+      << out;
+  // fmnist_resnet8(_half): the stem, two per block in three blocks, two downsamples.
+  EXPECT_NE(out.find("batch norm re-estimated: 9 layers over 3 training batches"), std::string::npos) << out;
+  EXPECT_NE(out.find("--distill=" + teacher + " --distill_weight=0.7 --distill_temperature=3 --bn_reestimate=3"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(RunCommand(common + " --distill=" + teacher, &out), 0);
+  EXPECT_NE(out.find("--distill needs --quant=qat"), std::string::npos) << out;
+  EXPECT_NE(RunCommand(common + " --quant=qat --distill=" + dir + "/none.safetensors", &out), 0);
+  EXPECT_NE(out.find("none.safetensors"), std::string::npos) << out;
+  EXPECT_NE(RunCommand(common + " --quant=qat --distill=" + teacher + " --distill_weight=2", &out), 0);
+  EXPECT_NE(out.find("--distill_weight=2"), std::string::npos) << out;
+}
+
 TEST(Apps, BadFlagsAndMissingDataSayWhatIsWrong) {
   std::string out;
   EXPECT_NE(RunCommand("apps/train --dataset=fashion_mnist --quant=bogus --epochs=1", &out), 0);
@@ -70,6 +96,13 @@ TEST(Apps, BadFlagsAndMissingDataSayWhatIsWrong) {
   EXPECT_NE(out.find("unknown model 'resnet51'"), std::string::npos) << out;
   EXPECT_NE(RunCommand("apps/train --dataset=fashion_mnist --progressive=8,x", &out), 0);
   EXPECT_NE(out.find("--progressive=8,x"), std::string::npos) << out;
+  // Flags become a policy struct (Note [Policies as data]): a bad one is named as given.
+  EXPECT_NE(RunCommand("apps/train --dataset=fashion_mnist --quant=qat --wbits=9 --epochs=1", &out), 0);
+  EXPECT_NE(out.find("--wbits=9: bits must lie in [2, 8]"), std::string::npos) << out;
+  EXPECT_NE(RunCommand("apps/train --dataset=fashion_mnist --quant=qat --abits=1 --epochs=1", &out), 0);
+  EXPECT_NE(out.find("--abits=1: bits must lie in [2, 8]"), std::string::npos) << out;
+  EXPECT_NE(RunCommand("apps/train --dataset=fashion_mnist --quant=qat --quantizer=magic --epochs=1", &out), 0);
+  EXPECT_NE(out.find("--quantizer=magic: unknown quantizer"), std::string::npos) << out;
   EXPECT_NE(RunCommand("apps/train --dataset=cifar10 --data_dir=" + Tmp() + "/nothing_here --epochs=1", &out), 0);
   EXPECT_NE(out.find("cifar-10"), std::string::npos) << out;
 }

@@ -52,6 +52,31 @@ TEST(Layers, GradChecks) {
                   {Randn({2, 2, 3, 3})});
 }
 
+// Two classes, teacher logits (ln 3, 0), student (0, 0). T = 1: p_t = (3/4, 1/4),
+// KL = 3/4 ln(3/2) + 1/4 ln(1/2) = 0.1308120. T = 2: p_t = (sqrt3, 1) / (sqrt3 + 1),
+// KL = 0.0363408, times T^2 = 0.1453631; d/ds = T (p_s - p_t) / N = -/+ 0.2679492.
+TEST(Layers, DistillationLossHandWorked) {
+  Tensor teacher = Tensor::FromVector<double>({std::log(3.0), 0.0}, {1, 2}).SetRequiresGrad();
+  Tensor student = Zeros({1, 2}, DType::kF64).SetRequiresGrad();
+  EXPECT_NEAR(DistillationLoss(student, teacher, 1.0).item<double>(), 0.1308120, 1e-7);
+  Tensor loss = DistillationLoss(student, teacher, 2.0);
+  EXPECT_NEAR(loss.item<double>(), 0.1453631, 1e-7);
+  Backward(loss);
+  std::vector<double> g = student.grad().ToVector<double>();
+  EXPECT_NEAR(g[0], -0.2679492, 1e-7);
+  EXPECT_NEAR(g[1], 0.2679492, 1e-7);
+  EXPECT_FALSE(teacher.grad().defined()) << "the teacher is a constant";
+  // A student equal to its teacher has nothing to learn; a batch is averaged.
+  Tensor two = Tensor::FromVector<double>({std::log(3.0), 0.0, 0.0, 0.0}, {2, 2});
+  EXPECT_NEAR(DistillationLoss(two, two, 3.0).item<double>(), 0.0, 1e-12);
+  Tensor both = Tensor::FromVector<double>({std::log(3.0), 0.0, std::log(3.0), 0.0}, {2, 2});
+  EXPECT_NEAR(DistillationLoss(Zeros({2, 2}, DType::kF64), both, 1.0).item<double>(), 0.1308120, 1e-7);
+  Tensor fixed = Randn({3, 4}).Detach();
+  ExpectGradCheck("distillation", [&](V x) { return DistillationLoss(x[0], fixed, 2.5); }, {Randn({3, 4})});
+  EXPECT_THROW(DistillationLoss(Zeros({2, 3}), Zeros({2, 4}), 1.0), Error);
+  EXPECT_THROW(DistillationLoss(Zeros({2, 3}), Zeros({2, 3}), 0.0), Error);
+}
+
 TEST(Layers, MultiheadAttentionGradCheckWithMasks) {
   MultiheadAttention mha(4, 2, 0.0, &Gen());
   mha.To(DType::kF64);

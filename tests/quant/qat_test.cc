@@ -1,5 +1,5 @@
 // Quantization-aware training end to end on a synthetic image task with a
-// held-out test set: W8A8 QAT matches f32 accuracy within 0.5 points, and W4A4
+// held-out test set: W8A8 QAT matches f32 accuracy within 2 points, and W4A4
 // with LSQ beats W4A4 post-training quantization with min/max ranges.
 #include "autograd/autograd.h"
 #include "data/synthetic.h"
@@ -42,6 +42,9 @@ Score Evaluate(nn::Sequential& net, const Data& d) {
 // The f32 model and the W8A8 model train from the same initialization, data and
 // schedule; only the fake quantization differs. Activation ranges use EMA decay
 // 0.9 here: the run is 240 steps, far shorter than what the default 0.999 is for.
+// The tolerance is 2 points of 1000 images: the thread count alone (reduction
+// order) moved this QAT run's top-1 between 91.6% and 93.3% at 1-4 threads
+// (f32: 93.2-93.3%), measured on a Zen 4; a broken quantizer costs far more.
 TEST(Qat, W8A8MatchesF32Accuracy) {
   Data train = Synthetic(512, 3, 1.0), test = Synthetic(1000, 4, 1.0);
   auto f32 = Cnn(10);
@@ -54,7 +57,7 @@ TEST(Qat, W8A8MatchesF32Accuracy) {
   Train(*qat, train, 240, 0.05);
   Score q = Evaluate(*qat, test);
   EXPECT_GT(base.accuracy, 0.9) << "the task should be learnable";
-  EXPECT_NEAR(q.accuracy, base.accuracy, 0.005) << "f32 " << base.accuracy << ", W8A8 " << q.accuracy;
+  EXPECT_NEAR(q.accuracy, base.accuracy, 0.02) << "f32 " << base.accuracy << ", W8A8 " << q.accuracy;
   std::printf("f32 %.4f (loss %.4f) | QAT W8A8 %.4f (loss %.4f)\n", base.accuracy, base.loss, q.accuracy, q.loss);
 }
 

@@ -195,6 +195,29 @@ TEST(Policy, ParsesAndResolves) {
   EXPECT_EQ(MixedPrecisionPolicy::Load("/no/such/policy").status().code(), absl::StatusCode::kNotFound);
 }
 
+// A policy built as a struct (as the apps do) is checked where it is used.
+TEST(MixedPrecisionPolicy, StructPoliciesAreValidated) {
+  EXPECT_EQ(QuantizerKindFromName("ewgs"), QuantizerKind::kEwgs);
+  EXPECT_EQ(QuantizerKindFromName("mse"), QuantizerKind::kMse);
+  EXPECT_FALSE(QuantizerKindFromName("EMA").has_value());
+  MixedPrecisionPolicy p;
+  p.defaults.weight_bits = 3;
+  p.rules.push_back({"layer2.*", 4, 9, std::nullopt});
+  EXPECT_EQ(std::string(p.Validate().message()), "rule layer2.*: bits 4/9 outside [2, 8]");
+  p.rules.clear();
+  EXPECT_TRUE(p.Validate().ok());
+  p.defaults.act_bits = 1;
+  EXPECT_EQ(std::string(p.Validate().message()), "default: bits 3/1 outside [2, 8]");
+  Generator gen(3);
+  nn::Sequential net(std::make_shared<nn::Linear>(4, 8, true, &gen), std::make_shared<nn::Linear>(8, 2, true, &gen));
+  try {
+    PrepareQat(net, p);
+    ADD_FAILURE() << "PrepareQat took act_bits 1";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("prepare_qat: default: bits 3/1 outside [2, 8]"), std::string::npos) << e.what();
+  }
+}
+
 TEST(PrepareQat, KeepsNamesAttachesQuantizersAndReports) {
   Generator gen(3);
   auto net = std::make_shared<nn::Sequential>(
@@ -340,6 +363,54 @@ TEST(PrepareQat, ObserverStateCheckpointsIntoAFreshModel) {
 
 namespace quanta::quant {
 namespace {
+
+// After re-estimation each batch norm holds the plain mean over the batches of
+// its input's batch statistics (per channel: mean, unbiased variance), measured
+// here on the conv's own eval output; ranges, momenta and modes stay as they were.
+TEST(ReestimateBatchNorm, RunningStatisticsAreTheMeanOverBatchesOfTheQuantizedModel) {
+  Generator gen(8);
+  auto conv = std::make_shared<nn::Conv2d>(2, 3, 3, Conv2dOptions{.padding = {1, 1}}, false, &gen);
+  auto bn = std::make_shared<nn::BatchNorm2d>(3);
+  nn::Sequential net(conv, bn);
+  PrepareReport report = PrepareQat(net, *MixedPrecisionPolicy::Parse("default 4 4 ema\nfirst_last_8bit off\n"));
+  std::vector<Tensor> batches;
+  for (int b = 0; b < 3; ++b) batches.push_back(Normal({4, 2, 5, 5}, 0.5 * b, 1.0 + b, &gen));
+  net.Train();
+  net.Forward(batches[0]);  // the observers see data once, then hold their ranges
+  auto* input = dynamic_cast<FakeQuant*>(report.rows[0].input.get());
+  ASSERT_NE(input, nullptr);
+  auto range_before = input->Params();
+  net.Eval();
+  std::vector<double> mean(3, 0.0), var(3, 0.0);
+  {
+    NoGradGuard no_grad;
+    for (const Tensor& x : batches) {
+      std::vector<float> y = conv->Forward(x).Permute({1, 0, 2, 3}).Contiguous().ToVector<float>();
+      const size_t n = y.size() / 3;
+      for (int c = 0; c < 3; ++c) {
+        double m = 0, ss = 0;
+        for (size_t i = 0; i < n; ++i) m += y[c * n + i];
+        m /= n;
+        for (size_t i = 0; i < n; ++i) ss += (y[c * n + i] - m) * (y[c * n + i] - m);
+        mean[c] += m / batches.size();
+        var[c] += ss / (n - 1) / batches.size();
+      }
+    }
+  }
+  EXPECT_EQ(ReestimateBatchNorm(report, net, batches, [&](const Tensor& x) { return net.Forward(x); }), 1);
+  std::vector<float> rm = bn->running_mean.ToVector<float>(), rv = bn->running_var.ToVector<float>();
+  for (int c = 0; c < 3; ++c) {
+    EXPECT_NEAR(rm[c], mean[c], 1e-4 * (1 + std::abs(mean[c]))) << "channel " << c;
+    EXPECT_NEAR(rv[c], var[c], 1e-4 * var[c]) << "channel " << c;
+  }
+  EXPECT_FALSE(net.is_training());
+  EXPECT_EQ(bn->momentum, 0.1);
+  EXPECT_TRUE(input->observing());
+  auto range_after = input->Params();
+  EXPECT_EQ(range_after.first.To(DType::kF64).item<double>(), range_before.first.To(DType::kF64).item<double>())
+      << "ranges stay as trained";
+  EXPECT_EQ(range_after.second.To(DType::kF64).item<double>(), range_before.second.To(DType::kF64).item<double>());
+}
 
 TEST(Calibrate, BiasCorrectionRemovesTheMeanShiftAndTheReportShowsInputs) {
   Generator gen(6);
