@@ -48,9 +48,9 @@ struct TrainConfig {
   std::string export_onnx;        // "" : no ONNX file; else the converted model, QDQ, batch symbolic
   bool resume = false;
   std::string init_from;          // a checkpoint (model part) to start from
-  // Knowledge distillation (QAT, PTQ's fine-tuning-free rows ignore it): a
-  // checkpoint of the same architecture, run in eval mode as the teacher; the
-  // loss becomes (1 - w) CE + w T^2 KL(teacher || student) at temperature T.
+  // Knowledge distillation, QAT only (an error otherwise): a checkpoint of the
+  // same architecture, run in eval mode as the teacher; the loss becomes
+  // (1 - w) CE + w T^2 KL(teacher || student) at temperature T.
   std::string distill;
   double distill_weight = 0.5, distill_temperature = 2.0;
   // QAT: batch norm's running statistics re-estimated on this many unaugmented
