@@ -242,8 +242,8 @@ int Run() {
   if (kind_name.empty()) kind_name = quant == "ptq" ? "minmax" : "ema";
   std::optional<quant::QuantizerKind> kind = quant::QuantizerKindFromName(kind_name);
   if (!kind) {
-    return Fail(absl::InvalidArgumentError("--quantizer=" + kind_name +
-                                           ": unknown quantizer (ema, minmax, ewgs, lsq, percentile, mse)"));
+    return Fail(absl::InvalidArgumentError("--quantizer=" + kind_name + ": unknown quantizer (" +
+                                           quant::QuantizerNames() + ")"));
   }
   quant::MixedPrecisionPolicy policy;  // Note [Policies as data] in apps/trainer.cc
   policy.defaults.weight_bits = wbits;

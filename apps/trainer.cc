@@ -238,8 +238,8 @@ absl::StatusOr<quant::MixedPrecisionPolicy> Policy(const TrainConfig& c, int64_t
     }
     std::optional<quant::QuantizerKind> kind = quant::QuantizerKindFromName(c.quantizer);
     if (!kind) {
-      return absl::InvalidArgumentError("--quantizer=" + c.quantizer +
-                                        ": unknown quantizer (ema, minmax, ewgs, lsq, percentile, mse)");
+      return absl::InvalidArgumentError("--quantizer=" + c.quantizer + ": unknown quantizer (" +
+                                        quant::QuantizerNames() + ")");
     }
     p = quant::MixedPrecisionPolicy{};
     p->defaults.weight_bits = c.wbits;

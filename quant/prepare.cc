@@ -81,12 +81,20 @@ const char* QuantizerName(QuantizerKind kind) {
   return "?";
 }
 
+constexpr QuantizerKind kEveryKind[] = {QuantizerKind::kEma,        QuantizerKind::kMinMax, QuantizerKind::kEwgs,
+                                        QuantizerKind::kLsq,        QuantizerKind::kPercentile, QuantizerKind::kMse};
+
 std::optional<QuantizerKind> QuantizerKindFromName(std::string_view name) {
-  for (QuantizerKind k : {QuantizerKind::kEma, QuantizerKind::kMinMax, QuantizerKind::kEwgs, QuantizerKind::kLsq,
-                          QuantizerKind::kPercentile, QuantizerKind::kMse}) {
+  for (QuantizerKind k : kEveryKind) {
     if (name == QuantizerName(k)) return k;
   }
   return std::nullopt;
+}
+
+std::string QuantizerNames() {
+  std::vector<std::string> names;
+  for (QuantizerKind k : kEveryKind) names.push_back(QuantizerName(k));
+  return absl::StrJoin(names, ", ");
 }
 
 absl::Status MixedPrecisionPolicy::Validate() const {
@@ -152,7 +160,7 @@ absl::StatusOr<MixedPrecisionPolicy> MixedPrecisionPolicy::Parse(std::string_vie
     std::optional<QuantizerKind> kind;
     if (w.size() == 4) {
       kind = QuantizerKindFromName(w[3]);
-      if (!kind) return bad("unknown quantizer \"" + w[3] + "\" (ema, minmax, ewgs, lsq, percentile, mse)");
+      if (!kind) return bad("unknown quantizer \"" + w[3] + "\" (" + QuantizerNames() + ")");
     }
     if (w[0] == "default") {
       p.defaults.weight_bits = wb;

@@ -33,6 +33,8 @@ enum class QuantizerKind { kEma, kMinMax, kEwgs, kLsq, kPercentile, kMse };
 const char* QuantizerName(QuantizerKind kind);
 // The kind QuantizerName gives `name`, or nullopt.
 std::optional<QuantizerKind> QuantizerKindFromName(std::string_view name);
+// Every kind's name, for error messages: "ema, minmax, ewgs, lsq, percentile, mse".
+std::string QuantizerNames();
 // Bits a policy may give a layer (the integer kernels hold 2 to 8).
 inline constexpr int kMinPolicyBits = 2, kMaxPolicyBits = 8;
 
