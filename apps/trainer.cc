@@ -29,6 +29,7 @@
 #include "nn/functional.h"
 #include "nn/optim.h"
 #include "nn/safetensors.h"
+#include "quant/adaround.h"
 #include "quant/convert.h"
 #include "quant/onnx_export.h"
 #include "quant/prepare.h"
@@ -299,6 +300,9 @@ std::string CommandLine(const TrainConfig& c, const std::string& program) {
   add(!c.distill.empty(), absl::StrCat("--distill=", c.distill, " --distill_weight=", c.distill_weight,
                                        " --distill_temperature=", c.distill_temperature));
   add(c.bn_reestimate_batches != d.bn_reestimate_batches, absl::StrCat("--bn_reestimate=", c.bn_reestimate_batches));
+  add(c.rounding != d.rounding, "--rounding=" + c.rounding);
+  add(c.rounding == "adaround" && c.adaround_iters != d.adaround_iters,
+      absl::StrCat("--adaround_iters=", c.adaround_iters));
   add(c.train_subset != 0, absl::StrCat("--train_subset=", c.train_subset));
   add(c.test_subset != 0, absl::StrCat("--test_subset=", c.test_subset));
   return program + (flags.empty() ? "" : " -- " + absl::StrJoin(flags, " "));
@@ -320,6 +324,15 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
   if (c.bn_reestimate_batches < 0 || (c.bn_reestimate_batches > 0 && c.quant != "qat")) {
     return absl::InvalidArgumentError(absl::StrCat("--bn_reestimate=", c.bn_reestimate_batches,
                                                    ": a number of batches >= 0, with --quant=qat"));
+  }
+  if (c.rounding != "nearest" && c.rounding != "adaround") {
+    return absl::InvalidArgumentError("unknown --rounding '" + c.rounding + "' (nearest, adaround)");
+  }
+  if (c.rounding == "adaround" && c.quant != "ptq") {
+    return absl::InvalidArgumentError("--rounding=adaround needs --quant=ptq (QAT learns its weights)");
+  }
+  if (c.adaround_iters < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("--adaround_iters=", c.adaround_iters, ": need 1 or more"));
   }
   if (c.threads < 0) return absl::InvalidArgumentError(absl::StrCat("--threads=", c.threads, ": need 0 (default) or more"));
   if (c.threads > 0) SetNumThreads(c.threads);
@@ -562,20 +575,29 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
   }
   net->Eval();
   // PTQ: quantizers from the policy, ranges from the calibration batches.
-  auto post_training = [&](const quant::MixedPrecisionPolicy& policy) {
+  auto post_training = [&](const quant::MixedPrecisionPolicy& policy, bool adaround) {
     report = quant::PrepareQat(*net, policy);
     net->To(dev);  // the new quantizers' state
     std::vector<Tensor> batches;
     auto it = calib_loader.Start(0);
     data::Batch b;
     while (static_cast<int>(batches.size()) < c.calibration_batches && it->Next(&b)) batches.push_back(b.data);
-    quant::Calibrate(report, *net, batches, [&](const Tensor& x) { return net->Forward(x); });
+    auto forward = [&](const Tensor& x) { return net->Forward(x); };
+    quant::Calibrate(report, *net, batches, forward);
+    if (adaround) {
+      auto start = Clock::now();
+      auto rows = quant::AdaRound(report, *net, batches, forward,
+                                  {.iterations = c.adaround_iters, .seed = c.seed});
+      log << absl::StrFormat("AdaRound: %d layers, %d steps each, on %d calibration batches, %.1f s\n", rows.size(),
+                             c.adaround_iters, batches.size(), Since(start))
+          << quant::AdaRoundTable(rows) << std::flush;
+    }
     net->Eval();
   };
   if (c.quant == "ptq") {
     absl::StatusOr<quant::MixedPrecisionPolicy> policy = Policy(c, total_steps);
     if (!policy.ok()) return policy.status();
-    post_training(*policy);
+    post_training(*policy, c.rounding == "adaround");
   }
   result.float_accuracy = Score(test_loader, eval_model).a;
   Tensor sample;
@@ -596,7 +618,7 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
     }
     quant::MixedPrecisionPolicy int8;
     int8.defaults.kind = quant::QuantizerKind::kMinMax;
-    post_training(int8);
+    post_training(int8, false);
   }
   if (c.report) {
     // Inputs recorded on unaugmented training batches, the model as it ships.

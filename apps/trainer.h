@@ -56,6 +56,11 @@ struct TrainConfig {
   // QAT: batch norm's running statistics re-estimated on this many unaugmented
   // training batches before evaluation and conversion (0: as training left them).
   int bn_reestimate_batches = 0;
+  // PTQ: how weights round onto the calibrated grid: "nearest", or "adaround"
+  // (quant::AdaRound: learned per weight, layer by layer, adaround_iters Adam
+  // steps each, on the calibration batches).
+  std::string rounding = "nearest";
+  int adaround_iters = 2000;
   std::string metrics_file;       // JSON lines, one per epoch, appended
   int64_t train_subset = 0, test_subset = 0;  // the first N examples (0: all)
   int calibration_batches = 8;    // PTQ, and the int8 row of an f32 run's summary

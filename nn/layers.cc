@@ -34,7 +34,10 @@ void QuantizableLayer::ShareInputQuantizer(const QuantizableLayer& owner) {
   owns_input_ = false;
 }
 
-Tensor Linear::ForwardQuantized(const Tensor& x) { return quanta::Linear(x, QuantizedWeight(weight), bias); }
+Tensor Linear::ForwardQuantized(const Tensor& x) {
+  if (input_hook) input_hook(x);
+  return quanta::Linear(x, QuantizedWeight(weight), bias);
+}
 
 Conv2d::Conv2d(int64_t in_channels, int64_t out_channels, int64_t kernel_size, const Conv2dOptions& o,
                bool with_bias, Generator* gen)
@@ -53,6 +56,7 @@ Conv2d::Conv2d(int64_t in_channels, int64_t out_channels, int64_t kernel_size, c
 }
 
 Tensor Conv2d::ForwardQuantized(const Tensor& x) {
+  if (input_hook) input_hook(x);
   return quanta::Conv2d(x, QuantizedWeight(weight), bias, options);
 }
 

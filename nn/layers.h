@@ -10,6 +10,7 @@
 //   Tensor logits = net->Forward(images);
 #pragma once
 
+#include <functional>
 #include <memory>
 
 #include "core/generator.h"
@@ -42,6 +43,9 @@ class QuantizableLayer : public Layer {
   // The layer on an input QuantizeInput already produced.
   virtual Tensor ForwardQuantized(const Tensor& x) = 0;
   std::shared_ptr<Layer> input_quant, weight_quant;
+  // When set, sees every input ForwardQuantized receives, after quantization
+  // (PyTorch's forward pre-hook; quant::AdaRound collects a layer's inputs so).
+  std::function<void(const Tensor&)> input_hook;
 
  protected:
   Tensor QuantizedWeight(const Tensor& w) { return weight_quant ? weight_quant->Forward(w) : w; }

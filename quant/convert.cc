@@ -105,9 +105,11 @@ std::pair<std::vector<double>, Tensor> FoldBatchNorm(const nn::BatchNorm2d& bn, 
 
 IntegerBuilder::IntegerBuilder(Mode mode) : model_(std::make_shared<IntegerModel>()), mode_(mode) {}
 
-int IntegerBuilder::PlanRead(const nn::QuantizableLayer& layer, const std::string& name, int in) {
+int IntegerBuilder::PlanRead(const nn::QuantizableLayer& layer, const std::string& name, int in,
+                             const nn::BatchNorm2d* bn, bool relu, bool residual, bool folded_in_training) {
   readers_.resize(model_->nodes().size());
   readers_[in].push_back(&layer);
+  plan_.push_back({name, &layer, bn, relu, residual, folded_in_training});
   // An f32 placeholder: pooling, flattening and padding nodes can follow it.
   return model_->Add(IntegerNode{.kind = NodeKind::kDequantize, .name = name, .inputs = {in}});
 }
@@ -161,7 +163,7 @@ int IntegerBuilder::AddWeighted(IntegerNode node, const nn::QuantizableLayer& la
 
 int IntegerBuilder::Conv(const std::string& name, const nn::Conv2d& conv, const nn::BatchNorm2d* bn, int in, bool relu,
                          const nn::QuantizableLayer* consumer, int residual) {
-  if (mode_ == Mode::kPlan) return PlanRead(conv, name, in);
+  if (mode_ == Mode::kPlan) return PlanRead(conv, name, in, bn, relu, residual >= 0);
   NoGradGuard no_grad;
   int64_t O = conv.weight.size(0);
   IntegerNode n{.kind = NodeKind::kConv2d, .name = name, .conv = conv.options, .relu = relu, .residual = residual};
@@ -180,7 +182,7 @@ int IntegerBuilder::Conv(const std::string& name, const nn::Conv2d& conv, const 
 
 int IntegerBuilder::Conv(const std::string& name, const ConvBn2d& cb, int in, bool relu,
                          const nn::QuantizableLayer* consumer, int residual) {
-  if (mode_ == Mode::kPlan) return PlanRead(*cb.conv, name, in);
+  if (mode_ == Mode::kPlan) return PlanRead(*cb.conv, name, in, cb.bn.get(), relu, residual >= 0, true);
   NoGradGuard no_grad;
   auto [w, b] = cb.FoldedWeightAndBias();
   IntegerNode n{.kind = NodeKind::kConv2d, .name = name, .conv = cb.conv->options, .relu = relu, .residual = residual};
@@ -193,7 +195,7 @@ int IntegerBuilder::Conv(const std::string& name, const ConvBn2d& cb, int in, bo
 
 int IntegerBuilder::Linear(const std::string& name, const nn::Linear& linear, int in, bool relu,
                            const nn::QuantizableLayer* consumer, int residual) {
-  if (mode_ == Mode::kPlan) return PlanRead(linear, name, in);
+  if (mode_ == Mode::kPlan) return PlanRead(linear, name, in, nullptr, relu, residual >= 0);
   NoGradGuard no_grad;
   IntegerNode n{.kind = NodeKind::kLinear, .name = name, .relu = relu, .residual = residual};
   n.bias = linear.bias.defined() ? linear.bias.Detach().Clone() : Tensor();
@@ -350,32 +352,54 @@ std::shared_ptr<IntegerModel> ConvertFloat(nn::Module& model) {
   return ConvertWith(model, builder);
 }
 
-std::vector<std::vector<nn::QuantizableLayer*>> PlanSharedInputs(nn::Module& model) {
-  if (!dynamic_cast<Convertible*>(&model) && !dynamic_cast<nn::Sequential*>(&model)) return {};
-  IntegerBuilder builder(IntegerBuilder::Mode::kPlan);
+namespace {
+
+// The integer form run in kPlan mode; false when the model has none (a
+// Sequential with a GELU, say: Convert will say what is missing if called).
+bool RunPlan(nn::Module& model, IntegerBuilder& builder) {
+  if (!dynamic_cast<Convertible*>(&model) && !dynamic_cast<nn::Sequential*>(&model)) return false;
   try {
     ConvertWith(model, builder);
   } catch (const Error&) {
-    // No integer form (a Sequential with a GELU, say): nothing to share, and
-    // Convert will say what is missing if it is ever called.
-    return {};
+    return false;
   }
-  std::map<const nn::Module*, nn::QuantizableLayer*> mutable_layer;
-  for (auto& [name, m] : model.NamedModules()) {
-    if (auto* q = dynamic_cast<nn::QuantizableLayer*>(m)) mutable_layer[q] = q;
+  return true;
+}
+
+// The model's own (mutable) module behind a pointer the const integer form holds.
+template <typename T>
+T* Mutable(nn::Module& model, const T* m) {
+  if (m == nullptr) return nullptr;
+  for (auto& [name, module] : model.NamedModules()) {
+    if (module == m) return dynamic_cast<T*>(module);
   }
+  QUANTA_CHECK(false, "plan: a layer of the integer form is not a module of the model");
+  return nullptr;
+}
+
+}  // namespace
+
+std::vector<std::vector<nn::QuantizableLayer*>> PlanSharedInputs(nn::Module& model) {
+  IntegerBuilder builder(IntegerBuilder::Mode::kPlan);
+  if (!RunPlan(model, builder)) return {};
   std::vector<std::vector<nn::QuantizableLayer*>> groups;
   for (const auto& readers : builder.readers_) {
     if (readers.size() < 2) continue;
     std::vector<nn::QuantizableLayer*> group;
-    for (const nn::QuantizableLayer* r : readers) {
-      auto it = mutable_layer.find(r);
-      QUANTA_CHECK(it != mutable_layer.end(), "plan: a layer of the integer form is not a module of the model");
-      group.push_back(it->second);
-    }
+    for (const nn::QuantizableLayer* r : readers) group.push_back(Mutable(model, r));
     groups.push_back(std::move(group));
   }
   return groups;
+}
+
+std::vector<PlannedLayer> PlanLayers(nn::Module& model) {
+  IntegerBuilder builder(IntegerBuilder::Mode::kPlan);
+  if (!RunPlan(model, builder)) return {};
+  std::vector<PlannedLayer> layers;
+  for (const auto& r : builder.plan_) {
+    layers.push_back({r.name, Mutable(model, r.layer), Mutable(model, r.bn), r.relu, r.residual, r.folded_in_training});
+  }
+  return layers;
 }
 
 }  // namespace quanta::quant

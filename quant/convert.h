@@ -45,6 +45,8 @@ namespace quanta::quant {
 // more than one layer, the layers that read it; PrepareQat gives each such
 // group one input quantizer (the first reader's), and Convert, running the same
 // ConvertTo, finds the value already quantized with those parameters.
+struct PlannedLayer;
+
 class IntegerBuilder {
  public:
   // kInteger: Convert; kFloat: ConvertFloat's builder (folded f32 layers, no
@@ -77,13 +79,22 @@ class IntegerBuilder {
   // requantize node when it is not already so).
   int QuantizedInput(int in, const nn::QuantizableLayer& layer, const std::string& name);
   int AddWeighted(IntegerNode node, const nn::QuantizableLayer& layer, int in, const nn::QuantizableLayer* consumer);
-  // kPlan: a placeholder node for a layer reading `in`.
-  int PlanRead(const nn::QuantizableLayer& layer, const std::string& name, int in);
+  // kPlan: a placeholder node for a layer reading `in`, and the layer's row.
+  int PlanRead(const nn::QuantizableLayer& layer, const std::string& name, int in, const nn::BatchNorm2d* bn,
+               bool relu, bool residual, bool folded_in_training = false);
   std::shared_ptr<IntegerModel> model_;
   Mode mode_;
   std::vector<std::vector<const nn::QuantizableLayer*>> readers_;  // kPlan: per node
+  struct PlanRow {
+    std::string name;
+    const nn::QuantizableLayer* layer;
+    const nn::BatchNorm2d* bn;
+    bool relu, residual, folded_in_training;
+  };
+  std::vector<PlanRow> plan_;  // kPlan: every weighted layer in order
 
   friend std::vector<std::vector<nn::QuantizableLayer*>> PlanSharedInputs(nn::Module& model);
+  friend std::vector<PlannedLayer> PlanLayers(nn::Module& model);
 };
 
 // Models whose Forward is code, not a Sequential, implement this.
@@ -98,6 +109,19 @@ class Convertible {
 // plan]); empty for a model that is neither Sequential nor Convertible, or
 // that has no integer form.
 std::vector<std::vector<nn::QuantizableLayer*>> PlanSharedInputs(nn::Module& model);
+
+// Every Conv2d/Linear of the integer program in the order it runs them, with
+// what the same integer layer does after the product: a folded batch norm, a
+// fused ReLU, a residual add (before the ReLU). Empty as for PlanSharedInputs.
+// PTQ's reconstruction (quant/adaround.h) reconstructs each layer's output so.
+struct PlannedLayer {
+  std::string name;
+  nn::QuantizableLayer* layer;
+  nn::BatchNorm2d* bn;      // or null
+  bool relu, residual;
+  bool folded_in_training;  // a ConvBn2d: its weight quantizer sees the folded weight
+};
+std::vector<PlannedLayer> PlanLayers(nn::Module& model);
 
 // Throws quanta::Error naming the layer when a quantizer is missing, disabled or
 // has not seen data, or a layer has no integer form.

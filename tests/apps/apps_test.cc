@@ -88,6 +88,29 @@ TEST(Apps, QatDistillsAndReestimatesBatchNorm) {
   EXPECT_NE(out.find("--distill_weight=2"), std::string::npos) << out;
 }
 
+// PTQ with learned rounding from a trained f32 checkpoint: the per-layer table
+// in the log, the flag in the rerun command, and its errors.
+TEST(Apps, PtqWithAdaRound) {
+  std::string dir = Tmp() + "/adaround", out;
+  std::string common = "apps/train --dataset=fashion_mnist --model=fmnist_resnet8_half --train_subset=256 "
+                       "--test_subset=128 --workers=1 --batch=64";
+  ASSERT_EQ(RunCommand(common + " --epochs=1 --checkpoint_dir=" + dir + "/f32", &out), 0) << out;
+  std::string f32 = dir + "/f32/last.safetensors";
+  ASSERT_EQ(RunCommand(common + " --epochs=0 --quant=ptq --wbits=4 --abits=8 --quantizer=mse --init_from=" + f32 +
+                           " --rounding=adaround --adaround_iters=20",
+                       &out),
+            0)
+      << out;
+  // fmnist_resnet8(_half): the stem, six block convolutions, two downsamples, fc.
+  EXPECT_NE(out.find("AdaRound: 10 layers, 20 steps each"), std::string::npos) << out;
+  EXPECT_NE(out.find("mse adaround"), std::string::npos) << out;
+  EXPECT_NE(out.find("--rounding=adaround --adaround_iters=20"), std::string::npos) << out;
+  EXPECT_NE(RunCommand(common + " --epochs=0 --quant=qat --rounding=adaround", &out), 0);
+  EXPECT_NE(out.find("--rounding=adaround needs --quant=ptq"), std::string::npos) << out;
+  EXPECT_NE(RunCommand(common + " --epochs=0 --quant=ptq --rounding=upward", &out), 0);
+  EXPECT_NE(out.find("unknown --rounding 'upward'"), std::string::npos) << out;
+}
+
 TEST(Apps, BadFlagsAndMissingDataSayWhatIsWrong) {
   std::string out;
   EXPECT_NE(RunCommand("apps/train --dataset=fashion_mnist --quant=bogus --epochs=1", &out), 0);

@@ -1,0 +1,244 @@
+// AdaRound: learned up/down rounding of each layer's weights (Note [AdaRound]).
+#include "quant/adaround.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <numeric>
+#include <random>
+
+#include "absl/strings/str_format.h"
+#include "autograd/autograd.h"
+#include "core/error.h"
+#include "core/grad_mode.h"
+#include "core/ops.h"
+#include "nn/optim.h"
+#include "quant/convert.h"
+
+namespace quanta::quant {
+namespace {
+
+constexpr double kZeta = 1.1, kGamma = -0.1;
+
+Tensor& WeightOf(nn::QuantizableLayer* layer) {
+  if (auto* l = dynamic_cast<nn::Linear*>(layer)) return l->weight;
+  return dynamic_cast<nn::Conv2d*>(layer)->weight;
+}
+const Tensor& BiasOf(nn::QuantizableLayer* layer) {
+  if (auto* l = dynamic_cast<nn::Linear*>(layer)) return l->bias;
+  return dynamic_cast<nn::Conv2d*>(layer)->bias;
+}
+bool IsLinear(nn::QuantizableLayer* layer) { return dynamic_cast<nn::Linear*>(layer) != nullptr; }
+
+// One layer's problem: the product, then f (Note [AdaRound]) as a per-channel
+// affine map and an optional ReLU.
+struct Layer {
+  PlannedLayer plan;
+  Quantizer* weight_quant;
+  Tensor factor, shift;  // broadcast along the output channel
+  int channel_dim;       // 1 for a convolution, the last for a linear layer
+
+  Tensor Output(const Tensor& x, const Tensor& w) const {
+    Tensor y = IsLinear(plan.layer) ? quanta::Linear(x, w)
+                                    : quanta::Conv2d(x, w, Tensor(), dynamic_cast<nn::Conv2d*>(plan.layer)->options);
+    y = Add(Mul(y, factor), shift);
+    return plan.relu && !plan.residual ? Relu(y) : y;
+  }
+  // Mean over positions of the squared error summed over channels.
+  Tensor Error(const Tensor& y, const Tensor& target) const {
+    int d = channel_dim < 0 ? y.dim() - 1 : channel_dim;
+    return Mean(Sum(Square(Sub(y, target)), {d}));
+  }
+};
+
+Layer Describe(const PlannedLayer& p, Quantizer* wq) {
+  Layer l{p, wq, Tensor(), Tensor(), IsLinear(p.layer) ? -1 : 1};
+  const Tensor& w = WeightOf(p.layer);
+  int64_t O = w.size(0);
+  std::vector<float> factor(O, 1.f), shift(O, 0.f);
+  if (BiasOf(p.layer).defined()) shift = BiasOf(p.layer).ToVector<float>();
+  if (p.bn) {
+    std::vector<float> mean = p.bn->running_mean.ToVector<float>(), var = p.bn->running_var.ToVector<float>();
+    std::vector<float> gamma = p.bn->weight.defined() ? p.bn->weight.ToVector<float>() : std::vector<float>(O, 1.f);
+    std::vector<float> beta = p.bn->bias.defined() ? p.bn->bias.ToVector<float>() : std::vector<float>(O, 0.f);
+    QUANTA_CHECK(static_cast<int64_t>(mean.size()) == O, "AdaRound: ", p.name, " has ", O,
+                 " channels, its batch norm ", mean.size());
+    for (int64_t o = 0; o < O; ++o) {
+      double f = gamma[o] / std::sqrt(static_cast<double>(var[o]) + p.bn->eps);
+      factor[o] = static_cast<float>(f);
+      shift[o] = static_cast<float>((shift[o] - mean[o]) * f + beta[o]);
+    }
+  }
+  Shape shape = IsLinear(p.layer) ? Shape{O} : Shape{1, O, 1, 1};
+  l.factor = Tensor::FromVector(factor, shape).To(w.device());
+  l.shift = Tensor::FromVector(shift, shape).To(w.device());
+  return l;
+}
+
+// Per element of w (O, ...): the step and zero point of its output channel.
+std::pair<std::vector<float>, std::vector<float>> StepsPerElement(const Quantizer& q, const Tensor& w,
+                                                                  const std::string& name) {
+  auto [scale, zp] = q.Params();
+  std::vector<float> s = scale.ToVector<float>(), z = zp.ToVector<float>();
+  int64_t O = w.size(0), per = w.numel() / std::max<int64_t>(O, 1);
+  QUANTA_CHECK(s.size() == 1 || (static_cast<int64_t>(s.size()) == O && q.spec().axis == 0), "AdaRound: ", name,
+               " has ", s.size(), " weight steps for weight ", ShapeToString(w.shape()), " (", q.spec().ToString(),
+               "); per-tensor or per output channel only");
+  std::vector<float> se(w.numel()), ze(w.numel());
+  for (int64_t i = 0; i < w.numel(); ++i) {
+    size_t c = s.size() == 1 ? 0 : static_cast<size_t>(i / per);
+    se[i] = s[c];
+    ze[i] = z[std::min(c, z.size() - 1)];
+  }
+  return {se, ze};
+}
+
+}  // namespace
+
+std::vector<AdaRoundRow> AdaRound(const PrepareReport& report, nn::Module& model, const std::vector<Tensor>& batches,
+                                  const std::function<Tensor(const Tensor&)>& forward,
+                                  const AdaRoundOptions& o) {
+  QUANTA_CHECK(!batches.empty(), "AdaRound: no calibration batches");
+  QUANTA_CHECK(GradModeEnabled(), "AdaRound: learns the rounding by gradient descent; called under NoGradGuard");
+  QUANTA_CHECK(o.iterations >= 1 && o.batch_size >= 1 && o.lr > 0 && o.warmup >= 0 && o.warmup < 1,
+               "AdaRound: iterations ", o.iterations, ", batch_size ", o.batch_size, ", lr ", o.lr, ", warmup ",
+               o.warmup, " (need >= 1, >= 1, > 0, [0, 1))");
+  std::map<nn::QuantizableLayer*, const PrepareReport::Row*> row_of;
+  for (const auto& r : report.rows) row_of[r.layer] = &r;
+  std::vector<PlannedLayer> plan = PlanLayers(model);
+  if (plan.empty()) {  // no integer form: report order, f = the bias
+    for (const auto& r : report.rows) plan.push_back({r.name, r.layer, nullptr, false, false, false});
+  }
+  std::vector<Quantizer*> quantizers;  // every quantizer, to switch the model to float and back
+  for (const auto& r : report.rows) {
+    for (auto* q : {r.weight.get(), r.input.get()}) {
+      if (q != nullptr) quantizers.push_back(q);
+    }
+  }
+  for (const auto& e : report.embeddings) {
+    if (e.weight) quantizers.push_back(e.weight.get());
+  }
+  std::vector<bool> enabled;
+  for (Quantizer* q : quantizers) enabled.push_back(q->enabled());
+  const bool was_training = model.is_training();
+  model.Eval();
+
+  // The layer's inputs over the calibration set, with quantization on (x_q) or
+  // with the float model (x_f: every quantizer off, every rounded weight back).
+  std::vector<std::pair<Tensor*, Tensor>> originals;  // rounded layers: weight, float value
+  auto inputs = [&](nn::QuantizableLayer* layer, const std::string& name, bool quantized) {
+    std::vector<Tensor> xs;
+    layer->input_hook = [&xs](const Tensor& x) { xs.push_back(x.Detach().Clone()); };
+    NoGradGuard no_grad;
+    std::vector<Tensor> rounded;
+    if (!quantized) {
+      for (Quantizer* q : quantizers) q->SetEnabled(false);
+      for (auto& [w, f] : originals) {
+        rounded.push_back(w->Detach().Clone());
+        w->CopyFrom(f);
+      }
+    }
+    for (const Tensor& b : batches) forward(b);
+    if (!quantized) {
+      for (size_t i = 0; i < quantizers.size(); ++i) quantizers[i]->SetEnabled(enabled[i]);
+      for (size_t i = 0; i < originals.size(); ++i) originals[i].first->CopyFrom(rounded[i]);
+    }
+    layer->input_hook = nullptr;
+    QUANTA_CHECK(!xs.empty(), "AdaRound: the model's forward never ran layer ", name);
+    return Concat(xs, 0);
+  };
+
+  std::mt19937_64 rng(o.seed);
+  std::vector<AdaRoundRow> rows;
+  for (const PlannedLayer& p : plan) {
+    auto it = row_of.find(p.layer);
+    if (it == row_of.end() || !it->second->weight) continue;
+    const PrepareReport::Row& r = *it->second;
+    QUANTA_CHECK(!p.folded_in_training, "AdaRound: ", p.name,
+                 " is a ConvBn2d, whose weight quantizer sees the folded weight, not a parameter");
+    QUANTA_CHECK(r.weight->ready(), "AdaRound: the weight quantizer of ", p.name, " has not seen data (Calibrate first)");
+    Layer layer = Describe(p, r.weight.get());
+    Tensor& weight = WeightOf(p.layer);
+    const Tensor w = weight.Detach().Clone();
+    const Device dev = w.device();
+
+    Tensor xq = inputs(p.layer, p.name, true), xf = inputs(p.layer, p.name, false);
+    Tensor target, nearest_out;
+    double mse_nearest = 0;
+    {
+      NoGradGuard no_grad;
+      target = layer.Output(xf, w);
+      mse_nearest = layer.Error(layer.Output(xq, r.weight->Forward(w)), target).item<double>();
+    }
+
+    // The grid: floor(w / s) + z, and V where h(V) is the remainder.
+    const QuantSpec& spec = r.weight->spec();
+    auto [se, ze] = StepsPerElement(*r.weight, w, p.name);
+    std::vector<float> wv = w.To(Device::Cpu()).ToVector<float>();
+    std::vector<float> base(wv.size()), v0(wv.size());
+    for (size_t i = 0; i < wv.size(); ++i) {
+      double x = static_cast<double>(wv[i]) / se[i];
+      double fl = std::floor(x), frac = x - fl;
+      base[i] = static_cast<float>(fl + ze[i]);
+      double sig = (frac - kGamma) / (kZeta - kGamma);  // in [1/12, 11/12]: finite V
+      v0[i] = static_cast<float>(std::log(sig / (1 - sig)));
+    }
+    Tensor base_t = Tensor::FromVector(base, w.shape()).To(dev);
+    Tensor s_t = Tensor::FromVector(se, w.shape()).To(dev), z_t = Tensor::FromVector(ze, w.shape()).To(dev);
+    const double qmin = static_cast<double>(spec.quant_min()), qmax = static_cast<double>(spec.quant_max());
+    auto grid_weight = [&](const Tensor& h) { return Mul(Sub(Clamp(Add(base_t, h), qmin, qmax), z_t), s_t); };
+    auto soft = [&](const Tensor& v) { return Clamp(Add(Mul(Sigmoid(v), kZeta - kGamma), kGamma), 0.0, 1.0); };
+
+    Tensor v = Tensor::FromVector(v0, w.shape()).To(dev);
+    v.SetRequiresGrad();
+    nn::Adam adam({nn::ParamGroup{.params = {v}}}, nn::AdamOptions{.lr = o.lr});
+    const int64_t n = xq.size(0), b = std::min<int64_t>(o.batch_size, n);
+    std::vector<int64_t> order(n);
+    std::iota(order.begin(), order.end(), 0);
+    const int warm = static_cast<int>(o.warmup * o.iterations);
+    for (int step = 0; step < o.iterations; ++step) {
+      std::shuffle(order.begin(), order.end(), rng);
+      Tensor idx = Tensor::FromVector(std::vector<int64_t>(order.begin(), order.begin() + b), {b}).To(dev);
+      Tensor h = soft(v);
+      Tensor loss = layer.Error(layer.Output(IndexSelect(xq, 0, idx), grid_weight(h)), IndexSelect(target, 0, idx));
+      if (step >= warm) {
+        double t = static_cast<double>(step - warm) / std::max(1, o.iterations - warm);
+        double beta = o.beta_end + (o.beta_start - o.beta_end) * (1 - t);
+        // sum (1 - |2h - 1|^beta), written as numel - sum |2h - 1|^beta
+        Tensor reg = Sub(Neg(Sum(Pow(Abs(Sub(Mul(h, 2.0), 1.0)), beta))), -static_cast<double>(h.numel()));
+        loss = Add(loss, Mul(reg, o.reg_weight));
+      }
+      adam.ZeroGrad();
+      Backward(loss);
+      adam.Step();
+    }
+
+    AdaRoundRow row{p.name, spec.bits};
+    row.mse_nearest = mse_nearest;
+    {
+      NoGradGuard no_grad;
+      Tensor hard = Ge(v.Detach(), 0.0).To(DType::kF32);
+      Tensor learned = grid_weight(hard);
+      Tensor nearest = r.weight->Forward(w);
+      row.mse_learned = layer.Error(layer.Output(xq, learned), target).item<double>();
+      row.flipped = Mean(Ne(learned, nearest).To(DType::kF32)).item<double>();
+      originals.emplace_back(&weight, w);
+      weight.CopyFrom(learned);
+    }
+    rows.push_back(row);
+  }
+  model.Train(was_training);
+  return rows;
+}
+
+std::string AdaRoundTable(const std::vector<AdaRoundRow>& rows) {
+  std::string out = absl::StrFormat("%-28s %4s %14s %14s %9s\n", "layer", "bits", "mse nearest", "mse adaround",
+                                    "flipped");
+  for (const auto& r : rows) {
+    out += absl::StrFormat("%-28s %4d %14.6g %14.6g %8.2f%%\n", r.name, r.bits, r.mse_nearest, r.mse_learned,
+                           100 * r.flipped);
+  }
+  return out;
+}
+
+}  // namespace quanta::quant
