@@ -59,6 +59,7 @@ ABSL_FLAG(double, distill_temperature, 2.0, "--distill: softmax temperature T");
 ABSL_FLAG(int, bn_reestimate, 0, "QAT: re-estimate batch norm statistics on N training batches before conversion");
 ABSL_FLAG(std::string, rounding, "nearest", "PTQ: nearest | adaround (learned up/down rounding, layer by layer)");
 ABSL_FLAG(int, adaround_iters, 2000, "--rounding=adaround: Adam steps per layer");
+ABSL_FLAG(double, adaround_lr, 1e-3, "--rounding=adaround: Adam's learning rate on the rounding variables");
 ABSL_FLAG(std::string, metrics, "", "append one JSON line per epoch to this file");
 ABSL_FLAG(int64_t, train_subset, 0, "use the first N training images (0: all)");
 ABSL_FLAG(int64_t, test_subset, 0, "use the first N test images (0: all)");
@@ -114,6 +115,7 @@ int main(int argc, char** argv) {
   c.bn_reestimate_batches = absl::GetFlag(FLAGS_bn_reestimate);
   c.rounding = absl::GetFlag(FLAGS_rounding);
   c.adaround_iters = absl::GetFlag(FLAGS_adaround_iters);
+  c.adaround_lr = absl::GetFlag(FLAGS_adaround_lr);
   c.metrics_file = absl::GetFlag(FLAGS_metrics);
   c.train_subset = absl::GetFlag(FLAGS_train_subset);
   c.test_subset = absl::GetFlag(FLAGS_test_subset);

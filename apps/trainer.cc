@@ -13,6 +13,7 @@
 #include <optional>
 #include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -303,9 +304,29 @@ std::string CommandLine(const TrainConfig& c, const std::string& program) {
   add(c.rounding != d.rounding, "--rounding=" + c.rounding);
   add(c.rounding == "adaround" && c.adaround_iters != d.adaround_iters,
       absl::StrCat("--adaround_iters=", c.adaround_iters));
+  add(c.rounding == "adaround" && c.adaround_lr != d.adaround_lr, absl::StrCat("--adaround_lr=", c.adaround_lr));
   add(c.train_subset != 0, absl::StrCat("--train_subset=", c.train_subset));
   add(c.test_subset != 0, absl::StrCat("--test_subset=", c.test_subset));
   return program + (flags.empty() ? "" : " -- " + absl::StrJoin(flags, " "));
+}
+
+std::string CpuName() {
+  std::ifstream f("/proc/cpuinfo");
+  std::string line, name, family, model;
+  int cores = 0;
+  auto value = [&](const char* key, std::string* out) {
+    if (!absl::StartsWith(line, key)) return;
+    size_t colon = line.find(':');
+    if (colon != std::string::npos && out->empty()) *out = std::string(absl::StripAsciiWhitespace(line.substr(colon + 1)));
+  };
+  while (std::getline(f, line)) {
+    if (absl::StartsWith(line, "processor")) ++cores;
+    value("model name", &name);
+    value("cpu family", &family);
+    value("model\t", &model);
+  }
+  if (name.empty()) return "unknown CPU";
+  return absl::StrCat(name, " (family ", family, " model ", model, "), ", cores, cores == 1 ? " core" : " cores");
 }
 
 absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log) {
@@ -333,6 +354,9 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
   }
   if (c.adaround_iters < 1) {
     return absl::InvalidArgumentError(absl::StrCat("--adaround_iters=", c.adaround_iters, ": need 1 or more"));
+  }
+  if (!(c.adaround_lr > 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("--adaround_lr=", c.adaround_lr, ": need a positive rate"));
   }
   if (c.threads < 0) return absl::InvalidArgumentError(absl::StrCat("--threads=", c.threads, ": need 0 (default) or more"));
   if (c.threads > 0) SetNumThreads(c.threads);
@@ -587,7 +611,7 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
     if (adaround) {
       auto start = Clock::now();
       auto rows = quant::AdaRound(report, *net, batches, forward,
-                                  {.iterations = c.adaround_iters, .seed = c.seed});
+                                  {.iterations = c.adaround_iters, .lr = c.adaround_lr, .seed = c.seed});
       log << absl::StrFormat("AdaRound: %d layers, %d steps each, on %d calibration batches, %.1f s\n", rows.size(),
                              c.adaround_iters, batches.size(), Since(start))
           << quant::AdaRoundTable(rows) << std::flush;

@@ -61,6 +61,7 @@ struct TrainConfig {
   // steps each, on the calibration batches).
   std::string rounding = "nearest";
   int adaround_iters = 2000;
+  double adaround_lr = 1e-3;  // Adam's rate on the rounding variables
   std::string metrics_file;       // JSON lines, one per epoch, appended
   int64_t train_subset = 0, test_subset = 0;  // the first N examples (0: all)
   int calibration_batches = 8;    // PTQ, and the int8 row of an f32 run's summary
@@ -94,5 +95,10 @@ struct TrainResult {
 absl::StatusOr<TrainResult> RunTraining(const TrainConfig& config, std::ostream& log);
 // "--dataset=... --model=..." for the fields that differ from the defaults.
 std::string CommandLine(const TrainConfig& config, const std::string& program);
+
+// The CPU as /proc/cpuinfo names it, with its family and model numbers (a VM's
+// name can be as vague as "Intel(R) Xeon(R) Processor"), e.g. "AMD EPYC 9R14
+// (family 25 model 17), 2 cores"; "unknown CPU" where the file is missing.
+std::string CpuName();
 
 }  // namespace quanta::apps

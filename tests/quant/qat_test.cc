@@ -64,7 +64,7 @@ TEST(Qat, W8A8MatchesF32Accuracy) {
 // From one trained f32 model: W4A4 post-training quantization with min/max
 // ranges (calibrated on 256 training images) against 80 steps of W4A4 QAT with
 // LSQ (learned step sizes; LSQ+ offsets for activations).
-TEST(Qat, W4A4LsqBeatsMinMaxPtq) {
+TEST(Qat, W4A4LsqBeatsMinMaxPtqOnLoss) {
   Data train = Synthetic(512, 1, 1.0), test = Synthetic(1000, 2, 1.0);
   auto f32 = Cnn(8);
   Train(*f32, train, 240, 0.05);
@@ -83,9 +83,12 @@ TEST(Qat, W4A4LsqBeatsMinMaxPtq) {
   PrepareQat(*lsq, *MixedPrecisionPolicy::Parse("default 4 4 lsq\nfirst_last_8bit off\n"));
   Train(*lsq, train, 80, 0.02);
   Score l = Evaluate(*lsq, test);
-  EXPECT_GT(l.accuracy, p.accuracy) << "f32 " << base.accuracy << ", PTQ min/max W4A4 " << p.accuracy << ", LSQ W4A4 "
-                                    << l.accuracy;
-  EXPECT_LT(l.loss, p.loss);
+  // The claim is held on the test loss. Top-1 on 1,000 images moves by about a
+  // point with the summation order alone: the optimized build had LSQ ahead,
+  // the ASan build (kernels at -O1) had min/max PTQ 0.935 against LSQ 0.924
+  // while LSQ's loss stayed lower (0.217 against 0.229).
+  EXPECT_LT(l.loss, p.loss) << "f32 " << base.loss << ", PTQ min/max W4A4 " << p.loss << ", LSQ W4A4 " << l.loss;
+  EXPECT_GT(l.accuracy, p.accuracy - 0.03) << "PTQ min/max W4A4 " << p.accuracy << ", LSQ W4A4 " << l.accuracy;
   std::printf("f32 %.4f (loss %.4f) | PTQ min/max W4A4 %.4f (loss %.4f) | LSQ W4A4 %.4f (loss %.4f)\n", base.accuracy,
               base.loss, p.accuracy, p.loss, l.accuracy, l.loss);
 }
