@@ -221,6 +221,11 @@ std::vector<AdaRoundRow> AdaRound(const PrepareReport& report, nn::Module& model
       Tensor learned = grid_weight(hard);
       Tensor nearest = r.weight->Forward(w);
       row.mse_learned = layer.Error(layer.Output(xq, learned), target).item<double>();
+      if (row.mse_learned > row.mse_nearest) {  // never worse than nearest on the calibration set
+        row.kept_nearest = true;
+        row.mse_learned = row.mse_nearest;
+        learned = nearest;
+      }
       row.flipped = Mean(Ne(learned, nearest).To(DType::kF32)).item<double>();
       originals.emplace_back(&weight, w);
       weight.CopyFrom(learned);
@@ -235,8 +240,8 @@ std::string AdaRoundTable(const std::vector<AdaRoundRow>& rows) {
   std::string out = absl::StrFormat("%-28s %4s %14s %14s %9s\n", "layer", "bits", "mse nearest", "mse adaround",
                                     "flipped");
   for (const auto& r : rows) {
-    out += absl::StrFormat("%-28s %4d %14.6g %14.6g %8.2f%%\n", r.name, r.bits, r.mse_nearest, r.mse_learned,
-                           100 * r.flipped);
+    out += absl::StrFormat("%-28s %4d %14.6g %14.6g %8.2f%%%s\n", r.name, r.bits, r.mse_nearest, r.mse_learned,
+                           100 * r.flipped, r.kept_nearest ? "  (learned was worse: nearest kept)" : "");
   }
   return out;
 }

@@ -26,7 +26,10 @@
 // PlanLayers in quant/convert.h). At the end each weight is rounded up where
 // V >= 0, and the layer's weight tensor is set to W~ itself, a point of the
 // frozen grid, so fake quantization, Convert and a saved checkpoint all hold the
-// learned integers: nothing downstream needs to know AdaRound ran.
+// learned integers: nothing downstream needs to know AdaRound ran. Where the
+// learned rounding reconstructs the calibration set worse than nearest rounding
+// (too few steps, a rate too high), the layer keeps nearest rounding and its row
+// says so.
 #pragma once
 
 #include <cstdint>
@@ -51,12 +54,13 @@ struct AdaRoundOptions {
 
 // What AdaRound did to one layer: the reconstruction error (the loss's first
 // term over the whole calibration set) with nearest rounding and with the
-// learned rounding, and the fraction of weights rounded the other way.
+// learned rounding (as kept), and the fraction of weights rounded the other way.
 struct AdaRoundRow {
   std::string name;
   int bits = 0;
   double mse_nearest = 0, mse_learned = 0;
   double flipped = 0;
+  bool kept_nearest = false;  // the learned rounding was worse; nearest kept
 };
 
 // Runs the reconstruction for every Conv2d/Linear of the report with a weight

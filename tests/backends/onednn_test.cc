@@ -319,8 +319,12 @@ TEST(OneDnn, IntegerPostOpsMatchReference) {
       for (size_t i = 0; i < f.size(); ++i) {
         EXPECT_LE(std::abs(f[i] - r[i]), 1) << i;
         differ += f[i] != r[i];
-        if (k.narrow) EXPECT_TRUE(f[i] >= -8 && f[i] <= 7) << f[i];
-        if (k.relu) EXPECT_GE(f[i], -5);  // ReLU: never below the zero point
+        if (k.narrow) {
+          EXPECT_TRUE(f[i] >= -8 && f[i] <= 7) << f[i];
+        }
+        if (k.relu) {
+          EXPECT_GE(f[i], -5);  // ReLU: never below the zero point
+        }
       }
       EXPECT_LE(differ, static_cast<int>(f.size() / 100) + 1);
     }

@@ -48,7 +48,7 @@ TEST(Models, ForwardShapesAndNames) {
 // Every model by name: bf16 autocast forward, and a checkpoint round trip into a
 // freshly built model gives the same outputs.
 TEST(Models, EveryNamedModelAutocastsAndCheckpoints) {
-  for (const std::string& name : {"resnet20", "resnet18_cifar", "fmnist_resnet8", "tiny_cnn"}) {
+  for (std::string name : {"resnet20", "resnet18_cifar", "fmnist_resnet8", "tiny_cnn"}) {
     SCOPED_TRACE(name);
     int64_t channels = name == "fmnist_resnet8" ? 1 : 3, size = name == "fmnist_resnet8" ? 28 : 32;
     Generator gen(2), other(3);

@@ -94,6 +94,24 @@ TEST(AdaRound, FindsTheBestRoundingOfASmallLayerByExhaustiveSearch) {
   EXPECT_GT(rows[0].flipped, 0.0);
   EXPECT_FALSE(report.rows[0].input->enabled()) << "the quantizers' states are restored";
   EXPECT_TRUE(report.rows[0].weight->enabled());
+  EXPECT_FALSE(rows[0].kept_nearest);
+
+  // One Adam step at a huge rate moves every V by the rate in its gradient's
+  // direction: the shared u asks every weight to go up, so all six round up,
+  // +2.75 steps in sum against nearest's -1.25. Worse than nearest on the
+  // calibration set, so nearest rounding is kept.
+  {
+    NoGradGuard no_grad;
+    linear->weight.CopyFrom(Tensor::FromVector(w0, {1, 6}));
+  }
+  auto reckless = AdaRound(report, *net, batches, Runs(*net), {.iterations = 1, .batch_size = 256, .lr = 100, .warmup = 0});
+  ASSERT_EQ(reckless.size(), 1u);
+  EXPECT_TRUE(reckless[0].kept_nearest);
+  EXPECT_EQ(reckless[0].flipped, 0.0);
+  EXPECT_EQ(reckless[0].mse_learned, reckless[0].mse_nearest);
+  std::vector<float> kept = linear->weight.ToVector<float>();
+  for (int k = 0; k < 6; ++k) EXPECT_NEAR(kept[k], w_nearest[k], 1e-6) << "weight " << k;
+  EXPECT_NE(AdaRoundTable(reckless).find("nearest kept"), std::string::npos);
 }
 
 // conv -> batch norm -> ReLU twice, then a linear layer: the plan names what
@@ -136,8 +154,9 @@ TEST(AdaRound, ConvBatchNormReluModelConvertsToTheLearnedIntegers) {
   double nearest = 0, learned = 0;
   for (const auto& r : rows) {
     // A layer may gain nothing (the first one here, 27 weights per channel on
-    // noise), but none gets more than 1% worse, and the model gains overall.
-    EXPECT_LT(r.mse_learned, 1.01 * r.mse_nearest) << r.name;
+    // noise; where learning made it worse, nearest is kept), and the model
+    // gains overall.
+    EXPECT_LE(r.mse_learned, r.mse_nearest) << r.name;
     EXPECT_EQ(r.bits, 3);
     nearest += r.mse_nearest, learned += r.mse_learned;
   }
