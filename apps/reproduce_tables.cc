@@ -2,12 +2,16 @@
 // writes docs/accuracy.md with the training curves and the accuracy-vs-bits
 // chart (PNG, drawn by gnuplot). Fashion-MNIST with fmnist_resnet8 by default
 // (the data set tools/setup.sh installs); --dataset=cifar100 does ResNet-20 on
-// CIFAR-100 when the data is there. One f32 model is trained; the PTQ rows
-// calibrate it, the QAT rows fine-tune it.
+// CIFAR-100 when the data is there. One f32 model is trained per seed; the PTQ
+// rows calibrate it, the QAT rows fine-tune it.
 //
 //   bazel run //apps:reproduce_tables -- --quick       # fmnist_resnet8_half: 2 epochs, every row (minutes)
 //   bazel run //apps:reproduce_tables                  # the full table (about 1.5 h on 2 cores)
+//   bazel run //apps:reproduce_tables -- --recipe=short --seeds=0,1,2   # issue 17's recipe, mean +- std
+//   bazel run //apps:reproduce_tables -- --table=ptq   # PTQ: nearest against AdaRound rounding
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -17,6 +21,8 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -31,15 +37,24 @@ ABSL_FLAG(std::string, data_dir, "", "data folder (default: the dataset's)");
 ABSL_FLAG(bool, quick, false,
           "the quick table: fmnist_resnet8_half, f32 for 2 epochs on all the training images (one-cycle, no "
           "augmentation), each quantized row fine-tuned on 10,000 of them; every row on the whole test set");
-ABSL_FLAG(int, epochs, -1, "f32 epochs (default: 15 full, 2 quick; 200 for cifar100)");
-ABSL_FLAG(int, finetune_epochs, -1, "QAT fine-tuning epochs per row (default: 2 full, 1 quick; 30 for cifar100)");
+ABSL_FLAG(int, epochs, -1, "f32 epochs (default: 15 long, 6 short, 2 quick; 200 for cifar100)");
+ABSL_FLAG(int, finetune_epochs, -1,
+          "QAT fine-tuning epochs per row (default: 2 long, 1 quick, short: 1 for int8 and 2 below; 30 for cifar100)");
 ABSL_FLAG(int64_t, train_subset, -1, "training images of the f32 run (default: all)");
 ABSL_FLAG(int64_t, finetune_subset, -1, "training images of the quantized rows (default: as --train_subset; 10000 quick)");
 ABSL_FLAG(int64_t, test_subset, -1, "test images (default: all)");
-ABSL_FLAG(uint64_t, seed, 0, "seed of every run");
+ABSL_FLAG(uint64_t, seed, 0, "seed of every run (one seed; --seeds for several)");
+ABSL_FLAG(std::string, seeds, "",
+          "several seeds, e.g. 0,1,2: every row is run once per seed and reported as mean +- sample std, each drop "
+          "against the same seed's f32 model");
+ABSL_FLAG(std::string, recipe, "long",
+          "long (15 f32 epochs, 2 fine-tuning epochs per QAT row) | short (issue 17's 6-epoch recipe: Nesterov SGD, "
+          "lr 0.1 cosine to 0 without warm-up, QAT int8 +1 epoch, lower bits +2 epochs at lr 0.01)");
 ABSL_FLAG(std::string, table, "main",
           "main (f32, PTQ and QAT rows: docs/accuracy.md) | ptq (post-training rows at 4, 3 and 2 weight bits, "
           "nearest against AdaRound rounding: docs/accuracy_ptq.md)");
+ABSL_FLAG(int, adaround_iters, 2000, "--table=ptq: AdaRound's Adam steps per layer");
+ABSL_FLAG(double, adaround_lr, 1e-3, "--table=ptq: AdaRound's learning rate");
 ABSL_FLAG(std::string, f32_checkpoint, "",
           "take the f32 model from this checkpoint (written by //apps:train) instead of training it; the table says "
           "which file and the command that made it");
@@ -55,6 +70,18 @@ struct Row {
   int bits;  // weight = activation bits of the row (0: f32)
   TrainResult result;
 };
+
+double Mean(const std::vector<double>& v) {
+  double sum = 0;
+  for (double x : v) sum += x;
+  return v.empty() ? 0 : sum / static_cast<double>(v.size());
+}
+double SampleStd(const std::vector<double>& v) {
+  if (v.size() < 2) return 0;
+  double m = Mean(v), sum = 0;
+  for (double x : v) sum += (x - m) * (x - m);
+  return std::sqrt(sum / static_cast<double>(v.size() - 1));
+}
 
 // Paths given on the command line are relative to where `bazel run` was called.
 std::string FromWorkspace(const std::string& path) {
@@ -84,9 +111,36 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "error: --dataset=%s: the tables are for fashion_mnist and cifar100\n", dataset.c_str());
     return 2;
   }
+  const std::string recipe = absl::GetFlag(FLAGS_recipe);
+  const bool short_recipe = recipe == "short";
+  if (!short_recipe && recipe != "long") {
+    std::fprintf(stderr, "error: --recipe=%s: long or short\n", recipe.c_str());
+    return 2;
+  }
+  if (short_recipe && (quick || cifar)) {
+    std::fprintf(stderr, "error: --recipe=short is the Fashion-MNIST 6-epoch recipe; not with --quick or cifar100\n");
+    return 2;
+  }
+  std::vector<uint64_t> seeds;
+  if (absl::GetFlag(FLAGS_seeds).empty()) {
+    seeds.push_back(absl::GetFlag(FLAGS_seed));
+  } else {
+    for (absl::string_view part : absl::StrSplit(absl::GetFlag(FLAGS_seeds), ',')) {
+      uint64_t v;
+      if (!absl::SimpleAtoi(part, &v) || std::find(seeds.begin(), seeds.end(), v) != seeds.end()) {
+        std::fprintf(stderr, "error: --seeds=%s: distinct non-negative integers separated by commas, e.g. 0,1,2\n",
+                     absl::GetFlag(FLAGS_seeds).c_str());
+        return 2;
+      }
+      seeds.push_back(v);
+    }
+  }
+  const size_t n_seeds = seeds.size();
   auto pick = [&](int flag, int full, int fast) { return flag >= 0 ? flag : quick ? fast : full; };
-  const int epochs = pick(absl::GetFlag(FLAGS_epochs), cifar ? 200 : 15, 2);
+  const int epochs = pick(absl::GetFlag(FLAGS_epochs), cifar ? 200 : short_recipe ? 6 : 15, 2);
   const int finetune = pick(absl::GetFlag(FLAGS_finetune_epochs), cifar ? 30 : 2, 1);
+  // The short recipe fine-tunes int8 for one epoch, lower bits for two.
+  const int finetune8 = short_recipe && absl::GetFlag(FLAGS_finetune_epochs) < 0 ? 1 : finetune;
   const int64_t train_subset = std::max<int64_t>(0, absl::GetFlag(FLAGS_train_subset));
   const int64_t finetune_subset = absl::GetFlag(FLAGS_finetune_subset) >= 0 ? absl::GetFlag(FLAGS_finetune_subset)
                                   : quick && train_subset == 0             ? 10000
@@ -103,6 +157,10 @@ int main(int argc, char** argv) {
   const std::string f32_checkpoint = FromWorkspace(absl::GetFlag(FLAGS_f32_checkpoint));
   std::string f32_origin;  // the command that made --f32_checkpoint
   if (!f32_checkpoint.empty()) {
+    if (n_seeds > 1) {
+      std::fprintf(stderr, "error: --f32_checkpoint is one model, for one seed; --seeds gives %zu\n", n_seeds);
+      return 2;
+    }
     absl::StatusOr<Safetensors> ckpt = LoadSafetensors(f32_checkpoint);
     if (!ckpt.ok()) {
       std::fprintf(stderr, "error: --f32_checkpoint: %s\n", std::string(ckpt.status().message()).c_str());
@@ -112,9 +170,9 @@ int main(int argc, char** argv) {
     f32_origin = it == ckpt->metadata.end() ? "not recorded in the file" : it->second;
   }
   if (out_flag.empty()) {
-    out_flag = ptq_table ? (quick ? "docs/accuracy_ptq_quick.md" : "docs/accuracy_ptq.md")
-               : quick   ? "docs/accuracy_quick.md"
-                         : "docs/accuracy.md";
+    std::string name = std::string(ptq_table ? "accuracy_ptq" : "accuracy") + (short_recipe ? "_short" : "") +
+                       (quick ? "_quick" : "");
+    out_flag = "docs/" + name + ".md";
   }
   const std::string out = FromWorkspace(out_flag);
   std::filesystem::create_directories(work);
@@ -128,69 +186,86 @@ int main(int argc, char** argv) {
   // Quick: a quarter of the multiply-adds, and a schedule that reaches 90% in
   // two epochs (Fashion-MNIST; augmentation pays off only over longer runs).
   base.model = cifar ? "resnet20" : quick ? "fmnist_resnet8_half" : "fmnist_resnet8";
-  base.seed = absl::GetFlag(FLAGS_seed);
   base.train_subset = train_subset;
   base.test_subset = test_subset;
   base.progress_bar = false;
   base.epochs = epochs;
   base.lr = 0.1;
+  base.adaround_iters = absl::GetFlag(FLAGS_adaround_iters);
+  base.adaround_lr = absl::GetFlag(FLAGS_adaround_lr);
+  if (short_recipe) {
+    base.nesterov = true;
+    base.warmup_epochs = 0;
+  }
 
-  std::vector<Row> rows;
-  auto f32 = base;
-  if (quick && !cifar) {
-    f32.augment = false;
-    f32.schedule = "onecycle";
-    f32.lr = 0.2;
-  }
-  f32.checkpoint_dir = work + "/f32";
-  f32.metrics_file = work + "/f32.jsonl";
-  if (!f32_checkpoint.empty()) {  // evaluated, not trained
-    f32.checkpoint_dir.clear();
-    f32.init_from = f32_checkpoint;
-    f32.epochs = 0;
-  }
-  rows.push_back({"f32", f32, 0, {}});
-  const std::string f32_ckpt = f32_checkpoint.empty() ? f32.checkpoint_dir + "/last.safetensors" : f32_checkpoint;
-  auto derived = [&](const std::string& name, const std::string& quant, int w, int a, const std::string& quantizer,
-                     int bits) {
-    TrainConfig c = base;
-    c.init_from = f32_ckpt;
-    c.quant = quant;
-    c.wbits = w;
-    c.abits = a;
-    c.quantizer = quantizer;
-    c.ema_decay = absl::GetFlag(FLAGS_ema_decay);
-    c.epochs = quant == "ptq" ? 0 : finetune;
-    c.lr = base.lr * 0.1;  // fine-tuning from the trained model
-    c.warmup_epochs = 0;
-    c.train_subset = finetune_subset;
-    c.metrics_file = work + "/" + name + ".jsonl";
-    Row r{name, c, bits, {}};
-    return r;
-  };
-  if (ptq_table) {
-    // Weight bits 4, 3, 2 with 8-bit activations, and W4A4: MSE-searched ranges,
-    // then nearest rounding against AdaRound's learned rounding.
-    for (auto [w, a] : {std::pair{4, 8}, {4, 4}, {3, 8}, {2, 8}}) {
-      std::string bits = absl::StrCat("W", w, "A", a);
-      rows.push_back(derived("PTQ " + bits + " (MSE, nearest)", "ptq", w, a, "mse", w));
-      Row learned = derived("PTQ " + bits + " (MSE, AdaRound)", "ptq", w, a, "mse", w);
-      learned.config.rounding = "adaround";
-      rows.push_back(learned);
+  // The rows of one seed: its f32 model first, the others start from it.
+  auto make_rows = [&](uint64_t seed) {
+    const std::string dir = n_seeds == 1 ? work : absl::StrCat(work, "/seed", seed);
+    std::filesystem::create_directories(dir);
+    TrainConfig seeded = base;
+    seeded.seed = seed;
+    std::vector<Row> rows;
+    auto f32 = seeded;
+    if (quick && !cifar) {
+      f32.augment = false;
+      f32.schedule = "onecycle";
+      f32.lr = 0.2;
     }
-  } else {
-    rows.push_back(derived("PTQ int8 (min/max)", "ptq", 8, 8, "minmax", 8));
-    rows.push_back(derived("PTQ int8 (percentile)", "ptq", 8, 8, "percentile", 8));
-    rows.push_back(derived("QAT int8 (EMA)", "qat", 8, 8, "ema", 8));
-    rows.push_back(derived("QAT W4A4 (EMA + STE)", "qat", 4, 4, "ema", 4));
-    rows.push_back(derived("QAT W4A4 (EWGS)", "qat", 4, 4, "ewgs", 4));
-    rows.push_back(derived("QAT W4A4 (LSQ)", "qat", 4, 4, "lsq", 4));
-    Row progressive = derived("QAT progressive 8-6-4 (EMA)", "qat", 4, 4, "ema", 4);
-    progressive.config.progressive = {8, 6, 4};
-    progressive.config.epochs = std::max(3, finetune);
-    rows.push_back(progressive);
-    rows.push_back(derived("QAT W2A2 (LSQ, stretch)", "qat", 2, 2, "lsq", 2));
-  }
+    f32.checkpoint_dir = dir + "/f32";
+    f32.metrics_file = dir + "/f32.jsonl";
+    if (!f32_checkpoint.empty()) {  // evaluated, not trained
+      f32.checkpoint_dir.clear();
+      f32.init_from = f32_checkpoint;
+      f32.epochs = 0;
+    }
+    rows.push_back({"f32", f32, 0, {}});
+    const std::string f32_ckpt = f32_checkpoint.empty() ? f32.checkpoint_dir + "/last.safetensors" : f32_checkpoint;
+    auto derived = [&](const std::string& name, const std::string& quant, int w, int a, const std::string& quantizer,
+                       int bits) {
+      TrainConfig c = seeded;
+      c.init_from = f32_ckpt;
+      c.quant = quant;
+      c.wbits = w;
+      c.abits = a;
+      c.quantizer = quantizer;
+      c.ema_decay = absl::GetFlag(FLAGS_ema_decay);
+      c.epochs = quant == "ptq" ? 0 : bits == 8 ? finetune8 : finetune;
+      c.lr = base.lr * 0.1;  // fine-tuning from the trained model
+      c.warmup_epochs = 0;
+      c.train_subset = finetune_subset;
+      c.metrics_file = dir + "/" + name + ".jsonl";
+      Row r{name, c, bits, {}};
+      return r;
+    };
+    if (ptq_table) {
+      // Weight bits 4, 3, 2 with 8-bit activations, and W4A4: MSE-searched ranges,
+      // then nearest rounding against AdaRound's learned rounding.
+      for (auto [w, a] : {std::pair{4, 8}, {4, 4}, {3, 8}, {2, 8}}) {
+        std::string bits = absl::StrCat("W", w, "A", a);
+        rows.push_back(derived("PTQ " + bits + " (MSE, nearest)", "ptq", w, a, "mse", w));
+        Row learned = derived("PTQ " + bits + " (MSE, AdaRound)", "ptq", w, a, "mse", w);
+        learned.config.rounding = "adaround";
+        rows.push_back(learned);
+      }
+    } else {
+      rows.push_back(derived("PTQ int8 (min/max)", "ptq", 8, 8, "minmax", 8));
+      rows.push_back(derived("PTQ int8 (percentile)", "ptq", 8, 8, "percentile", 8));
+      rows.push_back(derived("QAT int8 (EMA)", "qat", 8, 8, "ema", 8));
+      rows.push_back(derived("QAT W4A4 (EMA + STE)", "qat", 4, 4, "ema", 4));
+      rows.push_back(derived("QAT W4A4 (EWGS)", "qat", 4, 4, "ewgs", 4));
+      rows.push_back(derived("QAT W4A4 (LSQ)", "qat", 4, 4, "lsq", 4));
+      Row progressive = derived("QAT progressive 8-6-4 (EMA)", "qat", 4, 4, "ema", 4);
+      progressive.config.progressive = {8, 6, 4};
+      progressive.config.epochs = std::max(3, finetune);
+      rows.push_back(progressive);
+      rows.push_back(derived("QAT W2A2 (LSQ, stretch)", "qat", 2, 2, "lsq", 2));
+    }
+    return rows;
+  };
+  std::vector<std::vector<Row>> runs;  // [seed][row]
+  for (uint64_t seed : seeds) runs.push_back(make_rows(seed));
+  const std::vector<Row>& rows = runs[0];
+  const TrainConfig& f32 = rows[0].config;
 
   // The time left, from the work done so far: a row costs its training epochs
   // (each also evaluates the test set, a third of a training pass per image)
@@ -202,38 +277,69 @@ int main(int argc, char** argv) {
     return r.config.epochs * (n_train + n_test / 3) + n_test;
   };
   double total_work = 0, done_work = 0;
-  for (const Row& r : rows) total_work += work_of(r);
+  for (const auto& seed_rows : runs) {
+    for (const Row& r : seed_rows) total_work += work_of(r);
+  }
+  const size_t n_runs = n_seeds * rows.size();
   const auto table_start = std::chrono::steady_clock::now();
-  for (size_t k = 0; k < rows.size(); ++k) {
-    Row& r = rows[k];
-    std::filesystem::remove(r.config.metrics_file);
-    std::printf("\n=== row %zu/%zu, %s: %s\n", k + 1, rows.size(), r.method.c_str(),
-                CommandLine(r.config, "bazel run //apps:train").c_str());
-    std::fflush(stdout);
-    absl::StatusOr<TrainResult> result;
-    try {
-      result = RunTraining(r.config, std::cout);
-    } catch (const Error& e) {
-      result = absl::InternalError(e.what());
+  for (size_t s = 0; s < n_seeds; ++s) {
+    for (size_t k = 0; k < runs[s].size(); ++k) {
+      Row& r = runs[s][k];
+      const size_t run = s * rows.size() + k + 1;
+      std::filesystem::remove(r.config.metrics_file);
+      std::string seed = n_seeds == 1 ? "" : absl::StrCat(" (seed ", seeds[s], ")");
+      std::printf("\n=== row %zu/%zu, %s%s: %s\n", run, n_runs, r.method.c_str(), seed.c_str(),
+                  CommandLine(r.config, "bazel run //apps:train").c_str());
+      std::fflush(stdout);
+      absl::StatusOr<TrainResult> result;
+      try {
+        result = RunTraining(r.config, std::cout);
+      } catch (const Error& e) {
+        result = absl::InternalError(e.what());
+      }
+      if (!result.ok()) {
+        std::fprintf(stderr, "error in row '%s' (seed %llu): %s\n", r.method.c_str(),
+                     static_cast<unsigned long long>(seeds[s]), std::string(result.status().message()).c_str());
+        return 1;
+      }
+      r.result = *result;
+      done_work += work_of(r);
+      double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - table_start).count();
+      int left = static_cast<int>(elapsed / done_work * (total_work - done_work));
+      std::printf("%s: top-1 %.2f%% (integer %.2f%%) | row %zu/%zu done, %d:%02d elapsed, about %d:%02d:%02d left\n",
+                  r.method.c_str(), 100 * r.result.float_accuracy, 100 * r.result.integer_accuracy, run, n_runs,
+                  static_cast<int>(elapsed) / 60, static_cast<int>(elapsed) % 60, left / 3600, left / 60 % 60,
+                  left % 60);
+      std::fflush(stdout);
     }
-    if (!result.ok()) {
-      std::fprintf(stderr, "error in row '%s': %s\n", r.method.c_str(), std::string(result.status().message()).c_str());
-      return 1;
-    }
-    r.result = *result;
-    done_work += work_of(r);
-    double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - table_start).count();
-    int left = static_cast<int>(elapsed / done_work * (total_work - done_work));
-    std::printf("%s: top-1 %.2f%% (integer %.2f%%) | row %zu/%zu done, %d:%02d elapsed, about %d:%02d:%02d left\n",
-                r.method.c_str(), 100 * r.result.float_accuracy, 100 * r.result.integer_accuracy, k + 1, rows.size(),
-                static_cast<int>(elapsed) / 60, static_cast<int>(elapsed) % 60, left / 3600, left / 60 % 60, left % 60);
-    std::fflush(stdout);
   }
 
-  // Figures: test accuracy per epoch (f32 from scratch; fine-tuning runs
-  // continue from its last epoch) and top-1 against bits.
+  // Per row, over the seeds: what ships (the integer model; f32: the model),
+  // the fake-quant model, and the drop against the same seed's f32 model.
+  auto shipped = [](const Row& r) { return r.bits == 0 ? r.result.float_accuracy : r.result.integer_accuracy; };
+  auto over_seeds = [&](size_t k, auto&& value) {
+    std::vector<double> v;
+    for (size_t s = 0; s < n_seeds; ++s) v.push_back(value(runs[s][k], runs[s][0]));
+    return v;
+  };
+  auto top1_of = [&](size_t k) { return over_seeds(k, [&](const Row& r, const Row&) { return shipped(r); }); };
+  auto drops_of = [&](size_t k) {
+    return over_seeds(k, [&](const Row& r, const Row& f) { return shipped(r) - shipped(f); });
+  };
+  auto index_of = [&](const std::string& method) {
+    for (size_t k = 0; k < rows.size(); ++k) {
+      if (rows[k].method == method) return k;
+    }
+    return size_t{0};
+  };
+  const double base_acc = Mean(top1_of(0));
+
+  // Figures: test accuracy per epoch (the first seed's runs; f32 from scratch,
+  // fine-tuning runs continue from its last epoch) and top-1 against bits (mean
+  // over the seeds).
   std::string figures = (out_dir / "figures").string();
-  std::string prefix = std::string(cifar ? "cifar100_resnet20" : "fmnist_resnet8") + (quick ? "_quick" : "");
+  std::string prefix = std::string(cifar ? "cifar100_resnet20" : "fmnist_resnet8") + (short_recipe ? "_short" : "") +
+                       (quick ? "_quick" : "");
   std::string curves = figures + "/" + prefix + "_curves.png", bits_png = figures + "/" + prefix + "_bits.png";
   std::string script = absl::StrCat("set terminal pngcairo size 900,540\nset output '", curves,
                                     "'\nset xlabel 'epoch'\nset ylabel 'test top-1 (%)'\nset key bottom right\nset grid\n"
@@ -258,12 +364,14 @@ int main(int argc, char** argv) {
   for (size_t s = 0; s < series.size(); ++s) {
     std::string dat = work + "/bits" + std::to_string(s) + ".dat";
     std::ofstream f(dat);
-    for (const Row& r : rows) {
-      if (series[s].second.find(r.method) != std::string::npos) f << r.bits << " " << 100 * r.result.integer_accuracy << "\n";
+    for (size_t k = 0; k < rows.size(); ++k) {
+      if (series[s].second.find(rows[k].method) != std::string::npos) {
+        f << rows[k].bits << " " << 100 * Mean(top1_of(k)) << "\n";
+      }
     }
     absl::StrAppend(&script, s ? ", " : "", "'", dat, "' with linespoints title '", series[s].first, "'");
   }
-  absl::StrAppend(&script, ", ", 100 * rows[0].result.float_accuracy, " title 'f32' dashtype 2\n");
+  absl::StrAppend(&script, ", ", 100 * base_acc, " title 'f32' dashtype 2\n");
   // The PTQ table has no training curves and one bit axis per activation width:
   // its rows say it in the table alone.
   bool drew = !ptq_table && Gnuplot(script);
@@ -272,29 +380,43 @@ int main(int argc, char** argv) {
   }
 
   // The table.
-  const double base_acc = rows[0].result.float_accuracy;
   auto images = [](int64_t n) { return n ? std::to_string(n) : std::string("all"); };
   const double table_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - table_start).count();
   std::string f32_text =
       f32_checkpoint.empty()
-          ? absl::StrCat("f32 trained for ", epochs, " epochs (SGD, momentum 0.9, ",
-                         f32.schedule == "onecycle" ? "one-cycle" : f32.schedule, " schedule, lr ", f32.lr,
-                         ", weight decay 5e-4, ", f32.augment ? "random crop + flip" : "no augmentation", ")")
+          ? absl::StrCat("f32 trained for ", epochs, " epochs (SGD, momentum 0.9", f32.nesterov ? " Nesterov" : "",
+                         ", ", f32.schedule == "onecycle" ? "one-cycle" : f32.schedule, " schedule",
+                         f32.schedule == "cosine" ? absl::StrCat(" (", f32.warmup_epochs, " warm-up epochs)") : "",
+                         ", lr ", f32.lr, ", weight decay 5e-4, batch ", f32.batch, ", ",
+                         f32.augment ? "random crop + flip" : "no augmentation", ")")
           : absl::StrCat("f32 is the model in `", f32_checkpoint, "` (given with --f32_checkpoint), made by `",
                          f32_origin, "`");
+  std::string seeds_text =
+      n_seeds == 1
+          ? absl::StrCat("seed ", seeds[0])
+          : absl::StrCat("seeds ", absl::StrJoin(seeds, ", "),
+                         "; every figure is the mean over the seeds, +- the sample standard deviation, and a drop is "
+                         "the row minus the same seed's f32 model, listed per seed in brackets");
+  std::string flags = absl::StrCat(quick ? " --quick" : "", short_recipe ? " --recipe=short" : "",
+                                   ptq_table ? " --table=ptq" : "", cifar ? " --dataset=cifar100" : "",
+                                   f32_checkpoint.empty() ? "" : " --f32_checkpoint=" + f32_checkpoint,
+                                   n_seeds == 1 ? "" : " --seeds=" + absl::GetFlag(FLAGS_seeds));
+  std::string finetune_text =
+      finetune8 == finetune ? absl::StrCat(finetune, " epochs")
+                            : absl::StrCat(finetune8, " epoch", finetune8 == 1 ? "" : "s", " (int8) or ", finetune,
+                                           " (lower bits)");
   std::string md = absl::StrCat(
       ptq_table ? "# Post-training quantization: nearest against learned rounding\n\n" : "# Accuracy\n\n",
       cifar ? "ResNet-20 on CIFAR-100" : absl::StrCat(base.model, " on Fashion-MNIST (Debian's dataset-fashion-mnist)"),
-      quick ? " — **quick mode**" : "", ".\n\n",
-      "Produced by `bazel run //apps:reproduce_tables --", quick ? " --quick" : "", ptq_table ? " --table=ptq" : "",
-      cifar ? " --dataset=cifar100" : "", f32_checkpoint.empty() ? "" : " --f32_checkpoint=" + f32_checkpoint,
-      "` (seed ", base.seed, ") in ", static_cast<int>(table_seconds) / 60, " min ",
-      static_cast<int>(table_seconds) % 60, " s on ", CpuName(), ": ", f32_text, "; PTQ rows calibrate it on ",
-      base.calibration_batches, " batches of ", base.batch, " training images",
+      quick ? " — **quick mode**" : "", short_recipe ? " — the short recipe" : "", ".\n\n",
+      "Produced by `bazel run //apps:reproduce_tables --", flags, "` (", seeds_text, ") in ",
+      static_cast<int>(table_seconds) / 60, " min ", static_cast<int>(table_seconds) % 60, " s on ", CpuName(), ": ",
+      f32_text, "; PTQ rows calibrate it on ", base.calibration_batches, " batches of ", base.batch,
+      " training images",
       ptq_table ? absl::StrCat(" (activation and weight ranges by MSE search); AdaRound rows then learn each weight's "
                                "rounding, layer by layer, ", base.adaround_iters, " Adam steps per layer at lr ",
                                base.adaround_lr, " on those batches (quant/adaround.h)")
-                : absl::StrCat("; QAT rows fine-tune it for ", finetune, " epochs (progressive: ", std::max(3, finetune),
+                : absl::StrCat("; QAT rows fine-tune it for ", finetune_text, " (progressive: ", std::max(3, finetune),
                                ") at a tenth of the rate"),
       ". First and last layers stay 8-bit in every quantized row. ",
       "Train images: ", images(train_subset), " for f32", ptq_table ? "" : ", " + images(finetune_subset) + " for the quantized rows",
@@ -305,81 +427,98 @@ int main(int argc, char** argv) {
               "and 2-bit rows closer to f32.\n\n"
             : "",
       "Top-1 is the converted integer model's (what ships); fake-quant is the model as trained; agreement is the share of ",
-      "test images where the two give the same class, and the logit difference is the largest between them over the ",
-      "test set, and in output steps: s_in * max|w_c| of the last layer, the most one level of its input moves a logit. Bytes: `IntegerModel::Bytes()` (f32: the parameters). ",
+      "test images where the two give the same class", n_seeds > 1 ? " (the lowest over the seeds)" : "",
+      ", and the logit difference is the largest between them over the ",
+      "test set", n_seeds > 1 ? " and the seeds" : "",
+      ", and in output steps: s_in * max|w_c| of the last layer, the most one level of its input moves a logit. Bytes: `IntegerModel::Bytes()` (f32: the parameters). ",
       "Images/s: the integer model (f32 row: the folded f32 model) on one test batch of 256, ", GetNumThreads(),
-      GetNumThreads() == 1 ? " thread" : " threads", ".\n\n",
+      GetNumThreads() == 1 ? " thread" : " threads", n_seeds > 1 ? " (the median over the seeds)" : "",
+      "; not a benchmark (docs/benchmarks.md). The command is the first seed's.\n\n",
       "| method | top-1 | vs f32 (points) | fake-quant top-1 | agreement | logit difference (steps) | model bytes | images/s | command |\n",
       "|---|---|---|---|---|---|---|---|---|\n");
-  for (const Row& r : rows) {
+  auto pct = [&](const std::vector<double>& v) {
+    return n_seeds == 1 ? absl::StrFormat("%.2f%%", 100 * v[0])
+                        : absl::StrFormat("%.2f ± %.2f%%", 100 * Mean(v), 100 * SampleStd(v));
+  };
+  for (size_t k = 0; k < rows.size(); ++k) {
+    const Row& r = rows[k];
     bool is_f32 = r.bits == 0;
-    double top1 = is_f32 ? r.result.float_accuracy : r.result.integer_accuracy;
-    absl::StrAppendFormat(&md, "| %s | %.2f%% | %s | %s | %s | %s | %d | %.0f | `%s` |\n", r.method, 100 * top1,
-                          is_f32 ? "—" : absl::StrFormat("%+.2f", 100 * (top1 - base_acc)),
-                          is_f32 ? "—" : absl::StrFormat("%.2f%%", 100 * r.result.float_accuracy),
-                          is_f32 ? "—" : absl::StrFormat("%.2f%%", 100 * r.result.agreement),
-                          is_f32 ? "—" : absl::StrFormat("%.3g (%.2f)", r.result.max_logit_diff,
-                                                          r.result.max_logit_diff_steps),
-                          is_f32 ? r.result.float_bytes : r.result.integer_bytes,
-                          is_f32 ? r.result.float_images_per_second : r.result.integer_images_per_second,
+    std::vector<double> drops = drops_of(k);
+    std::string drop = absl::StrFormat("%+.2f", 100 * Mean(drops));
+    if (n_seeds > 1) {
+      std::vector<std::string> each;
+      for (double d : drops) each.push_back(absl::StrFormat("%+.2f", 100 * d));
+      absl::StrAppend(&drop, " (", absl::StrJoin(each, ", "), ")");
+    }
+    double agreement = 1, diff = 0, diff_steps = 0;
+    std::vector<double> fake, speed;
+    for (size_t s = 0; s < n_seeds; ++s) {
+      const TrainResult& t = runs[s][k].result;
+      agreement = std::min(agreement, t.agreement);
+      if (t.max_logit_diff >= diff) diff = t.max_logit_diff, diff_steps = t.max_logit_diff_steps;
+      fake.push_back(t.float_accuracy);
+      speed.push_back(is_f32 ? t.float_images_per_second : t.integer_images_per_second);
+    }
+    std::sort(speed.begin(), speed.end());
+    absl::StrAppendFormat(&md, "| %s | %s | %s | %s | %s | %s | %d | %.0f | `%s` |\n", r.method, pct(top1_of(k)),
+                          is_f32 ? "—" : drop, is_f32 ? "—" : pct(fake),
+                          is_f32 ? "—" : absl::StrFormat("%.2f%%", 100 * agreement),
+                          is_f32 ? "—" : absl::StrFormat("%.3g (%.2f)", diff, diff_steps),
+                          is_f32 ? r.result.float_bytes : r.result.integer_bytes, speed[speed.size() / 2],
                           CommandLine(r.config, "bazel run //apps:train"));
   }
-  // Which method wins at 4 bits.
-  const Row* best = nullptr;
-  const Row* second = nullptr;
-  for (const Row& r : rows) {
-    if (r.bits != 4) continue;
-    if (!best || r.result.integer_accuracy > best->result.integer_accuracy) {
+  auto verdict = [](bool ok) { return ok ? "met" : "**missed**"; };
+  auto mean_drop = [&](const std::string& m) { return -Mean(drops_of(index_of(m))); };  // f32 minus the row
+  // Which method wins at 4 bits (mean top-1).
+  size_t best = 0, second = 0;
+  for (size_t k = 1; k < rows.size(); ++k) {
+    if (rows[k].bits != 4) continue;
+    double a = Mean(top1_of(k));
+    if (best == 0 || a > Mean(top1_of(best))) {
       second = best;
-      best = &r;
-    } else if (!second || r.result.integer_accuracy > second->result.integer_accuracy) {
-      second = &r;
+      best = k;
+    } else if (second == 0 || a > Mean(top1_of(second))) {
+      second = k;
     }
   }
   if (ptq_table) {
     // Issue 17's targets for PTQ (drop = f32 minus the row, on the integer model).
-    auto drop = [&](const std::string& m) {
-      for (const Row& r : rows) {
-        if (r.method == m) return base_acc - r.result.integer_accuracy;
-      }
-      return 1.0;
-    };
-    auto verdict = [](bool ok) { return ok ? "met" : "**missed**"; };
-    double w4a8 = std::min(drop("PTQ W4A8 (MSE, nearest)"), drop("PTQ W4A8 (MSE, AdaRound)"));
-    double w4a4 = drop("PTQ W4A4 (MSE, AdaRound)");
+    std::vector<std::string> parts;
+    for (size_t k = 1; k + 1 < rows.size(); k += 2) {
+      std::vector<double> gain;
+      for (size_t s = 0; s < n_seeds; ++s) gain.push_back(shipped(runs[s][k + 1]) - shipped(runs[s][k]));
+      parts.push_back(absl::StrFormat("%s %+.2f points", rows[k].method.substr(4, rows[k].method.find(' ', 4) - 4),
+                                      100 * Mean(gain)));
+    }
+    double w4a8 = std::min(mean_drop("PTQ W4A8 (MSE, nearest)"), mean_drop("PTQ W4A8 (MSE, AdaRound)"));
+    double w4a4 = mean_drop("PTQ W4A4 (MSE, AdaRound)");
     absl::StrAppendFormat(&md,
-                          "\nAdaRound against nearest rounding at the same ranges: %s.\n\nTargets (issue 17, one "
-                          "seed here; the issue asks for every seed): PTQ W4A8 drop <= 0.2 points — %.2f, %s; PTQ "
+                          "\nAdaRound against nearest rounding at the same ranges: %s.\n\nTargets (issue 17, short "
+                          "recipe, mean of 3 seeds; this table: %s): PTQ W4A8 drop <= 0.2 points — %.2f, %s; PTQ "
                           "W4A4 with learned rounding drop <= 0.5 — %.2f, %s.\n",
-                          [&] {
-                            std::vector<std::string> parts;
-                            for (size_t k = 1; k + 1 < rows.size(); k += 2) {
-                              parts.push_back(absl::StrFormat(
-                                  "%s %+.2f points", rows[k].method.substr(4, rows[k].method.find(' ', 4) - 4),
-                                  100 * (rows[k + 1].result.integer_accuracy - rows[k].result.integer_accuracy)));
-                            }
-                            return absl::StrJoin(parts, ", ");
-                          }(),
+                          absl::StrJoin(parts, ", "), n_seeds == 1 ? "one seed" : absl::StrCat(n_seeds, " seeds"),
                           100 * w4a8, verdict(w4a8 <= 0.002), 100 * w4a4, verdict(w4a4 <= 0.005));
   } else if (best && second) {
-    absl::StrAppendFormat(&md, "\nAt 4 bits, **%s** wins: %.2f%%, %.2f points above %s.\n", best->method,
-                          100 * best->result.integer_accuracy,
-                          100 * (best->result.integer_accuracy - second->result.integer_accuracy), second->method);
+    absl::StrAppendFormat(&md, "\nAt 4 bits, **%s** wins: %.2f%%, %.2f points above %s.\n", rows[best].method,
+                          100 * Mean(top1_of(best)), 100 * (Mean(top1_of(best)) - Mean(top1_of(second))),
+                          rows[second].method);
   }
   if (!ptq_table && !cifar && quick) {
     absl::StrAppendFormat(&md, "\nQuick-mode target (issue 16): f32 at least 90%% on the whole test set — %.2f%%, %s.\n",
                           100 * base_acc, base_acc >= 0.90 && test_subset == 0 ? "met" : "**missed**");
+  } else if (!ptq_table && !cifar && short_recipe) {
+    double qat8 = mean_drop("QAT int8 (EMA)"), w4 = -Mean(drops_of(best)), w2 = mean_drop("QAT W2A2 (LSQ, stretch)");
+    absl::StrAppendFormat(&md,
+                          "\nTargets (issue 17, short recipe, mean of 3 seeds; this table: %s; a drop is f32 minus the "
+                          "row): f32 at least PyTorch's 92.21%% — %.2f%%, %s; QAT int8 drop <= 0 — %.2f, %s; QAT W4A4 "
+                          "(best) drop <= 0.1 — %.2f, %s; QAT W2A2 drop <= 2.0 — %.2f, %s.\n",
+                          n_seeds == 1 ? "one seed" : absl::StrCat(n_seeds, " seeds"), 100 * base_acc,
+                          verdict(base_acc >= 0.9221), 100 * qat8, verdict(qat8 <= 0), 100 * w4, verdict(w4 <= 0.001),
+                          100 * w2, verdict(w2 <= 0.02));
   } else if (!ptq_table && !cifar) {
-    auto row = [&](const std::string& m) -> const Row& {
-      for (const Row& r : rows) {
-        if (r.method == m) return r;
-      }
-      return rows[0];
-    };
-    auto verdict = [](bool ok) { return ok ? "met" : "**missed**"; };
-    double qat8 = base_acc - row("QAT int8 (EMA)").result.integer_accuracy;
-    double ptq8 = base_acc - row("PTQ int8 (min/max)").result.integer_accuracy;
-    double w4 = base_acc - best->result.integer_accuracy;
+    double qat8 = mean_drop("QAT int8 (EMA)");
+    double ptq8 = mean_drop("PTQ int8 (min/max)");
+    double w4 = -Mean(drops_of(best));
     absl::StrAppendFormat(&md,
                           "\nTargets (issue 7, full mode; a drop is f32 minus the row): f32 at least 93.5%% — %.2f%%, %s; "
                           "QAT int8 within 0.2 points — drop %.2f, %s; PTQ int8 (min/max) within 0.5 — drop %.2f, %s; "

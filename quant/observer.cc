@@ -173,11 +173,18 @@ void MseObserver::Observe(const Tensor& x) {
   auto [lo, hi] = BatchRange(x);
   UpdateRange(lo, hi, std::nullopt);
   last_ = x.Detach().To(DType::kF32).Contiguous();
+  searched_.reset();
 }
 
 std::pair<Tensor, Tensor> MseObserver::Range() const {
   if (!last_.defined()) return {min_val_, max_val_};
   NoGradGuard no_grad;
+  std::vector<float> key_lo = min_val_.To(DType::kF32).ToVector<float>(), key_hi = max_val_.To(DType::kF32).ToVector<float>();
+  if (searched_ && searched_->lo == key_lo && searched_->hi == key_hi && searched_->spec == spec_.ToString() &&
+      searched_->device == min_val_.device()) {
+    return searched_->range;
+  }
+  ++searches_;
   std::vector<int64_t> dims;
   for (int d = 0; d < last_.dim(); ++d) {
     if (!spec_.per_channel || d != spec_.axis) dims.push_back(d);
@@ -195,8 +202,10 @@ std::pair<Tensor, Tensor> MseObserver::Range() const {
       if (e[c] < best_err[c]) best_err[c] = e[c], best_frac[c] = frac;
     }
   }
-  Tensor frac = Tensor::FromVector<double>(best_frac, {channels}).To(DType::kF32);
-  return {Mul(min_val_, frac), Mul(max_val_, frac)};
+  Tensor frac = Tensor::FromVector<double>(best_frac, {channels}).To(DType::kF32).To(min_val_.device());
+  std::pair<Tensor, Tensor> range = {Mul(min_val_, frac), Mul(max_val_, frac)};
+  searched_ = Searched{key_lo, key_hi, spec_.ToString(), min_val_.device(), range};
+  return range;
 }
 
 std::shared_ptr<Observer> MakeObserver(ObserverKind kind, const QuantSpec& spec, double ema_decay) {

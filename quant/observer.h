@@ -119,9 +119,22 @@ class MseObserver : public Observer {
   using Observer::Observer;
   void Observe(const Tensor& x) override;
   std::pair<Tensor, Tensor> Range() const override;
+  int searches() const { return searches_; }  // how many times the search ran (tests)
 
  private:
   Tensor last_;  // the last batch (not saved)
+  mutable int searches_ = 0;
+  // The search's answer (71 fake-quantization passes over the last batch) for
+  // the range, spec and device it was computed at: every forward pass asks for
+  // the parameters, and recomputing each time made an MSE-calibrated model's
+  // evaluation ~70x slower. A new batch, a loaded range or a new spec misses.
+  struct Searched {
+    std::vector<float> lo, hi;
+    std::string spec;
+    Device device;
+    std::pair<Tensor, Tensor> range;
+  };
+  mutable std::optional<Searched> searched_;
 };
 
 std::shared_ptr<Observer> MakeObserver(ObserverKind kind, const QuantSpec& spec, double ema_decay = 0.999);

@@ -5,7 +5,10 @@
 // int8) with its errors.
 #include <sys/wait.h>
 
+#include <cmath>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -150,6 +153,61 @@ TEST(Apps, ReproduceTablesQuickWritesEveryRow) {
   EXPECT_NE(out.find("row 5/9 done"), std::string::npos) << out;
   EXPECT_NE(out.find("row 9/9 done"), std::string::npos) << out;
   EXPECT_NE(out.find("about 0:00:00 left"), std::string::npos) << out;  // the last row leaves nothing
+}
+
+// The PTQ table over two seeds: every row once per seed, the table's mean and
+// sample standard deviation equal to those of the per-run lines it printed,
+// and each drop taken against the same seed's f32 model.
+TEST(Apps, ReproduceTablesPtqTableOverTwoSeeds) {
+  std::string md = Tmp() + "/docs/ptq.md", out;
+  ASSERT_EQ(RunCommand("apps/reproduce_tables --quick --table=ptq --seeds=3,4 --train_subset=256 --test_subset=128 "
+                       "--epochs=1 --adaround_iters=4 --out=" + md + " --work_dir=" + Tmp() + "/rt_ptq",
+                       &out),
+            0)
+      << out;
+  std::string table = Read(md);
+  EXPECT_NE(out.find("=== row 10/18, f32 (seed 4):"), std::string::npos) << out;
+  EXPECT_NE(out.find("row 18/18 done"), std::string::npos) << out;
+  EXPECT_NE(table.find("seeds 3, 4"), std::string::npos) << table;
+  // What each run printed: "METHOD: top-1 F% (integer I%)", seed 3's runs first.
+  auto printed = [&](const std::string& method) {
+    std::vector<double> v;
+    for (size_t at = out.find("\n" + method + ": top-1 "); at != std::string::npos;
+         at = out.find("\n" + method + ": top-1 ", at + 1)) {
+      std::string rest = out.substr(at + method.size() + 9);
+      size_t integer = rest.find("(integer ");
+      v.push_back(std::atof(rest.substr(method == "f32" ? 0 : integer + 9).c_str()));
+    }
+    return v;
+  };
+  std::vector<double> f32 = printed("f32");
+  ASSERT_EQ(f32.size(), 2u) << out;
+  for (const char* method : {"PTQ W4A8 (MSE, nearest)", "PTQ W4A8 (MSE, AdaRound)", "PTQ W4A4 (MSE, nearest)",
+                             "PTQ W4A4 (MSE, AdaRound)", "PTQ W3A8 (MSE, nearest)", "PTQ W3A8 (MSE, AdaRound)",
+                             "PTQ W2A8 (MSE, nearest)", "PTQ W2A8 (MSE, AdaRound)"}) {
+    std::vector<double> v = printed(method);
+    ASSERT_EQ(v.size(), 2u) << method << "\n" << out;
+    // Sample std of two values; the printed values carry 2 decimals, so the
+    // comparison allows their rounding.
+    double mean = (v[0] + v[1]) / 2, sd = std::abs(v[0] - v[1]) / std::sqrt(2.0);
+    size_t at = table.find("| " + std::string(method) + " | ");
+    ASSERT_NE(at, std::string::npos) << method << "\n" << table;
+    double m, s, d, d0, d1;
+    ASSERT_EQ(std::sscanf(table.c_str() + at + std::strlen(method) + 4, "%lf ± %lf%% | %lf (%lf, %lf)", &m, &s, &d, &d0,
+                          &d1),
+              5)
+        << table.substr(at, 120);
+    EXPECT_NEAR(m, mean, 0.011) << method;
+    EXPECT_NEAR(s, sd, 0.011) << method;
+    EXPECT_NEAR(d, mean - (f32[0] + f32[1]) / 2, 0.011) << method;
+    EXPECT_NEAR(d0, v[0] - f32[0], 0.011) << method;
+    EXPECT_NEAR(d1, v[1] - f32[1], 0.011) << method;
+  }
+  EXPECT_NE(table.find("AdaRound against nearest rounding at the same ranges: W4A8 "), std::string::npos) << table;
+  EXPECT_NE(RunCommand("apps/reproduce_tables --seeds=0,x", &out), 0);
+  EXPECT_NE(out.find("--seeds=0,x: distinct non-negative integers"), std::string::npos) << out;
+  EXPECT_NE(RunCommand("apps/reproduce_tables --recipe=short --quick", &out), 0);
+  EXPECT_NE(out.find("--recipe=short is the Fashion-MNIST 6-epoch recipe"), std::string::npos) << out;
 }
 
 // The accuracy (%) printed in train_bert's table on the row that starts with `model`.

@@ -69,6 +69,26 @@ TEST(Observers, ConvergeOnKnownDistributions) {
     return Mean(Square(Sub(FakeQuantize(heavy, scale, zp, {.quant_min = -7, .quant_max = 7}), heavy))).item<float>();
   };
   EXPECT_LT(err(mse), err(mm));
+  // The search runs once per new batch, range or spec, not on every call.
+  const int searches = mse.searches();
+  const float clipped = mse.Range().second.item<float>();
+  for (int i = 0; i < 3; ++i) mse.Params();
+  EXPECT_EQ(mse.searches(), searches);
+  {
+    NoGradGuard no_grad;  // a loaded range (a checkpoint): searched again, over [-2, 2]
+    auto state = mse.StateDict();
+    FillInplace(state.at("min_val"), -2.0);
+    FillInplace(state.at("max_val"), 2.0);
+  }
+  EXPECT_NE(mse.Range().second.item<float>(), clipped);
+  EXPECT_LE(mse.Range().second.item<float>(), 2.0f);
+  EXPECT_EQ(mse.searches(), searches + 1);
+  mse.SetSpec({.bits = 8});
+  mse.Range();
+  EXPECT_EQ(mse.searches(), searches + 2);
+  mse.Observe(heavy);
+  mse.Range();
+  EXPECT_EQ(mse.searches(), searches + 3);
   // Observer state is module state: it goes into checkpoints.
   EXPECT_EQ(minmax.StateDict().count("min_val"), 1u);
   EXPECT_EQ(pct.StateDict().count("histogram"), 1u);
