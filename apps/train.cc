@@ -57,9 +57,9 @@ ABSL_FLAG(std::string, distill, "", "QAT: distill from this checkpoint (same mod
 ABSL_FLAG(double, distill_weight, 0.5, "--distill: loss = (1 - w) cross-entropy + w T^2 KL(teacher || student)");
 ABSL_FLAG(double, distill_temperature, 2.0, "--distill: softmax temperature T");
 ABSL_FLAG(int, bn_reestimate, 0, "QAT: re-estimate batch norm statistics on N training batches before conversion");
-ABSL_FLAG(std::string, rounding, "nearest", "PTQ: nearest | adaround (learned up/down rounding, layer by layer)");
-ABSL_FLAG(int, adaround_iters, 2000, "--rounding=adaround: Adam steps per layer");
-ABSL_FLAG(double, adaround_lr, 1e-3, "--rounding=adaround: Adam's learning rate on the rounding variables");
+ABSL_FLAG(std::string, rounding, "nearest", "PTQ: nearest | adaround (learned up/down rounding, layer by layer) | brecq (AdaRound over whole residual blocks)");
+ABSL_FLAG(int, adaround_iters, 2000, "--rounding=adaround|brecq: Adam steps per layer or block");
+ABSL_FLAG(double, adaround_lr, 1e-3, "--rounding=adaround|brecq: Adam's learning rate on the rounding variables");
 ABSL_FLAG(std::string, metrics, "", "append one JSON line per epoch to this file");
 ABSL_FLAG(int64_t, train_subset, 0, "use the first N training images (0: all)");
 ABSL_FLAG(int64_t, test_subset, 0, "use the first N test images (0: all)");

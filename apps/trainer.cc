@@ -302,9 +302,9 @@ std::string CommandLine(const TrainConfig& c, const std::string& program) {
                                        " --distill_temperature=", c.distill_temperature));
   add(c.bn_reestimate_batches != d.bn_reestimate_batches, absl::StrCat("--bn_reestimate=", c.bn_reestimate_batches));
   add(c.rounding != d.rounding, "--rounding=" + c.rounding);
-  add(c.rounding == "adaround" && c.adaround_iters != d.adaround_iters,
+  add(c.rounding != "nearest" && c.adaround_iters != d.adaround_iters,
       absl::StrCat("--adaround_iters=", c.adaround_iters));
-  add(c.rounding == "adaround" && c.adaround_lr != d.adaround_lr, absl::StrCat("--adaround_lr=", c.adaround_lr));
+  add(c.rounding != "nearest" && c.adaround_lr != d.adaround_lr, absl::StrCat("--adaround_lr=", c.adaround_lr));
   add(c.train_subset != 0, absl::StrCat("--train_subset=", c.train_subset));
   add(c.test_subset != 0, absl::StrCat("--test_subset=", c.test_subset));
   return program + (flags.empty() ? "" : " -- " + absl::StrJoin(flags, " "));
@@ -346,11 +346,11 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
     return absl::InvalidArgumentError(absl::StrCat("--bn_reestimate=", c.bn_reestimate_batches,
                                                    ": a number of batches >= 0, with --quant=qat"));
   }
-  if (c.rounding != "nearest" && c.rounding != "adaround") {
-    return absl::InvalidArgumentError("unknown --rounding '" + c.rounding + "' (nearest, adaround)");
+  if (c.rounding != "nearest" && c.rounding != "adaround" && c.rounding != "brecq") {
+    return absl::InvalidArgumentError("unknown --rounding '" + c.rounding + "' (nearest, adaround, brecq)");
   }
-  if (c.rounding == "adaround" && c.quant != "ptq") {
-    return absl::InvalidArgumentError("--rounding=adaround needs --quant=ptq (QAT learns its weights)");
+  if (c.rounding != "nearest" && c.quant != "ptq") {
+    return absl::InvalidArgumentError("--rounding=" + c.rounding + " needs --quant=ptq (QAT learns its weights)");
   }
   if (c.adaround_iters < 1) {
     return absl::InvalidArgumentError(absl::StrCat("--adaround_iters=", c.adaround_iters, ": need 1 or more"));
@@ -599,7 +599,7 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
   }
   net->Eval();
   // PTQ: quantizers from the policy, ranges from the calibration batches.
-  auto post_training = [&](const quant::MixedPrecisionPolicy& policy, bool adaround) {
+  auto post_training = [&](const quant::MixedPrecisionPolicy& policy, const std::string& rounding) {
     report = quant::PrepareQat(*net, policy);
     net->To(dev);  // the new quantizers' state
     std::vector<Tensor> batches;
@@ -608,11 +608,13 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
     while (static_cast<int>(batches.size()) < c.calibration_batches && it->Next(&b)) batches.push_back(b.data);
     auto forward = [&](const Tensor& x) { return net->Forward(x); };
     quant::Calibrate(report, *net, batches, forward);
-    if (adaround) {
+    if (rounding != "nearest") {
       auto start = Clock::now();
+      bool blocks = rounding == "brecq";
       auto rows = quant::AdaRound(report, *net, batches, forward,
-                                  {.iterations = c.adaround_iters, .lr = c.adaround_lr, .seed = c.seed});
-      log << absl::StrFormat("AdaRound: %d layers, %d steps each, on %d calibration batches, %.1f s\n", rows.size(),
+                                  {.iterations = c.adaround_iters, .lr = c.adaround_lr, .seed = c.seed, .blocks = blocks});
+      log << absl::StrFormat("%s: %d %s, %d steps each, on %d calibration batches, %.1f s\n",
+                             blocks ? "BRECQ" : "AdaRound", rows.size(), blocks ? "blocks and layers" : "layers",
                              c.adaround_iters, batches.size(), Since(start))
           << quant::AdaRoundTable(rows) << std::flush;
     }
@@ -621,7 +623,7 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
   if (c.quant == "ptq") {
     absl::StatusOr<quant::MixedPrecisionPolicy> policy = Policy(c, total_steps);
     if (!policy.ok()) return policy.status();
-    post_training(*policy, c.rounding == "adaround");
+    post_training(*policy, c.rounding);
   }
   result.float_accuracy = Score(test_loader, eval_model).a;
   Tensor sample;
@@ -642,7 +644,7 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
     }
     quant::MixedPrecisionPolicy int8;
     int8.defaults.kind = quant::QuantizerKind::kMinMax;
-    post_training(int8, false);
+    post_training(int8, "nearest");
   }
   if (c.report) {
     // Inputs recorded on unaugmented training batches, the model as it ships.

@@ -56,9 +56,10 @@ struct TrainConfig {
   // QAT: batch norm's running statistics re-estimated on this many unaugmented
   // training batches before evaluation and conversion (0: as training left them).
   int bn_reestimate_batches = 0;
-  // PTQ: how weights round onto the calibrated grid: "nearest", or "adaround"
+  // PTQ: how weights round onto the calibrated grid: "nearest", "adaround"
   // (quant::AdaRound: learned per weight, layer by layer, adaround_iters Adam
-  // steps each, on the calibration batches).
+  // steps each, on the calibration batches) or "brecq" (the same over whole
+  // residual blocks, Note [BRECQ blocks] in quant/adaround.h).
   std::string rounding = "nearest";
   int adaround_iters = 2000;
   double adaround_lr = 1e-3;  // Adam's rate on the rounding variables

@@ -93,6 +93,64 @@ std::pair<std::vector<float>, std::vector<float>> StepsPerElement(const Quantize
   return {se, ze};
 }
 
+
+// One layer's rounding variables: the grid floor(w / s) + z and V, where
+// h(V) is the remainder at the start (Note [AdaRound]).
+struct Rounding {
+  Tensor* weight;  // the layer's parameter
+  Tensor w;        // its float value
+  Quantizer* quantizer;
+  Tensor base, s, z, v;
+  double qmin, qmax;
+
+  Rounding(Tensor* weight, Quantizer* q, const std::string& name) : weight(weight), w(weight->Detach().Clone()), quantizer(q) {
+    const Device dev = w.device();
+    const QuantSpec& spec = q->spec();
+    auto [se, ze] = StepsPerElement(*q, w, name);
+    std::vector<float> wv = w.To(Device::Cpu()).ToVector<float>();
+    std::vector<float> b(wv.size()), v0(wv.size());
+    for (size_t i = 0; i < wv.size(); ++i) {
+      double x = static_cast<double>(wv[i]) / se[i];
+      double fl = std::floor(x), frac = x - fl;
+      b[i] = static_cast<float>(fl + ze[i]);
+      double sig = (frac - kGamma) / (kZeta - kGamma);  // in [1/12, 11/12]: finite V
+      v0[i] = static_cast<float>(std::log(sig / (1 - sig)));
+    }
+    base = Tensor::FromVector(b, w.shape()).To(dev);
+    s = Tensor::FromVector(se, w.shape()).To(dev);
+    z = Tensor::FromVector(ze, w.shape()).To(dev);
+    qmin = static_cast<double>(spec.quant_min());
+    qmax = static_cast<double>(spec.quant_max());
+    v = Tensor::FromVector(v0, w.shape()).To(dev);
+    v.SetRequiresGrad();
+  }
+  Tensor Soft() const { return Clamp(Add(Mul(Sigmoid(v), kZeta - kGamma), kGamma), 0.0, 1.0); }
+  Tensor Grid(const Tensor& h) const { return Mul(Sub(Clamp(Add(base, h), qmin, qmax), z), s); }
+  Tensor Hard() const { return Grid(Ge(v.Detach(), 0.0).To(DType::kF32)); }
+  Tensor Nearest() const { return quantizer->Forward(w); }
+  // sum (1 - |2h - 1|^beta), written as numel - sum |2h - 1|^beta
+  static Tensor Regularizer(const Tensor& h, double beta) {
+    return Sub(Neg(Sum(Pow(Abs(Sub(Mul(h, 2.0), 1.0)), beta))), -static_cast<double>(h.numel()));
+  }
+};
+
+// The blocks to reconstruct whole (BRECQ): the module holding each layer that a
+// residual add follows, with every planned layer under it, when its first layer
+// reads the block's input (the module's Forward can then be run on it).
+std::map<std::string, nn::Layer*> ResidualBlocks(nn::Module& model, const std::vector<PlannedLayer>& plan) {
+  std::map<std::string, nn::Module*> modules;
+  std::map<std::string, nn::Layer*> blocks;
+  for (auto& [name, m] : model.NamedModules()) modules[name] = m;
+  for (const PlannedLayer& p : plan) {
+    size_t dot = p.name.rfind('.');
+    if (!p.residual || dot == std::string::npos) continue;
+    auto it = modules.find(p.name.substr(0, dot));
+    nn::Layer* layer = it == modules.end() ? nullptr : dynamic_cast<nn::Layer*>(it->second);
+    if (layer != nullptr) blocks[it->first] = layer;
+  }
+  return blocks;
+}
+
 }  // namespace
 
 std::vector<AdaRoundRow> AdaRound(const PrepareReport& report, nn::Module& model, const std::vector<Tensor>& batches,
@@ -123,112 +181,170 @@ std::vector<AdaRoundRow> AdaRound(const PrepareReport& report, nn::Module& model
   const bool was_training = model.is_training();
   model.Eval();
 
-  // The layer's inputs over the calibration set, with quantization on (x_q) or
-  // with the float model (x_f: every quantizer off, every rounded weight back).
+  // Runs fn on the float model: every quantizer off, every rounded weight back
+  // to its float value.
   std::vector<std::pair<Tensor*, Tensor>> originals;  // rounded layers: weight, float value
+  auto in_float = [&](const std::function<void()>& fn) {
+    std::vector<Tensor> rounded;
+    for (Quantizer* q : quantizers) q->SetEnabled(false);
+    for (auto& [w, f] : originals) {
+      rounded.push_back(w->Detach().Clone());
+      w->CopyFrom(f);
+    }
+    fn();
+    for (size_t i = 0; i < quantizers.size(); ++i) quantizers[i]->SetEnabled(enabled[i]);
+    for (size_t i = 0; i < originals.size(); ++i) originals[i].first->CopyFrom(rounded[i]);
+  };
+  // A layer's inputs over the calibration set, with quantization on (x_q) or
+  // in the float model (x_f).
   auto inputs = [&](nn::QuantizableLayer* layer, const std::string& name, bool quantized) {
     std::vector<Tensor> xs;
     layer->input_hook = [&xs](const Tensor& x) { xs.push_back(x.Detach().Clone()); };
-    NoGradGuard no_grad;
-    std::vector<Tensor> rounded;
-    if (!quantized) {
-      for (Quantizer* q : quantizers) q->SetEnabled(false);
-      for (auto& [w, f] : originals) {
-        rounded.push_back(w->Detach().Clone());
-        w->CopyFrom(f);
-      }
-    }
-    for (const Tensor& b : batches) forward(b);
-    if (!quantized) {
-      for (size_t i = 0; i < quantizers.size(); ++i) quantizers[i]->SetEnabled(enabled[i]);
-      for (size_t i = 0; i < originals.size(); ++i) originals[i].first->CopyFrom(rounded[i]);
+    {
+      NoGradGuard no_grad;
+      auto run = [&] {
+        for (const Tensor& b : batches) forward(b);
+      };
+      quantized ? run() : in_float(run);
     }
     layer->input_hook = nullptr;
     QUANTA_CHECK(!xs.empty(), "AdaRound: the model's forward never ran layer ", name);
     return Concat(xs, 0);
   };
 
-  std::mt19937_64 rng(o.seed);
-  std::vector<AdaRoundRow> rows;
+  // What is reconstructed at once: a layer, or (blocks) a residual block.
+  struct Unit {
+    std::string name;
+    nn::Layer* block = nullptr;
+    std::vector<const PlannedLayer*> layers;
+  };
+  std::vector<Unit> units;
+  std::map<std::string, nn::Layer*> blocks;
+  if (o.blocks) blocks = ResidualBlocks(model, plan);
   for (const PlannedLayer& p : plan) {
     auto it = row_of.find(p.layer);
     if (it == row_of.end() || !it->second->weight) continue;
-    const PrepareReport::Row& r = *it->second;
     QUANTA_CHECK(!p.folded_in_training, "AdaRound: ", p.name,
                  " is a ConvBn2d, whose weight quantizer sees the folded weight, not a parameter");
-    QUANTA_CHECK(r.weight->ready(), "AdaRound: the weight quantizer of ", p.name, " has not seen data (Calibrate first)");
-    Layer layer = Describe(p, r.weight.get());
-    Tensor& weight = WeightOf(p.layer);
-    const Tensor w = weight.Detach().Clone();
-    const Device dev = w.device();
+    QUANTA_CHECK(it->second->weight->ready(), "AdaRound: the weight quantizer of ", p.name,
+                 " has not seen data (Calibrate first)");
+    std::string block;
+    for (const auto& [name, m] : blocks) {
+      if (p.name.rfind(name + ".", 0) == 0) block = name;
+    }
+    if (!block.empty() && !units.empty() && units.back().name == block) {
+      units.back().layers.push_back(&p);
+    } else {
+      for (const Unit& u : units) {
+        QUANTA_CHECK(block.empty() || u.name != block, "AdaRound: the layers of block ", block,
+                     " do not run one after another (", p.name, " comes after ", units.back().name, ")");
+      }
+      units.push_back({block.empty() ? p.name : block, block.empty() ? nullptr : blocks[block], {&p}});
+    }
+  }
 
-    Tensor xq = inputs(p.layer, p.name, true), xf = inputs(p.layer, p.name, false);
-    Tensor target, nearest_out;
-    double mse_nearest = 0;
+  std::mt19937_64 rng(o.seed);
+  std::vector<AdaRoundRow> rows;
+  for (const Unit& unit : units) {
+    const PlannedLayer& first = *unit.layers[0];
+    std::vector<Rounding> vars;
+    for (const PlannedLayer* p : unit.layers) vars.emplace_back(&WeightOf(p->layer), row_of[p->layer]->weight.get(), p->name);
+    Layer layer = Describe(first, vars[0].quantizer);  // a single layer's f
+    // The unit's output from its input: the layer's product and f, or the
+    // block's own Forward (its layers read the weight tensors as they are).
+    auto output = [&](const Tensor& x, const std::vector<Tensor>& weights) {
+      if (unit.block == nullptr) return layer.Output(x, weights[0]);
+      std::vector<Tensor> saved;
+      for (size_t i = 0; i < vars.size(); ++i) {
+        saved.push_back(*vars[i].weight);
+        *vars[i].weight = weights[i];
+      }
+      Tensor y = unit.block->Forward(x);
+      for (size_t i = 0; i < vars.size(); ++i) *vars[i].weight = saved[i];
+      return y;
+    };
+    auto error = [&](const Tensor& y, const Tensor& target) {
+      if (unit.block == nullptr) return layer.Error(y, target);
+      return Mean(Sum(Square(Sub(y, target)), {1}));
+    };
+    auto weights_of = [&](auto&& value) {
+      std::vector<Tensor> ws;
+      for (const Rounding& r : vars) ws.push_back(value(r));
+      return ws;
+    };
+
+    std::vector<Tensor> nearest;  // while the weight quantizers are on
     {
       NoGradGuard no_grad;
-      target = layer.Output(xf, w);
-      mse_nearest = layer.Error(layer.Output(xq, r.weight->Forward(w)), target).item<double>();
+      nearest = weights_of([](const Rounding& r) { return r.Nearest(); });
+    }
+    Tensor xq = inputs(first.layer, first.name, true), xf = inputs(first.layer, first.name, false);
+    Tensor target;
+    double mse_nearest = 0;
+    // A block's layers run with their weight quantizers off: the weights are
+    // the grid values themselves (soft while learning).
+    std::vector<bool> weight_enabled;
+    for (const Rounding& r : vars) weight_enabled.push_back(r.quantizer->enabled());
+    auto weights_raw = [&](bool raw) {
+      if (unit.block == nullptr) return;
+      for (size_t i = 0; i < vars.size(); ++i) vars[i].quantizer->SetEnabled(raw ? false : weight_enabled[i]);
+    };
+    {
+      NoGradGuard no_grad;
+      if (unit.block == nullptr) {
+        target = layer.Output(xf, vars[0].w);
+      } else {
+        in_float([&] { target = unit.block->Forward(xf); });
+      }
+      weights_raw(true);
+      mse_nearest = error(output(xq, nearest), target).item<double>();
     }
 
-    // The grid: floor(w / s) + z, and V where h(V) is the remainder.
-    const QuantSpec& spec = r.weight->spec();
-    auto [se, ze] = StepsPerElement(*r.weight, w, p.name);
-    std::vector<float> wv = w.To(Device::Cpu()).ToVector<float>();
-    std::vector<float> base(wv.size()), v0(wv.size());
-    for (size_t i = 0; i < wv.size(); ++i) {
-      double x = static_cast<double>(wv[i]) / se[i];
-      double fl = std::floor(x), frac = x - fl;
-      base[i] = static_cast<float>(fl + ze[i]);
-      double sig = (frac - kGamma) / (kZeta - kGamma);  // in [1/12, 11/12]: finite V
-      v0[i] = static_cast<float>(std::log(sig / (1 - sig)));
-    }
-    Tensor base_t = Tensor::FromVector(base, w.shape()).To(dev);
-    Tensor s_t = Tensor::FromVector(se, w.shape()).To(dev), z_t = Tensor::FromVector(ze, w.shape()).To(dev);
-    const double qmin = static_cast<double>(spec.quant_min()), qmax = static_cast<double>(spec.quant_max());
-    auto grid_weight = [&](const Tensor& h) { return Mul(Sub(Clamp(Add(base_t, h), qmin, qmax), z_t), s_t); };
-    auto soft = [&](const Tensor& v) { return Clamp(Add(Mul(Sigmoid(v), kZeta - kGamma), kGamma), 0.0, 1.0); };
-
-    Tensor v = Tensor::FromVector(v0, w.shape()).To(dev);
-    v.SetRequiresGrad();
-    nn::Adam adam({nn::ParamGroup{.params = {v}}}, nn::AdamOptions{.lr = o.lr});
+    std::vector<Tensor> params;
+    for (const Rounding& r : vars) params.push_back(r.v);
+    nn::Adam adam({nn::ParamGroup{.params = params}}, nn::AdamOptions{.lr = o.lr});
     const int64_t n = xq.size(0), b = std::min<int64_t>(o.batch_size, n);
     std::vector<int64_t> order(n);
     std::iota(order.begin(), order.end(), 0);
     const int warm = static_cast<int>(o.warmup * o.iterations);
     for (int step = 0; step < o.iterations; ++step) {
       std::shuffle(order.begin(), order.end(), rng);
-      Tensor idx = Tensor::FromVector(std::vector<int64_t>(order.begin(), order.begin() + b), {b}).To(dev);
-      Tensor h = soft(v);
-      Tensor loss = layer.Error(layer.Output(IndexSelect(xq, 0, idx), grid_weight(h)), IndexSelect(target, 0, idx));
+      Tensor idx = Tensor::FromVector(std::vector<int64_t>(order.begin(), order.begin() + b), {b}).To(xq.device());
+      std::vector<Tensor> hs = weights_of([](const Rounding& r) { return r.Soft(); });
+      std::vector<Tensor> ws;
+      for (size_t i = 0; i < vars.size(); ++i) ws.push_back(vars[i].Grid(hs[i]));
+      Tensor loss = error(output(IndexSelect(xq, 0, idx), ws), IndexSelect(target, 0, idx));
       if (step >= warm) {
         double t = static_cast<double>(step - warm) / std::max(1, o.iterations - warm);
         double beta = o.beta_end + (o.beta_start - o.beta_end) * (1 - t);
-        // sum (1 - |2h - 1|^beta), written as numel - sum |2h - 1|^beta
-        Tensor reg = Sub(Neg(Sum(Pow(Abs(Sub(Mul(h, 2.0), 1.0)), beta))), -static_cast<double>(h.numel()));
-        loss = Add(loss, Mul(reg, o.reg_weight));
+        for (const Tensor& h : hs) loss = Add(loss, Mul(Rounding::Regularizer(h, beta), o.reg_weight));
       }
       adam.ZeroGrad();
       Backward(loss);
       adam.Step();
     }
 
-    AdaRoundRow row{p.name, spec.bits};
+    AdaRoundRow row{unit.block ? unit.name + " (block of " + std::to_string(vars.size()) + ")" : unit.name,
+                    vars[0].quantizer->spec().bits};
     row.mse_nearest = mse_nearest;
     {
       NoGradGuard no_grad;
-      Tensor hard = Ge(v.Detach(), 0.0).To(DType::kF32);
-      Tensor learned = grid_weight(hard);
-      Tensor nearest = r.weight->Forward(w);
-      row.mse_learned = layer.Error(layer.Output(xq, learned), target).item<double>();
+      std::vector<Tensor> learned = weights_of([](const Rounding& r) { return r.Hard(); });
+      row.mse_learned = error(output(xq, learned), target).item<double>();
       if (row.mse_learned > row.mse_nearest) {  // never worse than nearest on the calibration set
         row.kept_nearest = true;
         row.mse_learned = row.mse_nearest;
         learned = nearest;
       }
-      row.flipped = Mean(Ne(learned, nearest).To(DType::kF32)).item<double>();
-      originals.emplace_back(&weight, w);
-      weight.CopyFrom(learned);
+      double flipped = 0, count = 0;
+      for (size_t i = 0; i < vars.size(); ++i) {
+        flipped += Sum(Ne(learned[i], nearest[i]).To(DType::kF32)).item<double>();
+        count += static_cast<double>(learned[i].numel());
+        originals.emplace_back(vars[i].weight, vars[i].w);
+        vars[i].weight->CopyFrom(learned[i]);
+      }
+      row.flipped = flipped / count;
+      weights_raw(false);
     }
     rows.push_back(row);
   }

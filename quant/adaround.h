@@ -50,6 +50,10 @@ struct AdaRoundOptions {
   double beta_start = 20, beta_end = 2;
   double warmup = 0.2;       // fraction of the steps without the regularizer
   uint64_t seed = 0;         // which examples each step draws
+  // BRECQ (Li et al., ICLR 2021): a residual block's layers are learned together
+  // to reconstruct the block's output (after its add and ReLU), the quantized
+  // activations inside the block included; layers outside blocks as above.
+  bool blocks = false;
 };
 
 // What AdaRound did to one layer: the reconstruction error (the loss's first
@@ -63,6 +67,16 @@ struct AdaRoundRow {
   bool kept_nearest = false;  // the learned rounding was worse; nearest kept
 };
 
+// Note [BRECQ blocks]: with options.blocks, a block is the module that holds a
+// layer followed by a residual add (PlanLayers: "layer1.0" for
+// "layer1.0.conv2"), with every planned layer under it, which must be
+// contiguous in the plan with the block's input read by the first. The block's
+// input x_q is captured where its first layer quantizes it (re-quantizing a
+// value already on that grid leaves it as it is, so the block's own Forward runs
+// on it unchanged), the target is the float block on the float input, and the
+// block's weight quantizers are off while its weight tensors hold the soft grid
+// values. One row per block ("layer1.0 (block of 2)").
+//
 // Runs the reconstruction for every Conv2d/Linear of the report with a weight
 // quantizer, in the order the model runs them (PlanLayers; report order for a
 // model without an integer form, with f the bias alone). The weight quantizers

@@ -108,10 +108,18 @@ TEST(Apps, PtqWithAdaRound) {
   EXPECT_NE(out.find("AdaRound: 10 layers, 20 steps each"), std::string::npos) << out;
   EXPECT_NE(out.find("mse adaround"), std::string::npos) << out;
   EXPECT_NE(out.find("--rounding=adaround --adaround_iters=20"), std::string::npos) << out;
+  ASSERT_EQ(RunCommand(common + " --epochs=0 --quant=ptq --wbits=4 --abits=8 --quantizer=mse --init_from=" + f32 +
+                           " --rounding=brecq --adaround_iters=20",
+                       &out),
+            0)
+      << out;
+  // The stem, three residual blocks, fc.
+  EXPECT_NE(out.find("BRECQ: 5 blocks and layers, 20 steps each"), std::string::npos) << out;
+  EXPECT_NE(out.find("layer2.0 (block of 3)"), std::string::npos) << out;
   EXPECT_NE(RunCommand(common + " --epochs=0 --quant=qat --rounding=adaround", &out), 0);
   EXPECT_NE(out.find("--rounding=adaround needs --quant=ptq"), std::string::npos) << out;
   EXPECT_NE(RunCommand(common + " --epochs=0 --quant=ptq --rounding=upward", &out), 0);
-  EXPECT_NE(out.find("unknown --rounding 'upward'"), std::string::npos) << out;
+  EXPECT_NE(out.find("unknown --rounding 'upward' (nearest, adaround, brecq)"), std::string::npos) << out;
 }
 
 TEST(Apps, BadFlagsAndMissingDataSayWhatIsWrong) {
@@ -166,8 +174,8 @@ TEST(Apps, ReproduceTablesPtqTableOverTwoSeeds) {
             0)
       << out;
   std::string table = Read(md);
-  EXPECT_NE(out.find("=== row 10/18, f32 (seed 4):"), std::string::npos) << out;
-  EXPECT_NE(out.find("row 18/18 done"), std::string::npos) << out;
+  EXPECT_NE(out.find("=== row 14/26, f32 (seed 4):"), std::string::npos) << out;
+  EXPECT_NE(out.find("row 26/26 done"), std::string::npos) << out;
   EXPECT_NE(table.find("seeds 3, 4"), std::string::npos) << table;
   // What each run printed: "METHOD: top-1 F% (integer I%)", seed 3's runs first.
   auto printed = [&](const std::string& method) {
@@ -182,9 +190,10 @@ TEST(Apps, ReproduceTablesPtqTableOverTwoSeeds) {
   };
   std::vector<double> f32 = printed("f32");
   ASSERT_EQ(f32.size(), 2u) << out;
-  for (const char* method : {"PTQ W4A8 (MSE, nearest)", "PTQ W4A8 (MSE, AdaRound)", "PTQ W4A4 (MSE, nearest)",
-                             "PTQ W4A4 (MSE, AdaRound)", "PTQ W3A8 (MSE, nearest)", "PTQ W3A8 (MSE, AdaRound)",
-                             "PTQ W2A8 (MSE, nearest)", "PTQ W2A8 (MSE, AdaRound)"}) {
+  for (const char* method : {"PTQ W4A8 (MSE, nearest)", "PTQ W4A8 (MSE, AdaRound)", "PTQ W4A8 (MSE, BRECQ)",
+                             "PTQ W4A4 (MSE, nearest)", "PTQ W4A4 (MSE, AdaRound)", "PTQ W4A4 (MSE, BRECQ)",
+                             "PTQ W3A8 (MSE, nearest)", "PTQ W3A8 (MSE, AdaRound)", "PTQ W3A8 (MSE, BRECQ)",
+                             "PTQ W2A8 (MSE, nearest)", "PTQ W2A8 (MSE, AdaRound)", "PTQ W2A8 (MSE, BRECQ)"}) {
     std::vector<double> v = printed(method);
     ASSERT_EQ(v.size(), 2u) << method << "\n" << out;
     // Sample std of two values; the printed values carry 2 decimals, so the
@@ -203,7 +212,8 @@ TEST(Apps, ReproduceTablesPtqTableOverTwoSeeds) {
     EXPECT_NEAR(d0, v[0] - f32[0], 0.011) << method;
     EXPECT_NEAR(d1, v[1] - f32[1], 0.011) << method;
   }
-  EXPECT_NE(table.find("AdaRound against nearest rounding at the same ranges: W4A8 "), std::string::npos) << table;
+  EXPECT_NE(table.find("AdaRound / BRECQ against nearest rounding at the same ranges: W4A8 "), std::string::npos)
+      << table;
   EXPECT_NE(RunCommand("apps/reproduce_tables --seeds=0,x", &out), 0);
   EXPECT_NE(out.find("--seeds=0,x: distinct non-negative integers"), std::string::npos) << out;
   EXPECT_NE(RunCommand("apps/reproduce_tables --recipe=short --quick", &out), 0);
