@@ -40,7 +40,7 @@ ABSL_FLAG(int, workers, 2, "data loader threads");
 ABSL_FLAG(std::string, quant, "none", "none | ptq | qat");
 ABSL_FLAG(int, wbits, 8, "weight bits (2..8)");
 ABSL_FLAG(int, abits, 8, "activation bits (2..8)");
-ABSL_FLAG(std::string, quantizer, "ema", "ema | minmax | ewgs | lsq | percentile | mse");
+ABSL_FLAG(std::string, quantizer, "ema", "ema | minmax | ewgs | lsq | percentile | mse | apot (APoT weights at 2-5 bits, LSQ activations)");
 ABSL_FLAG(double, ema_decay, 0.999, "EMA observers' decay for activation ranges (about 1 / (1 - decay) steps of memory)");
 ABSL_FLAG(std::string, ewgs_delta, "auto", "EWGS: auto (Hessian estimate at each epoch, logged) or a value in steps");
 ABSL_FLAG(bool, first_last_8bit, true, "keep the first and last layers at 8 bits");

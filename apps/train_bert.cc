@@ -245,6 +245,10 @@ int Run() {
     return Fail(absl::InvalidArgumentError("--quantizer=" + kind_name + ": unknown quantizer (" +
                                            quant::QuantizerNames() + ")"));
   }
+  if (*kind == quant::QuantizerKind::kApot) {  // BERT's integer linears take uniform weights
+    return Fail(absl::InvalidArgumentError("--quantizer=apot: APoT weights are for the CNN integer models "
+                                           "(//apps:train); BERT's integer linears need a uniform quantizer"));
+  }
   quant::MixedPrecisionPolicy policy;  // Note [Policies as data] in apps/trainer.cc
   policy.defaults.weight_bits = wbits;
   policy.defaults.act_bits = abits;

@@ -78,6 +78,8 @@ Layer Describe(const PlannedLayer& p, Quantizer* wq) {
 // Per element of w (O, ...): the step and zero point of its output channel.
 std::pair<std::vector<float>, std::vector<float>> StepsPerElement(const Quantizer& q, const Tensor& w,
                                                                   const std::string& name) {
+  QUANTA_CHECK(dynamic_cast<const ApotQuantizer*>(&q) == nullptr, "AdaRound: ", name,
+               " has APoT weights; learned rounding needs a uniform grid (use --rounding=nearest with apot)");
   auto [scale, zp] = q.Params();
   std::vector<float> s = scale.ToVector<float>(), z = zp.ToVector<float>();
   int64_t O = w.size(0), per = w.numel() / std::max<int64_t>(O, 1);

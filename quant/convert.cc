@@ -53,10 +53,11 @@ Activation InputActivation(const nn::QuantizableLayer& layer, const std::string&
   return {dtype, WithSpecRange(QuantParams::PerTensor(scale, zp), spec, dtype), spec.bits};
 }
 
-// The layer's float weight (O, ...) as its weight quantizer quantizes it: per
-// output channel along 0, symmetric; then scaled per channel by `factor` (a
-// folded batch norm's gamma / sigma; a negative factor flips the channel's
-// integers, which the symmetric range allows).
+// The layer's float weight (O, ...) as its weight quantizer quantizes it
+// (Quantizer::Grid: per output channel along 0 or one scale, symmetric; APoT's
+// codebook codes); then scaled per channel by `factor` (a folded batch norm's
+// gamma / sigma; a negative factor flips the channel's integers, which the
+// symmetric range allows). Codes within [-8, 7] are stored as qint4.
 Tensor IntegerWeight(const std::shared_ptr<nn::Layer>& weight_quant, const std::string& name, const Tensor& w,
                      const std::vector<double>& factor, int* bits) {
   const Quantizer& q = ReadyQuantizer(weight_quant, name, "weight");
@@ -64,25 +65,25 @@ Tensor IntegerWeight(const std::shared_ptr<nn::Layer>& weight_quant, const std::
   QUANTA_CHECK(spec.symmetric, "convert: the weight quantizer of ", name, " is not symmetric (", spec.ToString(), ")");
   *bits = spec.bits;
   int64_t O = w.size(0);
-  std::vector<float> s = q.Params().first.ToVector<float>();
-  QUANTA_CHECK(s.size() == 1 || static_cast<int64_t>(s.size()) == O, "convert: ", name, " has ", s.size(),
-               " weight scales for ", O, " output channels");
-  std::vector<double> scales(O);
-  for (int64_t o = 0; o < O; ++o) scales[o] = s[s.size() == 1 ? 0 : o];
-  QuantParams fq = QuantParams::PerChannel(scales, std::vector<int64_t>(O, 0), 0).WithRange(spec.quant_min(), spec.quant_max());
-  std::vector<int32_t> values = Quantize(w.Detach().Contiguous(), DType::kQInt8, fq).IntRepr();
+  Quantizer::WeightGrid grid = q.Grid(w);
+  QUANTA_CHECK(static_cast<int64_t>(grid.scales.size()) == O && grid.qmin == -grid.qmax && grid.qmax <= 127,
+               "convert: ", name, " has ", grid.scales.size(), " weight scales for ", O, " output channels and codes in [",
+               grid.qmin, ", ", grid.qmax, "]");
+  std::vector<int32_t>& values = grid.codes;
   int64_t per = w.numel() / std::max<int64_t>(O, 1);
   std::vector<double> folded(O);
   for (int64_t o = 0; o < O; ++o) {
     double f = factor.empty() ? 1.0 : factor[o];
-    folded[o] = static_cast<float>(scales[o] * std::abs(f));
+    folded[o] = static_cast<float>(grid.scales[o] * std::abs(f));
     if (folded[o] <= 0) folded[o] = std::numeric_limits<float>::min();  // a dead channel: all its integers are 0
     if (f < 0) {
       for (int64_t i = o * per; i < (o + 1) * per; ++i) values[i] = -values[i];
     }
   }
-  DType dtype = spec.bits <= 4 ? DType::kQInt4 : DType::kQInt8;
-  QuantParams p = WithSpecRange(QuantParams::PerChannel(folded, std::vector<int64_t>(O, 0), 0), spec, dtype);
+  DType dtype = grid.qmin >= -8 && grid.qmax <= 7 ? DType::kQInt4 : DType::kQInt8;
+  QuantParams p = QuantParams::PerChannel(folded, std::vector<int64_t>(O, 0), 0);
+  int64_t full_min = dtype == DType::kQInt4 ? -8 : -128, full_max = dtype == DType::kQInt4 ? 7 : 127;
+  if (grid.qmin != full_min || grid.qmax != full_max) p = p.WithRange(grid.qmin, grid.qmax);
   return Tensor::FromQuantized(values, w.shape(), dtype, p);
 }
 

@@ -25,6 +25,8 @@ QuantParams RowParams(const Tensor& w, const nn::Layer* weight_quant, const char
     for (int64_t r = 0; r < rows; ++r) scales[r] = m[r] > 0 ? m[r] / 127.0 : 1.0;
     return QuantParams::PerChannel(scales, std::vector<int64_t>(rows, 0), 0).WithRange(-127, 127);
   }
+  QUANTA_CHECK(dynamic_cast<const ApotQuantizer*>(wq) == nullptr, op, ": APoT weights (", w.Describe(),
+               ") convert through quant::Convert's integer models, not IntegerLinear; use a uniform quantizer here");
   const QuantSpec& spec = wq->spec();
   QUANTA_CHECK(wq->ready() && spec.symmetric && (!spec.per_channel || spec.axis == 0), op,
                ": the weight quantizer of ", w.Describe(), " has no symmetric per-row range yet");

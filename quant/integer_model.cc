@@ -1,6 +1,7 @@
 // IntegerModel: node checks, the forward pass, and the file format.
 #include "quant/integer_model.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/numbers.h"
@@ -154,6 +155,23 @@ Tensor IntegerModel::Forward(const Tensor& x) {
   return v.back();
 }
 
+namespace {
+
+// Note [Codebook weights]: an int8 weight of at most 4 bits' worth of values
+// (APoT's 4-bit levels span [-10, 10], beyond qint4) is stored as 4-bit indices
+// into a sorted codebook of its distinct integers; loading decodes it back to
+// qint8, so the kernels see the same integers. Empty: stored as it is.
+std::vector<int32_t> CodebookOf(const IntegerNode& n) {
+  if (n.weight.dtype() != DType::kQInt8 || n.weight_bits > 4) return {};
+  std::vector<int32_t> values = n.weight.IntRepr();
+  std::sort(values.begin(), values.end());
+  values.erase(std::unique(values.begin(), values.end()), values.end());
+  if (values.size() > 16) return {};
+  return values;
+}
+
+}  // namespace
+
 int64_t IntegerModel::Bytes() const {
   int64_t bytes = 0;
   for (const IntegerNode& n : nodes_) {
@@ -162,8 +180,9 @@ int64_t IntegerModel::Bytes() const {
     if (n.weight.dtype() == DType::kF32) {
       bytes += 4 * numel;
     } else {
-      bytes += n.weight.dtype() == DType::kQInt4 ? (numel + 1) / 2 : numel;
-      bytes += 4 * static_cast<int64_t>(n.weight.qparams().scales.size());
+      size_t codebook = CodebookOf(n).size();
+      bytes += n.weight.dtype() == DType::kQInt4 || codebook > 0 ? (numel + 1) / 2 : numel;
+      bytes += static_cast<int64_t>(codebook) + 4 * static_cast<int64_t>(n.weight.qparams().scales.size());
     }
     if (n.bias.defined()) bytes += 4 * n.bias.numel();
   }
@@ -199,6 +218,8 @@ std::string NodeLine(const IntegerNode& n) {
     absl::StrAppend(&line, " wdtype=", Name(n.weight.dtype()), " wshape=", absl::StrJoin(n.weight.shape(), ","),
                     " wrange=", Ints({pw.quant_min, pw.quant_max}), " bias=", n.bias.defined() ? 1 : 0,
                     " relu=", n.relu ? 1 : 0, " residual=", n.residual, " bits=", Ints({n.weight_bits, n.act_bits}));
+    size_t codebook = CodebookOf(n).size();
+    if (codebook > 0) absl::StrAppend(&line, " wcodes=", codebook);
   }
   if (n.kind == NodeKind::kConv2d) {
     const Conv2dOptions& c = n.conv;
@@ -346,6 +367,29 @@ absl::StatusOr<IntegerNode> ParseNode(const LineReader& r, const TensorMap& tens
         ASSIGN_OR_RETURN(Tensor packed, get(".weight", DType::kU8, (numel + 1) / 2));
         n.weight = Tensor::Empty(wshape, DType::kQInt4, Device::Cpu(), pw);
         std::memcpy(n.weight.raw_data(), packed.Contiguous().raw_data(), (numel + 1) / 2);
+      } else if (wdtype == DType::kQInt8 && r.Has("wcodes")) {  // Note [Codebook weights]
+        ASSIGN_OR_RETURN(std::vector<int64_t> count, r.Ints("wcodes", 1));
+        if (count[0] < 1 || count[0] > 16) return r.Bad("wcodes", absl::StrCat(count[0]));
+        ASSIGN_OR_RETURN(Tensor book_t, get(".weight_codebook", DType::kI8, count[0]));
+        ASSIGN_OR_RETURN(Tensor packed, get(".weight", DType::kU8, (numel + 1) / 2));
+        std::vector<int32_t> book = book_t.ToVector<int32_t>();
+        for (size_t i = 1; i < book.size(); ++i) {
+          if (book[i] <= book[i - 1]) {
+            return absl::InvalidArgumentError(absl::StrCat(where, ": the codebook of '", n.name, "' is not ascending"));
+          }
+        }
+        std::vector<uint8_t> bytes = packed.ToVector<uint8_t>();
+        std::vector<int32_t> values(numel);
+        for (int64_t i = 0; i < numel; ++i) {
+          int index = (bytes[i / 2] >> (4 * (i % 2))) & 0xF;
+          if (index >= static_cast<int>(book.size())) {
+            return absl::InvalidArgumentError(absl::StrCat(where, ": weight index ", index, " of '", n.name,
+                                                           "' outside its codebook of ", book.size()));
+          }
+          values[i] = book[index];
+        }
+        if (book.front() < -128 || book.back() > 127) return r.Bad("weight_codebook", absl::StrJoin(book, ","));
+        n.weight = Tensor::FromQuantized(values, wshape, DType::kQInt8, pw);
       } else if (wdtype == DType::kQInt8) {
         ASSIGN_OR_RETURN(Tensor values, get(".weight", DType::kI8, numel));
         n.weight = Tensor::Empty(wshape, DType::kQInt8, Device::Cpu(), pw);
@@ -408,10 +452,23 @@ absl::Status IntegerModel::Save(const std::string& path, const std::map<std::str
       if (n.bias.defined()) tensors[n.name + ".bias"] = n.bias;
       continue;
     }
-    int64_t bytes = w.dtype() == DType::kQInt4 ? (w.numel() + 1) / 2 : w.numel();
-    Tensor raw = Tensor::Empty({bytes}, w.dtype() == DType::kQInt4 ? DType::kU8 : DType::kI8);
-    std::memcpy(raw.raw_data(), w.Contiguous().raw_data(), bytes);
-    tensors[n.name + ".weight"] = raw;
+    std::vector<int32_t> book = CodebookOf(n);
+    if (!book.empty()) {  // Note [Codebook weights]: 4-bit indices, low nibble first
+      std::vector<int32_t> values = w.IntRepr();
+      std::vector<uint8_t> packed((values.size() + 1) / 2, 0);
+      for (size_t i = 0; i < values.size(); ++i) {
+        auto index = std::lower_bound(book.begin(), book.end(), values[i]) - book.begin();
+        packed[i / 2] |= static_cast<uint8_t>(index << (4 * (i % 2)));
+      }
+      tensors[n.name + ".weight"] = Tensor::FromVector(packed, {static_cast<int64_t>(packed.size())});
+      std::vector<int8_t> book8(book.begin(), book.end());
+      tensors[n.name + ".weight_codebook"] = Tensor::FromVector(book8, {static_cast<int64_t>(book8.size())});
+    } else {
+      int64_t bytes = w.dtype() == DType::kQInt4 ? (w.numel() + 1) / 2 : w.numel();
+      Tensor raw = Tensor::Empty({bytes}, w.dtype() == DType::kQInt4 ? DType::kU8 : DType::kI8);
+      std::memcpy(raw.raw_data(), w.Contiguous().raw_data(), bytes);
+      tensors[n.name + ".weight"] = raw;
+    }
     std::vector<float> scales(w.qparams().scales.begin(), w.qparams().scales.end());
     tensors[n.name + ".weight_scale"] = Tensor::FromVector(scales, {static_cast<int64_t>(scales.size())});
     if (n.bias.defined()) tensors[n.name + ".bias"] = n.bias;

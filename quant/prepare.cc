@@ -53,6 +53,9 @@ std::shared_ptr<Quantizer> MakeQuantizer(const QConfig& c, const QuantSpec& spec
   double decay = weight ? 0.0 : c.ema_decay;
   ObserverKind ema = spec.symmetric ? ObserverKind::kEmaAbsMax : ObserverKind::kEmaMinMax;
   switch (c.kind) {
+    case QuantizerKind::kApot:
+      if (weight && spec.bits <= 5) return std::make_shared<ApotQuantizer>(spec.bits);
+      [[fallthrough]];
     case QuantizerKind::kLsq:
       return std::make_shared<LsqQuantizer>(spec, spec.per_channel ? channels : 1, /*activation=*/!weight);
     case QuantizerKind::kEwgs:
@@ -77,12 +80,14 @@ const char* QuantizerName(QuantizerKind kind) {
     case QuantizerKind::kLsq: return "lsq";
     case QuantizerKind::kPercentile: return "percentile";
     case QuantizerKind::kMse: return "mse";
+    case QuantizerKind::kApot: return "apot";
   }
   return "?";
 }
 
 constexpr QuantizerKind kEveryKind[] = {QuantizerKind::kEma,        QuantizerKind::kMinMax, QuantizerKind::kEwgs,
-                                        QuantizerKind::kLsq,        QuantizerKind::kPercentile, QuantizerKind::kMse};
+                                        QuantizerKind::kLsq,        QuantizerKind::kPercentile, QuantizerKind::kMse,
+                                        QuantizerKind::kApot};
 
 std::optional<QuantizerKind> QuantizerKindFromName(std::string_view name) {
   for (QuantizerKind k : kEveryKind) {
@@ -441,16 +446,18 @@ std::vector<LayerStats> Stats(const PrepareReport& report) {
                  .act_bits = r.input->spec().bits};
     Tensor w = WeightOf(r.layer);
     if (r.weight->ready()) {
-      auto [s, z] = r.weight->Params();
-      l.scale_min = Min(s).item<float>();
-      l.scale_max = Max(s).item<float>();
-      const QuantSpec& sp = r.weight->spec();
-      Tensor fq = FakeQuantize(w.Detach(), s, z, {.quant_min = sp.quant_min(), .quant_max = sp.quant_max(), .axis = 0});
-      // Clipped: beyond the outermost levels by more than half a step.
-      Tensor sv = s.View({s.numel(), 1}).Expand({s.numel(), w.numel() / s.numel()}).Reshape(w.shape());
-      Tensor limit = Mul(sv, static_cast<double>(sp.quant_max()) + 0.5);
-      l.clip = 100 * Mean(Gt(Abs(w), limit).To(DType::kF32)).item<float>();
-      double signal = Sum(Square(w)).item<float>(), noise = Sum(Square(Sub(w, fq))).item<float>();
+      Quantizer::WeightGrid g = r.weight->Grid(w);
+      l.scale_min = *std::min_element(g.scales.begin(), g.scales.end());
+      l.scale_max = *std::max_element(g.scales.begin(), g.scales.end());
+      l.clip = 100 * g.clip;
+      std::vector<float> v = w.Detach().To(Device::Cpu()).To(DType::kF32).Contiguous().ToVector<float>();
+      size_t per = v.size() / g.scales.size();
+      double signal = 0, noise = 0;
+      for (size_t i = 0; i < v.size(); ++i) {
+        double e = v[i] - g.codes[i] * g.scales[i / per];
+        signal += static_cast<double>(v[i]) * v[i];
+        noise += e * e;
+      }
       l.sqnr = noise > 0 ? 10 * std::log10(signal / noise) : INFINITY;
     }
     if (r.input->ready()) {

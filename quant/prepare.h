@@ -28,12 +28,13 @@ namespace quanta::quant {
 // kEma: EMA min/max observer + STE (the design's dynamic scale factors, decay
 // 0.999); kMinMax: min/max observer + STE (PTQ); kEwgs: EMA observer + EWGS;
 // kLsq: learned step sizes (LSQ / LSQ+ for activations); kPercentile, kMse:
-// those observers + STE.
-enum class QuantizerKind { kEma, kMinMax, kEwgs, kLsq, kPercentile, kMse };
+// those observers + STE; kApot: APoT levels for weights of 2 to 5 bits
+// (ApotQuantizer), LSQ for activations and for 6- to 8-bit weights.
+enum class QuantizerKind { kEma, kMinMax, kEwgs, kLsq, kPercentile, kMse, kApot };
 const char* QuantizerName(QuantizerKind kind);
 // The kind QuantizerName gives `name`, or nullopt.
 std::optional<QuantizerKind> QuantizerKindFromName(std::string_view name);
-// Every kind's name, for error messages: "ema, minmax, ewgs, lsq, percentile, mse".
+// Every kind's name, for error messages: "ema, minmax, ewgs, lsq, percentile, mse, apot".
 std::string QuantizerNames();
 // Bits a policy may give a layer (the integer kernels hold 2 to 8).
 inline constexpr int kMinPolicyBits = 2, kMaxPolicyBits = 8;
@@ -62,7 +63,7 @@ struct MixedPrecisionPolicy {
   // that builds a policy from its flags names the flag itself.
   absl::Status Validate() const;
   // Lines: "default W A [quantizer]", "PATTERN W A [quantizer]",
-  // "first_last_8bit on|off", '#' comments. Quantizers: ema minmax ewgs lsq percentile mse.
+  // "first_last_8bit on|off", '#' comments. Quantizers: ema minmax ewgs lsq percentile mse apot.
   static absl::StatusOr<MixedPrecisionPolicy> Parse(std::string_view text, std::string_view source = "policy");
   static absl::StatusOr<MixedPrecisionPolicy> Load(const std::string& path);
 };

@@ -1,4 +1,5 @@
-// FakeQuant and LSQ: the glue between observers or learned steps and fake_quantize.
+// FakeQuant and LSQ: the glue between observers or learned steps and
+// fake_quantize; APoT's codebook projection; the integer form of a weight.
 #include "quant/quantizer.h"
 
 #include <algorithm>
@@ -7,6 +8,7 @@
 #include "autograd/autograd.h"
 #include "core/error.h"
 #include "core/grad_mode.h"
+#include "core/quant_params.h"
 
 namespace quanta::quant {
 
@@ -138,6 +140,183 @@ void LsqQuantizer::SetBits(int bits) {
   spec_.bits = bits;
   NoGradGuard no_grad;
   FillInplace(initialized, 0);  // re-initialize the step from the next batch
+}
+
+Quantizer::WeightGrid Quantizer::Grid(const Tensor& w_in) const {
+  NoGradGuard no_grad;
+  Tensor w = w_in.Detach().To(Device::Cpu()).To(DType::kF32).Contiguous();
+  int64_t O = w.dim() > 0 ? w.size(0) : 1;
+  std::vector<float> s = Params().first.ToVector<float>();
+  QUANTA_CHECK(s.size() == 1 || static_cast<int64_t>(s.size()) == O, "quantizer: ", s.size(), " weight scales for ",
+               w.Describe());
+  WeightGrid g{.qmin = spec_.quant_min(), .qmax = spec_.quant_max()};
+  g.scales.resize(O);
+  for (int64_t o = 0; o < O; ++o) g.scales[o] = s[s.size() == 1 ? 0 : o];
+  QuantParams p = QuantParams::PerChannel(g.scales, std::vector<int64_t>(O, 0), 0).WithRange(g.qmin, g.qmax);
+  g.codes = Quantize(w, DType::kQInt8, p).IntRepr();
+  // Clipped: beyond the outermost levels by more than half a step.
+  std::vector<float> v = w.ToVector<float>();
+  int64_t per = static_cast<int64_t>(v.size()) / std::max<int64_t>(O, 1), clipped = 0;
+  for (size_t i = 0; i < v.size(); ++i) {
+    double sc = g.scales[per > 0 ? i / per : 0];
+    clipped += std::abs(v[i]) > sc * (static_cast<double>(g.qmax) + 0.5);
+  }
+  g.clip = v.empty() ? 0 : static_cast<double>(clipped) / static_cast<double>(v.size());
+  return g;
+}
+
+// ---- APoT -------------------------------------------------------------------
+
+namespace {
+
+QuantSpec ApotSpec(int bits) {
+  return {.bits = bits, .is_signed = true, .symmetric = true, .per_channel = false};
+}
+
+// The paper's sets of powers of two (with 0) whose sums give b bits of levels,
+// in units of the finest power: each a member of the first set plus one of the
+// second.
+std::vector<int32_t> ApotCodes(int bits) {
+  QUANTA_CHECK(bits >= 2 && bits <= 5, "ApotQuantizer: bits ", bits, " outside [2, 5]");
+  std::vector<int32_t> first, second;
+  switch (bits) {
+    case 2: first = {0, 1}, second = {0}; break;                // 1 bit of magnitude: {0, 1}
+    case 3: first = {0, 1, 2, 4}, second = {0}; break;          // 2^-3 .. 2^-1 in units of 2^-3
+    case 4: first = {0, 1, 4, 8}, second = {0, 2}; break;       // {0, 2^-4, 2^-2, 2^-1} + {0, 2^-3}
+    case 5: first = {0, 2, 8, 32}, second = {0, 1, 4, 16}; break;  // {0, 2^-5, 2^-3, 2^-1} + {0, 2^-6, 2^-4, 2^-2}
+    default: break;
+  }
+  std::vector<int32_t> codes;
+  for (int32_t a : first) {
+    for (int32_t b : second) codes.push_back(a + b);
+  }
+  std::sort(codes.begin(), codes.end());
+  codes.erase(std::unique(codes.begin(), codes.end()), codes.end());
+  return codes;
+}
+
+// The nearest of `levels` (ascending, non-negative codes over M) to |x| * M for
+// x in [-1, 1], with x's sign; a tie goes to the smaller magnitude.
+int32_t NearestCode(double x, const std::vector<int32_t>& levels) {
+  double m = std::min(std::abs(x), 1.0) * levels.back();
+  auto hi = std::lower_bound(levels.begin(), levels.end(), m, [](int32_t l, double v) { return l < v; });
+  int32_t c = hi == levels.end() ? levels.back() : *hi;
+  if (hi != levels.begin() && (hi == levels.end() || m - *(hi - 1) <= *hi - m)) c = *(hi - 1);
+  return x < 0 ? -c : c;
+}
+
+struct Normalized {
+  std::vector<float> w;  // the weight, f32, row-major
+  double mean = 0, std = 1;
+};
+
+Normalized Normalize(const Tensor& w_in) {
+  NoGradGuard no_grad;
+  Normalized n;
+  n.w = w_in.Detach().To(Device::Cpu()).To(DType::kF32).Contiguous().ToVector<float>();
+  double sum = 0, sq = 0;
+  for (float v : n.w) sum += v;
+  n.mean = n.w.empty() ? 0 : sum / static_cast<double>(n.w.size());
+  for (float v : n.w) sq += (v - n.mean) * (v - n.mean);
+  // The unbiased estimate, as the paper's weight.std(); a constant weight gets 1.
+  n.std = n.w.size() > 1 ? std::sqrt(sq / static_cast<double>(n.w.size() - 1)) : 0;
+  if (!(n.std > 0)) n.std = 1;
+  return n;
+}
+
+// The step std alpha / M as f32 arithmetic gives it: Forward multiplies the
+// codes by this value, and the integer model stores it.
+float ApotStep(float alpha, double std, int32_t M) {
+  return std::max(alpha, 1e-6f) * static_cast<float>(std / M);
+}
+
+}  // namespace
+
+std::vector<int32_t> ApotQuantizer::Levels(int bits) { return ApotCodes(bits); }
+
+ApotQuantizer::ApotQuantizer(int bits) : Quantizer(ApotSpec(bits)), levels_(ApotCodes(bits)) {
+  alpha = Full({1}, 3.0);
+  initialized = Zeros({1});
+  last_std = Ones({1});
+  RegisterParameter("alpha", &alpha);
+  RegisterBuffer("initialized", &initialized);
+  RegisterBuffer("last_std", &last_std);
+}
+
+void ApotQuantizer::Initialize(const Tensor& w) {
+  Normalized n = Normalize(w);
+  double best = 3.0, best_err = INFINITY;
+  for (int i = 0; i <= 100; ++i) {
+    double a = 1.0 + 0.05 * i, err = 0, step = a / levels_.back();
+    for (float v : n.w) {
+      double x = (v - n.mean) / n.std;
+      double e = NearestCode(x / a, levels_) * step - x;
+      err += e * e;
+    }
+    if (err < best_err) best_err = err, best = a;
+  }
+  NoGradGuard no_grad;
+  FillInplace(alpha, best);  // in place: optimizers hold this tensor
+  FillInplace(initialized, 1);
+}
+
+Tensor ApotQuantizer::Forward(const Tensor& w) {
+  if (initialized.item<float>() == 0) Initialize(w);
+  if (!enabled_) return w;
+  Normalized n = Normalize(w);
+  const int32_t M = levels_.back();
+  float step = ApotStep(alpha.Detach().item<float>(), n.std, M);
+  {
+    NoGradGuard no_grad;
+    FillInplace(last_std, n.std);
+  }
+  // The codes of P(clamp(x)), and x where |x| <= 1, as constants.
+  std::vector<float> codes(n.w.size()), inside(n.w.size());
+  for (size_t i = 0; i < n.w.size(); ++i) {
+    double x = (n.w[i] - n.mean) / (step * M);
+    codes[i] = static_cast<float>(NearestCode(x, levels_));
+    inside[i] = std::abs(x) <= 1 ? static_cast<float>(x) : 0.f;
+  }
+  Tensor ct = Tensor::FromVector(codes, w.shape()).To(w.device()).To(w.dtype());
+  Tensor xt = Tensor::FromVector(inside, w.shape()).To(w.device()).To(w.dtype());
+  Tensor a = Maximum(alpha, 1e-6).To(w.device()).To(w.dtype());
+  // Value codes * step. d/dw = 1; d/dalpha = std (P(x) - x) inside, std sign(x) outside.
+  Tensor y = Mul(ct, Mul(a, n.std / M));
+  y = Add(y, Sub(w, w.Detach()));
+  y = Sub(y, Mul(Mul(xt, Sub(a, a.Detach())), n.std));
+  Record(w, y, Tensor::FromVector(std::vector<float>{step}, {1}));
+  return y;
+}
+
+std::pair<Tensor, Tensor> ApotQuantizer::Params() const {
+  NoGradGuard no_grad;
+  float step = ApotStep(alpha.Detach().item<float>(), last_std.item<float>(), levels_.back());
+  return {Tensor::FromVector(std::vector<float>{step}, {1}), Zeros({1})};
+}
+
+Quantizer::WeightGrid ApotQuantizer::Grid(const Tensor& w) const {
+  QUANTA_CHECK(ready(), "ApotQuantizer: no clipping threshold yet for ", w.Describe(), " (train or run it once first)");
+  Normalized n = Normalize(w);
+  const int32_t M = levels_.back();
+  float step = ApotStep(alpha.Detach().item<float>(), n.std, M);
+  WeightGrid g{.qmin = -M, .qmax = M};
+  int64_t O = w.dim() > 0 ? w.size(0) : 1, clipped = 0;
+  g.scales.assign(O, step);
+  g.codes.resize(n.w.size());
+  for (size_t i = 0; i < n.w.size(); ++i) {
+    double x = (n.w[i] - n.mean) / (step * M);
+    g.codes[i] = NearestCode(x, levels_);
+    clipped += std::abs(x) > 1;
+  }
+  g.clip = n.w.empty() ? 0 : static_cast<double>(clipped) / static_cast<double>(n.w.size());
+  return g;
+}
+
+void ApotQuantizer::SetBits(int bits) {
+  levels_ = ApotCodes(bits);
+  spec_ = ApotSpec(bits);
+  NoGradGuard no_grad;
+  FillInplace(initialized, 0);  // search alpha again on the next weights
 }
 
 }  // namespace quanta::quant

@@ -7,10 +7,12 @@
 //                                         ObserverKind::kEmaMinMax, FakeQuantGradient::kEwgs, 0.2);
 //   Tensor w_q = wq->Forward(weight);      // observes (in training), then fake-quantizes
 //   auto aq = std::make_shared<LsqQuantizer>(QuantSpec{.bits = 4, .symmetric = false});
+//   auto apot = std::make_shared<ApotQuantizer>(3);   // weights on {0, +-1/4, +-1/2, +-1} * alpha * sigma
 #pragma once
 
 #include <functional>
 #include <memory>
+#include <vector>
 
 #include "core/ops.h"
 #include "nn/module.h"
@@ -38,6 +40,19 @@ class Quantizer : public nn::Layer {
   };
   const Stats& stats() const { return stats_; }
   const Tensor& last_output() const { return last_output_; }
+
+  // A weight w as the integer model stores it: integers (w's order) and one scale
+  // per output channel (or one), so that the eval-mode Forward(w) equals
+  // codes * scale; [qmin, qmax] bounds the codes; clip is the fraction of w
+  // beyond the outermost level. The default rounds w / scale (Params(), zero
+  // points 0) into the spec's range; ApotQuantizer returns its codebook's codes.
+  struct WeightGrid {
+    std::vector<int32_t> codes;
+    std::vector<double> scales;
+    int64_t qmin = 0, qmax = 0;
+    double clip = 0;
+  };
+  virtual WeightGrid Grid(const Tensor& w) const;
 
  protected:
   FakeQuantOptions Options() const;
@@ -109,6 +124,54 @@ class LsqQuantizer : public Quantizer {
  private:
   void Initialize(const Tensor& x);
   bool activation_;
+};
+
+// APoT (Li, Dong and Wang, ICLR 2020) for weights: levels that are sums of
+// powers of two, a learned clipping threshold alpha, weight normalization.
+//
+//   x = (w - mean(w)) / (std(w) alpha)          mean and std of this weight, constants
+//   w_q = std(w) alpha P(clamp(x, -1, 1))       P: the nearest level (ties: the smaller)
+//
+// The levels for b bits (sign plus b - 1 bits of magnitude, the paper's
+// construction with the maximum normalized to 1) as integer codes over M:
+//   2 bits: {0, 1} / 1                 (ternary; the paper's smallest APoT set is 3 bits)
+//   3 bits: {0, 1, 2, 4} / 4           (powers of two)
+//   4 bits: {0, 1, 2, 3, 4, 6, 8, 10} / 10    ({0, 2^-1, 2^-2, 2^-4} + {0, 2^-3})
+//   5 bits: the 16 sums of {0, 2^-1, 2^-3, 2^-5} and {0, 2^-2, 2^-4, 2^-6}, / 48
+// Every level is an integer code c in [-M, M] times the step std(w) alpha / M,
+// so the converted layer runs on the int8 kernels exactly (4 bits: codes in
+// [-10, 10], stored as 4-bit indices into a codebook of 15 values).
+//
+// Gradients (the paper's reparameterized clipping function): straight through
+// to w, unclipped; to alpha, std(w) * (P(x) - x) inside [-1, 1] and
+// std(w) * sign(x) outside, summed over the tensor. Multiplying std(w) back
+// (the paper's layers feed normalized weights to the convolution and let batch
+// norm absorb the scale) keeps the weight at the trained model's magnitude, so
+// batch-norm folding and running statistics see what they saw in f32; the
+// function of the network and alpha's gradient are the same.
+//
+// Note [APoT's alpha at the start]: the paper starts alpha at 3 (in units of the
+// standard deviation). Fine-tuning from a trained model here starts it at the
+// value in [1, 6] (steps of 0.05) that minimizes |w_q - (w - mean)|^2 for the
+// first weights seen, the same search the MSE observer runs for uniform grids.
+class ApotQuantizer : public Quantizer {
+ public:
+  explicit ApotQuantizer(int bits);  // 2 to 5
+  Tensor Forward(const Tensor& w) override;
+  void SetBits(int bits) override;
+  // The step std(w) alpha / M of the weights last seen, zero point 0.
+  std::pair<Tensor, Tensor> Params() const override;
+  bool ready() const override { return initialized.item<float>() > 0; }
+  WeightGrid Grid(const Tensor& w) const override;
+  // The non-negative codes of `bits` bits, ascending (the largest is M).
+  static std::vector<int32_t> Levels(int bits);
+  Tensor alpha;        // parameter (1): the clipping threshold in standard deviations
+  Tensor initialized;  // buffer: 0 or 1
+  Tensor last_std;     // buffer (1): std(w) at the last Forward
+
+ private:
+  void Initialize(const Tensor& w);
+  std::vector<int32_t> levels_;
 };
 
 }  // namespace quanta::quant

@@ -211,7 +211,7 @@ TEST(Policy, ParsesAndResolves) {
   EXPECT_EQ(std::string(MixedPrecisionPolicy::Parse("default 4 9\n").status().message()),
             "policy:1: bits 4/9 outside [2, 8]");
   EXPECT_EQ(std::string(MixedPrecisionPolicy::Parse("\nfc 8 8 magic\n").status().message()),
-            "policy:2: unknown quantizer \"magic\" (ema, minmax, ewgs, lsq, percentile, mse)");
+            "policy:2: unknown quantizer \"magic\" (ema, minmax, ewgs, lsq, percentile, mse, apot)");
   EXPECT_EQ(MixedPrecisionPolicy::Load("/no/such/policy").status().code(), absl::StatusCode::kNotFound);
 }
 
