@@ -45,6 +45,10 @@ ABSL_FLAG(double, ema_decay, 0.999, "EMA observers' decay for activation ranges 
 ABSL_FLAG(std::string, ewgs_delta, "auto", "EWGS: auto (Hessian estimate at each epoch, logged) or a value in steps");
 ABSL_FLAG(bool, first_last_8bit, true, "keep the first and last layers at 8 bits");
 ABSL_FLAG(std::string, policy, "", "a mixed-precision policy file (per-layer bits; overrides --wbits/--abits)");
+ABSL_FLAG(double, bit_search, 0, "with --quant and --init_from: choose each layer's weight bits for this average "
+          "(e.g. 3.0) from the loss increase when that layer alone is quantized; writes the policy to --bit_policy_out");
+ABSL_FLAG(std::string, bit_candidates, "2,3,4,8", "--bit_search: the weight bits a layer may get");
+ABSL_FLAG(std::string, bit_policy_out, "", "--bit_search: where the policy goes (default: --checkpoint_dir/policy.txt)");
 ABSL_FLAG(std::string, progressive, "", "progressive bits, e.g. 8,6,4 (with --quant=qat)");
 ABSL_FLAG(std::string, amp, "", "bf16: autocast matmul and convolution");
 ABSL_FLAG(std::string, device, "cpu", "cpu, or cuda / cuda:N (a build with --config=cuda and a GPU)");
@@ -93,6 +97,18 @@ int main(int argc, char** argv) {
   c.ema_decay = absl::GetFlag(FLAGS_ema_decay);
   c.ewgs_delta = absl::GetFlag(FLAGS_ewgs_delta);
   c.policy_file = absl::GetFlag(FLAGS_policy);
+  c.bit_search = absl::GetFlag(FLAGS_bit_search);
+  c.bit_policy_out = absl::GetFlag(FLAGS_bit_policy_out);
+  c.bit_candidates.clear();
+  for (const std::string& part : std::vector<std::string>(absl::StrSplit(absl::GetFlag(FLAGS_bit_candidates), ',', absl::SkipEmpty()))) {
+    int bits;
+    if (!absl::SimpleAtoi(part, &bits) || bits < 2 || bits > 8) {
+      std::fprintf(stderr, "error: --bit_candidates=%s: bit widths in 2..8, e.g. 2,3,4,8\n",
+                   absl::GetFlag(FLAGS_bit_candidates).c_str());
+      return 2;
+    }
+    c.bit_candidates.push_back(bits);
+  }
   for (const std::string& part : std::vector<std::string>(absl::StrSplit(absl::GetFlag(FLAGS_progressive), ',', absl::SkipEmpty()))) {
     int bits;
     if (!absl::SimpleAtoi(part, &bits) || bits < 2 || bits > 8) {

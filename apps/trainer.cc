@@ -31,6 +31,7 @@
 #include "nn/optim.h"
 #include "nn/safetensors.h"
 #include "quant/adaround.h"
+#include "quant/bit_search.h"
 #include "quant/convert.h"
 #include "quant/onnx_export.h"
 #include "quant/prepare.h"
@@ -294,6 +295,8 @@ std::string CommandLine(const TrainConfig& c, const std::string& program) {
   add(c.quant != "none" && ema && c.ema_decay != d.ema_decay, absl::StrCat("--ema_decay=", c.ema_decay));
   add(c.quant == "qat" && c.ewgs_delta != d.ewgs_delta, "--ewgs_delta=" + c.ewgs_delta);
   add(!c.policy_file.empty(), "--policy=" + c.policy_file);
+  add(c.bit_search > 0, absl::StrCat("--bit_search=", c.bit_search, " --bit_candidates=", absl::StrJoin(c.bit_candidates, ","),
+                                     c.bit_policy_out.empty() ? "" : " --bit_policy_out=" + c.bit_policy_out));
   add(!c.progressive.empty(), "--progressive=" + absl::StrJoin(c.progressive, ","));
   add(!c.amp.empty(), "--amp=" + c.amp);
   add(c.device != d.device, "--device=" + c.device);
@@ -358,6 +361,17 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
   if (!(c.adaround_lr > 0)) {
     return absl::InvalidArgumentError(absl::StrCat("--adaround_lr=", c.adaround_lr, ": need a positive rate"));
   }
+  std::string bit_policy = c.bit_policy_out.empty() && !c.checkpoint_dir.empty() ? c.checkpoint_dir + "/policy.txt"
+                                                                                 : c.bit_policy_out;
+  if (c.bit_search != 0) {
+    if (!(c.bit_search >= 2 && c.bit_search <= 8) || c.quant == "none" || c.init_from.empty() ||
+        !c.policy_file.empty() || bit_policy.empty() || c.bit_candidates.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--bit_search=", c.bit_search, ": an average of 2 to 8 bits, with --quant=ptq|qat, a trained model "
+          "(--init_from=CKPT), no --policy, candidates (--bit_candidates) and a place for the policy "
+          "(--bit_policy_out=FILE or --checkpoint_dir)"));
+    }
+  }
   if (c.threads < 0) return absl::InvalidArgumentError(absl::StrCat("--threads=", c.threads, ": need 0 (default) or more"));
   if (c.threads > 0) SetNumThreads(c.threads);
   absl::StatusOr<Device> device = ParseDevice(c.device);
@@ -407,9 +421,37 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
   }
   const int64_t steps_per_epoch = train_loader.NumBatches();
   const int64_t total_steps = std::max<int64_t>(1, steps_per_epoch * c.epochs);
+  TrainConfig policy_config = c;  // --bit_search replaces the policy with the one it writes
+  if (c.bit_search != 0) {
+    // Note [Bit search] in quant/bit_search.h, on the calibration batches (unaugmented training images).
+    std::vector<data::Batch> batches;
+    auto it = calib_loader.Start(0);
+    for (data::Batch b; static_cast<int>(batches.size()) < c.calibration_batches && it->Next(&b);) batches.push_back(b);
+    net->Eval();
+    auto loss = [&] {
+      double sum = 0;
+      for (const data::Batch& b : batches) sum += CrossEntropy(net->Forward(b.data), b.labels).item<float>();
+      return sum / std::max<size_t>(1, batches.size());
+    };
+    auto start = Clock::now();
+    quant::BitSearchOptions o{.candidates = c.bit_candidates, .budget = c.bit_search, .act_bits = c.abits,
+                              .first_last_8bit = c.first_last_8bit, .quantizer = c.quantizer};
+    std::vector<quant::LayerSensitivity> layers = quant::MeasureSensitivity(*net, loss, o);
+    quant::BitSearchResult chosen = quant::SearchBits(layers, o);
+    std::string text = quant::BitPolicyText(layers, chosen, o);
+    absl::Status written = WriteFileAtomically(bit_policy, text);
+    if (!written.ok()) return written;
+    log << absl::StrFormat("bit search: %d layers, %d candidates, on %d calibration batches, %.1f s; %.3f weight bits "
+                           "on average (budget %g); policy written to %s:\n",
+                           layers.size(), o.candidates.size(), batches.size(), Since(start), chosen.average_bits,
+                           c.bit_search, bit_policy)
+        << text << std::flush;
+    net->Train();
+    policy_config.policy_file = bit_policy;
+  }
   quant::PrepareReport report;
   if (c.quant == "qat") {
-    absl::StatusOr<quant::MixedPrecisionPolicy> policy = Policy(c, total_steps);
+    absl::StatusOr<quant::MixedPrecisionPolicy> policy = Policy(policy_config, total_steps);
     if (!policy.ok()) return policy.status();
     report = quant::PrepareQat(*net, *policy);
     log << report.ToString() << std::flush;
@@ -621,7 +663,7 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
     net->Eval();
   };
   if (c.quant == "ptq") {
-    absl::StatusOr<quant::MixedPrecisionPolicy> policy = Policy(c, total_steps);
+    absl::StatusOr<quant::MixedPrecisionPolicy> policy = Policy(policy_config, total_steps);
     if (!policy.ok()) return policy.status();
     post_training(*policy, c.rounding);
   }

@@ -41,6 +41,13 @@ struct TrainConfig {
   std::string ewgs_delta = "auto";  // EWGS: "auto" (estimated from the Hessian each epoch) or a value
   bool first_last_8bit = true;
   std::string policy_file;        // overrides wbits/abits/quantizer
+  // Automatic mixed precision (quant/bit_search.h), with --quant and a trained
+  // model (init_from): per-layer weight bits for this average over the searched
+  // layers, chosen from bit_candidates, written to bit_policy_out (default
+  // checkpoint_dir/policy.txt) and used as this run's policy. 0: off.
+  double bit_search = 0;
+  std::vector<int> bit_candidates = {2, 3, 4, 8};
+  std::string bit_policy_out;
   std::vector<int> progressive;   // e.g. {8, 6, 4}: bits step down over the epochs
   std::string amp;                // "" | bf16
   std::string device = "cpu";     // cpu | cuda | cuda:N

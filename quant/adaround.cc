@@ -20,10 +20,6 @@ namespace {
 
 constexpr double kZeta = 1.1, kGamma = -0.1;
 
-Tensor& WeightOf(nn::QuantizableLayer* layer) {
-  if (auto* l = dynamic_cast<nn::Linear*>(layer)) return l->weight;
-  return dynamic_cast<nn::Conv2d*>(layer)->weight;
-}
 const Tensor& BiasOf(nn::QuantizableLayer* layer) {
   if (auto* l = dynamic_cast<nn::Linear*>(layer)) return l->bias;
   return dynamic_cast<nn::Conv2d*>(layer)->bias;

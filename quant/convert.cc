@@ -104,6 +104,13 @@ std::pair<std::vector<double>, Tensor> FoldBatchNorm(const nn::BatchNorm2d& bn, 
 
 }  // namespace
 
+Tensor& WeightOf(nn::QuantizableLayer* layer) {
+  if (auto* l = dynamic_cast<nn::Linear*>(layer)) return l->weight;
+  auto* conv = dynamic_cast<nn::Conv2d*>(layer);
+  QUANTA_CHECK(conv != nullptr, "WeightOf: a quantizable layer that is neither Conv2d nor Linear");
+  return conv->weight;
+}
+
 IntegerBuilder::IntegerBuilder(Mode mode) : model_(std::make_shared<IntegerModel>()), mode_(mode) {}
 
 int IntegerBuilder::PlanRead(const nn::QuantizableLayer& layer, const std::string& name, int in,

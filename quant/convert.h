@@ -95,6 +95,9 @@ class IntegerBuilder {
 
   friend std::vector<std::vector<nn::QuantizableLayer*>> PlanSharedInputs(nn::Module& model);
   friend std::vector<PlannedLayer> PlanLayers(nn::Module& model);
+
+// The weight of a Conv2d or Linear.
+Tensor& WeightOf(nn::QuantizableLayer* layer);
 };
 
 // Models whose Forward is code, not a Sequential, implement this.
@@ -122,6 +125,9 @@ struct PlannedLayer {
   bool folded_in_training;  // a ConvBn2d: its weight quantizer sees the folded weight
 };
 std::vector<PlannedLayer> PlanLayers(nn::Module& model);
+
+// The weight of a Conv2d or Linear.
+Tensor& WeightOf(nn::QuantizableLayer* layer);
 
 // Throws quanta::Error naming the layer when a quantizer is missing, disabled or
 // has not seen data, or a layer has no integer form.

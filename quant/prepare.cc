@@ -20,10 +20,6 @@
 namespace quanta::quant {
 namespace {
 
-Tensor& WeightOf(nn::QuantizableLayer* layer) {
-  if (auto* l = dynamic_cast<nn::Linear*>(layer)) return l->weight;
-  return dynamic_cast<nn::Conv2d*>(layer)->weight;
-}
 Tensor& BiasOf(nn::QuantizableLayer* layer) {
   if (auto* l = dynamic_cast<nn::Linear*>(layer)) return l->bias;
   return dynamic_cast<nn::Conv2d*>(layer)->bias;

@@ -116,6 +116,34 @@ TEST(Apps, PtqWithAdaRound) {
   // The stem, three residual blocks, fc.
   EXPECT_NE(out.find("BRECQ: 5 blocks and layers, 20 steps each"), std::string::npos) << out;
   EXPECT_NE(out.find("layer2.0 (block of 3)"), std::string::npos) << out;
+  // The bit search: a policy for 3 weight bits on average, written and then used.
+  std::string policy = dir + "/policy.txt";
+  ASSERT_EQ(RunCommand(common + " --epochs=0 --quant=ptq --abits=8 --quantizer=mse --init_from=" + f32 +
+                           " --bit_search=3 --bit_policy_out=" + policy,
+                       &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("bit search: 10 layers, 4 candidates, on 4 calibration batches"), std::string::npos) << out;
+  std::string text = Read(policy);
+  EXPECT_NE(text.find("first_last_8bit off"), std::string::npos) << text;
+  EXPECT_NE(text.find("conv1 8 8 mse"), std::string::npos) << text;
+  EXPECT_NE(out.find("--bit_search=3 --bit_candidates=2,3,4,8 --bit_policy_out=" + policy), std::string::npos) << out;
+  EXPECT_NE(RunCommand(common + " --epochs=0 --quant=ptq --bit_search=3 --bit_policy_out=" + policy, &out), 0);
+  EXPECT_NE(out.find("a trained model (--init_from=CKPT)"), std::string::npos) << out;
+  // APoT weights through QAT and conversion: the integer model agrees with training.
+  ASSERT_EQ(RunCommand(common + " --epochs=1 --quant=qat --wbits=3 --abits=4 --quantizer=apot --lr=0.01 --init_from=" +
+                           f32,
+                       &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("W3A4        apot"), std::string::npos) << out;
+  const std::string same = "same top-1 as the trained model on ";
+  ASSERT_NE(out.find(same), std::string::npos) << out;
+  EXPECT_GE(std::stod(out.substr(out.find(same) + same.size())), 99.0) << out;  // one image of 128 may flip
+  EXPECT_NE(RunCommand(common + " --epochs=0 --quant=ptq --wbits=3 --quantizer=apot --rounding=adaround --init_from=" + f32,
+                       &out),
+            0);
+  EXPECT_NE(out.find("learned rounding needs a uniform grid"), std::string::npos) << out;
   EXPECT_NE(RunCommand(common + " --epochs=0 --quant=qat --rounding=adaround", &out), 0);
   EXPECT_NE(out.find("--rounding=adaround needs --quant=ptq"), std::string::npos) << out;
   EXPECT_NE(RunCommand(common + " --epochs=0 --quant=ptq --rounding=upward", &out), 0);
