@@ -194,8 +194,10 @@ std::string IntegerModel::Summary() const {
   for (size_t i = 0; i < nodes_.size(); ++i) {
     const IntegerNode& n = nodes_[i];
     std::string bits = HasWeights(n.kind) ? absl::StrCat("W", n.weight_bits, "A", n.act_bits) : "";
-    absl::StrAppendFormat(&out, "%-4d %-16s %-26s %-6s %-8s %s%s%s\n", i, NodeKindName(n.kind), n.name, bits,
-                          Name(n.out_dtype), n.weight.defined() ? n.weight.Describe() : "", n.relu ? " +relu" : "",
+    size_t codebook = HasWeights(n.kind) ? CodebookOf(n).size() : 0;
+    absl::StrAppendFormat(&out, "%-4d %-16s %-26s %-6s %-8s %s%s%s%s\n", i, NodeKindName(n.kind), n.name, bits,
+                          Name(n.out_dtype), n.weight.defined() ? n.weight.Describe() : "",
+                          codebook > 0 ? absl::StrCat(" codebook(", codebook, ")") : "", n.relu ? " +relu" : "",
                           n.residual >= 0 ? absl::StrCat(" +residual(", n.residual, ")") : "");
   }
   absl::StrAppendFormat(&out, "bytes: %d\n", Bytes());

@@ -218,6 +218,7 @@ TEST(Apot, FourBitCodesAreStoredAsIndicesIntoACodebook) {
                 4 * static_cast<int64_t>(n.weight.qparams().scales.size()) + (n.bias.defined() ? 4 * n.bias.numel() : 0);
   }
   EXPECT_EQ(q->Bytes(), expected);
+  EXPECT_NE(q->Summary().find(" codebook("), std::string::npos) << q->Summary();  // what //apps:inspect prints
   std::string path = TempPath("apot.qmodel");
   ASSERT_TRUE(q->Save(path).ok());
   auto file = LoadSafetensors(path);

@@ -296,33 +296,40 @@ TEST(Convert, FloatConversionEqualsTheFloatModel) {
 }
 
 // The loader's fuzz target over every truncation and byte flip of a converted
-// model (the header and graph text in full, the weights sampled). Writes the
-// file as the fuzzer's seed when QUANTA_WRITE_SEED names a path.
+// model (the header and graph text in full, the weights sampled): uniform 4-bit
+// weights, and APoT's 4-bit codes stored through a codebook (Note [Codebook
+// weights] in quant/integer_model.cc). Writes the files as the fuzzer's seeds
+// (tests/quant/testdata/integer_model_seeds) when QUANTA_WRITE_SEEDS names a folder.
 TEST(Convert, LoaderFuzzTargetSurvivesMutations) {
-  auto net = models::TinyCnn(35, 1, 4);
-  PrepareAndCalibrate(*net, "default 4 8 ema\n", Batches({4, 1, 12, 12}, 1, 36));
-  auto q = Convert(*net);
-  std::string path = TempPath("seed.safetensors");
-  ASSERT_TRUE(q->Save(path).ok());
-  std::string bytes;
-  {
-    std::ifstream f(path, std::ios::binary);
-    bytes.assign(std::istreambuf_iterator<char>(f), {});
-  }
-  if (const char* seed = std::getenv("QUANTA_WRITE_SEED")) {
-    std::ofstream(seed, std::ios::binary) << bytes;
-  }
-  auto run = [](const std::string& b) { LLVMFuzzerTestOneInput(reinterpret_cast<const uint8_t*>(b.data()), b.size()); };
-  run(bytes);
-  uint64_t header = 8;
-  std::memcpy(&header, bytes.data(), 8);
-  size_t text_end = std::min(bytes.size(), static_cast<size_t>(8 + header));
-  for (size_t n = 0; n < bytes.size(); n += n < text_end ? 1 : 97) run(bytes.substr(0, n));
-  for (size_t i = 0; i < bytes.size(); i += i < text_end ? 1 : 89) {
-    for (uint8_t flip : {0x01, 0x20, 0xff}) {
-      std::string m = bytes;
-      m[i] = static_cast<char>(m[i] ^ flip);
-      run(m);
+  for (const auto& [policy, seed] : {std::pair{"default 4 8 ema\n", "tiny_w4a8.safetensors"},
+                                     {"default 4 8 apot\nfirst_last_8bit off\n", "tiny_apot_w4a8.safetensors"}}) {
+    SCOPED_TRACE(policy);
+    auto net = models::TinyCnn(35, 1, 4);
+    PrepareAndCalibrate(*net, policy, Batches({4, 1, 12, 12}, 1, 36));
+    auto q = Convert(*net);
+    std::string path = TempPath(seed);
+    ASSERT_TRUE(q->Save(path).ok());
+    std::string bytes;
+    {
+      std::ifstream f(path, std::ios::binary);
+      bytes.assign(std::istreambuf_iterator<char>(f), {});
+    }
+    if (std::string(seed) != "tiny_w4a8.safetensors") EXPECT_NE(bytes.find("wcodes="), std::string::npos);
+    if (const char* dir = std::getenv("QUANTA_WRITE_SEEDS")) {
+      std::ofstream(std::string(dir) + "/" + seed, std::ios::binary) << bytes;
+    }
+    auto run = [](const std::string& b) { LLVMFuzzerTestOneInput(reinterpret_cast<const uint8_t*>(b.data()), b.size()); };
+    run(bytes);
+    uint64_t header = 8;
+    std::memcpy(&header, bytes.data(), 8);
+    size_t text_end = std::min(bytes.size(), static_cast<size_t>(8 + header));
+    for (size_t n = 0; n < bytes.size(); n += n < text_end ? 1 : 97) run(bytes.substr(0, n));
+    for (size_t i = 0; i < bytes.size(); i += i < text_end ? 1 : 89) {
+      for (uint8_t flip : {0x01, 0x20, 0xff}) {
+        std::string m = bytes;
+        m[i] = static_cast<char>(m[i] ^ flip);
+        run(m);
+      }
     }
   }
 }
