@@ -251,6 +251,11 @@ int main(int argc, char** argv) {
           rows.push_back(learned);
         }
       }
+      // Automatic mixed precision (quant/bit_search.h): 3.0 weight bits on average.
+      Row automatic = derived("PTQ auto W3.0A8 (MSE, bit search)", "ptq", 4, 8, "mse", 3);
+      automatic.config.bit_search = 3.0;
+      automatic.config.bit_policy_out = dir + "/ptq_auto_w3.policy";
+      rows.push_back(automatic);
     } else {
       rows.push_back(derived("PTQ int8 (min/max)", "ptq", 8, 8, "minmax", 8));
       rows.push_back(derived("PTQ int8 (percentile)", "ptq", 8, 8, "percentile", 8));
@@ -269,6 +274,11 @@ int main(int argc, char** argv) {
         rows.push_back(derived("QAT W4A4 (APoT)", "qat", 4, 4, "apot", 4));
         rows.push_back(derived("QAT W3A3 (APoT)", "qat", 3, 3, "apot", 3));
         rows.push_back(derived("QAT W2A2 (APoT)", "qat", 2, 2, "apot", 2));
+        // Automatic mixed precision: 3.0 weight bits on average against uniform W4A4.
+        Row automatic = derived("QAT auto W3.0A4 (LSQ, bit search)", "qat", 4, 4, "lsq", 3);
+        automatic.config.bit_search = 3.0;
+        automatic.config.bit_policy_out = dir + "/qat_auto_w3.policy";
+        rows.push_back(automatic);
       }
     }
     return rows;

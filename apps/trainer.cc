@@ -255,6 +255,10 @@ absl::StatusOr<quant::MixedPrecisionPolicy> Policy(const TrainConfig& c, int64_t
     return absl::InvalidArgumentError(absl::StrCat("--ema_decay=", c.ema_decay, " is outside [0, 1)"));
   }
   p->defaults.ema_decay = c.ema_decay;
+  if (c.lsq_init != "paper" && c.lsq_init != "mse") {
+    return absl::InvalidArgumentError("--lsq_init=" + c.lsq_init + ": paper or mse");
+  }
+  p->defaults.lsq_init = c.lsq_init == "mse" ? quant::LsqInit::kMse : quant::LsqInit::kPaper;
   if (c.ewgs_delta != "auto") {
     if (!absl::SimpleAtod(c.ewgs_delta, &p->defaults.ewgs_delta) || p->defaults.ewgs_delta < 0) {
       return absl::InvalidArgumentError("--ewgs_delta=" + c.ewgs_delta + ": expected auto or a value >= 0");
@@ -294,6 +298,7 @@ std::string CommandLine(const TrainConfig& c, const std::string& program) {
   const bool ema = c.quantizer == "ema" || c.quantizer == "ewgs" || !c.policy_file.empty();  // the decay matters
   add(c.quant != "none" && ema && c.ema_decay != d.ema_decay, absl::StrCat("--ema_decay=", c.ema_decay));
   add(c.quant == "qat" && c.ewgs_delta != d.ewgs_delta, "--ewgs_delta=" + c.ewgs_delta);
+  add(c.quant != "none" && c.lsq_init != d.lsq_init, "--lsq_init=" + c.lsq_init);
   add(!c.policy_file.empty(), "--policy=" + c.policy_file);
   add(c.bit_search > 0, absl::StrCat("--bit_search=", c.bit_search, " --bit_candidates=", absl::StrJoin(c.bit_candidates, ","),
                                      c.bit_policy_out.empty() ? "" : " --bit_policy_out=" + c.bit_policy_out));

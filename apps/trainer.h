@@ -38,6 +38,7 @@ struct TrainConfig {
   // EMA observers' decay for activations: ranges average over about
   // 1 / (1 - decay) steps (the design's 0.999; a run of a few hundred steps wants 0.99).
   double ema_decay = 0.999;
+  std::string lsq_init = "paper";  // paper | mse: how LSQ steps start (quant::LsqInit)
   std::string ewgs_delta = "auto";  // EWGS: "auto" (estimated from the Hessian each epoch) or a value
   bool first_last_8bit = true;
   std::string policy_file;        // overrides wbits/abits/quantizer

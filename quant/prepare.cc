@@ -53,7 +53,7 @@ std::shared_ptr<Quantizer> MakeQuantizer(const QConfig& c, const QuantSpec& spec
       if (weight && spec.bits <= 5) return std::make_shared<ApotQuantizer>(spec.bits);
       [[fallthrough]];
     case QuantizerKind::kLsq:
-      return std::make_shared<LsqQuantizer>(spec, spec.per_channel ? channels : 1, /*activation=*/!weight);
+      return std::make_shared<LsqQuantizer>(spec, spec.per_channel ? channels : 1, /*activation=*/!weight, c.lsq_init);
     case QuantizerKind::kEwgs:
       return std::make_shared<FakeQuant>(spec, ema, FakeQuantGradient::kEwgs, c.ewgs_delta, decay);
     case QuantizerKind::kMinMax: return std::make_shared<FakeQuant>(spec, ObserverKind::kMinMax);

@@ -45,6 +45,7 @@ struct QConfig {
   QuantizerKind kind = QuantizerKind::kEma;
   double ewgs_delta = 0.2;
   double ema_decay = 0.999;
+  LsqInit lsq_init = LsqInit::kPaper;  // LSQ quantizers' start (also APoT's activations)
 };
 
 struct PolicyRule {

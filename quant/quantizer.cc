@@ -69,8 +69,8 @@ void FakeQuant::SetBits(int bits) {
   observer_->Reset();
 }
 
-LsqQuantizer::LsqQuantizer(const QuantSpec& spec, int64_t channels, bool activation)
-    : Quantizer(spec), activation_(activation) {
+LsqQuantizer::LsqQuantizer(const QuantSpec& spec, int64_t channels, bool activation, LsqInit init)
+    : Quantizer(spec), activation_(activation), init_(init) {
   QUANTA_CHECK(channels >= 1 && (spec.per_channel || channels == 1), "LsqQuantizer: ", channels,
                " step sizes for a ", spec.ToString(), " spec");
   scale = Ones({channels});
@@ -90,6 +90,16 @@ void LsqQuantizer::Initialize(const Tensor& x_in) {
   Tensor x = x_in.Detach().To(DType::kF32);
   double qp = static_cast<double>(spec_.quant_max());
   Tensor init;
+  if (init_ == LsqInit::kMse) {
+    auto mse = MakeObserver(ObserverKind::kMse, spec_);
+    mse->Observe(x);
+    auto [s, z] = mse->Params();
+    QUANTA_CHECK(s.shape() == scale.shape(), "LsqQuantizer: ", scale.numel(), " step sizes for ", x.Describe());
+    scale.CopyFrom(Maximum(s, 1e-6));  // in place: optimizers hold these tensors
+    if (!spec_.symmetric) offset.CopyFrom(z);
+    FillInplace(initialized, 1);
+    return;
+  }
   if (spec_.per_channel) {
     std::vector<int64_t> dims;
     for (int d = 0; d < x.dim(); ++d) {

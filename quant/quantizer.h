@@ -108,10 +108,16 @@ class FakeQuant : public Quantizer {
 // but the forward pass uses it rounded (ties to even) with a straight-through
 // gradient, so training quantizes on the grid the integer model uses; Params()
 // returns the rounded zero point.
+// How LSQ's step (and LSQ+'s offset) start, from the first batch: kPaper as
+// above (affine specs from min/max); kMse: the MSE observer's choice, the range
+// whose fake-quantized values are closest to the batch (LSQ+ starts so too).
+enum class LsqInit { kPaper, kMse };
+
 class LsqQuantizer : public Quantizer {
  public:
   // channels: the number of step sizes (x.size(axis) per channel, else 1).
-  explicit LsqQuantizer(const QuantSpec& spec, int64_t channels = 1, bool activation = false);
+  explicit LsqQuantizer(const QuantSpec& spec, int64_t channels = 1, bool activation = false,
+                        LsqInit init = LsqInit::kPaper);
   Tensor Forward(const Tensor& x) override;
   void SetBits(int bits) override;
   std::pair<Tensor, Tensor> Params() const override;
@@ -124,6 +130,7 @@ class LsqQuantizer : public Quantizer {
  private:
   void Initialize(const Tensor& x);
   bool activation_;
+  LsqInit init_;
 };
 
 // APoT (Li, Dong and Wang, ICLR 2020) for weights: levels that are sums of

@@ -202,8 +202,8 @@ TEST(Apps, ReproduceTablesPtqTableOverTwoSeeds) {
             0)
       << out;
   std::string table = Read(md);
-  EXPECT_NE(out.find("=== row 14/26, f32 (seed 4):"), std::string::npos) << out;
-  EXPECT_NE(out.find("row 26/26 done"), std::string::npos) << out;
+  EXPECT_NE(out.find("=== row 15/28, f32 (seed 4):"), std::string::npos) << out;
+  EXPECT_NE(out.find("row 28/28 done"), std::string::npos) << out;
   EXPECT_NE(table.find("seeds 3, 4"), std::string::npos) << table;
   // What each run printed: "METHOD: top-1 F% (integer I%)", seed 3's runs first.
   auto printed = [&](const std::string& method) {
@@ -221,7 +221,8 @@ TEST(Apps, ReproduceTablesPtqTableOverTwoSeeds) {
   for (const char* method : {"PTQ W4A8 (MSE, nearest)", "PTQ W4A8 (MSE, AdaRound)", "PTQ W4A8 (MSE, BRECQ)",
                              "PTQ W4A4 (MSE, nearest)", "PTQ W4A4 (MSE, AdaRound)", "PTQ W4A4 (MSE, BRECQ)",
                              "PTQ W3A8 (MSE, nearest)", "PTQ W3A8 (MSE, AdaRound)", "PTQ W3A8 (MSE, BRECQ)",
-                             "PTQ W2A8 (MSE, nearest)", "PTQ W2A8 (MSE, AdaRound)", "PTQ W2A8 (MSE, BRECQ)"}) {
+                             "PTQ W2A8 (MSE, nearest)", "PTQ W2A8 (MSE, AdaRound)", "PTQ W2A8 (MSE, BRECQ)",
+                             "PTQ auto W3.0A8 (MSE, bit search)"}) {
     std::vector<double> v = printed(method);
     ASSERT_EQ(v.size(), 2u) << method << "\n" << out;
     // Sample std of two values; the printed values carry 2 decimals, so the

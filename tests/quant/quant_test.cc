@@ -194,6 +194,37 @@ TEST(Quantizers, LsqPlusOffsetIsRoundedInTheForwardPass) {
   EXPECT_FLOAT_EQ(q.offset.grad().item<float>(), -0.5f * 2);  // two clipped values, -s each
 }
 
+// LsqInit::kMse: the first batch's error after fake quantization is no larger
+// than with the paper's start or with min/max, per channel (weights) and for an
+// affine activation; the steps then still learn.
+TEST(Quantizers, LsqMseStartReconstructsTheFirstBatchBest) {
+  Generator gen(7);
+  auto error = [](LsqQuantizer& q, const Tensor& x) {
+    NoGradGuard no_grad;
+    return Sum(Square(Sub(q.Forward(x), x))).item<float>();
+  };
+  // Heavy-tailed weights: a few large values make min/max and mean|x| starts poor at 2 bits.
+  Tensor w = Mul(Normal({8, 64}, 0, 0.05, &gen), Exp(Normal({8, 64}, 0, 0.8, &gen)));
+  for (int bits : {2, 3, 4}) {
+    QuantSpec spec{.bits = bits, .per_channel = true, .axis = 0};
+    LsqQuantizer paper(spec, 8), mse(spec, 8, false, LsqInit::kMse);
+    MinMaxObserver range(spec);
+    range.Observe(w);
+    Tensor minmax = FakeQuantize(w, range.Params().first, range.Params().second,
+                                 {.quant_min = spec.quant_min(), .quant_max = spec.quant_max(), .axis = 0});
+    double e_mse = error(mse, w);
+    EXPECT_LE(e_mse, error(paper, w)) << bits;
+    EXPECT_LE(e_mse, Sum(Square(Sub(minmax, w))).item<float>()) << bits;
+  }
+  Tensor a = Relu(Normal({16, 32}, 0.2, 1, &gen));
+  QuantSpec aspec{.bits = 2, .symmetric = false};
+  LsqQuantizer paper(aspec, 1, true), mse(aspec, 1, true, LsqInit::kMse);
+  EXPECT_LE(error(mse, a), error(paper, a));
+  Tensor x = a.Detach().SetRequiresGrad();
+  Backward(Sum(Square(mse.Forward(x))));
+  EXPECT_NE(mse.scale.grad().item<float>(), 0);
+}
+
 TEST(Policy, ParsesAndResolves) {
   auto p = MixedPrecisionPolicy::Parse(
       "# W/A bits per layer\n"
