@@ -101,24 +101,22 @@ int main(int argc, char** argv) {
   c.policy_file = absl::GetFlag(FLAGS_policy);
   c.bit_search = absl::GetFlag(FLAGS_bit_search);
   c.bit_policy_out = absl::GetFlag(FLAGS_bit_policy_out);
-  c.bit_candidates.clear();
-  for (const std::string& part : std::vector<std::string>(absl::StrSplit(absl::GetFlag(FLAGS_bit_candidates), ',', absl::SkipEmpty()))) {
-    int bits;
-    if (!absl::SimpleAtoi(part, &bits) || bits < 2 || bits > 8) {
-      std::fprintf(stderr, "error: --bit_candidates=%s: bit widths in 2..8, e.g. 2,3,4,8\n",
-                   absl::GetFlag(FLAGS_bit_candidates).c_str());
-      return 2;
+  // A comma-separated list of bit widths in 2..8, or an error naming the flag.
+  auto bit_list = [](const char* flag, const std::string& value, const char* example, std::vector<int>* out) {
+    out->clear();
+    for (const std::string& part : std::vector<std::string>(absl::StrSplit(value, ',', absl::SkipEmpty()))) {
+      int bits;
+      if (!absl::SimpleAtoi(part, &bits) || bits < 2 || bits > 8) {
+        std::fprintf(stderr, "error: --%s=%s: bit widths in 2..8, e.g. %s\n", flag, value.c_str(), example);
+        return false;
+      }
+      out->push_back(bits);
     }
-    c.bit_candidates.push_back(bits);
-  }
-  for (const std::string& part : std::vector<std::string>(absl::StrSplit(absl::GetFlag(FLAGS_progressive), ',', absl::SkipEmpty()))) {
-    int bits;
-    if (!absl::SimpleAtoi(part, &bits) || bits < 2 || bits > 8) {
-      std::fprintf(stderr, "error: --progressive=%s: each stage is a bit width in 2..8, e.g. 8,6,4\n",
-                   absl::GetFlag(FLAGS_progressive).c_str());
-      return 2;
-    }
-    c.progressive.push_back(bits);
+    return true;
+  };
+  if (!bit_list("bit_candidates", absl::GetFlag(FLAGS_bit_candidates), "2,3,4,8", &c.bit_candidates) ||
+      !bit_list("progressive", absl::GetFlag(FLAGS_progressive), "8,6,4", &c.progressive)) {
+    return 2;
   }
   c.amp = absl::GetFlag(FLAGS_amp);
   c.device = absl::GetFlag(FLAGS_device);
