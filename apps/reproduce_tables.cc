@@ -290,12 +290,15 @@ int main(int argc, char** argv) {
 
   // The time left, from the work done so far: a row costs its training epochs
   // (each also evaluates the test set, a third of a training pass per image)
-  // plus the final evaluations of the fake-quant and integer models.
+  // plus the final evaluations of the fake-quant and integer models; learned
+  // rounding adds about 30 training images per step (fmnist_resnet8: 2000
+  // AdaRound steps over its 10 layers took about one 60,000-image epoch).
   const double n_all = cifar ? 50000 : 60000;
   const double n_test = test_subset ? test_subset : 10000;
   auto work_of = [&](const Row& r) {
     double n_train = r.config.train_subset ? r.config.train_subset : n_all;
-    return r.config.epochs * (n_train + n_test / 3) + n_test;
+    double rounding = r.config.rounding == "nearest" ? 0 : 30.0 * r.config.adaround_iters;
+    return r.config.epochs * (n_train + n_test / 3) + n_test + rounding;
   };
   double total_work = 0, done_work = 0;
   for (const auto& seed_rows : runs) {
