@@ -426,6 +426,23 @@ int main(int argc, char** argv) {
                                    ptq_table ? " --table=ptq" : "", cifar ? " --dataset=cifar100" : "",
                                    f32_checkpoint.empty() ? "" : " --f32_checkpoint=" + f32_checkpoint,
                                    n_seeds == 1 ? "" : " --seeds=" + absl::GetFlag(FLAGS_seeds));
+  // Every flag given that changes a figure, so that the command reproduces the table.
+  for (const auto& [name, value] : std::vector<std::pair<const char*, int64_t>>{
+           {"epochs", absl::GetFlag(FLAGS_epochs)},
+           {"finetune_epochs", absl::GetFlag(FLAGS_finetune_epochs)},
+           {"train_subset", absl::GetFlag(FLAGS_train_subset)},
+           {"finetune_subset", absl::GetFlag(FLAGS_finetune_subset)},
+           {"test_subset", absl::GetFlag(FLAGS_test_subset)}}) {
+    if (value >= 0) absl::StrAppend(&flags, " --", name, "=", value);
+  }
+  if (n_seeds == 1 && absl::GetFlag(FLAGS_seed) != 0) absl::StrAppend(&flags, " --seed=", absl::GetFlag(FLAGS_seed));
+  if (absl::GetFlag(FLAGS_ema_decay) != 0.99) absl::StrAppend(&flags, " --ema_decay=", absl::GetFlag(FLAGS_ema_decay));
+  if (ptq_table && absl::GetFlag(FLAGS_adaround_iters) != 2000) {
+    absl::StrAppend(&flags, " --adaround_iters=", absl::GetFlag(FLAGS_adaround_iters));
+  }
+  if (ptq_table && absl::GetFlag(FLAGS_adaround_lr) != 1e-3) {
+    absl::StrAppend(&flags, " --adaround_lr=", absl::GetFlag(FLAGS_adaround_lr));
+  }
   std::string finetune_text =
       finetune8 == finetune ? absl::StrCat(finetune, " epochs")
                             : absl::StrCat(finetune8, " epoch", finetune8 == 1 ? "" : "s", " (int8) or ", finetune,

@@ -205,6 +205,11 @@ TEST(Apps, ReproduceTablesPtqTableOverTwoSeeds) {
   EXPECT_NE(out.find("=== row 15/28, f32 (seed 4):"), std::string::npos) << out;
   EXPECT_NE(out.find("row 28/28 done"), std::string::npos) << out;
   EXPECT_NE(table.find("seeds 3, 4"), std::string::npos) << table;
+  // The command that made it carries every flag that changes a figure.
+  EXPECT_NE(table.find("--quick --table=ptq --seeds=3,4 --epochs=1 --train_subset=256 --test_subset=128 "
+                       "--adaround_iters=4`"),
+            std::string::npos)
+      << table;
   // What each run printed: "METHOD: top-1 F% (integer I%)", seed 3's runs first.
   auto printed = [&](const std::string& method) {
     std::vector<double> v;
