@@ -75,11 +75,14 @@ BitSearchResult SearchBits(const std::vector<LayerSensitivity>& layers, const Bi
   const double inf = std::numeric_limits<double>::infinity();
   std::vector<double> best(cap + 1, 0.0), next(cap + 1);
   std::vector<std::vector<int8_t>> choice(searched.size(), std::vector<int8_t>(cap + 1, -1));
+  auto cost_of = [&](const LayerSensitivity& l, size_t c) {
+    return static_cast<int64_t>(std::ceil(static_cast<double>(l.weights) * cand[c] / u));
+  };
   for (size_t k = 0; k < searched.size(); ++k) {
     const LayerSensitivity& l = layers[searched[k]];
     std::fill(next.begin(), next.end(), inf);
     for (size_t c = 0; c < cand.size(); ++c) {
-      int64_t cost = static_cast<int64_t>(std::ceil(static_cast<double>(l.weights) * cand[c] / u));
+      int64_t cost = cost_of(l, c);
       for (int64_t b = cost; b <= cap; ++b) {
         double v = best[b - cost] + l.loss_increase[c];
         if (v < next[b]) {
@@ -99,7 +102,7 @@ BitSearchResult SearchBits(const std::vector<LayerSensitivity>& layers, const Bi
     r.bits[searched[k]] = cand[c];
     r.predicted_increase += l.loss_increase[c];
     used += l.weights * cand[c];
-    b -= static_cast<int64_t>(std::ceil(static_cast<double>(l.weights) * cand[c] / u));
+    b -= cost_of(l, c);
   }
   r.average_bits = static_cast<double>(used) / static_cast<double>(total);
   return r;

@@ -240,6 +240,28 @@ float ApotStep(float alpha, double std, int32_t M) {
   return std::max(alpha, 1e-6f) * static_cast<float>(std / M);
 }
 
+// w's codes under step (x = (w - mean) / (step M), the nearest level of
+// clamp(x)), x itself where |x| <= 1 (0 elsewhere, for alpha's gradient), and
+// how many |x| exceed 1. Forward and Grid share it, so training and the
+// integer model take the same codes.
+struct Projection {
+  std::vector<int32_t> codes;
+  std::vector<float> inside;
+  int64_t clipped = 0;
+};
+Projection Project(const Normalized& n, float step, const std::vector<int32_t>& levels) {
+  Projection p{.codes = std::vector<int32_t>(n.w.size()), .inside = std::vector<float>(n.w.size())};
+  const double range = static_cast<double>(step) * levels.back();
+  for (size_t i = 0; i < n.w.size(); ++i) {
+    double x = (n.w[i] - n.mean) / range;
+    p.codes[i] = NearestCode(x, levels);
+    bool in = std::abs(x) <= 1;
+    p.inside[i] = in ? static_cast<float>(x) : 0.f;
+    p.clipped += !in;
+  }
+  return p;
+}
+
 }  // namespace
 
 std::vector<int32_t> ApotQuantizer::Levels(int bits) { return ApotCodes(bits); }
@@ -281,14 +303,10 @@ Tensor ApotQuantizer::Forward(const Tensor& w) {
     FillInplace(last_std, n.std);
   }
   // The codes of P(clamp(x)), and x where |x| <= 1, as constants.
-  std::vector<float> codes(n.w.size()), inside(n.w.size());
-  for (size_t i = 0; i < n.w.size(); ++i) {
-    double x = (n.w[i] - n.mean) / (step * M);
-    codes[i] = static_cast<float>(NearestCode(x, levels_));
-    inside[i] = std::abs(x) <= 1 ? static_cast<float>(x) : 0.f;
-  }
+  Projection p = Project(n, step, levels_);
+  std::vector<float> codes(p.codes.begin(), p.codes.end());
   Tensor ct = Tensor::FromVector(codes, w.shape()).To(w.device()).To(w.dtype());
-  Tensor xt = Tensor::FromVector(inside, w.shape()).To(w.device()).To(w.dtype());
+  Tensor xt = Tensor::FromVector(p.inside, w.shape()).To(w.device()).To(w.dtype());
   Tensor a = Maximum(alpha, 1e-6).To(w.device()).To(w.dtype());
   // Value codes * step. d/dw = 1; d/dalpha = std (P(x) - x) inside, std sign(x) outside.
   Tensor y = Mul(ct, Mul(a, n.std / M));
@@ -309,16 +327,10 @@ Quantizer::WeightGrid ApotQuantizer::Grid(const Tensor& w) const {
   Normalized n = Normalize(w);
   const int32_t M = levels_.back();
   float step = ApotStep(alpha.Detach().item<float>(), n.std, M);
-  WeightGrid g{.qmin = -M, .qmax = M};
-  int64_t O = w.dim() > 0 ? w.size(0) : 1, clipped = 0;
-  g.scales.assign(O, step);
-  g.codes.resize(n.w.size());
-  for (size_t i = 0; i < n.w.size(); ++i) {
-    double x = (n.w[i] - n.mean) / (step * M);
-    g.codes[i] = NearestCode(x, levels_);
-    clipped += std::abs(x) > 1;
-  }
-  g.clip = n.w.empty() ? 0 : static_cast<double>(clipped) / static_cast<double>(n.w.size());
+  Projection p = Project(n, step, levels_);
+  WeightGrid g{.codes = std::move(p.codes), .qmin = -M, .qmax = M};
+  g.scales.assign(w.dim() > 0 ? w.size(0) : 1, step);
+  g.clip = n.w.empty() ? 0 : static_cast<double>(p.clipped) / static_cast<double>(n.w.size());
   return g;
 }
 
