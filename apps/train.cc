@@ -43,6 +43,7 @@ ABSL_FLAG(int, abits, 8, "activation bits (2..8)");
 ABSL_FLAG(std::string, quantizer, "ema", "ema | minmax | ewgs | lsq | percentile | mse | apot (APoT weights at 2-5 bits, LSQ activations)");
 ABSL_FLAG(double, ema_decay, 0.999, "EMA observers' decay for activation ranges (about 1 / (1 - decay) steps of memory)");
 ABSL_FLAG(std::string, lsq_init, "paper", "LSQ steps (lsq, and apot's activations) start as the paper says (2 mean|x| / sqrt(Qp); min/max for affine) or by the MSE observer's search: paper | mse");
+ABSL_FLAG(double, quant_lr_mult, 0.1, "QAT: the learning rate of the quantizers' own parameters (LSQ steps and offsets, APoT thresholds), as a multiple of --lr");
 ABSL_FLAG(std::string, ewgs_delta, "auto", "EWGS: auto (Hessian estimate at each epoch, logged) or a value in steps");
 ABSL_FLAG(bool, first_last_8bit, true, "keep the first and last layers at 8 bits");
 ABSL_FLAG(std::string, policy, "", "a mixed-precision policy file (per-layer bits; overrides --wbits/--abits)");
@@ -98,6 +99,7 @@ int main(int argc, char** argv) {
   c.ema_decay = absl::GetFlag(FLAGS_ema_decay);
   c.ewgs_delta = absl::GetFlag(FLAGS_ewgs_delta);
   c.lsq_init = absl::GetFlag(FLAGS_lsq_init);
+  c.quant_lr_mult = absl::GetFlag(FLAGS_quant_lr_mult);
   c.policy_file = absl::GetFlag(FLAGS_policy);
   c.bit_search = absl::GetFlag(FLAGS_bit_search);
   c.bit_policy_out = absl::GetFlag(FLAGS_bit_policy_out);

@@ -289,6 +289,7 @@ std::string CommandLine(const TrainConfig& c, const std::string& program) {
   add(c.weight_decay != d.weight_decay, absl::StrCat("--weight_decay=", c.weight_decay));
   add(c.nesterov != d.nesterov, absl::StrCat("--nesterov=", c.nesterov ? "true" : "false"));
   add(c.schedule != d.schedule, "--schedule=" + c.schedule);
+  add(c.schedule == "cosine" && c.warmup_epochs != d.warmup_epochs, absl::StrCat("--warmup_epochs=", c.warmup_epochs));
   add(c.augment != d.augment, absl::StrCat("--augment=", c.augment ? "true" : "false"));
   add(true, absl::StrCat("--seed=", c.seed));
   add(c.quant != d.quant, "--quant=" + c.quant);
@@ -299,6 +300,7 @@ std::string CommandLine(const TrainConfig& c, const std::string& program) {
   add(c.quant != "none" && ema && c.ema_decay != d.ema_decay, absl::StrCat("--ema_decay=", c.ema_decay));
   add(c.quant == "qat" && c.ewgs_delta != d.ewgs_delta, "--ewgs_delta=" + c.ewgs_delta);
   add(c.quant != "none" && c.lsq_init != d.lsq_init, "--lsq_init=" + c.lsq_init);
+  add(c.quant == "qat" && c.quant_lr_mult != d.quant_lr_mult, absl::StrCat("--quant_lr_mult=", c.quant_lr_mult));
   add(!c.policy_file.empty(), "--policy=" + c.policy_file);
   add(c.bit_search > 0, absl::StrCat("--bit_search=", c.bit_search, " --bit_candidates=", absl::StrJoin(c.bit_candidates, ","),
                                      c.bit_policy_out.empty() ? "" : " --bit_policy_out=" + c.bit_policy_out));
@@ -349,6 +351,9 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
   if (!(c.distill_weight >= 0 && c.distill_weight <= 1) || !(c.distill_temperature > 0)) {
     return absl::InvalidArgumentError(absl::StrCat("--distill_weight=", c.distill_weight, " --distill_temperature=",
                                                    c.distill_temperature, ": need a weight in [0, 1] and T > 0"));
+  }
+  if (!(c.quant_lr_mult >= 0 && c.quant_lr_mult <= 1e3)) {
+    return absl::InvalidArgumentError(absl::StrCat("--quant_lr_mult=", c.quant_lr_mult, ": a multiple of --lr in [0, 1000]"));
   }
   if (c.bn_reestimate_batches < 0 || (c.bn_reestimate_batches > 0 && c.quant != "qat")) {
     return absl::InvalidArgumentError(absl::StrCat("--bn_reestimate=", c.bn_reestimate_batches,
@@ -468,7 +473,7 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
                            return r.config.kind == quant::QuantizerKind::kEwgs;
                          });
   net->To(dev);  // before the optimizer takes the parameters
-  nn::SGD opt(c.quant == "qat" ? quant::ParameterGroups(*net) : std::vector<nn::ParamGroup>{{net->Parameters()}},
+  nn::SGD opt(c.quant == "qat" ? quant::ParameterGroups(*net, c.quant_lr_mult) : std::vector<nn::ParamGroup>{{net->Parameters()}},
               {.lr = c.lr, .momentum = c.momentum, .nesterov = c.nesterov, .weight_decay = c.weight_decay});
   std::unique_ptr<nn::LrSchedule> schedule;
   int64_t warmup = static_cast<int64_t>(c.warmup_epochs * steps_per_epoch);

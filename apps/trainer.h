@@ -39,6 +39,9 @@ struct TrainConfig {
   // 1 / (1 - decay) steps (the design's 0.999; a run of a few hundred steps wants 0.99).
   double ema_decay = 0.999;
   std::string lsq_init = "paper";  // paper | mse: how LSQ steps start (quant::LsqInit)
+  // QAT: the learning rate of the quantizers' own parameters (LSQ steps and
+  // offsets, APoT thresholds) as a multiple of lr (quant::ParameterGroups).
+  double quant_lr_mult = 0.1;
   std::string ewgs_delta = "auto";  // EWGS: "auto" (estimated from the Hessian each epoch) or a value
   bool first_last_8bit = true;
   std::string policy_file;        // overrides wbits/abits/quantizer

@@ -50,7 +50,7 @@ std::shared_ptr<Quantizer> MakeQuantizer(const QConfig& c, const QuantSpec& spec
   ObserverKind ema = spec.symmetric ? ObserverKind::kEmaAbsMax : ObserverKind::kEmaMinMax;
   switch (c.kind) {
     case QuantizerKind::kApot:
-      if (weight && spec.bits <= 5) return std::make_shared<ApotQuantizer>(spec.bits);
+      if (weight && spec.bits <= 5) return std::make_shared<ApotQuantizer>(spec.bits, spec.per_channel ? channels : 1);
       [[fallthrough]];
     case QuantizerKind::kLsq:
       return std::make_shared<LsqQuantizer>(spec, spec.per_channel ? channels : 1, /*activation=*/!weight, c.lsq_init);

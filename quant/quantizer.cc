@@ -179,8 +179,8 @@ Quantizer::WeightGrid Quantizer::Grid(const Tensor& w_in) const {
 
 namespace {
 
-QuantSpec ApotSpec(int bits) {
-  return {.bits = bits, .is_signed = true, .symmetric = true, .per_channel = false};
+QuantSpec ApotSpec(int bits, int64_t channels) {
+  return {.bits = bits, .is_signed = true, .symmetric = true, .per_channel = channels > 1, .axis = 0};
 }
 
 // The paper's sets of powers of two (with 0) whose sums give b bits of levels,
@@ -215,128 +215,170 @@ int32_t NearestCode(double x, const std::vector<int32_t>& levels) {
   return x < 0 ? -c : c;
 }
 
+// A weight as rows (one per threshold: the whole tensor, or one per output
+// channel), each with its mean and standard deviation.
 struct Normalized {
   std::vector<float> w;  // the weight, f32, row-major
-  double mean = 0, std = 1;
+  int64_t rows = 1, per = 0;  // per: values in a row
+  std::vector<double> mean, std;
+  float at(int64_t r, int64_t i) const { return w[static_cast<size_t>(r * per + i)]; }
 };
 
-Normalized Normalize(const Tensor& w_in) {
+Normalized Normalize(const Tensor& w_in, int64_t rows) {
   NoGradGuard no_grad;
   Normalized n;
   n.w = w_in.Detach().To(Device::Cpu()).To(DType::kF32).Contiguous().ToVector<float>();
-  double sum = 0, sq = 0;
-  for (float v : n.w) sum += v;
-  n.mean = n.w.empty() ? 0 : sum / static_cast<double>(n.w.size());
-  for (float v : n.w) sq += (v - n.mean) * (v - n.mean);
-  // The unbiased estimate, as the paper's weight.std(); a constant weight gets 1.
-  n.std = n.w.size() > 1 ? std::sqrt(sq / static_cast<double>(n.w.size() - 1)) : 0;
-  if (!(n.std > 0)) n.std = 1;
+  QUANTA_CHECK(rows == 1 || (w_in.dim() > 0 && w_in.size(0) == rows), "ApotQuantizer: ", rows,
+               " clipping thresholds (one per output channel) for ", w_in.Describe());
+  n.rows = rows;
+  n.per = static_cast<int64_t>(n.w.size()) / rows;
+  n.mean.assign(rows, 0);
+  n.std.assign(rows, 1);
+  for (int64_t r = 0; r < rows; ++r) {
+    double sum = 0, sq = 0;
+    for (int64_t i = 0; i < n.per; ++i) sum += n.at(r, i);
+    double mean = n.per > 0 ? sum / static_cast<double>(n.per) : 0;
+    for (int64_t i = 0; i < n.per; ++i) sq += (n.at(r, i) - mean) * (n.at(r, i) - mean);
+    // The unbiased estimate, as the paper's weight.std(); a constant row gets 1.
+    double std = n.per > 1 ? std::sqrt(sq / static_cast<double>(n.per - 1)) : 0;
+    n.mean[r] = mean;
+    n.std[r] = std > 0 ? std : 1;
+  }
   return n;
 }
 
-// The step std alpha / M as f32 arithmetic gives it: Forward multiplies the
-// codes by this value, and the integer model stores it.
-float ApotStep(float alpha, double std, int32_t M) {
-  return std::max(alpha, 1e-6f) * static_cast<float>(std / M);
+// The steps std alpha / M as f32 arithmetic gives them, one per row: Forward
+// multiplies the codes by these values, and the integer model stores them.
+std::vector<float> ApotSteps(const Tensor& alpha, const std::vector<double>& std, int32_t M) {
+  std::vector<float> a = alpha.Detach().To(Device::Cpu()).ToVector<float>();
+  QUANTA_CHECK(a.size() == std.size(), "ApotQuantizer: ", a.size(), " clipping thresholds for ", std.size(), " rows");
+  std::vector<float> steps(a.size());
+  for (size_t r = 0; r < a.size(); ++r) steps[r] = std::max(a[r], 1e-6f) * static_cast<float>(std[r] / M);
+  return steps;
 }
 
-// w's codes under step (x = (w - mean) / (step M), the nearest level of
-// clamp(x)), x itself where |x| <= 1 (0 elsewhere, for alpha's gradient), and
-// how many |x| exceed 1. Forward and Grid share it, so training and the
-// integer model take the same codes.
+// w's codes under the rows' steps (x = (w - mean) / (step M), the nearest level
+// of clamp(x)), x itself where |x| <= 1 (0 elsewhere, for alpha's gradient), and
+// how many |x| exceed 1. Forward and Grid share it, so training and the integer
+// model take the same codes.
 struct Projection {
   std::vector<int32_t> codes;
   std::vector<float> inside;
   int64_t clipped = 0;
 };
-Projection Project(const Normalized& n, float step, const std::vector<int32_t>& levels) {
+Projection Project(const Normalized& n, const std::vector<float>& steps, const std::vector<int32_t>& levels) {
   Projection p{.codes = std::vector<int32_t>(n.w.size()), .inside = std::vector<float>(n.w.size())};
-  const double range = static_cast<double>(step) * levels.back();
-  for (size_t i = 0; i < n.w.size(); ++i) {
-    double x = (n.w[i] - n.mean) / range;
-    p.codes[i] = NearestCode(x, levels);
-    bool in = std::abs(x) <= 1;
-    p.inside[i] = in ? static_cast<float>(x) : 0.f;
-    p.clipped += !in;
+  for (int64_t r = 0; r < n.rows; ++r) {
+    const double range = static_cast<double>(steps[r]) * levels.back();
+    for (int64_t i = 0; i < n.per; ++i) {
+      size_t k = static_cast<size_t>(r * n.per + i);
+      double x = (n.w[k] - n.mean[r]) / range;
+      p.codes[k] = NearestCode(x, levels);
+      bool in = std::abs(x) <= 1;
+      p.inside[k] = in ? static_cast<float>(x) : 0.f;
+      p.clipped += !in;
+    }
   }
   return p;
+}
+
+// The shape that broadcasts one value per row against w: (C, 1, ..., 1), or (1).
+std::vector<int64_t> RowShape(const Tensor& w, int64_t rows) {
+  if (rows == 1) return {1};
+  std::vector<int64_t> shape(static_cast<size_t>(w.dim()), 1);
+  shape[0] = rows;
+  return shape;
 }
 
 }  // namespace
 
 std::vector<int32_t> ApotQuantizer::Levels(int bits) { return ApotCodes(bits); }
 
-ApotQuantizer::ApotQuantizer(int bits) : Quantizer(ApotSpec(bits)), levels_(ApotCodes(bits)) {
-  alpha = Full({1}, 3.0);
+ApotQuantizer::ApotQuantizer(int bits, int64_t channels)
+    : Quantizer(ApotSpec(bits, channels)), levels_(ApotCodes(bits)) {
+  QUANTA_CHECK(channels >= 1, "ApotQuantizer: ", channels, " clipping thresholds");
+  alpha = Full({channels}, 3.0);
   initialized = Zeros({1});
-  last_std = Ones({1});
+  last_std = Ones({channels});
   RegisterParameter("alpha", &alpha);
   RegisterBuffer("initialized", &initialized);
   RegisterBuffer("last_std", &last_std);
 }
 
 void ApotQuantizer::Initialize(const Tensor& w) {
-  Normalized n = Normalize(w);
-  double best = 3.0, best_err = INFINITY;
-  for (int i = 0; i <= 100; ++i) {
-    double a = 1.0 + 0.05 * i, err = 0, step = a / levels_.back();
-    for (float v : n.w) {
-      double x = (v - n.mean) / n.std;
-      double e = NearestCode(x / a, levels_) * step - x;
-      err += e * e;
+  Normalized n = Normalize(w, alpha.numel());
+  std::vector<float> start(n.rows);
+  for (int64_t r = 0; r < n.rows; ++r) {
+    double best = 3.0, best_err = INFINITY;
+    for (int i = 0; i <= 100; ++i) {
+      double a = 1.0 + 0.05 * i, err = 0, step = a / levels_.back();
+      for (int64_t k = 0; k < n.per; ++k) {
+        double x = (n.at(r, k) - n.mean[r]) / n.std[r];
+        double e = NearestCode(x / a, levels_) * step - x;
+        err += e * e;
+      }
+      if (err < best_err) best_err = err, best = a;
     }
-    if (err < best_err) best_err = err, best = a;
+    start[r] = static_cast<float>(best);
   }
   NoGradGuard no_grad;
-  FillInplace(alpha, best);  // in place: optimizers hold this tensor
+  alpha.CopyFrom(Tensor::FromVector(start, alpha.shape()));  // in place: optimizers hold this tensor
   FillInplace(initialized, 1);
 }
 
 Tensor ApotQuantizer::Forward(const Tensor& w) {
   if (initialized.item<float>() == 0) Initialize(w);
   if (!enabled_) return w;
-  Normalized n = Normalize(w);
+  const int64_t rows = alpha.numel();
+  Normalized n = Normalize(w, rows);
   const int32_t M = levels_.back();
-  float step = ApotStep(alpha.Detach().item<float>(), n.std, M);
+  std::vector<float> steps = ApotSteps(alpha, n.std, M);
+  std::vector<float> std_f(n.std.begin(), n.std.end());
   {
     NoGradGuard no_grad;
-    FillInplace(last_std, n.std);
+    last_std.CopyFrom(Tensor::FromVector(std_f, last_std.shape()));
   }
   // The codes of P(clamp(x)), and x where |x| <= 1, as constants.
-  Projection p = Project(n, step, levels_);
+  Projection p = Project(n, steps, levels_);
   std::vector<float> codes(p.codes.begin(), p.codes.end());
-  Tensor ct = Tensor::FromVector(codes, w.shape()).To(w.device()).To(w.dtype());
-  Tensor xt = Tensor::FromVector(p.inside, w.shape()).To(w.device()).To(w.dtype());
-  Tensor a = Maximum(alpha, 1e-6).To(w.device()).To(w.dtype());
-  // Value codes * step. d/dw = 1; d/dalpha = std (P(x) - x) inside, std sign(x) outside.
-  Tensor y = Mul(ct, Mul(a, n.std / M));
+  auto constant = [&](const std::vector<float>& v, const std::vector<int64_t>& shape) {
+    return Tensor::FromVector(v, shape).To(w.device()).To(w.dtype());
+  };
+  const std::vector<int64_t> row_shape = RowShape(w, rows);
+  Tensor ct = constant(codes, w.shape()), xt = constant(p.inside, w.shape()), sd = constant(std_f, row_shape);
+  Tensor a = Maximum(alpha, 1e-6).To(w.device()).To(w.dtype()).View(row_shape);
+  // Value codes * step. d/dw = 1; d/dalpha = std (P(x) - x) inside, std sign(x) outside, per row.
+  Tensor y = Mul(ct, Mul(Mul(a, sd), 1.0 / M));
   y = Add(y, Sub(w, w.Detach()));
-  y = Sub(y, Mul(Mul(xt, Sub(a, a.Detach())), n.std));
-  Record(w, y, Tensor::FromVector(std::vector<float>{step}, {1}));
+  y = Sub(y, Mul(Mul(xt, Sub(a, a.Detach())), sd));
+  Record(w, y, Tensor::FromVector(steps, {rows}));
   return y;
 }
 
 std::pair<Tensor, Tensor> ApotQuantizer::Params() const {
   NoGradGuard no_grad;
-  float step = ApotStep(alpha.Detach().item<float>(), last_std.item<float>(), levels_.back());
-  return {Tensor::FromVector(std::vector<float>{step}, {1}), Zeros({1})};
+  std::vector<float> s = last_std.ToVector<float>();
+  std::vector<float> steps = ApotSteps(alpha, std::vector<double>(s.begin(), s.end()), levels_.back());
+  return {Tensor::FromVector(steps, {alpha.numel()}), Zeros({alpha.numel()})};
 }
 
 Quantizer::WeightGrid ApotQuantizer::Grid(const Tensor& w) const {
   QUANTA_CHECK(ready(), "ApotQuantizer: no clipping threshold yet for ", w.Describe(), " (train or run it once first)");
-  Normalized n = Normalize(w);
+  Normalized n = Normalize(w, alpha.numel());
   const int32_t M = levels_.back();
-  float step = ApotStep(alpha.Detach().item<float>(), n.std, M);
-  Projection p = Project(n, step, levels_);
+  std::vector<float> steps = ApotSteps(alpha, n.std, M);
+  Projection p = Project(n, steps, levels_);
   WeightGrid g{.codes = std::move(p.codes), .qmin = -M, .qmax = M};
-  g.scales.assign(w.dim() > 0 ? w.size(0) : 1, step);
+  const int64_t O = w.dim() > 0 ? w.size(0) : 1;
+  g.scales.resize(O);
+  for (int64_t o = 0; o < O; ++o) g.scales[o] = steps[n.rows == 1 ? 0 : o];
   g.clip = n.w.empty() ? 0 : static_cast<double>(p.clipped) / static_cast<double>(n.w.size());
   return g;
 }
 
 void ApotQuantizer::SetBits(int bits) {
   levels_ = ApotCodes(bits);
-  spec_ = ApotSpec(bits);
+  spec_ = ApotSpec(bits, alpha.numel());
   NoGradGuard no_grad;
   FillInplace(initialized, 0);  // search alpha again on the next weights
 }

@@ -139,6 +139,9 @@ class LsqQuantizer : public Quantizer {
 //   x = (w - mean(w)) / (std(w) alpha)          mean and std of this weight, constants
 //   w_q = std(w) alpha P(clamp(x, -1, 1))       P: the nearest level (ties: the smaller)
 //
+// The paper takes one alpha, mean and std per layer; with channels = C each
+// output channel has its own (the row w[c]), as per-channel LSQ steps do.
+//
 // The levels for b bits (sign plus b - 1 bits of magnitude, the paper's
 // construction with the maximum normalized to 1) as integer codes over M:
 //   2 bits: {0, 1} / 1                 (ternary; the paper's smallest APoT set is 3 bits)
@@ -163,18 +166,21 @@ class LsqQuantizer : public Quantizer {
 // first weights seen, the same search the MSE observer runs for uniform grids.
 class ApotQuantizer : public Quantizer {
  public:
-  explicit ApotQuantizer(int bits);  // 2 to 5
+  // bits: 2 to 5. channels: 1 (one threshold for the tensor, as the paper) or
+  // w.size(0) (one per output channel, mean and std per channel; PrepareQat's
+  // choice, as for the other weight quantizers).
+  explicit ApotQuantizer(int bits, int64_t channels = 1);
   Tensor Forward(const Tensor& w) override;
   void SetBits(int bits) override;
-  // The step std(w) alpha / M of the weights last seen, zero point 0.
+  // The steps std(w) alpha / M of the weights last seen (1 or C), zero points 0.
   std::pair<Tensor, Tensor> Params() const override;
   bool ready() const override { return initialized.item<float>() > 0; }
   WeightGrid Grid(const Tensor& w) const override;
   // The non-negative codes of `bits` bits, ascending (the largest is M).
   static std::vector<int32_t> Levels(int bits);
-  Tensor alpha;        // parameter (1): the clipping threshold in standard deviations
+  Tensor alpha;        // parameter (1) or (C): the clipping thresholds in standard deviations
   Tensor initialized;  // buffer: 0 or 1
-  Tensor last_std;     // buffer (1): std(w) at the last Forward
+  Tensor last_std;     // buffer (1) or (C): std(w) at the last Forward
 
  private:
   void Initialize(const Tensor& w);

@@ -73,11 +73,13 @@ TEST(Apps, QatDistillsAndReestimatesBatchNorm) {
                        "--test_subset=128 --epochs=1 --workers=1 --batch=64";
   ASSERT_EQ(RunCommand(common + " --checkpoint_dir=" + dir + "/f32", &out), 0) << out;
   std::string teacher = dir + "/f32/last.safetensors";
-  ASSERT_EQ(RunCommand(common + " --quant=qat --wbits=4 --abits=4 --lr=0.01 --init_from=" + teacher +
-                       " --distill=" + teacher + " --distill_weight=0.7 --distill_temperature=3 --bn_reestimate=3",
+  ASSERT_EQ(RunCommand(common + " --quant=qat --wbits=4 --abits=4 --lr=0.01 --warmup_epochs=0 --init_from=" + teacher +
+                       " --distill=" + teacher + " --distill_weight=0.7 --distill_temperature=3 --bn_reestimate=3 --quant_lr_mult=0.5",
                        &out),
             0)
       << out;
+  EXPECT_NE(out.find("--lr=0.01 --warmup_epochs=0 --seed=0"), std::string::npos) << out;
+  EXPECT_NE(out.find("--quantizer=ema --quant_lr_mult=0.5"), std::string::npos) << out;
   // fmnist_resnet8(_half): the stem, two per block in three blocks, two downsamples.
   EXPECT_NE(out.find("batch norm re-estimated: 9 layers over 3 training batches"), std::string::npos) << out;
   EXPECT_NE(out.find("--distill=" + teacher + " --distill_weight=0.7 --distill_temperature=3 --bn_reestimate=3"),
@@ -87,6 +89,8 @@ TEST(Apps, QatDistillsAndReestimatesBatchNorm) {
   EXPECT_NE(out.find("--distill needs --quant=qat"), std::string::npos) << out;
   EXPECT_NE(RunCommand(common + " --quant=qat --distill=" + dir + "/none.safetensors", &out), 0);
   EXPECT_NE(out.find("none.safetensors"), std::string::npos) << out;
+  EXPECT_NE(RunCommand(common + " --quant=qat --quant_lr_mult=-1", &out), 0);
+  EXPECT_NE(out.find("--quant_lr_mult=-1: a multiple of --lr in [0, 1000]"), std::string::npos) << out;
   EXPECT_NE(RunCommand(common + " --quant=qat --distill=" + teacher + " --distill_weight=2", &out), 0);
   EXPECT_NE(out.find("--distill_weight=2"), std::string::npos) << out;
 }

@@ -108,6 +108,91 @@ TEST(Apot, ForwardProjectsOntoTheLevelsAndGradientsFollowThePaper) {
   EXPECT_NEAR(g.clip, 2.0 / 18, 1e-12);  // +-1.4
 }
 
+// One threshold per output channel: each row is normalized by its own mean and
+// std and projected with its own alpha. Row r = mu_r +- k_r t (the values of the
+// test above), alpha_r = 1 / std(t): row r's outputs are the same codes times
+// k_r / 10, and alpha_r's gradient is row r's own 1.09 sigma_r times the weight
+// the loss gives the row.
+TEST(Apot, PerChannelThresholdsActRowByRow) {
+  const std::vector<double> t = {0.04, 0.16, 0.26, 0.49, 0.51, 0.69, 0.71, 0.95, 1.4};
+  const std::vector<int> want_codes = {0, 2, 3, 4, 6, 6, 8, 10, 10};
+  const double k[2] = {0.02, 0.5}, mu[2] = {0.01, -0.3};
+  std::vector<float> w;
+  for (int r = 0; r < 2; ++r) {
+    for (double v : t) w.push_back(static_cast<float>(mu[r] + k[r] * v));
+    for (double v : t) w.push_back(static_cast<float>(mu[r] - k[r] * v));
+  }
+  double var_t = 0;
+  for (double v : t) var_t += 2 * v * v;
+  const double std_t = std::sqrt(var_t / 17);
+
+  ApotQuantizer q(4, 2);
+  EXPECT_TRUE(q.spec().per_channel);
+  ASSERT_EQ(q.alpha.numel(), 2);
+  {
+    NoGradGuard no_grad;
+    FillInplace(q.alpha, 1.0 / std_t);
+    FillInplace(q.initialized, 1);
+  }
+  Tensor wt = Tensor::FromVector(w, {2, 18}).SetRequiresGrad();
+  Tensor y = q.Forward(wt);
+  std::vector<float> got = y.ToVector<float>();
+  for (int r = 0; r < 2; ++r) {
+    for (size_t i = 0; i < t.size(); ++i) {
+      EXPECT_NEAR(got[r * 18 + i], want_codes[i] * k[r] / 10, 1e-6 * k[r]) << r << ", t = " << t[i];
+      EXPECT_NEAR(got[r * 18 + 9 + i], -want_codes[i] * k[r] / 10, 1e-6 * k[r]) << r << ", t = -" << t[i];
+    }
+  }
+  // Loss: row 0's positive half plus twice row 1's.
+  std::vector<float> mask(36, 0.f);
+  for (size_t i = 0; i < t.size(); ++i) mask[i] = 1.f, mask[18 + i] = 2.f;
+  Backward(Sum(Mul(y, Tensor::FromVector(mask, {2, 18}))));
+  std::vector<float> ga = q.alpha.grad().ToVector<float>();
+  EXPECT_NEAR(ga[0], 1.09 * k[0] * std_t, 1e-6);
+  EXPECT_NEAR(ga[1], 2 * 1.09 * k[1] * std_t, 1e-5);
+  auto [scale, zero] = q.Params();
+  ASSERT_EQ(scale.numel(), 2);
+  EXPECT_NEAR(scale.ToVector<float>()[1], k[1] / 10, 1e-7);
+  Quantizer::WeightGrid g = q.Grid(wt);
+  ASSERT_EQ(g.scales.size(), 2u);
+  EXPECT_NEAR(g.scales[0], k[0] / 10, 1e-9);
+  EXPECT_NEAR(g.scales[1], k[1] / 10, 1e-8);
+  for (size_t i = 0; i < t.size(); ++i) {
+    EXPECT_EQ(g.codes[i], want_codes[i]);
+    EXPECT_EQ(g.codes[18 + 9 + i], -want_codes[i]);
+  }
+  // A threshold count that is not the weight's output channels is refused.
+  ApotQuantizer three(4, 3);
+  EXPECT_THROW(three.Forward(wt), Error);
+}
+
+// Each channel's starting threshold is the one a per-tensor quantizer picks for
+// that channel alone.
+TEST(Apot, PerChannelStartSearchesEachChannel) {
+  Generator gen(5);
+  Tensor w = Normal({4, 6, 3, 3}, 0, 1, &gen);
+  // Channels of very different spread and shape: scale and cube some rows.
+  std::vector<float> v = w.ToVector<float>();
+  for (size_t i = 0; i < v.size(); ++i) {
+    size_t r = i / 54;
+    v[i] = r == 1 ? v[i] * v[i] * v[i] : r == 2 ? 0.01f * v[i] : v[i];
+  }
+  w = Tensor::FromVector(v, {4, 6, 3, 3});
+  NoGradGuard no_grad;
+  ApotQuantizer q(3, 4);
+  Tensor out = q.Forward(w);
+  std::vector<float> alpha = q.alpha.ToVector<float>();
+  for (int64_t r = 0; r < 4; ++r) {
+    Tensor row = Tensor::FromVector(std::vector<float>(v.begin() + r * 54, v.begin() + (r + 1) * 54), {1, 6, 3, 3});
+    ApotQuantizer alone(3);
+    Tensor alone_out = alone.Forward(row);
+    EXPECT_FLOAT_EQ(alpha[r], alone.alpha.item<float>()) << "channel " << r;
+    std::vector<float> a = alone_out.ToVector<float>(), b = out.ToVector<float>();
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_FLOAT_EQ(b[r * 54 + i], a[i]) << "channel " << r << " value " << i;
+  }
+  EXPECT_NE(alpha[1], alpha[0]);  // the cubed channel's tails want a wider threshold
+}
+
 // Note [APoT's alpha at the start]: the threshold the first weights get
 // reconstructs them at least as well as the paper's 3 and its neighbours.
 TEST(Apot, StartingThresholdMinimizesTheError) {
@@ -152,14 +237,16 @@ std::shared_ptr<IntegerModel> TrainAndConvert(nn::Sequential& net, const std::st
   std::vector<int64_t> labels(32);
   for (int i = 0; i < 32; ++i) labels[i] = i % 5;
   Tensor y = Tensor::FromVector(labels, {32});
-  double start = 0;
+  std::vector<float> start;
   for (int step = 0; step < 15; ++step) {
     opt.ZeroGrad();
     Backward(CrossEntropy(net.Forward(x), y));
-    if (step == 0) start = apot->alpha.item<float>();
+    if (step == 0) start = apot->alpha.ToVector<float>();
     opt.Step();
   }
-  *alpha_moved = std::abs(apot->alpha.item<float>() - start);
+  std::vector<float> end = apot->alpha.ToVector<float>();
+  *alpha_moved = 0;  // the largest move of a channel's threshold
+  for (size_t c = 0; c < end.size(); ++c) *alpha_moved = std::max<double>(*alpha_moved, std::abs(end[c] - start[c]));
   net.Eval();
   *x_eval = Normal({64, 3, 6, 6}, 0, 1, gen);
   return Convert(net);
@@ -265,7 +352,10 @@ TEST(Apot, PolicyNamesItAndEightBitLayersUseLsq) {
   PrepareReport r = PrepareQat(*net, *MixedPrecisionPolicy::Parse("default 3 4 apot\n"));
   ASSERT_EQ(r.rows.size(), 3u);
   EXPECT_NE(dynamic_cast<LsqQuantizer*>(r.rows[0].weight.get()), nullptr);  // first layer: 8 bits
-  EXPECT_NE(dynamic_cast<ApotQuantizer*>(r.rows[1].weight.get()), nullptr);
+  auto* apot = dynamic_cast<ApotQuantizer*>(r.rows[1].weight.get());
+  ASSERT_NE(apot, nullptr);
+  EXPECT_EQ(apot->alpha.numel(), 16);  // one threshold per output channel, as the LSQ weights
+  EXPECT_EQ(dynamic_cast<LsqQuantizer*>(r.rows[0].weight.get())->scale.numel(), 16);
   EXPECT_NE(dynamic_cast<LsqQuantizer*>(r.rows[1].input.get()), nullptr);  // activations stay uniform
   EXPECT_NE(dynamic_cast<LsqQuantizer*>(r.rows[2].weight.get()), nullptr);  // last layer: 8 bits
   EXPECT_NE(QuantizerNames().find("apot"), std::string::npos);
