@@ -42,7 +42,7 @@ ABSL_FLAG(int, wbits, 8, "weight bits (2..8)");
 ABSL_FLAG(int, abits, 8, "activation bits (2..8)");
 ABSL_FLAG(std::string, quantizer, "ema", "ema | minmax | ewgs | lsq | percentile | mse | apot (APoT weights at 2-5 bits, LSQ activations)");
 ABSL_FLAG(double, ema_decay, 0.999, "EMA observers' decay for activation ranges (about 1 / (1 - decay) steps of memory)");
-ABSL_FLAG(std::string, lsq_init, "paper", "LSQ steps (lsq, and apot's activations) start as the paper says (2 mean|x| / sqrt(Qp); min/max for affine) or by the MSE observer's search: paper | mse");
+ABSL_FLAG(std::string, lsq_init, "mse", "LSQ steps (lsq, and apot's activations) start by the MSE observer's search on the first batch, or as the paper says (2 mean|x| / sqrt(Qp); min/max for affine): mse | paper");
 ABSL_FLAG(double, quant_lr_mult, 0.1, "QAT: the learning rate of the quantizers' own parameters (LSQ steps and offsets, APoT thresholds), as a multiple of --lr");
 ABSL_FLAG(std::string, ewgs_delta, "auto", "EWGS: auto (Hessian estimate at each epoch, logged) or a value in steps");
 ABSL_FLAG(bool, first_last_8bit, true, "keep the first and last layers at 8 bits");

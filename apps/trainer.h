@@ -38,7 +38,7 @@ struct TrainConfig {
   // EMA observers' decay for activations: ranges average over about
   // 1 / (1 - decay) steps (the design's 0.999; a run of a few hundred steps wants 0.99).
   double ema_decay = 0.999;
-  std::string lsq_init = "paper";  // paper | mse: how LSQ steps start (quant::LsqInit)
+  std::string lsq_init = "mse";  // mse | paper: how LSQ steps start (quant::LsqInit)
   // QAT: the learning rate of the quantizers' own parameters (LSQ steps and
   // offsets, APoT thresholds) as a multiple of lr (quant::ParameterGroups).
   double quant_lr_mult = 0.1;

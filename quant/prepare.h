@@ -45,7 +45,9 @@ struct QConfig {
   QuantizerKind kind = QuantizerKind::kEma;
   double ewgs_delta = 0.2;
   double ema_decay = 0.999;
-  LsqInit lsq_init = LsqInit::kPaper;  // LSQ quantizers' start (also APoT's activations)
+  // LSQ quantizers' start (also APoT's activations): the MSE search, which
+  // fine-tuning a trained model needs at 2 bits (docs/quantization.md).
+  LsqInit lsq_init = LsqInit::kMse;
 };
 
 struct PolicyRule {

@@ -1,0 +1,106 @@
+// Reference kernels: where, copy (with casts), fill, arange and the random fills.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "backends/cpu/reference_common.h"
+
+namespace quanta::cpu {
+namespace {
+
+void WhereKernel(const KernelCall& c) {
+  const Tensor& cond = c.in[0];
+  const Tensor& a = c.in[1];
+  const Tensor& b = c.in[2];
+  const Tensor& y = c.out[0];
+  VisitPlain(c, a.dtype(), [&]<typename T>(TypeTag<T>) {
+    const void *cp = StorageBase(cond), *ap = StorageBase(a), *bp = StorageBase(b);
+    void* yp = StorageBase(y);
+    ForEachStrided<4>(y.shape(), {&y, &cond, &a, &b}, [&](const std::array<int64_t, 4>& o) {
+      StoreAt<T>(yp, o[0], LoadAt<bool>(cp, o[1]) ? LoadAt<T>(ap, o[2]) : LoadAt<T>(bp, o[3]));
+    });
+  });
+}
+
+// Copy with cast. Quantized dtypes copy their integer values (to the same
+// quantized dtype, or to a plain integer dtype for IntRepr).
+void CopyKernel(const KernelCall& c) {
+  const Tensor& x = c.in[0];
+  const Tensor& y = c.out[0];
+  if (x.dtype() == y.dtype() && x.is_contiguous() && y.is_contiguous() &&
+      x.dtype() != DType::kQInt4) {
+    std::memcpy(y.raw_data(), x.raw_data(), StorageBytes(x.dtype(), x.numel()));
+    return;
+  }
+  VisitDType(x.dtype(), [&]<typename S>(TypeTag<S>) {
+    VisitDType(y.dtype(), [&]<typename D>(TypeTag<D>) {
+      const void* xp = StorageBase(x);
+      void* yp = StorageBase(y);
+      ForEachStrided<2>(
+          y.shape(), {&y, &x},
+          [&](const std::array<int64_t, 2>& o) {
+            StoreAt<D>(yp, o[0], Convert<Elem<D>>(LoadAt<S>(xp, o[1])));
+          },
+          32768, /*serial=*/std::is_same_v<D, QInt4x2>);
+    });
+  });
+}
+
+void FillKernel(const KernelCall& c) {
+  const Tensor& y = c.out[0];
+  VisitPlain(c, y.dtype(), [&]<typename T>(TypeTag<T>) {
+    T v = Convert<T>(c.attrs.scalar);
+    void* yp = StorageBase(y);
+    ForEachStrided<1>(y.shape(), {&y}, [&](const std::array<int64_t, 1>& o) { StoreAt<T>(yp, o[0], v); });
+  });
+}
+
+void ArangeKernel(const KernelCall& c) {
+  const Tensor& y = c.out[0];
+  VisitPlain(c, y.dtype(), [&]<typename T>(TypeTag<T>) {
+    void* yp = StorageBase(y);
+    for (int64_t i = 0; i < y.numel(); ++i) {
+      StoreAt<T>(yp, y.offset() + i * y.stride(0), Convert<T>(c.attrs.scalar + c.attrs.scalar2 * static_cast<double>(i)));
+    }
+  });
+}
+
+// Random values: element i of the (contiguous) output uses Philox counter offset+i.
+template <typename Draw>
+void RandomKernel(const KernelCall& c, Draw draw) {
+  const Tensor& y = c.out[0];
+  VisitPlain(c, y.dtype(), [&]<typename T>(TypeTag<T>) {
+    auto* yp = static_cast<T*>(y.raw_data());
+    ParallelFor(0, y.numel(), 16384, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) yp[i] = Convert<T>(draw(c.attrs.offset + i));
+    });
+  });
+}
+void UniformKernel(const KernelCall& c) {
+  const OpAttrs& a = c.attrs;
+  RandomKernel(c, [&](uint64_t n) { return a.scalar + (a.scalar2 - a.scalar) * PhiloxUniform(a.seed, n); });
+}
+void NormalKernel(const KernelCall& c) {
+  const OpAttrs& a = c.attrs;
+  RandomKernel(c, [&](uint64_t n) { return a.scalar + a.scalar2 * PhiloxNormal(a.seed, n); });
+}
+void BernoulliKernel(const KernelCall& c) {
+  const OpAttrs& a = c.attrs;
+  RandomKernel(c, [&](uint64_t n) { return PhiloxUniform(a.seed, n) < a.scalar ? 1.0 : 0.0; });
+}
+
+}  // namespace
+
+void AddElementwiseKernels(KernelTable& t) {
+  t[static_cast<int>(Op::kWhere)] = &WhereKernel;
+  t[static_cast<int>(Op::kCopy)] = &CopyKernel;
+  t[static_cast<int>(Op::kFill)] = &FillKernel;
+  t[static_cast<int>(Op::kArange)] = &ArangeKernel;
+  t[static_cast<int>(Op::kUniform)] = &UniformKernel;
+  t[static_cast<int>(Op::kNormal)] = &NormalKernel;
+  t[static_cast<int>(Op::kBernoulli)] = &BernoulliKernel;
+}
+
+}  // namespace quanta::cpu

@@ -1,0 +1,314 @@
+// Reference kernels: quantize, dequantize, fake quantization and the integer matmul and convolution (Note [One quantization formula] in core/scalar_ops.h).
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "backends/cpu/reference_common.h"
+
+namespace quanta::cpu {
+namespace {
+
+// Note [Fake-quant runs]: when x is contiguous and scale and zero point vary
+// along at most one dim (per tensor or per channel), the work is (outer, channel,
+// inner) runs with constant parameters: a loop the compiler vectorizes. Fills
+// *runs and returns true when that layout holds.
+struct ChannelRuns {
+  int64_t outer = 1, channels = 1, inner = 1, param_stride = 0;
+};
+// Calls fn(begin, end, channel) over [0, numel) in parallel chunks split at
+// channel boundaries, so that each call has one scale and zero point.
+template <typename F>
+void ForEachRun(const ChannelRuns& runs, F&& fn) {
+  int64_t numel = runs.outer * runs.channels * runs.inner;
+  ParallelFor(0, numel, 32768, [&](int64_t b, int64_t e) {
+    while (b < e) {
+      int64_t run = b / runs.inner, stop = std::min(e, (run + 1) * runs.inner);
+      fn(b, stop, run % runs.channels);
+      b = stop;
+    }
+  });
+}
+
+bool AsChannelRuns(const Tensor& x, const Tensor& param, std::initializer_list<const Tensor*> dense, ChannelRuns* runs) {
+  for (const Tensor* t : dense) {
+    if (!t->is_contiguous()) return false;
+  }
+  int axis = -1;
+  for (int d = 0; d < x.dim(); ++d) {
+    if (param.stride(d) != 0 && x.size(d) != 1) {
+      if (axis >= 0) return false;
+      axis = d;
+    }
+  }
+  if (axis >= 0) {
+    runs->channels = x.size(axis);
+    runs->param_stride = param.stride(axis);
+    for (int d = 0; d < axis; ++d) runs->outer *= x.size(d);
+    for (int d = axis + 1; d < x.dim(); ++d) runs->inner *= x.size(d);
+  } else {
+    runs->inner = x.numel();
+  }
+  return true;
+}
+
+// x float, scale and zero point f64 spread over x's shape -> q quantized, in
+// x's compute type (Note [One quantization formula]).
+void QuantizeKernel(const KernelCall& c) {
+  const Tensor &x = c.in[0], &scale = c.in[1], &zp = c.in[2], &q = c.out[0];
+  VisitPlain(c, x.dtype(), [&]<typename T>(TypeTag<T>) {
+    using C = Compute<T>;
+    const C qmin = static_cast<C>(c.attrs.quant_min), qmax = static_cast<C>(c.attrs.quant_max);
+    VisitDType(q.dtype(), [&]<typename Q>(TypeTag<Q>) {
+      ChannelRuns runs;
+      if constexpr (!std::is_same_v<Q, QInt4x2>) {
+        // Note [Fake-quant runs] holds here too: integer inference quantizes every
+        // activation (BERT: each Linear's input) through this kernel.
+        if (scale.strides() == zp.strides() && AsChannelRuns(x, scale, {&x, &q}, &runs)) {
+          const T* xp = x.data<T>();
+          Elem<Q>* qp = static_cast<Elem<Q>*>(StorageBase(q)) + q.offset();
+          const double *sp = static_cast<const double*>(StorageBase(scale)) + scale.offset();
+          const double* zpp = static_cast<const double*>(StorageBase(zp)) + zp.offset();
+          ForEachRun(runs, [&](int64_t b, int64_t e, int64_t ch) {
+            const C s = static_cast<C>(sp[ch * runs.param_stride]), z = static_cast<C>(zpp[ch * runs.param_stride]);
+            // Local pointers: an int8 store may alias anything, the captured ones included.
+            const T* in = xp;
+            Elem<Q>* out = qp;
+            const C lo = qmin, hi = qmax;
+            for (int64_t i = b; i < e; ++i) out[i] = Convert<Elem<Q>>(QuantizeValue<C>(Convert<C>(in[i]), s, z, lo, hi));
+          });
+          return;
+        }
+      }
+      const void *xp = StorageBase(x), *sp = StorageBase(scale), *zpp = StorageBase(zp);
+      void* qp = StorageBase(q);
+      ForEachStrided<4>(q.shape(), {&q, &x, &scale, &zp}, [&](const std::array<int64_t, 4>& o) {
+        C v = QuantizeValue<C>(Convert<C>(LoadAt<T>(xp, o[1])), static_cast<C>(LoadAt<double>(sp, o[2])),
+                               static_cast<C>(LoadAt<double>(zpp, o[3])), qmin, qmax);
+        StoreAt<Q>(qp, o[0], Convert<Elem<Q>>(v));
+      }, 32768, std::is_same_v<Q, QInt4x2>);
+    });
+  });
+}
+
+// q quantized, scale and zero point f64 spread over q's shape -> x float.
+void DequantizeKernel(const KernelCall& c) {
+  const Tensor &q = c.in[0], &scale = c.in[1], &zp = c.in[2], &x = c.out[0];
+  VisitDType(q.dtype(), [&]<typename Q>(TypeTag<Q>) {
+    VisitPlain(c, x.dtype(), [&]<typename T>(TypeTag<T>) {
+      const void *qp = StorageBase(q), *sp = StorageBase(scale), *zpp = StorageBase(zp);
+      void* xp = StorageBase(x);
+      ForEachStrided<4>(x.shape(), {&x, &q, &scale, &zp}, [&](const std::array<int64_t, 4>& o) {
+        using C = Compute<T>;
+        C v = DequantizeValue<C>(Convert<C>(LoadAt<Q>(qp, o[1])), static_cast<C>(LoadAt<double>(sp, o[2])),
+                                 static_cast<C>(LoadAt<double>(zpp, o[3])));
+        StoreAt<T>(xp, o[0], Convert<T>(v));
+      });
+    });
+  });
+}
+
+// x, scale, zero point of one floating dtype and shape -> y = dequantize(quantize(x)).
+void FakeQuantizeKernel(const KernelCall& c) {
+  const Tensor &x = c.in[0], &scale = c.in[1], &zp = c.in[2], &y = c.out[0];
+  VisitPlain(c, x.dtype(), [&]<typename T>(TypeTag<T>) {
+    using C = Compute<T>;
+    const C qmin = static_cast<C>(c.attrs.quant_min), qmax = static_cast<C>(c.attrs.quant_max);
+    ChannelRuns runs;
+    if (scale.strides() == zp.strides() && AsChannelRuns(x, scale, {&x, &y}, &runs)) {  // Note [Fake-quant runs]
+      const T *xp = x.data<T>(), *sp = static_cast<const T*>(StorageBase(scale)) + scale.offset();
+      const T* zpp = static_cast<const T*>(StorageBase(zp)) + zp.offset();
+      T* yp = y.data<T>();
+      ForEachRun(runs, [&](int64_t b, int64_t e, int64_t ch) {
+        const C s = Convert<C>(sp[ch * runs.param_stride]), z = Convert<C>(zpp[ch * runs.param_stride]);
+        for (int64_t i = b; i < e; ++i) {
+          yp[i] = Convert<T>(DequantizeValue<C>(QuantizeValue<C>(Convert<C>(xp[i]), s, z, qmin, qmax), s, z));
+        }
+      });
+      return;
+    }
+    const void *xp = StorageBase(x), *sp = StorageBase(scale), *zpp = StorageBase(zp);
+    void* yp = StorageBase(y);
+    ForEachStrided<4>(y.shape(), {&y, &x, &scale, &zp}, [&](const std::array<int64_t, 4>& o) {
+      C s = Convert<C>(LoadAt<T>(sp, o[2])), z = Convert<C>(LoadAt<T>(zpp, o[3]));
+      StoreAt<T>(yp, o[0], Convert<T>(DequantizeValue<C>(QuantizeValue<C>(Convert<C>(LoadAt<T>(xp, o[1])), s, z, qmin, qmax), s, z)));
+    });
+  });
+}
+
+// grad, x, scale, zero point (one shape and dtype) -> grads of x, scale, zero point.
+void FakeQuantizeBackwardKernel(const KernelCall& c) {
+  const Tensor &g = c.in[0], &x = c.in[1], &scale = c.in[2], &zp = c.in[3];
+  const Tensor &gx = c.out[0], &gs = c.out[1], &gz = c.out[2];
+  const OpAttrs& at = c.attrs;
+  bool ewgs = at.fake_quant_gradient == static_cast<int>(FakeQuantGradient::kEwgs);
+  VisitPlain(c, x.dtype(), [&]<typename T>(TypeTag<T>) {
+    const void *gp = StorageBase(g), *xp = StorageBase(x), *sp = StorageBase(scale), *zpp = StorageBase(zp);
+    void *gxp = StorageBase(gx), *gsp = StorageBase(gs), *gzp = StorageBase(gz);
+    using C = Compute<T>;
+    auto load = [](const void* base, int64_t i) { return Convert<C>(LoadAt<T>(base, i)); };
+    const C qmin = static_cast<C>(at.quant_min), qmax = static_cast<C>(at.quant_max);
+    const C delta = static_cast<C>(at.ewgs_delta), grad_scale = static_cast<C>(at.lsq_grad_scale);
+    auto run = [&]<bool kEwgs>() {
+      ChannelRuns runs;
+      if (scale.strides() == zp.strides() && AsChannelRuns(x, scale, {&x, &g, &gx, &gs, &gz}, &runs)) {
+        const T *xp = x.data<T>(), *gp0 = g.data<T>();
+        const T* sp0 = static_cast<const T*>(StorageBase(scale)) + scale.offset();
+        const T* zp0 = static_cast<const T*>(StorageBase(zp)) + zp.offset();
+        T *gx0 = gx.data<T>(), *gs0 = gs.data<T>(), *gz0 = gz.data<T>();
+        ForEachRun(runs, [&](int64_t b, int64_t e, int64_t ch) {
+          const C s = Convert<C>(sp0[ch * runs.param_stride]), z = Convert<C>(zp0[ch * runs.param_stride]);
+          for (int64_t i = b; i < e; ++i) {
+            FakeQuantGrads<C> r =
+                FakeQuantizeGradients<C, kEwgs>(Convert<C>(gp0[i]), Convert<C>(xp[i]), s, z, qmin, qmax, delta);
+            gx0[i] = Convert<T>(r.x);
+            gs0[i] = Convert<T>(r.scale * grad_scale);
+            gz0[i] = Convert<T>(r.zero_point);
+          }
+        });
+        return;
+      }
+      ForEachStrided<7>(x.shape(), {&gx, &gs, &gz, &g, &x, &scale, &zp}, [&](const std::array<int64_t, 7>& o) {
+        FakeQuantGrads<C> r = FakeQuantizeGradients<C, kEwgs>(load(gp, o[3]), load(xp, o[4]), load(sp, o[5]),
+                                                              load(zpp, o[6]), qmin, qmax, delta);
+        StoreAt<T>(gxp, o[0], Convert<T>(r.x));
+        StoreAt<T>(gsp, o[1], Convert<T>(r.scale * grad_scale));
+        StoreAt<T>(gzp, o[2], Convert<T>(r.zero_point));
+      });
+    };
+    if (ewgs) {
+      run.template operator()<true>();
+    } else {
+      run.template operator()<false>();
+    }
+  });
+}
+
+// The epilogue of the integer kernels: the post-ops (residual, ReLU), then exact
+// real results into an f32 output, or requantized with the output's per-tensor
+// parameters (Note [One quantization formula]). `real` is in y's logical order; y
+// may be strided (channels-last).
+void StoreIntegerResult(std::vector<double>& real, const KernelCall& c) {
+  const Tensor& y = c.out[0];
+  if (c.attrs.residual) {
+    const Tensor& res = c.in.back();
+    if (res.is_quantized()) {
+      std::vector<int32_t> r = res.IntRepr();
+      double s = res.qparams().scales[0], z = static_cast<double>(res.qparams().zero_points[0]);
+      for (size_t i = 0; i < real.size(); ++i) real[i] += DequantizeValue<double>(r[i], s, z);
+    } else {
+      std::vector<float> r = res.ToVector<float>();
+      for (size_t i = 0; i < real.size(); ++i) real[i] += r[i];
+    }
+  }
+  if (c.attrs.relu) {
+    for (double& v : real) v = std::max(v, 0.0);
+  }
+  if (c.attrs.gelu) {
+    for (double& v : real) v = GeluFn{}(v);
+  }
+  std::vector<int64_t> offsets(real.size());
+  size_t i = 0;
+  ForEachStrided<1>(
+      y.shape(), {&y}, [&](const std::array<int64_t, 1>& o) { offsets[i++] = o[0] - y.offset(); }, 1, /*serial=*/true);
+  if (y.dtype() == DType::kF32) {
+    float* yp = y.data<float>();
+    for (size_t k = 0; k < real.size(); ++k) yp[offsets[k]] = static_cast<float>(real[k]);
+    return;
+  }
+  const QuantParams& po = y.qparams();
+  auto [qmin, qmax] = QuantRange(y.dtype(), po);
+  for (size_t k = 0; k < real.size(); ++k) {
+    double q = QuantizeValue<double>(real[k], po.scales[0], static_cast<double>(po.zero_points[0]),
+                                     static_cast<double>(qmin), static_cast<double>(qmax));
+    if (y.dtype() == DType::kQInt8) {
+      y.data<int8_t>()[offsets[k]] = static_cast<int8_t>(q);
+    } else {
+      y.data<uint8_t>()[offsets[k]] = static_cast<uint8_t>(q);
+    }
+  }
+}
+
+// Bias: the input after the two operands, unless it is the residual.
+const Tensor* IntegerBias(const KernelCall& c) {
+  return c.in.size() > 2u + (c.attrs.residual ? 1 : 0) ? &c.in[2] : nullptr;
+}
+
+// a (M, K), b (K, N) quantized, optional f32 bias (N) -> y (M, N) f32 or quantized.
+void QuantizedMatmulKernel(const KernelCall& c) {
+  const Tensor &a = c.in[0], &b = c.in[1];
+  const Tensor* bias = IntegerBias(c);
+  int64_t M = a.size(0), K = a.size(1), N = b.size(1);
+  const QuantParams &pa = a.qparams(), &pb = b.qparams();
+  std::vector<int32_t> av = a.IntRepr(), bv = b.IntRepr();
+  const float* bp = bias ? bias->data<float>() : nullptr;
+  std::vector<double> real(M * N);
+  ParallelFor(0, M, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      for (int64_t n = 0; n < N; ++n) {
+        size_t ch = pb.scheme == QScheme::kPerChannel ? n : 0;
+        int64_t acc = 0;
+        for (int64_t k = 0; k < K; ++k) {
+          acc += (int64_t{av[m * K + k]} - pa.zero_points[0]) * (int64_t{bv[k * N + n]} - pb.zero_points[ch]);
+        }
+        real[m * N + n] = pa.scales[0] * pb.scales[ch] * static_cast<double>(acc) + (bp ? bp[n] : 0.0);
+      }
+    }
+  });
+  StoreIntegerResult(real, c);
+}
+
+// x (N, C, H, W), w (O, C/G, KH, KW) quantized, optional f32 bias (O) -> y (N, O,
+// OH, OW) f32 or quantized. Padding is x's zero point: it adds nothing.
+void QuantizedConv2dKernel(const KernelCall& c) {
+  const Tensor &x = c.in[0], &w = c.in[1], &y = c.out[0];
+  const Tensor* bias = IntegerBias(c);
+  const OpAttrs& at = c.attrs;
+  const QuantParams &px = x.qparams(), &pw = w.qparams();
+  int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  int64_t O = w.size(0), CG = w.size(1), KH = w.size(2), KW = w.size(3);
+  int64_t OH = y.size(2), OW = y.size(3), OG = O / at.groups;
+  std::vector<int32_t> xv = x.IntRepr(), wv = w.IntRepr();
+  const float* bp = bias ? bias->data<float>() : nullptr;
+  std::vector<double> real(y.numel());
+  ParallelFor(0, N * O, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t no = begin; no < end; ++no) {
+      int64_t n = no / O, o = no % O, g = o / OG;
+      double scale = px.scales[0] * pw.scales[pw.scheme == QScheme::kPerChannel ? o : 0];
+      for (int64_t oh = 0; oh < OH; ++oh) {
+        for (int64_t ow = 0; ow < OW; ++ow) {
+          int64_t acc = 0;
+          for (int64_t cg = 0; cg < CG; ++cg) {
+            int64_t ch = g * CG + cg;
+            for (int64_t kh = 0; kh < KH; ++kh) {
+              int64_t ih = oh * at.stride[0] - at.padding[0] + kh * at.dilation[0];
+              if (ih < 0 || ih >= H) continue;
+              for (int64_t kw = 0; kw < KW; ++kw) {
+                int64_t iw = ow * at.stride[1] - at.padding[1] + kw * at.dilation[1];
+                if (iw < 0 || iw >= W) continue;
+                acc += (int64_t{xv[((n * C + ch) * H + ih) * W + iw]} - px.zero_points[0]) *
+                       int64_t{wv[((o * CG + cg) * KH + kh) * KW + kw]};
+              }
+            }
+          }
+          real[((n * O + o) * OH + oh) * OW + ow] = scale * static_cast<double>(acc) + (bp ? bp[o] : 0.0);
+        }
+      }
+    }
+  });
+  StoreIntegerResult(real, c);
+}
+
+}  // namespace
+
+void AddQuantizationKernels(KernelTable& t) {
+  t[static_cast<int>(Op::kQuantize)] = &QuantizeKernel;
+  t[static_cast<int>(Op::kDequantize)] = &DequantizeKernel;
+  t[static_cast<int>(Op::kFakeQuantize)] = &FakeQuantizeKernel;
+  t[static_cast<int>(Op::kFakeQuantizeBackward)] = &FakeQuantizeBackwardKernel;
+  t[static_cast<int>(Op::kQuantizedMatmul)] = &QuantizedMatmulKernel;
+  t[static_cast<int>(Op::kQuantizedConv2d)] = &QuantizedConv2dKernel;
+}
+
+}  // namespace quanta::cpu

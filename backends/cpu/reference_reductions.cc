@@ -1,0 +1,156 @@
+// Reference kernels: sum, max, min and argmax over dims.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "backends/cpu/reference_common.h"
+
+namespace quanta::cpu {
+namespace {
+
+// Splits x into the outer view (reduced dims at size 1, aligned with the
+// keepdim-shaped output) and the inner view over the reduced dims alone.
+struct ReductionViews {
+  Tensor outer, inner;
+};
+ReductionViews SplitForReduction(const Tensor& x, const std::vector<int64_t>& dims) {
+  Shape outer_shape = x.shape(), inner_shape;
+  Strides inner_strides;
+  for (int64_t d : dims) {
+    outer_shape[d] = 1;
+    inner_shape.push_back(x.size(d));
+    inner_strides.push_back(x.stride(d));
+  }
+  return {x.AsStrided(outer_shape, x.strides(), x.offset()),
+          x.AsStrided(inner_shape, inner_strides, 0)};
+}
+
+struct SumReducer {
+  double fsum = 0;
+  int64_t isum = 0;
+  template <typename T> void Start() {}
+  template <typename C> void Add(C v, int64_t) {
+    if constexpr (std::is_floating_point_v<C>) fsum += v; else isum += v;
+  }
+  template <typename Out> auto Result() const {
+    if constexpr (std::is_floating_point_v<Compute<Out>>) return fsum; else return isum;
+  }
+};
+
+template <bool kMax>
+struct ExtremeReducer {
+  double best = 0;
+  bool any = false;
+  template <typename T> void Start() {}
+  template <typename C> void Add(C v, int64_t) {
+    double d = static_cast<double>(v);
+    if (any && std::isnan(best)) return;  // NaN propagates, as torch.max
+    if (!any || std::isnan(d) || (kMax ? d > best : d < best)) best = d;
+    any = true;
+  }
+  template <typename Out> double Result() const { return best; }
+};
+
+struct ArgmaxReducer {
+  double best = 0;
+  int64_t best_index = -1;
+  template <typename T> void Start() {}
+  template <typename C> void Add(C v, int64_t i) {
+    double d = static_cast<double>(v);
+    if (best_index < 0 || (!std::isnan(best) && (std::isnan(d) || d > best))) {
+      best = d;
+      best_index = i;
+    }
+  }
+  template <typename Out> int64_t Result() const { return best_index; }
+};
+
+template <typename Reducer>
+void ReduceKernel(const KernelCall& c) {
+  const Tensor& x = c.in[0];
+  const Tensor& y = c.out[0];
+  if (x.numel() == 0) {  // an empty reduction (the frontend allows it for sum only)
+    VisitPlain(c, y.dtype(), [&]<typename Out>(TypeTag<Out>) {
+      Reducer empty;
+      void* yp = StorageBase(y);
+      ForEachStrided<1>(y.shape(), {&y}, [&](const std::array<int64_t, 1>& o) {
+        StoreAt<Out>(yp, o[0], Convert<Out>(empty.template Result<Out>()));
+      });
+    });
+    return;
+  }
+  ReductionViews v = SplitForReduction(x, c.attrs.dims);
+  // Note [Dense reductions]: a reduction over one dense run (softmax's and layer
+  // norm's last dim) of f32/f64 runs as a plain loop: sums in 8 f64 partial
+  // sums (a different order from the serial loop, no less accurate), max and min
+  // with NaN tracked beside the comparison. The result is the serial loop's but
+  // for the last bits of a sum.
+  const LoopGeometry<1> inner_geometry(v.inner.shape(), {&v.inner});
+  const bool dense = inner_geometry.sizes.size() == 1 && inner_geometry.strides[0][0] == 1;
+  constexpr bool kSum = std::is_same_v<Reducer, SumReducer>;
+  constexpr bool kExtreme = std::is_same_v<Reducer, ExtremeReducer<true>> || std::is_same_v<Reducer, ExtremeReducer<false>>;
+  if (dense && (kSum || kExtreme) && (x.dtype() == DType::kF32 || x.dtype() == DType::kF64)) {
+    const int64_t n = v.inner.numel();
+    VisitDType(x.dtype(), [&]<typename T>(TypeTag<T>) {
+      if constexpr (std::is_floating_point_v<T>) {
+        const T* xb = static_cast<const T*>(StorageBase(x));
+        VisitPlain(c, y.dtype(), [&]<typename Out>(TypeTag<Out>) {
+          void* yp = StorageBase(y);
+          ForEachStrided<2>(y.shape(), {&y, &v.outer}, [&](const std::array<int64_t, 2>& o) {
+            const T* p = xb + o[1];
+            double r;
+            if constexpr (kSum) {
+              double part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+              int64_t j = 0;
+              for (; j + 8 <= n; j += 8) {
+                for (int k = 0; k < 8; ++k) part[k] += static_cast<double>(p[j + k]);
+              }
+              for (; j < n; ++j) part[0] += static_cast<double>(p[j]);
+              r = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+            } else {
+              constexpr bool kMax = std::is_same_v<Reducer, ExtremeReducer<true>>;
+              T best = p[0];
+              bool nan = false;
+              for (int64_t j = 0; j < n; ++j) {
+                nan |= p[j] != p[j];
+                best = kMax ? (p[j] > best ? p[j] : best) : (p[j] < best ? p[j] : best);
+              }
+              r = nan ? std::numeric_limits<double>::quiet_NaN() : static_cast<double>(best);
+            }
+            StoreAt<Out>(yp, o[0], Convert<Out>(r));
+          }, /*grain=*/std::max<int64_t>(1, 32768 / std::max<int64_t>(1, n)));
+        });
+      }
+    });
+    return;
+  }
+  VisitPlain(c, x.dtype(), [&]<typename T>(TypeTag<T>) {
+    const void* xp = StorageBase(x);
+    VisitPlain(c, y.dtype(), [&]<typename Out>(TypeTag<Out>) {
+      void* yp = StorageBase(y);
+      ForEachStrided<2>(y.shape(), {&y, &v.outer}, [&](const std::array<int64_t, 2>& o) {
+        Reducer r;
+        r.template Start<T>();
+        int64_t i = 0;
+        // Inner indices are relative to the outer element's storage index.
+        ForEachStrided<1>(v.inner.shape(), {&v.inner}, [&](const std::array<int64_t, 1>& in) {
+          r.Add(Convert<Compute<T>>(LoadAt<T>(xp, o[1] + in[0])), i++);
+        }, 1, /*serial=*/true);
+        StoreAt<Out>(yp, o[0], Convert<Out>(r.template Result<Out>()));
+      }, /*grain=*/std::max<int64_t>(1, 32768 / std::max<int64_t>(1, v.inner.numel())));
+    });
+  });
+}
+
+}  // namespace
+
+void AddReductionKernels(KernelTable& t) {
+  t[static_cast<int>(Op::kSum)] = &ReduceKernel<SumReducer>;
+  t[static_cast<int>(Op::kMax)] = &ReduceKernel<ExtremeReducer<true>>;
+  t[static_cast<int>(Op::kMin)] = &ReduceKernel<ExtremeReducer<false>>;
+  t[static_cast<int>(Op::kArgmax)] = &ReduceKernel<ArgmaxReducer>;
+}
+
+}  // namespace quanta::cpu
