@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU checks in two halves, because the GPU machine has CUDA 13, cuDNN and
 # PyTorch but no Bazel, oneDNN or Abseil:
-#   tools/device_check.sh pack   here: builds the CUDA tests and //apps:bench_gpu
+#   tools/device_check.sh pack   here: builds the CUDA tests (cuda_test and the
+#                                conformance table) and //apps:bench_gpu
 #                                (--config=cuda, sm_80/sm_90), bundles them with
 #                                the shared libraries the GPU machine lacks into
 #                                .gpu/bundle.tar.xz (git-ignored, < 64 MiB).
@@ -14,16 +15,16 @@ cd "$(dirname "$0")/.."
 mode="${1:-}"
 
 if [[ "$mode" == pack ]]; then
-  targets=(//tests/backends:cuda_test //apps:bench_gpu)
+  targets=(//tests/backends:cuda_test //tests/backends:conformance_test //apps:bench_gpu)
   # No libmvec (backends/cpu/vector_math.h): the GPU machine's glibc may predate 2.35.
   bazel build --config=cuda --dynamic_mode=off --copt=-DQUANTA_NO_LIBMVEC "${targets[@]}"
   bin="$(bazel info --config=cuda bazel-bin)"
   rm -rf .gpu/stage && mkdir -p .gpu/stage/lib
-  cp "$bin/tests/backends/cuda_test" "$bin/apps/bench_gpu" .gpu/stage/
+  cp "$bin/tests/backends/cuda_test" "$bin/tests/backends/conformance_test" "$bin/apps/bench_gpu" .gpu/stage/
   cp tools/torch_resnet18_step.py .gpu/stage/
   # Every shared library they load, except the CUDA toolkit's (the GPU machine
   # has its own, matching its driver) and the C library's core.
-  for b in .gpu/stage/cuda_test .gpu/stage/bench_gpu; do
+  for b in .gpu/stage/cuda_test .gpu/stage/conformance_test .gpu/stage/bench_gpu; do
     ldd "$b" | awk '/=> \// {print $3}'
   done | sort -u | grep -v -E '/usr/local/cuda|libc\.so|libm\.so|libpthread|libdl\.so|librt\.so|ld-linux' |
     while read -r lib; do cp -L "$lib" .gpu/stage/lib/; done
@@ -54,6 +55,7 @@ PY
   ldd /tmp/quanta-gpu/cuda_test | grep -E "not found|cudnn|cublas" | tee "$out/ldd.txt" || true
   status=0
   /tmp/quanta-gpu/cuda_test 2>&1 | tee "$out/cuda_test.log" || status=1
+  /tmp/quanta-gpu/conformance_test 2>&1 | tee "$out/conformance_test.log" || status=1
   timeout 300 /tmp/quanta-gpu/bench_gpu 2>&1 | tee "$out/bench_gpu.log" || status=1
   PYTHONUNBUFFERED=1 timeout 120 python3 /tmp/quanta-gpu/torch_resnet18_step.py 2>&1 | tee "$out/torch.log" || status=1
   exit $status
