@@ -24,7 +24,7 @@
 
 ABSL_FLAG(int, runs, 7, "timed runs per case (after one warm-up run); the median is reported");
 ABSL_FLAG(bool, skip_resnet50, false, "leave out ResNet-50 (224x224), the slow case");
-ABSL_FLAG(std::string, only, "", "run only this model (resnet20_b64, resnet20_b1, resnet50) and skip the GEMM; for profiling");
+ABSL_FLAG(std::string, only, "", "run only this case (resnet20_b64, resnet20_b1, resnet50 or gemm); for profiling and tools/compare_torch.py");
 
 namespace quanta {
 namespace {
@@ -115,6 +115,10 @@ int main(int argc, char** argv) {
     return std::shared_ptr<nn::Layer>(models::CifarResNet::Make(20, 100, &gen));
   };
   const std::string only = absl::GetFlag(FLAGS_only);
+  if (!only.empty() && only != "resnet20_b64" && only != "resnet20_b1" && only != "resnet50" && only != "gemm") {
+    std::fprintf(stderr, "bench_infer: --only=%s: expected resnet20_b64, resnet20_b1, resnet50 or gemm\n", only.c_str());
+    return 2;
+  }
   if (only.empty() || only == "resnet20_b64") BenchModel("ResNet-20 (CIFAR-100), batch 64", resnet20, {64, 3, 32, 32}, runs);
   if (only.empty() || only == "resnet20_b1") BenchModel("ResNet-20 (CIFAR-100), batch 1", resnet20, {1, 3, 32, 32}, runs);
   if ((only.empty() && !absl::GetFlag(FLAGS_skip_resnet50)) || only == "resnet50") {
@@ -123,6 +127,6 @@ int main(int argc, char** argv) {
       return std::shared_ptr<nn::Layer>(models::ResNet::Make("resnet50", 1000, &gen));
     }, {1, 3, 224, 224}, runs);
   }
-  if (only.empty()) BenchGemm(runs);
+  if (only.empty() || only == "gemm") BenchGemm(runs);
   return 0;
 }

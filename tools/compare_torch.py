@@ -1,0 +1,392 @@
+#!/usr/bin/env python3
+"""Quanta against the PyTorch installed on this machine, side by side, in one run.
+
+    bazel build //apps:bench_nn //apps:bench_infer //apps:bench_bert //apps:bench_quant
+    python3 tools/compare_torch.py                          # the table on stdout
+    python3 tools/compare_torch.py --write=docs/benchmarks.md
+
+Runs the same models in both, interleaved (Quanta's benchmark programs, then
+PyTorch in this process, round after round), and reports each figure as the
+median over rounds with the ratio Quanta / PyTorch:
+  - ResNet-20 (CIFAR, 100 classes) f32 training step, batch 128, SGD momentum,
+    images/s at 1 and 2 threads (//apps:bench_nn against the same network in
+    PyTorch: option-A shortcuts, no biases before batch norm);
+  - ResNet-20 int8 inference, batch 64 (images/s) and batch 1 (ms), and
+    torchvision's ResNet-50 int8 at batch 1 (ms) (//apps:bench_infer against
+    PyTorch's FX graph-mode static quantization, per-channel weights, run eager
+    and as frozen TorchScript on each quantized engine it has; the best is kept);
+  - BERT-base, sequence 128, batch 1, int8 (ms) (//apps:bench_bert against
+    transformers' BertModel with torch.ao.quantization.quantize_dynamic), when
+    transformers is installed;
+  - f32 GEMM 1024^3 (GFLOP/s, bench_infer's GEMM against torch.matmul);
+  - Quanta's QAT step against its f32 step (//apps:bench_quant; no PyTorch
+    figure).
+With --write, the table replaces the part of that file between the markers
+<!-- compare_torch:begin --> and <!-- compare_torch:end --> (written to a
+temporary file, then renamed). Not used by CI; run it on an idle machine.
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+            else:
+                name = platform.processor() or "unknown CPU"
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+        fam = re.search(r"^cpu family\s*:\s*(\d+)", text, re.M)
+        model = re.search(r"^model\s*:\s*(\d+)", text, re.M)
+        flags = re.search(r"^flags\s*:(.*)$", text, re.M)
+        isa = []
+        if flags:
+            f = flags.group(1).split()
+            isa = [x for x in ("avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if x in f]
+        extra = f"family {fam.group(1)} model {model.group(1)}" if fam and model else ""
+        return f"{name} ({extra}; {', '.join(isa) or 'no AVX-512'}), {os.cpu_count()} cores"
+    except OSError:
+        return platform.processor() or "unknown CPU"
+
+
+# ---- Quanta: the benchmark programs, their figures read from their output ------
+
+def run_bin(path, *args):
+    r = subprocess.run([path, *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"error: {os.path.basename(path)} {' '.join(args)} failed:\n{r.stderr[-2000:]}")
+    return r.stdout
+
+
+def quanta_train(bin_dir, steps):
+    out = run_bin(os.path.join(bin_dir, "apps/bench_nn"), f"--steps={steps}")
+    figs = {}
+    for t, ips in re.findall(r"threads=(\d+)\s+median step [\d.]+ s\s+([\d.]+) images/s", out):
+        figs[int(t)] = float(ips)
+    return figs
+
+
+def quanta_infer(bin_dir, only, runs):
+    out = run_bin(os.path.join(bin_dir, "apps/bench_infer"), f"--only={only}", f"--runs={runs}")
+    figs = {}
+    for line in out.splitlines():
+        m = re.search(r"threads=(\d+)\s+f32\s+([\d.]+) ms\s+([\d.]+) img/s \| f32 folded\s+([\d.]+) ms\s+([\d.]+) img/s"
+                      r" \| int8\s+([\d.]+) ms\s+([\d.]+) img/s", line)
+        if m:
+            t = int(m.group(1))
+            figs[t] = {"folded_ms": float(m.group(4)), "int8_ms": float(m.group(6)), "int8_ips": float(m.group(7))}
+    return figs
+
+
+def quanta_gemm(bin_dir, runs):
+    out = run_bin(os.path.join(bin_dir, "apps/bench_infer"), "--only=gemm", f"--runs={runs}")
+    return {int(t): float(g) for t, g in re.findall(r"threads=(\d+)\s+f32 ([\d.]+) GFLOP/s", out)}
+
+
+def quanta_bert(bin_dir, runs):
+    out = run_bin(os.path.join(bin_dir, "apps/bench_bert"), f"--runs={runs}")
+    figs = {}
+    for b, t, f32, int8, dyn in re.findall(r"^(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+[\d.]+x\s+([\d.]+)", out, re.M):
+        figs[(int(b), int(t))] = {"int8_ms": float(int8), "dyn_ms": float(dyn)}
+    return figs
+
+
+def quanta_qat(bin_dir, steps):
+    out = run_bin(os.path.join(bin_dir, "apps/bench_quant"), f"--steps={steps}", "--compare=false")
+    return {name.strip(): float(x) for name, x in re.findall(r"QAT (default [^\n]*?)\s+[\d.]+ s\s+= ([\d.]+)x f32", out)}
+
+
+# ---- PyTorch: the same networks ------------------------------------------------
+
+def torch_models():
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.relu1 = nn.ReLU()
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.relu2 = nn.ReLU()
+            self.pad = cout - cin
+            self.stride = stride
+
+        def forward(self, x):
+            y = self.relu1(self.bn1(self.conv1(x)))
+            y = self.bn2(self.conv2(y))
+            s = x
+            if self.stride != 1 or self.pad:  # option A: subsample, pad channels with zeros
+                s = x[:, :, :: self.stride, :: self.stride]
+                s = F.pad(s, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+            return self.relu2(y + s)
+
+    class CifarResNet(nn.Module):
+        def __init__(self, depth=20, classes=100):
+            super().__init__()
+            n = (depth - 2) // 6
+            self.conv = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+            self.bn = nn.BatchNorm2d(16)
+            self.relu = nn.ReLU()
+            layers, cin = [], 16
+            for i, c in enumerate((16, 32, 64)):
+                for j in range(n):
+                    layers.append(Block(cin, c, 2 if i > 0 and j == 0 else 1))
+                    cin = c
+            self.layers = nn.Sequential(*layers)
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(64, classes)
+
+        def forward(self, x):
+            x = self.layers(self.relu(self.bn(self.conv(x))))
+            return self.fc(torch.flatten(self.pool(x), 1))
+
+    return CifarResNet
+
+
+def median_seconds(fn, runs):
+    fn()
+    s = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        s.append(time.perf_counter() - t)
+    return statistics.median(s)
+
+
+def torch_train(threads, steps):
+    import torch
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    net = torch_models()()
+    net.train()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(128, 3, 32, 32)
+    y = torch.tensor([(i * 37) % 100 for i in range(128)])
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(net(x), y)
+        loss.backward()
+        opt.step()
+
+    return 128 / median_seconds(step, steps)
+
+
+def torch_int8_variants(make, shape):
+    """PyTorch's static int8 (FX graph mode) on each quantized engine, eager and frozen TorchScript."""
+    import torch
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+    variants = []
+    for engine in ("x86", "onednn", "fbgemm"):
+        if engine not in torch.backends.quantized.supported_engines:
+            continue
+        torch.backends.quantized.engine = engine
+        net = make().eval()
+        x = torch.randn(*shape)
+        prepared = prepare_fx(net, get_default_qconfig_mapping(engine), example_inputs=(x,))
+        with torch.no_grad():
+            prepared(x)
+            q = convert_fx(prepared)
+            variants.append((f"{engine} eager", engine, q))
+            try:
+                scripted = torch.jit.freeze(torch.jit.trace(q, x).eval())
+                variants.append((f"{engine} TorchScript frozen", engine, scripted))
+            except Exception as e:  # noqa: BLE001 - a variant that cannot be scripted is left out, and said so
+                print(f"  (PyTorch {engine} TorchScript: {type(e).__name__}: {str(e)[:120]})", file=sys.stderr)
+    return variants
+
+
+def torch_int8(make, shape, threads, runs):
+    """Best (lowest) latency in seconds over PyTorch's int8 variants, and which one."""
+    import torch
+    torch.set_num_threads(threads)
+    x = torch.randn(*shape)
+    best = None
+    for name, engine, model in torch_int8_variants(make, shape):
+        torch.backends.quantized.engine = engine
+        with torch.no_grad():
+            s = median_seconds(lambda: model(x), runs)
+        if best is None or s < best[0]:
+            best = (s, name)
+    return best
+
+
+def torch_gemm(threads, runs):
+    import torch
+    torch.set_num_threads(threads)
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    return 2 * 1024 ** 3 / median_seconds(lambda: a @ b, runs) / 1e9
+
+
+def torch_bert(threads, runs):
+    import torch
+    try:
+        from transformers import BertConfig, BertModel
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = BertModel(BertConfig()).eval()  # bert-base: 12 layers, hidden 768, 12 heads
+    q = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    ids = torch.randint(1000, 29000, (1, 128))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        return median_seconds(lambda: q(input_ids=ids, attention_mask=mask), runs)
+
+
+# ---- the table -----------------------------------------------------------------
+
+def spread(values):
+    m = statistics.median(values)
+    return f"{m:.1f}" if len(values) == 1 else f"{m:.1f} ({min(values):.1f}-{max(values):.1f})"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (each figure: the median over rounds)")
+    p.add_argument("--runs", type=int, default=7, help="timed runs per inference case and round")
+    p.add_argument("--steps", type=int, default=6, help="timed training steps per thread count and round")
+    p.add_argument("--write", help="replace the marked section of this Markdown file with the table")
+    p.add_argument("--skip_resnet50", action="store_true")
+    args = p.parse_args()
+
+    import torch
+    bin_dir = subprocess.run(["bazel", "info", "bazel-bin"], capture_output=True, text=True).stdout.strip()
+    for b in ("bench_nn", "bench_infer", "bench_bert", "bench_quant"):
+        if not os.path.exists(os.path.join(bin_dir, "apps", b)):
+            sys.exit(f"error: {bin_dir}/apps/{b} missing: bazel build //apps:{b} first")
+    CifarResNet = torch_models()
+    import torchvision
+
+    rows = {}  # key -> {"q": [...], "t": [...], "note": str}
+
+    def add(key, q=None, t=None, note=None):
+        r = rows.setdefault(key, {"q": [], "t": [], "note": set()})
+        if q is not None:
+            r["q"].append(q)
+        if t is not None:
+            r["t"].append(t)
+        if note:
+            r["note"].add(note)
+
+    start = time.monotonic()
+    for rnd in range(args.rounds):
+        print(f"round {rnd + 1}/{args.rounds}", file=sys.stderr, flush=True)
+        for t, ips in quanta_train(bin_dir, args.steps).items():
+            add(("train", t), q=ips)
+        for t in (1, 2):
+            add(("train", t), t=torch_train(t, args.steps))
+        cases = [("resnet20_b64", lambda: CifarResNet(20, 100), (64, 3, 32, 32)),
+                 ("resnet20_b1", lambda: CifarResNet(20, 100), (1, 3, 32, 32))]
+        if not args.skip_resnet50:
+            cases.append(("resnet50", lambda: torchvision.models.resnet50(weights=None), (1, 3, 224, 224)))
+        for only, make, shape in cases:
+            for t, f in quanta_infer(bin_dir, only, args.runs).items():
+                add((only, t), q=f["int8_ips"] if only == "resnet20_b64" else f["int8_ms"])
+                if only == "resnet50":
+                    add(("resnet50_vs_folded", t), q=f["folded_ms"] / f["int8_ms"])
+            for t in (1, 2):
+                s, name = torch_int8(make, shape, t, args.runs)
+                add((only, t), t=shape[0] / s if only == "resnet20_b64" else 1e3 * s, note=name)
+        for t, g in quanta_gemm(bin_dir, args.runs).items():
+            add(("gemm", t), q=g)
+        for t in (1, 2):
+            add(("gemm", t), t=torch_gemm(t, args.runs))
+        bert = quanta_bert(bin_dir, max(3, args.runs // 2))
+        tb = torch_bert(2, max(3, args.runs // 2))
+        if (1, 2) in bert:
+            add(("bert", 2), q=bert[(1, 2)]["int8_ms"], t=None if tb is None else 1e3 * tb)
+            add(("bert_dyn", 2), q=bert[(1, 2)]["dyn_ms"], t=None if tb is None else 1e3 * tb)
+        for name, ratio in quanta_qat(bin_dir, args.steps).items():
+            add(("qat", name), q=ratio)
+    minutes = (time.monotonic() - start) / 60
+
+    def line(label, key, unit, higher_better, target=None):
+        r = rows.get(key)
+        if not r or not r["q"]:
+            return None
+        qm = statistics.median(r["q"])
+        tm = statistics.median(r["t"]) if r["t"] else None
+        ratio = qm / tm if tm else None
+        verdict = ""
+        if target is not None and ratio is not None:
+            op, v = target
+            ok = ratio >= v if op == ">=" else ratio <= v
+            verdict = f"{op} {v:g}x: {'met' if ok else '**missed**'}"
+        note = ", ".join(sorted(r["note"]))
+        return (f"| {label} | {unit} ({'higher' if higher_better else 'lower'} is better) | {spread(r['q'])} | "
+                f"{spread(r['t']) if r['t'] else '—'}{' [' + note + ']' if note else ''} | "
+                f"{f'{ratio:.2f}x' if ratio else '—'} | {verdict} |")
+
+    out = [
+        f"Measured by `python3 tools/compare_torch.py --rounds={args.rounds} --runs={args.runs} --steps={args.steps}"
+        f"{' --skip_resnet50' if args.skip_resnet50 else ''}` on {datetime.date.today()}, {cpu_name()}, against "
+        f"PyTorch {torch.__version__} (its quantized engines: {', '.join(torch.backends.quantized.supported_engines)}), "
+        f"{minutes:.0f} min. Each figure is the median over {args.rounds} interleaved rounds (range in brackets); "
+        "ratio: Quanta / PyTorch.",
+        "",
+        "| figure | unit | Quanta | PyTorch | ratio | target (issue 18) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t in (1, 2):
+        out.append(line(f"ResNet-20 f32 training, batch 128, {t} thread{'s' if t > 1 else ''}", ("train", t),
+                        "images/s", True, (">=", 1.2)))
+    for t in (1, 2):
+        out.append(line(f"ResNet-20 int8, batch 64, {t} thread{'s' if t > 1 else ''}", ("resnet20_b64", t),
+                        "images/s", True, (">=", 1.5)))
+    for t in (1, 2):
+        out.append(line(f"ResNet-20 int8, batch 1, {t} thread{'s' if t > 1 else ''}", ("resnet20_b1", t), "ms", False))
+    for t in (1, 2):
+        out.append(line(f"ResNet-50 int8, batch 1, {t} thread{'s' if t > 1 else ''}", ("resnet50", t), "ms", False,
+                        ("<=", 0.8)))
+    for t in (1, 2):
+        out.append(line(f"ResNet-50 int8 speed-up over Quanta's folded f32, {t} thread{'s' if t > 1 else ''}",
+                        ("resnet50_vs_folded", t), "x", True))
+    out.append(line("BERT-base seq 128 int8 (static ranges), batch 1, 2 threads; PyTorch: dynamic", ("bert", 2),
+                    "ms", False))
+    out.append(line("BERT-base seq 128 int8 (dynamic), batch 1, 2 threads; PyTorch: dynamic", ("bert_dyn", 2), "ms",
+                    False))
+    for t in (1, 2):
+        out.append(line(f"f32 GEMM 1024^3, {t} thread{'s' if t > 1 else ''}", ("gemm", t), "GFLOP/s", True))
+    for key in sorted(k for k in rows if k[0] == "qat"):
+        out.append(line(f"QAT step / f32 step, ResNet-20 batch 128, policy `{key[1]}`", key, "x", False))
+    out = [o for o in out if o is not None]
+    if ("bert", 2) in rows and not rows[("bert", 2)]["t"]:
+        out.append("\nPyTorch's BERT: transformers is not installed here (pip install transformers).")
+    out.append("\nTargets: issue 18's, ratios as this program measured them. The QAT rows have no PyTorch figure; "
+               "their target is <= 1.15x the f32 step.")
+    text = "\n".join(out) + "\n"
+    print(text)
+    if args.write:
+        with open(args.write) as f:
+            doc = f.read()
+        begin, end = "<!-- compare_torch:begin -->", "<!-- compare_torch:end -->"
+        if begin not in doc or end not in doc:
+            sys.exit(f"error: {args.write} has no {begin} ... {end} section")
+        doc = doc[: doc.index(begin) + len(begin)] + "\n" + text + doc[doc.index(end):]
+        tmp = args.write + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(doc)
+        os.replace(tmp, args.write)
+
+
+if __name__ == "__main__":
+    main()
