@@ -131,6 +131,34 @@ Grads MaxPool2dBackwardRule(const GradNode& n, const Grads& g) {
   return {MaxPool2dBackward(g[0], Y(n, 1), X(n).shape())};
 }
 
+// ---- batch normalization ------------------------------------------------------------
+// Inputs x, weight, bias; outputs y, mean, var. The fused pass gives what flows
+// back from y; gradients that reach the statistics themselves (rare: running
+// statistics are updated detached) add d mean / dx = 1 / n and
+// d var / dx = 2 (x - mean) / n. tests/nn/layers_test.cc holds the fused pair
+// equal to the composition of ops it replaces.
+Grads BatchNormBackwardRule(const GradNode& n, const Grads& g) {
+  const Tensor &x = X(n, 0), &w = X(n, 1);
+  Tensor gx, gw, gb;
+  if (g[0].defined()) {
+    std::array<Tensor, 3> r = BatchNormBackward(g[0], x, w, Y(n, 1), Y(n, 2), n.attrs.scalar);
+    gx = r[0], gw = r[1], gb = r[2];
+  }
+  const bool g_mean = g.size() > 1 && g[1].defined(), g_var = g.size() > 2 && g[2].defined();
+  if (g_mean || g_var) {
+    const Shape channel = {1, x.size(1), 1, 1};
+    const double count = static_cast<double>(x.numel() / x.size(1));
+    Tensor extra = ZerosLike(x);
+    if (g_mean) extra = Add(extra, Mul(g[1].To(x.dtype()).View(channel), 1 / count));
+    if (g_var) {
+      Tensor centered = Sub(x, Y(n, 1).To(x.dtype()).View(channel));
+      extra = Add(extra, Mul(centered, Mul(g[2].To(x.dtype()).View(channel), 2 / count)));
+    }
+    gx = gx.defined() ? Add(gx, extra) : extra;
+  }
+  return {n.NeedsGrad(0) ? gx : Tensor(), n.NeedsGrad(1) ? gw : Tensor(), n.NeedsGrad(2) ? gb : Tensor()};
+}
+
 Grads GatherBackward(const GradNode& n, const Grads& g) {
   return {ScatterAdd(X(n, 0).shape(), n.attrs.dims[0], X(n, 1), g[0]), Tensor()};
 }
@@ -211,6 +239,8 @@ struct RuleTable {
     NotDifferentiable(Op::kConv2dBackwardWeight);
     Set(Op::kMaxPool2d, &MaxPool2dBackwardRule);
     NotDifferentiable(Op::kMaxPool2dBackward);
+    Set(Op::kBatchNorm, &BatchNormBackwardRule);
+    NotDifferentiable(Op::kBatchNormBackward);  // no double backward yet
     Set(Op::kGather, &GatherBackward);
     Set(Op::kScatterAdd, &ScatterAddBackward);
     NotDifferentiable(Op::kQuantize);    // quantized tensors carry no gradient
@@ -235,7 +265,7 @@ struct RuleTable {
   }
 };
 // A new op in core/ops.def needs an entry above (rule or NotDifferentiable).
-static_assert(kNumOps == 56, "give the new op its backward rule, then update this count");
+static_assert(kNumOps == 58, "give the new op its backward rule, then update this count");
 
 const RuleTable& Rules() {
   static const RuleTable* table = new RuleTable();

@@ -483,6 +483,53 @@ Tensor MaxPool2dBackward(const Tensor& grad_out, const Tensor& indices, const Sh
   return out;
 }
 
+namespace {
+DType BatchNormStatsDType(DType x) { return x == DType::kF64 ? DType::kF64 : DType::kF32; }
+void CheckBatchNormChannel(const char* op, const Tensor& x, const Tensor& t, const char* what, DType dtype) {
+  QUANTA_CHECK(t.defined() && t.shape() == Shape{x.size(1)} && t.dtype() == dtype, op, ": ", what, " must be ",
+               Name(dtype), "[", x.size(1), "] for input ", x.Describe(), ", got ",
+               t.defined() ? t.Describe() : std::string("undefined"));
+}
+}  // namespace
+
+std::array<Tensor, 3> BatchNormTraining(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
+  CheckDefined("batch_norm", {&x});
+  QUANTA_CHECK(x.dim() == 4 && IsFloating(x.dtype()), "batch_norm: input must be floating (N, C, H, W), got ",
+               x.Describe());
+  QUANTA_CHECK(x.numel() / std::max<int64_t>(x.size(1), 1) > 1,
+               "batch_norm: training needs more than one value per channel, got ", x.Describe());
+  QUANTA_CHECK(eps >= 0, "batch_norm: negative eps ", eps);
+  CheckBatchNormChannel("batch_norm", x, weight, "weight", x.dtype());
+  CheckBatchNormChannel("batch_norm", x, bias, "bias", x.dtype());
+  OpAttrs attrs;
+  attrs.scalar = eps;
+  Tensor in[3] = {x.Contiguous(), weight.Contiguous(), bias.Contiguous()};
+  DType stats = BatchNormStatsDType(x.dtype());
+  std::array<Tensor, 3> out = {Tensor::Empty(x.shape(), x.dtype(), x.device()),
+                               Tensor::Empty({x.size(1)}, stats, x.device()),
+                               Tensor::Empty({x.size(1)}, stats, x.device())};
+  Dispatch(Op::kBatchNorm, in, out, attrs);
+  return out;
+}
+
+std::array<Tensor, 3> BatchNormBackward(const Tensor& grad_y, const Tensor& x, const Tensor& weight,
+                                        const Tensor& mean, const Tensor& var, double eps) {
+  CheckDefined("batch_norm_backward", {&grad_y, &x});
+  QUANTA_CHECK(x.dim() == 4 && IsFloating(x.dtype()) && grad_y.shape() == x.shape() && grad_y.dtype() == x.dtype(),
+               "batch_norm_backward: bad operands (", grad_y.Describe(), ", ", x.Describe(), ")");
+  CheckBatchNormChannel("batch_norm_backward", x, weight, "weight", x.dtype());
+  CheckBatchNormChannel("batch_norm_backward", x, mean, "mean", BatchNormStatsDType(x.dtype()));
+  CheckBatchNormChannel("batch_norm_backward", x, var, "var", BatchNormStatsDType(x.dtype()));
+  OpAttrs attrs;
+  attrs.scalar = eps;
+  Tensor in[5] = {grad_y.Contiguous(), x.Contiguous(), weight.Contiguous(), mean.Contiguous(), var.Contiguous()};
+  std::array<Tensor, 3> out = {Tensor::Empty(x.shape(), x.dtype(), x.device()),
+                               Tensor::Empty({x.size(1)}, x.dtype(), x.device()),
+                               Tensor::Empty({x.size(1)}, x.dtype(), x.device())};
+  Dispatch(Op::kBatchNormBackward, in, out, attrs);
+  return out;
+}
+
 Tensor ScatterAdd(const Shape& shape, int64_t dim, const Tensor& index, const Tensor& src) {
   int d = WrapDimOrNeg(dim, static_cast<int64_t>(shape.size()));
   QUANTA_CHECK(d >= 0 && IsIntegral(index.dtype()) && index.shape() == src.shape() &&

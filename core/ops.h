@@ -116,6 +116,19 @@ Tensor MaxPool2d(const Tensor& x, const Pool2dOptions& options);
 // Routes grad_out to the argmax positions (indices: flat h * W + w per plane).
 Tensor MaxPool2dBackward(const Tensor& grad_out, const Tensor& indices, const Shape& input_shape);
 
+// ---- batch normalization (training) -------------------------------------------
+// Fused: per channel c of x (N, C, H, W), the batch's mean and biased variance
+// over N, H, W, then y = (x - mean) / sqrt(var + eps) * weight + bias, in one
+// kernel (two passes over x for the statistics, one for y). weight and bias:
+// (C) of x's dtype. Returns {y, mean, var}; mean and var are f32 (f64 for an f64
+// x). Gradients reach x, weight and bias (and through mean and var).
+// nn::BatchNorm2d calls it (nn/functional.h) where the backend has the kernel.
+std::array<Tensor, 3> BatchNormTraining(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps);
+// Its gradients in one pass over grad_y and x: {grad x, grad weight, grad bias},
+// for y's gradient only (the statistics' own gradients are added by the rule).
+std::array<Tensor, 3> BatchNormBackward(const Tensor& grad_y, const Tensor& x, const Tensor& weight,
+                                        const Tensor& mean, const Tensor& var, double eps);
+
 // ---- quantization (Note [One quantization formula] in core/scalar_ops.h) -------
 // The integer range of a quantized dtype under params (params' own range if set).
 std::pair<int64_t, int64_t> QuantRange(DType dtype, const QuantParams& params);

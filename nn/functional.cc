@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "core/backend.h"
 #include "core/error.h"
 #include "core/grad_mode.h"
 
@@ -15,22 +16,54 @@ Tensor Linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   return bias.defined() ? Add(y, bias) : y;
 }
 
-Tensor BatchNorm(const Tensor& x, Tensor& running_mean, Tensor& running_var, const Tensor& weight,
-                 const Tensor& bias, bool training, double momentum, double eps) {
+namespace {
+
+void CheckBatchNorm(const Tensor& x, const Tensor& running_mean, bool training) {
   QUANTA_CHECK(x.dim() == 4 && running_mean.numel() == x.size(1), "batch_norm: input ", x.Describe(),
                " does not fit ", running_mean.numel(), " channels");
+  QUANTA_CHECK(!training || x.numel() / x.size(1) > 1,
+               "batch_norm: training needs more than one value per channel, got ", x.Describe());
+}
+
+// running = (1 - momentum) running + momentum batch, with the unbiased variance.
+void UpdateRunning(const Tensor& x, const Tensor& mean, const Tensor& var, Tensor& running_mean,
+                   Tensor& running_var, double momentum) {
+  NoGradGuard no_grad;
+  const int64_t n = x.numel() / x.size(1);
+  Tensor m = mean.Detach().View({x.size(1)}).To(running_mean.dtype());
+  Tensor v = Mul(var.Detach().View({x.size(1)}), static_cast<double>(n) / (n - 1)).To(running_var.dtype());
+  running_mean.CopyFrom(Add(Mul(running_mean, 1 - momentum), Mul(m, momentum)));
+  running_var.CopyFrom(Add(Mul(running_var, 1 - momentum), Mul(v, momentum)));
+}
+
+}  // namespace
+
+Tensor BatchNorm(const Tensor& x, Tensor& running_mean, Tensor& running_var, const Tensor& weight,
+                 const Tensor& bias, bool training, double momentum, double eps) {
+  // Note [Fused batch norm] in backends/cpu/reference_normalization.cc: training
+  // runs one fused kernel where the backend has it and the parameters share x's
+  // dtype (under autocast they do not: the composition promotes as before).
+  const bool fused = training && x.defined() && IsFloating(x.dtype()) &&
+                     GetBackend(x.device()).Supports(Op::kBatchNorm) &&
+                     (!weight.defined() || weight.dtype() == x.dtype()) && (!bias.defined() || bias.dtype() == x.dtype());
+  if (!fused) return BatchNormComposite(x, running_mean, running_var, weight, bias, training, momentum, eps);
+  CheckBatchNorm(x, running_mean, training);
+  const Tensor w = weight.defined() ? weight : Ones({x.size(1)}, x.dtype(), x.device());
+  const Tensor b = bias.defined() ? bias : Zeros({x.size(1)}, x.dtype(), x.device());
+  std::array<Tensor, 3> out = BatchNormTraining(x, w, b, eps);
+  UpdateRunning(x, out[1], out[2], running_mean, running_var, momentum);
+  return out[0];
+}
+
+Tensor BatchNormComposite(const Tensor& x, Tensor& running_mean, Tensor& running_var, const Tensor& weight,
+                          const Tensor& bias, bool training, double momentum, double eps) {
+  CheckBatchNorm(x, running_mean, training);
   Shape channel = {1, x.size(1), 1, 1};
   Tensor mean, var;
   if (training) {
-    int64_t n = x.numel() / x.size(1);
-    QUANTA_CHECK(n > 1, "batch_norm: training needs more than one value per channel, got ", x.Describe());
     mean = Mean(x, {0, 2, 3}, /*keepdim=*/true);
     var = Var(x, {0, 2, 3}, /*keepdim=*/true, /*correction=*/0);
-    NoGradGuard no_grad;
-    Tensor m = mean.Detach().View({x.size(1)}).To(running_mean.dtype());
-    Tensor v = Mul(var.Detach().View({x.size(1)}), static_cast<double>(n) / (n - 1)).To(running_var.dtype());
-    running_mean.CopyFrom(Add(Mul(running_mean, 1 - momentum), Mul(m, momentum)));
-    running_var.CopyFrom(Add(Mul(running_var, 1 - momentum), Mul(v, momentum)));
+    UpdateRunning(x, mean, var, running_mean, running_var, momentum);
   } else {
     mean = running_mean.View(channel);
     var = running_var.View(channel);

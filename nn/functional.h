@@ -19,8 +19,13 @@ Tensor Linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor
 
 // x (N, C, H, W). In training, normalizes with the batch's statistics and updates
 // the running ones (momentum, unbiased variance); otherwise uses the running ones.
+// Training runs core's fused BatchNormTraining where the backend has its kernel.
 Tensor BatchNorm(const Tensor& x, Tensor& running_mean, Tensor& running_var, const Tensor& weight,
                  const Tensor& bias, bool training, double momentum, double eps);
+// The same as a composition of core ops: what backends without the fused kernel
+// run, and what tests hold the fused kernel equal to.
+Tensor BatchNormComposite(const Tensor& x, Tensor& running_mean, Tensor& running_var, const Tensor& weight,
+                          const Tensor& bias, bool training, double momentum, double eps);
 
 // Normalizes over the last normalized_shape.size() dims.
 Tensor LayerNorm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight,

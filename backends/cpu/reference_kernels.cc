@@ -18,6 +18,7 @@ struct Table {
     AddLinearKernels(kernels);
     AddIndexingKernels(kernels);
     AddQuantizationKernels(kernels);
+    AddNormalizationKernels(kernels);
     for (int i = 0; i < kNumOps; ++i) {
       QUANTA_CHECK(kernels[i] != nullptr || IsStructural(static_cast<Op>(i)),
                    "reference kernels: op ", OpName(static_cast<Op>(i)), " has none");
@@ -26,7 +27,7 @@ struct Table {
 };
 // Adding an op to core/ops.def: give it a reference kernel in its family's file
 // (and its Add*Kernels), then bump this.
-static_assert(kNumOps == 56, "a new op needs its reference kernel in this table");
+static_assert(kNumOps == 58, "a new op needs its reference kernel in this table");
 
 }  // namespace
 

@@ -11,7 +11,7 @@ namespace quanta {
 namespace {
 
 // A new op needs its gradcheck row here (or a note why it has no gradient).
-static_assert(kNumOps == 56, "add a gradcheck row for the new op, then update this count");
+static_assert(kNumOps == 58, "add a gradcheck row for the new op, then update this count");
 
 Generator& Gen() {
   static Generator gen(77);
@@ -101,6 +101,13 @@ std::vector<Row> Rows() {
       {"conv2d dilation groups", [dilated_groups](V x) { return Conv2d(x[0], x[1], x[2], dilated_groups); },
        {Randn({1, 4, 7, 7}), Randn({4, 2, 3, 3}), Randn({4})}},
       {"max_pool2d", [pool](V x) { return MaxPool2d(x[0], pool); }, {Distinct({1, 2, 5, 5})}},
+      // batch norm (fused): y, and the statistics' own outputs mixed in so that
+      // their gradients (1 / n and 2 (x - mean) / n) are checked too.
+      {"batch_norm", [](V x) {
+         std::array<Tensor, 3> o = BatchNormTraining(x[0], x[1], x[2], 1e-3);
+         return Add(o[0], Mul(Add(o[1], Square(o[2])).View({1, 3, 1, 1}), 0.3));
+       },
+       {Randn({2, 3, 2, 3}), Randn({3}), Randn({3})}},
       // indexing
       {"index_select", [](V x) { return IndexSelect(x[0], 1, I64({2, 0, 2}, {3})); }, {Randn({2, 3})}},
       {"index_add", [](V x) { return IndexAdd({4, 2}, 0, I64({1, 3, 1}, {3}), x[0]); }, {Randn({3, 2})}},
@@ -144,7 +151,7 @@ TEST(GradCheck, CatchesAWrongGradient) {
 
 TEST(GradCheck, NonDifferentiableOpsAreDeclaredSo) {
   for (Op op : {Op::kEq, Op::kArgmax, Op::kQuantize, Op::kDequantize, Op::kFakeQuantizeBackward, Op::kQuantizedMatmul, Op::kQuantizedConv2d, Op::kFill, Op::kArange, Op::kUniform, Op::kNormal,
-                Op::kBernoulli, Op::kConv2dBackwardInput, Op::kConv2dBackwardWeight, Op::kMaxPool2dBackward}) {
+                Op::kBernoulli, Op::kConv2dBackwardInput, Op::kConv2dBackwardWeight, Op::kMaxPool2dBackward, Op::kBatchNormBackward}) {
     EXPECT_FALSE(internal::IsDifferentiable(op)) << OpName(op);
   }
   for (int i = 0; i < kNumOps; ++i) {
@@ -153,7 +160,7 @@ TEST(GradCheck, NonDifferentiableOpsAreDeclaredSo) {
                          op == Op::kGt || op == Op::kGe || op == Op::kArgmax || op == Op::kFill ||
                          op == Op::kArange || op == Op::kUniform || op == Op::kNormal ||
                          op == Op::kBernoulli || op == Op::kConv2dBackwardInput ||
-                         op == Op::kConv2dBackwardWeight || op == Op::kMaxPool2dBackward ||
+                         op == Op::kConv2dBackwardWeight || op == Op::kMaxPool2dBackward || op == Op::kBatchNormBackward ||
                          op == Op::kQuantize || op == Op::kDequantize || op == Op::kFakeQuantizeBackward ||
                          op == Op::kQuantizedMatmul || op == Op::kQuantizedConv2d;
     EXPECT_EQ(internal::IsDifferentiable(op), !expected_none) << OpName(op);

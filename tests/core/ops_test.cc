@@ -16,7 +16,7 @@ namespace quanta {
 namespace {
 
 // A new op in core/ops.def needs its test here; then bump this.
-static_assert(kNumOps == 56, "add a test for the new op, then update this count");
+static_assert(kNumOps == 58, "add a test for the new op, then update this count");
 
 void ExpectClose(const Tensor& got, const std::vector<double>& want, double atol, double rtol) {
   std::vector<double> g = got.ToVector<double>();
@@ -367,6 +367,32 @@ TEST(Ops, MaxPoolAndItsBackward) {
   Tensor idx = Tensor::FromVector<int64_t>({6, 6, 8, 6}, {1, 1, 2, 2});
   ExpectClose(MaxPool2dBackward(F({1, 2, 3, 4}, {1, 1, 2, 2}), idx, {1, 1, 4, 4}),
               {0, 0, 0, 0, 0, 0, 7, 0, 3, 0, 0, 0, 0, 0, 0, 0}, 0, 0);
+}
+
+// Worked by hand: two channels over N = 2, W = 2, each with biased variance
+// 1.25; eps 2.75 makes 1 / sqrt(var + eps) exactly 0.5.
+TEST(Ops, BatchNormTrainingAndBackward) {
+  // x[n][c][0][w]: channel 0 holds 1, 2 | 3, 4 (mean 2.5), channel 1 holds 10, 12 | 11, 13 (mean 11.5).
+  Tensor x = F({1, 2, 10, 12, 3, 4, 11, 13}, {2, 2, 1, 2});
+  Tensor w = F({2, -1}, {2}), b = F({1, 0}, {2});
+  std::array<Tensor, 3> out = BatchNormTraining(x, w, b, 2.75);
+  // x̂ = (x - mean) / 2: channel 0 -0.75, -0.25, 0.25, 0.75; y = 2 x̂ + 1 and -x̂.
+  ExpectClose(out[0], {-0.5, 0.5, 0.75, -0.25, 1.5, 2.5, 0.25, -0.75}, 1e-6, 0);
+  ExpectClose(out[1], {2.5, 11.5}, 1e-6, 0);
+  ExpectClose(out[2], {1.25, 1.25}, 1e-6, 0);
+  // Channel 0: gy = 1 at its first element, so grad bias 1 and grad weight
+  // Σ gy x̂ = -0.75; grad x = w / 2 (gy - 1/4 - x̂ (-0.75) / 4). Channel 1: gy = 2
+  // everywhere, so grad bias 8, grad weight 2 Σ x̂ = 0 and grad x = 0.
+  Tensor gy = F({1, 0, 2, 2, 0, 0, 2, 2}, {2, 2, 1, 2});
+  std::array<Tensor, 3> g = BatchNormBackward(gy, x, w, out[1], out[2], 2.75);
+  ExpectClose(g[0], {0.609375, -0.296875, 0, 0, -0.203125, -0.109375, 0, 0}, 1e-6, 0);
+  ExpectClose(g[1], {-0.75, 0}, 1e-6, 0);
+  ExpectClose(g[2], {1, 8}, 1e-6, 0);
+  // f64 keeps f64 statistics; bad operands name the op and the shapes.
+  EXPECT_EQ(BatchNormTraining(x.To(DType::kF64), w.To(DType::kF64), b.To(DType::kF64), 1e-5)[1].dtype(), DType::kF64);
+  EXPECT_THROW(BatchNormTraining(x, F({1, 1, 1}, {3}), b, 1e-5), Error);
+  EXPECT_THROW(BatchNormTraining(x.View({2, 2, 2}), w, b, 1e-5), Error);
+  EXPECT_THROW(BatchNormTraining(F({1, 2}, {1, 2, 1, 1}), w, b, 1e-5), Error);  // one value per channel
 }
 
 TEST(Ops, IndexAddAndScatterAdd) {

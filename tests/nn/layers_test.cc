@@ -5,6 +5,7 @@
 
 #include "autograd/autograd.h"
 #include "gtest/gtest.h"
+#include "nn/functional.h"
 #include "nn/init.h"
 #include "nn/layers.h"
 
@@ -119,6 +120,48 @@ TEST(Layers, CrossEntropyHandValues) {
   }
   EXPECT_NEAR(BceWithLogits(Tensor::FromVector<float>({0}, {1}), Tensor::FromVector<float>({1}, {1})).item<float>(),
               std::log(2.0), 1e-6);
+}
+
+// Note [Fused batch norm]: the fused kernel pair against the composition of ops
+// it replaces, forward, backward and running statistics, in f32 with a mean far
+// from 0; and the fused op is what ran (the output's graph node).
+TEST(Layers, FusedBatchNormMatchesComposition) {
+  Generator gen(5);
+  for (bool affine : {true, false}) {
+    Tensor x0 = Add(Normal({8, 5, 7, 6}, 0, 2, &gen), 3.0);
+    Tensor w0 = Uniform({5}, 0.5, 1.5, &gen), b0 = Normal({5}, 0, 1, &gen);
+    Tensor gy = Normal(x0.shape(), 0, 1, &gen);
+    Tensor grads[2][3], y[2], rm[2], rv[2];
+    for (int fused = 0; fused < 2; ++fused) {
+      Tensor x = x0.Clone().SetRequiresGrad();
+      Tensor w = affine ? w0.Clone().SetRequiresGrad() : Tensor(), b = affine ? b0.Clone().SetRequiresGrad() : Tensor();
+      rm[fused] = Zeros({5});
+      rv[fused] = Ones({5});
+      y[fused] = fused ? BatchNorm(x, rm[fused], rv[fused], w, b, true, 0.1, 1e-5)
+                       : BatchNormComposite(x, rm[fused], rv[fused], w, b, true, 0.1, 1e-5);
+      if (fused) {
+        ASSERT_NE(y[1].autograd_meta(), nullptr);
+        ASSERT_NE(y[1].autograd_meta()->grad_fn, nullptr);
+        EXPECT_EQ(y[1].autograd_meta()->grad_fn->op, Op::kBatchNorm) << "the fused kernel did not run";
+      }
+      Backward(Sum(Mul(y[fused], gy)));
+      grads[fused][0] = x.grad();
+      if (affine) grads[fused][1] = w.grad(), grads[fused][2] = b.grad();
+    }
+    auto expect_near = [](const Tensor& a, const Tensor& b, double tol, const char* what) {
+      std::vector<float> u = a.ToVector<float>(), v = b.ToVector<float>();
+      ASSERT_EQ(u.size(), v.size()) << what;
+      for (size_t i = 0; i < u.size(); ++i) EXPECT_NEAR(u[i], v[i], tol * (1 + std::abs(v[i]))) << what << " " << i;
+    };
+    expect_near(y[1], y[0], 2e-6, "y");
+    expect_near(rm[1], rm[0], 1e-6, "running mean");
+    expect_near(rv[1], rv[0], 1e-6, "running var");
+    expect_near(grads[1][0], grads[0][0], 2e-5, "grad x");
+    if (affine) {
+      expect_near(grads[1][1], grads[0][1], 2e-5, "grad weight");
+      expect_near(grads[1][2], grads[0][2], 2e-5, "grad bias");
+    }
+  }
 }
 
 TEST(Layers, BatchNormRunningStatisticsAndDropout) {

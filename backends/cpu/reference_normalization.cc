@@ -1,0 +1,153 @@
+// Reference kernels: batch normalization in training, forward and backward.
+//
+// Note [Fused batch norm]: written with core ops, training-mode batch norm is a
+// mean, a variance (mean, subtract, square, mean), a subtract, an rsqrt and two
+// broadcast multiplies and an add, and its backward runs the adjoint of each:
+// well over a dozen passes over the activation per layer, which were most of
+// ResNet-20's training step (perf, docs/benchmarks.md). Here each channel's planes
+// (n, c) are dense runs of H * W: the forward reads them twice for the mean and
+// the biased variance (two passes, as accurate as the composition) and once to
+// write y; the backward reads grad_y and x once for both sums and once more to
+// write grad_x. Sums go to 8 f64 partial sums (as Note [Dense reductions]) so
+// the loops vectorize; channels run in parallel.
+#include <cmath>
+#include <type_traits>
+#include <utility>
+
+#include "backends/cpu/reference_common.h"
+
+namespace quanta::cpu {
+namespace {
+
+// Sums f(i) over the flat indices i of channel c of an (N, C, HW) tensor.
+template <typename F>
+double SumChannel(int64_t N, int64_t C, int64_t HW, int64_t c, F&& f) {
+  double part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t base = (n * C + c) * HW;
+    int64_t j = 0;
+    for (; j + 8 <= HW; j += 8) {
+      for (int k = 0; k < 8; ++k) part[k] += f(base + j + k);
+    }
+    for (; j < HW; ++j) part[0] += f(base + j);
+  }
+  return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+}
+
+// Both sums of the backward, Σ f(i) and Σ g(i), in one pass.
+template <typename F, typename G>
+std::pair<double, double> SumChannel2(int64_t N, int64_t C, int64_t HW, int64_t c, F&& f, G&& g) {
+  double pf[8] = {0, 0, 0, 0, 0, 0, 0, 0}, pg[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t base = (n * C + c) * HW;
+    int64_t j = 0;
+    for (; j + 8 <= HW; j += 8) {
+      for (int k = 0; k < 8; ++k) {
+        pf[k] += f(base + j + k);
+        pg[k] += g(base + j + k);
+      }
+    }
+    for (; j < HW; ++j) pf[0] += f(base + j), pg[0] += g(base + j);
+  }
+  auto total = [](const double* p) { return ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7])); };
+  return {total(pf), total(pg)};
+}
+
+// Visits the floating dtypes, with S the statistics' type (f64 for f64, else f32).
+template <typename F>
+void VisitFloatingWithStats(const KernelCall& c, DType dtype, F&& f) {
+  VisitPlain(c, dtype, [&]<typename T>(TypeTag<T>) {
+    if constexpr (std::is_floating_point_v<Compute<T>>) {
+      using S = std::conditional_t<std::is_same_v<T, double>, double, float>;
+      f(TypeTag<T>{}, TypeTag<S>{});
+    } else {
+      QUANTA_CHECK(false, OpName(c.op), ": needs a floating input, got ", Name(dtype));
+    }
+  });
+}
+
+// in: x (N, C, H, W), weight (C), bias (C), all contiguous; attrs.scalar: eps.
+// out: y (like x), mean (C), biased variance (C).
+void BatchNormKernel(const KernelCall& c) {
+  const Tensor &x = c.in[0], &w = c.in[1], &b = c.in[2];
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  const double eps = c.attrs.scalar, count = static_cast<double>(N * HW);
+  VisitFloatingWithStats(c, x.dtype(), [&]<typename T, typename S>(TypeTag<T>, TypeTag<S>) {
+    using K = Compute<T>;
+    const T* xp = static_cast<const T*>(x.raw_data());
+    const T *wp = static_cast<const T*>(w.raw_data()), *bp = static_cast<const T*>(b.raw_data());
+    T* yp = static_cast<T*>(c.out[0].raw_data());
+    S *mp = static_cast<S*>(c.out[1].raw_data()), *vp = static_cast<S*>(c.out[2].raw_data());
+    ParallelFor(0, C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t ch = begin; ch < end; ++ch) {
+        const double mean =
+            SumChannel(N, C, HW, ch, [&](int64_t i) { return static_cast<double>(Convert<K>(xp[i])); }) / count;
+        const double var = SumChannel(N, C, HW, ch, [&](int64_t i) {
+                             double d = static_cast<double>(Convert<K>(xp[i])) - mean;
+                             return d * d;
+                           }) / count;
+        mp[ch] = static_cast<S>(mean);
+        vp[ch] = static_cast<S>(var);
+        const K m = static_cast<K>(mean);
+        const K scale = static_cast<K>(static_cast<double>(Convert<K>(wp[ch])) / std::sqrt(var + eps));
+        const K shift = Convert<K>(bp[ch]);
+        for (int64_t n = 0; n < N; ++n) {
+          const T* xr = xp + (n * C + ch) * HW;
+          T* yr = yp + (n * C + ch) * HW;
+          for (int64_t j = 0; j < HW; ++j) yr[j] = Convert<T>((Convert<K>(xr[j]) - m) * scale + shift);
+        }
+      }
+    });
+  });
+}
+
+// in: grad_y, x (N, C, H, W), weight, mean, var (C), all contiguous; attrs.scalar: eps.
+// out: grad_x (like x), grad_weight, grad_bias (C). With x̂ = (x - mean) * invstd:
+// grad_bias = Σ gy, grad_weight = Σ gy x̂, and
+// grad_x = weight * invstd * (gy - grad_bias / n - x̂ * grad_weight / n).
+void BatchNormBackwardKernel(const KernelCall& c) {
+  const Tensor &gy = c.in[0], &x = c.in[1], &w = c.in[2], &mean = c.in[3], &var = c.in[4];
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  const double eps = c.attrs.scalar, count = static_cast<double>(N * HW);
+  VisitFloatingWithStats(c, x.dtype(), [&]<typename T, typename S>(TypeTag<T>, TypeTag<S>) {
+    using K = Compute<T>;
+    const T *gp = static_cast<const T*>(gy.raw_data()), *xp = static_cast<const T*>(x.raw_data());
+    const T* wp = static_cast<const T*>(w.raw_data());
+    const S *mp = static_cast<const S*>(mean.raw_data()), *vp = static_cast<const S*>(var.raw_data());
+    T* gxp = static_cast<T*>(c.out[0].raw_data());
+    T *gwp = static_cast<T*>(c.out[1].raw_data()), *gbp = static_cast<T*>(c.out[2].raw_data());
+    ParallelFor(0, C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t ch = begin; ch < end; ++ch) {
+        const double mu = static_cast<double>(mp[ch]);
+        const double invstd = 1 / std::sqrt(static_cast<double>(vp[ch]) + eps);
+        const auto [sum_gy, sum_gy_xmu] = SumChannel2(
+            N, C, HW, ch, [&](int64_t i) { return static_cast<double>(Convert<K>(gp[i])); },
+            [&](int64_t i) {
+              return static_cast<double>(Convert<K>(gp[i])) * (static_cast<double>(Convert<K>(xp[i])) - mu);
+            });
+        const double gw = sum_gy_xmu * invstd;
+        gbp[ch] = Convert<T>(static_cast<K>(sum_gy));
+        gwp[ch] = Convert<T>(static_cast<K>(gw));
+        // grad_x = k1 * gy + k2 * (x - mean) + k3.
+        const double wi = static_cast<double>(Convert<K>(wp[ch])) * invstd;
+        const K k1 = static_cast<K>(wi), k2 = static_cast<K>(-wi * invstd * gw / count),
+                k3 = static_cast<K>(-wi * sum_gy / count), m = static_cast<K>(mu);
+        for (int64_t n = 0; n < N; ++n) {
+          const int64_t base = (n * C + ch) * HW;
+          for (int64_t j = 0; j < HW; ++j) {
+            gxp[base + j] = Convert<T>(k1 * Convert<K>(gp[base + j]) + k2 * (Convert<K>(xp[base + j]) - m) + k3);
+          }
+        }
+      }
+    });
+  });
+}
+
+}  // namespace
+
+void AddNormalizationKernels(KernelTable& t) {
+  t[static_cast<int>(Op::kBatchNorm)] = &BatchNormKernel;
+  t[static_cast<int>(Op::kBatchNormBackward)] = &BatchNormBackwardKernel;
+}
+
+}  // namespace quanta::cpu
