@@ -675,6 +675,23 @@ void MaxPool2dBackwardKernel(const KernelCall& c) {
                                                  static_cast<const int64_t*>(idx.raw_data()), gx.raw_data(), s.stream));
 }
 
+void BatchNormKernel(const KernelCall& c) {
+  DeviceState& s = StateOf(c);
+  const Tensor& x = c.in[0];
+  QUANTA_LAUNCH_CHECK(c, LaunchBatchNorm(x.dtype(), x.size(0), x.size(1), x.size(2) * x.size(3), c.attrs.scalar,
+                                         x.raw_data(), c.in[1].raw_data(), c.in[2].raw_data(), c.out[0].raw_data(),
+                                         c.out[1].raw_data(), c.out[2].raw_data(), s.stream));
+}
+
+void BatchNormBackwardKernel(const KernelCall& c) {
+  DeviceState& s = StateOf(c);
+  const Tensor& x = c.in[1];
+  QUANTA_LAUNCH_CHECK(c, LaunchBatchNormBackward(x.dtype(), x.size(0), x.size(1), x.size(2) * x.size(3),
+                                                 c.attrs.scalar, c.in[0].raw_data(), x.raw_data(), c.in[2].raw_data(),
+                                                 c.in[3].raw_data(), c.in[4].raw_data(), c.out[0].raw_data(),
+                                                 c.out[1].raw_data(), c.out[2].raw_data(), s.stream));
+}
+
 // Runs an indexing kernel with a device slot for a bad index, then checks it
 // (this synchronizes: an out-of-range index must throw, as on the CPU).
 template <typename Launch>
@@ -940,6 +957,8 @@ class CudaBackend : public Backend {
     SetKernel(Op::kConv2dBackwardWeight, &Conv2dBackwardWeightKernel);
     SetKernel(Op::kMaxPool2d, &MaxPool2dKernel);
     SetKernel(Op::kMaxPool2dBackward, &MaxPool2dBackwardKernel);
+    SetKernel(Op::kBatchNorm, &BatchNormKernel);
+    SetKernel(Op::kBatchNormBackward, &BatchNormBackwardKernel);
     SetKernel(Op::kGather, &GatherKernel);
     SetKernel(Op::kScatterAdd, &ScatterAddKernel);
     SetKernel(Op::kQuantize, &QuantizeKernel);

@@ -90,6 +90,17 @@ std::string LaunchMaxPool2d(const PoolGeometry& p, DType dtype, const void* x, v
 std::string LaunchMaxPool2dBackward(DType dtype, int64_t planes, int64_t ohw, int64_t hw, const void* grad_out,
                                     const int64_t* indices, void* grad_in, Stream s);
 
+// Batch norm in training (Note [Fused batch norm] in
+// backends/cpu/reference_normalization.cc), one block per channel; x, y, grad_y,
+// grad_x (N, C, HW) contiguous, the rest (C). mean and var are f64 for f64 data,
+// else f32. Forward: y, the batch mean and the biased variance. Backward:
+// grad_x, grad_weight, grad_bias from grad_y.
+std::string LaunchBatchNorm(DType dtype, int64_t N, int64_t C, int64_t HW, double eps, const void* x, const void* weight,
+                            const void* bias, void* y, void* mean, void* var, Stream s);
+std::string LaunchBatchNormBackward(DType dtype, int64_t N, int64_t C, int64_t HW, double eps, const void* grad_y,
+                                    const void* x, const void* weight, const void* mean, const void* var,
+                                    void* grad_x, void* grad_weight, void* grad_bias, Stream s);
+
 // Plain loops for what cuBLAS does not cover (integer dtypes): y (batch, M, N)
 // contiguous; a and b addressed by (batch stride, row stride, column stride).
 struct MatrixOperand {

@@ -55,6 +55,78 @@ __global__ void MaxPoolBackwardLoop(int64_t planes, int64_t ohw, int64_t hw, con
   }
 }
 
+// ---- batch norm (training) ------------------------------------------------------------
+// One block per channel: its threads stride over the channel's N * HW values,
+// sums in f64 reduced through shared memory (in another order than the CPU's
+// partial sums; both f64). Two passes for the mean and variance, one for y; the
+// backward's two sums in one pass, then grad_x.
+
+__device__ double BlockSum(double v, double* shared) {
+  shared[threadIdx.x] = v;
+  __syncthreads();
+  for (int step = blockDim.x / 2; step > 0; step >>= 1) {
+    if (threadIdx.x < step) shared[threadIdx.x] += shared[threadIdx.x + step];
+    __syncthreads();
+  }
+  double total = shared[0];
+  __syncthreads();  // shared is reused by the next sum
+  return total;
+}
+
+__device__ inline int64_t ChannelIndex(int64_t i, int64_t C, int64_t HW, int64_t c) {
+  return (i / HW * C + c) * HW + i % HW;
+}
+
+template <typename T, typename S>
+__global__ void BatchNormLoop(int64_t N, int64_t C, int64_t HW, double eps, const T* x, const T* w, const T* b, T* y,
+                              S* mean_out, S* var_out) {
+  using K = Compute<T>;
+  __shared__ double shared[kThreads];
+  const int64_t c = blockIdx.x, count = N * HW;
+  double sum = 0;
+  for (int64_t i = threadIdx.x; i < count; i += blockDim.x) sum += double(Convert<K>(x[ChannelIndex(i, C, HW, c)]));
+  const double mean = BlockSum(sum, shared) / double(count);
+  double sq = 0;
+  for (int64_t i = threadIdx.x; i < count; i += blockDim.x) {
+    double d = double(Convert<K>(x[ChannelIndex(i, C, HW, c)])) - mean;
+    sq += d * d;
+  }
+  const double var = BlockSum(sq, shared) / double(count);
+  if (threadIdx.x == 0) mean_out[c] = S(mean), var_out[c] = S(var);
+  const K m = K(mean), scale = K(double(Convert<K>(w[c])) / sqrt(var + eps)), shift = Convert<K>(b[c]);
+  for (int64_t i = threadIdx.x; i < count; i += blockDim.x) {
+    int64_t at = ChannelIndex(i, C, HW, c);
+    y[at] = Convert<T>((Convert<K>(x[at]) - m) * scale + shift);
+  }
+}
+
+template <typename T, typename S>
+__global__ void BatchNormBackwardLoop(int64_t N, int64_t C, int64_t HW, double eps, const T* gy, const T* x,
+                                      const T* w, const S* mean, const S* var, T* gx, T* gw, T* gb) {
+  using K = Compute<T>;
+  __shared__ double shared[kThreads];
+  const int64_t c = blockIdx.x, count = N * HW;
+  const double mu = double(mean[c]), invstd = 1 / sqrt(double(var[c]) + eps);
+  double sum_gy = 0, sum_gy_xmu = 0;
+  for (int64_t i = threadIdx.x; i < count; i += blockDim.x) {
+    int64_t at = ChannelIndex(i, C, HW, c);
+    double g = double(Convert<K>(gy[at]));
+    sum_gy += g;
+    sum_gy_xmu += g * (double(Convert<K>(x[at])) - mu);
+  }
+  sum_gy = BlockSum(sum_gy, shared);
+  sum_gy_xmu = BlockSum(sum_gy_xmu, shared);
+  const double grad_w = sum_gy_xmu * invstd;
+  if (threadIdx.x == 0) gb[c] = Convert<T>(K(sum_gy)), gw[c] = Convert<T>(K(grad_w));
+  const double wi = double(Convert<K>(w[c])) * invstd;
+  const K k1 = K(wi), k2 = K(-wi * invstd * grad_w / double(count)), k3 = K(-wi * sum_gy / double(count)), m = K(mu);
+  for (int64_t i = threadIdx.x; i < count; i += blockDim.x) {
+    int64_t at = ChannelIndex(i, C, HW, c);
+    gx[at] = Convert<T>(k1 * Convert<K>(gy[at]) + k2 * (Convert<K>(x[at]) - m) + k3);
+  }
+}
+
+// ---- indexing ---------------------------------------------------------------------
 // ---- indexing ---------------------------------------------------------------------
 
 template <typename T>
@@ -330,6 +402,40 @@ std::string LaunchMaxPool2dBackward(DType dtype, int64_t planes, int64_t ohw, in
     MaxPoolBackwardLoop<T><<<Blocks(planes), kThreads, 0, AsStream(s)>>>(
         planes, ohw, hw, static_cast<const T*>(grad_out), indices, static_cast<T*>(grad_in));
     return LastError();
+  });
+}
+
+std::string LaunchBatchNorm(DType dtype, int64_t N, int64_t C, int64_t HW, double eps, const void* x, const void* weight,
+                            const void* bias, void* y, void* mean, void* var, Stream s) {
+  if (C == 0) return "";
+  return VisitPlain(dtype, [&]<typename T>(TypeTag<T>) -> std::string {
+    if constexpr (kFloating<T>) {
+      using S = std::conditional_t<std::is_same_v<T, double>, double, float>;
+      BatchNormLoop<T, S><<<static_cast<int>(C), kThreads, 0, AsStream(s)>>>(
+          N, C, HW, eps, static_cast<const T*>(x), static_cast<const T*>(weight), static_cast<const T*>(bias),
+          static_cast<T*>(y), static_cast<S*>(mean), static_cast<S*>(var));
+      return LastError();
+    } else {
+      return "batch norm needs a floating dtype";
+    }
+  });
+}
+
+std::string LaunchBatchNormBackward(DType dtype, int64_t N, int64_t C, int64_t HW, double eps, const void* grad_y,
+                                    const void* x, const void* weight, const void* mean, const void* var,
+                                    void* grad_x, void* grad_weight, void* grad_bias, Stream s) {
+  if (C == 0) return "";
+  return VisitPlain(dtype, [&]<typename T>(TypeTag<T>) -> std::string {
+    if constexpr (kFloating<T>) {
+      using S = std::conditional_t<std::is_same_v<T, double>, double, float>;
+      BatchNormBackwardLoop<T, S><<<static_cast<int>(C), kThreads, 0, AsStream(s)>>>(
+          N, C, HW, eps, static_cast<const T*>(grad_y), static_cast<const T*>(x), static_cast<const T*>(weight),
+          static_cast<const S*>(mean), static_cast<const S*>(var), static_cast<T*>(grad_x),
+          static_cast<T*>(grad_weight), static_cast<T*>(grad_bias));
+      return LastError();
+    } else {
+      return "batch norm needs a floating dtype";
+    }
   });
 }
 
