@@ -254,9 +254,13 @@ def torch_bert(threads, runs):
 
 # ---- the table -----------------------------------------------------------------
 
+def fmt(v):
+    return f"{v:.2f}" if abs(v) < 10 else f"{v:.1f}"
+
+
 def spread(values):
     m = statistics.median(values)
-    return f"{m:.1f}" if len(values) == 1 else f"{m:.1f} ({min(values):.1f}-{max(values):.1f})"
+    return fmt(m) if len(values) == 1 else f"{fmt(m)} ({fmt(min(values))}-{fmt(max(values))})"
 
 
 def main():
