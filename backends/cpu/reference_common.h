@@ -1,8 +1,9 @@
 // The reference kernels' shared pieces. The kernels live one op family per
 // file (reference_unary.cc, reference_binary.cc, reference_elementwise.cc,
 // reference_reductions.cc, reference_linear.cc, reference_indexing.cc,
-// reference_quantization.cc, reference_normalization.cc), each template instantiated over the dtypes in its
-// own translation unit, so that no file takes minutes to compile; each file
+// reference_quantization.cc, reference_integer.cc, reference_normalization.cc),
+// each template instantiated over the dtypes in its own translation unit, so
+// that no file takes long to compile (tools/compile_times.py); each file
 // adds its kernels to the table that reference_kernels.cc checks is complete.
 // Floating sums and dot products accumulate in f64, integer ones in i64.
 #pragma once
@@ -40,6 +41,7 @@ void AddReductionKernels(KernelTable& t);
 void AddLinearKernels(KernelTable& t);
 void AddIndexingKernels(KernelTable& t);
 void AddQuantizationKernels(KernelTable& t);
+void AddIntegerKernels(KernelTable& t);
 void AddNormalizationKernels(KernelTable& t);
 
 }  // namespace quanta::cpu

@@ -18,6 +18,7 @@ struct Table {
     AddLinearKernels(kernels);
     AddIndexingKernels(kernels);
     AddQuantizationKernels(kernels);
+    AddIntegerKernels(kernels);
     AddNormalizationKernels(kernels);
     for (int i = 0; i < kNumOps; ++i) {
       QUANTA_CHECK(kernels[i] != nullptr || IsStructural(static_cast<Op>(i)),

@@ -34,8 +34,8 @@ struct SumReducer {
   template <typename C> void Add(C v, int64_t) {
     if constexpr (std::is_floating_point_v<C>) fsum += v; else isum += v;
   }
-  template <typename Out> auto Result() const {
-    if constexpr (std::is_floating_point_v<Compute<Out>>) return fsum; else return isum;
+  template <typename T> auto Result() const {
+    if constexpr (std::is_floating_point_v<Compute<T>>) return fsum; else return isum;
   }
 };
 
@@ -50,7 +50,7 @@ struct ExtremeReducer {
     if (!any || std::isnan(d) || (kMax ? d > best : d < best)) best = d;
     any = true;
   }
-  template <typename Out> double Result() const { return best; }
+  template <typename T> double Result() const { return best; }
 };
 
 struct ArgmaxReducer {
@@ -64,20 +64,35 @@ struct ArgmaxReducer {
       best_index = i;
     }
   }
-  template <typename Out> int64_t Result() const { return best_index; }
+  template <typename T> int64_t Result() const { return best_index; }
 };
+
+// Stores one result, of type R (double or int64_t), as y's dtype. Chosen once
+// per call, so that the loops are instantiated per input dtype only, not per
+// input and output pair (121 of them per reducer took this file two minutes to
+// compile; tools/compile_times.py).
+template <typename R>
+using StoreFn = void (*)(void*, int64_t, R);
+template <typename R>
+StoreFn<R> StoreFor(const KernelCall& c, DType dtype) {
+  StoreFn<R> fn = nullptr;
+  VisitPlain(c, dtype, [&]<typename Out>(TypeTag<Out>) {
+    fn = [](void* base, int64_t i, R v) { StoreAt<Out>(base, i, Convert<Out>(v)); };
+  });
+  return fn;
+}
 
 template <typename Reducer>
 void ReduceKernel(const KernelCall& c) {
   const Tensor& x = c.in[0];
   const Tensor& y = c.out[0];
   if (x.numel() == 0) {  // an empty reduction (the frontend allows it for sum only)
-    VisitPlain(c, y.dtype(), [&]<typename Out>(TypeTag<Out>) {
+    VisitPlain(c, x.dtype(), [&]<typename T>(TypeTag<T>) {
       Reducer empty;
+      auto value = empty.template Result<T>();
+      StoreFn<decltype(value)> store = StoreFor<decltype(value)>(c, y.dtype());
       void* yp = StorageBase(y);
-      ForEachStrided<1>(y.shape(), {&y}, [&](const std::array<int64_t, 1>& o) {
-        StoreAt<Out>(yp, o[0], Convert<Out>(empty.template Result<Out>()));
-      });
+      ForEachStrided<1>(y.shape(), {&y}, [&](const std::array<int64_t, 1>& o) { store(yp, o[0], value); });
     });
     return;
   }
@@ -93,54 +108,53 @@ void ReduceKernel(const KernelCall& c) {
   constexpr bool kExtreme = std::is_same_v<Reducer, ExtremeReducer<true>> || std::is_same_v<Reducer, ExtremeReducer<false>>;
   if (dense && (kSum || kExtreme) && (x.dtype() == DType::kF32 || x.dtype() == DType::kF64)) {
     const int64_t n = v.inner.numel();
+    StoreFn<double> store = StoreFor<double>(c, y.dtype());
     VisitDType(x.dtype(), [&]<typename T>(TypeTag<T>) {
       if constexpr (std::is_floating_point_v<T>) {
         const T* xb = static_cast<const T*>(StorageBase(x));
-        VisitPlain(c, y.dtype(), [&]<typename Out>(TypeTag<Out>) {
-          void* yp = StorageBase(y);
-          ForEachStrided<2>(y.shape(), {&y, &v.outer}, [&](const std::array<int64_t, 2>& o) {
-            const T* p = xb + o[1];
-            double r;
-            if constexpr (kSum) {
-              double part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-              int64_t j = 0;
-              for (; j + 8 <= n; j += 8) {
-                for (int k = 0; k < 8; ++k) part[k] += static_cast<double>(p[j + k]);
-              }
-              for (; j < n; ++j) part[0] += static_cast<double>(p[j]);
-              r = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
-            } else {
-              constexpr bool kMax = std::is_same_v<Reducer, ExtremeReducer<true>>;
-              T best = p[0];
-              bool nan = false;
-              for (int64_t j = 0; j < n; ++j) {
-                nan |= p[j] != p[j];
-                best = kMax ? (p[j] > best ? p[j] : best) : (p[j] < best ? p[j] : best);
-              }
-              r = nan ? std::numeric_limits<double>::quiet_NaN() : static_cast<double>(best);
+        void* yp = StorageBase(y);
+        ForEachStrided<2>(y.shape(), {&y, &v.outer}, [&](const std::array<int64_t, 2>& o) {
+          const T* p = xb + o[1];
+          double r;
+          if constexpr (kSum) {
+            double part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            int64_t j = 0;
+            for (; j + 8 <= n; j += 8) {
+              for (int k = 0; k < 8; ++k) part[k] += static_cast<double>(p[j + k]);
             }
-            StoreAt<Out>(yp, o[0], Convert<Out>(r));
-          }, /*grain=*/std::max<int64_t>(1, 32768 / std::max<int64_t>(1, n)));
-        });
+            for (; j < n; ++j) part[0] += static_cast<double>(p[j]);
+            r = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+          } else {
+            constexpr bool kMax = std::is_same_v<Reducer, ExtremeReducer<true>>;
+            T best = p[0];
+            bool nan = false;
+            for (int64_t j = 0; j < n; ++j) {
+              nan |= p[j] != p[j];
+              best = kMax ? (p[j] > best ? p[j] : best) : (p[j] < best ? p[j] : best);
+            }
+            r = nan ? std::numeric_limits<double>::quiet_NaN() : static_cast<double>(best);
+          }
+          store(yp, o[0], r);
+        }, /*grain=*/std::max<int64_t>(1, 32768 / std::max<int64_t>(1, n)));
       }
     });
     return;
   }
   VisitPlain(c, x.dtype(), [&]<typename T>(TypeTag<T>) {
+    using R = decltype(Reducer{}.template Result<T>());
+    StoreFn<R> store = StoreFor<R>(c, y.dtype());
     const void* xp = StorageBase(x);
-    VisitPlain(c, y.dtype(), [&]<typename Out>(TypeTag<Out>) {
-      void* yp = StorageBase(y);
-      ForEachStrided<2>(y.shape(), {&y, &v.outer}, [&](const std::array<int64_t, 2>& o) {
-        Reducer r;
-        r.template Start<T>();
-        int64_t i = 0;
-        // Inner indices are relative to the outer element's storage index.
-        ForEachStrided<1>(v.inner.shape(), {&v.inner}, [&](const std::array<int64_t, 1>& in) {
-          r.Add(Convert<Compute<T>>(LoadAt<T>(xp, o[1] + in[0])), i++);
-        }, 1, /*serial=*/true);
-        StoreAt<Out>(yp, o[0], Convert<Out>(r.template Result<Out>()));
-      }, /*grain=*/std::max<int64_t>(1, 32768 / std::max<int64_t>(1, v.inner.numel())));
-    });
+    void* yp = StorageBase(y);
+    ForEachStrided<2>(y.shape(), {&y, &v.outer}, [&](const std::array<int64_t, 2>& o) {
+      Reducer r;
+      r.template Start<T>();
+      int64_t i = 0;
+      // Inner indices are relative to the outer element's storage index.
+      ForEachStrided<1>(v.inner.shape(), {&v.inner}, [&](const std::array<int64_t, 1>& in) {
+        r.Add(Convert<Compute<T>>(LoadAt<T>(xp, o[1] + in[0])), i++);
+      }, 1, /*serial=*/true);
+      store(yp, o[0], r.template Result<T>());
+    }, /*grain=*/std::max<int64_t>(1, 32768 / std::max<int64_t>(1, v.inner.numel())));
   });
 }
 
