@@ -12,45 +12,38 @@
 // the loops vectorize; channels run in parallel.
 #include <cmath>
 #include <type_traits>
-#include <utility>
+#include <array>
 
 #include "backends/cpu/reference_common.h"
 
 namespace quanta::cpu {
 namespace {
 
-// Sums f(i) over the flat indices i of channel c of an (N, C, HW) tensor.
-template <typename F>
-double SumChannel(int64_t N, int64_t C, int64_t HW, int64_t c, F&& f) {
-  double part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+// Sums each f(i) over the flat indices i of channel c of an (N, C, HW) tensor,
+// all in one pass (the backward's two sums read grad_y and x once).
+template <typename... F>
+std::array<double, sizeof...(F)> SumChannel(int64_t N, int64_t C, int64_t HW, int64_t c, F&&... f) {
+  double part[sizeof...(F)][8] = {};
   for (int64_t n = 0; n < N; ++n) {
     const int64_t base = (n * C + c) * HW;
     int64_t j = 0;
     for (; j + 8 <= HW; j += 8) {
-      for (int k = 0; k < 8; ++k) part[k] += f(base + j + k);
-    }
-    for (; j < HW; ++j) part[0] += f(base + j);
-  }
-  return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
-}
-
-// Both sums of the backward, Σ f(i) and Σ g(i), in one pass.
-template <typename F, typename G>
-std::pair<double, double> SumChannel2(int64_t N, int64_t C, int64_t HW, int64_t c, F&& f, G&& g) {
-  double pf[8] = {0, 0, 0, 0, 0, 0, 0, 0}, pg[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  for (int64_t n = 0; n < N; ++n) {
-    const int64_t base = (n * C + c) * HW;
-    int64_t j = 0;
-    for (; j + 8 <= HW; j += 8) {
-      for (int k = 0; k < 8; ++k) {
-        pf[k] += f(base + j + k);
-        pg[k] += g(base + j + k);
+      for (int l = 0; l < 8; ++l) {
+        size_t k = 0;
+        ((part[k++][l] += f(base + j + l)), ...);
       }
     }
-    for (; j < HW; ++j) pf[0] += f(base + j), pg[0] += g(base + j);
+    for (; j < HW; ++j) {
+      size_t k = 0;
+      ((part[k++][0] += f(base + j)), ...);
+    }
   }
-  auto total = [](const double* p) { return ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7])); };
-  return {total(pf), total(pg)};
+  std::array<double, sizeof...(F)> total;
+  for (size_t k = 0; k < total.size(); ++k) {
+    const double* p = part[k];
+    total[k] = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+  }
+  return total;
 }
 
 // Visits the floating dtypes, with S the statistics' type (f64 for f64, else f32).
@@ -81,11 +74,11 @@ void BatchNormKernel(const KernelCall& c) {
     ParallelFor(0, C, 1, [&](int64_t begin, int64_t end) {
       for (int64_t ch = begin; ch < end; ++ch) {
         const double mean =
-            SumChannel(N, C, HW, ch, [&](int64_t i) { return static_cast<double>(Convert<K>(xp[i])); }) / count;
+            SumChannel(N, C, HW, ch, [&](int64_t i) { return static_cast<double>(Convert<K>(xp[i])); })[0] / count;
         const double var = SumChannel(N, C, HW, ch, [&](int64_t i) {
                              double d = static_cast<double>(Convert<K>(xp[i])) - mean;
                              return d * d;
-                           }) / count;
+                           })[0] / count;
         mp[ch] = static_cast<S>(mean);
         vp[ch] = static_cast<S>(var);
         const K m = static_cast<K>(mean);
@@ -120,7 +113,7 @@ void BatchNormBackwardKernel(const KernelCall& c) {
       for (int64_t ch = begin; ch < end; ++ch) {
         const double mu = static_cast<double>(mp[ch]);
         const double invstd = 1 / std::sqrt(static_cast<double>(vp[ch]) + eps);
-        const auto [sum_gy, sum_gy_xmu] = SumChannel2(
+        const auto [sum_gy, sum_gy_xmu] = SumChannel(
             N, C, HW, ch, [&](int64_t i) { return static_cast<double>(Convert<K>(gp[i])); },
             [&](int64_t i) {
               return static_cast<double>(Convert<K>(gp[i])) * (static_cast<double>(Convert<K>(xp[i])) - mu);
