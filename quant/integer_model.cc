@@ -157,18 +157,32 @@ Tensor IntegerModel::Forward(const Tensor& x) {
 
 namespace {
 
-// Note [Codebook weights]: an int8 weight of at most 4 bits' worth of values
-// (APoT's 4-bit levels span [-10, 10], beyond qint4) is stored as 4-bit indices
-// into a sorted codebook of its distinct integers; loading decodes it back to
-// qint8, so the kernels see the same integers. Empty: stored as it is.
+// Note [Codebook weights]: a layer the policy gave at most 4 weight bits is
+// stored as b-bit indices into a sorted codebook of its distinct integers, b
+// the fewest bits that index them (2-bit LSQ's four values and APoT's ternary
+// levels: 2 bits; 3-bit: 3; APoT's 4-bit levels, which span [-10, 10] beyond
+// qint4: 4). The indices are one bit stream, low bits first: weight i starts
+// at bit i * b. Loading decodes them back to the layer's qint8/qint4 integers,
+// so the kernels see the same values. Files from before the bit width was
+// written ("wcodes" without "wpack") hold 4-bit indices. Empty: stored as it is.
 std::vector<int32_t> CodebookOf(const IntegerNode& n) {
-  if (n.weight.dtype() != DType::kQInt8 || n.weight_bits > 4) return {};
+  if (n.weight.dtype() != DType::kQInt8 && n.weight.dtype() != DType::kQInt4) return {};
+  if (n.weight_bits < 1 || n.weight_bits > 4) return {};  // 0: not recorded (a node built by hand)
   std::vector<int32_t> values = n.weight.IntRepr();
   std::sort(values.begin(), values.end());
   values.erase(std::unique(values.begin(), values.end()), values.end());
   if (values.size() > 16) return {};
   return values;
 }
+
+// Bits per index for a codebook of `size` values: 1 to 4.
+int IndexBits(size_t size) {
+  int bits = 1;
+  while ((size_t{1} << bits) < size) ++bits;
+  return bits;
+}
+
+int64_t PackedBytes(int64_t count, int bits) { return (count * bits + 7) / 8; }
 
 }  // namespace
 
@@ -181,7 +195,9 @@ int64_t IntegerModel::Bytes() const {
       bytes += 4 * numel;
     } else {
       size_t codebook = CodebookOf(n).size();
-      bytes += n.weight.dtype() == DType::kQInt4 || codebook > 0 ? (numel + 1) / 2 : numel;
+      bytes += codebook > 0                           ? PackedBytes(numel, IndexBits(codebook))
+               : n.weight.dtype() == DType::kQInt4 ? (numel + 1) / 2
+                                                   : numel;
       bytes += static_cast<int64_t>(codebook) + 4 * static_cast<int64_t>(n.weight.qparams().scales.size());
     }
     if (n.bias.defined()) bytes += 4 * n.bias.numel();
@@ -197,7 +213,7 @@ std::string IntegerModel::Summary() const {
     size_t codebook = HasWeights(n.kind) ? CodebookOf(n).size() : 0;
     absl::StrAppendFormat(&out, "%-4d %-16s %-26s %-6s %-8s %s%s%s%s\n", i, NodeKindName(n.kind), n.name, bits,
                           Name(n.out_dtype), n.weight.defined() ? n.weight.Describe() : "",
-                          codebook > 0 ? absl::StrCat(" codebook(", codebook, ")") : "", n.relu ? " +relu" : "",
+                          codebook > 0 ? absl::StrCat(" codebook(", codebook, ", ", IndexBits(codebook), "-bit)") : "", n.relu ? " +relu" : "",
                           n.residual >= 0 ? absl::StrCat(" +residual(", n.residual, ")") : "");
   }
   absl::StrAppendFormat(&out, "bytes: %d\n", Bytes());
@@ -221,7 +237,7 @@ std::string NodeLine(const IntegerNode& n) {
                     " wrange=", Ints({pw.quant_min, pw.quant_max}), " bias=", n.bias.defined() ? 1 : 0,
                     " relu=", n.relu ? 1 : 0, " residual=", n.residual, " bits=", Ints({n.weight_bits, n.act_bits}));
     size_t codebook = CodebookOf(n).size();
-    if (codebook > 0) absl::StrAppend(&line, " wcodes=", codebook);
+    if (codebook > 0) absl::StrAppend(&line, " wcodes=", codebook, " wpack=", IndexBits(codebook));
   }
   if (n.kind == NodeKind::kConv2d) {
     const Conv2dOptions& c = n.conv;
@@ -365,33 +381,43 @@ absl::StatusOr<IntegerNode> ParseNode(const LineReader& r, const TensorMap& tens
       }
       QuantParams pw =
           QuantParams::PerChannel(scales, std::vector<int64_t>(channels, 0), axis).WithRange(wrange[0], wrange[1]);
-      if (wdtype == DType::kQInt4) {
-        ASSIGN_OR_RETURN(Tensor packed, get(".weight", DType::kU8, (numel + 1) / 2));
-        n.weight = Tensor::Empty(wshape, DType::kQInt4, Device::Cpu(), pw);
-        std::memcpy(n.weight.raw_data(), packed.Contiguous().raw_data(), (numel + 1) / 2);
-      } else if (wdtype == DType::kQInt8 && r.Has("wcodes")) {  // Note [Codebook weights]
+      if (r.Has("wcodes")) {  // Note [Codebook weights]
         ASSIGN_OR_RETURN(std::vector<int64_t> count, r.Ints("wcodes", 1));
         if (count[0] < 1 || count[0] > 16) return r.Bad("wcodes", absl::StrCat(count[0]));
+        int bits = 4;  // files written before "wpack"
+        if (r.Has("wpack")) {
+          ASSIGN_OR_RETURN(std::vector<int64_t> pack, r.Ints("wpack", 1));
+          if (pack[0] < 1 || pack[0] > 4 || (int64_t{1} << pack[0]) < count[0]) return r.Bad("wpack", absl::StrCat(pack[0]));
+          bits = static_cast<int>(pack[0]);
+        }
         ASSIGN_OR_RETURN(Tensor book_t, get(".weight_codebook", DType::kI8, count[0]));
-        ASSIGN_OR_RETURN(Tensor packed, get(".weight", DType::kU8, (numel + 1) / 2));
+        ASSIGN_OR_RETURN(Tensor packed, get(".weight", DType::kU8, PackedBytes(numel, bits)));
         std::vector<int32_t> book = book_t.ToVector<int32_t>();
         for (size_t i = 1; i < book.size(); ++i) {
           if (book[i] <= book[i - 1]) {
             return absl::InvalidArgumentError(absl::StrCat(where, ": the codebook of '", n.name, "' is not ascending"));
           }
         }
+        const DTypeInfo& info = Info(wdtype);
+        if (book.front() < info.qmin || book.back() > info.qmax) return r.Bad("weight_codebook", absl::StrJoin(book, ","));
         std::vector<uint8_t> bytes = packed.ToVector<uint8_t>();
         std::vector<int32_t> values(numel);
+        const uint32_t mask = (1u << bits) - 1;
         for (int64_t i = 0; i < numel; ++i) {
-          int index = (bytes[i / 2] >> (4 * (i % 2))) & 0xF;
-          if (index >= static_cast<int>(book.size())) {
+          int64_t bit = i * bits;  // bits <= 4: an index lies within two bytes
+          uint32_t window = bytes[bit / 8] | (bit / 8 + 1 < static_cast<int64_t>(bytes.size()) ? bytes[bit / 8 + 1] << 8 : 0);
+          uint32_t index = (window >> (bit % 8)) & mask;
+          if (index >= book.size()) {
             return absl::InvalidArgumentError(absl::StrCat(where, ": weight index ", index, " of '", n.name,
                                                            "' outside its codebook of ", book.size()));
           }
           values[i] = book[index];
         }
-        if (book.front() < -128 || book.back() > 127) return r.Bad("weight_codebook", absl::StrJoin(book, ","));
-        n.weight = Tensor::FromQuantized(values, wshape, DType::kQInt8, pw);
+        n.weight = Tensor::FromQuantized(values, wshape, wdtype, pw);
+      } else if (wdtype == DType::kQInt4) {
+        ASSIGN_OR_RETURN(Tensor packed, get(".weight", DType::kU8, (numel + 1) / 2));
+        n.weight = Tensor::Empty(wshape, DType::kQInt4, Device::Cpu(), pw);
+        std::memcpy(n.weight.raw_data(), packed.Contiguous().raw_data(), (numel + 1) / 2);
       } else if (wdtype == DType::kQInt8) {
         ASSIGN_OR_RETURN(Tensor values, get(".weight", DType::kI8, numel));
         n.weight = Tensor::Empty(wshape, DType::kQInt8, Device::Cpu(), pw);
@@ -455,13 +481,17 @@ absl::Status IntegerModel::Save(const std::string& path, const std::map<std::str
       continue;
     }
     std::vector<int32_t> book = CodebookOf(n);
-    if (!book.empty()) {  // Note [Codebook weights]: 4-bit indices, low nibble first
+    if (!book.empty()) {  // Note [Codebook weights]: b-bit indices, low bits first
+      const int bits = IndexBits(book.size());
       std::vector<int32_t> values = w.IntRepr();
-      std::vector<uint8_t> packed((values.size() + 1) / 2, 0);
+      std::vector<uint8_t> packed(PackedBytes(static_cast<int64_t>(values.size()), bits) + 1, 0);  // + 1: spill
       for (size_t i = 0; i < values.size(); ++i) {
-        auto index = std::lower_bound(book.begin(), book.end(), values[i]) - book.begin();
-        packed[i / 2] |= static_cast<uint8_t>(index << (4 * (i % 2)));
+        uint32_t index = static_cast<uint32_t>(std::lower_bound(book.begin(), book.end(), values[i]) - book.begin());
+        size_t bit = i * bits;
+        packed[bit / 8] |= static_cast<uint8_t>(index << (bit % 8));
+        packed[bit / 8 + 1] |= static_cast<uint8_t>(index >> (8 - bit % 8));
       }
+      packed.pop_back();  // the spill byte is always 0: the last index ends inside the stream
       tensors[n.name + ".weight"] = Tensor::FromVector(packed, {static_cast<int64_t>(packed.size())});
       std::vector<int8_t> book8(book.begin(), book.end());
       tensors[n.name + ".weight_codebook"] = Tensor::FromVector(book8, {static_cast<int64_t>(book8.size())});

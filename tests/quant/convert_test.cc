@@ -16,9 +16,11 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <set>
 
 #include "core/grad_mode.h"
 #include "core/ops.h"
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "models/resnet.h"
 #include "models/resnet_cifar.h"
@@ -185,23 +187,134 @@ INSTANTIATE_TEST_SUITE_P(Policies, ConvertResNet,
                          ::testing::Values("default 8 8 ema\n", "default 4 8 ema\nfirst_last_8bit off\n",
                                            "default 4 4 ema\n"));
 
-TEST(Convert, Int4WeightsAreStoredTwoAByte) {
-  Generator gen(20);
-  auto net = models::CifarResNet::Make(8, 10, &gen);
-  PrepareAndCalibrate(*net, "default 4 8 ema\n", Batches({8, 3, 16, 16}, 2, 21));
-  auto q = Convert(*net);
-  int64_t expected = 0;
-  for (const IntegerNode& n : q->nodes()) {
-    if (!n.weight.defined()) continue;
-    // First and last layers stay at 8 bits (first_last_8bit).
-    bool edge = n.name == "conv1" || n.name == "fc";
-    EXPECT_EQ(n.weight.dtype(), edge ? DType::kQInt8 : DType::kQInt4) << n.name;
-    EXPECT_EQ(n.weight_bits, edge ? 8 : 4) << n.name;
-    int64_t channels = static_cast<int64_t>(n.weight.qparams().scales.size());
-    expected += (edge ? n.weight.numel() : (n.weight.numel() + 1) / 2) + 4 * channels +
-                (n.bias.defined() ? 4 * n.bias.numel() : 0);
+std::string TempPath(const std::string& name);
+
+// Note [Codebook weights] in quant/integer_model.cc: layers given 2, 3 or 4
+// weight bits are stored at that many bits a weight (indices into a codebook of
+// their distinct integers); the first and last layers stay int8.
+TEST(Convert, LowBitWeightsAreStoredAtTheirBits) {
+  for (int bits : {4, 3, 2}) {
+    SCOPED_TRACE(bits);
+    Generator gen(20);
+    auto net = models::CifarResNet::Make(8, 10, &gen);
+    PrepareAndCalibrate(*net, absl::StrCat("default ", bits, " 8 ema\n"), Batches({8, 3, 16, 16}, 2, 21));
+    auto q = Convert(*net);
+    std::string path = TempPath(absl::StrCat("resnet8_w", bits, ".safetensors"));
+    ASSERT_TRUE(q->Save(path).ok());
+    auto file = LoadSafetensors(path);
+    ASSERT_TRUE(file.ok()) << file.status();
+    int64_t expected = 0, packed_layers = 0;
+    for (const IntegerNode& n : q->nodes()) {
+      if (!n.weight.defined()) continue;
+      bool edge = n.name == "conv1" || n.name == "fc";  // first_last_8bit
+      EXPECT_EQ(n.weight.dtype(), edge ? DType::kQInt8 : DType::kQInt4) << n.name;
+      EXPECT_EQ(n.weight_bits, edge ? 8 : bits) << n.name;
+      const Tensor& stored = file->tensors.at(n.name + ".weight");
+      int64_t weight_bytes = edge ? n.weight.numel() : n.weight.numel() * bits / 8;  // every count here divides by 8
+      EXPECT_EQ(stored.numel(), weight_bytes) << n.name;
+      int64_t book = 0;
+      if (!edge) {
+        book = file->tensors.at(n.name + ".weight_codebook").numel();
+        EXPECT_GT(book, int64_t{1} << (bits - 1)) << n.name;  // b bits are the fewest that index it
+        EXPECT_LE(book, int64_t{1} << bits) << n.name;
+        ++packed_layers;
+      }
+      int64_t channels = static_cast<int64_t>(n.weight.qparams().scales.size());
+      expected += weight_bytes + book + 4 * channels + (n.bias.defined() ? 4 * n.bias.numel() : 0);
+    }
+    EXPECT_EQ(packed_layers, 6);  // two convolutions in each of the 3 stages (option-A shortcuts have none)
+    EXPECT_EQ(q->Bytes(), expected);
+    auto loaded = IntegerModel::Load(path);
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    for (size_t i = 0; i < q->nodes().size(); ++i) {
+      const IntegerNode &a = q->nodes()[i], &b = (*loaded)->nodes()[i];
+      if (!a.weight.defined()) continue;
+      EXPECT_EQ(b.weight.dtype(), a.weight.dtype()) << a.name;
+      EXPECT_EQ(b.weight.IntRepr(), a.weight.IntRepr()) << a.name;
+    }
+    EXPECT_EQ((*loaded)->Summary(), q->Summary());
+    Tensor x = Batches({4, 3, 16, 16}, 1, 22)[0];
+    EXPECT_EQ((*loaded)->Forward(x).ToVector<float>(), q->Forward(x).ToVector<float>());
   }
-  EXPECT_EQ(q->Bytes(), expected);
+}
+
+// The bit stream worked by hand: a linear layer of 8 weights given 3 bits with
+// the values below has the codebook {-4, -1, 0, 2, 3} (5 values: 3-bit indices)
+// and the indices 0 4 2 3 1 0 4 4, written low bits first:
+//   bits 0-2: 000, 3-5: 100 (bit 5), 6-8: 010 (bit 7), 9-11: 011 (bits 9, 10),
+//   12-14: 001 (bit 12), 15-17: 000, 18-20: 100 (bit 20), 21-23: 100 (bit 23)
+//   -> bytes 0xA0 (bits 5, 7), 0x16 (bits 9, 10, 12), 0x90 (bits 20, 23).
+// With 2 bits and the values {-2, 1, 0, -1} repeated: indices 0 3 2 1 -> 0x6C.
+TEST(Convert, PackedIndicesMatchTheBitStreamWorkedByHand) {
+  auto model_of = [](const std::vector<int32_t>& w, int bits) {
+    auto m = std::make_shared<IntegerModel>();
+    IntegerNode quantize{.kind = NodeKind::kQuantize, .name = "q", .inputs = {0}, .out_dtype = DType::kQUInt8,
+                         .out_params = QuantParams::PerTensor(0.1, 0)};
+    m->Add(quantize);
+    IntegerNode linear{.kind = NodeKind::kLinear, .name = "fc", .inputs = {1}};
+    linear.weight = Tensor::FromQuantized(w, {static_cast<int64_t>(w.size()), 1}, DType::kQInt4,
+                                          QuantParams::PerChannel({0.5}, {0}, 1).WithRange(-8, 7));
+    linear.weight_bits = bits;
+    linear.act_bits = 8;
+    m->Add(linear);
+    return m;
+  };
+  struct Case {
+    std::vector<int32_t> weights;
+    int bits;
+    std::vector<int8_t> book;
+    std::vector<uint8_t> packed;
+  };
+  for (const Case& c : {Case{{-4, 3, 0, 2, -1, -4, 3, 3}, 3, {-4, -1, 0, 2, 3}, {0xA0, 0x16, 0x90}},
+                        Case{{-2, 1, 0, -1, -2, 1, 0, -1}, 2, {-2, -1, 0, 1}, {0x6C, 0x6C}}}) {
+    auto m = model_of(c.weights, c.bits);
+    EXPECT_EQ(m->Bytes(), static_cast<int64_t>(c.packed.size() + c.book.size() + 4));
+    std::string path = TempPath(absl::StrCat("hand_w", c.bits, ".safetensors"));
+    ASSERT_TRUE(m->Save(path).ok());
+    auto file = LoadSafetensors(path);
+    ASSERT_TRUE(file.ok()) << file.status();
+    EXPECT_EQ(file->tensors.at("fc.weight").ToVector<uint8_t>(), c.packed);
+    EXPECT_EQ(file->tensors.at("fc.weight_codebook").ToVector<int8_t>(), c.book);
+    auto loaded = IntegerModel::Load(path);
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    EXPECT_EQ((*loaded)->node(2).weight.IntRepr(), c.weights);
+    EXPECT_EQ((*loaded)->node(2).weight.dtype(), DType::kQInt4);
+    // A codebook that the stated index width cannot address is refused by name.
+    std::map<std::string, std::string> meta = file->metadata;
+    std::string& graph = meta["quanta.graph"];
+    graph.replace(graph.find(absl::StrCat("wpack=", c.bits)), 7, "wpack=1");
+    std::string bad = TempPath("hand_bad.safetensors");
+    ASSERT_TRUE(SaveSafetensors(bad, file->tensors, meta).ok());
+    auto refused = IntegerModel::Load(bad);
+    ASSERT_FALSE(refused.ok());
+    EXPECT_NE(refused.status().message().find("'wpack'"), std::string::npos) << refused.status();
+  }
+}
+
+// Files written before the index width was recorded ("wcodes" without "wpack")
+// hold 4-bit indices, and qint4 weights without a codebook two a byte: the
+// fuzzer's seeds from then still load (APoT's codes; 4-bit weights in [-8, 7]).
+TEST(Convert, FilesFromBeforePackingStillLoad) {
+  auto uniform = IntegerModel::Load("tests/quant/testdata/integer_model_seeds/tiny_w4a8.safetensors");
+  ASSERT_TRUE(uniform.ok()) << uniform.status();
+  int int4_layers = 0;
+  for (const IntegerNode& n : (*uniform)->nodes()) int4_layers += n.weight.defined() && n.weight.dtype() == DType::kQInt4;
+  EXPECT_GT(int4_layers, 0);
+
+  auto loaded = IntegerModel::Load("tests/quant/testdata/integer_model_seeds/tiny_apot_w4a8.safetensors");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  int codebook_layers = 0;
+  for (const IntegerNode& n : (*loaded)->nodes()) {
+    if (!n.weight.defined()) continue;
+    std::set<int32_t> distinct;
+    for (int32_t v : n.weight.IntRepr()) distinct.insert(v);
+    if (n.weight_bits != 4) continue;
+    const std::set<int32_t> levels = {0, 1, 2, 3, 4, 6, 8, 10};  // APoT's 4-bit levels (docs/apot.md)
+    for (int32_t v : distinct) EXPECT_TRUE(levels.count(std::abs(v))) << n.name << ": " << v;
+    EXPECT_GT(distinct.size(), 8u) << n.name;  // more than 3 bits' worth: 4-bit indices
+    ++codebook_layers;
+  }
+  EXPECT_GT(codebook_layers, 0);
 }
 
 std::string TempPath(const std::string& name) {
@@ -296,13 +409,14 @@ TEST(Convert, FloatConversionEqualsTheFloatModel) {
 }
 
 // The loader's fuzz target over every truncation and byte flip of a converted
-// model (the header and graph text in full, the weights sampled): uniform 4-bit
-// weights, and APoT's 4-bit codes stored through a codebook (Note [Codebook
-// weights] in quant/integer_model.cc). Writes the files as the fuzzer's seeds
+// model (the header and graph text in full, the weights sampled): int8 weights,
+// 2-bit weights packed four a byte, and APoT's 4-bit codes, both stored through
+// a codebook (Note [Codebook weights] in quant/integer_model.cc). Writes the files as the fuzzer's seeds
 // (tests/quant/testdata/integer_model_seeds) when QUANTA_WRITE_SEEDS names a folder.
 TEST(Convert, LoaderFuzzTargetSurvivesMutations) {
-  for (const auto& [policy, seed] : {std::pair{"default 4 8 ema\n", "tiny_w4a8.safetensors"},
-                                     {"default 4 8 apot\nfirst_last_8bit off\n", "tiny_apot_w4a8.safetensors"}}) {
+  for (const auto& [policy, seed] : {std::pair{"default 8 8 ema\n", "tiny_w8a8.safetensors"},
+                                     {"default 2 8 ema\nfirst_last_8bit off\n", "tiny_w2a8.safetensors"},
+                                     {"default 4 8 apot\nfirst_last_8bit off\n", "tiny_apot_w4a8_packed.safetensors"}}) {
     SCOPED_TRACE(policy);
     auto net = models::TinyCnn(35, 1, 4);
     PrepareAndCalibrate(*net, policy, Batches({4, 1, 12, 12}, 1, 36));
@@ -314,8 +428,8 @@ TEST(Convert, LoaderFuzzTargetSurvivesMutations) {
       std::ifstream f(path, std::ios::binary);
       bytes.assign(std::istreambuf_iterator<char>(f), {});
     }
-    if (std::string(seed) != "tiny_w4a8.safetensors") {
-      EXPECT_NE(bytes.find("wcodes="), std::string::npos);
+    if (std::string(seed) != "tiny_w8a8.safetensors") {
+      EXPECT_NE(bytes.find(" wpack="), std::string::npos);
     }
     if (const char* dir = std::getenv("QUANTA_WRITE_SEEDS")) {
       std::ofstream(std::string(dir) + "/" + seed, std::ios::binary) << bytes;
