@@ -11,8 +11,18 @@ std::shared_ptr<Storage> Storage::Allocate(const Device& device, size_t bytes) {
   return std::shared_ptr<Storage>(new Storage(&backend, device, data, bytes));
 }
 
+std::shared_ptr<Storage> Storage::Wrap(const Device& device, void* data, size_t bytes, std::function<void()> release) {
+  auto storage = std::shared_ptr<Storage>(new Storage(&GetBackend(device), device, data, bytes));
+  storage->release_ = release ? std::move(release) : [] {};
+  return storage;
+}
+
 Storage::~Storage() {
-  if (data_ != nullptr) backend_->Free(data_, bytes_, device_.index);
+  if (release_) {
+    release_();
+  } else if (data_ != nullptr) {
+    backend_->Free(data_, bytes_, device_.index);
+  }
 }
 
 }  // namespace quanta

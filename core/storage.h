@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <memory>
 
 #include "core/device.h"
@@ -17,6 +18,10 @@ class Backend;
 class Storage {
  public:
   static std::shared_ptr<Storage> Allocate(const Device& device, size_t bytes);
+  // Memory that something else owns (a NumPy array, a DLPack producer):
+  // `release` runs once when the last tensor viewing it is gone, instead of the
+  // backend's Free. The caller keeps the memory valid until then.
+  static std::shared_ptr<Storage> Wrap(const Device& device, void* data, size_t bytes, std::function<void()> release);
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
@@ -41,6 +46,7 @@ class Storage {
   void* data_;
   size_t bytes_;
   bool constant_ = false;
+  std::function<void()> release_;  // Wrap: returns the memory to its owner
 };
 
 }  // namespace quanta

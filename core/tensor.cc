@@ -87,6 +87,28 @@ Tensor Tensor::Empty(const Shape& shape, DType dtype, const Device& device,
   return t;
 }
 
+Tensor Tensor::FromBlob(void* data, const Shape& shape, const Strides& strides, DType dtype, const Device& device,
+                        std::function<void()> release) {
+  QUANTA_CHECK(!IsQuantized(dtype) && Info(dtype).bits % 8 == 0, "from_blob: ", Name(dtype),
+               " is quantized; wrap its integers and quantize them instead");
+  QUANTA_CHECK(shape.size() == strides.size(), "from_blob: shape ", ShapeToString(shape), " and ", strides.size(),
+               " strides");
+  int64_t last = 0;  // the farthest element from element 0
+  for (size_t d = 0; d < shape.size(); ++d) {
+    QUANTA_CHECK(shape[d] >= 0 && strides[d] >= 0, "from_blob: shape ", ShapeToString(shape),
+                 " needs non-negative sizes and strides");
+    if (shape[d] == 0) last = -1;
+    if (last >= 0) last += (shape[d] - 1) * strides[d];
+  }
+  const int64_t bytes = (last + 1) * (Info(dtype).bits / 8);
+  Tensor t;
+  t.storage_ = Storage::Wrap(device, data, static_cast<size_t>(bytes), std::move(release));
+  t.shape_ = shape;
+  t.strides_ = strides;
+  t.dtype_ = dtype;
+  return t;
+}
+
 template <typename T>
 Tensor Tensor::FromVector(const std::vector<T>& values, const Shape& shape, const Device& device) {
   constexpr DType dtype = kDTypeOf<T>;

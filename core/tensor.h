@@ -48,6 +48,12 @@ class Tensor {
                               DType dtype, const QuantParams& qparams,
                               const Device& device = Device::Cpu());
 
+  // A tensor over memory that something else owns (torch::from_blob): `data` is
+  // element 0, strides are in elements and non-negative, and `release` runs when
+  // the last tensor viewing the memory is gone. Not for quantized dtypes.
+  static Tensor FromBlob(void* data, const Shape& shape, const Strides& strides, DType dtype,
+                         const Device& device, std::function<void()> release);
+
   // ---- metadata ------------------------------------------------------------
   bool defined() const { return storage_ != nullptr; }
   const Shape& shape() const { return shape_; }

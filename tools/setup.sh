@@ -16,6 +16,8 @@ packages=(
   libonnx-dev libprotobuf-dev  # ONNX export and its checker (quant/onnx_export)
   gnuplot-nox          # the charts of //apps:reproduce_tables
   python3              # the loopback HTTP server of the download test
+  python3-dev pybind11-dev libdlpack-dev  # the Python bindings (//python)
+  python3-numpy python3-pytest            # ... and their tests
   python3-venv         # the pinned environment below (ONNX Runtime for a test)
   dataset-fashion-mnist
 )

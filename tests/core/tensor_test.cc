@@ -145,3 +145,36 @@ TEST(Tensor, Printing) {
 
 }  // namespace
 }  // namespace quanta
+
+// FromBlob: a tensor over memory the caller owns. The values are read in place
+// (column-major strides below), writes reach the caller's memory, views keep it
+// alive, and `release` runs once, when the last tensor is gone.
+namespace quanta {
+namespace {
+
+TEST(Tensor, FromBlobViewsForeignMemoryAndReleasesItOnce) {
+  std::vector<float> memory = {1, 2, 3, 4, 5, 6};  // column-major (2, 3): [[1, 3, 5], [2, 4, 6]]
+  int released = 0;
+  Tensor view;
+  {
+    Tensor t = Tensor::FromBlob(memory.data(), {2, 3}, {1, 2}, DType::kF32, Device::Cpu(), [&] { ++released; });
+    EXPECT_EQ(t.raw_data(), memory.data());
+    EXPECT_FALSE(t.is_contiguous());
+    EXPECT_EQ(t.Contiguous().ToVector<float>(), (std::vector<float>{1, 3, 5, 2, 4, 6}));
+    EXPECT_EQ(t.storage()->bytes(), 6 * sizeof(float));
+    FillInplace(t, 0.5);
+    EXPECT_EQ(memory[4], 0.5f);
+    view = t.Select(0, 1);  // [2, 4, 6] -> a view of the same memory
+  }
+  EXPECT_EQ(released, 0);
+  EXPECT_EQ(view.ToVector<float>(), (std::vector<float>{0.5, 0.5, 0.5}));
+  view = Tensor();
+  EXPECT_EQ(released, 1);
+  // An empty tensor owns no bytes; negative strides and quantized dtypes are refused.
+  EXPECT_EQ(Tensor::FromBlob(memory.data(), {0, 3}, {3, 1}, DType::kF32, Device::Cpu(), nullptr).storage()->bytes(), 0u);
+  EXPECT_THROW(Tensor::FromBlob(memory.data(), {2}, {-1}, DType::kF32, Device::Cpu(), nullptr), Error);
+  EXPECT_THROW(Tensor::FromBlob(memory.data(), {2}, {1}, DType::kQInt8, Device::Cpu(), nullptr), Error);
+}
+
+}  // namespace
+}  // namespace quanta
