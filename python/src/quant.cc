@@ -25,14 +25,18 @@ quant::QuantizerKind KindOf(const std::string& name) {
   return *k;
 }
 
-// Policy(weight_bits=8, act_bits=8, quantizer="ema", rules={"layer1.*": (4, 4, "lsq")}, first_last_8bit=True):
-// the struct PrepareQat takes, built without going through policy text.
+// Policy(weight_bits=8, act_bits=8, quantizer="ema", rules={"layer1.*": (4, 4, "lsq")}, first_last_8bit=True,
+// ema_decay, ewgs_delta, lsq_init): the struct PrepareQat takes, built without going through policy text.
 MixedPrecisionPolicy MakePolicy(int weight_bits, int act_bits, const std::string& quantizer, py::object rules,
-                                bool first_last_8bit) {
+                                bool first_last_8bit, double ema_decay, double ewgs_delta, const std::string& lsq_init) {
   MixedPrecisionPolicy p;
   p.defaults.weight_bits = weight_bits;
   p.defaults.act_bits = act_bits;
   p.defaults.kind = KindOf(quantizer);
+  p.defaults.ema_decay = ema_decay;
+  p.defaults.ewgs_delta = ewgs_delta;
+  QUANTA_CHECK(lsq_init == "mse" || lsq_init == "paper", "policy: lsq_init '", lsq_init, "' is mse or paper");
+  p.defaults.lsq_init = lsq_init == "mse" ? quant::LsqInit::kMse : quant::LsqInit::kPaper;
   p.first_last_8bit = first_last_8bit;
   if (!rules.is_none()) {
     py::iterable items = py::isinstance<py::dict>(rules) ? py::iterable(rules.attr("items")()) : py::iterable(rules);
@@ -63,7 +67,8 @@ void BindQuant(py::module_& m) {
 
   py::class_<MixedPrecisionPolicy>(q, "Policy")
       .def(py::init(&MakePolicy), py::arg("weight_bits") = 8, py::arg("act_bits") = 8, py::arg("quantizer") = "ema",
-           py::arg("rules") = py::none(), py::arg("first_last_8bit") = true)
+           py::arg("rules") = py::none(), py::arg("first_last_8bit") = true, py::arg("ema_decay") = 0.999,
+           py::arg("ewgs_delta") = 0.2, py::arg("lsq_init") = "mse")
       .def_static("parse", [](const std::string& text) { return ValueOrRaise(MixedPrecisionPolicy::Parse(text)); },
                   py::arg("text"), "Policy text: 'default W A [quantizer]', 'PATTERN W A [quantizer]', ...")
       .def_static("load", [](const std::string& path) { return ValueOrRaise(MixedPrecisionPolicy::Load(path)); },
