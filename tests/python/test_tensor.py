@@ -139,3 +139,10 @@ def test_quantized_tensors():
     np.testing.assert_array_equal(q.dequantize().numpy(), [-1.0, 0.0, 1.0, 122.5])
     with pytest.raises(quanta.Error, match="int_repr"):
         q.numpy()
+
+
+def test_star_import_keeps_python_builtins():
+    scope = {}
+    exec("from quanta import *", scope)
+    assert "abs" not in scope and "bool" not in scope and "round" not in scope
+    assert "from_numpy" in scope and "Tensor" in scope and "f32" in scope

@@ -10,13 +10,16 @@ docs/python.md has the whole tour. Misuse raises quanta.Error (a ValueError)
 with the C++ message; a bad or missing file raises ValueError or OSError naming
 it.
 """
+import builtins as _builtins
+
 import numpy as _np
 
 from quanta._C import *  # noqa: F401,F403  Tensor, dtypes, ops, no_grad, ...
 from quanta._C import Error, Tensor, from_numpy  # noqa: F401
 from quanta._C import data, models, nn, optim, quant  # noqa: F401
 
-__all__ = [name for name in dir() if not name.startswith("_")]
+# `from quanta import *` leaves Python's own names alone (quanta.abs, quanta.bool, ...).
+__all__ = [name for name in dir() if not name.startswith("_") and not hasattr(_builtins, name)]
 
 _NUMPY_OF = {}
 
