@@ -69,6 +69,8 @@ void BindQuant(py::module_& m) {
       .def(py::init(&MakePolicy), py::arg("weight_bits") = 8, py::arg("act_bits") = 8, py::arg("quantizer") = "ema",
            py::arg("rules") = py::none(), py::arg("first_last_8bit") = true, py::arg("ema_decay") = 0.999,
            py::arg("ewgs_delta") = 0.2, py::arg("lsq_init") = "mse")
+      .def_static("from_dict", [](py::dict d) { return py::module_::import("quanta._C").attr("quant").attr("Policy")(**d); },
+                  py::arg("d"), "Policy(**d): {'weight_bits': 4, 'act_bits': 4, 'quantizer': 'lsq', 'rules': {...}}")
       .def_static("parse", [](const std::string& text) { return ValueOrRaise(MixedPrecisionPolicy::Parse(text)); },
                   py::arg("text"), "Policy text: 'default W A [quantizer]', 'PATTERN W A [quantizer]', ...")
       .def_static("load", [](const std::string& path) { return ValueOrRaise(MixedPrecisionPolicy::Load(path)); },

@@ -143,3 +143,11 @@ def test_pretrained_minilm_from_python_matches_transformers():
         hidden, _ = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
     mask = batch["attention_mask"].numpy().astype(bool)
     np.testing.assert_allclose(hidden.numpy()[mask], golden["hidden"].numpy()[mask], atol=1e-4)
+
+
+def test_policy_from_a_dict():
+    p = quant.Policy.from_dict({"weight_bits": 3, "act_bits": 4, "quantizer": "apot", "rules": {"fc": [8, 8]}})
+    assert (p.weight_bits, p.act_bits, p.quantizer) == (3, 4, "apot")
+    assert p.rules == [("fc", 8, 8, None)]
+    with pytest.raises(TypeError):
+        quant.Policy.from_dict({"wbits": 4})
