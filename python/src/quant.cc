@@ -109,13 +109,23 @@ void BindQuant(py::module_& m) {
   // PrepareReport rows point into the model: the report keeps the model alive.
   q.def("prepare_qat", &quant::PrepareQat, py::arg("model"), py::arg("policy"), py::keep_alive<0, 1>(),
         "Attaches weight and input quantizers to every Linear and Conv2d the policy names");
-  q.def("calibrate", [](const quant::PrepareReport& report, nn::Layer& model, const std::vector<Tensor>& batches,
-                        bool bias_correction) {
-          py::gil_scoped_release release;
-          quant::Calibrate(report, model, batches, ForwardOf(model), bias_correction);
+  q.def("calibrate", [](const quant::PrepareReport& report, nn::Module& model, const std::vector<Tensor>& batches,
+                        bool bias_correction, py::object forward) {
+          if (forward.is_none()) {
+            auto* layer = dynamic_cast<nn::Layer*>(&model);
+            QUANTA_CHECK(layer != nullptr, "calibrate: the model is not a Layer (one input, one output); pass "
+                                           "forward=, a function of one batch");
+            py::gil_scoped_release release;
+            quant::Calibrate(report, model, batches, ForwardOf(*layer), bias_correction);
+          } else {  // a Python function: runs with the GIL held
+            quant::Calibrate(report, model, batches,
+                             [&forward](const Tensor& x) { return forward(x).cast<Tensor>(); }, bias_correction);
+          }
         },
         py::arg("report"), py::arg("model"), py::arg("batches"), py::arg("bias_correction") = false,
-        "Post-training quantization: observe the batches, fix the ranges (eval mode)");
+        py::arg("forward") = py::none(),
+        "Post-training quantization: observe the batches, fix the ranges (eval mode). forward(batch) -> Tensor "
+        "runs the model where it is not a Layer (BERT: lambda ids: model(ids)[0])");
   q.def("freeze_observers", &quant::FreezeObservers, py::arg("report"), py::arg("frozen") = true);
   q.def("reestimate_batch_norm", [](const quant::PrepareReport& report, nn::Layer& model,
                                     const std::vector<Tensor>& batches) {
