@@ -1,6 +1,7 @@
 // quanta.nn, quanta.optim and quanta.models: modules and layers, losses,
 // optimizers with parameter groups, schedules, checkpoints, safetensors files
 // and the model registry.
+#include <deque>
 #include <map>
 #include <memory>
 #include <optional>
@@ -97,6 +98,54 @@ auto WithSeed(std::optional<uint64_t> seed, F make) {
   return make(&gen);
 }
 
+// Note [Layers written in Python]: a Python subclass of quanta.nn.Layer is a
+// PyLayer. Its forward runs the Python method (taking the GIL back: __call__
+// released it), and assigning attributes registers what PyTorch's nn.Module
+// would: a Module becomes a child (and stays in the instance's __dict__, which
+// keeps the Python object alive as long as its parent's), a Tensor that
+// requires grad a parameter. Parameters live here, in stable slots that the
+// C++ registry points to; reading self.name fetches the slot, so what To() or
+// an optimizer puts there is what forward sees.
+class PyLayer : public Layer {
+ public:
+  Tensor Forward(const Tensor& x) override {
+    py::gil_scoped_acquire gil;
+    py::function forward = py::get_override(static_cast<const Layer*>(this), "forward");
+    QUANTA_CHECK(forward, "Layer: a Python layer needs a forward(self, x) method, and its Python object must still "
+                          "exist (keep a reference to it, or assign it to an attribute of its parent)");
+    return forward(x).cast<Tensor>();
+  }
+  void SetParameter(const std::string& name, const Tensor& t, bool buffer) {
+    auto it = slots_.find(name);
+    if (it != slots_.end()) {
+      *it->second = t;
+      if (!buffer) it->second->SetRequiresGrad();
+      return;
+    }
+    owned_.push_back(t);
+    if (buffer) {
+      RegisterBuffer(name, &owned_.back());
+    } else {
+      RegisterParameter(name, &owned_.back());
+    }
+    slots_[name] = &owned_.back();
+  }
+  void SetChild(const std::string& name, std::shared_ptr<Module> child) {
+    for (const auto& [n, c] : NamedChildren()) {
+      if (n == name) return ReplaceModule(name, std::move(child));
+    }
+    RegisterModule(name, std::move(child));
+  }
+  const Tensor* Find(const std::string& name) const {
+    auto it = slots_.find(name);
+    return it == slots_.end() ? nullptr : it->second;
+  }
+
+ private:
+  std::deque<Tensor> owned_;  // deque: pointers into it stay valid as it grows
+  std::map<std::string, Tensor*> slots_;
+};
+
 }  // namespace
 
 void BindNn(py::module_& m) {
@@ -129,7 +178,33 @@ void BindNn(py::module_& m) {
         RaiseIfError(mod.LoadStateDict(ToTensorMap(state), strict));
       }, py::arg("state_dict"), py::arg("strict") = true);
 
-  py::class_<Layer, Module, std::shared_ptr<Layer>>(nn, "Layer")
+  py::object object_setattr = py::module_::import("builtins").attr("object").attr("__setattr__");
+  py::class_<Layer, PyLayer, Module, std::shared_ptr<Layer>>(
+      nn, "Layer", "A Module with forward(x); subclass it in Python as PyTorch's nn.Module (Note [Layers written in Python])")
+      .def(py::init<>())
+      .def("__setattr__", [object_setattr](py::object self, const std::string& name, py::object value) {
+        auto* layer = dynamic_cast<PyLayer*>(self.cast<Layer*>());
+        if (layer != nullptr && py::isinstance<Module>(value)) {
+          layer->SetChild(name, value.cast<std::shared_ptr<Module>>());
+        } else if (layer != nullptr && py::isinstance<Tensor>(value) &&
+                   (value.cast<Tensor>().requires_grad() || layer->Find(name) != nullptr)) {
+          layer->SetParameter(name, value.cast<Tensor>(), /*buffer=*/false);
+          return;
+        }
+        object_setattr(self, name, value);
+      })
+      .def("__getattr__", [](py::object self, const std::string& name) -> py::object {
+        auto* layer = dynamic_cast<PyLayer*>(self.cast<Layer*>());
+        const Tensor* t = layer ? layer->Find(name) : nullptr;
+        if (t == nullptr) throw py::attribute_error("'" + std::string(py::str(self.get_type().attr("__name__"))) +
+                                                    "' object has no attribute '" + name + "'");
+        return py::cast(*t);
+      })
+      .def("register_buffer", [](Layer& self, const std::string& name, const Tensor& t) {
+        auto* layer = dynamic_cast<PyLayer*>(&self);
+        QUANTA_CHECK(layer != nullptr, "register_buffer: only layers written in Python take buffers this way");
+        layer->SetParameter(name, t, /*buffer=*/true);
+      }, py::arg("name"), py::arg("tensor"))
       .def("forward", [](Layer& l, const Tensor& x) {
         py::gil_scoped_release release;
         return l.Forward(x);
@@ -187,7 +262,8 @@ void BindNn(py::module_& m) {
            py::arg("output_size"))
       .def(py::init([](int64_t size) { return std::make_shared<nn::AdaptiveAvgPool2d>(size, size); }),
            py::arg("output_size"));
-  py::class_<nn::Sequential, Layer, std::shared_ptr<nn::Sequential>>(nn, "Sequential")
+  // dynamic_attr: quanta/__init__.py keeps the Python layers it holds alive.
+  py::class_<nn::Sequential, Layer, std::shared_ptr<nn::Sequential>>(nn, "Sequential", py::dynamic_attr())
       .def(py::init([](py::args layers) {
         auto s = std::make_shared<nn::Sequential>();
         for (py::handle l : layers) s->Append(l.cast<std::shared_ptr<Layer>>());

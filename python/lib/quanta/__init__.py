@@ -21,7 +21,24 @@ from quanta._C import data, models, nn, optim, quant  # noqa: F401
 # `from quanta import *` leaves Python's own names alone (quanta.abs, quanta.bool, ...).
 __all__ = [name for name in dir() if not name.startswith("_") and not hasattr(_builtins, name)]
 
-_NUMPY_OF = {}
+
+
+def _keep_layers(sequential_init, sequential_append):
+    # A Sequential holds its layers through C++ pointers: it also keeps their
+    # Python objects, so layers written in Python live as long as it does.
+    def __init__(self, *layers):
+        sequential_init(self, *layers)
+        self._python_layers = list(layers)
+
+    def append(self, layer):
+        sequential_append(self, layer)
+        self._python_layers.append(layer)
+
+    nn.Sequential.__init__ = __init__
+    nn.Sequential.append = append
+
+
+_keep_layers(nn.Sequential.__init__, nn.Sequential.append)
 
 
 def tensor(data, dtype=None, requires_grad=False):
