@@ -172,3 +172,21 @@ def test_policy_from_a_dict():
     assert p.rules == [("fc", 8, 8, None)]
     with pytest.raises(TypeError):
         quant.Policy.from_dict({"wbits": 4})
+
+
+def test_progressive_bits_and_the_report():
+    model = quanta.models.make("fmnist_resnet8_half", seed=0)
+    report = quant.prepare_qat(model, quant.Policy(4, 4, "ema"))
+    stages = quant.ProgressiveBits([8, 6, 4], epochs_per_stage=2)
+    assert [stages.bits_at(e) for e in range(7)] == [8, 8, 6, 6, 4, 4, 4]
+    model.train()
+
+    def bits(epoch):  # the report's bits column, after the stage of `epoch`
+        stages.apply(report, epoch)
+        model(quanta.randn(8, 1, 28, 28))
+        rows = {line.split()[0]: line.split()[1] for line in report.report().splitlines()[1:] if line.strip()}
+        return rows["conv1"], rows["layer1.0.conv1"], rows["fc"]
+
+    assert bits(0) == ("W8A8", "W8A8", "W8A8")
+    assert bits(2) == ("W8A8", "W6A6", "W8A8")
+    assert bits(4) == ("W8A8", "W4A4", "W8A8")  # the policy's bits; first and last layers stay 8-bit
