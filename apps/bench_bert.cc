@@ -1,4 +1,5 @@
-// BERT-base latency: f32 against int8 (every Linear an int8 GEMM with static
+// BERT latency (BERT-base by default; --config=minilm is all-MiniLM-L6-v2's
+// shape): f32 against int8 (every Linear an int8 GEMM with static
 // activation ranges from one calibration batch, GELU fused into the FFN's first
 // GEMM; LayerNorm and softmax in f32) and against dynamic int8 (each batch's own
 // ranges, no calibration), sequence 128, batch 1 and 8, at 1 and 2 threads; random weights unless
@@ -18,8 +19,8 @@
 #include "quant/prepare.h"
 
 ABSL_FLAG(int, runs, 5, "timed runs per case (after one warm-up); the median is reported");
-ABSL_FLAG(std::string, checkpoint, "", "a Hugging Face BERT-base safetensors file (random weights otherwise)");
-ABSL_FLAG(std::string, config, "base", "tiny, mini, small or base");
+ABSL_FLAG(std::string, checkpoint, "", "a Hugging Face BERT sequence classifier (safetensors) of --config's shape (random weights otherwise)");
+ABSL_FLAG(std::string, config, "base", "tiny, mini, small, base or minilm (all-MiniLM-L6-v2)");
 ABSL_FLAG(int64_t, seq, 128, "sequence length");
 ABSL_FLAG(std::string, only, "", "int8, dynamic or f32: time one model alone (for a profiler), batch 8 at --threads");
 ABSL_FLAG(int, threads, 1, "with --only: compute threads");

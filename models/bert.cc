@@ -22,7 +22,8 @@ BertConfig BertConfig::Named(const std::string& name, int64_t vocab) {
   if (name == "mini") return Mini(vocab);
   if (name == "small") return Small(vocab);
   if (name == "base") return Base(vocab);
-  throw Error("bert: unknown configuration '" + name + "' (tiny, mini, small, base)");
+  if (name == "minilm") return MiniLm(vocab);
+  throw Error("bert: unknown configuration '" + name + "' (tiny, mini, small, base, minilm)");
 }
 
 namespace {

@@ -32,7 +32,9 @@ struct BertConfig {
   static BertConfig Mini(int64_t vocab = 30522) { return {vocab, 256, 4, 4, 1024}; }
   static BertConfig Small(int64_t vocab = 30522) { return {vocab, 512, 4, 8, 2048}; }
   static BertConfig Base(int64_t vocab = 30522) { return {vocab, 768, 12, 12, 3072}; }
-  // "tiny", "mini", "small" or "base"; throws quanta::Error otherwise.
+  // all-MiniLM-L6-v2's encoder (sentence-transformers; tests/models/minilm_test.cc).
+  static BertConfig MiniLm(int64_t vocab = 30522) { return {vocab, 384, 6, 12, 1536}; }
+  // "tiny", "mini", "small", "base" or "minilm"; throws quanta::Error otherwise.
   static BertConfig Named(const std::string& name, int64_t vocab = 30522);
 };
 

@@ -211,10 +211,10 @@ std::string IntegerModel::Summary() const {
     const IntegerNode& n = nodes_[i];
     std::string bits = HasWeights(n.kind) ? absl::StrCat("W", n.weight_bits, "A", n.act_bits) : "";
     size_t codebook = HasWeights(n.kind) ? CodebookOf(n).size() : 0;
+    std::string stored = codebook > 0 ? absl::StrCat(" codebook(", codebook, ", ", IndexBits(codebook), "-bit)") : "";
     absl::StrAppendFormat(&out, "%-4d %-16s %-26s %-6s %-8s %s%s%s%s\n", i, NodeKindName(n.kind), n.name, bits,
-                          Name(n.out_dtype), n.weight.defined() ? n.weight.Describe() : "",
-                          codebook > 0 ? absl::StrCat(" codebook(", codebook, ", ", IndexBits(codebook), "-bit)") : "", n.relu ? " +relu" : "",
-                          n.residual >= 0 ? absl::StrCat(" +residual(", n.residual, ")") : "");
+                          Name(n.out_dtype), n.weight.defined() ? n.weight.Describe() : "", stored,
+                          n.relu ? " +relu" : "", n.residual >= 0 ? absl::StrCat(" +residual(", n.residual, ")") : "");
   }
   absl::StrAppendFormat(&out, "bytes: %d\n", Bytes());
   return out;

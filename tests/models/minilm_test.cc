@@ -48,6 +48,8 @@ std::string ModelDir() {
 
 BertConfig MiniLmConfig() {  // the checkpoint's config.json
   BertConfig c{.vocab_size = 30522, .hidden = 384, .layers = 6, .heads = 12, .intermediate = 1536};
+  EXPECT_EQ(BertConfig::Named("minilm").hidden, c.hidden);  // the preset bench_bert --config=minilm uses
+  EXPECT_EQ(BertConfig::Named("minilm").intermediate, c.intermediate);
   c.dropout = 0;
   return c;
 }
