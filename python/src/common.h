@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "core/tensor.h"
+#include "nn/optim.h"
 
 namespace quanta::python {
 
@@ -30,6 +31,10 @@ T ValueOrRaise(absl::StatusOr<T> value) {
   RaiseIfError(value.status());
   return std::move(*value);
 }
+
+// Parameter groups as PyTorch shows them: a list of {"params", "lr_mult",
+// "weight_decay", "name"} dicts (nn.cc).
+py::list GroupsToList(const std::vector<nn::ParamGroup>& groups);
 
 void BindTensor(py::module_& m);  // tensor.cc: Tensor, dtypes, ops, NumPy, DLPack, autograd
 void BindNn(py::module_& m);      // nn.cc: modules, layers, losses, optimizers, schedules, checkpoints, models

@@ -71,19 +71,6 @@ std::vector<nn::ParamGroup> Groups(py::iterable params, double lr) {
   return groups;
 }
 
-py::list GroupsToList(const std::vector<nn::ParamGroup>& groups) {
-  py::list out;
-  for (const nn::ParamGroup& g : groups) {
-    py::dict d;
-    d["params"] = py::cast(g.params);
-    d["lr_mult"] = g.lr_mult;
-    d["weight_decay"] = g.weight_decay ? py::cast(*g.weight_decay) : py::none();
-    d["name"] = g.name;
-    out.append(d);
-  }
-  return out;
-}
-
 Conv2dOptions ConvOptions(int64_t stride, int64_t padding, int64_t dilation, int64_t groups) {
   return Conv2dOptions{.stride = {stride, stride}, .padding = {padding, padding}, .dilation = {dilation, dilation},
                        .groups = groups};
@@ -147,6 +134,19 @@ class PyLayer : public Layer {
 };
 
 }  // namespace
+
+py::list GroupsToList(const std::vector<nn::ParamGroup>& groups) {
+  py::list out;
+  for (const nn::ParamGroup& g : groups) {
+    py::dict d;
+    d["params"] = py::cast(g.params);
+    d["lr_mult"] = g.lr_mult;
+    d["weight_decay"] = g.weight_decay ? py::cast(*g.weight_decay) : py::none();
+    d["name"] = g.name;
+    out.append(d);
+  }
+  return out;
+}
 
 void BindNn(py::module_& m) {
   py::module_ nn = m.def_submodule("nn", "Modules, layers, losses, checkpoints");

@@ -134,16 +134,7 @@ void BindQuant(py::module_& m) {
         },
         py::arg("report"), py::arg("model"), py::arg("batches"));
   q.def("parameter_groups", [](const nn::Module& model, double quant_lr_mult) {
-          py::list out;
-          for (const nn::ParamGroup& g : quant::ParameterGroups(model, quant_lr_mult)) {
-            py::dict d;
-            d["params"] = py::cast(g.params);
-            d["lr_mult"] = g.lr_mult;
-            d["weight_decay"] = g.weight_decay ? py::cast(*g.weight_decay) : py::none();
-            d["name"] = g.name;
-            out.append(d);
-          }
-          return out;
+          return GroupsToList(quant::ParameterGroups(model, quant_lr_mult));
         },
         py::arg("model"), py::arg("quant_lr_mult") = 0.1,
         "Parameter groups for an optimizer: the weights, and the quantizers' own parameters (no weight decay)");
