@@ -153,6 +153,7 @@ int64_t Tensor::stride(int64_t d) const { return strides_[WrapDim("stride", *thi
 Device Tensor::device() const { return storage_ ? storage_->device() : Device::Cpu(); }
 
 bool Tensor::is_contiguous() const {
+  if (numel() == 0) return true;  // as in PyTorch: no element is out of place (ContiguousStrides counts a 0 as 1)
   int64_t expected = 1;
   for (int i = dim() - 1; i >= 0; --i) {
     if (shape_[i] == 1) continue;

@@ -191,6 +191,7 @@ absl::StatusOr<std::shared_ptr<ImageDataset>> ParseIdx(std::string_view images, 
     return Bad(name, absl::StrCat(image_dims[0], " images but ", label_dims[0], " labels"));
   }
   int64_t n = image_dims[0], h = image_dims[1], w = image_dims[2];
+  if (n > 0 && (h == 0 || w == 0)) return Bad(name, absl::StrCat("images are ", h, " x ", w, " pixels (empty)"));
   Tensor t = Tensor::Empty({n, h, w, 1}, DType::kU8);
   if (n * h * w > 0) std::memcpy(t.raw_data(), images.data() + 16, n * h * w);
   std::vector<int64_t> l(n);

@@ -73,6 +73,9 @@ TEST(Tensor, ContiguousCopiesOnlyWhenNeeded) {
   EXPECT_EQ(c.ToVector<float>(), (std::vector<float>{0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11}));
   // A size-1 dim's stride does not matter for contiguity.
   EXPECT_TRUE(x.Narrow(0, 1, 1).is_contiguous());
+  // So is any tensor without elements (PyTorch agrees), whatever its other sizes.
+  EXPECT_TRUE(Tensor::Empty({8, 5, 0, 1}, DType::kU8).is_contiguous());
+  EXPECT_TRUE(Tensor::Empty({0, 3}, DType::kF32).Transpose(0, 1).is_contiguous());
 }
 
 TEST(Tensor, CastsBetweenDTypes) {

@@ -77,6 +77,9 @@ TEST(Readers, IdxBadInput) {
   EXPECT_EQ(error(img, IdxLabels({1, 2})), "f: 3 images but 2 labels");
   EXPECT_EQ(error(img, IdxLabels({1, 2, 10})), "f: label 10 of example 2 is outside [0, 10)");
   EXPECT_EQ(error("ab", lbl), "f: images file is 2 bytes, shorter than its header");
+  // Found by libFuzzer in CI: 3 images of 7 x 0 pixels used to reach ImageDataset's check and throw.
+  EXPECT_EQ(error(IdxImages(3, 7, 0), lbl), "f: images are 7 x 0 pixels (empty)");
+  EXPECT_TRUE(ParseIdx(IdxImages(0, 7, 0), IdxLabels({}), 10, "f").ok());  // no images is an empty set, not an error
   std::string gz = Gzip(img);
   EXPECT_EQ(Message(Gunzip(gz.substr(0, gz.size() / 2), "x.gz").status()), "x.gz: truncated gzip data");
   std::string corrupt = gz;
