@@ -17,6 +17,7 @@
 #include "absl/strings/str_split.h"
 #include "apps/trainer.h"
 #include "core/error.h"
+#include "dist/communicator.h"
 
 #ifndef QUANTA_DEFAULT_DATASET
 #define QUANTA_DEFAULT_DATASET "cifar100"
@@ -57,6 +58,16 @@ ABSL_FLAG(std::string, device, "cpu", "cpu, or cuda / cuda:N (a build with --con
 ABSL_FLAG(std::string, checkpoint_dir, "", "write last.safetensors every epoch (and the integer model at the end)");
 ABSL_FLAG(std::string, export_onnx, "", "write the converted integer model to this ONNX file (QDQ, checked)");
 ABSL_FLAG(bool, report, false, "print the per-layer quantization report (range, clip %, SQNR) and write it as JSON next to --metrics");
+ABSL_FLAG(bool, distributed, false, "train on every rank the launcher started (mpirun -np N ..., srun ...; MPI, "
+          "or NCCL with --device=cuda): --batch per rank, rank 0 logs and writes");
+ABSL_FLAG(bool, sync_bn, false, "--distributed: batch norm statistics over the global batch");
+ABSL_FLAG(int, grad_bits, 32, "--distributed: gradients (or federated model changes) exchanged as 32-bit floats, or "
+          "quantized to 8 or 4 bits with one scale per bucket");
+ABSL_FLAG(bool, error_feedback, true, "--grad_bits=8|4: carry what rounding lost to the next exchange");
+ABSL_FLAG(int, local_steps, 0, "--distributed: federated averaging, the models averaged every K local steps (0: "
+          "gradients averaged every step)");
+ABSL_FLAG(double, dirichlet_alpha, 0, "--local_steps: split the training set among the ranks by a Dirichlet over "
+          "labels (non-IID clients; smaller is more skewed); 0: IID shards");
 ABSL_FLAG(bool, resume, false, "continue from --checkpoint_dir/last.safetensors");
 ABSL_FLAG(std::string, init_from, "", "start from this checkpoint's model (e.g. QAT from a trained f32 model)");
 ABSL_FLAG(std::string, distill, "", "QAT: distill from this checkpoint (same model, e.g. the f32 run's last.safetensors)");
@@ -137,17 +148,33 @@ int main(int argc, char** argv) {
   c.metrics_file = absl::GetFlag(FLAGS_metrics);
   c.train_subset = absl::GetFlag(FLAGS_train_subset);
   c.test_subset = absl::GetFlag(FLAGS_test_subset);
+  c.distributed = absl::GetFlag(FLAGS_distributed);
+  c.sync_bn = absl::GetFlag(FLAGS_sync_bn);
+  c.grad_bits = absl::GetFlag(FLAGS_grad_bits);
+  c.error_feedback = absl::GetFlag(FLAGS_error_feedback);
+  c.local_steps = absl::GetFlag(FLAGS_local_steps);
+  c.dirichlet_alpha = absl::GetFlag(FLAGS_dirichlet_alpha);
 
   absl::StatusOr<apps::TrainResult> r;
   try {
     r = apps::RunTraining(c, std::cout);
   } catch (const Error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
+    r = absl::InternalError(e.what());
   }
   if (!r.ok()) {
-    std::fprintf(stderr, "error: %s\n", std::string(r.status().message()).c_str());
+    std::string message = "error: " + std::string(r.status().message());
+    // Distributed: name the rank, and end every rank (the others would wait in
+    // their next collective for this one forever).
+    if (c.distributed && dist::LaunchedByMpi()) {
+      absl::StatusOr<std::shared_ptr<dist::Communicator>> comm = dist::Init();
+      if (comm.ok()) (*comm)->Abort(message);
+    }
+    std::fprintf(stderr, "%s\n", message.c_str());
     return 1;
+  }
+  if (c.distributed) {
+    absl::StatusOr<std::shared_ptr<dist::Communicator>> comm = dist::Init();
+    if (comm.ok() && (*comm)->rank() != 0) return 0;  // rank 0 prints the summary
   }
   const bool f32_run = c.quant == "none";
   std::printf("\n%-30s %10s %14s %12s\n", "model", "top-1", "bytes", "images/s");
@@ -160,6 +187,11 @@ int main(int argc, char** argv) {
   std::printf("same top-1 as the %s model on %.2f%% of the test set; largest logit difference %.4g (%.2f output steps)\n",
               f32_run ? "PTQ fake-quant" : "trained", 100 * r->agreement, r->max_logit_diff, r->max_logit_diff_steps);
   if (!f32_run) std::printf("activation EMA decay %g\n", c.ema_decay);
+  if (r->ranks > 1) {
+    std::printf("%d ranks; %lld bytes sent per %s by each rank (f32: %lld)\n", r->ranks,
+                static_cast<long long>(r->bytes_per_step), c.local_steps > 0 ? "averaging" : "step",
+                static_cast<long long>(r->f32_bytes_per_step));
+  }
   for (const auto& [name, delta] : r->ewgs_deltas) std::printf("EWGS delta %s %.4g\n", name.c_str(), delta);
   std::printf("rerun: %s\n", r->command.c_str());
   return 0;

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -24,7 +25,9 @@
 #include "core/grad_mode.h"
 #include "data/archive.h"
 #include "data/loader.h"
+#include "data/partition.h"
 #include "data/readers.h"
+#include "dist/ddp.h"
 #include "models/registry.h"
 #include "nn/checkpoint.h"
 #include "nn/functional.h"
@@ -317,6 +320,12 @@ std::string CommandLine(const TrainConfig& c, const std::string& program) {
   add(c.rounding != "nearest" && c.adaround_lr != d.adaround_lr, absl::StrCat("--adaround_lr=", c.adaround_lr));
   add(c.train_subset != 0, absl::StrCat("--train_subset=", c.train_subset));
   add(c.test_subset != 0, absl::StrCat("--test_subset=", c.test_subset));
+  add(c.distributed, "--distributed");
+  add(c.sync_bn, "--sync_bn");
+  add(c.grad_bits != d.grad_bits, absl::StrCat("--grad_bits=", c.grad_bits));
+  add(c.grad_bits != d.grad_bits && !c.error_feedback, "--error_feedback=false");
+  add(c.local_steps != d.local_steps, absl::StrCat("--local_steps=", c.local_steps));
+  add(c.dirichlet_alpha != d.dirichlet_alpha, absl::StrCat("--dirichlet_alpha=", c.dirichlet_alpha));
   return program + (flags.empty() ? "" : " -- " + absl::StrJoin(flags, " "));
 }
 
@@ -339,7 +348,40 @@ std::string CpuName() {
   return absl::StrCat(name, " (family ", family, " model ", model, "), ", cores, cores == 1 ? " core" : " cores");
 }
 
-absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log) {
+absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log_to) {
+  // Distributed: the communicator first (its errors are the launcher's), then
+  // only rank 0 speaks.
+  std::shared_ptr<dist::Communicator> comm = dist::Single();
+  if (c.distributed) {
+    absl::StatusOr<std::shared_ptr<dist::Communicator>> got =
+        dist::Init(absl::StartsWith(c.device, "cuda") ? dist::Engine::kNccl : dist::Engine::kAuto);
+    if (!got.ok()) return got.status();
+    comm = *got;
+  }
+  const int rank = comm->rank(), ranks = comm->size();
+  std::ostringstream silent;
+  std::ostream& log = rank == 0 ? log_to : silent;
+  if (!c.distributed && (c.sync_bn || c.grad_bits != 32 || c.local_steps != 0 || c.dirichlet_alpha != 0)) {
+    return absl::InvalidArgumentError("--sync_bn, --grad_bits, --local_steps and --dirichlet_alpha need --distributed");
+  }
+  if (c.grad_bits != 32 && c.grad_bits != 8 && c.grad_bits != 4) {
+    return absl::InvalidArgumentError(absl::StrCat("--grad_bits=", c.grad_bits, ": 32, 8 or 4"));
+  }
+  if (c.local_steps < 0 || !(c.dirichlet_alpha >= 0) || (c.dirichlet_alpha > 0 && c.local_steps == 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("--local_steps=", c.local_steps, " --dirichlet_alpha=", c.dirichlet_alpha,
+                                                   ": steps >= 0; a Dirichlet split (alpha > 0) is for federated runs "
+                                                   "(--local_steps > 0)"));
+  }
+  if (c.grad_bits != 32 && !absl::StartsWith(c.device, "cpu")) {
+    return absl::InvalidArgumentError(absl::StrCat("--grad_bits=", c.grad_bits, " runs on the CPU (the exchange's codec)"));
+  }
+  if (c.distributed) {
+    log << "distributed: " << ranks << " rank" << (ranks == 1 ? "" : "s") << " (" << comm->name() << " engine"
+        << (c.local_steps > 0 ? absl::StrCat(", federated averaging every ", c.local_steps, " steps") : ", data parallel")
+        << (c.grad_bits != 32 ? absl::StrCat(", ", c.grad_bits, "-bit exchange", c.error_feedback ? " with error feedback" : "")
+                              : "")
+        << (c.sync_bn ? ", synchronized batch norm" : "") << "), batch " << c.batch << " per rank" << std::endl;
+  }
   if (c.quant != "none" && c.quant != "ptq" && c.quant != "qat") {
     return absl::InvalidArgumentError("unknown --quant '" + c.quant + "' (none, ptq, qat)");
   }
@@ -392,6 +434,33 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
   Data& d = *loaded;
   TrainResult result;
   result.command = CommandLine(c, "bazel run //apps:train");
+  result.ranks = ranks;
+  const bool federated = c.local_steps > 0;
+  int num_shards = ranks, shard = rank;
+  if (federated && c.dirichlet_alpha > 0) {
+    // Each rank a client with its own examples (the split is the same on every rank).
+    std::vector<std::vector<int64_t>> parts =
+        data::DirichletSplit(d.train->labels(), d.classes, ranks, c.dirichlet_alpha, c.seed);
+    std::vector<int64_t> counts(d.classes, 0);
+    for (int64_t i : parts[rank]) ++counts[d.train->labels()[i]];
+    d.train = data::Subset(*d.train, parts[rank]);
+    num_shards = 1;
+    shard = 0;
+    std::vector<int64_t> all_counts(static_cast<size_t>(ranks) * d.classes);
+    Tensor mine = Tensor::FromVector<int64_t>(counts, {1, d.classes});
+    Tensor gathered = comm->AllGather(mine);
+    log << "Dirichlet split (alpha " << c.dirichlet_alpha << "), examples per class and client:" << std::endl;
+    std::vector<int64_t> g = gathered.ToVector<int64_t>();
+    for (int r = 0; r < ranks; ++r) {
+      log << "  client " << r << ":";
+      int64_t total = 0;
+      for (int64_t k = 0; k < d.classes; ++k) {
+        log << " " << g[r * d.classes + k];
+        total += g[r * d.classes + k];
+      }
+      log << " (" << total << ")" << std::endl;
+    }
+  }
 
   std::vector<data::TransformPtr> train_tf = {data::ToTensor()};
   if (c.augment) {
@@ -402,7 +471,7 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
   auto test_tf = data::Compose({data::ToTensor(), data::Normalize(d.mean, d.std)});
   data::DataLoader train_loader(d.train, data::Compose(train_tf),
                                 {.batch_size = c.batch, .shuffle = true, .seed = c.seed, .drop_last = true,
-                                 .workers = c.workers, .device = dev});
+                                 .workers = c.workers, .device = dev, .num_shards = num_shards, .shard = shard});
   data::DataLoader test_loader(d.test, test_tf, {.batch_size = 256, .shuffle = false, .workers = c.workers, .device = dev});
   data::DataLoader calib_loader(d.train, test_tf, {.batch_size = c.batch, .shuffle = true, .seed = c.seed + 1,
                                                    .workers = c.workers, .device = dev});
@@ -429,7 +498,18 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
     teacher->To(dev);
     teacher->Eval();
   }
-  const int64_t steps_per_epoch = train_loader.NumBatches();
+  // Every rank takes the same number of steps (clients of a Dirichlet split
+  // differ in size: the smallest sets the pace).
+  int64_t steps_per_epoch = train_loader.NumBatches();
+  if (ranks > 1) {
+    Tensor steps = Tensor::FromVector<int64_t>({steps_per_epoch}, {1});
+    comm->AllReduce(steps, dist::ReduceOp::kMin);
+    steps_per_epoch = steps.item<int64_t>();
+    if (steps_per_epoch == 0) {
+      return absl::InvalidArgumentError(absl::StrCat("rank ", rank, ": a rank has fewer than --batch=", c.batch,
+                                                     " training examples"));
+    }
+  }
   const int64_t total_steps = std::max<int64_t>(1, steps_per_epoch * c.epochs);
   TrainConfig policy_config = c;  // --bit_search replaces the policy with the one it writes
   if (c.bit_search != 0) {
@@ -449,7 +529,9 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
     std::vector<quant::LayerSensitivity> layers = quant::MeasureSensitivity(*net, loss, o);
     quant::BitSearchResult chosen = quant::SearchBits(layers, o);
     std::string text = quant::BitPolicyText(layers, chosen, o);
-    absl::Status written = WriteFileAtomically(bit_policy, text);
+    // Every rank chose the same (same batches, same model); rank 0 writes.
+    absl::Status written = rank == 0 ? WriteFileAtomically(bit_policy, text) : absl::OkStatus();
+    comm->Barrier();
     if (!written.ok()) return written;
     log << absl::StrFormat("bit search: %d layers, %d candidates, on %d calibration batches, %.1f s; %.3f weight bits "
                            "on average (budget %g); policy written to %s:\n",
@@ -473,6 +555,27 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
                            return r.config.kind == quant::QuantizerKind::kEwgs;
                          });
   net->To(dev);  // before the optimizer takes the parameters
+  // Data parallelism or federated averaging: rank 0's model goes to every rank.
+  std::unique_ptr<dist::DistributedDataParallel> ddp;
+  std::unique_ptr<dist::ModelAverager> averager;
+  if (c.distributed) {
+    if (c.sync_bn) {
+      int n = dist::SyncBatchNorm(*net, comm);
+      log << "synchronized batch norm: " << n << " layers" << std::endl;
+    }
+    if (federated) {
+      averager = std::make_unique<dist::ModelAverager>(*net, comm, c.grad_bits, c.error_feedback);
+    } else {
+      ddp = std::make_unique<dist::DistributedDataParallel>(
+          *net, comm, dist::DdpOptions{.grad_bits = c.grad_bits, .error_feedback = c.error_feedback});
+      log << "gradient buckets: " << ddp->stats().buckets << std::endl;
+    }
+  }
+  // QAT's observers see each rank's own batches: their ranges are averaged
+  // after every step so all ranks quantize alike.
+  auto is_observer_range = [](const std::string& name) {
+    return absl::EndsWith(name, ".min_val") || absl::EndsWith(name, ".max_val");
+  };
   nn::SGD opt(c.quant == "qat" ? quant::ParameterGroups(*net, c.quant_lr_mult) : std::vector<nn::ParamGroup>{{net->Parameters()}},
               {.lr = c.lr, .momentum = c.momentum, .nesterov = c.nesterov, .weight_decay = c.weight_decay});
   std::unique_ptr<nn::LrSchedule> schedule;
@@ -497,7 +600,11 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
     if (schedule) schedule->SetStep(start_epoch * steps_per_epoch);
     log << "resumed from " << last << " at epoch " << start_epoch << std::endl;
   }
-  if (!c.checkpoint_dir.empty()) std::filesystem::create_directories(c.checkpoint_dir);
+  if (rank == 0 && !c.checkpoint_dir.empty()) {
+    std::error_code error;
+    std::filesystem::create_directories(c.checkpoint_dir, error);
+    if (error) return absl::PermissionDeniedError("--checkpoint_dir=" + c.checkpoint_dir + ": " + error.message());
+  }
   std::unique_ptr<quant::ProgressiveBits> progressive;
   if (!c.progressive.empty()) {
     if (c.quant != "qat") return absl::InvalidArgumentError("--progressive needs --quant=qat");
@@ -566,7 +673,7 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
     data::Batch b;
     double loss_sum = 0;
     int64_t right = 0, seen = 0, step = 0;
-    while (it->Next(&b)) {
+    while (step < steps_per_epoch && it->Next(&b)) {
       opt.ZeroGrad();
       Tensor logits;
       if (c.amp == "bf16") {
@@ -585,11 +692,28 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
         loss = Add(Mul(loss, 1 - c.distill_weight),
                    Mul(DistillationLoss(logits, teacher_logits, c.distill_temperature), c.distill_weight));
       }
-      Backward(loss);
+      if (ddp) {
+        ddp->Backward(loss);
+      } else {
+        Backward(loss);
+      }
       opt.Step();
       if (schedule) schedule->Step();
       ++step;
       float l = loss.item<float>();
+      if (ranks > 1) {
+        if (c.quant == "qat") {
+          dist::SyncBuffers(*net, *comm, is_observer_range);
+          // Lazy starts (LSQ's steps from the first batch) ran on each rank's
+          // own data: rank 0's quantizer state wins once, after the first step.
+          if (epoch == start_epoch && step == 1 && !averager) dist::BroadcastState(*net, *comm);
+        }
+        if (averager && step % c.local_steps == 0) averager->Average();
+        Tensor mean_loss = Tensor::FromVector<float>({l}, {1});
+        comm->AllReduce(mean_loss, dist::ReduceOp::kMean);
+        l = mean_loss.item<float>();
+      }
+      result.step_losses.push_back(l);
       if (!std::isfinite(l)) {
         return absl::InternalError(absl::StrCat("epoch ", epoch + 1, " step ", step,
                                                 ": the loss is not finite; lower --lr"));
@@ -613,6 +737,15 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
       }
     }
     if (tty) std::printf("\n");
+    if (averager && step % c.local_steps != 0) averager->Average();  // the epoch ends on the averaged model
+    if (ranks > 1) {
+      Tensor counts = Tensor::FromVector<int64_t>({right, seen}, {2});
+      comm->AllReduce(counts, dist::ReduceOp::kSum);
+      std::vector<int64_t> v = counts.ToVector<int64_t>();
+      loss_sum = loss_sum / std::max<int64_t>(seen, 1) * v[1];  // already the mean over ranks
+      right = v[0];
+      seen = v[1];
+    }
     double seconds = Since(start);
     double test_acc = Score(test_loader, eval_model).a;
     EpochMetrics m{epoch + 1, loss_sum / std::max<int64_t>(seen, 1), static_cast<double>(right) / std::max<int64_t>(seen, 1),
@@ -622,7 +755,7 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
                            m.epoch, m.train_loss, 100 * m.train_accuracy, 100 * m.test_accuracy, m.lr,
                            m.images_per_second, m.seconds)
         << std::endl;
-    if (!c.metrics_file.empty()) {
+    if (rank == 0 && !c.metrics_file.empty()) {
       std::ofstream f(c.metrics_file, std::ios::app);
       f << absl::StrFormat(
           "{\"epoch\": %d, \"train_loss\": %.6f, \"train_accuracy\": %.6f, \"test_accuracy\": %.6f, \"lr\": %.6g, "
@@ -631,13 +764,30 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
           c.quant);
       if (!f) return absl::InternalError("cannot append to --metrics_file " + c.metrics_file);
     }
-    if (!last.empty()) {
+    if (rank == 0 && !last.empty()) {
       absl::Status saved = nn::SaveCheckpoint(last, *net, &opt, {{"epoch", std::to_string(epoch + 1)},
                                                                   {"command", result.command}});
       if (!saved.ok()) return saved;
     }
   }
 
+  if (ddp) {
+    result.bytes_per_step = ddp->stats().bytes_sent;
+    result.f32_bytes_per_step = ddp->stats().f32_bytes;
+    log << absl::StrFormat("exchange: %d bytes sent per step by each rank (f32 would send %d: %.2fx less); last step "
+                           "waited %.1f ms for it after backward, %d of %d buckets started during backward",
+                           result.bytes_per_step, result.f32_bytes_per_step,
+                           static_cast<double>(result.f32_bytes_per_step) / std::max<int64_t>(1, result.bytes_per_step),
+                           1e3 * ddp->stats().wait_seconds, ddp->stats().launched_in_backward, ddp->stats().buckets)
+        << std::endl;
+  }
+  if (averager) {
+    result.bytes_per_step = averager->bytes_sent();
+    result.f32_bytes_per_step = 4 * net->NumParameters();
+    log << absl::StrFormat("federated averaging: %d bytes sent per averaging by each rank (parameters as f32: %d)",
+                           result.bytes_per_step, result.f32_bytes_per_step)
+        << std::endl;
+  }
   if (c.bn_reestimate_batches > 0) {
     std::vector<Tensor> batches;
     auto it = calib_loader.Start(0);
@@ -713,7 +863,7 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
     } else if (!c.checkpoint_dir.empty()) {
       result.report_json = c.checkpoint_dir + "/report.json";
     }
-    if (!result.report_json.empty()) {
+    if (rank == 0 && !result.report_json.empty()) {
       absl::Status written = WriteFileAtomically(result.report_json, quant::QuantReportJson(report));
       if (!written.ok()) return written;
       log << "report: " << result.report_json << std::endl;
@@ -733,12 +883,12 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log)
     if (sample.defined()) result.integer_images_per_second = ImagesPerSecond(sample, [&](const Tensor& x) { return q->Forward(x); });
     // The input shape travels with the model: //apps:export needs no flag for it.
     const std::string input_shape = absl::StrCat("1,", d.channels, ",", d.size, ",", d.size);
-    if (!c.checkpoint_dir.empty()) {
+    if (rank == 0 && !c.checkpoint_dir.empty()) {
       absl::Status saved = q->Save(c.checkpoint_dir + "/model.int.safetensors",
                                    {{"command", result.command}, {"input_shape", input_shape}});
       if (!saved.ok()) return saved;
     }
-    if (!c.export_onnx.empty()) {
+    if (rank == 0 && !c.export_onnx.empty()) {
       q->MoveTo(Device::Cpu());
       absl::Status exported = quant::ExportOnnx(*q, c.export_onnx, {1, d.channels, d.size, d.size});
       if (!exported.ok()) return exported;

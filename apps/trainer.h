@@ -82,6 +82,21 @@ struct TrainConfig {
   // calibration (an f32 run: of its W8A8 PTQ row), logged, and as JSON next to
   // the metrics (X.jsonl -> X.report.json) or in checkpoint_dir/report.json.
   bool report = false;
+  // Training past one process (dist/): with distributed, every rank runs this
+  // with the same config (mpirun -np N, srun); batch is per rank, so the global
+  // batch is N * batch. Rank 0 alone logs and writes checkpoints, metrics and
+  // files; one rank's error ends the job (dist::Communicator::Abort).
+  bool distributed = false;
+  bool sync_bn = false;           // batch norm over the global batch (else each rank's own)
+  int grad_bits = 32;             // 32, or 8 / 4: quantized exchange (Note [Quantized exchange])
+  bool error_feedback = true;     // with grad_bits 8 / 4
+  // Federated averaging / local SGD: each rank trains alone for local_steps
+  // steps, then the models are averaged (their changes exchanged at grad_bits).
+  // 0: data-parallel training (gradients averaged every step).
+  int local_steps = 0;
+  // With local_steps: > 0 splits the training set among the ranks by a
+  // Dirichlet over labels (non-IID clients, data/partition.h); 0: IID shards.
+  double dirichlet_alpha = 0;
 };
 
 struct EpochMetrics {
@@ -102,6 +117,11 @@ struct TrainResult {
   double integer_images_per_second = 0, float_images_per_second = 0;  // folded f32 / integer, batch 256
   std::string command;             // how to rerun it
   std::string report_json;         // where the report's JSON went ("" : nowhere)
+  // Distributed runs: ranks, and this rank's bytes sent per step (gradients;
+  // federated: per averaging) beside what f32 would have sent.
+  int ranks = 1;
+  int64_t bytes_per_step = 0, f32_bytes_per_step = 0;
+  std::vector<float> step_losses;  // every step's loss (distributed: the mean over ranks)
 };
 
 absl::StatusOr<TrainResult> RunTraining(const TrainConfig& config, std::ostream& log);

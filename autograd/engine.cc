@@ -79,15 +79,24 @@ void Backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
                " does not match ", root.Describe());
   NoGradGuard no_grad;
 
-  std::unordered_map<AutogradMeta*, std::pair<std::shared_ptr<AutogradMeta>, Tensor>> leaves;
-  auto add_leaf = [&](const std::shared_ptr<AutogradMeta>& meta, const Tensor& g) {
-    auto& [keep, sum] = leaves[meta.get()];
-    keep = meta;
-    sum = Accumulate(sum, g);
+  // Note [Leaves finish early]: a leaf's gradient is final once every edge into
+  // it has been walked; its hooks run and grad() is written then, in the middle
+  // of the pass, not after it. Data parallelism (dist/ddp.h) starts exchanging a
+  // layer's gradients from that hook while backward goes on with earlier layers.
+  std::unordered_map<AutogradMeta*, Tensor> leaf_sums;
+  std::unordered_map<AutogradMeta*, int> leaf_edges;  // edges not yet walked
+  auto finish_leaf = [&](const std::shared_ptr<AutogradMeta>& meta) {
+    auto it = leaf_sums.find(meta.get());
+    if (it == leaf_sums.end()) return;  // no edge brought a gradient
+    Tensor g = RunHooks(meta.get(), it->second);
+    leaf_sums.erase(it);
+    // A fresh, contiguous gradient: g may be a broadcast view or alias a buffer.
+    meta->grad = meta->grad.defined() ? Add(meta->grad, g) : g.Clone();
   };
   const std::shared_ptr<AutogradMeta>& root_meta = root.autograd_meta();
   if (root_meta->grad_fn == nullptr) {
-    add_leaf(root_meta, seed);
+    leaf_sums[root_meta.get()] = seed;
+    finish_leaf(root_meta);
   } else {
     // Count, for every node reachable from the root, the edges that feed it.
     std::unordered_map<GradNode*, int> deps;
@@ -99,6 +108,7 @@ void Backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
       QUANTA_CHECK(!node->released, "backward: the graph through ", OpName(node->op),
                    " was already freed by an earlier backward; pass retain_graph=true to the first");
       for (const auto& meta : node->input_meta) {
+        if (meta && !meta->grad_fn) ++leaf_edges[meta.get()];
         if (!meta || !meta->grad_fn) continue;
         GradNode* next = meta->grad_fn.get();
         ++deps[next];
@@ -136,7 +146,8 @@ void Backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
                        ": gradient ", g.Describe(), " for input ", node->inputs[i].Describe());
         }
         if (!meta->grad_fn) {
-          if (g.defined()) add_leaf(meta, g);
+          if (g.defined()) leaf_sums[meta.get()] = Accumulate(leaf_sums[meta.get()], g);
+          if (--leaf_edges[meta.get()] == 0) finish_leaf(meta);
           continue;
         }
         GradNode* next = meta->grad_fn.get();
@@ -156,12 +167,7 @@ void Backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
       }
     }
   }
-  for (auto& [raw, entry] : leaves) {
-    auto& [meta, g] = entry;
-    g = RunHooks(meta.get(), g);
-    // A fresh, contiguous gradient: g may be a broadcast view or alias a buffer.
-    meta->grad = meta->grad.defined() ? Add(meta->grad, g) : g.Clone();
-  }
+  QUANTA_CHECK(leaf_sums.empty(), "backward: ", leaf_sums.size(), " leaf gradients were never finished");
 }
 
 void RegisterHook(Tensor& t, std::function<Tensor(const Tensor&)> hook) {

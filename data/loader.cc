@@ -16,14 +16,22 @@ DataLoader::DataLoader(std::shared_ptr<const Dataset> dataset, TransformPtr tran
   QUANTA_CHECK(options_.batch_size >= 1 && options_.workers >= 0 && options_.prefetch >= 1,
                "DataLoader: batch_size ", options_.batch_size, ", workers ", options_.workers, " and prefetch ",
                options_.prefetch, " must be positive (workers may be 0)");
+  QUANTA_CHECK(options_.num_shards >= 1 && options_.shard >= 0 && options_.shard < options_.num_shards,
+               "DataLoader: shard ", options_.shard, " of ", options_.num_shards);
+}
+
+int64_t DataLoader::ShardSize() const {
+  int64_t n = dataset_->size(), w = options_.num_shards;
+  if (w == 1) return n;
+  return options_.drop_last ? n / w : (n + w - 1) / w;
 }
 
 int64_t DataLoader::NumBatches() const {
-  int64_t n = dataset_->size(), b = options_.batch_size;
+  int64_t n = ShardSize(), b = options_.batch_size;
   return options_.drop_last ? n / b : (n + b - 1) / b;
 }
 
-std::vector<int64_t> DataLoader::Order(uint64_t epoch) const {
+std::vector<int64_t> DataLoader::FullOrder(uint64_t epoch) const {
   std::vector<int64_t> order(dataset_->size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
   if (!options_.shuffle) return order;
@@ -34,6 +42,17 @@ std::vector<int64_t> DataLoader::Order(uint64_t epoch) const {
     std::swap(order[i], order[std::min(j, i)]);
   }
   return order;
+}
+
+std::vector<int64_t> DataLoader::Order(uint64_t epoch) const {
+  std::vector<int64_t> all = FullOrder(epoch);
+  const int64_t w = options_.num_shards;
+  if (w == 1) return all;
+  const int64_t per_shard = ShardSize(), total = per_shard * w;
+  for (int64_t i = static_cast<int64_t>(all.size()); i < total; ++i) all.push_back(all[i % all.size()]);  // padding
+  std::vector<int64_t> mine;
+  for (int64_t i = options_.shard; i < total; i += w) mine.push_back(all[i]);
+  return mine;
 }
 
 Batch DataLoader::MakeBatch(const std::vector<int64_t>& order, int64_t b, uint64_t epoch) const {

@@ -40,14 +40,23 @@ struct LoaderOptions {
   int workers = 2;       // 0: batches are made on the calling thread
   int prefetch = 4;      // batches made ahead of the consumer, at most
   Device device = Device::Cpu();
+  // Data parallelism (PyTorch's DistributedSampler): the epoch's permutation,
+  // cut to a multiple of num_shards (drop_last) or padded with its first
+  // indices, is dealt out round-robin, and this loader reads shard `shard` of
+  // it. All shards have the same length; together, each global step's batches
+  // are the single-process batch of batch_size * num_shards examples.
+  int num_shards = 1, shard = 0;
 };
 
 class DataLoader {
  public:
   DataLoader(std::shared_ptr<const Dataset> dataset, TransformPtr transform, LoaderOptions options);
   int64_t NumBatches() const;
-  // The dataset order of an epoch (a permutation when shuffling).
+  // The dataset order of an epoch (a permutation when shuffling); with shards,
+  // this shard's part of it.
   std::vector<int64_t> Order(uint64_t epoch) const;
+  // Examples this loader reads per epoch (the dataset's, or one shard's).
+  int64_t ShardSize() const;
 
   class Epoch {
    public:
@@ -80,6 +89,7 @@ class DataLoader {
   Batch MakeBatch(const std::vector<int64_t>& order, int64_t b, uint64_t epoch) const;
 
  private:
+  std::vector<int64_t> FullOrder(uint64_t epoch) const;
   std::shared_ptr<const Dataset> dataset_;
   TransformPtr transform_;
   LoaderOptions options_;

@@ -1,6 +1,7 @@
 // Layer constructors (registration, PyTorch's default initialization) and forwards.
 #include "nn/layers.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
@@ -81,7 +82,35 @@ Tensor BatchNorm2d::Forward(const Tensor& x) {
     NoGradGuard no_grad;
     num_batches_tracked.CopyFrom(Add(num_batches_tracked, Scalar(1, DType::kI64, num_batches_tracked.device())));
   }
+  if (is_training() && sync_stats) return SyncedForward(x);
   return quanta::BatchNorm(x, running_mean, running_var, weight, bias, is_training(), momentum, eps);
+}
+
+// Note [Synchronized statistics] in dist/ddp.cc says how the global statistics
+// are combined; here, the local ones and the normalization with the result.
+Tensor BatchNorm2d::SyncedForward(const Tensor& x) {
+  QUANTA_CHECK(x.dim() == 4 && x.size(1) == running_mean.numel(), "batch_norm (synchronized): input ", x.Describe(),
+               " for ", running_mean.numel(), " channels");
+  const int64_t C = x.size(1), n = x.numel() / C;
+  const Shape channel = {1, C, 1, 1};
+  Tensor mean = Mean(x, {0, 2, 3});
+  Tensor centered = Sub(x, mean.View(channel));
+  Tensor m2 = Sum(Mul(centered, centered), {0, 2, 3});
+  Tensor global = sync_stats(Stack({mean, m2, Full({C}, static_cast<double>(n), x.dtype(), x.device())}, 0));
+  QUANTA_CHECK(global.dim() == 2 && global.size(0) == 3 && global.size(1) == C, "batch_norm (synchronized): sync_stats returned ",
+               global.Describe(), ", expected (3, ", C, ")");
+  Tensor g_mean = global.Select(0, 0), g_var = global.Select(0, 1);
+  {
+    NoGradGuard no_grad;
+    const double total = global.Select(0, 2).Select(0, 0).item<float>();
+    Tensor unbiased = Mul(g_var.Detach(), total / std::max(total - 1, 1.0)).To(running_var.dtype());
+    running_mean.CopyFrom(Add(Mul(running_mean, 1 - momentum), Mul(g_mean.Detach().To(running_mean.dtype()), momentum)));
+    running_var.CopyFrom(Add(Mul(running_var, 1 - momentum), Mul(unbiased, momentum)));
+  }
+  Tensor y = Mul(Sub(x, g_mean.View(channel)), Rsqrt(Add(g_var, eps)).View(channel));
+  if (weight.defined()) y = Mul(y, weight.View(channel));
+  if (bias.defined()) y = Add(y, bias.View(channel));
+  return y;
 }
 
 LayerNorm::LayerNorm(Shape shape, double eps, bool affine) : normalized_shape(std::move(shape)), eps(eps) {

@@ -80,6 +80,14 @@ class BatchNorm2d : public Layer {
   Tensor weight, bias;                 // (C), when affine
   Tensor running_mean, running_var;    // (C) buffers
   Tensor num_batches_tracked;          // i64 scalar buffer
+  // Synchronized statistics (dist::SyncBatchNorm sets it): in training, called
+  // with this process's per-channel (mean, M2 = sum of squared deviations, count)
+  // as (3, C) and returning the global batch's (mean, biased variance, count),
+  // differentiably; the layer then normalizes with those. Unset: local statistics.
+  std::function<Tensor(const Tensor&)> sync_stats;
+
+ private:
+  Tensor SyncedForward(const Tensor& x);
 };
 
 class LayerNorm : public Layer {

@@ -19,6 +19,7 @@ packages=(
   python3-dev pybind11-dev libdlpack-dev  # the Python bindings (//python)
   python3-numpy python3-pytest            # ... and their tests
   python3-venv         # the pinned environment below (ONNX Runtime for a test)
+  libopenmpi-dev openmpi-bin  # the MPI engine of dist/ and mpirun for its tests
   dataset-fashion-mnist
 )
 

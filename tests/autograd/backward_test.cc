@@ -1,5 +1,7 @@
 // The backward pass: accumulation, retain_graph, no_grad, detach, hooks,
 // in-place protection, and hand-computed gradients.
+#include <string>
+
 #include "autograd/autograd.h"
 #include "core/ops.h"
 #include "gtest/gtest.h"
@@ -98,6 +100,35 @@ TEST(Backward, HooksSeeAndReplaceGradients) {
   Backward(Sum(Add(Mul(h, h), h)));  // d/dh = 2h + 1, doubled, then times 5
   EXPECT_EQ(seen, (std::vector<float>{110, -90}));
   EXPECT_EQ(V(x.grad()), (std::vector<float>{1, -1}));
+}
+
+// Note [Leaves finish early]: a leaf's hook runs (and its grad() is written) as
+// soon as the last edge into it is walked, before backward reaches earlier
+// layers; a leaf used twice is finished once, with the sum.
+TEST(Backward, LeavesFinishAsSoonAsTheirGradientIsComplete) {
+  Tensor w1 = F({2}, {1}).SetRequiresGrad(), w2 = F({3}, {1}).SetRequiresGrad();
+  Tensor x = F({5}, {1});
+  std::vector<std::string> order;
+  bool w1_done_when_w2_hooked = true;
+  RegisterHook(w1, [&](const Tensor& g) {
+    order.push_back("w1");
+    EXPECT_EQ(V(g), (std::vector<float>{5 * 3 * 3}));  // x w2 w2
+    return Tensor();
+  });
+  RegisterHook(w2, [&](const Tensor& g) {
+    order.push_back("w2");
+    w1_done_when_w2_hooked = w1.grad().defined();
+    EXPECT_EQ(V(g), (std::vector<float>{2 * 5 * 2 * 3}));  // 2 x w1 w2 (w2 used twice)
+    return Tensor();
+  });
+  Tensor h = Mul(x, w1);                 // layer 1
+  Tensor y = Mul(Mul(h, w2), w2);        // layer 2 uses w2 twice
+  Tensor z = Mul(Relu(y), 1.0);          // more work after w2's last use
+  Backward(Sum(z));
+  EXPECT_EQ(order, (std::vector<std::string>{"w2", "w1"}));
+  EXPECT_FALSE(w1_done_when_w2_hooked);
+  EXPECT_EQ(V(w1.grad()), (std::vector<float>{45}));
+  EXPECT_EQ(V(w2.grad()), (std::vector<float>{60}));
 }
 
 TEST(Backward, CastsKeepTheLeafDtype) {
