@@ -36,7 +36,8 @@
 
 ABSL_FLAG(bool, worker, false, "internal: run as one rank (mpirun starts these)");
 ABSL_FLAG(int, batch, 128, "images per step per rank");
-ABSL_FLAG(int, steps, 8, "timed steps per exchange (after one warm-up step)");
+ABSL_FLAG(int, steps, 20, "timed steps per exchange (after one warm-up step)");
+ABSL_FLAG(int64_t, bucket_kb, 256, "gradient bucket size in KiB");
 ABSL_FLAG(int, max_ranks, 2, "measure 1 .. this many ranks");
 ABSL_FLAG(std::string, out, "", "also write the table as markdown to this file (relative to the workspace)");
 
@@ -56,7 +57,7 @@ int Worker() {
   for (int bits : {32, 8, 4}) {
     Generator gen(0);
     auto net = models::CifarResNet::Make(20, 100, &gen);
-    dist::DistributedDataParallel ddp(*net, *comm, {.grad_bits = bits});
+    dist::DistributedDataParallel ddp(*net, *comm, {.bucket_bytes = absl::GetFlag(FLAGS_bucket_kb) << 10, .grad_bits = bits});
     nn::SGD opt({{net->Parameters()}}, {.lr = 0.1, .momentum = 0.9, .weight_decay = 5e-4});
     Generator data_gen(1 + (*comm)->rank());
     Tensor images = Normal({batch, 3, 32, 32}, 0, 1, &data_gen);
@@ -122,7 +123,8 @@ int main(int argc, char** argv) {
   for (int ranks = 1; ranks <= absl::GetFlag(FLAGS_max_ranks); ++ranks) {
     std::string cmd = absl::StrCat("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe "
                                    "--bind-to none --mca btl self,vader -np ", ranks, " ", self, " --worker --batch=",
-                                   absl::GetFlag(FLAGS_batch), " --steps=", absl::GetFlag(FLAGS_steps), " 2>&1");
+                                   absl::GetFlag(FLAGS_batch), " --steps=", absl::GetFlag(FLAGS_steps),
+                                   " --bucket_kb=", absl::GetFlag(FLAGS_bucket_kb), " 2>&1");
     std::fprintf(stderr, "running: %s\n", cmd.c_str());
     FILE* p = popen(cmd.c_str(), "r");
     if (p == nullptr) {
@@ -150,12 +152,12 @@ int main(int argc, char** argv) {
   }
   const double params = rows.empty() ? 0 : rows[0].at("params");
   std::string table = absl::StrFormat(
-      "ResNet-20 (CIFAR shape, 100 classes, %.0f parameters), batch %d per rank, 1 thread per rank, random data; "
-      "median of %d steps after a warm-up; %s.\n\n"
+      "ResNet-20 (CIFAR shape, 100 classes, %.0f parameters), batch %d per rank, 1 thread per rank, random data, "
+      "%d KiB buckets; median of %d steps after a warm-up; %s.\n\n"
       "| ranks | exchange | step (ms) | images/s (all ranks) | scaling efficiency | wait after backward (ms) | "
       "share of the step | bytes sent per step per rank | bytes per parameter | buckets (started during backward) |\n"
       "|---|---|---|---|---|---|---|---|---|---|\n",
-      params, batch, absl::GetFlag(FLAGS_steps), apps::CpuName());
+      params, batch, static_cast<int>(absl::GetFlag(FLAGS_bucket_kb)), absl::GetFlag(FLAGS_steps), apps::CpuName());
   for (const auto& r : rows) {
     const int ranks = static_cast<int>(r.at("ranks")), bits = static_cast<int>(r.at("bits"));
     const double step = r.at("step_s"), wait = r.at("wait_s");

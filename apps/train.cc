@@ -64,6 +64,8 @@ ABSL_FLAG(bool, sync_bn, false, "--distributed: batch norm statistics over the g
 ABSL_FLAG(int, grad_bits, 32, "--distributed: gradients (or federated model changes) exchanged as 32-bit floats, or "
           "quantized to 8 or 4 bits with one scale per bucket");
 ABSL_FLAG(bool, error_feedback, true, "--grad_bits=8|4: carry what rounding lost to the next exchange");
+ABSL_FLAG(int64_t, bucket_kb, 1024, "--distributed: gradient bucket size in KiB (an exchange starts when its bucket is "
+          "complete; a quantized bucket has one scale)");
 ABSL_FLAG(int, local_steps, 0, "--distributed: federated averaging, the models averaged every K local steps (0: "
           "gradients averaged every step)");
 ABSL_FLAG(double, dirichlet_alpha, 0, "--local_steps: split the training set among the ranks by a Dirichlet over "
@@ -152,6 +154,7 @@ int main(int argc, char** argv) {
   c.sync_bn = absl::GetFlag(FLAGS_sync_bn);
   c.grad_bits = absl::GetFlag(FLAGS_grad_bits);
   c.error_feedback = absl::GetFlag(FLAGS_error_feedback);
+  c.bucket_kb = absl::GetFlag(FLAGS_bucket_kb);
   c.local_steps = absl::GetFlag(FLAGS_local_steps);
   c.dirichlet_alpha = absl::GetFlag(FLAGS_dirichlet_alpha);
 

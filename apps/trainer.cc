@@ -324,6 +324,7 @@ std::string CommandLine(const TrainConfig& c, const std::string& program) {
   add(c.sync_bn, "--sync_bn");
   add(c.grad_bits != d.grad_bits, absl::StrCat("--grad_bits=", c.grad_bits));
   add(c.grad_bits != d.grad_bits && !c.error_feedback, "--error_feedback=false");
+  add(c.bucket_kb != d.bucket_kb, absl::StrCat("--bucket_kb=", c.bucket_kb));
   add(c.local_steps != d.local_steps, absl::StrCat("--local_steps=", c.local_steps));
   add(c.dirichlet_alpha != d.dirichlet_alpha, absl::StrCat("--dirichlet_alpha=", c.dirichlet_alpha));
   return program + (flags.empty() ? "" : " -- " + absl::StrJoin(flags, " "));
@@ -367,6 +368,7 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log_
   if (c.grad_bits != 32 && c.grad_bits != 8 && c.grad_bits != 4) {
     return absl::InvalidArgumentError(absl::StrCat("--grad_bits=", c.grad_bits, ": 32, 8 or 4"));
   }
+  if (c.bucket_kb < 1) return absl::InvalidArgumentError(absl::StrCat("--bucket_kb=", c.bucket_kb, ": 1 or more"));
   if (c.local_steps < 0 || !(c.dirichlet_alpha >= 0) || (c.dirichlet_alpha > 0 && c.local_steps == 0)) {
     return absl::InvalidArgumentError(absl::StrCat("--local_steps=", c.local_steps, " --dirichlet_alpha=", c.dirichlet_alpha,
                                                    ": steps >= 0; a Dirichlet split (alpha > 0) is for federated runs "
@@ -567,7 +569,8 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log_
       averager = std::make_unique<dist::ModelAverager>(*net, comm, c.grad_bits, c.error_feedback);
     } else {
       ddp = std::make_unique<dist::DistributedDataParallel>(
-          *net, comm, dist::DdpOptions{.grad_bits = c.grad_bits, .error_feedback = c.error_feedback});
+          *net, comm,
+          dist::DdpOptions{.bucket_bytes = c.bucket_kb << 10, .grad_bits = c.grad_bits, .error_feedback = c.error_feedback});
       log << "gradient buckets: " << ddp->stats().buckets << std::endl;
     }
   }
@@ -611,7 +614,7 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log_
     progressive = std::make_unique<quant::ProgressiveBits>(
         c.progressive, std::max(1, c.epochs / static_cast<int>(c.progressive.size())));
   }
-  const bool tty = c.progress_bar && isatty(STDOUT_FILENO) && &log == &std::cout;
+  const bool tty = c.progress_bar && !c.distributed && isatty(STDOUT_FILENO) && &log == &std::cout;  // mpirun forwards a pty
   auto eval_model = [&](const Tensor& x) {
     net->Eval();
     return net->Forward(x);
@@ -783,8 +786,9 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log_
   }
   if (averager) {
     result.bytes_per_step = averager->bytes_sent();
-    result.f32_bytes_per_step = 4 * net->NumParameters();
-    log << absl::StrFormat("federated averaging: %d bytes sent per averaging by each rank (parameters as f32: %d)",
+    result.f32_bytes_per_step = averager->f32_bytes();
+    log << absl::StrFormat("federated averaging: %d bytes sent per averaging by each rank (parameters and batch-norm "
+                           "statistics as f32: %d)",
                            result.bytes_per_step, result.f32_bytes_per_step)
         << std::endl;
   }

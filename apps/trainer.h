@@ -90,6 +90,7 @@ struct TrainConfig {
   bool sync_bn = false;           // batch norm over the global batch (else each rank's own)
   int grad_bits = 32;             // 32, or 8 / 4: quantized exchange (Note [Quantized exchange])
   bool error_feedback = true;     // with grad_bits 8 / 4
+  int64_t bucket_kb = 1024;       // gradient bucket size (each quantized bucket has its own scale)
   // Federated averaging / local SGD: each rank trains alone for local_steps
   // steps, then the models are averaged (their changes exchanged at grad_bits).
   // 0: data-parallel training (gradients averaged every step).

@@ -293,41 +293,62 @@ void DistributedDataParallel::Backward(const Tensor& loss) {
 ModelAverager::ModelAverager(nn::Module& module, std::shared_ptr<Communicator> comm, int bits, bool error_feedback)
     : module_(module), comm_(std::move(comm)), codec_(bits == 32 ? 0 : bits, error_feedback) {
   QUANTA_CHECK(bits == 32 || bits == 8 || bits == 4, "ModelAverager: ", bits, " bits (32, 8 or 4)");
-  for (auto& [name, t] : module_.NamedParameters()) tensors_.push_back(t);
-  for (auto& [name, t] : module_.NamedBuffers()) {
-    if (t->defined() && t->numel() > 0 && t->dtype() == DType::kF32) tensors_.push_back(t);
-  }
   BroadcastState(module_, *comm_);
-  NoGradGuard no_grad;
+  std::vector<int64_t> sizes;
   std::vector<Tensor> flat;
-  for (Tensor* t : tensors_) {
-    QUANTA_CHECK(t->device().is_cpu() && t->dtype() == DType::kF32, "ModelAverager: ", t->Describe(), " (f32 on the CPU)");
-    flat.push_back(t->Contiguous().View({t->numel()}));
+  NoGradGuard no_grad;
+  for (Tensor* t : Tensors(&sizes)) flat.push_back(t->Contiguous().View({t->numel()}));
+  sizes_ = sizes;
+  if (!flat.empty()) anchor_ = Concat(flat, 0).Clone();
+}
+
+std::vector<Tensor*> ModelAverager::Tensors(std::vector<int64_t>* sizes) const {
+  std::vector<Tensor*> out;
+  for (auto& [name, t] : module_.NamedParameters()) out.push_back(t);
+  for (auto& [name, t] : module_.NamedBuffers()) {
+    if (t->defined() && t->numel() > 0 && t->dtype() == DType::kF32) out.push_back(t);
   }
-  anchor_ = flat.empty() ? Tensor() : Concat(flat, 0).Clone();
+  sizes->clear();
+  for (Tensor* t : out) {
+    QUANTA_CHECK(t->device().is_cpu() && t->dtype() == DType::kF32, "ModelAverager: ", t->Describe(), " (f32 on the CPU)");
+    sizes->push_back(t->numel());
+  }
+  return out;
 }
 
 void ModelAverager::Average() {
-  if (!anchor_.defined()) return;
   NoGradGuard no_grad;
+  std::vector<int64_t> sizes;
+  std::vector<Tensor*> tensors = Tensors(&sizes);
+  if (tensors.empty()) return;
   std::vector<Tensor> flat;
-  for (Tensor* t : tensors_) flat.push_back(t->Contiguous().View({t->numel()}));
-  Tensor delta = Sub(Concat(flat, 0), anchor_);
-  const int64_t n = delta.numel();
-  Tensor mean;
-  if (codec_.bits() == 0) {
-    comm_->AllReduce(delta, ReduceOp::kMean);
-    mean = delta;
-    bytes_sent_ = 4 * n;
+  for (Tensor* t : tensors) flat.push_back(t->Contiguous().View({t->numel()}));
+  Tensor now = Concat(flat, 0);
+  if (sizes != sizes_) {  // a new layout: average the values themselves once
+    Tensor mean = now.Clone();
+    comm_->AllReduce(mean, ReduceOp::kMean);
+    anchor_ = mean;
+    sizes_ = sizes;
+    codec_ = GradientCodec(codec_.bits(), codec_.error_feedback());  // the residual had the old layout
+    bytes_sent_ = 4 * mean.numel();
   } else {
-    Tensor payload = codec_.Encode(delta);
-    Tensor gathered = comm_->AllGather(payload);
-    mean = Mul(codec_.DecodeSum(gathered, comm_->size(), n), 1.0 / comm_->size());
-    bytes_sent_ = payload.numel();
+    Tensor delta = Sub(now, anchor_);
+    const int64_t n = delta.numel();
+    Tensor mean;
+    if (codec_.bits() == 0) {
+      comm_->AllReduce(delta, ReduceOp::kMean);
+      mean = delta;
+      bytes_sent_ = 4 * n;
+    } else {
+      Tensor payload = codec_.Encode(delta);
+      Tensor gathered = comm_->AllGather(payload);
+      mean = Mul(codec_.DecodeSum(gathered, comm_->size(), n), 1.0 / comm_->size());
+      bytes_sent_ = payload.numel();
+    }
+    anchor_ = Add(anchor_, mean);
   }
-  anchor_ = Add(anchor_, mean);
   int64_t offset = 0;
-  for (Tensor* t : tensors_) {
+  for (Tensor* t : tensors) {
     t->CopyFrom(anchor_.Narrow(0, offset, t->numel()).View(t->shape()));
     offset += t->numel();
   }

@@ -39,6 +39,7 @@ class GradientCodec {
  public:
   GradientCodec(int bits, bool error_feedback) : bits_(bits), error_feedback_(error_feedback) {}
   int bits() const { return bits_; }
+  bool error_feedback() const { return error_feedback_; }
   // v: f32 (n) on the CPU -> u8 payload of PayloadBytes(n); updates the residual.
   Tensor Encode(const Tensor& v);
   // The sum over ranks of the decoded payloads gathered as (ranks * bytes) u8.
@@ -121,20 +122,27 @@ int SyncBatchNorm(nn::Module& module, std::shared_ptr<Communicator> comm);
 Tensor AllReduceSumWithGradient(const Tensor& x, const std::shared_ptr<Communicator>& comm);
 
 // Federated averaging / local SGD: each rank trains on its own for K steps, then
-// Average() replaces every rank's parameters (and floating buffers) with the
-// mean. What is exchanged is each rank's change since the last average,
-// quantized when bits < 32 (Note [Quantized exchange], with error feedback).
+// Average() replaces every rank's parameters (and f32 buffers) with the mean.
+// What is exchanged is each rank's change since the last average, quantized
+// when bits < 32 (Note [Quantized exchange], with error feedback). When the
+// state's layout changed since the last average (a buffer sized lazily, as QAT
+// observers are at the first forward), the values themselves are averaged in
+// f32 once and become the new reference.
 class ModelAverager {
  public:
   ModelAverager(nn::Module& module, std::shared_ptr<Communicator> comm, int bits = 32, bool error_feedback = true);
   void Average();
   int64_t bytes_sent() const { return bytes_sent_; }  // by this rank in the last Average()
+  int64_t f32_bytes() const { return anchor_.defined() ? 4 * anchor_.numel() : 0; }  // the same values as f32
 
  private:
+  // Parameters, then f32 buffers that hold values (QAT observers size theirs
+  // at the first forward), with their sizes.
+  std::vector<Tensor*> Tensors(std::vector<int64_t>* sizes) const;
   nn::Module& module_;
   std::shared_ptr<Communicator> comm_;
-  std::vector<Tensor*> tensors_;  // parameters, then floating buffers
-  Tensor anchor_;                 // their values after the last average, flat f32
+  std::vector<int64_t> sizes_;    // the layout anchor_ was taken with
+  Tensor anchor_;                 // the values after the last average, flat f32
   GradientCodec codec_;
   int64_t bytes_sent_ = 0;
 };
