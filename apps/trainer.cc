@@ -448,7 +448,6 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log_
     d.train = data::Subset(*d.train, parts[rank]);
     num_shards = 1;
     shard = 0;
-    std::vector<int64_t> all_counts(static_cast<size_t>(ranks) * d.classes);
     Tensor mine = Tensor::FromVector<int64_t>(counts, {1, d.classes});
     Tensor gathered = comm->AllGather(mine);
     log << "Dirichlet split (alpha " << c.dirichlet_alpha << "), examples per class and client:" << std::endl;
