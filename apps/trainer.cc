@@ -715,7 +715,6 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log_
         comm->AllReduce(mean_loss, dist::ReduceOp::kMean);
         l = mean_loss.item<float>();
       }
-      result.step_losses.push_back(l);
       if (!std::isfinite(l)) {
         return absl::InternalError(absl::StrCat("epoch ", epoch + 1, " step ", step,
                                                 ": the loss is not finite; lower --lr"));

@@ -122,7 +122,6 @@ struct TrainResult {
   // federated: per averaging) beside what f32 would have sent.
   int ranks = 1;
   int64_t bytes_per_step = 0, f32_bytes_per_step = 0;
-  std::vector<float> step_losses;  // every step's loss (distributed: the mean over ranks)
 };
 
 absl::StatusOr<TrainResult> RunTraining(const TrainConfig& config, std::ostream& log);

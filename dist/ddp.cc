@@ -219,7 +219,6 @@ void DistributedDataParallel::OnGradient(int bucket, int slot, const Tensor& g) 
 }
 
 void DistributedDataParallel::Launch(Bucket& b) {
-  auto start = Clock::now();
   if (options_.grad_bits == 32) {
     b.work = comm_->AllReduceAsync(b.flat);
     stats_.bytes_sent += b.numel * ElementSize();
@@ -231,7 +230,6 @@ void DistributedDataParallel::Launch(Bucket& b) {
   }
   stats_.f32_bytes += b.numel * ElementSize();
   b.launched = true;
-  stats_.exchange_seconds += Since(start);
 }
 
 void DistributedDataParallel::Progress() {
@@ -242,7 +240,7 @@ void DistributedDataParallel::Progress() {
 
 void DistributedDataParallel::Backward(const Tensor& loss) {
   stats_.bytes_sent = stats_.f32_bytes = stats_.launched_in_backward = 0;
-  stats_.wait_seconds = stats_.exchange_seconds = 0;
+  stats_.wait_seconds = 0;
   for (auto& b : buckets_) {
     b->ready.assign(b->params.size(), false);
     b->pending = static_cast<int>(b->params.size());
@@ -274,7 +272,6 @@ void DistributedDataParallel::Backward(const Tensor& loss) {
     auto start = Clock::now();
     b->work->Wait();
     stats_.wait_seconds += Since(start);
-    start = Clock::now();
     Tensor mean = options_.grad_bits == 32 ? Mul(b->flat, inv)
                                            : Mul(b->codec.DecodeSum(b->gathered, comm_->size(), b->numel), inv);
     for (size_t s = 0; s < b->params.size(); ++s) {
@@ -283,7 +280,6 @@ void DistributedDataParallel::Backward(const Tensor& loss) {
       if (b->earlier[s].defined()) g = Add(b->earlier[s], g);
       p.SetGrad(g.Contiguous().Clone());
     }
-    stats_.exchange_seconds += Since(start);
   }
   ++stats_.steps;
 }

@@ -67,7 +67,6 @@ struct DdpStats {
   int64_t f32_bytes = 0;         // what an unquantized exchange of the same gradients sends (8 bytes a value for f64)
   int buckets = 0;
   double wait_seconds = 0;       // last step: time blocked after backward, waiting for exchanges
-  double exchange_seconds = 0;   // last step: encode, decode and copying into grads
   int64_t launched_in_backward = 0;  // last step: buckets started before backward ended
 };
 

@@ -28,15 +28,20 @@ void CheckBatchNorm(const Tensor& x, const Tensor& running_mean, bool training) 
 // running = (1 - momentum) running + momentum batch, with the unbiased variance.
 void UpdateRunning(const Tensor& x, const Tensor& mean, const Tensor& var, Tensor& running_mean,
                    Tensor& running_var, double momentum) {
-  NoGradGuard no_grad;
-  const int64_t n = x.numel() / x.size(1);
-  Tensor m = mean.Detach().View({x.size(1)}).To(running_mean.dtype());
-  Tensor v = Mul(var.Detach().View({x.size(1)}), static_cast<double>(n) / (n - 1)).To(running_var.dtype());
-  running_mean.CopyFrom(Add(Mul(running_mean, 1 - momentum), Mul(m, momentum)));
-  running_var.CopyFrom(Add(Mul(running_var, 1 - momentum), Mul(v, momentum)));
+  UpdateBatchNormRunning(mean, var, static_cast<double>(x.numel() / x.size(1)), running_mean, running_var, momentum);
 }
 
 }  // namespace
+
+void UpdateBatchNormRunning(const Tensor& mean, const Tensor& var, double count, Tensor& running_mean,
+                            Tensor& running_var, double momentum) {
+  NoGradGuard no_grad;
+  const int64_t C = running_mean.numel();
+  Tensor m = mean.Detach().View({C}).To(running_mean.dtype());
+  Tensor v = Mul(var.Detach().View({C}), count / (count - 1)).To(running_var.dtype());
+  running_mean.CopyFrom(Add(Mul(running_mean, 1 - momentum), Mul(m, momentum)));
+  running_var.CopyFrom(Add(Mul(running_var, 1 - momentum), Mul(v, momentum)));
+}
 
 Tensor BatchNorm(const Tensor& x, Tensor& running_mean, Tensor& running_var, const Tensor& weight,
                  const Tensor& bias, bool training, double momentum, double eps) {

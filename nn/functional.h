@@ -22,6 +22,12 @@ Tensor Linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor
 // Training runs core's fused BatchNormTraining where the backend has its kernel.
 Tensor BatchNorm(const Tensor& x, Tensor& running_mean, Tensor& running_var, const Tensor& weight,
                  const Tensor& bias, bool training, double momentum, double eps);
+// Batch norm's running statistics after a batch of `count` values a channel with
+// this (mean, biased var): an exponential average with `momentum`, the
+// variance made unbiased (count / (count - 1)) as PyTorch does. Both layers use
+// it: the local BatchNorm above and nn::BatchNorm2d's synchronized form.
+void UpdateBatchNormRunning(const Tensor& mean, const Tensor& var, double count, Tensor& running_mean,
+                            Tensor& running_var, double momentum);
 // The same as a composition of core ops: what backends without the fused kernel
 // run, and what tests hold the fused kernel equal to.
 Tensor BatchNormComposite(const Tensor& x, Tensor& running_mean, Tensor& running_var, const Tensor& weight,

@@ -100,13 +100,8 @@ Tensor BatchNorm2d::SyncedForward(const Tensor& x) {
   QUANTA_CHECK(global.dim() == 2 && global.size(0) == 3 && global.size(1) == C, "batch_norm (synchronized): sync_stats returned ",
                global.Describe(), ", expected (3, ", C, ")");
   Tensor g_mean = global.Select(0, 0), g_var = global.Select(0, 1);
-  {
-    NoGradGuard no_grad;
-    const double total = global.Select(0, 2).Select(0, 0).item<float>();
-    Tensor unbiased = Mul(g_var.Detach(), total / std::max(total - 1, 1.0)).To(running_var.dtype());
-    running_mean.CopyFrom(Add(Mul(running_mean, 1 - momentum), Mul(g_mean.Detach().To(running_mean.dtype()), momentum)));
-    running_var.CopyFrom(Add(Mul(running_var, 1 - momentum), Mul(unbiased, momentum)));
-  }
+  UpdateBatchNormRunning(g_mean, g_var, global.Select(0, 2).Select(0, 0).item<float>(), running_mean, running_var,
+                         momentum);
   Tensor y = Mul(Sub(x, g_mean.View(channel)), Rsqrt(Add(g_var, eps)).View(channel));
   if (weight.defined()) y = Mul(y, weight.View(channel));
   if (bias.defined()) y = Add(y, bias.View(channel));
