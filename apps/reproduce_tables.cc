@@ -21,11 +21,13 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "apps/trainer.h"
 #include "nn/safetensors.h"
 #include "core/backend.h"
@@ -52,12 +54,15 @@ ABSL_FLAG(std::string, recipe, "long",
           "lr 0.1 cosine to 0 without warm-up, QAT int8 +1 epoch, lower bits +2 epochs (2 bits: +4) at lr 0.01)");
 ABSL_FLAG(std::string, table, "main",
           "main (f32, PTQ and QAT rows: docs/accuracy.md) | ptq (post-training rows at 4, 3 and 2 weight bits, "
-          "nearest against AdaRound and BRECQ rounding: docs/accuracy_ptq.md)");
+          "nearest against AdaRound and BRECQ rounding: docs/accuracy_ptq.md) | distill (QAT int8, W4A4 and W3A3 "
+          "distilled from the f32 model, beside f32 fine-tuned the same way without quantization: "
+          "docs/accuracy_distill.md)");
 ABSL_FLAG(int, adaround_iters, 2000, "--table=ptq: AdaRound's Adam steps per layer");
 ABSL_FLAG(double, adaround_lr, 1e-3, "--table=ptq: AdaRound's learning rate");
 ABSL_FLAG(std::string, f32_checkpoint, "",
-          "take the f32 model from this checkpoint (written by //apps:train) instead of training it; the table says "
-          "which file and the command that made it");
+          "take the f32 model from this checkpoint (written by //apps:train) instead of training it; with --seeds, "
+          "{seed} in the path stands for each seed (e.g. /runs/seed{seed}/f32/last.safetensors); the table says which "
+          "files and the command that made the first");
 ABSL_FLAG(std::string, out, "", "the table (default docs/accuracy.md; --quick: docs/accuracy_quick.md, so a quick run never replaces the full table); figures go to figures/ beside it");
 ABSL_FLAG(std::string, work_dir, "/tmp/quanta-reproduce", "checkpoints and metrics of the runs");
 
@@ -153,27 +158,39 @@ int main(int argc, char** argv) {
   std::string out_flag = absl::GetFlag(FLAGS_out);
   const std::string table = absl::GetFlag(FLAGS_table);
   const bool ptq_table = table == "ptq";
-  if (!ptq_table && table != "main") {
-    std::fprintf(stderr, "error: --table=%s: main or ptq\n", table.c_str());
+  const bool distill_table = table == "distill";
+  if (!ptq_table && !distill_table && table != "main") {
+    std::fprintf(stderr, "error: --table=%s: main, ptq or distill\n", table.c_str());
     return 2;
   }
   const std::string f32_checkpoint = FromWorkspace(absl::GetFlag(FLAGS_f32_checkpoint));
-  std::string f32_origin;  // the command that made --f32_checkpoint
+  // The f32 model of one seed: --f32_checkpoint with {seed} replaced.
+  auto f32_checkpoint_of = [&](uint64_t seed) {
+    return absl::StrReplaceAll(f32_checkpoint, {{"{seed}", absl::StrCat(seed)}});
+  };
+  std::string f32_origin;  // the command that made the first seed's --f32_checkpoint
   if (!f32_checkpoint.empty()) {
-    if (n_seeds > 1) {
-      std::fprintf(stderr, "error: --f32_checkpoint is one model, for one seed; --seeds gives %zu\n", n_seeds);
+    if (n_seeds > 1 && !absl::StrContains(f32_checkpoint, "{seed}")) {
+      std::fprintf(stderr,
+                   "error: --f32_checkpoint=%s is one model, for one seed; --seeds gives %zu (write {seed} in the path "
+                   "where each seed's model differs)\n",
+                   f32_checkpoint.c_str(), n_seeds);
       return 2;
     }
-    absl::StatusOr<Safetensors> ckpt = LoadSafetensors(f32_checkpoint);
-    if (!ckpt.ok()) {
-      std::fprintf(stderr, "error: --f32_checkpoint: %s\n", std::string(ckpt.status().message()).c_str());
-      return 2;
+    for (uint64_t seed : seeds) {
+      absl::StatusOr<Safetensors> ckpt = LoadSafetensors(f32_checkpoint_of(seed));
+      if (!ckpt.ok()) {
+        std::fprintf(stderr, "error: --f32_checkpoint: %s\n", std::string(ckpt.status().message()).c_str());
+        return 2;
+      }
+      if (seed != seeds[0]) continue;
+      auto it = ckpt->metadata.find("command");
+      f32_origin = it == ckpt->metadata.end() ? "not recorded in the file" : it->second;
     }
-    auto it = ckpt->metadata.find("command");
-    f32_origin = it == ckpt->metadata.end() ? "not recorded in the file" : it->second;
   }
   if (out_flag.empty()) {
-    std::string name = std::string(ptq_table ? "accuracy_ptq" : "accuracy") + (short_recipe ? "_short" : "") +
+    std::string name = std::string(ptq_table ? "accuracy_ptq" : distill_table ? "accuracy_distill" : "accuracy") +
+                       (short_recipe ? "_short" : "") +
                        (quick ? "_quick" : "");
     out_flag = "docs/" + name + ".md";
   }
@@ -218,20 +235,23 @@ int main(int argc, char** argv) {
     f32.metrics_file = dir + "/f32.jsonl";
     if (!f32_checkpoint.empty()) {  // evaluated, not trained
       f32.checkpoint_dir.clear();
-      f32.init_from = f32_checkpoint;
+      f32.init_from = f32_checkpoint_of(seed);
       f32.epochs = 0;
     }
     rows.push_back({"f32", f32, 0, {}});
-    const std::string f32_ckpt = f32_checkpoint.empty() ? f32.checkpoint_dir + "/last.safetensors" : f32_checkpoint;
+    const std::string f32_ckpt =
+        f32_checkpoint.empty() ? f32.checkpoint_dir + "/last.safetensors" : f32_checkpoint_of(seed);
     auto derived = [&](const std::string& name, const std::string& quant, int w, int a, const std::string& quantizer,
                        int bits) {
       TrainConfig c = seeded;
       c.init_from = f32_ckpt;
-      c.quant = quant;
-      c.wbits = w;
-      c.abits = a;
-      c.quantizer = quantizer;
-      c.ema_decay = absl::GetFlag(FLAGS_ema_decay);
+      if (!quant.empty()) {  // else not quantized (the distillation table's control row)
+        c.quant = quant;
+        c.wbits = w;
+        c.abits = a;
+        c.quantizer = quantizer;
+        c.ema_decay = absl::GetFlag(FLAGS_ema_decay);
+      }
       c.epochs = quant == "ptq" ? 0 : bits == 8 ? finetune8 : bits == 2 ? finetune2 : finetune;
       c.lr = base.lr * 0.1;  // fine-tuning from the trained model
       c.warmup_epochs = 0;
@@ -240,7 +260,20 @@ int main(int argc, char** argv) {
       Row r{name, c, bits, {}};
       return r;
     };
-    if (ptq_table) {
+    if (distill_table) {
+      // Issue 17's low-bit QAT recipe: distillation from the f32 model the row
+      // starts from (KL on logits, T = 2, weight 0.5), LSQ below 8 bits, beside
+      // the same fine-tuning without quantization, which separates what the
+      // fine-tuning itself does to the model from what quantization costs.
+      rows.push_back(derived("f32 fine-tuned (no quantization)", "", 0, 0, "", 0));
+      for (auto [bits, quantizer] : {std::pair{8, "ema"}, {4, "lsq"}, {3, "lsq"}}) {
+        Row r = derived(absl::StrCat("QAT ", bits == 8 ? "int8" : absl::StrCat("W", bits, "A", bits), " (",
+                                     quantizer == std::string("ema") ? "EMA" : "LSQ", " + distillation)"),
+                        "qat", bits, bits, quantizer, bits);
+        r.config.distill = f32_ckpt;
+        rows.push_back(r);
+      }
+    } else if (ptq_table) {
       // Weight bits 4, 3, 2 with 8-bit activations, and W4A4: MSE-searched ranges,
       // then nearest rounding against learned rounding, layer by layer
       // (AdaRound) and block by block (BRECQ).
@@ -414,8 +447,10 @@ int main(int argc, char** argv) {
   absl::StrAppend(&script, ", ", 100 * base_acc, " title 'f32' dashtype 2\n");
   // The PTQ table has no training curves and one bit axis per activation width:
   // its rows say it in the table alone.
-  bool drew = !ptq_table && Gnuplot(script);
-  if (!ptq_table && !drew) {
+  // The distillation table has too few rows for either figure.
+  const bool figures_wanted = !ptq_table && !distill_table;
+  bool drew = figures_wanted && Gnuplot(script);
+  if (figures_wanted && !drew) {
     std::fprintf(stderr, "warning: gnuplot failed or is missing (apt-get install gnuplot-nox): no figures\n");
   }
 
@@ -429,8 +464,9 @@ int main(int argc, char** argv) {
                          f32.schedule == "cosine" ? absl::StrCat(" (", f32.warmup_epochs, " warm-up epochs)") : "",
                          ", lr ", f32.lr, ", weight decay 5e-4, batch ", f32.batch, ", ",
                          f32.augment ? "random crop + flip" : "no augmentation", ")")
-          : absl::StrCat("f32 is the model in `", f32_checkpoint, "` (given with --f32_checkpoint), made by `",
-                         f32_origin, "`");
+          : absl::StrCat("f32 is the model in `", f32_checkpoint, "` (given with --f32_checkpoint",
+                         n_seeds > 1 ? ", one per seed" : "", "), made by `", f32_origin, "`",
+                         n_seeds > 1 ? " (the first seed's)" : "");
   std::string seeds_text =
       n_seeds == 1
           ? absl::StrCat("seed ", seeds[0])
@@ -438,7 +474,8 @@ int main(int argc, char** argv) {
                          "; every figure is the mean over the seeds, +- the sample standard deviation, and a drop is "
                          "the row minus the same seed's f32 model, listed per seed in brackets");
   std::string flags = absl::StrCat(quick ? " --quick" : "", short_recipe ? " --recipe=short" : "",
-                                   ptq_table ? " --table=ptq" : "", cifar ? " --dataset=cifar100" : "",
+                                   ptq_table ? " --table=ptq" : "", distill_table ? " --table=distill" : "",
+                                   cifar ? " --dataset=cifar100" : "",
                                    f32_checkpoint.empty() ? "" : " --f32_checkpoint=" + f32_checkpoint,
                                    n_seeds == 1 ? "" : " --seeds=" + absl::GetFlag(FLAGS_seeds));
   // Every flag given that changes a figure, so that the command reproduces the table.
@@ -475,8 +512,13 @@ int main(int argc, char** argv) {
                                "rounding, layer by layer, and BRECQ rows residual block by block, ", base.adaround_iters,
                                " Adam steps per layer or block at lr ",
                                base.adaround_lr, " on those batches (quant/adaround.h)")
-                : absl::StrCat("; QAT rows fine-tune it for ", finetune_text, " (progressive: ", std::max(3, finetune),
-                               ") at a tenth of the rate"),
+                : distill_table
+                    ? absl::StrCat("; QAT rows fine-tune it for ", finetune_text,
+                                   " at a tenth of the rate, distilled from it (loss = 0.5 cross-entropy + 0.5 T^2 "
+                                   "KL(teacher || student) at T = 2, the teacher the seed's f32 model); the control row "
+                                   "fine-tunes it the same way (", finetune, " epochs) without quantization or distillation")
+                    : absl::StrCat("; QAT rows fine-tune it for ", finetune_text, " (progressive: ", std::max(3, finetune),
+                                   ") at a tenth of the rate"),
       ". First and last layers stay 8-bit in every quantized row. ",
       "Train images: ", images(train_subset), " for f32", ptq_table ? "" : ", " + images(finetune_subset) + " for the quantized rows",
       "; test images: ", images(test_subset), ".\n\n",
@@ -520,7 +562,7 @@ int main(int argc, char** argv) {
     }
     std::sort(speed.begin(), speed.end());
     absl::StrAppendFormat(&md, "| %s | %s | %s | %s | %s | %s | %d | %.0f | `%s` |\n", r.method, pct(top1_of(k)),
-                          is_f32 ? "—" : drop, is_f32 ? "—" : pct(fake),
+                          k == 0 ? "—" : drop, is_f32 ? "—" : pct(fake),
                           is_f32 ? "—" : absl::StrFormat("%.2f%%", 100 * agreement),
                           is_f32 ? "—" : absl::StrFormat("%.3g (%.2f)", diff, diff_steps),
                           is_f32 ? r.result.float_bytes : r.result.integer_bytes, speed[speed.size() / 2],
@@ -570,6 +612,18 @@ int main(int argc, char** argv) {
   if (!ptq_table && !cifar && quick) {
     absl::StrAppendFormat(&md, "\nQuick-mode target (issue 16): f32 at least 90%% on the whole test set — %.2f%%, %s.\n",
                           100 * base_acc, base_acc >= 0.90 && test_subset == 0 ? "met" : "**missed**");
+  } else if (distill_table) {
+    double control = mean_drop("f32 fine-tuned (no quantization)");
+    double qat8 = mean_drop("QAT int8 (EMA + distillation)"), w4 = mean_drop("QAT W4A4 (LSQ + distillation)");
+    double w3 = mean_drop("QAT W3A3 (LSQ + distillation)");
+    absl::StrAppendFormat(&md,
+                          "\nThe same fine-tuning without quantization moves f32 by %+.2f points: that part of each "
+                          "row's difference is the fine-tuning's, not the format's.\n\nTargets (issue 17, %s; this "
+                          "table: %s; a drop is f32 minus the row): QAT int8 drop <= 0 — %.2f, %s; QAT W4A4 drop <= 0.1 "
+                          "— %.2f, %s; QAT W3A3 drop <= 0.5 — %.2f, %s.\n",
+                          -100 * control, short_recipe ? "short recipe, mean of 3 seeds" : "mean of 3 seeds",
+                          n_seeds == 1 ? "one seed" : absl::StrCat(n_seeds, " seeds"), 100 * qat8, verdict(qat8 <= 1e-9),
+                          100 * w4, verdict(w4 <= 0.001 + 1e-9), 100 * w3, verdict(w3 <= 0.005 + 1e-9));
   } else if (!ptq_table && !cifar && short_recipe) {
     double qat8 = mean_drop("QAT int8 (EMA)"), w4 = -Mean(drops_of(best));
     double w3 = std::min(mean_drop("QAT W3A3 (LSQ)"), mean_drop("QAT W3A3 (APoT)"));
