@@ -2,24 +2,46 @@
 #include "core/dtype.h"
 
 #include <array>
+#include <string>
+
+#include "core/error.h"
+#include "core/minifloat.h"
 
 namespace quanta {
 namespace {
 
 constexpr std::array<DTypeInfo, kNumDTypes> kTable = {{
-    // dtype          name      bits float  quant  signed qmin         qmax
-    {DType::kF32,    "f32",    32,  true,  false, true,  0, 0},
-    {DType::kF64,    "f64",    64,  true,  false, true,  0, 0},
-    {DType::kF16,    "f16",    16,  true,  false, true,  0, 0},
-    {DType::kBF16,   "bf16",   16,  true,  false, true,  0, 0},
-    {DType::kI32,    "i32",    32,  false, false, true,  INT32_MIN, INT32_MAX},
-    {DType::kI64,    "i64",    64,  false, false, true,  INT64_MIN, INT64_MAX},
-    {DType::kI8,     "i8",     8,   false, false, true,  -128, 127},
-    {DType::kU8,     "u8",     8,   false, false, false, 0, 255},
-    {DType::kBool,   "bool",   8,   false, false, false, 0, 1},
-    {DType::kQInt8,  "qint8",  8,   false, true,  true,  -128, 127},
-    {DType::kQUInt8, "quint8", 8,   false, true,  false, 0, 255},
-    {DType::kQInt4,  "qint4",  4,   false, true,  true,  -8, 7},
+    // dtype          name       bits float  quant  signed qmin       qmax       minifloat
+    {DType::kF32,    "f32",     32,  true,  false, true,  0, 0,                false},
+    {DType::kF64,    "f64",     64,  true,  false, true,  0, 0,                false},
+    {DType::kF16,    "f16",     16,  true,  false, true,  0, 0,                false},
+    {DType::kBF16,   "bf16",    16,  true,  false, true,  0, 0,                false},
+    {DType::kI32,    "i32",     32,  false, false, true,  INT32_MIN, INT32_MAX, false},
+    {DType::kI64,    "i64",     64,  false, false, true,  INT64_MIN, INT64_MAX, false},
+    {DType::kI8,     "i8",      8,   false, false, true,  -128, 127,        false},
+    {DType::kU8,     "u8",      8,   false, false, false, 0, 255,           false},
+    {DType::kBool,   "bool",    8,   false, false, false, 0, 1,             false},
+    {DType::kQInt8,  "qint8",   8,   false, true,  true,  -128, 127,        false},
+    {DType::kQUInt8, "quint8",  8,   false, true,  false, 0, 255,           false},
+    {DType::kQInt4,  "qint4",   4,   false, true,  true,  -8, 7,            false},
+    {DType::kF8E4M3, "f8_e4m3", 8,   true,  false, true,  0, 0,             true},
+    {DType::kF8E5M2, "f8_e5m2", 8,   true,  false, true,  0, 0,             true},
+    {DType::kF8E8M0, "f8_e8m0", 8,   true,  false, false, 0, 0,             true},
+    {DType::kF6E2M3, "f6_e2m3", 6,   true,  false, true,  0, 0,             true},
+    {DType::kF6E3M2, "f6_e3m2", 6,   true,  false, true,  0, 0,             true},
+    {DType::kF4E2M1, "f4_e2m1", 4,   true,  false, true,  0, 0,             true},
+}};
+
+// The minifloats' parameters (OCP 8-bit Floating Point Specification (OFP8)
+// rev 1.0, table 1; OCP Microscaling Formats (MX) v1.0, tables 2-4).
+constexpr std::array<MiniFloatFormat, 6> kMiniFloats = {{
+    // dtype          exp man bias  inf    NaN   max code  max
+    {DType::kF8E4M3, 4,  3,  7,    false, 0x7F, 0x7E,     448.0f},
+    {DType::kF8E5M2, 5,  2,  15,   true,  0x7F, 0x7B,     57344.0f},
+    {DType::kF8E8M0, 8,  0,  127,  false, 0xFF, 0xFE,     0x1p127f},
+    {DType::kF6E2M3, 2,  3,  1,    false, -1,   0x1F,     7.5f},
+    {DType::kF6E3M2, 3,  2,  3,    false, -1,   0x1F,     28.0f},
+    {DType::kF4E2M1, 2,  1,  1,    false, -1,   0x7,      6.0f},
 }};
 
 constexpr bool TableInOrder() {
@@ -48,6 +70,19 @@ int Rank(DType d) {
 }  // namespace
 
 const DTypeInfo& Info(DType dtype) { return kTable[static_cast<int>(dtype)]; }
+
+const MiniFloatFormat& MiniFloatOf(DType dtype) {
+  for (const MiniFloatFormat& f : kMiniFloats) {
+    if (f.dtype == dtype) return f;
+  }
+  throw Error(std::string("MiniFloatOf: ") + Name(dtype) + " is not a minifloat dtype");
+}
+
+void ThrowStorageOnly(DType d) {
+  throw Error(std::string(Name(d)) +
+              " is a storage-only dtype: no kernel computes in it (convert with to(f32); Note [Storage-only dtypes] "
+              "in core/dtype.h)");
+}
 
 DType PromoteTypes(DType a, DType b) {
   if (a == b) return a;

@@ -25,8 +25,11 @@ enum class DType : uint8_t {
   kF32, kF64, kF16, kBF16,
   kI32, kI64, kI8, kU8, kBool,
   kQInt8, kQUInt8, kQInt4,
+  // Minifloats (core/minifloat.h): FP8 (OCP: E4M3 "fn", E5M2), the E8M0 scale,
+  // and the MX element types FP6 (E2M3, E3M2) and FP4 (E2M1).
+  kF8E4M3, kF8E5M2, kF8E8M0, kF6E2M3, kF6E3M2, kF4E2M1,
 };
-inline constexpr int kNumDTypes = 12;
+inline constexpr int kNumDTypes = 18;
 
 struct DTypeInfo {
   DType dtype;
@@ -36,6 +39,7 @@ struct DTypeInfo {
   bool is_quantized;
   bool is_signed;
   int64_t qmin, qmax;     // integer range of quantized (and integer) dtypes
+  bool is_minifloat;      // floating, storage only (Note [Storage-only dtypes])
 };
 
 const DTypeInfo& Info(DType dtype);
@@ -43,7 +47,18 @@ inline const char* Name(DType dtype) { return Info(dtype).name; }
 inline bool IsFloating(DType d) { return Info(d).is_floating; }
 inline bool IsQuantized(DType d) { return Info(d).is_quantized; }
 inline bool IsIntegral(DType d) { return !IsFloating(d) && !IsQuantized(d) && d != DType::kBool; }
-// Bytes that `numel` elements occupy in storage (qint4 packs two per byte).
+
+// Note [Storage-only dtypes]
+// The minifloats (f8_e4m3, f8_e5m2, f8_e8m0, f6_e2m3, f6_e3m2, f4_e2m1) are
+// floating dtypes whose elements no kernel computes in, as in PyTorch, where
+// float8 tensors are cast, copied, moved and stored, and scaled matmuls read
+// them. Tensor::To converts to and from them (core/minifloat.h: round to nearest
+// even, saturating); every other op rejects them by name (Dispatch), and
+// VisitDType throws for them, so no kernel is instantiated over them.
+inline bool IsMiniFloat(DType d) { return Info(d).is_minifloat; }
+[[noreturn]] void ThrowStorageOnly(DType d);
+// Bytes that `numel` elements occupy in storage (qint4 and f4_e2m1 pack two per
+// byte, f6 four per three bytes).
 inline int64_t StorageBytes(DType d, int64_t numel) { return (numel * Info(d).bits + 7) / 8; }
 
 // The dtype both operands of a binary op are computed in (PyTorch's promotion:
@@ -203,7 +218,8 @@ QUANTA_HOST_DEVICE inline To Convert(From v) {
 }
 
 // Calls f(TypeTag<T>{}) with the storage type of a non-quantized dtype. Kernels are
-// written once as a template over T and reach every dtype through this switch.
+// written once as a template over T and reach every dtype through this switch
+// (not the minifloats: Note [Storage-only dtypes]).
 template <typename F>
 decltype(auto) VisitDType(DType dtype, F&& f) {
   switch (dtype) {
@@ -217,6 +233,8 @@ decltype(auto) VisitDType(DType dtype, F&& f) {
     case DType::kU8: case DType::kQUInt8: return f(TypeTag<uint8_t>{});
     case DType::kBool: return f(TypeTag<bool>{});
     case DType::kQInt4: return f(TypeTag<QInt4x2>{});
+    case DType::kF8E4M3: case DType::kF8E5M2: case DType::kF8E8M0:
+    case DType::kF6E2M3: case DType::kF6E3M2: case DType::kF4E2M1: ThrowStorageOnly(dtype);
   }
   return f(TypeTag<float>{});
 }

@@ -188,6 +188,16 @@ void Dispatch(Op op, std::span<const Tensor> inputs, std::span<Tensor> outputs,
     QUANTA_CHECK(!t.storage() || !t.storage()->constant(), OpName(op), ": output ", t.Describe(),
                  " is constant storage (Note [Constant storage] in core/storage.h)");
   }
+  // Note [Storage-only dtypes]: copies (Tensor::To, Contiguous, Clone, moves
+  // between devices) alone read or write minifloats.
+  if (op != Op::kCopy) {
+    for (std::span<const Tensor> group : {inputs, std::span<const Tensor>(outputs.data(), outputs.size())}) {
+      for (const Tensor& t : group) {
+        QUANTA_CHECK(!t.defined() || !IsMiniFloat(t.dtype()), OpName(op), ": ", t.Describe(),
+                     " is a storage-only dtype; convert it with to(f32) first (", DescribeAll(inputs), ")");
+      }
+    }
+  }
   Kernel kernel = GetBackend(device).Find(op);
   QUANTA_CHECK(kernel != nullptr, OpName(op), ": not supported on ", device.ToString(), " (",
                DescribeAll(inputs), ")");

@@ -504,7 +504,7 @@ void Tensor::CopyInto(Tensor& out) const {
   {
     NoGradGuard no_grad;
     Tensor packed = from.Contiguous();
-    if (packed.dtype_ == DType::kQInt4 && (packed.offset_ & 1)) packed = packed.Clone();
+    if (Info(packed.dtype_).bits < 8 && packed.offset_ * Info(packed.dtype_).bits % 8 != 0) packed = packed.Clone();
     Tensor moved = qparams_ ? Empty(out.shape_, dtype_, out.device(), *qparams_)
                             : Empty(out.shape_, dtype_, out.device());
     size_t bytes = StorageBytes(dtype_, packed.numel());

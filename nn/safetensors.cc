@@ -223,6 +223,9 @@ constexpr DTypeName kDTypeNames[] = {
     {DType::kF32, "F32"}, {DType::kF64, "F64"}, {DType::kF16, "F16"}, {DType::kBF16, "BF16"},
     {DType::kI32, "I32"}, {DType::kI64, "I64"}, {DType::kI8, "I8"},   {DType::kU8, "U8"},
     {DType::kBool, "BOOL"},
+    // The safetensors spec's FP8 names (PyTorch's float8_e4m3fn, float8_e5m2,
+    // float8_e8m0fnu); its F4 / F6 packings are not Quanta's, so those stay out.
+    {DType::kF8E4M3, "F8_E4M3"}, {DType::kF8E5M2, "F8_E5M2"}, {DType::kF8E8M0, "F8_E8M0"},
 };
 
 const char* SafetensorsName(DType d) {

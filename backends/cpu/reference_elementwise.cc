@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "backends/cpu/reference_common.h"
+#include "core/minifloat.h"
 
 namespace quanta::cpu {
 namespace {
@@ -24,14 +25,56 @@ void WhereKernel(const KernelCall& c) {
   });
 }
 
+// Copy to, from or between minifloats (Note [Storage-only dtypes]): every
+// element through f32 with core/minifloat.h's conversions (round to nearest
+// even, saturating). Sub-byte outputs (f4, f6) are written by one thread.
+void CopyMiniFloatKernel(const KernelCall& c) {
+  const Tensor& x = c.in[0];
+  const Tensor& y = c.out[0];
+  const auto* xp = static_cast<const uint8_t*>(StorageBase(x));
+  auto* yp = static_cast<uint8_t*>(StorageBase(y));
+  const int x_bits = Info(x.dtype()).bits, y_bits = Info(y.dtype()).bits;
+  const bool serial = y_bits < 8;
+  if (IsMiniFloat(x.dtype()) && IsMiniFloat(y.dtype())) {
+    const MiniFloatFormat &from = MiniFloatOf(x.dtype()), &to = MiniFloatOf(y.dtype());
+    ForEachStrided<2>(
+        y.shape(), {&y, &x},
+        [&](const std::array<int64_t, 2>& o) {
+          float v = DecodeMiniFloat(from, LoadMiniFloatCode(x_bits, xp, o[1]));
+          StoreMiniFloatCode(y_bits, yp, o[0], EncodeMiniFloat(to, v));
+        },
+        32768, serial);
+  } else if (IsMiniFloat(x.dtype())) {
+    const MiniFloatFormat& from = MiniFloatOf(x.dtype());
+    VisitPlain(c, y.dtype(), [&]<typename D>(TypeTag<D>) {
+      ForEachStrided<2>(y.shape(), {&y, &x}, [&](const std::array<int64_t, 2>& o) {
+        StoreAt<D>(yp, o[0], Convert<D>(DecodeMiniFloat(from, LoadMiniFloatCode(x_bits, xp, o[1]))));
+      });
+    });
+  } else {
+    const MiniFloatFormat& to = MiniFloatOf(y.dtype());
+    VisitPlain(c, x.dtype(), [&]<typename S>(TypeTag<S>) {
+      ForEachStrided<2>(
+          y.shape(), {&y, &x},
+          [&](const std::array<int64_t, 2>& o) {
+            StoreMiniFloatCode(y_bits, yp, o[0], EncodeMiniFloat(to, Convert<float>(LoadAt<S>(xp, o[1]))));
+          },
+          32768, serial);
+    });
+  }
+}
+
 // Copy with cast. Quantized dtypes copy their integer values (to the same
 // quantized dtype, or to a plain integer dtype for IntRepr).
 void CopyKernel(const KernelCall& c) {
   const Tensor& x = c.in[0];
   const Tensor& y = c.out[0];
-  if (x.dtype() == y.dtype() && x.is_contiguous() && y.is_contiguous() &&
-      x.dtype() != DType::kQInt4) {
+  if (x.dtype() == y.dtype() && x.is_contiguous() && y.is_contiguous() && Info(x.dtype()).bits >= 8) {
     std::memcpy(y.raw_data(), x.raw_data(), StorageBytes(x.dtype(), x.numel()));
+    return;
+  }
+  if (IsMiniFloat(x.dtype()) || IsMiniFloat(y.dtype())) {
+    CopyMiniFloatKernel(c);
     return;
   }
   VisitDType(x.dtype(), [&]<typename S>(TypeTag<S>) {

@@ -261,11 +261,19 @@ void BindTensor(py::module_& m) {
       .value("qint8", DType::kQInt8)
       .value("quint8", DType::kQUInt8)
       .value("qint4", DType::kQInt4)
+      .value("f8_e4m3", DType::kF8E4M3)
+      .value("f8_e5m2", DType::kF8E5M2)
+      .value("f8_e8m0", DType::kF8E8M0)
+      .value("f6_e2m3", DType::kF6E2M3)
+      .value("f6_e3m2", DType::kF6E3M2)
+      .value("f4_e2m1", DType::kF4E2M1)
       .export_values();
   for (auto [alias, d] : {std::pair{"float32", DType::kF32}, {"float", DType::kF32}, {"float64", DType::kF64},
                           {"double", DType::kF64}, {"float16", DType::kF16}, {"half", DType::kF16},
                           {"bfloat16", DType::kBF16}, {"int32", DType::kI32}, {"int64", DType::kI64},
-                          {"long", DType::kI64}, {"int8", DType::kI8}, {"uint8", DType::kU8}}) {
+                          {"long", DType::kI64}, {"int8", DType::kI8}, {"uint8", DType::kU8},
+                          {"float8_e4m3fn", DType::kF8E4M3}, {"float8_e5m2", DType::kF8E5M2},
+                          {"float8_e8m0fnu", DType::kF8E8M0}}) {
     m.attr(alias) = py::cast(d);
   }
 

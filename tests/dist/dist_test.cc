@@ -365,8 +365,12 @@ TEST(Partition, DirichletSplitCoversEveryExampleOnce) {
       top += p.empty() ? 0 : static_cast<double>(*std::max_element(c.begin(), c.end())) / p.size();
     }
     top /= parts.size();
-    if (alpha == 1000.0) EXPECT_LT(top, 0.15);
-    if (alpha == 0.1) EXPECT_GT(top, 0.35);
+    if (alpha == 1000.0) {
+      EXPECT_LT(top, 0.15);
+    }
+    if (alpha == 0.1) {
+      EXPECT_GT(top, 0.35);
+    }
   }
   EXPECT_THROW(data::DirichletSplit(labels, 10, 0, 1.0, 0), Error);
   EXPECT_THROW(data::DirichletSplit({11}, 10, 2, 1.0, 0), Error);

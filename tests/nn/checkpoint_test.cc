@@ -61,6 +61,9 @@ TEST(Safetensors, RoundTripIsBitExactForEveryDtype) {
   in["i8"] = Tensor::FromVector<int8_t>({-128, 127}, {2});
   in["u8"] = Tensor::FromVector<uint8_t>({0, 255}, {2});
   in["bool"] = Tensor::FromVector<bool>({true, false, true}, {3});
+  in["f8_e4m3"] = Normal({5}, 0, 100, &gen).To(DType::kF8E4M3);
+  in["f8_e5m2"] = Normal({5}, 0, 100, &gen).To(DType::kF8E5M2);
+  in["f8_e8m0"] = Abs(Normal({5}, 0, 100, &gen)).To(DType::kF8E8M0);
   in["scalar"] = Scalar(3.25);
   in["empty"] = Zeros({0, 4});
   in["strided view"] = Normal({4, 6}, 0, 1, &gen).Transpose(0, 1);

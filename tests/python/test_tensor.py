@@ -146,3 +146,14 @@ def test_star_import_keeps_python_builtins():
     exec("from quanta import *", scope)
     assert "abs" not in scope and "bool" not in scope and "round" not in scope
     assert "from_numpy" in scope and "Tensor" in scope and "f32" in scope
+
+
+def test_float8_converts_and_refuses_arithmetic():
+    # 0.3 -> 0.3125 (E4M3: 1.010 x 2^-2), 500 saturates to 448, -1e-9 to -0.
+    x = quanta.tensor([0.3, 500.0, -1e-9])
+    q = x.to(quanta.float8_e4m3fn)
+    assert q.dtype == quanta.f8_e4m3
+    np.testing.assert_array_equal(q.to(quanta.f32).numpy(), [0.3125, 448.0, -0.0])
+    np.testing.assert_array_equal(x.to(quanta.f4_e2m1).to(quanta.f32).numpy(), [0.5, 6.0, -0.0])
+    with pytest.raises(quanta.Error, match="storage-only"):
+        q + q

@@ -1,0 +1,125 @@
+// The narrow floating-point formats of FP8 training and OCP microscaling (MX
+// v1.0): their parameters and their conversions to and from f32. Elements of
+// these dtypes are codes; no kernel computes in them (Note [Storage-only
+// dtypes] in core/dtype.h): Tensor::To converts, block-scaled quantization
+// (issue 21) stores.
+//
+//   const MiniFloatFormat& f = MiniFloatOf(DType::kF8E4M3);  // f.max == 448
+//   uint8_t code = EncodeMiniFloat(f, 0.3f);                 // 0x2A: 0.3125
+//   float v = DecodeMiniFloat(f, code);
+//
+// Note [Minifloat conversion]
+// f32 -> code rounds to nearest, ties to even, and saturates: every finite
+// value beyond the largest and every infinity becomes the largest finite value
+// of its sign (f8_e5m2 too, although it has infinities: the OCP spec's
+// saturating mode, cuBLASLt's and DeepSeek-V3's casts). NaN becomes the
+// format's NaN where it has one (f8_e4m3: S.1111.111, f8_e5m2: S.11111.11,
+// e8m0: 0xFF) and +0 where it has none (FP6, FP4: in MX blocks the E8M0 scale
+// carries NaN). E8M0 is unsigned powers of two 2^-127..2^127: a value rounds to
+// the nearer power in linear distance, the midpoint 1.5 * 2^k up (as PyTorch
+// and ml_dtypes do); zero and everything below 2^-127 saturate to 2^-127,
+// negative values become NaN. f64 converts through f32 (as PyTorch does).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace quanta {
+
+struct MiniFloatFormat {
+  DType dtype;
+  int exp_bits, man_bits;  // sign bit: 1 unless e8m0
+  int bias;
+  bool has_inf;            // f8_e5m2 alone
+  int nan_code;            // the positive NaN's code, -1 when there is none
+  int max_code;            // the largest finite value's code
+  float max;               // its value
+};
+
+// Every minifloat dtype's row (throws for other dtypes, naming them).
+const MiniFloatFormat& MiniFloatOf(DType dtype);
+
+inline QUANTA_HOST_DEVICE float DecodeMiniFloat(const MiniFloatFormat& f, uint32_t code) {
+  if (f.exp_bits == 8) {  // e8m0
+    if (code == 0xFFu) return NAN;
+    return ldexpf(1.0f, static_cast<int>(code) - 127);
+  }
+  const int width = f.exp_bits + f.man_bits;
+  const bool negative = (code >> width) & 1u;
+  const uint32_t magnitude = code & ((1u << width) - 1u);
+  if (f.nan_code >= 0 && magnitude == static_cast<uint32_t>(f.nan_code)) return NAN;
+  const uint32_t exp_field = magnitude >> f.man_bits;
+  const uint32_t mant = magnitude & ((1u << f.man_bits) - 1u);
+  float v;
+  if (f.has_inf && exp_field == (1u << f.exp_bits) - 1u) {
+    v = mant == 0 ? INFINITY : NAN;
+  } else if (exp_field == 0) {  // subnormal: mant * 2^(1 - bias - man_bits)
+    v = ldexpf(static_cast<float>(mant), 1 - f.bias - f.man_bits);
+  } else {
+    v = ldexpf(static_cast<float>(mant + (1u << f.man_bits)), static_cast<int>(exp_field) - f.bias - f.man_bits);
+  }
+  return negative ? -v : v;
+}
+
+inline QUANTA_HOST_DEVICE uint32_t EncodeMiniFloat(const MiniFloatFormat& f, float x) {
+  if (f.exp_bits == 8) {  // e8m0: unsigned powers of two
+    if (std::isnan(x) || x < 0) return 0xFFu;
+    if (x >= 0x1p127f) return 0xFEu;
+    if (x <= 0x1p-127f) return 0u;
+    int e;
+    float m = frexpf(x, &e);  // x = m 2^e, m in [0.5, 1)
+    return static_cast<uint32_t>(e - 1 + 127 + (m >= 0.75f ? 1 : 0));
+  }
+  const int width = f.exp_bits + f.man_bits;
+  if (std::isnan(x)) return f.nan_code >= 0 ? static_cast<uint32_t>(f.nan_code) : 0u;
+  const uint32_t sign = std::signbit(x) ? 1u << width : 0u;
+  const float a = fabsf(x);
+  if (a >= f.max) return sign | static_cast<uint32_t>(f.max_code);  // saturate (infinities too)
+  if (a == 0) return sign;
+  const int emin = 1 - f.bias;  // the smallest normal exponent
+  int e;
+  frexpf(a, &e);
+  e = e - 1 < emin ? emin : e - 1;  // a's binade, subnormals share the lowest
+  // a / 2^(e - man_bits) is exact (a power-of-two scaling far from f32's ends);
+  // rintf rounds half to even in the default rounding mode.
+  uint32_t k = static_cast<uint32_t>(rintf(ldexpf(a, f.man_bits - e)));
+  if (k == 0) return sign;
+  if (k < (1u << f.man_bits)) return sign | k;  // subnormal (e == emin)
+  if (k == (2u << f.man_bits)) {                // rounded up into the next binade
+    k = 1u << f.man_bits;
+    ++e;
+  }
+  uint32_t code = (static_cast<uint32_t>(e + f.bias) << f.man_bits) | (k - (1u << f.man_bits));
+  return sign | (code > static_cast<uint32_t>(f.max_code) ? static_cast<uint32_t>(f.max_code) : code);
+}
+
+// Element i of minifloat storage (FP4 two to a byte, low nibble first; FP6
+// four to three bytes, element i at bits 6i..6i+5 little-endian).
+inline QUANTA_HOST_DEVICE uint32_t LoadMiniFloatCode(int bits, const uint8_t* base, int64_t i) {
+  if (bits == 8) return base[i];
+  if (bits == 4) return (i & 1) ? base[i >> 1] >> 4 : base[i >> 1] & 0xFu;
+  const int64_t bit = i * 6;
+  const int shift = static_cast<int>(bit & 7);
+  uint32_t word = base[bit >> 3];
+  if (shift > 2) word |= static_cast<uint32_t>(base[(bit >> 3) + 1]) << 8;
+  return (word >> shift) & 0x3Fu;
+}
+inline QUANTA_HOST_DEVICE void StoreMiniFloatCode(int bits, uint8_t* base, int64_t i, uint32_t code) {
+  if (bits == 8) {
+    base[i] = static_cast<uint8_t>(code);
+  } else if (bits == 4) {
+    uint8_t& byte = base[i >> 1];
+    byte = (i & 1) ? static_cast<uint8_t>((byte & 0x0F) | (code << 4)) : static_cast<uint8_t>((byte & 0xF0) | code);
+  } else {
+    const int64_t bit = i * 6;
+    const int shift = static_cast<int>(bit & 7);
+    const uint32_t mask = 0x3Fu << shift;
+    uint8_t* p = base + (bit >> 3);
+    p[0] = static_cast<uint8_t>((p[0] & ~mask) | ((code << shift) & 0xFFu));
+    if (shift > 2) p[1] = static_cast<uint8_t>((p[1] & ~(mask >> 8)) | (code >> (8 - shift)));
+  }
+}
+
+}  // namespace quanta
