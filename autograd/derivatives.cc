@@ -247,6 +247,8 @@ struct RuleTable {
     NotDifferentiable(Op::kDequantize);
     Set(Op::kFakeQuantize, &FakeQuantizeBackwardRule);
     NotDifferentiable(Op::kFakeQuantizeBackward);
+    NotDifferentiable(Op::kBlockQuantize);  // codes carry no gradient; BlockFakeQuantize passes it straight through
+    NotDifferentiable(Op::kBlockDequantize);
     NotDifferentiable(Op::kQuantizedMatmul);  // inference only
     NotDifferentiable(Op::kQuantizedConv2d);
     NotDifferentiable(Op::kUniform);
@@ -265,7 +267,7 @@ struct RuleTable {
   }
 };
 // A new op in core/ops.def needs an entry above (rule or NotDifferentiable).
-static_assert(kNumOps == 58, "give the new op its backward rule, then update this count");
+static_assert(kNumOps == 60, "give the new op its backward rule, then update this count");
 
 const RuleTable& Rules() {
   static const RuleTable* table = new RuleTable();

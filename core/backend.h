@@ -63,6 +63,7 @@ struct OpAttrs {
   double lsq_grad_scale = 1;        // fake_quantize: factor on the scale's gradient (LSQ)
   bool residual = false, relu = false, gelu = false;  // integer ops: fused post-ops (IntegerPostOps in core/ops.h)
   bool varying_input_scale = false;                   // integer ops: IntegerPostOps::varying_input_scale
+  int64_t block[2] = {1, 1};        // block_quantize / block_dequantize: a block's rows and columns
 };
 
 // One call of a kernel: inputs as the frontend prepared them (broadcast, same

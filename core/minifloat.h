@@ -95,6 +95,52 @@ inline QUANTA_HOST_DEVICE uint32_t EncodeMiniFloat(const MiniFloatFormat& f, flo
   return sign | (code > static_cast<uint32_t>(f.max_code) ? static_cast<uint32_t>(f.max_code) : code);
 }
 
+// Note [Block scaling]
+// Block-scaled formats (BlockQuantize in core/ops.h) give each block of elements
+// one scale from its largest magnitude amax, and store x / scale as minifloat
+// codes. The scale by its dtype:
+//  - f32 (DeepSeek-V3's FP8, arXiv 2412.19437 §3.3): amax / (the element's max),
+//    so that amax lands on the largest code; 1 for an all-zero block.
+//  - f8_e8m0 (OCP MX v1.0 §6.3): 2^(floor(log2 amax) - emax), emax the exponent
+//    of the element's largest normal (E4M3 8, E5M2 15, E3M2 4, E2M3 2, E2M1 2);
+//    amax itself may then exceed the element's max and saturates. Clamped to
+//    2^-127..2^127; an all-zero block takes 2^-127; NaN in the block: NaN.
+//  - f8_e4m3 (NVFP4): a per-tensor f32 scale g = amax_tensor / (448 * 6) makes
+//    the block scale amax / 6 / g fit E4M3, rounded to it; elements are
+//    x / (scale * g). A zero scale (all-zero block) gives zero elements.
+// BlockScaleOf returns the scale the elements are divided by (g included) and
+// writes the code that stores it (the f32 bits for f32 scales).
+inline QUANTA_HOST_DEVICE float BlockScaleOf(const MiniFloatFormat* scale /* null: f32 */,
+                                             const MiniFloatFormat& element, float amax, float tensor_scale,
+                                             uint32_t* stored) {
+  if (scale == nullptr) {
+    float s = amax > 0 ? amax / element.max : 1.0f;
+    *stored = FloatBits(s);
+    return s;
+  }
+  if (scale->exp_bits == 8) {  // e8m0
+    if (std::isnan(amax)) {
+      *stored = 0xFFu;
+      return NAN;
+    }
+    int exp;
+    frexpf(element.max, &exp);
+    const int emax = exp - 1;
+    int shared = -127;
+    if (std::isinf(amax)) {
+      shared = 127;
+    } else if (amax > 0) {
+      frexpf(amax, &exp);
+      shared = exp - 1 - emax;
+      shared = shared < -127 ? -127 : shared > 127 ? 127 : shared;
+    }
+    *stored = static_cast<uint32_t>(shared + 127);
+    return ldexpf(1.0f, shared);
+  }
+  *stored = EncodeMiniFloat(*scale, amax / element.max / tensor_scale);  // e4m3 (NVFP4)
+  return DecodeMiniFloat(*scale, *stored) * tensor_scale;
+}
+
 // Element i of minifloat storage (FP4 two to a byte, low nibble first; FP6
 // four to three bytes, element i at bits 6i..6i+5 little-endian).
 inline QUANTA_HOST_DEVICE uint32_t LoadMiniFloatCode(int bits, const uint8_t* base, int64_t i) {

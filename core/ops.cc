@@ -8,6 +8,7 @@
 #include "absl/strings/str_join.h"
 #include "core/backend.h"
 #include "core/grad_mode.h"
+#include "core/minifloat.h"
 
 namespace quanta {
 namespace {
@@ -189,8 +190,8 @@ void Dispatch(Op op, std::span<const Tensor> inputs, std::span<Tensor> outputs,
                  " is constant storage (Note [Constant storage] in core/storage.h)");
   }
   // Note [Storage-only dtypes]: copies (Tensor::To, Contiguous, Clone, moves
-  // between devices) alone read or write minifloats.
-  if (op != Op::kCopy) {
+  // between devices) and the block-scaled ops alone read or write minifloats.
+  if (op != Op::kCopy && op != Op::kBlockQuantize && op != Op::kBlockDequantize) {
     for (std::span<const Tensor> group : {inputs, std::span<const Tensor>(outputs.data(), outputs.size())}) {
       for (const Tensor& t : group) {
         QUANTA_CHECK(!t.defined() || !IsMiniFloat(t.dtype()), OpName(op), ": ", t.Describe(),
@@ -676,6 +677,101 @@ Tensor IntegerOutput(const char* op, const Shape& shape, DType dtype, const Quan
   return dtype == DType::kF32 ? Tensor::Empty(shape, dtype, device) : Tensor::Empty(shape, dtype, device, *params);
 }
 }  // namespace
+
+// ---- block-scaled minifloats --------------------------------------------------------
+
+double BlockFormat::BitsPerElement() const {
+  return Info(element).bits + static_cast<double>(Info(scale).bits) / static_cast<double>(rows * cols);
+}
+
+std::string BlockFormat::ToString() const {
+  return absl::StrCat(Name(element), " ", rows, "x", cols, " ", Name(scale));
+}
+
+namespace {
+// The scales' shape: x's with the last two dims (the last, for a vector) divided
+// by the block's; checks that they divide.
+Shape BlockScalesShape(const char* op, const Shape& shape, const BlockFormat& f) {
+  QUANTA_CHECK(!shape.empty() && (f.rows == 1 || shape.size() >= 2), op, ": ", ShapeToString(shape),
+               " has no ", f.rows, " x ", f.cols, " blocks (", f.ToString(), ")");
+  Shape s = shape;
+  const size_t last = shape.size() - 1;
+  QUANTA_CHECK(shape[last] % f.cols == 0, op, ": the last dim of ", ShapeToString(shape), " (", shape[last],
+               ") is not a multiple of the block's ", f.cols, " columns (", f.ToString(), ")");
+  s[last] /= f.cols;
+  if (f.rows > 1) {
+    QUANTA_CHECK(shape[last - 1] % f.rows == 0, op, ": dim ", last - 1, " of ", ShapeToString(shape), " (",
+                 shape[last - 1], ") is not a multiple of the block's ", f.rows, " rows (", f.ToString(), ")");
+    s[last - 1] /= f.rows;
+  }
+  return s;
+}
+
+void CheckBlockFormat(const char* op, const BlockFormat& f) {
+  QUANTA_CHECK(IsMiniFloat(f.element) && f.element != DType::kF8E8M0, op, ": elements ", Name(f.element),
+               " are not a minifloat element type (f8_e4m3, f8_e5m2, f6_e2m3, f6_e3m2, f4_e2m1)");
+  QUANTA_CHECK(f.scale == DType::kF32 || f.scale == DType::kF8E8M0 || f.scale == DType::kF8E4M3, op, ": scale dtype ",
+               Name(f.scale), " is not f32, f8_e8m0 or f8_e4m3");
+  QUANTA_CHECK(f.rows >= 1 && f.cols >= 1, op, ": block ", f.rows, " x ", f.cols, " is empty");
+}
+
+OpAttrs BlockAttrs(const BlockFormat& f) {
+  OpAttrs attrs;
+  attrs.block[0] = f.rows;
+  attrs.block[1] = f.cols;
+  return attrs;
+}
+}  // namespace
+
+BlockQuantized BlockQuantize(const Tensor& x, const BlockFormat& format) {
+  CheckDefined("block_quantize", {&x});
+  CheckBlockFormat("block_quantize", format);
+  QUANTA_CHECK(IsFloating(x.dtype()) && !IsMiniFloat(x.dtype()), "block_quantize: needs a floating input, got ",
+               x.Describe());
+  Shape scales_shape = BlockScalesShape("block_quantize", x.shape(), format);
+  BlockQuantized q;
+  q.format = format;
+  // NVFP4's per-tensor scale puts the largest block scale at E4M3's largest value.
+  double g = 1;
+  if (format.scale == DType::kF8E4M3) {
+    double amax = Max(Abs(x.To(DType::kF32))).item<float>();
+    g = amax > 0 && std::isfinite(amax) ? amax / (MiniFloatOf(DType::kF8E4M3).max * MiniFloatOf(format.element).max)
+                                        : 1.0;
+  }
+  q.tensor_scale = Full({}, g, DType::kF32, x.device());
+  q.codes = Tensor::Empty(x.shape(), format.element, x.device());
+  q.scales = Tensor::Empty(scales_shape, format.scale, x.device());
+  Tensor in[2] = {x.Contiguous(), q.tensor_scale};
+  Tensor out[2] = {q.codes, q.scales};
+  Dispatch(Op::kBlockQuantize, in, out, BlockAttrs(format));
+  return q;
+}
+
+Tensor BlockDequantize(const BlockQuantized& q, DType dtype) {
+  CheckDefined("block_dequantize", {&q.codes, &q.scales, &q.tensor_scale});
+  CheckBlockFormat("block_dequantize", q.format);
+  QUANTA_CHECK(IsFloating(dtype) && !IsMiniFloat(dtype) && q.codes.dtype() == q.format.element &&
+                   q.scales.dtype() == q.format.scale && q.tensor_scale.dtype() == DType::kF32 &&
+                   q.tensor_scale.numel() == 1 &&
+                   BlockScalesShape("block_dequantize", q.codes.shape(), q.format) == q.scales.shape(),
+               "block_dequantize: codes ", q.codes.Describe(), ", scales ", q.scales.Describe(), " and tensor scale ",
+               q.tensor_scale.Describe(), " are not one ", q.format.ToString(), " tensor, or ", Name(dtype),
+               " is not a floating dtype");
+  Tensor out = Tensor::Empty(q.codes.shape(), dtype, q.codes.device());
+  Tensor in[3] = {q.codes.Contiguous(), q.scales.Contiguous(), q.tensor_scale};
+  Dispatch(Op::kBlockDequantize, in, {&out, 1}, BlockAttrs(q.format));
+  return out;
+}
+
+Tensor BlockFakeQuantize(const Tensor& x, const BlockFormat& format) {
+  Tensor y;
+  {
+    NoGradGuard no_grad;
+    y = BlockDequantize(BlockQuantize(x, format), x.dtype());
+  }
+  if (!x.requires_grad() || !GradModeEnabled()) return y;
+  return Add(x, Sub(y, x.Detach()));  // y's value, x's gradient
+}
 
 Tensor UnpackQInt4(const Tensor& q) { return Restore("unpack_qint4", q, DType::kQInt4, DType::kQInt8); }
 Tensor PackQInt4(const Tensor& q) { return Restore("pack_qint4", q, DType::kQInt8, DType::kQInt4); }

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "core/backend.h"
@@ -162,6 +163,47 @@ Tensor FakeQuantize(const Tensor& x, const Tensor& scale, const Tensor& zero_poi
 // per-element gradients of x, scale (times lsq_grad_scale) and zero point.
 std::array<Tensor, 3> FakeQuantizeBackward(const Tensor& grad, const Tensor& x, const Tensor& scale,
                                            const Tensor& zero_point, const OpAttrs& attrs);
+
+// ---- block-scaled minifloats (Note [Block scaling] in core/minifloat.h) ----------
+// A format: minifloat elements in blocks of rows x cols over the last two dims
+// (1 x B tiles along the last dim, or B x B blocks), one scale per block.
+//
+//   BlockQuantized q = BlockQuantize(x, BlockFormat::Mx(DType::kF4E2M1));  // MXFP4
+//   Tensor y = BlockDequantize(q);             // f32, x's shape
+//   Tensor z = BlockFakeQuantize(w, BlockFormat::Block());  // DeepSeek-V3 weights
+struct BlockFormat {
+  DType element = DType::kF8E4M3;  // f8_e4m3, f8_e5m2, f6_e2m3, f6_e3m2, f4_e2m1
+  int64_t rows = 1, cols = 32;     // one block
+  DType scale = DType::kF8E8M0;    // f32, f8_e8m0 (OCP MX) or f8_e4m3 (NVFP4: with a per-tensor f32 scale)
+  // OCP MX v1.0: 32 elements, E8M0 scale (MXFP8 with f8_e4m3, MXFP6, MXFP4).
+  static BlockFormat Mx(DType element) { return {element, 1, 32, DType::kF8E8M0}; }
+  // NVFP4: 16 FP4 elements, an E4M3 scale, and a per-tensor f32 scale.
+  static BlockFormat Nvfp4() { return {DType::kF4E2M1, 1, 16, DType::kF8E4M3}; }
+  // DeepSeek-V3: E4M3 in 1 x 128 tiles (activations) or 128 x 128 blocks (weights), f32 scales.
+  static BlockFormat Tile(int64_t size = 128, DType element = DType::kF8E4M3) { return {element, 1, size, DType::kF32}; }
+  static BlockFormat Block(int64_t size = 128, DType element = DType::kF8E4M3) {
+    return {element, size, size, DType::kF32};
+  }
+  // Storage per element, scales included (MXFP4: 4 + 8 / 32 = 4.25).
+  double BitsPerElement() const;
+  std::string ToString() const;  // "f4_e2m1 1x32 f8_e8m0"
+  bool operator==(const BlockFormat&) const = default;
+};
+struct BlockQuantized {
+  Tensor codes;         // the element dtype, x's shape
+  Tensor scales;        // the scale dtype; x's shape with the last two dims divided by the block's
+  Tensor tensor_scale;  // f32 scalar: NVFP4's per-tensor scale, 1 for the other formats
+  BlockFormat format;
+};
+// Each block's scale from its own largest magnitude, computed as it goes (online,
+// as DeepSeek-V3 and the MX spec do); x floating, its last dims multiples of the
+// block's.
+BlockQuantized BlockQuantize(const Tensor& x, const BlockFormat& format);
+// codes * scale (* the tensor scale) as a floating tensor.
+Tensor BlockDequantize(const BlockQuantized& q, DType dtype = DType::kF32);
+// BlockDequantize(BlockQuantize(x)) in x's dtype; the gradient passes straight
+// through (nothing saturates that a block's own scale did not put in range).
+Tensor BlockFakeQuantize(const Tensor& x, const BlockFormat& format);
 
 // qint4 values (two a byte) as qint8 with the same parameters, and back: exact.
 Tensor UnpackQInt4(const Tensor& q);

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "backends/cpu/reference_common.h"
+#include "core/minifloat.h"
 
 namespace quanta::cpu {
 namespace {
@@ -187,9 +188,111 @@ void FakeQuantizeBackwardKernel(const KernelCall& c) {
   });
 }
 
+// Block-scaled minifloats (Note [Block scaling] in core/minifloat.h). x and the
+// outputs are contiguous; a block is rows x cols of the last two dims. Blocks run
+// in parallel unless a block's codes do not end on a byte (sub-byte elements).
+struct BlockGeometry {
+  int64_t rows, cols;          // one block
+  int64_t matrix_rows, matrix_cols;  // the last two dims (1 x n for a vector)
+  int64_t blocks_down, blocks_across, n_blocks;
+
+  explicit BlockGeometry(const KernelCall& c, const Tensor& x) {
+    rows = c.attrs.block[0];
+    cols = c.attrs.block[1];
+    matrix_cols = x.size(-1);
+    matrix_rows = x.dim() >= 2 ? x.size(-2) : 1;
+    blocks_down = matrix_rows / rows;
+    blocks_across = matrix_cols / cols;
+    n_blocks = x.numel() / (rows * cols);
+  }
+  // Element (r, k) of block b: its index in x.
+  int64_t Index(int64_t b, int64_t r, int64_t k) const {
+    int64_t matrix = b / (blocks_down * blocks_across), in_matrix = b % (blocks_down * blocks_across);
+    int64_t row = in_matrix / blocks_across * rows + r, col = in_matrix % blocks_across * cols + k;
+    return (matrix * matrix_rows + row) * matrix_cols + col;
+  }
+  template <typename F>
+  void ForEachBlock(int element_bits, F&& f) const {
+    const bool serial = (cols * element_bits) % 8 != 0;
+    ParallelFor(0, n_blocks, serial ? std::max<int64_t>(1, n_blocks) : std::max<int64_t>(1, 16384 / (rows * cols)),
+                [&](int64_t begin, int64_t end) {
+                  for (int64_t b = begin; b < end; ++b) f(b);
+                });
+  }
+};
+
+const MiniFloatFormat* ScaleFormat(DType d) { return d == DType::kF32 ? nullptr : &MiniFloatOf(d); }
+
+void BlockQuantizeKernel(const KernelCall& c) {
+  const Tensor& x = c.in[0];
+  const float g = *static_cast<const float*>(c.in[1].raw_data());
+  const Tensor &codes = c.out[0], &scales = c.out[1];
+  const BlockGeometry geo(c, x);
+  const MiniFloatFormat& element = MiniFloatOf(codes.dtype());
+  const MiniFloatFormat* scale_format = ScaleFormat(scales.dtype());
+  const int bits = Info(codes.dtype()).bits;
+  auto* cp = static_cast<uint8_t*>(codes.raw_data());
+  void* sp = scales.raw_data();
+  VisitPlain(c, x.dtype(), [&]<typename T>(TypeTag<T>) {
+    const T* xp = static_cast<const T*>(x.raw_data());
+    geo.ForEachBlock(bits, [&](int64_t b) {
+      float amax = 0;
+      for (int64_t r = 0; r < geo.rows; ++r) {
+        for (int64_t k = 0; k < geo.cols; ++k) {
+          float v = std::fabs(Convert<float>(xp[geo.Index(b, r, k)]));
+          amax = std::isnan(v) || std::isnan(amax) ? NAN : std::max(amax, v);
+        }
+      }
+      uint32_t stored;
+      const float s = BlockScaleOf(scale_format, element, amax, g, &stored);
+      if (scale_format == nullptr) {
+        static_cast<float*>(sp)[b] = s;
+      } else {
+        static_cast<uint8_t*>(sp)[b] = static_cast<uint8_t>(stored);
+      }
+      for (int64_t r = 0; r < geo.rows; ++r) {
+        for (int64_t k = 0; k < geo.cols; ++k) {
+          int64_t i = geo.Index(b, r, k);
+          float v = s == 0 ? 0.0f : Convert<float>(xp[i]) / s;
+          StoreMiniFloatCode(bits, cp, i, EncodeMiniFloat(element, v));
+        }
+      }
+    });
+  });
+}
+
+void BlockDequantizeKernel(const KernelCall& c) {
+  const Tensor &codes = c.in[0], &scales = c.in[1];
+  const float g = *static_cast<const float*>(c.in[2].raw_data());
+  const Tensor& y = c.out[0];
+  const BlockGeometry geo(c, codes);
+  const MiniFloatFormat& element = MiniFloatOf(codes.dtype());
+  const MiniFloatFormat* scale_format = ScaleFormat(scales.dtype());
+  const int bits = Info(codes.dtype()).bits;
+  const auto* cp = static_cast<const uint8_t*>(codes.raw_data());
+  const void* sp = scales.raw_data();
+  VisitPlain(c, y.dtype(), [&]<typename T>(TypeTag<T>) {
+    T* yp = static_cast<T*>(y.raw_data());
+    geo.ForEachBlock(8, [&](int64_t b) {  // y is at least a byte an element
+      const float s = scale_format == nullptr
+                          ? static_cast<const float*>(sp)[b]
+                          : DecodeMiniFloat(*scale_format, static_cast<const uint8_t*>(sp)[b]) *
+                                (scale_format->exp_bits == 8 ? 1.0f : g);
+      for (int64_t r = 0; r < geo.rows; ++r) {
+        for (int64_t k = 0; k < geo.cols; ++k) {
+          int64_t i = geo.Index(b, r, k);
+          yp[i] = Convert<T>(DecodeMiniFloat(element, LoadMiniFloatCode(bits, cp, i)) * s);
+        }
+      }
+    });
+  });
+}
+
 }  // namespace
 
 void AddQuantizationKernels(KernelTable& t) {
+  t[static_cast<int>(Op::kBlockQuantize)] = &BlockQuantizeKernel;
+  t[static_cast<int>(Op::kBlockDequantize)] = &BlockDequantizeKernel;
   t[static_cast<int>(Op::kQuantize)] = &QuantizeKernel;
   t[static_cast<int>(Op::kDequantize)] = &DequantizeKernel;
   t[static_cast<int>(Op::kFakeQuantize)] = &FakeQuantizeKernel;

@@ -11,7 +11,7 @@ namespace quanta {
 namespace {
 
 // A new op needs its gradcheck row here (or a note why it has no gradient).
-static_assert(kNumOps == 58, "add a gradcheck row for the new op, then update this count");
+static_assert(kNumOps == 60, "add a gradcheck row for the new op, then update this count");
 
 Generator& Gen() {
   static Generator gen(77);
@@ -150,7 +150,8 @@ TEST(GradCheck, CatchesAWrongGradient) {
 }
 
 TEST(GradCheck, NonDifferentiableOpsAreDeclaredSo) {
-  for (Op op : {Op::kEq, Op::kArgmax, Op::kQuantize, Op::kDequantize, Op::kFakeQuantizeBackward, Op::kQuantizedMatmul, Op::kQuantizedConv2d, Op::kFill, Op::kArange, Op::kUniform, Op::kNormal,
+  for (Op op : {Op::kEq, Op::kArgmax, Op::kQuantize, Op::kDequantize, Op::kFakeQuantizeBackward, Op::kBlockQuantize,
+                Op::kBlockDequantize, Op::kQuantizedMatmul, Op::kQuantizedConv2d, Op::kFill, Op::kArange, Op::kUniform, Op::kNormal,
                 Op::kBernoulli, Op::kConv2dBackwardInput, Op::kConv2dBackwardWeight, Op::kMaxPool2dBackward, Op::kBatchNormBackward}) {
     EXPECT_FALSE(internal::IsDifferentiable(op)) << OpName(op);
   }
@@ -162,6 +163,7 @@ TEST(GradCheck, NonDifferentiableOpsAreDeclaredSo) {
                          op == Op::kBernoulli || op == Op::kConv2dBackwardInput ||
                          op == Op::kConv2dBackwardWeight || op == Op::kMaxPool2dBackward || op == Op::kBatchNormBackward ||
                          op == Op::kQuantize || op == Op::kDequantize || op == Op::kFakeQuantizeBackward ||
+                         op == Op::kBlockQuantize || op == Op::kBlockDequantize ||
                          op == Op::kQuantizedMatmul || op == Op::kQuantizedConv2d;
     EXPECT_EQ(internal::IsDifferentiable(op), !expected_none) << OpName(op);
   }

@@ -351,6 +351,49 @@ std::vector<Row> MakeRows() {
                     }
                     return out;
                   }});
+  // Block-scaled minifloats: MX (FP8, FP6, FP4), NVFP4, DeepSeek-V3's tiles and
+  // (here 2 x 32) blocks, over (3, 4, 64) inputs with a zero block and a wide range.
+  const std::vector<BlockFormat> block_formats = {
+      BlockFormat::Mx(DType::kF8E4M3), BlockFormat::Mx(DType::kF8E5M2), BlockFormat::Mx(DType::kF6E2M3),
+      BlockFormat::Mx(DType::kF6E3M2), BlockFormat::Mx(DType::kF4E2M1), BlockFormat::Nvfp4(),
+      BlockFormat::Tile(64), BlockFormat::Block(2, DType::kF8E5M2)};
+  auto block_input = [](Generator& gen) {
+    Tensor x = Mul(Normal({3, 4, 64}, 0, 1, &gen), Exp(Normal({3, 4, 64}, 0, 3, &gen)));
+    Tensor zero_block = x.Narrow(1, 2, 1).Narrow(2, 32, 32);
+    FillInplace(zero_block, 0);
+    return x;
+  };
+  rows.push_back({Op::kBlockQuantize, kFloats,
+                  [block_input](DType d, Generator& gen) { return One(block_input(gen).To(d)); },
+                  [block_formats](const Inputs& in, const Device&) {
+                    std::vector<Tensor> out;
+                    for (const BlockFormat& f : block_formats) {
+                      BlockQuantized q = BlockQuantize(in[0], f);
+                      out.push_back(q.codes);
+                      out.push_back(q.scales);
+                      out.push_back(q.tensor_scale);
+                    }
+                    return out;
+                  }});
+  // Block dequantize's row dtype is its output's: a zero-size first input carries it.
+  rows.push_back({Op::kBlockDequantize, kFloats,
+                  [block_input, block_formats](DType d, Generator& gen) {
+                    Tensor x = block_input(gen);
+                    Inputs in = {Zeros({0}, d)};
+                    for (const BlockFormat& f : block_formats) {
+                      BlockQuantized q = BlockQuantize(x, f);
+                      in.insert(in.end(), {q.codes, q.scales, q.tensor_scale});
+                    }
+                    return in;
+                  },
+                  [block_formats](const Inputs& in, const Device&) {
+                    std::vector<Tensor> out;
+                    for (size_t k = 0; k < block_formats.size(); ++k) {
+                      BlockQuantized q{in[1 + 3 * k], in[2 + 3 * k], in[3 + 3 * k], block_formats[k]};
+                      out.push_back(BlockDequantize(q, in[0].dtype()));
+                    }
+                    return out;
+                  }});
   // Integer layers: quint8 / qint8 activations, per-channel qint8 and qint4
   // weights, f32 and requantized outputs, the fused residual + ReLU.
   auto qmm_inputs = [](DType src, Generator& gen) {
@@ -423,7 +466,7 @@ const std::vector<Row>& Rows() {
 }
 
 // A row per op: adding an op to ops.def fails here until its row exists.
-static_assert(kNumOps == 58, "a new op needs its row in conformance_test.cc's table");
+static_assert(kNumOps == 60, "a new op needs its row in conformance_test.cc's table");
 TEST(Conformance, EveryKernelOpHasOneRow) {
   std::vector<int> count(kNumOps, 0);
   for (const Row& r : Rows()) ++count[static_cast<int>(r.op)];
