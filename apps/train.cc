@@ -76,6 +76,11 @@ ABSL_FLAG(std::string, distill, "", "QAT: distill from this checkpoint (same mod
 ABSL_FLAG(double, distill_weight, 0.5, "--distill: loss = (1 - w) cross-entropy + w T^2 KL(teacher || student)");
 ABSL_FLAG(double, distill_temperature, 2.0, "--distill: softmax temperature T");
 ABSL_FLAG(int, bn_reestimate, 0, "QAT: re-estimate batch norm statistics on N training batches before conversion");
+ABSL_FLAG(std::string, fp8, "none",
+          "none | deepseek: train with FP8 (E4M3) GEMM inputs, activations and gradients in 1x128 tiles, weights in "
+          "128x128 blocks, f32 master weights (DeepSeek-V3's recipe, emulated; quant/fp8.h); the first and last "
+          "layers stay f32");
+ABSL_FLAG(std::string, fp8_gradient, "e4m3", "--fp8: the output gradients' format, e4m3 (DeepSeek-V3) or e5m2");
 ABSL_FLAG(std::string, rounding, "nearest", "PTQ: nearest | adaround (learned up/down rounding, layer by layer) | brecq (AdaRound over whole residual blocks)");
 ABSL_FLAG(int, adaround_iters, 2000, "--rounding=adaround|brecq: Adam steps per layer or block");
 ABSL_FLAG(double, adaround_lr, 1e-3, "--rounding=adaround|brecq: Adam's learning rate on the rounding variables");
@@ -144,6 +149,8 @@ int main(int argc, char** argv) {
   c.distill_weight = absl::GetFlag(FLAGS_distill_weight);
   c.distill_temperature = absl::GetFlag(FLAGS_distill_temperature);
   c.bn_reestimate_batches = absl::GetFlag(FLAGS_bn_reestimate);
+  c.fp8 = absl::GetFlag(FLAGS_fp8);
+  c.fp8_gradient = absl::GetFlag(FLAGS_fp8_gradient);
   c.rounding = absl::GetFlag(FLAGS_rounding);
   c.adaround_iters = absl::GetFlag(FLAGS_adaround_iters);
   c.adaround_lr = absl::GetFlag(FLAGS_adaround_lr);

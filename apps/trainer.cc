@@ -36,6 +36,7 @@
 #include "quant/adaround.h"
 #include "quant/bit_search.h"
 #include "quant/convert.h"
+#include "quant/fp8.h"
 #include "quant/onnx_export.h"
 #include "quant/prepare.h"
 
@@ -315,6 +316,8 @@ std::string CommandLine(const TrainConfig& c, const std::string& program) {
                                        " --distill_temperature=", c.distill_temperature));
   add(c.bn_reestimate_batches != d.bn_reestimate_batches, absl::StrCat("--bn_reestimate=", c.bn_reestimate_batches));
   add(c.rounding != d.rounding, "--rounding=" + c.rounding);
+  add(c.fp8 != d.fp8, "--fp8=" + c.fp8);
+  add(c.fp8 != "none" && c.fp8_gradient != d.fp8_gradient, "--fp8_gradient=" + c.fp8_gradient);
   add(c.rounding != "nearest" && c.adaround_iters != d.adaround_iters,
       absl::StrCat("--adaround_iters=", c.adaround_iters));
   add(c.rounding != "nearest" && c.adaround_lr != d.adaround_lr, absl::StrCat("--adaround_lr=", c.adaround_lr));
@@ -402,6 +405,14 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log_
   if (c.bn_reestimate_batches < 0 || (c.bn_reestimate_batches > 0 && c.quant != "qat")) {
     return absl::InvalidArgumentError(absl::StrCat("--bn_reestimate=", c.bn_reestimate_batches,
                                                    ": a number of batches >= 0, with --quant=qat"));
+  }
+  if ((c.fp8 != "none" && c.fp8 != "deepseek") || (c.fp8_gradient != "e4m3" && c.fp8_gradient != "e5m2")) {
+    return absl::InvalidArgumentError(absl::StrCat("--fp8=", c.fp8, " --fp8_gradient=", c.fp8_gradient,
+                                                   ": --fp8 is none or deepseek, --fp8_gradient e4m3 or e5m2"));
+  }
+  if (c.fp8 != "none" && c.quant != "none") {
+    return absl::InvalidArgumentError("--fp8=" + c.fp8 + " trains in FP8; not with --quant=" + c.quant +
+                                      " (QAT and FP8 training do not stack)");
   }
   if (c.rounding != "nearest" && c.rounding != "adaround" && c.rounding != "brecq") {
     return absl::InvalidArgumentError("unknown --rounding '" + c.rounding + "' (nearest, adaround, brecq)");
@@ -541,6 +552,11 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log_
         << text << std::flush;
     net->Train();
     policy_config.policy_file = bit_policy;
+  }
+  if (c.fp8 == "deepseek") {
+    quant::Fp8Recipe recipe;
+    recipe.gradient = c.fp8_gradient == "e5m2" ? DType::kF8E5M2 : DType::kF8E4M3;
+    log << quant::PrepareFp8Training(*net, recipe).ToString() << std::endl;
   }
   quant::PrepareReport report;
   if (c.quant == "qat") {
@@ -830,6 +846,8 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log_
     post_training(*policy, c.rounding);
   }
   result.float_accuracy = Score(test_loader, eval_model).a;
+  // What follows (folding, conversion) reads the f32 master weights.
+  if (c.fp8 != "none") quant::RemoveFp8Training(*net);
   Tensor sample;
   {
     auto it = test_loader.Start(0);

@@ -67,6 +67,10 @@ struct TrainConfig {
   // QAT: batch norm's running statistics re-estimated on this many unaugmented
   // training batches before evaluation and conversion (0: as training left them).
   int bn_reestimate_batches = 0;
+  // FP8 training (quant/fp8.h): none | deepseek (E4M3 GEMM inputs in 1x128 tiles
+  // and 128x128 blocks, emulated), with E4M3 or E5M2 output gradients.
+  std::string fp8 = "none";
+  std::string fp8_gradient = "e4m3";
   // PTQ: how weights round onto the calibrated grid: "nearest", "adaround"
   // (quant::AdaRound: learned per weight, layer by layer, adaround_iters Adam
   // steps each, on the calibration batches) or "brecq" (the same over whole

@@ -55,10 +55,10 @@ inline QUANTA_HOST_DEVICE float DecodeMiniFloat(const MiniFloatFormat& f, uint32
   float v;
   if (f.has_inf && exp_field == (1u << f.exp_bits) - 1u) {
     v = mant == 0 ? INFINITY : NAN;
-  } else if (exp_field == 0) {  // subnormal: mant * 2^(1 - bias - man_bits)
-    v = ldexpf(static_cast<float>(mant), 1 - f.bias - f.man_bits);
-  } else {
-    v = ldexpf(static_cast<float>(mant + (1u << f.man_bits)), static_cast<int>(exp_field) - f.bias - f.man_bits);
+  } else {  // (2^man_bits + mant) 2^(e - bias - man_bits); subnormals: mant 2^(1 - bias - man_bits)
+    const int e = exp_field == 0 ? 1 : static_cast<int>(exp_field);
+    const uint32_t units = exp_field == 0 ? mant : mant + (1u << f.man_bits);
+    v = static_cast<float>(units) * BitsToFloat(static_cast<uint32_t>(127 + e - f.bias - f.man_bits) << 23);
   }
   return negative ? -v : v;
 }
@@ -79,12 +79,15 @@ inline QUANTA_HOST_DEVICE uint32_t EncodeMiniFloat(const MiniFloatFormat& f, flo
   if (a >= f.max) return sign | static_cast<uint32_t>(f.max_code);  // saturate (infinities too)
   if (a == 0) return sign;
   const int emin = 1 - f.bias;  // the smallest normal exponent
-  int e;
-  frexpf(a, &e);
-  e = e - 1 < emin ? emin : e - 1;  // a's binade, subnormals share the lowest
-  // a / 2^(e - man_bits) is exact (a power-of-two scaling far from f32's ends);
-  // rintf rounds half to even in the default rounding mode.
-  uint32_t k = static_cast<uint32_t>(rintf(ldexpf(a, f.man_bits - e)));
+  // a's binade from its exponent field (f32 subnormals fall below every
+  // format's emin); subnormals share the lowest.
+  int e = static_cast<int>((FloatBits(a) >> 23) & 0xFFu) - 127;
+  e = e < emin ? emin : e;
+  // a / 2^(e - man_bits) is exact (a power of two well inside f32's range:
+  // |man_bits - e| <= 17 for every format); rintf rounds half to even in the
+  // default rounding mode.
+  const float to_units = BitsToFloat(static_cast<uint32_t>(127 + f.man_bits - e) << 23);
+  uint32_t k = static_cast<uint32_t>(rintf(a * to_units));
   if (k == 0) return sign;
   if (k < (1u << f.man_bits)) return sign | k;  // subnormal (e == emin)
   if (k == (2u << f.man_bits)) {                // rounded up into the next binade

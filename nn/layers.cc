@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "autograd/autograd.h"
 #include "core/error.h"
 #include "core/grad_mode.h"
 #include "nn/init.h"
@@ -35,9 +36,14 @@ void QuantizableLayer::ShareInputQuantizer(const QuantizableLayer& owner) {
   owns_input_ = false;
 }
 
+Tensor QuantizableLayer::QuantizeOutputGrad(Tensor y) {
+  if (output_grad_quant && y.requires_grad()) RegisterHook(y, output_grad_quant);
+  return y;
+}
+
 Tensor Linear::ForwardQuantized(const Tensor& x) {
   if (input_hook) input_hook(x);
-  return quanta::Linear(x, QuantizedWeight(weight), bias);
+  return QuantizeOutputGrad(quanta::Linear(x, QuantizedWeight(weight), bias));
 }
 
 Conv2d::Conv2d(int64_t in_channels, int64_t out_channels, int64_t kernel_size, const Conv2dOptions& o,
@@ -58,7 +64,7 @@ Conv2d::Conv2d(int64_t in_channels, int64_t out_channels, int64_t kernel_size, c
 
 Tensor Conv2d::ForwardQuantized(const Tensor& x) {
   if (input_hook) input_hook(x);
-  return quanta::Conv2d(x, QuantizedWeight(weight), bias, options);
+  return QuantizeOutputGrad(quanta::Conv2d(x, QuantizedWeight(weight), bias, options));
 }
 
 BatchNorm2d::BatchNorm2d(int64_t channels, double eps, double momentum, bool affine)

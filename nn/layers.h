@@ -46,9 +46,14 @@ class QuantizableLayer : public Layer {
   // When set, sees every input ForwardQuantized receives, after quantization
   // (PyTorch's forward pre-hook; quant::AdaRound collects a layer's inputs so).
   std::function<void(const Tensor&)> input_hook;
+  // When set, replaces the gradient that reaches the layer's output before the
+  // layer's own backward uses it (FP8 training quantizes it: quant/fp8.h).
+  std::function<Tensor(const Tensor&)> output_grad_quant;
 
  protected:
   Tensor QuantizedWeight(const Tensor& w) { return weight_quant ? weight_quant->Forward(w) : w; }
+  // y, with output_grad_quant hooked on its gradient.
+  Tensor QuantizeOutputGrad(Tensor y);
 
  private:
   bool owns_input_ = true;

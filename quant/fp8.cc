@@ -1,0 +1,131 @@
+#include "quant/fp8.h"
+
+#include <algorithm>
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/error.h"
+#include "core/grad_mode.h"
+#include "core/ops.h"
+#include "nn/layers.h"
+
+namespace quanta::quant {
+namespace {
+
+// Zero-pads dim d of x up to a multiple of m.
+Tensor PadTo(const Tensor& x, int d, int64_t m) {
+  int64_t n = x.size(d), padded = (n + m - 1) / m * m;
+  if (padded == n) return x;
+  Shape zeros = x.shape();
+  zeros[d] = padded - n;
+  return Concat({x, Zeros(zeros, x.dtype(), x.device())}, d);
+}
+
+// The dim a layer's GEMM reduces over in its input (and its output gradient):
+// channels for a convolution's (N, C, H, W), the last dim otherwise.
+int ReductionDim(const Tensor& x) { return x.dim() == 4 ? 1 : x.dim() - 1; }
+
+// A Linear's or Conv2d's input quantizer: 1 x tile groups along the reduction dim.
+class Fp8ActivationQuantizer : public nn::Layer {
+ public:
+  Fp8ActivationQuantizer(int64_t tile, DType element) : tile_(tile), element_(element) {}
+  Tensor Forward(const Tensor& x) override { return Fp8QuantizeTiles(x, ReductionDim(x), tile_, element_); }
+
+ private:
+  int64_t tile_;
+  DType element_;
+};
+
+// A Linear's or Conv2d's weight quantizer: block x block groups of (out, in * kh * kw).
+class Fp8WeightQuantizer : public nn::Layer {
+ public:
+  Fp8WeightQuantizer(int64_t block, DType element) : block_(block), element_(element) {}
+  Tensor Forward(const Tensor& w) override { return Fp8QuantizeBlocks(w, block_, element_); }
+
+ private:
+  int64_t block_;
+  DType element_;
+};
+
+}  // namespace
+
+Tensor Fp8QuantizeTiles(const Tensor& x, int64_t dim, int64_t tile, DType element) {
+  const int d = static_cast<int>(dim < 0 ? dim + x.dim() : dim);
+  QUANTA_CHECK(d >= 0 && d < x.dim() && tile >= 1, "fp8: dim ", dim, " or tile ", tile, " does not fit ", x.Describe());
+  // The reduction dim last, everything else as rows.
+  std::vector<int64_t> perm;
+  for (int k = 0; k < x.dim(); ++k) {
+    if (k != d) perm.push_back(k);
+  }
+  perm.push_back(d);
+  Tensor moved = x.Permute(perm);
+  const int64_t k = x.size(d);
+  Tensor rows = moved.Reshape({x.numel() / std::max<int64_t>(k, 1), k});
+  const int64_t t = std::min(tile, k);  // a dim shorter than a tile is one padded tile
+  Tensor q = BlockFakeQuantize(PadTo(rows, 1, t), BlockFormat::Tile(t, element)).Narrow(1, 0, k);
+  std::vector<int64_t> inverse(perm.size());
+  for (size_t i = 0; i < perm.size(); ++i) inverse[perm[i]] = static_cast<int64_t>(i);
+  return q.Reshape(moved.shape()).Permute(inverse);
+}
+
+Tensor Fp8QuantizeBlocks(const Tensor& w, int64_t block, DType element) {
+  QUANTA_CHECK(w.dim() >= 2 && block >= 1, "fp8: weight ", w.Describe(), " has no ", block, " x ", block, " blocks");
+  const int64_t out = w.size(0), rest = w.numel() / out;
+  const int64_t br = std::min(block, out), bc = std::min(block, rest);
+  Tensor m = PadTo(PadTo(w.Reshape({out, rest}), 0, br), 1, bc);
+  BlockFormat f{element, br, bc, DType::kF32};
+  return BlockFakeQuantize(m, f).Narrow(0, 0, out).Narrow(1, 0, rest).Reshape(w.shape());
+}
+
+std::string Fp8Report::ToString() const {
+  return absl::StrCat("fp8 training: ", fp8_layers.size(), " layers in FP8; f32: ",
+                      kept_layers.empty() ? "none" : absl::StrJoin(kept_layers, ", "));
+}
+
+Fp8Report PrepareFp8Training(nn::Module& model, const Fp8Recipe& recipe) {
+  QUANTA_CHECK(recipe.forward == DType::kF8E4M3 || recipe.forward == DType::kF8E5M2,
+               "PrepareFp8Training: forward dtype ", Name(recipe.forward), " is not f8_e4m3 or f8_e5m2");
+  QUANTA_CHECK(recipe.gradient == DType::kF8E4M3 || recipe.gradient == DType::kF8E5M2,
+               "PrepareFp8Training: gradient dtype ", Name(recipe.gradient), " is not f8_e4m3 or f8_e5m2");
+  QUANTA_CHECK(recipe.tile >= 1 && recipe.block >= 1, "PrepareFp8Training: tile ", recipe.tile, " and block ",
+               recipe.block, " must be positive");
+  std::vector<std::pair<std::string, nn::QuantizableLayer*>> layers;
+  for (auto& [name, m] : model.NamedModules()) {
+    if (auto* q = dynamic_cast<nn::QuantizableLayer*>(m)) {
+      QUANTA_CHECK(!q->input_quant && !q->weight_quant && !q->output_grad_quant, "PrepareFp8Training: ", name,
+                   " already carries quantizers (QAT and FP8 training do not stack)");
+      layers.emplace_back(name, q);
+    }
+  }
+  Fp8Report report;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    auto& [name, layer] = layers[i];
+    if (recipe.keep_first_and_last && (i == 0 || i + 1 == layers.size())) {
+      report.kept_layers.push_back(name);
+      continue;
+    }
+    // Not registered as children: they hold no state, and RemoveFp8Training
+    // takes them off again.
+    layer->input_quant = std::make_shared<Fp8ActivationQuantizer>(recipe.tile, recipe.forward);
+    layer->weight_quant = std::make_shared<Fp8WeightQuantizer>(recipe.block, recipe.forward);
+    layer->output_grad_quant = [tile = recipe.tile, element = recipe.gradient](const Tensor& g) {
+      NoGradGuard no_grad;
+      return Fp8QuantizeTiles(g, ReductionDim(g), tile, element);
+    };
+    report.fp8_layers.push_back(name);
+  }
+  return report;
+}
+
+void RemoveFp8Training(nn::Module& model) {
+  for (auto& [name, m] : model.NamedModules()) {
+    auto* q = dynamic_cast<nn::QuantizableLayer*>(m);
+    if (q == nullptr || !dynamic_cast<Fp8ActivationQuantizer*>(q->input_quant.get())) continue;
+    q->input_quant.reset();
+    q->weight_quant.reset();
+    q->output_grad_quant = nullptr;
+  }
+}
+
+}  // namespace quanta::quant
