@@ -734,6 +734,7 @@ BlockQuantized BlockQuantize(const Tensor& x, const BlockFormat& format) {
   // NVFP4's per-tensor scale puts the largest block scale at E4M3's largest value.
   double g = 1;
   if (format.scale == DType::kF8E4M3) {
+    NoGradGuard no_grad;
     double amax = Max(Abs(x.To(DType::kF32))).item<float>();
     g = amax > 0 && std::isfinite(amax) ? amax / (MiniFloatOf(DType::kF8E4M3).max * MiniFloatOf(format.element).max)
                                         : 1.0;
@@ -770,7 +771,8 @@ Tensor BlockFakeQuantize(const Tensor& x, const BlockFormat& format) {
     y = BlockDequantize(BlockQuantize(x, format), x.dtype());
   }
   if (!x.requires_grad() || !GradModeEnabled()) return y;
-  return Add(x, Sub(y, x.Detach()));  // y's value, x's gradient
+  // y's value exactly (x - x is 0), x's gradient.
+  return Add(y, Sub(x, x.Detach()));
 }
 
 Tensor UnpackQInt4(const Tensor& q) { return Restore("unpack_qint4", q, DType::kQInt4, DType::kQInt8); }
