@@ -111,6 +111,15 @@ inline QUANTA_HOST_DEVICE uint32_t EncodeMiniFloat(const MiniFloatFormat& f, flo
 //  - f8_e4m3 (NVFP4): a per-tensor f32 scale g = amax_tensor / (448 * 6) makes
 //    the block scale amax / 6 / g fit E4M3, rounded to it; elements are
 //    x / (scale * g). A zero scale (all-zero block) gives zero elements.
+// The scale a stored block scale stands for (g included): what the elements
+// are multiplied by to dequantize.
+inline QUANTA_HOST_DEVICE float DecodeBlockScale(const MiniFloatFormat* scale /* null: f32 */, uint32_t stored,
+                                                 float tensor_scale) {
+  if (scale == nullptr) return BitsToFloat(stored);
+  const float s = DecodeMiniFloat(*scale, stored);
+  return scale->exp_bits == 8 ? s : s * tensor_scale;  // e8m0 (MX) has no tensor scale
+}
+
 // BlockScaleOf returns the scale the elements are divided by (g included) and
 // writes the code that stores it (the f32 bits for f32 scales).
 inline QUANTA_HOST_DEVICE float BlockScaleOf(const MiniFloatFormat* scale /* null: f32 */,
@@ -141,7 +150,7 @@ inline QUANTA_HOST_DEVICE float BlockScaleOf(const MiniFloatFormat* scale /* nul
     return ldexpf(1.0f, shared);
   }
   *stored = EncodeMiniFloat(*scale, amax / element.max / tensor_scale);  // e4m3 (NVFP4)
-  return DecodeMiniFloat(*scale, *stored) * tensor_scale;
+  return DecodeBlockScale(scale, *stored, tensor_scale);
 }
 
 // Element i of minifloat storage (FP4 two to a byte, low nibble first; FP6

@@ -205,11 +205,11 @@ struct BlockGeometry {
     blocks_across = matrix_cols / cols;
     n_blocks = x.numel() / (rows * cols);
   }
-  // Element (r, k) of block b: its index in x.
-  int64_t Index(int64_t b, int64_t r, int64_t k) const {
+  // Block b's first element in x; element (r, k) of the block is at
+  // Start(b) + r * matrix_cols + k.
+  int64_t Start(int64_t b) const {
     int64_t matrix = b / (blocks_down * blocks_across), in_matrix = b % (blocks_down * blocks_across);
-    int64_t row = in_matrix / blocks_across * rows + r, col = in_matrix % blocks_across * cols + k;
-    return (matrix * matrix_rows + row) * matrix_cols + col;
+    return (matrix * matrix_rows + in_matrix / blocks_across * rows) * matrix_cols + in_matrix % blocks_across * cols;
   }
   template <typename F>
   void ForEachBlock(int element_bits, F&& f) const {
@@ -236,10 +236,11 @@ void BlockQuantizeKernel(const KernelCall& c) {
   VisitPlain(c, x.dtype(), [&]<typename T>(TypeTag<T>) {
     const T* xp = static_cast<const T*>(x.raw_data());
     geo.ForEachBlock(bits, [&](int64_t b) {
+      const int64_t start = geo.Start(b);
       float amax = 0;
       for (int64_t r = 0; r < geo.rows; ++r) {
         for (int64_t k = 0; k < geo.cols; ++k) {
-          float v = std::fabs(Convert<float>(xp[geo.Index(b, r, k)]));
+          float v = std::fabs(Convert<float>(xp[start + r * geo.matrix_cols + k]));
           amax = std::isnan(v) || std::isnan(amax) ? NAN : std::max(amax, v);
         }
       }
@@ -252,7 +253,7 @@ void BlockQuantizeKernel(const KernelCall& c) {
       }
       for (int64_t r = 0; r < geo.rows; ++r) {
         for (int64_t k = 0; k < geo.cols; ++k) {
-          int64_t i = geo.Index(b, r, k);
+          int64_t i = start + r * geo.matrix_cols + k;
           float v = s == 0 ? 0.0f : Convert<float>(xp[i]) / s;
           StoreMiniFloatCode(bits, cp, i, EncodeMiniFloat(element, v));
         }
@@ -274,13 +275,13 @@ void BlockDequantizeKernel(const KernelCall& c) {
   VisitPlain(c, y.dtype(), [&]<typename T>(TypeTag<T>) {
     T* yp = static_cast<T*>(y.raw_data());
     geo.ForEachBlock(8, [&](int64_t b) {  // y is at least a byte an element
-      const float s = scale_format == nullptr
-                          ? static_cast<const float*>(sp)[b]
-                          : DecodeMiniFloat(*scale_format, static_cast<const uint8_t*>(sp)[b]) *
-                                (scale_format->exp_bits == 8 ? 1.0f : g);
+      const uint32_t stored = scale_format == nullptr ? FloatBits(static_cast<const float*>(sp)[b])
+                                                      : static_cast<const uint8_t*>(sp)[b];
+      const float s = DecodeBlockScale(scale_format, stored, g);
+      const int64_t start = geo.Start(b);
       for (int64_t r = 0; r < geo.rows; ++r) {
         for (int64_t k = 0; k < geo.cols; ++k) {
-          int64_t i = geo.Index(b, r, k);
+          int64_t i = start + r * geo.matrix_cols + k;
           yp[i] = Convert<T>(DecodeMiniFloat(element, LoadMiniFloatCode(bits, cp, i)) * s);
         }
       }
