@@ -41,6 +41,10 @@ ABSL_FLAG(int, workers, 2, "data loader threads");
 ABSL_FLAG(std::string, quant, "none", "none | ptq | qat");
 ABSL_FLAG(int, wbits, 8, "weight bits (2..8)");
 ABSL_FLAG(int, abits, 8, "activation bits (2..8)");
+ABSL_FLAG(std::string, wformat, "",
+          "weights in a block format instead of --wbits: mxfp8 | mxfp8_e5m2 | mxfp6 | mxfp6_e3m2 | mxfp4 | nvfp4 "
+          "(scales from each block's max; trains with the STE; docs/microscaling.md)");
+ABSL_FLAG(std::string, aformat, "", "activations in a block format instead of --abits (as --wformat)");
 ABSL_FLAG(std::string, quantizer, "ema", "ema | minmax | ewgs | lsq | percentile | mse | apot (APoT weights at 2-5 bits, LSQ activations)");
 ABSL_FLAG(double, ema_decay, 0.999, "EMA observers' decay for activation ranges (about 1 / (1 - decay) steps of memory)");
 ABSL_FLAG(std::string, lsq_init, "mse", "LSQ steps (lsq, and apot's activations) start by the MSE observer's search on the first batch, or as the paper says (2 mean|x| / sqrt(Qp); min/max for affine): mse | paper");
@@ -112,6 +116,8 @@ int main(int argc, char** argv) {
   c.quant = absl::GetFlag(FLAGS_quant);
   c.wbits = absl::GetFlag(FLAGS_wbits);
   c.abits = absl::GetFlag(FLAGS_abits);
+  c.wformat = absl::GetFlag(FLAGS_wformat);
+  c.aformat = absl::GetFlag(FLAGS_aformat);
   c.quantizer = absl::GetFlag(FLAGS_quantizer);
   c.first_last_8bit = absl::GetFlag(FLAGS_first_last_8bit);
   c.ema_decay = absl::GetFlag(FLAGS_ema_decay);

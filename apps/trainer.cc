@@ -12,6 +12,7 @@
 #include <memory>
 #include <optional>
 #include <sstream>
+#include <tuple>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -252,6 +253,17 @@ absl::StatusOr<quant::MixedPrecisionPolicy> Policy(const TrainConfig& c, int64_t
     p->defaults.weight_bits = c.wbits;
     p->defaults.act_bits = c.abits;
     p->defaults.kind = *kind;
+    for (auto [flag, name, format] :
+         {std::tuple<const char*, const std::string&, std::optional<BlockFormat>*>{"wformat", c.wformat,
+                                                                                    &p->defaults.weight_format},
+          {"aformat", c.aformat, &p->defaults.act_format}}) {
+      if (name.empty()) continue;
+      *format = quant::BlockFormatFromName(name);
+      if (!*format) {
+        return absl::InvalidArgumentError(absl::StrCat("--", flag, "=", name, ": unknown block format (",
+                                                       quant::BlockFormatNames(), ")"));
+      }
+    }
     p->first_last_8bit = c.first_last_8bit;
   }
   if (!p.ok()) return p.status();
@@ -297,8 +309,10 @@ std::string CommandLine(const TrainConfig& c, const std::string& program) {
   add(c.augment != d.augment, absl::StrCat("--augment=", c.augment ? "true" : "false"));
   add(true, absl::StrCat("--seed=", c.seed));
   add(c.quant != d.quant, "--quant=" + c.quant);
-  add(c.quant != "none" && c.policy_file.empty(), absl::StrCat("--wbits=", c.wbits, " --abits=", c.abits,
-                                                               " --quantizer=", c.quantizer));
+  add(c.quant != "none" && c.policy_file.empty(),
+      absl::StrCat(c.wformat.empty() ? absl::StrCat("--wbits=", c.wbits) : "--wformat=" + c.wformat,
+                   c.aformat.empty() ? absl::StrCat(" --abits=", c.abits) : " --aformat=" + c.aformat,
+                   " --quantizer=", c.quantizer));
   add(c.quant != "none" && !c.first_last_8bit, "--first_last_8bit=false");
   const bool ema = c.quantizer == "ema" || c.quantizer == "ewgs" || !c.policy_file.empty();  // the decay matters
   add(c.quant != "none" && ema && c.ema_decay != d.ema_decay, absl::StrCat("--ema_decay=", c.ema_decay));

@@ -34,6 +34,9 @@ struct TrainConfig {
   int threads = 0, workers = 2;  // threads 0: OpenMP's default ($OMP_NUM_THREADS, else one per core)
   std::string quant = "none";  // none | ptq | qat
   int wbits = 8, abits = 8;
+  // Block formats instead of bits (quant::BlockFormatFromName: mxfp8, mxfp6,
+  // mxfp4, nvfp4, ...); empty: integer bits.
+  std::string wformat, aformat;
   std::string quantizer = "ema";  // ema | minmax | ewgs | lsq | percentile | mse | apot
   // EMA observers' decay for activations: ranges average over about
   // 1 / (1 - decay) steps (the design's 0.999; a run of a few hundred steps wants 0.99).

@@ -76,6 +76,9 @@ std::pair<std::vector<float>, std::vector<float>> StepsPerElement(const Quantize
                                                                   const std::string& name) {
   QUANTA_CHECK(dynamic_cast<const ApotQuantizer*>(&q) == nullptr, "AdaRound: ", name,
                " has APoT weights; learned rounding needs a uniform grid (use --rounding=nearest with apot)");
+  QUANTA_CHECK(dynamic_cast<const BlockQuantizer*>(&q) == nullptr, "AdaRound: ", name, " has ",
+               BlockFormatName(dynamic_cast<const BlockQuantizer&>(q).format()),
+               " weights; learned rounding needs a uniform integer grid (use --rounding=nearest with block formats)");
   auto [scale, zp] = q.Params();
   std::vector<float> s = scale.ToVector<float>(), z = zp.ToVector<float>();
   int64_t O = w.size(0), per = w.numel() / std::max<int64_t>(O, 1);

@@ -53,6 +53,24 @@ Activation InputActivation(const nn::QuantizableLayer& layer, const std::string&
   return {dtype, WithSpecRange(QuantParams::PerTensor(scale, zp), spec, dtype), spec.bits};
 }
 
+// The layer's input or weight quantizer when it is in a block format (Note
+// [Block formats in policies] in quant/quantizer.h), else null.
+const BlockQuantizer* BlockSlot(const std::shared_ptr<nn::Layer>& slot) {
+  return dynamic_cast<const BlockQuantizer*>(slot.get());
+}
+
+// A block-format layer's node fields (Note [Block-format nodes]): the blocks of
+// its weight w (the layer's shape), the folded batch norm's factor, the decoded
+// weight.
+void SetBlockWeight(IntegerNode& n, const BlockQuantizer& q, const Tensor& w, const std::vector<double>& factor) {
+  n.block = q.format();
+  n.weight_blocks = BlockQuantizeWeight(w.Detach(), q.format());
+  if (!factor.empty()) n.weight_factor = Tensor::FromVector(std::vector<float>(factor.begin(), factor.end()),
+                                                            {static_cast<int64_t>(factor.size())});
+  n.weight = DecodeBlockWeight(n.kind, n.weight_blocks, n.weight_factor, w.shape());
+  n.weight_bits = BlockElementBits(q.format());
+}
+
 // The layer's float weight (O, ...) as its weight quantizer quantizes it
 // (Quantizer::Grid: per output channel along 0 or one scale, symmetric; APoT's
 // codebook codes); then scaled per channel by `factor` (a folded batch norm's
@@ -136,6 +154,20 @@ Tensor FoldedFloatWeight(const Tensor& w, const std::vector<double>& factor) {
 }  // namespace
 
 int IntegerBuilder::QuantizedInput(int in, const nn::QuantizableLayer& layer, const std::string& name) {
+  if (const BlockQuantizer* b = BlockSlot(layer.input_quant)) {
+    // Note [Block-format nodes]: the value block-quantized once; every reader
+    // (a shared input quantizer's layers, a residual add) reads that node.
+    QUANTA_CHECK(b->enabled(), "convert: the input quantizer of ", name, " is disabled");
+    const IntegerNode& src = model_->node(in);
+    if (src.kind == NodeKind::kQuantize && src.block == b->format()) return in;
+    if (auto it = block_quantized_.find(in); it != block_quantized_.end()) return it->second;
+    QUANTA_CHECK(src.out_dtype == DType::kF32, "convert: ", name, " reads node ", in, " (", src.name,
+                 "), already quantized for an integer layer; its readers must share one input quantizer");
+    int q = model_->Add(IntegerNode{.kind = NodeKind::kQuantize, .name = name + ".input_quant", .inputs = {in},
+                                    .block = b->format()});
+    block_quantized_[in] = q;
+    return q;
+  }
   Activation a = InputActivation(layer, name);
   const IntegerNode& src = model_->node(in);
   const QuantParams &p = src.out_params, &q = a.params;
@@ -160,8 +192,15 @@ int IntegerBuilder::AddWeighted(IntegerNode node, const nn::QuantizableLayer& la
     return model_->Add(std::move(node));
   }
   node.inputs = {QuantizedInput(in, layer, node.name)};
-  node.act_bits = InputActivation(layer, node.name).bits;
-  if (consumer) {
+  const BlockQuantizer* block_in = BlockSlot(layer.input_quant);
+  node.act_bits = block_in ? BlockElementBits(block_in->format()) : InputActivation(layer, node.name).bits;
+  // A residual that readers saw block-quantized is added so (the shortcut adds
+  // the quantized block input, Note [One quantized value, several readers]).
+  if (auto it = block_quantized_.find(node.residual); node.residual >= 0 && it != block_quantized_.end()) {
+    node.residual = it->second;
+  }
+  // A consumer in a block format reads f32 and quantizes it itself.
+  if (consumer && !BlockSlot(consumer->input_quant)) {
     Activation out = InputActivation(*consumer, absl::StrCat(node.name, "'s consumer"));
     node.out_dtype = out.dtype;
     node.out_params = out.params;
@@ -183,8 +222,12 @@ int IntegerBuilder::Conv(const std::string& name, const nn::Conv2d& conv, const 
                  bn->running_mean.numel());
     std::tie(factor, n.bias) = FoldBatchNorm(*bn, conv.bias, O);
   }
-  n.weight = float_weights() ? FoldedFloatWeight(conv.weight, factor)
-                    : IntegerWeight(conv.weight_quant, name, conv.weight, factor, &n.weight_bits);
+  if (const BlockQuantizer* b = float_weights() ? nullptr : BlockSlot(conv.weight_quant)) {
+    SetBlockWeight(n, *b, conv.weight, factor);
+  } else {
+    n.weight = float_weights() ? FoldedFloatWeight(conv.weight, factor)
+                               : IntegerWeight(conv.weight_quant, name, conv.weight, factor, &n.weight_bits);
+  }
   return AddWeighted(std::move(n), conv, in, consumer);
 }
 
@@ -196,8 +239,12 @@ int IntegerBuilder::Conv(const std::string& name, const ConvBn2d& cb, int in, bo
   IntegerNode n{.kind = NodeKind::kConv2d, .name = name, .conv = cb.conv->options, .relu = relu, .residual = residual};
   n.bias = b.Contiguous();
   // ConvBn2d's own weight quantizer (on the folded weight) when set, else conv's.
-  n.weight = float_weights() ? FoldedFloatWeight(w, {})
-                    : IntegerWeight(cb.weight_quant ? cb.weight_quant : cb.conv->weight_quant, name, w, {}, &n.weight_bits);
+  const std::shared_ptr<nn::Layer>& wq = cb.weight_quant ? cb.weight_quant : cb.conv->weight_quant;
+  if (const BlockQuantizer* b = float_weights() ? nullptr : BlockSlot(wq)) {
+    SetBlockWeight(n, *b, w, {});
+  } else {
+    n.weight = float_weights() ? FoldedFloatWeight(w, {}) : IntegerWeight(wq, name, w, {}, &n.weight_bits);
+  }
   return AddWeighted(std::move(n), *cb.conv, in, consumer);
 }
 
@@ -209,6 +256,10 @@ int IntegerBuilder::Linear(const std::string& name, const nn::Linear& linear, in
   n.bias = linear.bias.defined() ? linear.bias.Detach().Clone() : Tensor();
   if (float_weights()) {
     n.weight = linear.weight.Detach().Transpose(0, 1).Clone();  // (K, N), a copy
+    return AddWeighted(std::move(n), linear, in, consumer);
+  }
+  if (const BlockQuantizer* b = BlockSlot(linear.weight_quant)) {
+    SetBlockWeight(n, *b, linear.weight, {});
     return AddWeighted(std::move(n), linear, in, consumer);
   }
   Tensor w = IntegerWeight(linear.weight_quant, name, linear.weight, {}, &n.weight_bits);  // (N, K) per channel along 0

@@ -17,6 +17,7 @@
 //   }
 #pragma once
 
+#include <map>
 #include <memory>
 #include <string>
 
@@ -85,6 +86,7 @@ class IntegerBuilder {
   std::shared_ptr<IntegerModel> model_;
   Mode mode_;
   std::vector<std::vector<const nn::QuantizableLayer*>> readers_;  // kPlan: per node
+  std::map<int, int> block_quantized_;  // node -> its block-format quantize node (Note [Block-format nodes])
   struct PlanRow {
     std::string name;
     const nn::QuantizableLayer* layer;

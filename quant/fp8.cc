@@ -9,18 +9,10 @@
 #include "core/grad_mode.h"
 #include "core/ops.h"
 #include "nn/layers.h"
+#include "quant/quantizer.h"
 
 namespace quanta::quant {
 namespace {
-
-// Zero-pads dim d of x up to a multiple of m.
-Tensor PadTo(const Tensor& x, int d, int64_t m) {
-  int64_t n = x.size(d), padded = (n + m - 1) / m * m;
-  if (padded == n) return x;
-  Shape zeros = x.shape();
-  zeros[d] = padded - n;
-  return Concat({x, Zeros(zeros, x.dtype(), x.device())}, d);
-}
 
 // The dim a layer's GEMM reduces over in its input (and its output gradient):
 // channels for a convolution's (N, C, H, W), the last dim otherwise.
@@ -51,31 +43,15 @@ class Fp8WeightQuantizer : public nn::Layer {
 }  // namespace
 
 Tensor Fp8QuantizeTiles(const Tensor& x, int64_t dim, int64_t tile, DType element) {
-  const int d = static_cast<int>(dim < 0 ? dim + x.dim() : dim);
-  QUANTA_CHECK(d >= 0 && d < x.dim() && tile >= 1, "fp8: dim ", dim, " or tile ", tile, " does not fit ", x.Describe());
-  // The reduction dim last, everything else as rows.
-  std::vector<int64_t> perm;
-  for (int k = 0; k < x.dim(); ++k) {
-    if (k != d) perm.push_back(k);
-  }
-  perm.push_back(d);
-  Tensor moved = x.Permute(perm);
-  const int64_t k = x.size(d);
-  Tensor rows = moved.Reshape({x.numel() / std::max<int64_t>(k, 1), k});
-  const int64_t t = std::min(tile, k);  // a dim shorter than a tile is one padded tile
-  Tensor q = BlockFakeQuantize(PadTo(rows, 1, t), BlockFormat::Tile(t, element)).Narrow(1, 0, k);
-  std::vector<int64_t> inverse(perm.size());
-  for (size_t i = 0; i < perm.size(); ++i) inverse[perm[i]] = static_cast<int64_t>(i);
-  return q.Reshape(moved.shape()).Permute(inverse);
+  QUANTA_CHECK(tile >= 1, "fp8: tile ", tile, " for ", x.Describe());
+  return BlockFakeQuantizeAlong(x, dim, BlockFormat::Tile(tile, element));
 }
 
 Tensor Fp8QuantizeBlocks(const Tensor& w, int64_t block, DType element) {
   QUANTA_CHECK(w.dim() >= 2 && block >= 1, "fp8: weight ", w.Describe(), " has no ", block, " x ", block, " blocks");
   const int64_t out = w.size(0), rest = w.numel() / out;
-  const int64_t br = std::min(block, out), bc = std::min(block, rest);
-  Tensor m = PadTo(PadTo(w.Reshape({out, rest}), 0, br), 1, bc);
-  BlockFormat f{element, br, bc, DType::kF32};
-  return BlockFakeQuantize(m, f).Narrow(0, 0, out).Narrow(1, 0, rest).Reshape(w.shape());
+  // A matrix smaller than a block is one block of its own size.
+  return BlockFakeQuantizeWeight(w, BlockFormat{element, std::min(block, out), std::min(block, rest), DType::kF32});
 }
 
 std::string Fp8Report::ToString() const {

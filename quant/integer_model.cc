@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "core/grad_mode.h"
 #include "nn/safetensors.h"
+#include "quant/quantizer.h"
 
 namespace quanta::quant {
 namespace {
@@ -69,13 +70,25 @@ int IntegerModel::Add(IntegerNode n) {
   QUANTA_CHECK(n.out_dtype == DType::kF32 || (quantized_out && n.out_params.scheme == QScheme::kPerTensor &&
                                               n.out_params.scales.size() == 1 && n.out_params.scales[0] > 0),
                what, ": output is f32 or per-tensor qint8/quint8, got ", Name(n.out_dtype));
+  if (n.block) {
+    QUANTA_CHECK(n.kind == NodeKind::kQuantize || HasWeights(n.kind), what, ": only quantize and weighted nodes take a ",
+                 "block format");
+    QUANTA_CHECK(n.kind != NodeKind::kQuantize || n.out_dtype == DType::kF32, what,
+                 ": a block-format quantize node has an f32 output");
+    QUANTA_CHECK(!HasWeights(n.kind) || (n.weight.defined() && n.weight.dtype() == DType::kF32 &&
+                                         n.weight_blocks.codes.defined() && n.weight_blocks.format == *n.block),
+                 what, ": a block-format layer needs its blocks in ", BlockFormatName(*n.block), " and its f32 weight");
+  } else {
+    QUANTA_CHECK(n.kind != NodeKind::kQuantize || quantized_out, what, ": quantizes to qint8/quint8 or a block format");
+  }
   if (HasWeights(n.kind)) {
     const Tensor& w = n.weight;
     QUANTA_CHECK(w.defined() && (w.dtype() == DType::kQInt8 || w.dtype() == DType::kQInt4 || w.dtype() == DType::kF32) &&
                      w.dim() == (n.kind == NodeKind::kConv2d ? 4 : 2),
                  what, ": needs qint8/qint4/f32 weights of rank ", n.kind == NodeKind::kConv2d ? 4 : 2,
                  w.defined() ? ", got " + w.Describe() : ", got none");
-    QUANTA_CHECK(w.dtype() != DType::kF32 || n.out_dtype == DType::kF32, what, ": a float layer has an f32 output");
+    QUANTA_CHECK(w.dtype() != DType::kF32 || n.out_dtype == DType::kF32 || n.block, what,
+                 ": a float layer has an f32 output");
     int64_t channels = n.kind == NodeKind::kConv2d ? w.size(0) : w.size(1);
     QUANTA_CHECK(!n.bias.defined() || (n.bias.dtype() == DType::kF32 && n.bias.numel() == channels), what,
                  ": bias must be f32 (", channels, ")");
@@ -115,7 +128,10 @@ Tensor IntegerModel::Forward(const Tensor& x) {
     const Tensor& in = v[n.inputs[0]];
     switch (n.kind) {
       case NodeKind::kInput: break;
-      case NodeKind::kQuantize: v[i] = QuantizeKeepLayout(in, n.out_dtype, n.out_params); break;
+      case NodeKind::kQuantize:
+        v[i] = n.block ? BlockFakeQuantizeActivation(Real(in), *n.block)
+                       : QuantizeKeepLayout(in, n.out_dtype, n.out_params);
+        break;
       case NodeKind::kDequantize: v[i] = Real(in); break;
       case NodeKind::kConv2d:
       case NodeKind::kLinear: {
@@ -123,7 +139,9 @@ Tensor IntegerModel::Forward(const Tensor& x) {
           Tensor y = n.kind == NodeKind::kConv2d ? Conv2d(Real(in), n.weight, n.bias, n.conv) : Matmul(Real(in), n.weight);
           if (n.kind == NodeKind::kLinear && n.bias.defined()) y = quanta::Add(y, n.bias);
           if (n.residual >= 0) y = quanta::Add(y, Real(v[n.residual]));
-          v[i] = n.relu ? Relu(y) : y;
+          if (n.relu) y = Relu(y);
+          // A block-format layer read by an integer layer: quantized for it.
+          v[i] = n.out_dtype == DType::kF32 ? y : QuantizeKeepLayout(y, n.out_dtype, n.out_params);
           break;
         }
         QUANTA_CHECK(in.is_quantized(), "integer_model: ", n.name, " needs a quantized input, got ", in.Describe());
@@ -184,14 +202,34 @@ int IndexBits(size_t size) {
 
 int64_t PackedBytes(int64_t count, int bits) { return (count * bits + 7) / 8; }
 
+// The layer's own weight shape: (O, C, KH, KW) for a convolution, (N, K) for a
+// Linear, whose node holds (K, N).
+Shape LayerShape(const IntegerNode& n) {
+  Shape s = n.weight.shape();
+  if (n.kind == NodeKind::kLinear) std::swap(s[0], s[1]);
+  return s;
+}
+
 }  // namespace
+
+Tensor DecodeBlockWeight(NodeKind kind, const BlockQuantized& blocks, const Tensor& factor, const Shape& layer_shape) {
+  Tensor w = BlockDequantizeWeight(blocks, layer_shape);
+  if (factor.defined()) {
+    Shape per_row(w.dim(), 1);
+    per_row[0] = w.size(0);
+    w = Mul(w, factor.Reshape(per_row));
+  }
+  return kind == NodeKind::kLinear ? w.Transpose(0, 1).Contiguous() : w.Contiguous();
+}
 
 int64_t IntegerModel::Bytes() const {
   int64_t bytes = 0;
   for (const IntegerNode& n : nodes_) {
     if (!HasWeights(n.kind)) continue;
     int64_t numel = n.weight.numel();
-    if (n.weight.dtype() == DType::kF32) {
+    if (n.block) {  // Note [Block-format nodes]: as stored
+      bytes += BlockWeightBytes(LayerShape(n), *n.block) + (n.weight_factor.defined() ? 4 * n.weight_factor.numel() : 0);
+    } else if (n.weight.dtype() == DType::kF32) {
       bytes += 4 * numel;
     } else {
       size_t codebook = CodebookOf(n).size();
@@ -212,6 +250,7 @@ std::string IntegerModel::Summary() const {
     std::string bits = HasWeights(n.kind) ? absl::StrCat("W", n.weight_bits, "A", n.act_bits) : "";
     size_t codebook = HasWeights(n.kind) ? CodebookOf(n).size() : 0;
     std::string stored = codebook > 0 ? absl::StrCat(" codebook(", codebook, ", ", IndexBits(codebook), "-bit)") : "";
+    if (n.block) stored = absl::StrCat(" ", BlockFormatName(*n.block), HasWeights(n.kind) ? " blocks" : "");
     absl::StrAppendFormat(&out, "%-4d %-16s %-26s %-6s %-8s %s%s%s%s\n", i, NodeKindName(n.kind), n.name, bits,
                           Name(n.out_dtype), n.weight.defined() ? n.weight.Describe() : "", stored,
                           n.relu ? " +relu" : "", n.residual >= 0 ? absl::StrCat(" +residual(", n.residual, ")") : "");
@@ -238,7 +277,12 @@ std::string NodeLine(const IntegerNode& n) {
                     " relu=", n.relu ? 1 : 0, " residual=", n.residual, " bits=", Ints({n.weight_bits, n.act_bits}));
     size_t codebook = CodebookOf(n).size();
     if (codebook > 0) absl::StrAppend(&line, " wcodes=", codebook, " wpack=", IndexBits(codebook));
+    if (n.block) {
+      absl::StrAppend(&line, " bshape=", absl::StrJoin(n.weight_blocks.codes.shape(), ","),
+                      " factor=", n.weight_factor.defined() ? 1 : 0);
+    }
   }
+  if (n.block) absl::StrAppend(&line, " block=", BlockFormatName(*n.block));
   if (n.kind == NodeKind::kConv2d) {
     const Conv2dOptions& c = n.conv;
     absl::StrAppend(&line, " stride=", Ints({c.stride[0], c.stride[1]}), " pad=", Ints({c.padding[0], c.padding[1]}),
@@ -369,7 +413,32 @@ absl::StatusOr<IntegerNode> ParseNode(const LineReader& r, const TensorMap& tens
       }
       return it->second;
     };
-    if (wdtype == DType::kF32) {  // a float layer
+    if (r.Has("block")) {  // Note [Block-format nodes]
+      ASSIGN_OR_RETURN(std::string name, r.Str("block"));
+      std::optional<BlockFormat> f = BlockFormatFromName(name);
+      if (!f || wdtype != DType::kF32) return r.Bad("block", name);
+      ASSIGN_OR_RETURN(std::vector<int64_t> bshape, r.Ints("bshape", 2));
+      ASSIGN_OR_RETURN(std::vector<int64_t> has_factor, r.Ints("factor", 1));
+      Shape layer_shape = wshape;
+      if (n.kind == NodeKind::kLinear) std::swap(layer_shape[0], layer_shape[1]);
+      const int64_t out = layer_shape[0], rest = numel / out;
+      const int64_t rows = (out + f->rows - 1) / f->rows * f->rows, cols = (rest + f->cols - 1) / f->cols * f->cols;
+      if (bshape[0] != rows || bshape[1] != cols) return r.Bad("bshape", absl::StrJoin(bshape, ","));
+      ASSIGN_OR_RETURN(Tensor raw, get(".weight_codes", DType::kU8, StorageBytes(f->element, rows * cols)));
+      BlockQuantized q{.codes = Tensor::Empty({rows, cols}, f->element), .format = *f};
+      std::memcpy(q.codes.raw_data(), raw.Contiguous().raw_data(), StorageBytes(f->element, rows * cols));
+      ASSIGN_OR_RETURN(q.scales, get(".weight_scales", f->scale, rows / f->rows * (cols / f->cols)));
+      q.scales = q.scales.Reshape({rows / f->rows, cols / f->cols}).Contiguous();
+      ASSIGN_OR_RETURN(q.tensor_scale, get(".weight_tensor_scale", DType::kF32, 1));
+      q.tensor_scale = q.tensor_scale.Reshape({}).Contiguous();
+      if (has_factor[0]) {
+        ASSIGN_OR_RETURN(n.weight_factor, get(".weight_factor", DType::kF32, out));
+        n.weight_factor = n.weight_factor.Reshape({out}).Contiguous();
+      }
+      n.block = f;
+      n.weight = DecodeBlockWeight(n.kind, q, n.weight_factor, layer_shape);
+      n.weight_blocks = std::move(q);
+    } else if (wdtype == DType::kF32) {  // a float layer
       ASSIGN_OR_RETURN(Tensor values, get(".weight", DType::kF32, numel));
       n.weight = values.Reshape(wshape).Contiguous();
     } else {
@@ -438,6 +507,11 @@ absl::StatusOr<IntegerNode> ParseNode(const LineReader& r, const TensorMap& tens
       n.bias = n.bias.Reshape({channels}).Contiguous();
     }
   }
+  if (n.kind == NodeKind::kQuantize && r.Has("block")) {
+    ASSIGN_OR_RETURN(std::string name, r.Str("block"));
+    n.block = BlockFormatFromName(name);
+    if (!n.block) return r.Bad("block", name);
+  }
   if (n.kind == NodeKind::kConv2d) {
     ASSIGN_OR_RETURN(std::vector<int64_t> stride, r.Ints("stride", 2));
     ASSIGN_OR_RETURN(std::vector<int64_t> pad, r.Ints("pad", 2));
@@ -475,6 +549,18 @@ absl::Status IntegerModel::Save(const std::string& path, const std::map<std::str
     lines.push_back(NodeLine(n));
     if (!HasWeights(n.kind)) continue;
     const Tensor& w = n.weight;
+    if (n.block) {  // Note [Block-format nodes]: the blocks, not the decoded weight
+      const Tensor codes = n.weight_blocks.codes.Contiguous();
+      const int64_t bytes = StorageBytes(codes.dtype(), codes.numel());
+      Tensor raw = Tensor::Empty({bytes}, DType::kU8);
+      std::memcpy(raw.raw_data(), codes.raw_data(), bytes);
+      tensors[n.name + ".weight_codes"] = raw;
+      tensors[n.name + ".weight_scales"] = n.weight_blocks.scales.Contiguous();
+      tensors[n.name + ".weight_tensor_scale"] = n.weight_blocks.tensor_scale.Reshape({1}).Contiguous();
+      if (n.weight_factor.defined()) tensors[n.name + ".weight_factor"] = n.weight_factor;
+      if (n.bias.defined()) tensors[n.name + ".bias"] = n.bias;
+      continue;
+    }
     if (w.dtype() == DType::kF32) {
       tensors[n.name + ".weight"] = w;
       if (n.bias.defined()) tensors[n.name + ".bias"] = n.bias;

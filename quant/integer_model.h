@@ -13,6 +13,7 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -62,7 +63,22 @@ struct IntegerNode {
   int residual = -1;    // kConv2d/kLinear: node added before the ReLU, or -1
   int64_t stride = 1, pad_before = 0, pad_after = 0;  // kShortcutPad
   int weight_bits = 0, act_bits = 0;  // what the policy gave the layer (reports)
+  // Note [Block-format nodes]: a layer or value in a block format (Note [Block
+  // formats in policies] in quant/quantizer.h). kQuantize: the f32 input as
+  // BlockFakeQuantizeActivation gives it, an f32 output. kConv2d / kLinear: the weight is stored as
+  // weight_blocks (BlockQuantizeWeight of the layer's (O, in * kh * kw) matrix)
+  // times weight_factor per output channel (a folded batch norm; undefined: 1),
+  // and `weight` holds it decoded once (f32, the node's layout), which the
+  // float kernels read; the output may be quantized for an integer consumer.
+  std::optional<BlockFormat> block;
+  BlockQuantized weight_blocks;
+  Tensor weight_factor;
 };
+
+// A block-format layer's f32 weight in the node's layout (kConv2d: (O, C, KH,
+// KW); kLinear: (K, N)) from its blocks, `layer_shape` being the layer's own
+// weight shape ((O, C, KH, KW) or (N, K)) and factor (O) or undefined.
+Tensor DecodeBlockWeight(NodeKind kind, const BlockQuantized& blocks, const Tensor& factor, const Shape& layer_shape);
 
 class IntegerModel : public nn::Layer {
  public:
@@ -78,7 +94,8 @@ class IntegerModel : public nn::Layer {
   void MoveTo(const Device& device);
 
   // Exact bytes of what the model holds: integer weights at their storage size
-  // (qint4: two a byte), biases and per-channel scales in f32.
+  // (qint4: two a byte), biases and per-channel scales in f32; block-format
+  // weights as stored (elements, block scales, factors), not their f32 cache.
   int64_t Bytes() const;
   // One line per node: kind, name, bits, output, weight shape.
   std::string Summary() const;
@@ -86,6 +103,9 @@ class IntegerModel : public nn::Layer {
   // One safetensors file: "<node>.weight" (I8, or U8 packed two a byte for
   // qint4), "<node>.weight_scale" (F32), "<node>.bias" (F32), and the program in
   // the metadata ("quanta.graph", one node a line), with `metadata` added.
+  // Block-format layers store "<node>.weight_codes" (U8: the packed elements,
+  // MXFP4 two a byte), "<node>.weight_scales" (F8_E8M0, F8_E4M3 or F32),
+  // "<node>.weight_tensor_scale" (F32) and "<node>.weight_factor" (F32).
   absl::Status Save(const std::string& path, const std::map<std::string, std::string>& metadata = {}) const;
   // Errors name the file and what is wrong (a missing tensor, a bad shape, a
   // node reading a later node, a truncated or corrupt file).

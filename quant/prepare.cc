@@ -120,10 +120,17 @@ QConfig MixedPrecisionPolicy::For(const std::string& name, bool first_or_last) c
     if (!Glob(r.pattern, name)) continue;
     c.weight_bits = r.weight_bits;
     c.act_bits = r.act_bits;
+    c.weight_format = r.weight_format;
+    c.act_format = r.act_format;
     if (r.kind) c.kind = *r.kind;
     named = true;
   }
-  if (first_or_last && first_last_8bit && !named) c.weight_bits = c.act_bits = 8;
+  if (first_or_last && first_last_8bit && !named) {
+    c.weight_bits = c.act_bits = 8;
+    c.weight_format = c.act_format = std::nullopt;  // int8, as for integer policies
+  }
+  if (c.weight_format) c.weight_bits = BlockElementBits(*c.weight_format);
+  if (c.act_format) c.act_bits = BlockElementBits(*c.act_format);
   return c;
 }
 
@@ -148,12 +155,15 @@ absl::StatusOr<MixedPrecisionPolicy> MixedPrecisionPolicy::Parse(std::string_vie
       continue;
     }
     if (w.size() < 3 || w.size() > 4) return bad("expected \"PATTERN WEIGHT_BITS ACT_BITS [QUANTIZER]\"");
+    // Each of W and A: integer bits, or a block format's name.
     int wb = 0, ab = 0;
+    std::optional<BlockFormat> wf = BlockFormatFromName(w[1]), af = BlockFormatFromName(w[2]);
     try {
-      wb = std::stoi(w[1]);
-      ab = std::stoi(w[2]);
+      wb = wf ? BlockElementBits(*wf) : std::stoi(w[1]);
+      ab = af ? BlockElementBits(*af) : std::stoi(w[2]);
     } catch (...) {
-      return bad("bits must be integers, got \"" + w[1] + "\" and \"" + w[2] + "\"");
+      return bad("bits must be integers or block formats (" + BlockFormatNames() + "), got \"" + w[1] + "\" and \"" +
+                 w[2] + "\"");
     }
     if (wb < kMinPolicyBits || wb > kMaxPolicyBits || ab < kMinPolicyBits || ab > kMaxPolicyBits) {
       return bad(absl::StrCat("bits ", wb, "/", ab, " outside [", kMinPolicyBits, ", ", kMaxPolicyBits, "]"));
@@ -166,9 +176,11 @@ absl::StatusOr<MixedPrecisionPolicy> MixedPrecisionPolicy::Parse(std::string_vie
     if (w[0] == "default") {
       p.defaults.weight_bits = wb;
       p.defaults.act_bits = ab;
+      p.defaults.weight_format = wf;
+      p.defaults.act_format = af;
       if (kind) p.defaults.kind = *kind;
     } else {
-      p.rules.push_back({w[0], wb, ab, kind});
+      p.rules.push_back({w[0], wb, ab, kind, wf, af});
     }
   }
   return p;
@@ -215,8 +227,13 @@ PrepareReport PrepareQat(nn::Module& model, const MixedPrecisionPolicy& policy) 
     Tensor& w = WeightOf(layer);
     QuantSpec wspec{.bits = c.weight_bits, .is_signed = true, .symmetric = true, .per_channel = true, .axis = 0};
     QuantSpec aspec{.bits = c.act_bits, .is_signed = true, .symmetric = false, .per_channel = false};
-    auto wq = MakeQuantizer(c, wspec, w.size(0), /*weight=*/true);
-    auto aq = owner.count(layer) ? nullptr : MakeQuantizer(c, aspec, 1, /*weight=*/false);
+    std::shared_ptr<Quantizer> wq = c.weight_format ? std::make_shared<BlockQuantizer>(*c.weight_format, true)
+                                                    : MakeQuantizer(c, wspec, w.size(0), /*weight=*/true);
+    std::shared_ptr<Quantizer> aq;
+    if (!owner.count(layer)) {
+      aq = c.act_format ? std::make_shared<BlockQuantizer>(*c.act_format, false)
+                        : MakeQuantizer(c, aspec, 1, /*weight=*/false);
+    }
     layer->AttachQuantizers(aq, wq);
     layer->Train(model.is_training());
     row_of[layer] = report.rows.size();
@@ -229,6 +246,7 @@ PrepareReport PrepareQat(nn::Module& model, const MixedPrecisionPolicy& policy) 
     const PrepareReport::Row& from = report.rows[row_of[first]];
     row.input = from.input;
     row.config.act_bits = from.config.act_bits;
+    row.config.act_format = from.config.act_format;
     row.shared_input_with = from.name;
   }
   return report;
@@ -237,8 +255,17 @@ PrepareReport PrepareQat(nn::Module& model, const MixedPrecisionPolicy& policy) 
 std::string PrepareReport::ToString() const {
   std::string out = absl::StrFormat("%-28s %-7s %-7s %-5s %s\n", "layer", "type", "bits", "", "quantizer");
   for (const Row& r : rows) {
+    const QConfig& c = r.config;
+    if (c.weight_format || c.act_format) {
+      std::string wname = c.weight_format ? BlockFormatName(*c.weight_format) : absl::StrCat("int", c.weight_bits);
+      std::string aname = c.act_format ? BlockFormatName(*c.act_format) : absl::StrCat("int", c.act_bits);
+      absl::StrAppendFormat(&out, "%-28s %-7s %-13s %s\n", r.name.empty() ? "(model)" : r.name, r.type,
+                            absl::StrCat(wname, "/", aname),
+                            c.weight_format && c.act_format ? "ste" : absl::StrCat("ste/", QuantizerName(c.kind)));
+      continue;
+    }
     absl::StrAppendFormat(&out, "%-28s %-7s W%dA%d        %s\n", r.name.empty() ? "(model)" : r.name, r.type,
-                          r.config.weight_bits, r.config.act_bits, QuantizerName(r.config.kind));
+                          c.weight_bits, c.act_bits, QuantizerName(c.kind));
   }
   for (const auto& e : embeddings) absl::StrAppendFormat(&out, "%-28s %-7s W8 per row\n", e.name, "Embed");
   return out;
@@ -419,8 +446,9 @@ void ProgressiveBits::Apply(const PrepareReport& report, int epoch) const {
   int bits = BitsAt(epoch);
   for (const auto& r : report.rows) {
     int wb = std::max(bits, r.config.weight_bits), ab = std::max(bits, r.config.act_bits);
-    if (r.weight->spec().bits != wb) r.weight->SetBits(wb);
-    if (r.input->spec().bits != ab) r.input->SetBits(ab);
+    // Block formats keep their element (Note [Block formats in policies]).
+    if (!r.config.weight_format && r.weight->spec().bits != wb) r.weight->SetBits(wb);
+    if (!r.config.act_format && r.input->spec().bits != ab) r.input->SetBits(ab);
   }
 }
 
@@ -430,6 +458,7 @@ namespace {
 struct LayerStats {
   std::string name, shared_input_with;
   int weight_bits = 0, act_bits = 0;
+  std::string bits;  // "W4A4", or the block formats: "mxfp4/mxfp8"
   double scale_min = NAN, scale_max = NAN, clip = NAN, sqnr = NAN, in_lo = NAN, in_hi = NAN;
   Quantizer::Stats input;
 };
@@ -440,8 +469,23 @@ std::vector<LayerStats> Stats(const PrepareReport& report) {
   for (const auto& r : report.rows) {
     LayerStats l{.name = r.name, .shared_input_with = r.shared_input_with, .weight_bits = r.weight->spec().bits,
                  .act_bits = r.input->spec().bits};
+    l.bits = absl::StrCat("W", l.weight_bits, "A", l.act_bits);
+    if (r.config.weight_format || r.config.act_format) {
+      l.bits = absl::StrCat(r.config.weight_format ? BlockFormatName(*r.config.weight_format) : absl::StrCat("int", l.weight_bits), "/",
+                            r.config.act_format ? BlockFormatName(*r.config.act_format) : absl::StrCat("int", l.act_bits));
+    }
     Tensor w = WeightOf(r.layer);
-    if (r.weight->ready()) {
+    if (auto* bq = dynamic_cast<BlockQuantizer*>(r.weight.get())) {
+      // No per-channel grid: the SQNR of the blocks alone.
+      std::vector<float> v = w.Detach().To(Device::Cpu()).To(DType::kF32).Contiguous().ToVector<float>();
+      std::vector<float> q = BlockFakeQuantizeWeight(w.Detach(), bq->format()).To(Device::Cpu()).Contiguous().ToVector<float>();
+      double signal = 0, noise = 0;
+      for (size_t i = 0; i < v.size(); ++i) {
+        signal += static_cast<double>(v[i]) * v[i];
+        noise += (static_cast<double>(v[i]) - q[i]) * (static_cast<double>(v[i]) - q[i]);
+      }
+      l.sqnr = noise > 0 ? 10 * std::log10(signal / noise) : INFINITY;
+    } else if (r.weight->ready()) {
       Quantizer::WeightGrid g = r.weight->Grid(w);
       l.scale_min = *std::min_element(g.scales.begin(), g.scales.end());
       l.scale_max = *std::max_element(g.scales.begin(), g.scales.end());
@@ -456,7 +500,7 @@ std::vector<LayerStats> Stats(const PrepareReport& report) {
       }
       l.sqnr = noise > 0 ? 10 * std::log10(signal / noise) : INFINITY;
     }
-    if (r.input->ready()) {
+    if (r.input->ready() && !dynamic_cast<BlockQuantizer*>(r.input.get())) {
       auto [s, z] = r.input->Params();
       double sc = s.item<float>(), zp = z.item<float>();
       const QuantSpec& sp = r.input->spec();
@@ -479,15 +523,16 @@ std::string QuantReport(const PrepareReport& report) {
   for (const LayerStats& l : Stats(report)) {
     bool w = !std::isnan(l.scale_min);
     std::string scale = w ? absl::StrFormat("[%.3g, %.3g]", l.scale_min, l.scale_max) : "-";
-    std::string clip = w ? absl::StrFormat("%.3f", l.clip) : "-", sqnr = w ? absl::StrFormat("%.1f", l.sqnr) : "-";
+    std::string clip = w ? absl::StrFormat("%.3f", l.clip) : "-";
+    std::string sqnr = std::isnan(l.sqnr) ? "-" : absl::StrFormat("%.1f", l.sqnr);  // block formats: SQNR alone
     std::string input = std::isnan(l.in_lo) ? "-" : absl::StrFormat("[%.3g, %.3g]", l.in_lo, l.in_hi);
     std::string input_stats = l.input.valid ? absl::StrFormat("%.3f %.1f %.3g/%.3g/%.3g", 100 * l.input.clip_rate,
                                                               l.input.sqnr_db, l.input.abs_p50, l.input.abs_p99,
                                                               l.input.abs_max)
                                             : "-";
     if (!l.shared_input_with.empty()) input_stats = "(reads " + l.shared_input_with + "'s quantized input)";
-    absl::StrAppendFormat(&out, "%-24s W%dA%d  %-22s %-9s %-8s %-20s %s\n", l.name, l.weight_bits, l.act_bits, scale,
-                          clip, sqnr, input, input_stats);
+    absl::StrAppendFormat(&out, "%-24s %-6s %-22s %-9s %-8s %-20s %s\n", l.name, l.bits, scale, clip, sqnr, input,
+                          input_stats);
   }
   return out;
 }
@@ -535,16 +580,20 @@ std::vector<nn::ParamGroup> ParameterGroups(const nn::Module& model, double quan
 }
 
 int64_t ModelSizeBytes(const nn::Module& model, const PrepareReport& report) {
-  std::map<const Tensor*, int> weight_bits;
-  for (const auto& r : report.rows) {
-    weight_bits[&WeightOf(r.layer)] = r.weight->spec().bits;
-  }
+  std::map<const Tensor*, const Quantizer*> quantizer;
+  for (const auto& r : report.rows) quantizer[&WeightOf(r.layer)] = r.weight.get();
   int64_t bits = 0;
   for (const auto& [name, t] : model.NamedParameters()) {
     if (name.find("_quant.") != std::string::npos) continue;  // quantizer state: not deployed as weights
-    auto it = weight_bits.find(t);
-    bits += t->numel() * (it == weight_bits.end() ? 32 : it->second);
-    if (it != weight_bits.end()) bits += t->size(0) * 32;  // one f32 scale per output channel
+    auto it = quantizer.find(t);
+    if (it == quantizer.end()) {
+      bits += t->numel() * 32;
+    } else if (auto* bq = dynamic_cast<const BlockQuantizer*>(it->second)) {
+      // Elements and scales of the padded blocks, and NVFP4's tensor scale.
+      bits += 8 * BlockWeightBytes(t->shape(), bq->format());
+    } else {
+      bits += t->numel() * it->second->spec().bits + t->size(0) * 32;  // one f32 scale per output channel
+    }
   }
   return (bits + 7) / 8;
 }

@@ -48,12 +48,16 @@ struct QConfig {
   // LSQ quantizers' start (also APoT's activations): the MSE search, which
   // fine-tuning a trained model needs at 2 bits (docs/quantization.md).
   LsqInit lsq_init = LsqInit::kMse;
+  // A block format instead of integer bits (Note [Block formats in policies] in
+  // quant/quantizer.h): weight_bits / act_bits then hold the element's bits.
+  std::optional<BlockFormat> weight_format, act_format;
 };
 
 struct PolicyRule {
   std::string pattern;  // glob over dotted module names; '*' matches anything
   int weight_bits, act_bits;
   std::optional<QuantizerKind> kind;
+  std::optional<BlockFormat> weight_format = {}, act_format = {};  // instead of the bits
 };
 
 struct MixedPrecisionPolicy {
@@ -67,6 +71,9 @@ struct MixedPrecisionPolicy {
   absl::Status Validate() const;
   // Lines: "default W A [quantizer]", "PATTERN W A [quantizer]",
   // "first_last_8bit on|off", '#' comments. Quantizers: ema minmax ewgs lsq percentile mse apot.
+  // W and A are bits (2 to 8) or a block format's name ("default mxfp4 mxfp8",
+  // "layer3.* nvfp4 nvfp4"; BlockFormatNames()), which trains with the STE
+  // whatever the quantizer (the quantizer still applies to integer slots).
   static absl::StatusOr<MixedPrecisionPolicy> Parse(std::string_view text, std::string_view source = "policy");
   static absl::StatusOr<MixedPrecisionPolicy> Load(const std::string& path);
 };

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "absl/strings/str_join.h"
 #include "autograd/autograd.h"
 #include "core/error.h"
 #include "core/grad_mode.h"
@@ -381,6 +382,159 @@ void ApotQuantizer::SetBits(int bits) {
   spec_ = ApotSpec(bits, alpha.numel());
   NoGradGuard no_grad;
   FillInplace(initialized, 0);  // search alpha again on the next weights
+}
+
+// ---- block formats (Note [Block formats in policies]) ------------------------
+
+namespace {
+
+struct NamedFormat {
+  const char* name;
+  BlockFormat format;
+};
+const NamedFormat kNamedFormats[] = {
+    {"mxfp8", BlockFormat::Mx(DType::kF8E4M3)}, {"mxfp8_e5m2", BlockFormat::Mx(DType::kF8E5M2)},
+    {"mxfp6", BlockFormat::Mx(DType::kF6E2M3)}, {"mxfp6_e3m2", BlockFormat::Mx(DType::kF6E3M2)},
+    {"mxfp4", BlockFormat::Mx(DType::kF4E2M1)}, {"nvfp4", BlockFormat::Nvfp4()},
+};
+
+// Zero-pads dim d of x up to a multiple of m.
+Tensor PadTo(const Tensor& x, int d, int64_t m) {
+  int64_t n = x.size(d), padded = (n + m - 1) / m * m;
+  if (padded == n) return x;
+  Shape zeros = x.shape();
+  zeros[d] = padded - n;
+  return Concat({x, Zeros(zeros, x.dtype(), x.device())}, d);
+}
+
+// w (O, ...) as the (O, rest) matrix padded to whole blocks of `format`.
+Tensor PaddedWeightMatrix(const Tensor& w, const BlockFormat& format) {
+  QUANTA_CHECK(w.dim() >= 2, "block quantization: weight ", w.Describe(), " is not a matrix or a convolution kernel");
+  const int64_t out = w.size(0), rest = w.numel() / std::max<int64_t>(out, 1);
+  return PadTo(PadTo(w.Reshape({out, rest}), 0, format.rows), 1, format.cols);
+}
+
+}  // namespace
+
+std::optional<BlockFormat> BlockFormatFromName(std::string_view name) {
+  for (const NamedFormat& f : kNamedFormats) {
+    if (name == f.name) return f.format;
+  }
+  return std::nullopt;
+}
+
+std::string BlockFormatName(const BlockFormat& format) {
+  for (const NamedFormat& f : kNamedFormats) {
+    if (format == f.format) return f.name;
+  }
+  return format.ToString();
+}
+
+std::string BlockFormatNames() {
+  std::vector<std::string> names;
+  for (const NamedFormat& f : kNamedFormats) names.push_back(f.name);
+  return absl::StrJoin(names, ", ");
+}
+
+int BlockElementBits(const BlockFormat& format) { return Info(format.element).bits; }
+
+Tensor BlockFakeQuantizeAlong(const Tensor& x, int64_t dim, const BlockFormat& format) {
+  const int d = static_cast<int>(dim < 0 ? dim + x.dim() : dim);
+  QUANTA_CHECK(d >= 0 && d < x.dim() && format.rows == 1, "block quantization: dim ", dim, " of ", x.Describe(),
+               " in ", format.ToString(), " (groups along one dim are 1 x B)");
+  // The grouped dim last, everything else as rows.
+  std::vector<int64_t> perm;
+  for (int k = 0; k < x.dim(); ++k) {
+    if (k != d) perm.push_back(k);
+  }
+  perm.push_back(d);
+  const bool moved_dim = d != x.dim() - 1;
+  Tensor moved = moved_dim ? x.Permute(perm) : x;
+  const int64_t k = x.size(d);
+  Tensor rows = moved.Reshape({x.numel() / std::max<int64_t>(k, 1), k});
+  BlockFormat f = format;
+  f.cols = std::min(format.cols, k);  // a dim shorter than a group is one padded group
+  if (f.scale != DType::kF32) f.cols = format.cols;  // MX and NVFP4 blocks have their fixed size
+  Tensor q = BlockFakeQuantize(PadTo(rows, 1, f.cols), f);
+  if (q.size(1) != k) q = q.Narrow(1, 0, k);
+  q = q.Reshape(moved.shape());
+  if (!moved_dim) return q;
+  std::vector<int64_t> inverse(perm.size());
+  for (size_t i = 0; i < perm.size(); ++i) inverse[perm[i]] = static_cast<int64_t>(i);
+  return q.Permute(inverse);
+}
+
+Tensor BlockFakeQuantizeActivation(const Tensor& x, const BlockFormat& format) {
+  const int64_t dim = x.dim() == 4 ? 1 : -1;
+  if (format.scale != DType::kF8E4M3 || x.dim() < 2 || x.size(0) == 1) return BlockFakeQuantizeAlong(x, dim, format);
+  std::vector<Tensor> samples;
+  for (int64_t i = 0; i < x.size(0); ++i) samples.push_back(BlockFakeQuantizeAlong(x.Narrow(0, i, 1), dim, format));
+  return Concat(samples, 0);
+}
+
+Tensor BlockFakeQuantizeWeight(const Tensor& w, const BlockFormat& format) {
+  const int64_t out = w.size(0), rest = w.numel() / std::max<int64_t>(out, 1);
+  Tensor q = BlockFakeQuantize(PaddedWeightMatrix(w, format), format);
+  if (q.size(0) != out) q = q.Narrow(0, 0, out);
+  if (q.size(1) != rest) q = q.Narrow(1, 0, rest);
+  return q.Reshape(w.shape());
+}
+
+BlockQuantized BlockQuantizeWeight(const Tensor& w, const BlockFormat& format) {
+  return BlockQuantize(PaddedWeightMatrix(w.Detach(), format), format);
+}
+
+Tensor BlockDequantizeWeight(const BlockQuantized& q, const Shape& shape) {
+  QUANTA_CHECK(!shape.empty() && q.codes.dim() == 2, "block quantization: codes ", q.codes.Describe(),
+               " are not a weight matrix");
+  int64_t out = shape[0], numel = 1;
+  for (int64_t s : shape) numel *= s;
+  const int64_t rest = numel / std::max<int64_t>(out, 1);
+  QUANTA_CHECK(q.codes.size(0) >= out && q.codes.size(1) >= rest && q.codes.size(0) - out < q.format.rows &&
+                   q.codes.size(1) - rest < q.format.cols,
+               "block quantization: codes ", q.codes.Describe(), " do not hold a weight of shape [",
+               absl::StrJoin(shape, ", "), "] in ", q.format.ToString(), " blocks");
+  Tensor m = BlockDequantize(q);
+  if (m.size(0) != out) m = m.Narrow(0, 0, out);
+  if (m.size(1) != rest) m = m.Narrow(1, 0, rest);
+  return m.Contiguous().Reshape(shape);
+}
+
+int64_t BlockWeightBytes(const Shape& shape, const BlockFormat& format) {
+  int64_t out = shape.empty() ? 1 : shape[0], numel = 1;
+  for (int64_t s : shape) numel *= s;
+  const int64_t rest = numel / std::max<int64_t>(out, 1);
+  const int64_t rows = (out + format.rows - 1) / format.rows, cols = (rest + format.cols - 1) / format.cols;
+  return StorageBytes(format.element, rows * format.rows * cols * format.cols) + StorageBytes(format.scale, rows * cols) +
+         (format.scale == DType::kF8E4M3 ? 4 : 0);
+}
+
+BlockQuantizer::BlockQuantizer(const BlockFormat& format, bool weight)
+    : Quantizer(QuantSpec{.bits = BlockElementBits(format), .is_signed = true, .symmetric = true}),
+      format_(format),
+      weight_(weight) {}
+
+Tensor BlockQuantizer::Forward(const Tensor& x) {
+  if (!enabled_) return x;
+  // An activation's reduction dim: a convolution's channels, a Linear's last dim.
+  Tensor y = weight_ ? BlockFakeQuantizeWeight(x, format_) : BlockFakeQuantizeActivation(x, format_);
+  if (recording_) last_output_ = y.Detach();
+  return y;
+}
+
+void BlockQuantizer::SetBits(int bits) {
+  QUANTA_CHECK(false, "BlockQuantizer: ", BlockFormatName(format_), " has no bit width to set to ", bits,
+               " (progressive bits apply to integer formats)");
+}
+
+std::pair<Tensor, Tensor> BlockQuantizer::Params() const {
+  return {Tensor::FromVector(std::vector<float>{1.f}, {1}), Tensor::FromVector(std::vector<float>{0.f}, {1})};
+}
+
+Quantizer::WeightGrid BlockQuantizer::Grid(const Tensor&) const {
+  QUANTA_CHECK(false, "BlockQuantizer: ", BlockFormatName(format_),
+               " weights have no integer grid; Convert stores their blocks (BlockQuantizeWeight)");
+  return {};
 }
 
 }  // namespace quanta::quant

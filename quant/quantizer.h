@@ -12,6 +12,9 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/ops.h"
@@ -185,6 +188,62 @@ class ApotQuantizer : public Quantizer {
  private:
   void Initialize(const Tensor& w);
   std::vector<int32_t> levels_;
+};
+
+// Note [Block formats in policies]: the microscaling formats (core's
+// BlockFormat, Note [Block scaling] in core/minifloat.h) as weight and
+// activation formats of a layer, beside integer bits. A weight (O, ...) is
+// blocked along its flattened reduction dim, (O, in * kh * kw), in 1 x 32 (MX)
+// or 1 x 16 (NVFP4) groups, zero-padded to whole blocks; an activation along
+// its reduction dim (a convolution's channels, a Linear's last dim). The scales
+// come from each block's largest magnitude as it goes (online, the formats'
+// definition), so there is nothing to observe or calibrate and nothing to
+// learn: the gradient passes straight through (the STE). Names:
+//   mxfp8 (E4M3), mxfp8_e5m2, mxfp6 (E2M3), mxfp6_e3m2, mxfp4 (E2M1): OCP MX v1.0,
+//   32 elements and an E8M0 scale; nvfp4: 16 E2M1 elements, an E4M3 scale and a
+//   per-tensor f32 scale.
+std::optional<BlockFormat> BlockFormatFromName(std::string_view name);
+// "mxfp4" for a named format, else BlockFormat::ToString().
+std::string BlockFormatName(const BlockFormat& format);
+std::string BlockFormatNames();  // "mxfp8, mxfp8_e5m2, mxfp6, mxfp6_e3m2, mxfp4, nvfp4"
+// The element's bits (8, 6 or 4).
+int BlockElementBits(const BlockFormat& format);
+
+// x fake-quantized in `format`'s 1 x cols groups along dim (zero-padded to a
+// whole group; a dim shorter than a group is one padded group).
+Tensor BlockFakeQuantizeAlong(const Tensor& x, int64_t dim, const BlockFormat& format);
+// An activation (N, ...) as a layer's block-format input quantizer sees it:
+// groups along the reduction dim (dim 1 of a 4-D value, else the last dim);
+// NVFP4's per-tensor scale is taken per sample, so that an example's result
+// does not depend on the batch it came in.
+Tensor BlockFakeQuantizeActivation(const Tensor& x, const BlockFormat& format);
+// A weight (O, ...) as its (O, rest) matrix in format's rows x cols blocks,
+// zero-padded to whole blocks: fake-quantized (w's shape), or stored (codes
+// and scales of the padded matrix) and decoded back.
+Tensor BlockFakeQuantizeWeight(const Tensor& w, const BlockFormat& format);
+BlockQuantized BlockQuantizeWeight(const Tensor& w, const BlockFormat& format);
+Tensor BlockDequantizeWeight(const BlockQuantized& q, const Shape& shape);
+// What BlockQuantizeWeight stores for a weight of this shape: the padded
+// elements, their scales and NVFP4's f32 tensor scale, in bytes.
+int64_t BlockWeightBytes(const Shape& shape, const BlockFormat& format);
+
+// A layer's weight or input quantizer in a block format (Note [Block formats
+// in policies]). Params() is one scale of 1 (there is no per-tensor grid);
+// Grid() throws: Convert stores the blocks themselves.
+class BlockQuantizer : public Quantizer {
+ public:
+  BlockQuantizer(const BlockFormat& format, bool weight);
+  Tensor Forward(const Tensor& x) override;
+  void SetBits(int bits) override;  // throws: a block format has no bit width to change
+  std::pair<Tensor, Tensor> Params() const override;
+  bool ready() const override { return true; }
+  WeightGrid Grid(const Tensor& w) const override;
+  const BlockFormat& format() const { return format_; }
+  bool weight() const { return weight_; }
+
+ private:
+  BlockFormat format_;
+  bool weight_;
 };
 
 }  // namespace quanta::quant
