@@ -411,12 +411,14 @@ TEST(Convert, FloatConversionEqualsTheFloatModel) {
 // The loader's fuzz target over every truncation and byte flip of a converted
 // model (the header and graph text in full, the weights sampled): int8 weights,
 // 2-bit weights packed four a byte, and APoT's 4-bit codes, both stored through
-// a codebook (Note [Codebook weights] in quant/integer_model.cc). Writes the files as the fuzzer's seeds
+// a codebook (Note [Codebook weights] in quant/integer_model.cc), and MXFP4
+// blocks (Note [Block-format nodes] in quant/integer_model.h). Writes the files as the fuzzer's seeds
 // (tests/quant/testdata/integer_model_seeds) when QUANTA_WRITE_SEEDS names a folder.
 TEST(Convert, LoaderFuzzTargetSurvivesMutations) {
   for (const auto& [policy, seed] : {std::pair{"default 8 8 ema\n", "tiny_w8a8.safetensors"},
                                      {"default 2 8 ema\nfirst_last_8bit off\n", "tiny_w2a8.safetensors"},
-                                     {"default 4 8 apot\nfirst_last_8bit off\n", "tiny_apot_w4a8_packed.safetensors"}}) {
+                                     {"default 4 8 apot\nfirst_last_8bit off\n", "tiny_apot_w4a8_packed.safetensors"},
+                                     {"default mxfp4 mxfp8\n", "tiny_mxfp4_mxfp8.safetensors"}}) {
     SCOPED_TRACE(policy);
     auto net = models::TinyCnn(35, 1, 4);
     PrepareAndCalibrate(*net, policy, Batches({4, 1, 12, 12}, 1, 36));
@@ -428,7 +430,9 @@ TEST(Convert, LoaderFuzzTargetSurvivesMutations) {
       std::ifstream f(path, std::ios::binary);
       bytes.assign(std::istreambuf_iterator<char>(f), {});
     }
-    if (std::string(seed) != "tiny_w8a8.safetensors") {
+    if (std::string(seed) == "tiny_mxfp4_mxfp8.safetensors") {  // int8 first and last, MX between
+      EXPECT_NE(bytes.find(" block=mxfp4"), std::string::npos);
+    } else if (std::string(seed) != "tiny_w8a8.safetensors") {
       EXPECT_NE(bytes.find(" wpack="), std::string::npos);
     }
     if (const char* dir = std::getenv("QUANTA_WRITE_SEEDS")) {
