@@ -35,6 +35,7 @@
 #include "nn/metrics.h"
 #include "nn/optim.h"
 #include "nn/safetensors.h"
+#include "quant/fp8.h"
 #include "quant/prepare.h"
 
 ABSL_FLAG(std::string, train, "", "training file: one label<TAB>text a line");
@@ -61,6 +62,10 @@ ABSL_FLAG(bool, dynamic, false, "int8 with each batch's own activation ranges (a
 ABSL_FLAG(bool, report, false, "print the per-layer quantization report after QAT or calibration (--quant=qat|ptq)");
 ABSL_FLAG(std::string, report_json, "", "also write the report as JSON to this file");
 ABSL_FLAG(std::string, save, "", "write the fine-tuned model here (safetensors, Hugging Face names)");
+ABSL_FLAG(std::string, fp8, "none",
+          "none | deepseek: train with DeepSeek-V3's FP8 recipe emulated (quant/fp8.h: E4M3 inputs to every Linear's "
+          "three GEMMs but the classifier's, 1x128 tiles and 128x128 blocks); evaluated so, then f32 for what follows");
+ABSL_FLAG(std::string, fp8_gradient, "e4m3", "--fp8: the output gradients' format, e4m3 | e5m2");
 ABSL_FLAG(uint64_t, seed, 0, "initialization, dropout and shuffling");
 ABSL_FLAG(int, threads, 0, "compute threads (0: $OMP_NUM_THREADS if set, else one per core)");
 
@@ -294,8 +299,23 @@ int Run() {
 
   std::mt19937_64 rng(absl::GetFlag(FLAGS_seed));
   std::vector<Row> rows;
-  FineTune(*net, *train, *test, absl::GetFlag(FLAGS_epochs), lr, "f32", classes, rng);
-  rows.push_back({name + " f32", Evaluate(*net, *test, batch, classes), true});
+  const std::string fp8 = absl::GetFlag(FLAGS_fp8), fp8_gradient = absl::GetFlag(FLAGS_fp8_gradient);
+  if (fp8 != "none" && fp8 != "deepseek") return Fail(absl::InvalidArgumentError("--fp8=" + fp8 + ": none | deepseek"));
+  if (fp8_gradient != "e4m3" && fp8_gradient != "e5m2") {
+    return Fail(absl::InvalidArgumentError("--fp8_gradient=" + fp8_gradient + ": e4m3 | e5m2"));
+  }
+  if (fp8 == "deepseek") {
+    // DeepSeek-V3 keeps the output head in higher precision; the embeddings
+    // and layer norms are not Linear layers and stay f32 anyway.
+    quant::Fp8Recipe recipe{.gradient = fp8_gradient == "e5m2" ? DType::kF8E5M2 : DType::kF8E4M3,
+                            .keep_first = false};
+    std::printf("%s\n", quant::PrepareFp8Training(*net, recipe).ToString().c_str());
+  }
+  const char* stage = fp8 == "none" ? "f32" : "fp8";
+  FineTune(*net, *train, *test, absl::GetFlag(FLAGS_epochs), lr, stage, classes, rng);
+  rows.push_back({absl::StrCat(name, " ", fp8 == "none" ? "f32" : "fp8 (" + fp8_gradient + " gradients)"),
+                  Evaluate(*net, *test, batch, classes), true});
+  if (fp8 != "none") quant::RemoveFp8Training(*net);  // what follows reads the f32 master weights
 
   std::string bits = absl::StrCat("W", wbits, "A", abits);
   bool dynamic = quant == "none" || absl::GetFlag(FLAGS_dynamic);

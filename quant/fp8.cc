@@ -77,7 +77,7 @@ Fp8Report PrepareFp8Training(nn::Module& model, const Fp8Recipe& recipe) {
   Fp8Report report;
   for (size_t i = 0; i < layers.size(); ++i) {
     auto& [name, layer] = layers[i];
-    if (recipe.keep_first_and_last && (i == 0 || i + 1 == layers.size())) {
+    if ((recipe.keep_first && i == 0) || (recipe.keep_last && i + 1 == layers.size())) {
       report.kept_layers.push_back(name);
       continue;
     }

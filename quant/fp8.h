@@ -31,7 +31,10 @@ struct Fp8Recipe {
   DType gradient = DType::kF8E4M3;  // output gradients; kF8E5M2 for the E5M2 variant
   int64_t tile = 128;               // activations and gradients: 1 x tile along the reduction dim
   int64_t block = 128;              // weights: block x block of (out, in * kh * kw)
-  bool keep_first_and_last = true;  // the first and last Linear/Conv2d stay f32
+  // The first and last Linear/Conv2d stay f32 (a CNN's stem and classifier;
+  // a transformer keeps its output head, keep_last, while its first Linear is
+  // an attention projection like the others: keep_first = false).
+  bool keep_first = true, keep_last = true;
 };
 
 struct Fp8Report {
