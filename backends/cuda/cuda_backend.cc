@@ -766,6 +766,38 @@ void FakeQuantizeBackwardKernel(const KernelCall& c) {
                              at.quant_max, ewgs, at.ewgs_delta, at.lsq_grad_scale, s.stream));
 }
 
+// Block-scaled minifloats (Note [Block scaling] in core/minifloat.h); x, the
+// codes and the scales arrive contiguous (core/ops.cc).
+BlockShape BlockShapeOf(const KernelCall& c, const Tensor& x) {
+  BlockShape b;
+  b.rows = c.attrs.block[0];
+  b.cols = c.attrs.block[1];
+  b.matrix_cols = x.size(-1);
+  b.matrix_rows = x.dim() >= 2 ? x.size(-2) : 1;
+  b.n_blocks = x.numel() / (b.rows * b.cols);
+  return b;
+}
+
+const MiniFloatFormat* BlockScaleFormat(DType d) { return d == DType::kF32 ? nullptr : &MiniFloatOf(d); }
+
+void BlockQuantizeKernel(const KernelCall& c) {
+  DeviceState& s = StateOf(c);
+  const Tensor &x = c.in[0], &codes = c.out[0], &scales = c.out[1];
+  QUANTA_LAUNCH_CHECK(c, LaunchBlockQuantize(BlockShapeOf(c, x), x.dtype(), x.raw_data(), MiniFloatOf(codes.dtype()),
+                                             BlockScaleFormat(scales.dtype()),
+                                             static_cast<const float*>(c.in[1].raw_data()), codes.raw_data(),
+                                             scales.raw_data(), s.stream));
+}
+
+void BlockDequantizeKernel(const KernelCall& c) {
+  DeviceState& s = StateOf(c);
+  const Tensor &codes = c.in[0], &scales = c.in[1], &y = c.out[0];
+  QUANTA_LAUNCH_CHECK(c, LaunchBlockDequantize(BlockShapeOf(c, codes), y.dtype(), y.raw_data(),
+                                               MiniFloatOf(codes.dtype()), BlockScaleFormat(scales.dtype()),
+                                               static_cast<const float*>(c.in[2].raw_data()), codes.raw_data(),
+                                               scales.raw_data(), s.stream));
+}
+
 // ---- integer inference ---------------------------------------------------------------------
 
 // Note [Integer epilogue on the device]: the int8 GEMM (cuBLASLt, s8 x s8 -> s32
@@ -965,6 +997,8 @@ class CudaBackend : public Backend {
     SetKernel(Op::kDequantize, &DequantizeKernel);
     SetKernel(Op::kFakeQuantize, &FakeQuantizeKernel);
     SetKernel(Op::kFakeQuantizeBackward, &FakeQuantizeBackwardKernel);
+    SetKernel(Op::kBlockQuantize, &BlockQuantizeKernel);
+    SetKernel(Op::kBlockDequantize, &BlockDequantizeKernel);
     SetKernel(Op::kQuantizedMatmul, &QuantizedMatmulKernel);
     SetKernel(Op::kQuantizedConv2d, &QuantizedConv2dKernel);
     SetKernel(Op::kUniform, &RandomKernel);

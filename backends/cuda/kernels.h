@@ -15,6 +15,7 @@
 
 #include "core/backend.h"
 #include "core/dtype.h"
+#include "core/minifloat.h"
 
 namespace quanta::cuda {
 
@@ -69,6 +70,23 @@ std::string LaunchFakeQuantizeBackward(const Geometry& g, const Operand& grad_x,
                                        const Operand& grad_zero_point, const Operand& grad, const Operand& x,
                                        const Operand& scale, const Operand& zero_point, double qmin, double qmax,
                                        bool ewgs, double ewgs_delta, double lsq_grad_scale, Stream s);
+
+// Block-scaled minifloats (Note [Block scaling] in core/minifloat.h), one thread
+// per block: a block is rows x cols of the last two dims (matrix_rows x
+// matrix_cols) of a contiguous x; blocks are numbered row-major over the
+// matrices. element / scale_format (null: f32 scales) are the host's tables;
+// tensor_scale points to the f32 scalar on the device. Codes are stored at the
+// element's width (FP4 two a byte, FP6 four per three bytes); when a block's
+// codes do not end on a byte the launch runs its blocks in one thread.
+struct BlockShape {
+  int64_t rows = 1, cols = 1, matrix_rows = 1, matrix_cols = 1, n_blocks = 0;
+};
+std::string LaunchBlockQuantize(const BlockShape& b, DType x_dtype, const void* x, const MiniFloatFormat& element,
+                                const MiniFloatFormat* scale_format, const float* tensor_scale, void* codes,
+                                void* scales, Stream s);
+std::string LaunchBlockDequantize(const BlockShape& b, DType y_dtype, void* y, const MiniFloatFormat& element,
+                                  const MiniFloatFormat* scale_format, const float* tensor_scale, const void* codes,
+                                  const void* scales, Stream s);
 
 // gather: y = x[..index..] along a dim of size dim_size and stride dim_stride;
 // x_base is x with that dim's stride 0, over y's geometry. scatter_add is its
