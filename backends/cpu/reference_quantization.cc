@@ -252,10 +252,17 @@ void BlockQuantizeKernel(const KernelCall& c) {
         static_cast<uint8_t*>(sp)[b] = static_cast<uint8_t>(stored);
       }
       for (int64_t r = 0; r < geo.rows; ++r) {
+        const int64_t row = start + r * geo.matrix_cols;
+        if (bits == 8) {  // one byte a code: a plain store
+          for (int64_t k = 0; k < geo.cols; ++k) {
+            float v = s == 0 ? 0.0f : Convert<float>(xp[row + k]) / s;
+            cp[row + k] = static_cast<uint8_t>(EncodeMiniFloat(element, v));
+          }
+          continue;
+        }
         for (int64_t k = 0; k < geo.cols; ++k) {
-          int64_t i = start + r * geo.matrix_cols + k;
-          float v = s == 0 ? 0.0f : Convert<float>(xp[i]) / s;
-          StoreMiniFloatCode(bits, cp, i, EncodeMiniFloat(element, v));
+          float v = s == 0 ? 0.0f : Convert<float>(xp[row + k]) / s;
+          StoreMiniFloatCode(bits, cp, row + k, EncodeMiniFloat(element, v));
         }
       }
     });
@@ -272,6 +279,9 @@ void BlockDequantizeKernel(const KernelCall& c) {
   const int bits = Info(codes.dtype()).bits;
   const auto* cp = static_cast<const uint8_t*>(codes.raw_data());
   const void* sp = scales.raw_data();
+  // Every code's value once (at most 256): the loop below reads a table.
+  float decoded[256];
+  for (uint32_t code = 0; code < (1u << bits); ++code) decoded[code] = DecodeMiniFloat(element, code);
   VisitPlain(c, y.dtype(), [&]<typename T>(TypeTag<T>) {
     T* yp = static_cast<T*>(y.raw_data());
     geo.ForEachBlock(8, [&](int64_t b) {  // y is at least a byte an element
@@ -280,9 +290,11 @@ void BlockDequantizeKernel(const KernelCall& c) {
       const float s = DecodeBlockScale(scale_format, stored, g);
       const int64_t start = geo.Start(b);
       for (int64_t r = 0; r < geo.rows; ++r) {
-        for (int64_t k = 0; k < geo.cols; ++k) {
-          int64_t i = start + r * geo.matrix_cols + k;
-          yp[i] = Convert<T>(DecodeMiniFloat(element, LoadMiniFloatCode(bits, cp, i)) * s);
+        const int64_t row = start + r * geo.matrix_cols;
+        if (bits == 8) {
+          for (int64_t k = 0; k < geo.cols; ++k) yp[row + k] = Convert<T>(decoded[cp[row + k]] * s);
+        } else {
+          for (int64_t k = 0; k < geo.cols; ++k) yp[row + k] = Convert<T>(decoded[LoadMiniFloatCode(bits, cp, row + k)] * s);
         }
       }
     });
