@@ -570,6 +570,13 @@ int main(int argc, char** argv) {
   if (ptq_table && absl::GetFlag(FLAGS_adaround_iters) != 2000) {
     absl::StrAppend(&flags, " --adaround_iters=", absl::GetFlag(FLAGS_adaround_iters));
   }
+  if (!absl::GetFlag(FLAGS_out).empty()) absl::StrAppend(&flags, " --out=", absl::GetFlag(FLAGS_out));
+  if (ptq_table && absl::GetFlag(FLAGS_ptq_rows) != "W4A8,W4A4,W3A8,W2A8,auto") {
+    absl::StrAppend(&flags, " --ptq_rows=", absl::GetFlag(FLAGS_ptq_rows));
+  }
+  if (ptq_table && absl::GetFlag(FLAGS_ptq_roundings) != "adaround,brecq") {
+    absl::StrAppend(&flags, " --ptq_roundings=", absl::GetFlag(FLAGS_ptq_roundings));
+  }
   if (ptq_table && absl::GetFlag(FLAGS_adaround_lr) != 1e-3) {
     absl::StrAppend(&flags, " --adaround_lr=", absl::GetFlag(FLAGS_adaround_lr));
   }
