@@ -294,7 +294,8 @@ int main(int argc, char** argv) {
       c.lr = base.lr * 0.1;  // fine-tuning from the trained model
       c.warmup_epochs = 0;
       c.train_subset = finetune_subset;
-      c.metrics_file = dir + "/" + name + ".jsonl";
+      // A file name: "QAT MXFP4 / MXFP8" would name a folder.
+      c.metrics_file = dir + "/" + absl::StrReplaceAll(name, {{"/", "-"}}) + ".jsonl";
       Row r{name, c, bits, {}};
       return r;
     };

@@ -211,7 +211,7 @@ TEST(Apps, ReproduceTablesPtqTableOverTwoSeeds) {
   EXPECT_NE(table.find("seeds 3, 4"), std::string::npos) << table;
   // The command that made it carries every flag that changes a figure.
   EXPECT_NE(table.find("--quick --table=ptq --seeds=3,4 --epochs=1 --train_subset=256 --test_subset=128 "
-                       "--adaround_iters=4`"),
+                       "--adaround_iters=4 --out=" + md + "`"),
             std::string::npos)
       << table;
   // What each run printed: "METHOD: top-1 F% (integer I%)", seed 3's runs first.
@@ -250,12 +250,69 @@ TEST(Apps, ReproduceTablesPtqTableOverTwoSeeds) {
     EXPECT_NEAR(d0, v[0] - f32[0], 0.011) << method;
     EXPECT_NEAR(d1, v[1] - f32[1], 0.011) << method;
   }
-  EXPECT_NE(table.find("AdaRound / BRECQ against nearest rounding at the same ranges: W4A8 "), std::string::npos)
+  EXPECT_NE(table.find("Learned rounding against nearest rounding at the same ranges, points (mean): W4A8: AdaRound "),
+            std::string::npos)
       << table;
+  // The targets: W4A4 on its worst seed.
+  EXPECT_NE(table.find("drop <= 0.5 on every seed — worst seed "), std::string::npos) << table;
+  EXPECT_NE(RunCommand("apps/reproduce_tables --table=ptq --ptq_rows=W4A8,W9A4", &out), 0);
+  EXPECT_NE(out.find("--ptq_rows: 'W9A4' is neither WxAy"), std::string::npos) << out;
+  EXPECT_NE(RunCommand("apps/reproduce_tables --table=ptq --ptq_roundings=nearest", &out), 0);
+  EXPECT_NE(out.find("--ptq_roundings: 'nearest' is neither adaround nor brecq"), std::string::npos) << out;
+  EXPECT_NE(RunCommand("apps/reproduce_tables --table=fp8 --f32_checkpoint=/nothing.safetensors", &out), 0);
+  EXPECT_NE(out.find("--table=fp8 trains f32 and FP8 from scratch"), std::string::npos) << out;
+  EXPECT_NE(RunCommand("apps/reproduce_tables --table=bogus", &out), 0);
+  EXPECT_NE(out.find("main, ptq, distill, formats or fp8"), std::string::npos) << out;
   EXPECT_NE(RunCommand("apps/reproduce_tables --seeds=0,x", &out), 0);
   EXPECT_NE(out.find("--seeds=0,x: distinct non-negative integers"), std::string::npos) << out;
   EXPECT_NE(RunCommand("apps/reproduce_tables --recipe=short --quick", &out), 0);
   EXPECT_NE(out.find("--recipe=short is the Fashion-MNIST 6-epoch recipe"), std::string::npos) << out;
+}
+
+// The block-format table (issue 21) on a small subset: every row, block formats
+// smaller than int8 and MXFP4 (4.25 bits a weight) than MXFP8, the bits line;
+// and the FP8 training table's loss-gap line.
+TEST(Apps, ReproduceTablesFormatsAndFp8) {
+  std::string md = Tmp() + "/docs/formats.md", out;
+  ASSERT_EQ(RunCommand("apps/reproduce_tables --quick --table=formats --train_subset=256 --test_subset=128 --epochs=1 "
+                       "--finetune_epochs=1 --out=" + md + " --work_dir=" + Tmp() + "/rt_formats",
+                       &out),
+            0)
+      << out;
+  std::string table = Read(md);
+  auto bytes_of = [&](const std::string& method) -> long {
+    size_t at = table.find("| " + method + " | ");
+    if (at == std::string::npos) return -1;
+    // | method | top-1 | vs f32 | fake-quant | agreement | logit difference | model bytes | ...
+    size_t bar = at;
+    for (int k = 0; k < 7; ++k) bar = table.find('|', bar + 1);
+    return std::atol(table.c_str() + bar + 1);
+  };
+  for (const char* row : {"PTQ int8 (min/max)", "PTQ W4A8 (MSE)", "PTQ W4A4 (MSE)", "PTQ MXFP8 / MXFP8",
+                          "PTQ MXFP6 / MXFP8", "PTQ MXFP4 / MXFP8", "PTQ MXFP4 / MXFP4", "PTQ NVFP4 / NVFP4",
+                          "QAT W4A4 (LSQ)", "QAT MXFP4 / MXFP8", "QAT MXFP4 / MXFP4", "QAT NVFP4 / NVFP4"}) {
+    EXPECT_GT(bytes_of(row), 0) << row << "\n" << table;
+  }
+  EXPECT_LT(bytes_of("PTQ MXFP4 / MXFP8"), bytes_of("PTQ MXFP6 / MXFP8"));
+  EXPECT_LT(bytes_of("PTQ MXFP6 / MXFP8"), bytes_of("PTQ MXFP8 / MXFP8"));
+  EXPECT_LT(bytes_of("PTQ MXFP4 / MXFP8"), bytes_of("PTQ int8 (min/max)"));
+  EXPECT_NE(table.find("Stored bits per weight, scales included: MXFP8 8.25, MXFP6 6.25, MXFP4 4.25, NVFP4 4.50"),
+            std::string::npos)
+      << table;
+  EXPECT_NE(table.find("--wformat=mxfp4 --aformat=mxfp8"), std::string::npos) << table;
+
+  std::string fp8 = Tmp() + "/docs/fp8.md";
+  ASSERT_EQ(RunCommand("apps/reproduce_tables --quick --table=fp8 --train_subset=256 --test_subset=128 --epochs=1 --out=" +
+                           fp8 + " --work_dir=" + Tmp() + "/rt_fp8",
+                       &out),
+            0)
+      << out;
+  std::string gap = Read(fp8);
+  EXPECT_NE(gap.find("| FP8 training (DeepSeek-V3, gradients E4M3) |"), std::string::npos) << gap;
+  EXPECT_NE(gap.find("| FP8 training (DeepSeek-V3, gradients E5M2) |"), std::string::npos) << gap;
+  EXPECT_NE(gap.find("--fp8=deepseek --fp8_gradient=e5m2"), std::string::npos) << gap;
+  EXPECT_NE(gap.find("Relative gap of the last epoch's mean training loss"), std::string::npos) << gap;
+  EXPECT_NE(gap.find("|gap| below 0.25%"), std::string::npos) << gap;
 }
 
 // The accuracy (%) printed in train_bert's table on the row that starts with `model`.
@@ -316,6 +373,17 @@ TEST(Apps, TrainBertErrorsNameTheProblem) {
   EXPECT_NE(out.find("no [UNK] token"), std::string::npos) << out;
   EXPECT_NE(RunCommand("apps/train_bert" + train + test + vocab + " --max_len=1000", &out), 0);
   EXPECT_NE(out.find("--max_len=1000 exceeds BERT's 512 positions"), std::string::npos) << out;
+  EXPECT_NE(RunCommand("apps/train_bert" + train + test + vocab + " --fp8=e4m3", &out), 0);
+  EXPECT_NE(out.find("--fp8=e4m3: none | deepseek"), std::string::npos) << out;
+  // FP8 training: every Linear but the classifier, one epoch, evaluated as trained.
+  ASSERT_EQ(RunCommand("apps/train_bert" + train + test + vocab + " --config=tiny --epochs=1 --max_len=16 --fp8=deepseek "
+                       "--fp8_gradient=e5m2",
+                       &out),
+            0)
+      << out;
+  EXPECT_NE(out.find(" layers in FP8; f32: classifier\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("fp8 epoch 1: train loss"), std::string::npos) << out;
+  EXPECT_GE(TableAccuracy(out, "BERT-tiny fp8 (e5m2 gradients)"), 0.0) << out;
 }
 
 }  // namespace
