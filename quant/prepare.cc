@@ -470,15 +470,16 @@ std::vector<LayerStats> Stats(const PrepareReport& report) {
     LayerStats l{.name = r.name, .shared_input_with = r.shared_input_with, .weight_bits = r.weight->spec().bits,
                  .act_bits = r.input->spec().bits};
     l.bits = absl::StrCat("W", l.weight_bits, "A", l.act_bits);
-    if (r.config.weight_format || r.config.act_format) {
-      l.bits = absl::StrCat(r.config.weight_format ? BlockFormatName(*r.config.weight_format) : absl::StrCat("int", l.weight_bits), "/",
-                            r.config.act_format ? BlockFormatName(*r.config.act_format) : absl::StrCat("int", l.act_bits));
+    if (const QConfig& c = r.config; c.weight_format || c.act_format) {
+      l.bits = absl::StrCat(c.weight_format ? BlockFormatName(*c.weight_format) : absl::StrCat("int", l.weight_bits),
+                            "/", c.act_format ? BlockFormatName(*c.act_format) : absl::StrCat("int", l.act_bits));
     }
     Tensor w = WeightOf(r.layer);
     if (auto* bq = dynamic_cast<BlockQuantizer*>(r.weight.get())) {
       // No per-channel grid: the SQNR of the blocks alone.
       std::vector<float> v = w.Detach().To(Device::Cpu()).To(DType::kF32).Contiguous().ToVector<float>();
-      std::vector<float> q = BlockFakeQuantizeWeight(w.Detach(), bq->format()).To(Device::Cpu()).Contiguous().ToVector<float>();
+      std::vector<float> q =
+          BlockFakeQuantizeWeight(w.Detach(), bq->format()).To(Device::Cpu()).Contiguous().ToVector<float>();
       double signal = 0, noise = 0;
       for (size_t i = 0; i < v.size(); ++i) {
         signal += static_cast<double>(v[i]) * v[i];

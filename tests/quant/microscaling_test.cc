@@ -194,6 +194,11 @@ TEST(Microscaling, ConvertSaveLoad) {
     EXPECT_EQ(q->Bytes(), bytes);
     EXPECT_EQ(ModelSizeBytes(net, report), BlockWeightBytes({8, 3, 3, 3}, wf) + BlockWeightBytes({8, 8, 3, 3}, wf) +
                                                BlockWeightBytes({40, 8}, wf) + 4 * (8 + 40) + 4 * 4 * 8);
+    // The report names the formats and measures the blocks' SQNR (no grid to show).
+    std::string text = QuantReport(report);
+    EXPECT_NE(text.find(std::string("conv2                    ") + BlockFormatName(wf) + "/"), std::string::npos) << text;
+    EXPECT_EQ(text.find("nan"), std::string::npos) << text;
+    EXPECT_NE(report.ToString().find(BlockFormatName(wf) + "/"), std::string::npos) << report.ToString();
     // Saved and loaded: the same outputs, from codes stored packed.
     ASSERT_TRUE(q->Save(path).ok());
     auto loaded = IntegerModel::Load(path);
