@@ -5,7 +5,9 @@
 // without --config=cuda or without a GPU.
 #include <cmath>
 
+#include "absl/status/statusor.h"
 #include "autograd/autograd.h"
+#include "backends/cuda/fp8_gemm.h"
 #include "core/backend.h"
 #include "core/grad_mode.h"
 #include "core/ops.h"
@@ -431,6 +433,52 @@ TEST_F(Cuda, CachingAllocatorReusesBlocks) {
   EXPECT_EQ(backend().Memory(0).cached, 0);
   EXPECT_THROW(backend().SetOption("conv", "winograd"), Error);
 }
+
+// The block-scaled minifloat ops on the device give the CPU reference's codes
+// and scales bit for bit (the conformance table covers every format; this is
+// the FP8 recipe's two groupings, which the GEMM below reads).
+TEST_F(Cuda, BlockQuantizeMatchesCpu) {
+  Generator gen(21);
+  Tensor x = Mul(Normal({64, 256}, 0, 1, &gen), 3.0);
+  for (const BlockFormat& f : {BlockFormat::Tile(128), BlockFormat::Block(64), BlockFormat::Mx(DType::kF4E2M1)}) {
+    BlockQuantized want = BlockQuantize(x, f), got = BlockQuantize(Gpu(x), f);
+    EXPECT_EQ(got.codes.To(Device::Cpu()).To(DType::kF32).ToVector<float>(), want.codes.To(DType::kF32).ToVector<float>())
+        << f.ToString();
+    EXPECT_EQ(BlockDequantize(got).To(Device::Cpu()).ToVector<float>(), BlockDequantize(want).ToVector<float>())
+        << f.ToString();
+  }
+}
+
+#if defined(QUANTA_CUDA_BUILD)
+// cuBLASLt's FP8 GEMM with DeepSeek-V3's scales against the CPU emulation: the
+// f32 product of the same dequantized operands. Scales differ from tile to tile
+// and block to block (x's K halves and w's 128-row blocks are scaled 1 : 300),
+// so a scale read from the wrong place moves the result far past the
+// tolerance, which allows f32 accumulation order and a bf16 output.
+TEST_F(Cuda, Fp8BlockScaledMatmulMatchesTheEmulation) {
+  Generator gen(22);
+  const int64_t M = 64, K = 256, N = 256;
+  Tensor ramp_k = Concat({Full({1, 128}, 1.0, DType::kF32), Full({1, 128}, 300.0, DType::kF32)}, 1);
+  Tensor ramp_n = Concat({Full({128, 1}, 0.01, DType::kF32), Full({128, 1}, 3.0, DType::kF32)}, 0);
+  Tensor x = Mul(Normal({M, K}, 0, 1, &gen), ramp_k), w = Mul(Normal({N, K}, 0, 1, &gen), ramp_n);
+  BlockQuantized xq = BlockQuantize(x, BlockFormat::Tile(128)), wq = BlockQuantize(w, BlockFormat::Block(128));
+  Tensor want = Matmul(BlockDequantize(xq), BlockDequantize(wq).Transpose(0, 1));
+  auto on_gpu = [](BlockQuantized q) {
+    q.codes = Gpu(q.codes);
+    q.scales = Gpu(q.scales);
+    q.tensor_scale = Gpu(q.tensor_scale);
+    return q;
+  };
+  absl::StatusOr<Tensor> got = cuda::Fp8BlockScaledMatmul(on_gpu(xq), on_gpu(wq));
+  if (!got.ok() && got.status().code() == absl::StatusCode::kFailedPrecondition) GTEST_SKIP() << got.status();
+  ASSERT_TRUE(got.ok()) << got.status();
+  double scale = Max(Abs(want)).item<float>();
+  EXPECT_LE(Excess(*got, want, 1e-2 * scale, 1e-2), 0);
+  // Misuse is an error that names the operands.
+  absl::StatusOr<Tensor> bad = cuda::Fp8BlockScaledMatmul(on_gpu(wq), on_gpu(xq));
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+}
+#endif
 
 }  // namespace
 }  // namespace quanta
