@@ -586,6 +586,22 @@ int main(int argc, char** argv) {
                             : absl::StrCat(finetune8, " epoch", finetune8 == 1 ? "" : "s", " (int8) or ", finetune,
                                            " (lower bits)");
   if (finetune2 != finetune) absl::StrAppend(&finetune_text, ", 2-bit rows ", finetune2);
+  // What the columns mean (the FP8 table has no converted models to compare).
+  const std::string columns_text =
+      fp8_table ? std::string("Top-1 is each model as trained (the FP8 rows evaluated with their FP8 quantization on). "
+                              "Bytes: the f32 parameters (FP8 training keeps f32 master weights). Images/s: the folded "
+                              "f32 model on one test batch of 256; not a benchmark (docs/benchmarks.md). The "
+                              "comparison columns belong to the quantized tables and stay empty here. The command is "
+                              "the first seed's.\n\n")
+                : absl::StrCat(
+      "Top-1 is the converted integer model's (what ships); fake-quant is the model as trained; agreement is the share of ",
+      "test images where the two give the same class", n_seeds > 1 ? " (the lowest over the seeds)" : "",
+      ", and the logit difference is the largest between them over the ",
+      "test set", n_seeds > 1 ? " and the seeds" : "",
+      ", and in output steps: s_in * max|w_c| of the last layer, the most one level of its input moves a logit. Bytes: `IntegerModel::Bytes()` (f32: the parameters). ",
+      "Images/s: the integer model (f32 row: the folded f32 model) on one test batch of 256, ", GetNumThreads(),
+      GetNumThreads() == 1 ? " thread" : " threads", n_seeds > 1 ? " (the median over the seeds)" : "",
+      "; not a benchmark (docs/benchmarks.md). The command is the first seed's.\n\n");
   std::string md = absl::StrCat(
       ptq_table       ? "# Post-training quantization: nearest against learned rounding (AdaRound, BRECQ)\n\n"
       : formats_table ? "# Block formats (OCP MX, NVFP4) beside the integer formats\n\n"
@@ -595,9 +611,14 @@ int main(int argc, char** argv) {
       quick ? " — **quick mode**" : "", short_recipe ? " — the short recipe" : "", ".\n\n",
       "Produced by `bazel run //apps:reproduce_tables --", flags, "` (", seeds_text, ") in ",
       static_cast<int>(table_seconds) / 60, " min ", static_cast<int>(table_seconds) % 60, " s on ", CpuName(), ": ",
-      f32_text, "; PTQ rows calibrate it on ", base.calibration_batches, " batches of ", base.batch,
-      " training images",
-      ptq_table ? absl::StrCat(" (activation and weight ranges by MSE search); AdaRound rows then learn each weight's "
+      f32_text,
+      fp8_table ? "; the FP8 rows train the same model from scratch with the same seed, data order and schedule, with "
+                  "DeepSeek-V3's recipe emulated (`--fp8=deepseek`, quant/fp8.h: E4M3 inputs to the three GEMMs of "
+                  "every Linear/Conv2d in 1 x 128 tiles and 128 x 128 blocks; the first and last layers, batch norm, "
+                  "master weights and optimizer state stay f32)"
+                : absl::StrCat("; PTQ rows calibrate it on ", base.calibration_batches, " batches of ", base.batch,
+                               " training images"),
+      fp8_table ? "" : ptq_table ? absl::StrCat(" (activation and weight ranges by MSE search); AdaRound rows then learn each weight's "
                                "rounding, layer by layer, and BRECQ rows residual block by block, ", base.adaround_iters,
                                " Adam steps per layer or block at lr ",
                                base.adaround_lr, " on those batches (quant/adaround.h)")
@@ -608,22 +629,16 @@ int main(int argc, char** argv) {
                                    "fine-tunes it the same way (", finetune, " epochs) without quantization or distillation")
                     : absl::StrCat("; QAT rows fine-tune it for ", finetune_text, " (progressive: ", std::max(3, finetune),
                                    ") at a tenth of the rate"),
-      ". First and last layers stay 8-bit in every quantized row. ",
-      "Train images: ", images(train_subset), " for f32", ptq_table ? "" : ", " + images(finetune_subset) + " for the quantized rows",
+      fp8_table ? ". " : ". First and last layers stay 8-bit in every quantized row. ",
+      "Train images: ", images(train_subset), fp8_table ? " for every row" : " for f32",
+      ptq_table || fp8_table ? "" : ", " + images(finetune_subset) + " for the quantized rows",
       "; test images: ", images(test_subset), ".\n\n",
-      quick && !ptq_table ? "The quick table is the full table's recipe made small: a half-width model, 2 epochs, fine-tuning on a sixth "
+      quick && figures_wanted ? "The quick table is the full table's recipe made small: a half-width model, 2 epochs, fine-tuning on a sixth "
               "of the images. The full run (`bazel run //apps:reproduce_tables`, docs/accuracy.md) trains fmnist_resnet8 "
               "for 15 epochs with augmentation and fine-tunes on every image: higher accuracy everywhere, and the 4-bit "
               "and 2-bit rows closer to f32.\n\n"
             : "",
-      "Top-1 is the converted integer model's (what ships); fake-quant is the model as trained; agreement is the share of ",
-      "test images where the two give the same class", n_seeds > 1 ? " (the lowest over the seeds)" : "",
-      ", and the logit difference is the largest between them over the ",
-      "test set", n_seeds > 1 ? " and the seeds" : "",
-      ", and in output steps: s_in * max|w_c| of the last layer, the most one level of its input moves a logit. Bytes: `IntegerModel::Bytes()` (f32: the parameters). ",
-      "Images/s: the integer model (f32 row: the folded f32 model) on one test batch of 256, ", GetNumThreads(),
-      GetNumThreads() == 1 ? " thread" : " threads", n_seeds > 1 ? " (the median over the seeds)" : "",
-      "; not a benchmark (docs/benchmarks.md). The command is the first seed's.\n\n",
+      columns_text,
       "| method | top-1 | vs f32 (points) | fake-quant top-1 | agreement | logit difference (steps) | model bytes | images/s | command |\n",
       "|---|---|---|---|---|---|---|---|---|\n");
   auto pct = [&](const std::vector<double>& v) {

@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work="${1:-/tmp/quanta_fp8_bert}"
-n="${2:-8192}"
+n="${2:-16384}"
 epochs="${3:-6}"
 gradients="${4:-e4m3 e5m2}"
 bazel build //apps:train_bert //apps:make_text_task >/dev/null
@@ -40,7 +40,7 @@ for fp8 in none $gradients; do
   rows+="| $name | $loss | $gap | $acc | $f1 | \`train_bert $flags\` |"$'\n'
 done
 minutes=$(( ($(date +%s) - start) / 60 ))
-cpu="$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $(nproc) cores"
+cpu="$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //') (family $(grep -m1 'cpu family' /proc/cpuinfo | sed 's/.*: //') model $(grep -m1 -E '^model[[:space:]]+:' /proc/cpuinfo | sed 's/.*: //')), $(nproc) cores"
 cat > docs/accuracy_fp8_bert.md <<EOF
 # FP8 training of BERT-tiny against f32
 

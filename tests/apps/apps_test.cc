@@ -313,6 +313,10 @@ TEST(Apps, ReproduceTablesFormatsAndFp8) {
   EXPECT_NE(gap.find("--fp8=deepseek --fp8_gradient=e5m2"), std::string::npos) << gap;
   EXPECT_NE(gap.find("Relative gap of the last epoch's mean training loss"), std::string::npos) << gap;
   EXPECT_NE(gap.find("|gap| below 0.25%"), std::string::npos) << gap;
+  // No converted models here: the text says what top-1 is instead.
+  EXPECT_NE(gap.find("Top-1 is each model as trained"), std::string::npos) << gap;
+  EXPECT_EQ(gap.find("converted integer model's"), std::string::npos) << gap;
+  EXPECT_EQ(gap.find("stay 8-bit"), std::string::npos) << gap;
 }
 
 // The accuracy (%) printed in train_bert's table on the row that starts with `model`.
