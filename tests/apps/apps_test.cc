@@ -283,9 +283,10 @@ TEST(Apps, ReproduceTablesFormatsAndFp8) {
   auto bytes_of = [&](const std::string& method) -> long {
     size_t at = table.find("| " + method + " | ");
     if (at == std::string::npos) return -1;
-    // | method | top-1 | vs f32 | fake-quant | agreement | logit difference | model bytes | ...
+    // | method | top-1 | vs f32 | fake-quant | agreement | logit difference | model bytes | ...: the
+    // sixth '|' after the row's first opens the bytes column.
     size_t bar = at;
-    for (int k = 0; k < 7; ++k) bar = table.find('|', bar + 1);
+    for (int k = 0; k < 6; ++k) bar = table.find('|', bar + 1);
     return std::atol(table.c_str() + bar + 1);
   };
   for (const char* row : {"PTQ int8 (min/max)", "PTQ W4A8 (MSE)", "PTQ W4A4 (MSE)", "PTQ MXFP8 / MXFP8",
