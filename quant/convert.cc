@@ -63,6 +63,7 @@ const BlockQuantizer* BlockSlot(const std::shared_ptr<nn::Layer>& slot) {
 // its weight w (the layer's shape), the folded batch norm's factor, the decoded
 // weight.
 void SetBlockWeight(IntegerNode& n, const BlockQuantizer& q, const Tensor& w, const std::vector<double>& factor) {
+  QUANTA_CHECK(q.enabled(), "convert: the weight quantizer of ", n.name, " is disabled");
   n.block = q.format();
   n.weight_blocks = BlockQuantizeWeight(w.Detach(), q.format());
   if (!factor.empty()) n.weight_factor = Tensor::FromVector(std::vector<float>(factor.begin(), factor.end()),

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "core/ops.h"
 #include "gtest/gtest.h"
 #include "nn/layers.h"
@@ -234,6 +235,15 @@ TEST(Microscaling, CorruptFile) {
   auto bad = IntegerModel::Load(path);
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(std::string(bad.status().message()).find("conv1.weight_codes"), std::string::npos) << bad.status();
+  // A disabled weight quantizer trains on f32 weights: converting it to blocks
+  // would ship what was never trained, so Convert refuses, naming the layer.
+  dynamic_cast<Quantizer&>(*net.conv2->weight_quant).SetEnabled(false);
+  try {
+    Convert(net);
+    FAIL() << "expected quanta::Error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("the weight quantizer of conv2 is disabled"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
