@@ -168,13 +168,15 @@ Grads ScatterAddBackward(const GradNode& n, const Grads& g) {
 
 // ---- fake quantization ------------------------------------------------------------------
 // Inputs x, scale, zero point (spread to x's shape); one fused pass gives the
-// per-element gradients, and the expand nodes before scale and zero point sum
-// them per channel. tests/core/quantize_test.cc holds the pass equal to the
-// formulas written out with ops.
+// per-element gradients (only those some input needs: an observer's scale takes
+// none), and the expand nodes before scale and zero point sum them per channel.
+// tests/core/quantize_test.cc holds the pass equal to the formulas written out
+// with ops.
 Grads FakeQuantizeBackwardRule(const GradNode& n, const Grads& g) {
-  std::array<Tensor, 3> grads = FakeQuantizeBackward(g[0], X(n, 0), X(n, 1), X(n, 2), n.attrs);
-  return {n.NeedsGrad(0) ? grads[0] : Tensor(), n.NeedsGrad(1) ? grads[1] : Tensor(),
-          n.NeedsGrad(2) ? grads[2] : Tensor()};
+  std::array<bool, 3> needed = {n.NeedsGrad(0), n.NeedsGrad(1), n.NeedsGrad(2)};
+  if (!needed[0] && !needed[1] && !needed[2]) return {Tensor(), Tensor(), Tensor()};
+  std::array<Tensor, 3> grads = FakeQuantizeBackward(g[0], X(n, 0), X(n, 1), X(n, 2), n.attrs, needed);
+  return {grads[0], grads[1], grads[2]};
 }
 
 // ---- structural ops -----------------------------------------------------------------

@@ -184,6 +184,7 @@ void Dispatch(Op op, std::span<const Tensor> inputs, std::span<Tensor> outputs,
                  DescribeAll(inputs), ")");
   }
   for (const Tensor& t : outputs) {
+    if (!t.defined()) continue;  // an output the caller does not need (fake_quantize_backward)
     QUANTA_CHECK(t.device() == device, OpName(op), ": output ", t.Describe(),
                  " is not on the inputs' device ", device.ToString());
     QUANTA_CHECK(!t.storage() || !t.storage()->constant(), OpName(op), ": output ", t.Describe(),
@@ -641,14 +642,19 @@ Tensor FakeQuantize(const Tensor& x, const Tensor& scale, const Tensor& zero_poi
 }
 
 std::array<Tensor, 3> FakeQuantizeBackward(const Tensor& grad, const Tensor& x, const Tensor& scale,
-                                           const Tensor& zero_point, const OpAttrs& attrs) {
+                                           const Tensor& zero_point, const OpAttrs& attrs,
+                                           std::array<bool, 3> needed) {
   QUANTA_CHECK(grad.shape() == x.shape() && scale.shape() == x.shape() && zero_point.shape() == x.shape() &&
                    grad.dtype() == x.dtype() && scale.dtype() == x.dtype() && zero_point.dtype() == x.dtype(),
                "fake_quantize_backward: operands differ (", grad.Describe(), ", ", x.Describe(), ", ",
                scale.Describe(), ", ", zero_point.Describe(), ")");
   Tensor in[4] = {grad, x, scale, zero_point};
+  QUANTA_CHECK(needed[0] || needed[1] || needed[2], "fake_quantize_backward: no gradient asked for");
   std::array<Tensor, 3> out;
-  for (Tensor& t : out) t = Tensor::Empty(x.shape(), x.dtype(), x.device());
+  for (int i = 0; i < 3; ++i) {
+    if (needed[i]) out[i] = Tensor::Empty(x.shape(), x.dtype(), x.device());
+  }
+  // Kernels skip the outputs left undefined.
   Dispatch(Op::kFakeQuantizeBackward, in, out, attrs);
   return out;
 }

@@ -161,8 +161,12 @@ Tensor FakeQuantize(const Tensor& x, const Tensor& scale, const Tensor& zero_poi
 // fake_quantize's gradients in one pass (autograd's rule calls it): for the
 // upstream grad and x, scale, zero_point already spread to x's shape, returns
 // per-element gradients of x, scale (times lsq_grad_scale) and zero point.
+// Gradients `needed` leaves out are returned undefined and never written: an
+// observer's scale (EMA, min/max) takes none, a symmetric quantizer's zero
+// point none, and each would otherwise cost a pass that writes x's size.
 std::array<Tensor, 3> FakeQuantizeBackward(const Tensor& grad, const Tensor& x, const Tensor& scale,
-                                           const Tensor& zero_point, const OpAttrs& attrs);
+                                           const Tensor& zero_point, const OpAttrs& attrs,
+                                           std::array<bool, 3> needed = {true, true, true});
 
 // ---- block-scaled minifloats (Note [Block scaling] in core/minifloat.h) ----------
 // A format: minifloat elements in blocks of rows x cols over the last two dims

@@ -140,50 +140,82 @@ void FakeQuantizeKernel(const KernelCall& c) {
   });
 }
 
-// grad, x, scale, zero point (one shape and dtype) -> grads of x, scale, zero point.
+// grad, x, scale, zero point (one shape and dtype) -> grads of x, scale, zero
+// point; an output left undefined is not needed (FakeQuantizeBackward's
+// `needed`) and not written.
 void FakeQuantizeBackwardKernel(const KernelCall& c) {
   const Tensor &g = c.in[0], &x = c.in[1], &scale = c.in[2], &zp = c.in[3];
-  const Tensor &gx = c.out[0], &gs = c.out[1], &gz = c.out[2];
   const OpAttrs& at = c.attrs;
   bool ewgs = at.fake_quant_gradient == static_cast<int>(FakeQuantGradient::kEwgs);
+  // Dense runs (the usual case) write only what is asked for; the strided
+  // fallback writes every gradient, the unneeded ones into scratch.
+  std::array<Tensor, 3> out = {c.out[0], c.out[1], c.out[2]};
+  std::array<bool, 3> want = {out[0].defined(), out[1].defined(), out[2].defined()};
+  const bool specialized = (want[0] && !want[2]) || (!want[0] && want[1]);  // the cases `dispatch` below names
+  if (!specialized) {  // all three, or a combination autograd never asks for: scratch for the rest
+    for (Tensor& t : out) {
+      if (!t.defined()) t = Tensor::Empty(x.shape(), x.dtype(), x.device());
+    }
+    want = {true, true, true};
+  }
   VisitPlain(c, x.dtype(), [&]<typename T>(TypeTag<T>) {
-    const void *gp = StorageBase(g), *xp = StorageBase(x), *sp = StorageBase(scale), *zpp = StorageBase(zp);
-    void *gxp = StorageBase(gx), *gsp = StorageBase(gs), *gzp = StorageBase(gz);
     using C = Compute<T>;
-    auto load = [](const void* base, int64_t i) { return Convert<C>(LoadAt<T>(base, i)); };
     const C qmin = static_cast<C>(at.quant_min), qmax = static_cast<C>(at.quant_max);
     const C delta = static_cast<C>(at.ewgs_delta), grad_scale = static_cast<C>(at.lsq_grad_scale);
-    auto run = [&]<bool kEwgs>() {
+    auto run = [&]<bool kEwgs, bool kX, bool kScale, bool kZero>() {
       ChannelRuns runs;
+      // x stands in for an output not asked for in the contiguity check.
+      const Tensor &gx = kX ? out[0] : x, &gs = kScale ? out[1] : x, &gz = kZero ? out[2] : x;
       if (scale.strides() == zp.strides() && AsChannelRuns(x, scale, {&x, &g, &gx, &gs, &gz}, &runs)) {
         const T *xp = x.data<T>(), *gp0 = g.data<T>();
         const T* sp0 = static_cast<const T*>(StorageBase(scale)) + scale.offset();
         const T* zp0 = static_cast<const T*>(StorageBase(zp)) + zp.offset();
-        T *gx0 = gx.data<T>(), *gs0 = gs.data<T>(), *gz0 = gz.data<T>();
+        T* gx0 = kX ? gx.data<T>() : nullptr;
+        T* gs0 = kScale ? gs.data<T>() : nullptr;
+        T* gz0 = kZero ? gz.data<T>() : nullptr;
         ForEachRun(runs, [&](int64_t b, int64_t e, int64_t ch) {
           const C s = Convert<C>(sp0[ch * runs.param_stride]), z = Convert<C>(zp0[ch * runs.param_stride]);
           for (int64_t i = b; i < e; ++i) {
             FakeQuantGrads<C> r =
                 FakeQuantizeGradients<C, kEwgs>(Convert<C>(gp0[i]), Convert<C>(xp[i]), s, z, qmin, qmax, delta);
-            gx0[i] = Convert<T>(r.x);
-            gs0[i] = Convert<T>(r.scale * grad_scale);
-            gz0[i] = Convert<T>(r.zero_point);
+            if constexpr (kX) gx0[i] = Convert<T>(r.x);
+            if constexpr (kScale) gs0[i] = Convert<T>(r.scale * grad_scale);
+            if constexpr (kZero) gz0[i] = Convert<T>(r.zero_point);
           }
         });
         return;
       }
-      ForEachStrided<7>(x.shape(), {&gx, &gs, &gz, &g, &x, &scale, &zp}, [&](const std::array<int64_t, 7>& o) {
-        FakeQuantGrads<C> r = FakeQuantizeGradients<C, kEwgs>(load(gp, o[3]), load(xp, o[4]), load(sp, o[5]),
-                                                              load(zpp, o[6]), qmin, qmax, delta);
-        StoreAt<T>(gxp, o[0], Convert<T>(r.x));
-        StoreAt<T>(gsp, o[1], Convert<T>(r.scale * grad_scale));
-        StoreAt<T>(gzp, o[2], Convert<T>(r.zero_point));
-      });
+      std::array<Tensor, 3> all = out;
+      for (Tensor& t : all) {
+        if (!t.defined()) t = Tensor::Empty(x.shape(), x.dtype(), x.device());
+      }
+      const void *gp = StorageBase(g), *xp = StorageBase(x), *sp = StorageBase(scale), *zpp = StorageBase(zp);
+      void *gxp = StorageBase(all[0]), *gsp = StorageBase(all[1]), *gzp = StorageBase(all[2]);
+      auto load = [](const void* base, int64_t i) { return Convert<C>(LoadAt<T>(base, i)); };
+      ForEachStrided<7>(x.shape(), {&all[0], &all[1], &all[2], &g, &x, &scale, &zp},
+                        [&](const std::array<int64_t, 7>& o) {
+                          FakeQuantGrads<C> r = FakeQuantizeGradients<C, kEwgs>(load(gp, o[3]), load(xp, o[4]),
+                                                                                load(sp, o[5]), load(zpp, o[6]), qmin,
+                                                                                qmax, delta);
+                          StoreAt<T>(gxp, o[0], Convert<T>(r.x));
+                          StoreAt<T>(gsp, o[1], Convert<T>(r.scale * grad_scale));
+                          StoreAt<T>(gzp, o[2], Convert<T>(r.zero_point));
+                        });
+    };
+    // The combinations autograd asks for: x alone (an observer's quantizer),
+    // x and scale (symmetric LSQ), all three (LSQ+), and scale alone or with the
+    // zero point (LSQ on a weight or an input that needs no gradient).
+    auto dispatch = [&]<bool kEwgs>() {
+      if (want[0] && !want[1] && !want[2]) return run.template operator()<kEwgs, true, false, false>();
+      if (want[0] && want[1] && !want[2]) return run.template operator()<kEwgs, true, true, false>();
+      if (!want[0] && want[1] && !want[2]) return run.template operator()<kEwgs, false, true, false>();
+      if (!want[0] && want[1] && want[2]) return run.template operator()<kEwgs, false, true, true>();
+      run.template operator()<kEwgs, true, true, true>();  // want is all true here
     };
     if (ewgs) {
-      run.template operator()<true>();
+      dispatch.template operator()<true>();
     } else {
-      run.template operator()<false>();
+      dispatch.template operator()<false>();
     }
   });
 }

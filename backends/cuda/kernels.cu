@@ -239,9 +239,10 @@ __global__ void FakeQuantizeBackwardLoop(Geometry g, Operand gx, Operand gs, Ope
         Convert<C>(LoadAs<T>(grad, At(grad, g, i))), Convert<C>(LoadAs<T>(x, At(x, g, i))),
         Convert<C>(LoadAs<T>(scale, At(scale, g, i))), Convert<C>(LoadAs<T>(zp, At(zp, g, i))), static_cast<C>(qmin),
         static_cast<C>(qmax), static_cast<C>(delta));
-    static_cast<T*>(gx.base)[At(gx, g, i)] = Convert<T>(r.x);
-    static_cast<T*>(gs.base)[At(gs, g, i)] = Convert<T>(r.scale * static_cast<C>(grad_scale));
-    static_cast<T*>(gz.base)[At(gz, g, i)] = Convert<T>(r.zero_point);
+    // A null base: a gradient not asked for (FakeQuantizeBackward's `needed`).
+    if (gx.base) static_cast<T*>(gx.base)[At(gx, g, i)] = Convert<T>(r.x);
+    if (gs.base) static_cast<T*>(gs.base)[At(gs, g, i)] = Convert<T>(r.scale * static_cast<C>(grad_scale));
+    if (gz.base) static_cast<T*>(gz.base)[At(gz, g, i)] = Convert<T>(r.zero_point);
   }
 }
 

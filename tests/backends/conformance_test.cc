@@ -348,6 +348,12 @@ std::vector<Row> MakeRows() {
                       attrs.ewgs_delta = gradient ? 0.2 : 0;
                       attrs.lsq_grad_scale = 0.1;
                       for (const Tensor& t : FakeQuantizeBackward(in[5], in[0], s, z, attrs)) out.push_back(t);
+                      // Some gradients only (an observer's quantizer: x's alone; symmetric LSQ: x's and the scale's).
+                      for (std::array<bool, 3> needed : {std::array<bool, 3>{true, false, false}, {true, true, false}}) {
+                        for (const Tensor& t : FakeQuantizeBackward(in[5], in[0], s, z, attrs, needed)) {
+                          if (t.defined()) out.push_back(t);
+                        }
+                      }
                     }
                     return out;
                   }});

@@ -224,5 +224,38 @@ TEST(FakeQuantize, FusedBackwardEqualsTheComposition) {
   }
 }
 
+// Gradients left out of `needed` come back undefined (no pass wrote them); the
+// ones asked for equal the full pass's, over dense runs and over a strided x
+// (the fallback, which writes the rest into scratch).
+TEST(FakeQuantize, BackwardWritesOnlyTheGradientsAskedFor) {
+  Generator gen(5);
+  Tensor x = Normal({4, 6, 5}, 0, 1.5, &gen);
+  Tensor s = Uniform({1, 6, 1}, 0.1, 0.4, &gen).Expand({4, 6, 5});
+  Tensor z = Round(Uniform({1, 6, 1}, -2, 2, &gen)).Expand({4, 6, 5});
+  Tensor g = Normal({4, 6, 5}, 0, 1, &gen);
+  Tensor xt = Normal({5, 6, 4}, 0, 1.5, &gen).Permute({2, 1, 0});  // strided
+  for (bool ewgs : {false, true}) {
+    OpAttrs at;
+    at.quant_min = -8;
+    at.quant_max = 7;
+    at.fake_quant_gradient = ewgs ? 1 : 0;
+    at.ewgs_delta = 0.3;
+    at.lsq_grad_scale = 0.5;
+    for (const Tensor& input : {x, xt}) {
+      std::array<Tensor, 3> all = FakeQuantizeBackward(g, input, s, z, at);
+      for (std::array<bool, 3> needed : {std::array<bool, 3>{true, false, false}, {true, true, false},
+                                          {false, true, false}, {false, true, true}, {true, false, true},
+                                          {false, false, true}}) {
+        std::array<Tensor, 3> got = FakeQuantizeBackward(g, input, s, z, at, needed);
+        for (int i = 0; i < 3; ++i) {
+          ASSERT_EQ(got[i].defined(), needed[i]) << i;
+          if (needed[i]) EXPECT_EQ(got[i].ToVector<float>(), all[i].ToVector<float>()) << i << " ewgs " << ewgs;
+        }
+      }
+    }
+  }
+  EXPECT_THROW(FakeQuantizeBackward(g, x, s, z, OpAttrs{}, {false, false, false}), Error);
+}
+
 }  // namespace
 }  // namespace quanta
