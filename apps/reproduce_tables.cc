@@ -825,6 +825,14 @@ int main(int argc, char** argv) {
                     rel, "/", prefix, "_bits.png)\n");
   }
   absl::StrAppend(&md, "\nBERT (//apps:train_bert, f32 / QAT / PTQ / int8 with F1): docs/accuracy_bert.md.\n");
+  absl::StrAppend(&md,
+                  "\nThe other tables, each written by its program: the short recipe over three seeds "
+                  "(docs/accuracy_short.md, `--recipe=short`); PTQ with learned rounding "
+                  "(docs/accuracy_ptq_short_3seeds.md, `--table=ptq`); QAT with distillation "
+                  "(docs/accuracy_distill_short.md, `--table=distill`); MXFP8, MXFP6, MXFP4 and NVFP4 PTQ and QAT rows "
+                  "beside int8 and int4, with model bytes (docs/accuracy_formats_short.md, `--table=formats`); FP8 "
+                  "training against f32 (docs/accuracy_fp8_quick.md, `--table=fp8`; BERT-tiny: "
+                  "docs/accuracy_fp8_bert.md, tools/fp8_bert.py).\n");
   // Atomically: a failed write leaves the previous table as it was.
   if (absl::Status st = WriteFileAtomically(out, md); !st.ok()) {
     std::fprintf(stderr, "error: %s\n", std::string(st.message()).c_str());

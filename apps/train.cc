@@ -84,7 +84,7 @@ ABSL_FLAG(std::string, fp8, "none",
           "none | deepseek: train with FP8 (E4M3) GEMM inputs, activations and gradients in 1x128 tiles, weights in "
           "128x128 blocks, f32 master weights (DeepSeek-V3's recipe, emulated; quant/fp8.h); the first and last "
           "layers stay f32");
-ABSL_FLAG(std::string, fp8_gradient, "e4m3", "--fp8: the output gradients' format, e4m3 (DeepSeek-V3) or e5m2");
+ABSL_FLAG(std::string, fp8_gradient, "e4m3", "--fp8: the output gradients' format, e4m3 (DeepSeek-V3), e5m2, or f32 (FP8 forward GEMMs only, an ablation)");
 ABSL_FLAG(std::string, rounding, "nearest", "PTQ: nearest | adaround (learned up/down rounding, layer by layer) | brecq (AdaRound over whole residual blocks)");
 ABSL_FLAG(int, adaround_iters, 2000, "--rounding=adaround|brecq: Adam steps per layer or block");
 ABSL_FLAG(double, adaround_lr, 1e-3, "--rounding=adaround|brecq: Adam's learning rate on the rounding variables");

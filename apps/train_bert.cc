@@ -65,7 +65,8 @@ ABSL_FLAG(std::string, save, "", "write the fine-tuned model here (safetensors, 
 ABSL_FLAG(std::string, fp8, "none",
           "none | deepseek: train with DeepSeek-V3's FP8 recipe emulated (quant/fp8.h: E4M3 inputs to every Linear's "
           "three GEMMs but the classifier's, 1x128 tiles and 128x128 blocks); evaluated so, then f32 for what follows");
-ABSL_FLAG(std::string, fp8_gradient, "e4m3", "--fp8: the output gradients' format, e4m3 | e5m2");
+ABSL_FLAG(std::string, fp8_gradient, "e4m3",
+          "--fp8: the output gradients' format, e4m3 | e5m2 | f32 (f32: FP8 forward GEMMs only, an ablation)");
 ABSL_FLAG(uint64_t, seed, 0, "initialization, dropout and shuffling");
 ABSL_FLAG(int, threads, 0, "compute threads (0: $OMP_NUM_THREADS if set, else one per core)");
 
@@ -301,13 +302,15 @@ int Run() {
   std::vector<Row> rows;
   const std::string fp8 = absl::GetFlag(FLAGS_fp8), fp8_gradient = absl::GetFlag(FLAGS_fp8_gradient);
   if (fp8 != "none" && fp8 != "deepseek") return Fail(absl::InvalidArgumentError("--fp8=" + fp8 + ": none | deepseek"));
-  if (fp8_gradient != "e4m3" && fp8_gradient != "e5m2") {
-    return Fail(absl::InvalidArgumentError("--fp8_gradient=" + fp8_gradient + ": e4m3 | e5m2"));
+  if (fp8_gradient != "e4m3" && fp8_gradient != "e5m2" && fp8_gradient != "f32") {
+    return Fail(absl::InvalidArgumentError("--fp8_gradient=" + fp8_gradient + ": e4m3 | e5m2 | f32"));
   }
   if (fp8 == "deepseek") {
     // DeepSeek-V3 keeps the output head in higher precision; the embeddings
     // and layer norms are not Linear layers and stay f32 anyway.
-    quant::Fp8Recipe recipe{.gradient = fp8_gradient == "e5m2" ? DType::kF8E5M2 : DType::kF8E4M3,
+    quant::Fp8Recipe recipe{.gradient = fp8_gradient == "e5m2"  ? DType::kF8E5M2
+                                        : fp8_gradient == "f32" ? DType::kF32
+                                                                : DType::kF8E4M3,
                             .keep_first = false};
     std::printf("%s\n", quant::PrepareFp8Training(*net, recipe).ToString().c_str());
   }

@@ -420,9 +420,9 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log_
     return absl::InvalidArgumentError(absl::StrCat("--bn_reestimate=", c.bn_reestimate_batches,
                                                    ": a number of batches >= 0, with --quant=qat"));
   }
-  if ((c.fp8 != "none" && c.fp8 != "deepseek") || (c.fp8_gradient != "e4m3" && c.fp8_gradient != "e5m2")) {
+  if ((c.fp8 != "none" && c.fp8 != "deepseek") || (c.fp8_gradient != "e4m3" && c.fp8_gradient != "e5m2" && c.fp8_gradient != "f32")) {
     return absl::InvalidArgumentError(absl::StrCat("--fp8=", c.fp8, " --fp8_gradient=", c.fp8_gradient,
-                                                   ": --fp8 is none or deepseek, --fp8_gradient e4m3 or e5m2"));
+                                                   ": --fp8 is none or deepseek, --fp8_gradient e4m3, e5m2 or f32"));
   }
   if (c.fp8 != "none" && c.quant != "none") {
     return absl::InvalidArgumentError("--fp8=" + c.fp8 + " trains in FP8; not with --quant=" + c.quant +
@@ -569,7 +569,9 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log_
   }
   if (c.fp8 == "deepseek") {
     quant::Fp8Recipe recipe;
-    recipe.gradient = c.fp8_gradient == "e5m2" ? DType::kF8E5M2 : DType::kF8E4M3;
+    recipe.gradient = c.fp8_gradient == "e5m2"  ? DType::kF8E5M2
+                      : c.fp8_gradient == "f32" ? DType::kF32
+                                                : DType::kF8E4M3;
     log << quant::PrepareFp8Training(*net, recipe).ToString() << std::endl;
   }
   quant::PrepareReport report;

@@ -14,15 +14,11 @@
 namespace quanta::quant {
 namespace {
 
-// The dim a layer's GEMM reduces over in its input (and its output gradient):
-// channels for a convolution's (N, C, H, W), the last dim otherwise.
-int ReductionDim(const Tensor& x) { return x.dim() == 4 ? 1 : x.dim() - 1; }
-
 // A Linear's or Conv2d's input quantizer: 1 x tile groups along the reduction dim.
 class Fp8ActivationQuantizer : public nn::Layer {
  public:
   Fp8ActivationQuantizer(int64_t tile, DType element) : tile_(tile), element_(element) {}
-  Tensor Forward(const Tensor& x) override { return Fp8QuantizeTiles(x, ReductionDim(x), tile_, element_); }
+  Tensor Forward(const Tensor& x) override { return Fp8QuantizeTiles(x, LayerReductionDim(x), tile_, element_); }
 
  private:
   int64_t tile_;
@@ -62,8 +58,8 @@ std::string Fp8Report::ToString() const {
 Fp8Report PrepareFp8Training(nn::Module& model, const Fp8Recipe& recipe) {
   QUANTA_CHECK(recipe.forward == DType::kF8E4M3 || recipe.forward == DType::kF8E5M2,
                "PrepareFp8Training: forward dtype ", Name(recipe.forward), " is not f8_e4m3 or f8_e5m2");
-  QUANTA_CHECK(recipe.gradient == DType::kF8E4M3 || recipe.gradient == DType::kF8E5M2,
-               "PrepareFp8Training: gradient dtype ", Name(recipe.gradient), " is not f8_e4m3 or f8_e5m2");
+  QUANTA_CHECK(recipe.gradient == DType::kF8E4M3 || recipe.gradient == DType::kF8E5M2 || recipe.gradient == DType::kF32,
+               "PrepareFp8Training: gradient dtype ", Name(recipe.gradient), " is not f8_e4m3, f8_e5m2 or f32");
   QUANTA_CHECK(recipe.tile >= 1 && recipe.block >= 1, "PrepareFp8Training: tile ", recipe.tile, " and block ",
                recipe.block, " must be positive");
   std::vector<std::pair<std::string, nn::QuantizableLayer*>> layers;
@@ -85,10 +81,12 @@ Fp8Report PrepareFp8Training(nn::Module& model, const Fp8Recipe& recipe) {
     // takes them off again.
     layer->input_quant = std::make_shared<Fp8ActivationQuantizer>(recipe.tile, recipe.forward);
     layer->weight_quant = std::make_shared<Fp8WeightQuantizer>(recipe.block, recipe.forward);
-    layer->output_grad_quant = [tile = recipe.tile, element = recipe.gradient](const Tensor& g) {
-      NoGradGuard no_grad;
-      return Fp8QuantizeTiles(g, ReductionDim(g), tile, element);
-    };
+    if (recipe.gradient != DType::kF32) {
+      layer->output_grad_quant = [tile = recipe.tile, element = recipe.gradient](const Tensor& g) {
+        NoGradGuard no_grad;
+        return Fp8QuantizeTiles(g, LayerReductionDim(g), tile, element);
+      };
+    }
     report.fp8_layers.push_back(name);
   }
   return report;

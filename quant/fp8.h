@@ -28,7 +28,9 @@ namespace quanta::quant {
 
 struct Fp8Recipe {
   DType forward = DType::kF8E4M3;   // activations and weights
-  DType gradient = DType::kF8E4M3;  // output gradients; kF8E5M2 for the E5M2 variant
+  // Output gradients; kF8E5M2 for the E5M2 variant; kF32 leaves them in f32
+  // (FP8 forward GEMMs only: an ablation, not DeepSeek's recipe).
+  DType gradient = DType::kF8E4M3;
   int64_t tile = 128;               // activations and gradients: 1 x tile along the reduction dim
   int64_t block = 128;              // weights: block x block of (out, in * kh * kw)
   // The first and last Linear/Conv2d stay f32 (a CNN's stem and classifier;

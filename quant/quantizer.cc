@@ -464,8 +464,10 @@ Tensor BlockFakeQuantizeAlong(const Tensor& x, int64_t dim, const BlockFormat& f
   return q.Permute(inverse);
 }
 
+int64_t LayerReductionDim(const Tensor& x) { return x.dim() == 4 ? 1 : x.dim() - 1; }
+
 Tensor BlockFakeQuantizeActivation(const Tensor& x, const BlockFormat& format) {
-  const int64_t dim = x.dim() == 4 ? 1 : -1;
+  const int64_t dim = LayerReductionDim(x);
   if (format.scale != DType::kF8E4M3 || x.dim() < 2 || x.size(0) == 1) return BlockFakeQuantizeAlong(x, dim, format);
   std::vector<Tensor> samples;
   for (int64_t i = 0; i < x.size(0); ++i) samples.push_back(BlockFakeQuantizeAlong(x.Narrow(0, i, 1), dim, format));

@@ -212,8 +212,12 @@ int BlockElementBits(const BlockFormat& format);
 // x fake-quantized in `format`'s 1 x cols groups along dim (zero-padded to a
 // whole group; a dim shorter than a group is one padded group).
 Tensor BlockFakeQuantizeAlong(const Tensor& x, int64_t dim, const BlockFormat& format);
+// The dim a Linear's or Conv2d's GEMM reduces over in its input x (and in its
+// output gradient): the channels, dim 1, of a convolution's (N, C, H, W), else
+// the last dim. Block-format activations and FP8 tiles are grouped along it.
+int64_t LayerReductionDim(const Tensor& x);
 // An activation (N, ...) as a layer's block-format input quantizer sees it:
-// groups along the reduction dim (dim 1 of a 4-D value, else the last dim);
+// groups along LayerReductionDim;
 // NVFP4's per-tensor scale is taken per sample, so that an example's result
 // does not depend on the batch it came in.
 Tensor BlockFakeQuantizeActivation(const Tensor& x, const BlockFormat& format);

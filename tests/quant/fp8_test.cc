@@ -124,6 +124,32 @@ TEST(Fp8, PreparedLinearRunsItsThreeGemmsOnQuantizedInputs) {
   EXPECT_THROW(PrepareFp8Training(*net, Fp8Recipe{}), Error);  // does not stack
 }
 
+// The ablation with f32 gradients: the forward GEMM reads FP8 operands, the
+// backward GEMMs read the output gradient as it came (only the saved
+// activation and weight are FP8).
+TEST(Fp8, F32GradientsLeaveTheOutputGradientAlone) {
+  auto net = Mlp(3);
+  PrepareFp8Training(*net, Fp8Recipe{.gradient = DType::kF32});
+  nn::Linear* mid = nullptr;
+  for (auto& [name, m] : net->NamedModules()) {
+    if (name == "2") mid = dynamic_cast<nn::Linear*>(m);
+  }
+  ASSERT_NE(mid, nullptr);
+  EXPECT_NE(mid->input_quant, nullptr);
+  EXPECT_FALSE(mid->output_grad_quant);
+  Generator gen(4);
+  Tensor h = Normal({5, 256}, 0, 1, &gen).SetRequiresGrad();
+  Tensor v = Normal({5, 192}, 0, 1e-3, &gen);
+  Backward(Sum(Mul(mid->Forward(h), v)));
+  Tensor hq = Fp8QuantizeTiles(h.Detach(), 1, 128, DType::kF8E4M3);
+  Tensor wq = Fp8QuantizeBlocks(mid->weight.Detach(), 128, DType::kF8E4M3);
+  ExpectNear(h.grad(), Matmul(v, wq), 1e-5, "input gradient");
+  ExpectNear(mid->weight.grad(), Matmul(v.Transpose(0, 1), hq), 1e-5, "weight gradient");
+  RemoveFp8Training(*net);
+  EXPECT_EQ(mid->input_quant, nullptr);
+  EXPECT_THROW(PrepareFp8Training(*net, Fp8Recipe{.gradient = DType::kBF16}), Error);
+}
+
 // A regression MLP trained 150 steps in f32 and in FP8 (E4M3 and E5M2
 // gradients) from the same start, on targets with noise of variance 0.25 (the
 // loss a perfect fit leaves, as a language model's loss stays far from 0): the
