@@ -47,9 +47,24 @@ Activation InputActivation(const nn::QuantizableLayer& layer, const std::string&
   const QuantSpec& spec = q.spec();
   auto [s, z] = q.Params();
   QUANTA_CHECK(s.numel() == 1, "convert: the input quantizer of ", name, " is not per tensor");
-  DType dtype = spec.is_signed ? DType::kQInt8 : DType::kQUInt8;
   double scale = static_cast<float>(s.item<float>());
   int64_t zp = static_cast<int64_t>(std::rint(z.item<float>()));
+  if (spec.is_signed && !spec.symmetric) {
+    // Note [Unsigned activations]: a signed affine range [qmin, qmax] with zero
+    // point z holds the same real values as the unsigned [0, qmax - qmin] with
+    // zero point z - qmin. oneDNN's int8 convolutions and matmuls multiply u8
+    // sources by s8 weights (VNNI's vpdpbusd): an s8 source costs them a +128
+    // shift of every value and a compensation term. And a ReLU's output (z =
+    // qmin) then has zero point 0, which needs no zero-point pass and, read as a
+    // residual, no zero-point term in the bias (a large one cost f32 epilogues
+    // exactness at 4 bits). So activations are stored u8, as PyTorch's quint8
+    // activations are: the integers move, the values do not.
+    const int64_t lo = spec.quant_min(), hi = spec.quant_max();
+    QuantParams p = QuantParams::PerTensor(scale, zp - lo);
+    if (hi - lo != 255) p = p.WithRange(0, hi - lo);
+    return {DType::kQUInt8, p, spec.bits};
+  }
+  DType dtype = spec.is_signed ? DType::kQInt8 : DType::kQUInt8;
   return {dtype, WithSpecRange(QuantParams::PerTensor(scale, zp), spec, dtype), spec.bits};
 }
 

@@ -36,11 +36,14 @@ def cpu_name():
                                                   os.cpu_count())
 
 
-def run(binary, files, mode, seed, epochs):
+def run(binary, files, work, mode, seed, epochs):
     flags = ["--epochs=%d" % epochs, "--quant=none", "--seed=%d" % seed, "--threads=1"]
     if mode != "none":  # "none": f32; else the FP8 recipe with this gradient format
         flags += ["--fp8=deepseek", "--fp8_gradient=" + mode]
     out = subprocess.run([binary] + files + flags, capture_output=True, text=True)
+    os.makedirs(os.path.join(work, "runs"), exist_ok=True)  # every run's output, for its loss curve
+    with open(os.path.join(work, "runs", "%s_seed%d_epochs%d.log" % (mode, seed, epochs)), "w") as f:
+        f.write(out.stdout + out.stderr)
     if out.returncode != 0:
         sys.exit("train_bert %s failed:\n%s%s" % (" ".join(flags), out.stdout, out.stderr))
     losses = [float(m.group(1)) for m in re.finditer(r"^(?:f32|fp8) epoch \d+: train loss ([0-9.]+),", out.stdout, re.M)]
@@ -88,7 +91,7 @@ def main():
 
     start = time.time()
     with concurrent.futures.ThreadPoolExecutor(max_workers=a.jobs) as pool:
-        futures = {(m, s): pool.submit(run, bin_dir + "/train_bert", files, m, s, a.epochs) for m in modes for s in seeds}
+        futures = {(m, s): pool.submit(run, bin_dir + "/train_bert", files, a.work, m, s, a.epochs) for m in modes for s in seeds}
         results = {k: f.result() for k, f in futures.items()}
     minutes = (time.time() - start) / 60
 
@@ -133,7 +136,8 @@ sentences, mean ± standard deviation over the seeds.
 
 Produced by `python3 tools/fp8_bert.py --epochs={epochs} --seeds={seed_arg} --gradients={gradients} --train_examples={n}`
 ({date}, {minutes:.0f} min on {cpu}, one thread a run, {jobs} side by side);
-common flags: `{files}` (paths under {work}).
+common flags: `{files}` (paths under {work}; each run's output, with its
+loss per epoch, in {work}/runs).
 
 | row | last-epoch training loss | per seed | gap of the means | gap per seed | accuracy (%) | command |
 |---|---|---|---|---|---|---|
