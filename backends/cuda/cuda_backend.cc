@@ -146,7 +146,8 @@ DeviceState& State(int device) {
 }
 
 DeviceState& StateOf(const KernelCall& c) {
-  const Tensor& t = c.out.empty() ? c.in[0] : c.out[0];
+  // An output may be left undefined (fake_quantize_backward's gradients not asked for).
+  const Tensor& t = c.out.empty() || !c.out[0].defined() ? c.in[0] : c.out[0];
   DeviceState& s = State(t.device().index);
   cudaSetDevice(s.index);
   return s;
