@@ -249,7 +249,9 @@ TEST(FakeQuantize, BackwardWritesOnlyTheGradientsAskedFor) {
         std::array<Tensor, 3> got = FakeQuantizeBackward(g, input, s, z, at, needed);
         for (int i = 0; i < 3; ++i) {
           ASSERT_EQ(got[i].defined(), needed[i]) << i;
-          if (needed[i]) EXPECT_EQ(got[i].ToVector<float>(), all[i].ToVector<float>()) << i << " ewgs " << ewgs;
+          if (needed[i]) {
+            EXPECT_EQ(got[i].ToVector<float>(), all[i].ToVector<float>()) << i << " ewgs " << ewgs;
+          }
         }
       }
     }
