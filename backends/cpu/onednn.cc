@@ -349,9 +349,10 @@ bool WithUnsignedSource(const KernelCall& c, Kernel kernel) {
 // Note [oneDNN buffers from the block cache]: a oneDNN memory created without a
 // handle allocates its own buffer with malloc, which serves large requests by
 // mmap (or trims the heap when they are freed), so that every page of every
-// reorder buffer was faulted in and zeroed by the kernel again on every call:
-// a ResNet-20 training step spent ~19% of its CPU time there (perf stat on Zen 4:
-// 1.36 M page faults against 0.18 M with glibc's trimming off). Temporary
+// reorder buffer was faulted in and zeroed by the kernel again on every call
+// (bench_quant's ResNet-20 steps on Zen 4, perf stat: 1.36 M page faults, and
+// 19% less CPU time with glibc's trimming and mmap threshold turned off; with
+// the buffers below, 0.17 M page faults). Temporary
 // buffers (the reorders to and from a primitive's layout) come from the
 // backend's block cache instead, as tensors that `keep` holds until the
 // primitive has run.
