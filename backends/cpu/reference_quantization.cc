@@ -150,14 +150,12 @@ void FakeQuantizeBackwardKernel(const KernelCall& c) {
   // Dense runs (the usual case) write only what is asked for; the strided
   // fallback writes every gradient, the unneeded ones into scratch.
   std::array<Tensor, 3> out = {c.out[0], c.out[1], c.out[2]};
-  std::array<bool, 3> want = {out[0].defined(), out[1].defined(), out[2].defined()};
-  const bool specialized = (want[0] && !want[2]) || (!want[0] && want[1]);  // the cases `dispatch` below names
-  if (!specialized) {  // all three, or a combination autograd never asks for: scratch for the rest
+  const std::array<bool, 3> want = {out[0].defined(), out[1].defined(), out[2].defined()};
+  auto fill_scratch = [&] {  // the outputs not asked for, where a pass writes all three
     for (Tensor& t : out) {
       if (!t.defined()) t = Tensor::Empty(x.shape(), x.dtype(), x.device());
     }
-    want = {true, true, true};
-  }
+  };
   VisitPlain(c, x.dtype(), [&]<typename T>(TypeTag<T>) {
     using C = Compute<T>;
     const C qmin = static_cast<C>(at.quant_min), qmax = static_cast<C>(at.quant_max);
@@ -185,10 +183,8 @@ void FakeQuantizeBackwardKernel(const KernelCall& c) {
         });
         return;
       }
-      std::array<Tensor, 3> all = out;
-      for (Tensor& t : all) {
-        if (!t.defined()) t = Tensor::Empty(x.shape(), x.dtype(), x.device());
-      }
+      fill_scratch();
+      const std::array<Tensor, 3>& all = out;
       const void *gp = StorageBase(g), *xp = StorageBase(x), *sp = StorageBase(scale), *zpp = StorageBase(zp);
       void *gxp = StorageBase(all[0]), *gsp = StorageBase(all[1]), *gzp = StorageBase(all[2]);
       auto load = [](const void* base, int64_t i) { return Convert<C>(LoadAt<T>(base, i)); };
@@ -210,7 +206,8 @@ void FakeQuantizeBackwardKernel(const KernelCall& c) {
       if (want[0] && want[1] && !want[2]) return run.template operator()<kEwgs, true, true, false>();
       if (!want[0] && want[1] && !want[2]) return run.template operator()<kEwgs, false, true, false>();
       if (!want[0] && want[1] && want[2]) return run.template operator()<kEwgs, false, true, true>();
-      run.template operator()<kEwgs, true, true, true>();  // want is all true here
+      fill_scratch();  // all three, or a combination autograd never asks for
+      run.template operator()<kEwgs, true, true, true>();
     };
     if (ewgs) {
       dispatch.template operator()<true>();

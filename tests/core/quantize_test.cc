@@ -191,6 +191,18 @@ TEST(QuantizedConv2d, EqualsTheFloatConvolutionOfTheDequantizedOperands) {
             QuantizedConv2d(x, UnpackQInt4(w4), Tensor(), o).ToVector<float>());
 }
 
+// fake_quantize_backward's attributes for the tests below: a 4-bit range
+// [-8, 7], STE or EWGS (delta 0.3), LSQ's gradient scale 0.5.
+OpAttrs BackwardAttrs(bool ewgs) {
+  OpAttrs at;
+  at.quant_min = -8;
+  at.quant_max = 7;
+  at.fake_quant_gradient = ewgs ? 1 : 0;
+  at.ewgs_delta = 0.3;
+  at.lsq_grad_scale = 0.5;
+  return at;
+}
+
 // The fused backward pass against the same formulas written with ops.
 TEST(FakeQuantize, FusedBackwardEqualsTheComposition) {
   Generator gen(3);
@@ -199,12 +211,7 @@ TEST(FakeQuantize, FusedBackwardEqualsTheComposition) {
   Tensor z = Round(Uniform({3, 4, 5}, -2, 2, &gen, DType::kF64));
   Tensor g = Normal({3, 4, 5}, 0, 1, &gen, DType::kF64);
   for (bool ewgs : {false, true}) {
-    OpAttrs at;
-    at.quant_min = -8;
-    at.quant_max = 7;
-    at.fake_quant_gradient = ewgs ? 1 : 0;
-    at.ewgs_delta = 0.3;
-    at.lsq_grad_scale = 0.5;
+    OpAttrs at = BackwardAttrs(ewgs);
     std::array<Tensor, 3> fused = FakeQuantizeBackward(g, x, s, z, at);
     Tensor xs = Div(x, s), r = Round(xs), q = Add(r, z);
     Tensor below = Lt(q, -8).To(DType::kF64), above = Gt(q, 7).To(DType::kF64);
@@ -235,12 +242,7 @@ TEST(FakeQuantize, BackwardWritesOnlyTheGradientsAskedFor) {
   Tensor g = Normal({4, 6, 5}, 0, 1, &gen);
   Tensor xt = Normal({5, 6, 4}, 0, 1.5, &gen).Permute({2, 1, 0});  // strided
   for (bool ewgs : {false, true}) {
-    OpAttrs at;
-    at.quant_min = -8;
-    at.quant_max = 7;
-    at.fake_quant_gradient = ewgs ? 1 : 0;
-    at.ewgs_delta = 0.3;
-    at.lsq_grad_scale = 0.5;
+    OpAttrs at = BackwardAttrs(ewgs);
     for (const Tensor& input : {x, xt}) {
       std::array<Tensor, 3> all = FakeQuantizeBackward(g, input, s, z, at);
       for (std::array<bool, 3> needed : {std::array<bool, 3>{true, false, false}, {true, true, false},
