@@ -12,6 +12,8 @@
 #include <string>
 #include <thread>
 
+#include "core/generator.h"
+#include "core/grad_mode.h"
 #include "core/ops.h"
 
 namespace quanta {
@@ -143,6 +145,25 @@ void BM_AddF32_16M(benchmark::State& state) {
   state.SetLabel(std::to_string(threads) + " thread(s)");
 }
 BENCHMARK(BM_AddF32_16M)->Arg(1)->Arg(2)->UseRealTime()->MinTime(2.0);
+
+// ResNet-50's stem pool (3x3, stride 2, padding 1 over 1x64x112x112) as an
+// integer model runs it: channels-last, in inference (no argmax kept). Arg 0:
+// quint8 (the integer model), 1: f32. GB/s counts the input read once and the
+// output written once.
+void BM_MaxPoolStem(benchmark::State& state) {
+  SetNumThreads(1);
+  Generator gen(3);
+  Tensor x = Uniform({1, 112, 112, 64}, -1, 1, &gen);  // NHWC in memory
+  if (state.range(0) == 0) x = Quantize(x, DType::kQUInt8, QuantParams::PerTensor(2.0 / 255, 128));
+  x = x.Permute({0, 3, 1, 2});
+  Pool2dOptions o{.kernel = {3, 3}, .stride = {2, 2}, .padding = {1, 1}};
+  NoGradGuard no_grad;
+  for (auto _ : state) benchmark::DoNotOptimize(MaxPool2d(x, o));
+  double bytes = StorageBytes(x.dtype(), x.numel() + x.numel() / 4);
+  state.counters["GB/s"] = benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+  state.SetLabel(state.range(0) == 0 ? "quint8, 1 thread" : "f32, 1 thread");
+}
+BENCHMARK(BM_MaxPoolStem)->Arg(0)->Arg(1)->UseRealTime()->MinTime(1.0);
 
 void BM_MemcpyF32_16M(benchmark::State& state) {  // the memory-bandwidth reference for add
   const int64_t n = 16 << 20;

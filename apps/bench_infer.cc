@@ -24,6 +24,10 @@
 
 ABSL_FLAG(int, runs, 7, "timed runs per case (after one warm-up run); the median is reported");
 ABSL_FLAG(bool, skip_resnet50, false, "leave out ResNet-50 (224x224), the slow case");
+ABSL_FLAG(std::string, profile, "",
+          "run only this model variant (f32, folded, int8 or int4), at --threads, --runs times, and print its median: "
+          "for perf record");
+ABSL_FLAG(int, threads, 1, "threads for --profile");
 ABSL_FLAG(std::string, only, "", "run only this case (resnet20_b64, resnet20_b1, resnet50 or gemm); for profiling and tools/compare_torch.py");
 
 namespace quanta {
@@ -69,6 +73,18 @@ void BenchModel(const std::string& title, const std::function<std::shared_ptr<nn
               static_cast<long long>(int4->Bytes()), int4->Bytes() / 1048576.0,
               static_cast<double>(f32_bytes) / int4->Bytes());
   NoGradGuard no_grad;
+  if (std::string variant = absl::GetFlag(FLAGS_profile); !variant.empty()) {
+    std::function<void()> run;
+    if (variant == "f32") run = [&] { f32->Forward(x); };
+    if (variant == "folded") run = [&] { folded->Forward(x); };
+    if (variant == "int8") run = [&] { int8->Forward(x); };
+    if (variant == "int4") run = [&] { int4->Forward(x); };
+    QUANTA_CHECK(run != nullptr, "bench_infer: --profile=", variant, ": expected f32, folded, int8 or int4");
+    SetNumThreads(absl::GetFlag(FLAGS_threads));
+    std::printf("  %s, %d thread(s): %.3f ms (median of %d)\n", variant.c_str(), absl::GetFlag(FLAGS_threads),
+                1e3 * MedianSeconds(run, runs), runs);
+    return;
+  }
   for (int threads : {1, 2}) {
     SetNumThreads(threads);
     double t_f32 = MedianSeconds([&] { f32->Forward(x); }, runs);

@@ -475,11 +475,16 @@ Tensor MaxPool2d(const Tensor& x, const Pool2dOptions& o) {
   bool channels_last = x.is_channels_last() && !x.is_contiguous();
   Tensor in = channels_last ? x : x.Contiguous();
   Shape alloc = channels_last ? Shape{shape[0], shape[2], shape[3], shape[1]} : shape;
+  // The argmax is only read by the backward: in inference it is not computed
+  // (Note [Max pooling without indices] in backends/cpu/reference_indexing.cc).
+  bool indices = GradModeEnabled() && x.requires_grad();
   Tensor out[2] = {quantized ? Tensor::Empty(alloc, x.dtype(), x.device(), x.qparams())
                              : Tensor::Empty(alloc, x.dtype(), x.device()),
-                   Tensor::Empty(alloc, DType::kI64, x.device())};
+                   indices ? Tensor::Empty(alloc, DType::kI64, x.device()) : Tensor()};
   if (channels_last) {
-    for (Tensor& t : out) t = t.Permute({0, 3, 1, 2});
+    for (Tensor& t : out) {
+      if (t.defined()) t = t.Permute({0, 3, 1, 2});
+    }
   }
   Dispatch(Op::kMaxPool2d, {&in, 1}, out, attrs);
   return out[0];

@@ -112,7 +112,8 @@ struct Pool2dOptions {
 };
 // x (N, C, H, W), floating or per-tensor quantized (the output keeps x's
 // parameters: max commutes with quantization). Padding counts as -inf. The argmax
-// indices are kept in the graph.
+// indices are kept in the graph; when nothing will take the gradient (grad mode
+// off or x not requiring it) they are not computed.
 Tensor MaxPool2d(const Tensor& x, const Pool2dOptions& options);
 // Routes grad_out to the argmax positions (indices: flat h * W + w per plane).
 Tensor MaxPool2dBackward(const Tensor& grad_out, const Tensor& indices, const Shape& input_shape);

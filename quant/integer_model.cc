@@ -155,14 +155,24 @@ Tensor IntegerModel::Forward(const Tensor& x) {
         // Max commutes with the (monotone) quantization: pooled on the integers.
         v[i] = MaxPool2d(in, n.pool);  // channels-last in, channels-last out
         break;
-      case NodeKind::kGlobalAvgPool: v[i] = Mean(Real(in), {2, 3}); break;
+      case NodeKind::kGlobalAvgPool: {
+        // Over the channels-last memory as (N, H*W, C): the reduction reads rows of C.
+        Tensor r = Real(in);
+        v[i] = r.is_channels_last() && !r.is_contiguous()
+                   ? Mean(r.Permute({0, 2, 3, 1}).Reshape({r.size(0), r.size(2) * r.size(3), r.size(1)}), {1})
+                   : Mean(r, {2, 3});
+        break;
+      }
       case NodeKind::kFlatten: v[i] = in.Reshape({in.size(0), -1}); break;
       case NodeKind::kShortcutPad: {
-        Tensor s = Real(in).Slice(2, 0, in.size(2), n.stride).Slice(3, 0, in.size(3), n.stride);
-        Shape before = s.shape(), after = s.shape();
-        before[1] = n.pad_before;
-        after[1] = n.pad_after;
-        v[i] = Concat({Zeros(before, DType::kF32, s.device()), s, Zeros(after, DType::kF32, s.device())}, 1);
+        // Subsampled first, then dequantized (a quarter of the values at stride
+        // 2), into the channels-last f32 value that the next convolution reads as
+        // its residual with no layout change; the padded channels are zeros.
+        Tensor s = in.Slice(2, 0, in.size(2), n.stride).Slice(3, 0, in.size(3), n.stride);
+        Tensor nhwc = Zeros({s.size(0), s.size(2), s.size(3), n.pad_before + s.size(1) + n.pad_after}, DType::kF32,
+                            s.device());
+        nhwc.Narrow(3, n.pad_before, s.size(1)).CopyFrom(Real(s).Permute({0, 2, 3, 1}));
+        v[i] = nhwc.Permute({0, 3, 1, 2});
         break;
       }
     }

@@ -53,7 +53,8 @@ void GatherKernel(const KernelCall& c) {
   });
 }
 
-// x (N, C, H, W) -> y, argmax (N, C, OH, OW); argmax is h * W + w in the plane.
+// x (N, C, H, W) -> y, argmax (N, C, OH, OW); argmax is h * W + w in the plane,
+// left out (undefined) when the frontend needs no gradient.
 // x (N, C, H, W) contiguous or channels-last; y and the argmax indices (flat ih *
 // W + iw per plane) in the same layout. Window bounds are worked out once per
 // output row and column, so the inner loops carry no checks; channels-last runs
@@ -93,6 +94,69 @@ void MaxPool2dKernel(const KernelCall& c) {
       };
       const T* xp = static_cast<const T*>(x.raw_data());
       T* yp = static_cast<T*>(y.raw_data());
+      if (!idx.defined()) {
+        // Note [Max pooling without indices]: in inference (nothing will take the
+        // gradient) the frontend asks for values only. Without an argmax to keep,
+        // the max is branch-free: channels-last takes the first tap's row of C
+        // values and folds every other tap's row into it (a loop the compiler
+        // vectorizes: 64 quint8 channels are one AVX-512 compare); a NaN wins as
+        // it does above.
+        auto fold = [&](T* yrow, const T* xrow, int64_t count, bool first) {
+          if (first) {
+            std::memcpy(yrow, xrow, count * sizeof(T));
+            return;
+          }
+          for (int64_t ch = 0; ch < count; ++ch) {
+            if constexpr (std::is_same_v<T, C_>) {
+              T v = xrow[ch], b = yrow[ch];
+              if constexpr (std::is_floating_point_v<T>) yrow[ch] = (v > b || v != v) ? v : b;
+              else yrow[ch] = v > b ? v : b;
+            } else if (better(Convert<C_>(xrow[ch]), Convert<C_>(yrow[ch]))) {
+              yrow[ch] = xrow[ch];
+            }
+          }
+        };
+        if (channels_last) {
+          ParallelFor(0, N * OH, 1, [&](int64_t begin, int64_t end) {
+            for (int64_t r = begin; r < end; ++r) {
+              int64_t n = r / OH, oh = r % OH;
+              for (int64_t ow = 0; ow < OW; ++ow) {
+                T* yrow = yp + ((n * OH + oh) * OW + ow) * C;
+                bool first = true;
+                for (int64_t a = 0; a < th[oh].second; ++a) {
+                  int64_t ih = oh * at.stride[0] - at.padding[0] + (th[oh].first + a) * at.dilation[0];
+                  for (int64_t b = 0; b < tw[ow].second; ++b) {
+                    int64_t iw = ow * at.stride[1] - at.padding[1] + (tw[ow].first + b) * at.dilation[1];
+                    fold(yrow, xp + ((n * H + ih) * W + iw) * C, C, first);
+                    first = false;
+                  }
+                }
+              }
+            }
+          });
+        } else {
+          ParallelFor(0, N * C, 1, [&](int64_t begin, int64_t end) {
+            for (int64_t p = begin; p < end; ++p) {
+              const T* plane = xp + p * H * W;
+              for (int64_t oh = 0; oh < OH; ++oh) {
+                for (int64_t ow = 0; ow < OW; ++ow) {
+                  T* out = yp + (p * OH + oh) * OW + ow;
+                  bool first = true;
+                  for (int64_t a = 0; a < th[oh].second; ++a) {
+                    int64_t ih = oh * at.stride[0] - at.padding[0] + (th[oh].first + a) * at.dilation[0];
+                    for (int64_t b = 0; b < tw[ow].second; ++b) {
+                      int64_t iw = ow * at.stride[1] - at.padding[1] + (tw[ow].first + b) * at.dilation[1];
+                      fold(out, plane + ih * W + iw, 1, first);
+                      first = false;
+                    }
+                  }
+                }
+              }
+            }
+          });
+        }
+        return;
+      }
       int64_t* ip = static_cast<int64_t*>(idx.raw_data());
       if (channels_last) {
         ParallelFor(0, N * OH, 1, [&](int64_t begin, int64_t end) {

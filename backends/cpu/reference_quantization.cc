@@ -56,6 +56,37 @@ bool AsChannelRuns(const Tensor& x, const Tensor& param, std::initializer_list<c
   return true;
 }
 
+// Note [Per-tensor runs]: with one scale and zero point (both spread from a
+// single value: every stride 0), any strides are runs of constant parameters.
+// The dims are visited in the read operand's memory order (its strides, largest
+// first), so that quantizing NCHW images into a channels-last tensor, or
+// dequantizing a channels-last slice, reads memory in order and the inner loop
+// runs over the long merged dim, not over the three channels.
+bool PerTensorParams(const Tensor& scale, const Tensor& zp) {
+  auto zero = [](const Tensor& t) { return std::all_of(t.strides().begin(), t.strides().end(), [](int64_t s) { return s == 0; }); };
+  return zero(scale) && zero(zp);
+}
+
+// `read` and `write` permuted alike so that `read`'s strides decrease.
+std::pair<Tensor, Tensor> InReadOrder(const Tensor& read, const Tensor& write) {
+  std::vector<int64_t> perm(read.dim());
+  for (int d = 0; d < read.dim(); ++d) perm[d] = d;
+  std::stable_sort(perm.begin(), perm.end(), [&](int64_t a, int64_t b) { return read.stride(a) > read.stride(b); });
+  return {read.Permute(perm), write.Permute(perm)};
+}
+
+// Calls f(in, out, n, in_stride, out_stride) over runs of `read` and `write`.
+template <typename In, typename Out, typename F>
+void ForEachPerTensorRun(const Tensor& read, const Tensor& write, F&& f) {
+  auto [r, w] = InReadOrder(read, write);
+  const In* in = static_cast<const In*>(StorageBase(r));
+  Out* out = static_cast<Out*>(StorageBase(w));
+  ForEachRunStrided<2>(w.shape(), {&w, &r}, [&](const std::array<int64_t, 2>& o, int64_t n,
+                                                const std::array<int64_t, 2>& st) {
+    f(in + o[1], out + o[0], n, st[1], st[0]);
+  });
+}
+
 // x float, scale and zero point f64 spread over x's shape -> q quantized, in
 // x's compute type (Note [One quantization formula]).
 void QuantizeKernel(const KernelCall& c) {
@@ -83,6 +114,21 @@ void QuantizeKernel(const KernelCall& c) {
           });
           return;
         }
+        if (PerTensorParams(scale, zp)) {  // Note [Per-tensor runs]
+          const C s = static_cast<C>(static_cast<const double*>(StorageBase(scale))[scale.offset()]);
+          const C z = static_cast<C>(static_cast<const double*>(StorageBase(zp))[zp.offset()]);
+          ForEachPerTensorRun<T, Elem<Q>>(x, q, [&](const T* in, Elem<Q>* out, int64_t n, int64_t si, int64_t so) {
+            const C lo = qmin, hi = qmax;
+            if (si == 1 && so == 1) {
+              for (int64_t i = 0; i < n; ++i) out[i] = Convert<Elem<Q>>(QuantizeValue<C>(Convert<C>(in[i]), s, z, lo, hi));
+            } else {
+              for (int64_t i = 0; i < n; ++i) {
+                out[i * so] = Convert<Elem<Q>>(QuantizeValue<C>(Convert<C>(in[i * si]), s, z, lo, hi));
+              }
+            }
+          });
+          return;
+        }
       }
       const void *xp = StorageBase(x), *sp = StorageBase(scale), *zpp = StorageBase(zp);
       void* qp = StorageBase(q);
@@ -100,10 +146,38 @@ void DequantizeKernel(const KernelCall& c) {
   const Tensor &q = c.in[0], &scale = c.in[1], &zp = c.in[2], &x = c.out[0];
   VisitDType(q.dtype(), [&]<typename Q>(TypeTag<Q>) {
     VisitPlain(c, x.dtype(), [&]<typename T>(TypeTag<T>) {
+      using C = Compute<T>;
+      if constexpr (!std::is_same_v<Q, QInt4x2>) {
+        ChannelRuns runs;
+        if (scale.strides() == zp.strides() && AsChannelRuns(q, scale, {&q, &x}, &runs)) {  // Note [Fake-quant runs]
+          const Elem<Q>* qp = static_cast<const Elem<Q>*>(StorageBase(q)) + q.offset();
+          T* xp = x.data<T>();
+          const double* sp = static_cast<const double*>(StorageBase(scale)) + scale.offset();
+          const double* zpp = static_cast<const double*>(StorageBase(zp)) + zp.offset();
+          ForEachRun(runs, [&](int64_t b, int64_t e, int64_t ch) {
+            const C s = static_cast<C>(sp[ch * runs.param_stride]), z = static_cast<C>(zpp[ch * runs.param_stride]);
+            const Elem<Q>* in = qp;
+            T* out = xp;
+            for (int64_t i = b; i < e; ++i) out[i] = Convert<T>(DequantizeValue<C>(Convert<C>(in[i]), s, z));
+          });
+          return;
+        }
+        if (PerTensorParams(scale, zp)) {  // Note [Per-tensor runs]
+          const C s = static_cast<C>(static_cast<const double*>(StorageBase(scale))[scale.offset()]);
+          const C z = static_cast<C>(static_cast<const double*>(StorageBase(zp))[zp.offset()]);
+          ForEachPerTensorRun<Elem<Q>, T>(q, x, [&](const Elem<Q>* in, T* out, int64_t n, int64_t si, int64_t so) {
+            if (si == 1 && so == 1) {
+              for (int64_t i = 0; i < n; ++i) out[i] = Convert<T>(DequantizeValue<C>(Convert<C>(in[i]), s, z));
+            } else {
+              for (int64_t i = 0; i < n; ++i) out[i * so] = Convert<T>(DequantizeValue<C>(Convert<C>(in[i * si]), s, z));
+            }
+          });
+          return;
+        }
+      }
       const void *qp = StorageBase(q), *sp = StorageBase(scale), *zpp = StorageBase(zp);
       void* xp = StorageBase(x);
       ForEachStrided<4>(x.shape(), {&x, &q, &scale, &zp}, [&](const std::array<int64_t, 4>& o) {
-        using C = Compute<T>;
         C v = DequantizeValue<C>(Convert<C>(LoadAt<Q>(qp, o[1])), static_cast<C>(LoadAt<double>(sp, o[2])),
                                  static_cast<C>(LoadAt<double>(zpp, o[3])));
         StoreAt<T>(xp, o[0], Convert<T>(v));

@@ -662,10 +662,12 @@ void MaxPool2dKernel(const KernelCall& c) {
     p.kernel[i] = at.kernel[i], p.stride[i] = at.stride[i], p.padding[i] = at.padding[i], p.dilation[i] = at.dilation[i];
   }
   for (int d = 0; d < 4; ++d) p.x_strides[d] = x.stride(d), p.y_strides[d] = y.stride(d);
-  QUANTA_CHECK(y.strides() == idx.strides(), "max_pool2d: values and indices must share a layout");
+  // Indices left undefined (inference): values only.
+  QUANTA_CHECK(!idx.defined() || y.strides() == idx.strides(), "max_pool2d: values and indices must share a layout");
+  int64_t* indices = idx.defined() ? static_cast<int64_t*>(idx.storage()->data()) + idx.offset() : nullptr;
   QUANTA_LAUNCH_CHECK(c, LaunchMaxPool2d(p, x.dtype(), static_cast<const char*>(x.storage()->data()) + x.offset() * ElementSize(x.dtype()),
                                          static_cast<char*>(y.storage()->data()) + y.offset() * ElementSize(y.dtype()),
-                                         static_cast<int64_t*>(idx.storage()->data()) + idx.offset(), s.stream));
+                                         indices, s.stream));
 }
 
 void MaxPool2dBackwardKernel(const KernelCall& c) {

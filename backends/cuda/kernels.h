@@ -103,6 +103,7 @@ struct PoolGeometry {
   int64_t x_strides[4], y_strides[4];  // (N, C, H, W) strides: contiguous or channels-last
 };
 // x -> y and i64 argmax (ih * W + iw), strided as PoolGeometry says.
+// indices: null when the caller needs no argmax (inference).
 std::string LaunchMaxPool2d(const PoolGeometry& p, DType dtype, const void* x, void* y, int64_t* indices, Stream s);
 // grad_out, indices (planes, OHW) contiguous -> grad_in (planes, HW) contiguous.
 std::string LaunchMaxPool2dBackward(DType dtype, int64_t planes, int64_t ohw, int64_t hw, const void* grad_out,

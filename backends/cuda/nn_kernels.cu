@@ -36,7 +36,7 @@ __global__ void MaxPoolLoop(PoolGeometry p, const T* x, T* y, int64_t* indices) 
     }
     int64_t at = n * p.y_strides[0] + c * p.y_strides[1] + oh * p.y_strides[2] + ow * p.y_strides[3];
     y[at] = best_value;
-    indices[at] = best_index;
+    if (indices) indices[at] = best_index;  // null in inference
   }
 }
 

@@ -4,6 +4,7 @@
 #include "core/ops.h"
 
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -368,6 +369,47 @@ TEST(Ops, MaxPoolAndItsBackward) {
   Tensor idx = Tensor::FromVector<int64_t>({6, 6, 8, 6}, {1, 1, 2, 2});
   ExpectClose(MaxPool2dBackward(F({1, 2, 3, 4}, {1, 1, 2, 2}), idx, {1, 1, 4, 4}),
               {0, 0, 0, 0, 0, 0, 7, 0, 3, 0, 0, 0, 0, 0, 0, 0}, 0, 0);
+}
+
+// In inference max_pool2d computes no argmax (its own branch-free kernel):
+// bit-identical to the pass that keeps the argmax (held to hand values above),
+// over dtypes, both layouts, ties, NaN and padding. (That the frontend keeps
+// the argmax where a gradient is taken: gradcheck_test's max_pool2d row.)
+TEST(Ops, MaxPoolWithoutIndicesMatchesThePassWithIndices) {
+  Generator gen(11);
+  OpAttrs attrs;
+  attrs.kernel[0] = attrs.kernel[1] = 3;
+  attrs.stride[0] = attrs.stride[1] = 2;
+  attrs.padding[0] = attrs.padding[1] = 1;
+  for (DType d : {DType::kF32, DType::kF64, DType::kBF16, DType::kQUInt8, DType::kQInt8}) {
+    for (bool channels_last : {false, true}) {
+      SCOPED_TRACE(std::string(Name(d)) + (channels_last ? " channels-last" : " contiguous"));
+      // (N, H, W, C) values on a grid of 0.25 (ties between taps); one NaN for
+      // floating dtypes, at n 1, h 3, w 4, c 5.
+      Tensor base = Mul(Round(Mul(Normal({2, 9, 8, 67}, 0, 1, &gen), 4.0)), 0.25);
+      if (IsFloating(d)) base.data<float>()[((1 * 9 + 3) * 8 + 4) * 67 + 5] = std::nanf("");
+      QuantParams qp = QuantParams::PerTensor(0.25, d == DType::kQUInt8 ? 128 : 0);
+      Tensor x = (IsQuantized(d) ? Quantize(base, d, qp) : base.To(d)).Permute({0, 3, 1, 2});
+      if (!channels_last) x = x.Contiguous();
+      auto empty = [&](DType t) {
+        Shape shape = channels_last ? Shape{2, 5, 4, 67} : Shape{2, 67, 5, 4};
+        Tensor e = IsQuantized(t) ? Tensor::Empty(shape, t, x.device(), qp) : Tensor::Empty(shape, t, x.device());
+        return channels_last ? e.Permute({0, 3, 1, 2}) : e;
+      };
+      Tensor with[2] = {empty(d), empty(DType::kI64)};
+      Dispatch(Op::kMaxPool2d, {&x, 1}, with, attrs);
+      Tensor without[2] = {empty(d), Tensor()};
+      Dispatch(Op::kMaxPool2d, {&x, 1}, without, attrs);
+      EXPECT_FALSE(without[1].defined());
+      Tensor a = with[0].Contiguous(), b = without[0].Contiguous();
+      size_t bytes = StorageBytes(d, a.numel());
+      EXPECT_EQ(std::memcmp(a.raw_data(), b.raw_data(), bytes), 0);
+      if (IsFloating(d)) {
+        // Output (oh 2, ow 2) reads h 3..5, w 3..5: the NaN wins it.
+        EXPECT_TRUE(std::isnan(b.To(DType::kF32).data<float>()[((1 * 67 + 5) * 5 + 2) * 4 + 2]));
+      }
+    }
+  }
 }
 
 // Worked by hand: two channels over N = 2, W = 2, each with biased variance

@@ -56,7 +56,9 @@ TEST(Quantize, PerChannelAndRequantize) {
 }
 
 // Contiguous inputs take the run loop (Note [Fake-quant runs]), strided ones
-// the general loop: both give the same integers, ties and clamping included.
+// per tensor the per-tensor runs (Note [Per-tensor runs]), strided ones per
+// channel the general loop: all give the same integers, ties and clamping
+// included.
 TEST(Quantize, RunLoopEqualsTheStridedLoop) {
   Generator gen(4);
   Tensor x = Mul(Round(Mul(Normal({6, 40}, 0, 3, &gen), 4.0)), 0.25);  // many exact ties at scale 0.5
@@ -69,6 +71,41 @@ TEST(Quantize, RunLoopEqualsTheStridedLoop) {
     for (int i = 0; i < 6; ++i) scales[i] = 0.05 * (i + 1);
     QuantParams channel = QuantParams::PerChannel(scales, std::vector<int64_t>(6, 0), /*axis=*/1);
     EXPECT_EQ(Quantize(strided, dtype, channel).IntRepr(), Quantize(strided.Contiguous(), dtype, channel).IntRepr());
+  }
+}
+
+// The three loops of quantize and dequantize on one value: per-tensor runs
+// (strided, one scale), the general loop (the same strided view with per-channel
+// parameters that are all equal) and the channel runs (contiguous), over the
+// layouts integer models use: NCHW images read into channels-last, and a
+// channels-last activation subsampled at stride 2 (a ResNet shortcut).
+TEST(Quantize, PerTensorRunsEqualTheGeneralLoop) {
+  Generator gen(5);
+  Tensor nchw = Mul(Round(Mul(Normal({3, 5, 9, 7}, 0, 20, &gen), 4.0)), 0.25);  // ties at scale 0.5, and clamping
+  Tensor images = nchw.Permute({0, 2, 3, 1});                                     // read NCHW, write NHWC
+  Tensor sub = nchw.Permute({0, 2, 3, 1}).Contiguous().Permute({0, 3, 1, 2}).Slice(2, 0, 9, 2).Slice(3, 0, 7, 2);
+  for (DType dtype : {DType::kQInt8, DType::kQUInt8}) {
+    int64_t z = dtype == DType::kQUInt8 ? 100 : 3;
+    QuantParams tensor = QuantParams::PerTensor(0.5, z);
+    for (const Tensor& x : {images, sub}) {
+      SCOPED_TRACE(std::string(Name(dtype)) + " " + ShapeToString(x.shape()));
+      ASSERT_FALSE(x.is_contiguous());
+      int axis = 1;
+      QuantParams channel = QuantParams::PerChannel(std::vector<double>(x.size(axis), 0.5),
+                                                    std::vector<int64_t>(x.size(axis), z), axis);
+      Tensor runs = Quantize(x, dtype, tensor);
+      EXPECT_EQ(runs.IntRepr(), Quantize(x, dtype, channel).IntRepr());
+      EXPECT_EQ(runs.IntRepr(), Quantize(x.Contiguous(), dtype, tensor).IntRepr());
+      // Dequantize a strided view of the integers (per-tensor runs) and its
+      // contiguous copy (channel runs) against its integers read one by one
+      // (IntRepr), times the scale: exact at scale 0.5.
+      Tensor q = Quantize(nchw.Permute({0, 2, 3, 1}).Contiguous(), dtype, tensor).Permute({0, 3, 1, 2}).Slice(2, 0, 9, 2);
+      ASSERT_FALSE(q.is_contiguous());
+      std::vector<float> want;
+      for (int32_t i : q.IntRepr()) want.push_back(0.5f * static_cast<float>(i - z));
+      EXPECT_EQ(Dequantize(q).ToVector<float>(), want);
+      EXPECT_EQ(Dequantize(q.Contiguous()).ToVector<float>(), want);
+    }
   }
 }
 
