@@ -44,7 +44,7 @@ Grads AbsBackward(const GradNode& n, const Grads& g) {
   DType t = X(n).dtype();
   return {Mul(g[0], Sub(Mask(Gt(X(n), 0), t), Mask(Lt(X(n), 0), t)))};
 }
-Grads ReluBackward(const GradNode& n, const Grads& g) { return {Mul(g[0], Mask(Gt(X(n), 0), X(n).dtype()))}; }
+Grads ReluBackward(const GradNode& n, const Grads& g) { return {ThresholdBackward(g[0], X(n))}; }
 Grads SigmoidBackward(const GradNode& n, const Grads& g) {
   return {Mul(g[0], Mul(Y(n), Sub(Like(Y(n), 1), Y(n))))};
 }
@@ -88,6 +88,10 @@ Grads ExtremumBackward(const GradNode& n, const Grads& g, bool maximum) {
 }
 Grads MaximumBackward(const GradNode& n, const Grads& g) { return ExtremumBackward(n, g, true); }
 Grads MinimumBackward(const GradNode& n, const Grads& g) { return ExtremumBackward(n, g, false); }
+// Linear in the gradient it masks; zero almost everywhere in the input.
+Grads ThresholdBackwardBackward(const GradNode& n, const Grads& g) {
+  return {n.NeedsGrad(0) ? ThresholdBackward(g[0], X(n, 1)) : Tensor(), n.NeedsGrad(1) ? ZerosLike(X(n, 1)) : Tensor()};
+}
 
 Grads WhereBackward(const GradNode& n, const Grads& g) {
   Tensor take_a = Mask(X(n, 0), g[0].dtype());
@@ -269,7 +273,7 @@ struct RuleTable {
   }
 };
 // A new op in core/ops.def needs an entry above (rule or NotDifferentiable).
-static_assert(kNumOps == 60, "give the new op its backward rule, then update this count");
+static_assert(kNumOps == 61, "give the new op its backward rule, then update this count");
 
 const RuleTable& Rules() {
   static const RuleTable* table = new RuleTable();

@@ -58,6 +58,10 @@ QUANTA_BINARY_FN(Pow, pow(a, b))
 // NaN in either operand gives NaN, as torch.maximum / torch.minimum.
 QUANTA_BINARY_FN(Maximum, IsNan(a) ? a : IsNan(b) ? b : (a > b ? a : b))
 QUANTA_BINARY_FN(Minimum, IsNan(a) ? a : IsNan(b) ? b : (a < b ? a : b))
+// ReLU's backward, fused: the gradient a where the input b is positive, else 0
+// (NaN inputs pass none), one pass where mask-and-multiply took three
+// (torch.ops.aten.threshold_backward(a, b, 0) but for NaN).
+QUANTA_BINARY_FN(ThresholdBackward, b > C(0) ? a : C(0))
 #undef QUANTA_BINARY_FN
 
 #define QUANTA_COMPARE_FN(Name, expr)                     \

@@ -11,7 +11,7 @@ namespace quanta {
 namespace {
 
 // A new op needs its gradcheck row here (or a note why it has no gradient).
-static_assert(kNumOps == 60, "add a gradcheck row for the new op, then update this count");
+static_assert(kNumOps == 61, "add a gradcheck row for the new op, then update this count");
 
 Generator& Gen() {
   static Generator gen(77);
@@ -80,6 +80,8 @@ std::vector<Row> Rows() {
       {"pow", [](V x) { return Pow(x[0], x[1]); }, {Positive({2, 3}), Randn({2, 3})}},
       {"maximum", [](V x) { return Maximum(x[0], x[1]); }, {Distinct({2, 3}), Leaf(Add(Distinct({2, 3}), 0.05))}},
       {"minimum", [](V x) { return Minimum(x[0], x[1]); }, {Distinct({2, 3}), Leaf(Add(Distinct({2, 3}), 0.05))}},
+      {"threshold_backward (linear in the gradient)", [](V x) { return ThresholdBackward(x[0], x[1]); },
+       {Randn({2, 3}), AwayFromZero({2, 3})}},
       {"where", [cond](V x) { return Where(cond, x[0], x[1]); }, {Randn({2, 3}), Randn({3})}},
       {"clamp", [](V x) { return Clamp(x[0], -0.5, 0.5); }, {Leaf(Mul(AwayFromZero({3, 3}), 0.3))}},
       {"copy (contiguous of a transpose)", [](V x) { return x[0].Transpose(0, 1).Contiguous(); }, {Randn({2, 3})}},

@@ -18,7 +18,7 @@ namespace {
 
 // A new op in core/ops.def needs its test here (block_quantize and
 // block_dequantize: block_quant_test.cc); then bump this.
-static_assert(kNumOps == 60, "add a test for the new op, then update this count");
+static_assert(kNumOps == 61, "add a test for the new op, then update this count");
 
 void ExpectClose(const Tensor& got, const std::vector<double>& want, double atol, double rtol) {
   std::vector<double> g = got.ToVector<double>();
@@ -110,6 +110,8 @@ TEST(Ops, BinaryHandValues) {
   ExpectClose(Maximum(a, b), {2, 4, 3, 4}, 0, 0);
   ExpectClose(Minimum(a, b), {1, -2, -1, 0.5}, 0, 0);
   ExpectClose(Maximum(F({NAN, 1}, {2}), F({0, NAN}, {2})), {NAN, NAN}, 0, 0);
+  // ReLU's backward: a where b > 0; b = 0 and NaN pass nothing.
+  ExpectClose(ThresholdBackward(F({1, -2, 3, 4, 5}, {5}), F({2, 4, -1, 0, NAN}, {5})), {1, -2, 0, 0, 0}, 0, 0);
   ExpectClose(a + b * a - b / b, {2, -11, -1, 5}, 0, 0);
   ExpectClose(-a, {-1, 2, -3, -4}, 0, 0);
   ExpectClose(Add(a, 10), {11, 8, 13, 14}, 0, 0);
