@@ -113,25 +113,74 @@ void ReduceKernel(const KernelCall& c) {
       if constexpr (std::is_floating_point_v<T>) {
         const T* xb = static_cast<const T*>(StorageBase(x));
         void* yp = StorageBase(y);
+        constexpr bool kMax = std::is_same_v<Reducer, ExtremeReducer<true>>;
+        // The extreme of [p, p + count) (NaN if any), as the serial loop finds it.
+        auto extreme = [](const T* p, int64_t count, bool* nan) {
+          T best = p[0];
+          bool any_nan = false;
+          for (int64_t j = 0; j < count; ++j) {
+            any_nan |= p[j] != p[j];
+            best = kMax ? (p[j] > best ? p[j] : best) : (p[j] < best ? p[j] : best);
+          }
+          *nan = any_nan;
+          return best;
+        };
+        // The sum of [p, p + count) in 8 f64 partial sums.
+        auto sum = [](const T* p, int64_t count) {
+          double part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+          int64_t j = 0;
+          for (; j + 8 <= count; j += 8) {
+            for (int k = 0; k < 8; ++k) part[k] += static_cast<double>(p[j + k]);
+          }
+          for (; j < count; ++j) part[0] += static_cast<double>(p[j]);
+          return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+        };
+        // Note [Split whole-tensor reductions]: an observer's min and max of a
+        // whole activation, and LSQ's step-size gradient (a sum over it), are one
+        // output each, which the grain below would leave to one thread. A long run
+        // is cut into chunks of fixed length whatever the thread count, each
+        // reduced as above, and the chunks' results combined in order: the same
+        // result at any thread count (a sum's last bits differ from the one-run
+        // loop's; max and min are exact either way).
+        if (y.numel() == 1 && n >= 4 * 32768) {
+          const int64_t chunk = 32768;
+          const int64_t chunks = (n + chunk - 1) / chunk;
+          const T* p = xb + v.outer.offset();
+          std::vector<double> part(chunks);
+          std::vector<char> nan(chunks);
+          ParallelFor(0, chunks, 1, [&](int64_t b, int64_t e) {
+            for (int64_t k = b; k < e; ++k) {
+              const int64_t count = std::min(chunk, n - k * chunk);
+              if constexpr (kSum) {
+                part[k] = sum(p + k * chunk, count);
+              } else {
+                bool f;
+                part[k] = static_cast<double>(extreme(p + k * chunk, count, &f));
+                nan[k] = f;
+              }
+            }
+          });
+          double r = part[0];
+          bool any_nan = nan[0] != 0;
+          for (int64_t k = 1; k < chunks; ++k) {
+            if constexpr (kSum) {
+              r += part[k];
+            } else {
+              r = kMax ? std::max(r, part[k]) : std::min(r, part[k]);
+              any_nan |= nan[k] != 0;
+            }
+          }
+          store(yp, y.offset(), any_nan ? std::numeric_limits<double>::quiet_NaN() : r);
+          return;
+        }
         ForEachStrided<2>(y.shape(), {&y, &v.outer}, [&](const std::array<int64_t, 2>& o) {
           const T* p = xb + o[1];
           double r;
           if constexpr (kSum) {
-            double part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            int64_t j = 0;
-            for (; j + 8 <= n; j += 8) {
-              for (int k = 0; k < 8; ++k) part[k] += static_cast<double>(p[j + k]);
-            }
-            for (; j < n; ++j) part[0] += static_cast<double>(p[j]);
-            r = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+            r = sum(p, n);
           } else {
-            constexpr bool kMax = std::is_same_v<Reducer, ExtremeReducer<true>>;
-            T best = p[0];
-            bool nan = false;
-            for (int64_t j = 0; j < n; ++j) {
-              nan |= p[j] != p[j];
-              best = kMax ? (p[j] > best ? p[j] : best) : (p[j] < best ? p[j] : best);
-            }
+            bool nan;
+            T best = extreme(p, n, &nan);
             r = nan ? std::numeric_limits<double>::quiet_NaN() : static_cast<double>(best);
           }
           store(yp, o[0], r);

@@ -342,6 +342,40 @@ TEST(Ops, Conv2dBackwardHandValues) {
   ExpectClose(Conv2dBackwardWeight(g, x, {1, 1, 2, 2}, s2), {5, 10, 10, 20}, 0, 0);
 }
 
+// A whole-tensor max, min or sum over a long dense run is split across the
+// pool (Note [Split whole-tensor reductions]): the planted extremes come back at
+// 1 and 2 threads, equal to the general loop's (the same values through a
+// transposed view), a NaN anywhere wins, and the sum is the same to the bit at
+// either thread count, exact on integers and within rounding of the general
+// loop's on the rest.
+TEST(Ops, WholeTensorReductionsSplitAcrossThreads) {
+  Generator gen(12);
+  Tensor x = Uniform({300, 1001}, -1, 1, &gen);  // 300,300 values: several chunks and a short last one
+  float* p = x.data<float>();
+  p[123457] = 7.5f;
+  p[300299] = -6.25f;  // the last element, in the short last chunk
+  const int before = GetNumThreads();
+  std::vector<double> sums;
+  for (int threads : {1, 2}) {
+    SetNumThreads(threads);
+    EXPECT_EQ(Max(x).item<float>(), 7.5f);
+    EXPECT_EQ(Min(x).item<float>(), -6.25f);
+    Tensor t = x.Transpose(0, 1);  // not dense: the general loop
+    EXPECT_EQ(Max(t).item<float>(), 7.5f);
+    EXPECT_EQ(Min(t).item<float>(), -6.25f);
+    Tensor with_nan = x.Clone();
+    with_nan.data<float>()[200000] = std::nanf("");
+    EXPECT_TRUE(std::isnan(Max(with_nan).item<float>()));
+    EXPECT_TRUE(std::isnan(Min(with_nan).item<float>()));
+    EXPECT_EQ(Sum(Ones({300, 1001})).item<float>(), 300300.0f);
+    Tensor x64 = x.To(DType::kF64);
+    sums.push_back(Sum(x64).item<double>());
+    EXPECT_NEAR(sums.back(), Sum(x64.Transpose(0, 1)).item<double>(), 1e-9);
+  }
+  EXPECT_EQ(sums[0], sums[1]);
+  SetNumThreads(before);
+}
+
 TEST(Ops, MaxPoolAndItsBackward) {
   Tensor x = F({1, 5, 2, 0, 3, 4, 9, 8, 7, 6, 1, 2, 0, 1, 3, 4}, {1, 1, 4, 4});
   Pool2dOptions k2;
