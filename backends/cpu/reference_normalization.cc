@@ -5,9 +5,9 @@
 // broadcast multiplies and an add, and its backward runs the adjoint of each:
 // well over a dozen passes over the activation per layer, which were most of
 // ResNet-20's training step (perf, docs/benchmarks.md). Here each channel's planes
-// (n, c) are dense runs of H * W: the forward reads them twice for the mean and
-// the biased variance (two passes, as accurate as the composition) and once to
-// write y; the backward reads grad_y and x once for both sums and once more to
+// (n, c) are dense runs of H * W: the forward reads them once for the mean and
+// the biased variance (both moments about a pivot, in f64: as accurate as the
+// composition's two passes in f32) and once to write y; the backward reads grad_y and x once for both sums and once more to
 // write grad_x. Sums go to 8 f64 partial sums (as Note [Dense reductions]) so
 // the loops vectorize; channels run in parallel.
 #include <cmath>
@@ -73,12 +73,22 @@ void BatchNormKernel(const KernelCall& c) {
     S *mp = static_cast<S*>(c.out[1].raw_data()), *vp = static_cast<S*>(c.out[2].raw_data());
     ParallelFor(0, C, 1, [&](int64_t begin, int64_t end) {
       for (int64_t ch = begin; ch < end; ++ch) {
-        const double mean =
-            SumChannel(N, C, HW, ch, [&](int64_t i) { return static_cast<double>(Convert<K>(xp[i])); })[0] / count;
-        const double var = SumChannel(N, C, HW, ch, [&](int64_t i) {
-                             double d = static_cast<double>(Convert<K>(xp[i])) - mean;
-                             return d * d;
-                           })[0] / count;
+        // One pass for both moments, about a pivot (the channel's first value):
+        // with d = x - pivot, mean = pivot + E[d] and var = E[d^2] - E[d]^2, in
+        // f64. The pivot lies inside the data, so E[d]^2 is at most of the order of
+        // E[d^2] and the subtraction loses no more than the f64 sums' last bits
+        // (far below f32's), where E[x^2] - E[x]^2 would cancel badly for a
+        // channel whose mean is large against its spread.
+        const double pivot = static_cast<double>(Convert<K>(xp[ch * HW]));
+        const auto [s1, s2] = SumChannel(
+            N, C, HW, ch, [&](int64_t i) { return static_cast<double>(Convert<K>(xp[i])) - pivot; },
+            [&](int64_t i) {
+              double d = static_cast<double>(Convert<K>(xp[i])) - pivot;
+              return d * d;
+            });
+        const double mean_d = s1 / count;
+        const double mean = pivot + mean_d;
+        const double var = std::max(0.0, s2 / count - mean_d * mean_d);
         mp[ch] = static_cast<S>(mean);
         vp[ch] = static_cast<S>(var);
         const K m = static_cast<K>(mean);

@@ -474,6 +474,18 @@ TEST(Ops, BatchNormTrainingAndBackward) {
   EXPECT_THROW(BatchNormTraining(F({1, 2}, {1, 2, 1, 1}), w, b, 1e-5), Error);  // one value per channel
 }
 
+// The one-pass moments (Note [Fused batch norm]) on a channel whose mean is a
+// million times its spread: the variance to f32 precision against the two-pass
+// variance in f64 (core's Var), where E[x^2] - E[x]^2 would lose every digit.
+TEST(Ops, BatchNormVarianceOfAFarFromZeroChannel) {
+  Generator gen(13);
+  Tensor x = Add(Mul(Normal({8, 2, 5, 7}, 0, 1, &gen), 0.01), 1e4);  // mean 1e4, std 1e-2 (f32 step there: 1e-3)
+  std::array<Tensor, 3> out = BatchNormTraining(x, Ones({2}), Zeros({2}), 1e-5);
+  Tensor want = Var(x.To(DType::kF64).Transpose(0, 1).Reshape({2, -1}), {1}, false, /*correction=*/0);
+  ExpectClose(out[2], want.ToVector<double>(), 0, 1e-5);
+  ExpectClose(out[1], Mean(x.To(DType::kF64), {0, 2, 3}).ToVector<double>(), 0, 1e-7);  // stored as f32
+}
+
 TEST(Ops, IndexAddAndScatterAdd) {
   Tensor src = F({1, 2, 3, 4, 5, 6}, {3, 2});
   Tensor idx = Tensor::FromVector<int64_t>({2, 0, 2}, {3});
