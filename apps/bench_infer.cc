@@ -5,7 +5,9 @@
 // ResNet-20 (CIFAR, 32x32, batch 64 and 1) and ResNet-50 (224x224, batch 1), at 1
 // and 2 threads: median latency, images/s, model bytes, and the int8/f32 ratio;
 // then the 1024^3 GEMM in f32 and int8. Weights are random (speed does not depend
-// on their values); activation ranges come from one calibration batch.
+// on their values); activation ranges come from one calibration batch. Each
+// int8 figure is also given as GOP/s beside the int8 1024^3 GEMM's rate at the
+// same thread count (the machine's practical int8 limit).
 // A program, not a test. Run: bazel run //apps:bench_infer
 #include <algorithm>
 #include <chrono>
@@ -45,6 +47,18 @@ double MedianSeconds(const std::function<void()>& run, int runs) {
   return s[s.size() / 2];
 }
 
+// The int8 1024^3 GEMM's rate (GOP/s, 2 ops a multiply-add) at the current
+// thread count: what oneDNN's VNNI kernels reach on a large, easy problem, the
+// limit an int8 model's figure is compared with.
+double Int8GemmGops(int runs) {
+  Generator gen(2);
+  const int64_t n = 1024;
+  Tensor aq = Quantize(Normal({n, n}, 0, 1, &gen), DType::kQUInt8, QuantParams::PerTensor(8.0 / 255, 128));
+  Tensor bq = Quantize(Normal({n, n}, 0, 1, &gen), DType::kQInt8, QuantParams::PerTensor(4.0 / 127, 0));
+  bq.storage()->MarkConstant();
+  return 2.0 * n * n * n / MedianSeconds([&] { QuantizedMatmul(aq, bq); }, runs) / 1e9;
+}
+
 std::shared_ptr<quant::IntegerModel> Converted(const std::function<std::shared_ptr<nn::Layer>()>& make,
                                                const std::string& policy, const Tensor& calibration) {
   auto net = make();
@@ -72,6 +86,7 @@ void BenchModel(const std::string& title, const std::function<std::shared_ptr<nn
               int8->Bytes() / 1048576.0, static_cast<double>(f32_bytes) / int8->Bytes(),
               static_cast<long long>(int4->Bytes()), int4->Bytes() / 1048576.0,
               static_cast<double>(f32_bytes) / int4->Bytes());
+  const int64_t macs = int8->MultiplyAdds(input);
   NoGradGuard no_grad;
   if (std::string variant = absl::GetFlag(FLAGS_profile); !variant.empty()) {
     std::function<void()> run;
@@ -98,6 +113,9 @@ void BenchModel(const std::string& title, const std::function<std::shared_ptr<nn
                 n / t_int4);
     std::printf("             int8 vs f32 %.2fx, vs f32 folded %.2fx | int4 vs f32 folded %.2fx\n", t_f32 / t_int8,
                 t_folded / t_int8, t_folded / t_int4);
+    double gops = 2.0 * macs / t_int8 / 1e9, limit = Int8GemmGops(runs);
+    std::printf("             int8 %.1f GOP/s (%.2f G multiply-adds a run) = %.0f%% of the int8 1024^3 GEMM's %.1f GOP/s\n",
+                gops, macs / 1e9, 100 * gops / limit, limit);
   }
 }
 

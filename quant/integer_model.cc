@@ -183,6 +183,61 @@ Tensor IntegerModel::Forward(const Tensor& x) {
   return v.back();
 }
 
+int64_t IntegerModel::MultiplyAdds(const Shape& input) const {
+  std::vector<Shape> shape(nodes_.size());
+  shape[0] = input;
+  int64_t macs = 0;
+  auto out_size = [](int64_t size, int64_t k, int64_t stride, int64_t pad, int64_t dilation) {
+    return (size + 2 * pad - dilation * (k - 1) - 1) / stride + 1;
+  };
+  for (size_t i = 1; i < nodes_.size(); ++i) {
+    const IntegerNode& n = nodes_[i];
+    const Shape& in = shape[n.inputs[0]];
+    auto need_rank = [&](size_t rank) {
+      QUANTA_CHECK(in.size() == rank, "integer_model: multiply_adds: node ", i, " (", NodeKindName(n.kind), " ", n.name,
+                   ") reads ", ShapeToString(in), ", not rank ", rank);
+    };
+    switch (n.kind) {
+      case NodeKind::kInput:
+      case NodeKind::kQuantize:
+      case NodeKind::kDequantize: shape[i] = in; break;
+      case NodeKind::kConv2d: {
+        need_rank(4);
+        const Shape& w = n.weight.shape();  // (O, C/G, KH, KW)
+        int64_t oh = out_size(in[2], w[2], n.conv.stride[0], n.conv.padding[0], n.conv.dilation[0]);
+        int64_t ow = out_size(in[3], w[3], n.conv.stride[1], n.conv.padding[1], n.conv.dilation[1]);
+        macs += in[0] * w[0] * w[1] * w[2] * w[3] * oh * ow;
+        shape[i] = {in[0], w[0], oh, ow};
+        break;
+      }
+      case NodeKind::kLinear: {  // weight (K, N), input (..., K)
+        int64_t rows = NumElements(in) / in.back();
+        macs += rows * n.weight.size(0) * n.weight.size(1);
+        shape[i] = in;
+        shape[i].back() = n.weight.size(1);
+        break;
+      }
+      case NodeKind::kMaxPool2d: {
+        need_rank(4);
+        shape[i] = in;
+        for (int d = 0; d < 2; ++d) {
+          int64_t stride = n.pool.stride[d] > 0 ? n.pool.stride[d] : n.pool.kernel[d];
+          shape[i][2 + d] = out_size(in[2 + d], n.pool.kernel[d], stride, n.pool.padding[d], n.pool.dilation[d]);
+        }
+        break;
+      }
+      case NodeKind::kGlobalAvgPool: need_rank(4); shape[i] = {in[0], in[1]}; break;
+      case NodeKind::kFlatten: shape[i] = {in[0], NumElements(in) / in[0]}; break;
+      case NodeKind::kShortcutPad:
+        need_rank(4);
+        shape[i] = {in[0], n.pad_before + in[1] + n.pad_after, (in[2] + n.stride - 1) / n.stride,
+                    (in[3] + n.stride - 1) / n.stride};
+        break;
+    }
+  }
+  return macs;
+}
+
 namespace {
 
 // Note [Codebook weights]: a layer the policy gave at most 4 weight bits is

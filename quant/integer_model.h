@@ -97,6 +97,10 @@ class IntegerModel : public nn::Layer {
   // (qint4: two a byte), biases and per-channel scales in f32; block-format
   // weights as stored (elements, block scales, factors), not their f32 cache.
   int64_t Bytes() const;
+  // Multiply-adds of one Forward on an input of this shape: the convolutions'
+  // and linear layers' (N * O * C/G * KH * KW * OH * OW; rows * K * N), the
+  // work the int8 kernels do; pooling and the rest count none.
+  int64_t MultiplyAdds(const Shape& input) const;
   // One line per node: kind, name, bits, output, weight shape.
   std::string Summary() const;
 

@@ -379,6 +379,24 @@ TEST(Convert, CorruptFilesGiveClearErrors) {
 
 // ConvertFloat: batch norm folded, f32 throughout; equal to the float model in
 // eval up to f32 rounding of the folded weights (relative 1e-5 of the spread).
+// ResNet-20 (CIFAR, 100 classes) on 32x32, by hand: the stem 16*3*9*32*32,
+// six 16->16 convolutions at 32x32 (16*16*9*1024 each), a 16->32 stride-2
+// convolution to 16x16 (32*16*9*256) and five 32->32 ones (32*32*9*256), the same
+// again at 8x8 and 64 channels, and the classifier 64*100: 40,556,800 per image.
+// The two option-A shortcuts and the pooling count none.
+TEST(Convert, MultiplyAddsOfResNet20ByHand) {
+  Generator gen(35);
+  auto net = models::CifarResNet::Make(20, 100, &gen);
+  net->Eval();
+  auto f = ConvertFloat(*net);
+  const int64_t per_image = 16 * 3 * 9 * 1024 + 6 * (16 * 16 * 9 * 1024) + 32 * 16 * 9 * 256 +
+                            5 * (32 * 32 * 9 * 256) + 64 * 32 * 9 * 64 + 5 * (64 * 64 * 9 * 64) + 64 * 100;
+  EXPECT_EQ(per_image, 40556800);
+  EXPECT_EQ(f->MultiplyAdds({1, 3, 32, 32}), per_image);
+  EXPECT_EQ(f->MultiplyAdds({64, 3, 32, 32}), 64 * per_image);
+  EXPECT_THROW(f->MultiplyAdds({64, 3 * 32 * 32}), Error);  // a flat input: named, not a crash
+}
+
 TEST(Convert, FloatConversionEqualsTheFloatModel) {
   Generator gen(31);
   std::vector<std::shared_ptr<nn::Layer>> nets = {models::CifarResNet::Make(8, 10, &gen), models::TinyCnn(32, 3, 4),
