@@ -165,6 +165,33 @@ void BM_MaxPoolStem(benchmark::State& state) {
 }
 BENCHMARK(BM_MaxPoolStem)->Arg(0)->Arg(1)->UseRealTime()->MinTime(1.0);
 
+// Issue 18's layout question: elementwise add and ReLU backward on ResNet-20's
+// first-stage activation (128, 16, 32, 32), contiguous (Arg 0) or channels-last
+// (Arg 1), and batch norm's fused forward on it (which takes a contiguous copy
+// of a channels-last input). 1 thread.
+void BM_LayoutAdd(benchmark::State& state) {
+  SetNumThreads(1);
+  Generator gen(4);
+  Tensor a = Normal({128, 16, 32, 32}, 0, 1, &gen), b = Normal({128, 16, 32, 32}, 0, 1, &gen);
+  if (state.range(0)) a = a.ChannelsLast(), b = b.ChannelsLast();
+  NoGradGuard no_grad;
+  for (auto _ : state) benchmark::DoNotOptimize(Add(a, b));
+  state.SetLabel(state.range(0) ? "channels-last" : "contiguous");
+}
+BENCHMARK(BM_LayoutAdd)->Arg(0)->Arg(1)->UseRealTime()->MinTime(1.0);
+
+void BM_LayoutBatchNorm(benchmark::State& state) {
+  SetNumThreads(1);
+  Generator gen(4);
+  Tensor a = Normal({128, 16, 32, 32}, 0, 1, &gen);
+  if (state.range(0)) a = a.ChannelsLast();
+  Tensor w = Ones({16}), b = Zeros({16});
+  NoGradGuard no_grad;
+  for (auto _ : state) benchmark::DoNotOptimize(BatchNormTraining(a, w, b, 1e-5)[0]);
+  state.SetLabel(state.range(0) ? "channels-last" : "contiguous");
+}
+BENCHMARK(BM_LayoutBatchNorm)->Arg(0)->Arg(1)->UseRealTime()->MinTime(1.0);
+
 void BM_MemcpyF32_16M(benchmark::State& state) {  // the memory-bandwidth reference for add
   const int64_t n = 16 << 20;
   std::vector<float> a(n, 1.0f), y(n);

@@ -18,6 +18,7 @@ ABSL_FLAG(int, batch, 128, "images per step");
 ABSL_FLAG(int, steps, 6, "timed steps per thread count (after one warm-up step)");
 ABSL_FLAG(int, depth, 20, "ResNet depth (6n + 2)");
 ABSL_FLAG(bool, bf16, false, "run matmul and convolution under bf16 autocast");
+ABSL_FLAG(bool, channels_last, false, "feed channels-last images (the network then runs channels-last)");
 
 namespace quanta {
 namespace {
@@ -39,6 +40,7 @@ int main(int argc, char** argv) {
   auto net = models::CifarResNet::Make(absl::GetFlag(FLAGS_depth), 100, &gen);
   nn::SGD opt({{net->Parameters()}}, {.lr = 0.1, .momentum = 0.9, .weight_decay = 5e-4});
   Tensor images = Normal({batch, 3, 32, 32}, 0, 1, &gen);
+  if (absl::GetFlag(FLAGS_channels_last)) images = images.ChannelsLast();
   std::vector<int64_t> label_values(batch);
   for (int i = 0; i < batch; ++i) label_values[i] = (i * 37) % 100;
   Tensor labels = Tensor::FromVector<int64_t>(label_values, {batch});

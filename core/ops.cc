@@ -51,12 +51,26 @@ Tensor ScalarLike(const Tensor& like, double value) {
   return Scalar(value, dtype, like.device());
 }
 
+// An elementwise result keeps channels-last memory when an operand of the full
+// 4-D shape has it (as PyTorch's suggest_memory_format), so that a channels-last
+// network stays so from op to op.
+Tensor EmptyElementwise(const Shape& shape, DType dtype, const Device& device, std::initializer_list<const Tensor*> operands) {
+  if (shape.size() == 4) {
+    for (const Tensor* t : operands) {
+      if (t->shape() == shape && t->is_channels_last() && !t->is_contiguous()) {
+        return Tensor::Empty({shape[0], shape[2], shape[3], shape[1]}, dtype, device).Permute({0, 3, 1, 2});
+      }
+    }
+  }
+  return Tensor::Empty(shape, dtype, device);
+}
+
 Tensor UnaryOp(Op op, const Tensor& x) {
   CheckDefined(OpName(op), {&x});
   CheckNotQuantized(OpName(op), x);
   DType dtype = NeedsFloat(op) && !IsFloating(x.dtype()) ? DType::kF32 : x.dtype();
   Tensor in = x.To(dtype);
-  Tensor out = Tensor::Empty(x.shape(), dtype, x.device());
+  Tensor out = EmptyElementwise(x.shape(), dtype, x.device(), {&x});
   Dispatch(op, {&in, 1}, {&out, 1});
   return out;
 }
@@ -96,7 +110,7 @@ std::pair<Shape, DType> BinaryGeometry(Op op, const Tensor& a, const Tensor& b) 
 Tensor BinaryOp(Op op, const Tensor& a, const Tensor& b, bool compare) {
   auto [shape, dtype] = BinaryGeometry(op, a, b);
   Tensor in[2] = {a.To(dtype).Expand(shape), b.To(dtype).Expand(shape)};
-  Tensor out = Tensor::Empty(shape, compare ? DType::kBool : dtype, a.device());
+  Tensor out = EmptyElementwise(shape, compare ? DType::kBool : dtype, a.device(), {&a, &b});
   Dispatch(op, in, {&out, 1});
   return out;
 }
@@ -408,10 +422,15 @@ Tensor Conv2d(const Tensor& input, const Tensor& weight, const Tensor& bias,
     QUANTA_CHECK(input.size(2 + i) + 2 * o.padding[i] >= span, "conv2d: kernel larger than the padded input (", args, ")");
   }
   OpAttrs attrs = ConvAttrs(o);
-  std::vector<Tensor> in = {input.Contiguous(), weight.Contiguous()};
+  // Channels-last input on the CPU stays so, and so does the output (oneDNN's
+  // NHWC convolutions: no reorders around the call).
+  const bool nhwc = input.device().is_cpu() && input.is_channels_last() && !input.is_contiguous();
+  std::vector<Tensor> in = {nhwc ? input : input.Contiguous(), weight.Contiguous()};
   if (bias.defined()) in.push_back(bias.Contiguous());
-  Tensor out = Tensor::Empty({input.size(0), weight.size(0), out_hw[0], out_hw[1]}, input.dtype(),
-                             input.device());
+  Shape y_shape = {input.size(0), weight.size(0), out_hw[0], out_hw[1]};
+  Tensor out = nhwc ? Tensor::Empty({y_shape[0], y_shape[2], y_shape[3], y_shape[1]}, input.dtype(), input.device())
+                          .Permute({0, 3, 1, 2})
+                    : Tensor::Empty(y_shape, input.dtype(), input.device());
   Dispatch(Op::kConv2d, in, {&out, 1}, attrs);
   return out;
 }
@@ -432,8 +451,12 @@ Tensor Conv2dBackwardInput(const Tensor& grad_out, const Tensor& weight, const S
   QUANTA_CHECK(grad_out.dim() == 4 && weight.dim() == 4 && input_shape.size() == 4 &&
                    grad_out.dtype() == weight.dtype(),
                "conv2d_backward_input: bad operands (", grad_out.Describe(), ", ", weight.Describe(), ")");
-  Tensor in[2] = {grad_out.Contiguous(), weight.Contiguous()};
-  Tensor out = Tensor::Empty(input_shape, grad_out.dtype(), grad_out.device());
+  const bool nhwc = grad_out.device().is_cpu() && grad_out.is_channels_last() && !grad_out.is_contiguous();
+  Tensor in[2] = {nhwc ? grad_out : grad_out.Contiguous(), weight.Contiguous()};
+  Tensor out = nhwc ? Tensor::Empty({input_shape[0], input_shape[2], input_shape[3], input_shape[1]}, grad_out.dtype(),
+                                    grad_out.device())
+                          .Permute({0, 3, 1, 2})
+                    : Tensor::Empty(input_shape, grad_out.dtype(), grad_out.device());
   Dispatch(Op::kConv2dBackwardInput, in, {&out, 1}, ConvAttrs(o));
   return out;
 }
@@ -443,7 +466,8 @@ Tensor Conv2dBackwardWeight(const Tensor& grad_out, const Tensor& input, const S
   QUANTA_CHECK(grad_out.dim() == 4 && input.dim() == 4 && weight_shape.size() == 4 &&
                    grad_out.dtype() == input.dtype(),
                "conv2d_backward_weight: bad operands (", grad_out.Describe(), ", ", input.Describe(), ")");
-  Tensor in[2] = {grad_out.Contiguous(), input.Contiguous()};
+  const bool nhwc = input.device().is_cpu() && input.is_channels_last() && !input.is_contiguous();
+  Tensor in[2] = {nhwc ? grad_out.ChannelsLast() : grad_out.Contiguous(), nhwc ? input : input.Contiguous()};
   Tensor out = Tensor::Empty(weight_shape, grad_out.dtype(), grad_out.device());
   Dispatch(Op::kConv2dBackwardWeight, in, {&out, 1}, ConvAttrs(o));
   return out;
@@ -520,9 +544,11 @@ std::array<Tensor, 3> BatchNormTraining(const Tensor& x, const Tensor& weight, c
   CheckBatchNormChannel("batch_norm", x, bias, "bias", x.dtype());
   OpAttrs attrs;
   attrs.scalar = eps;
-  Tensor in[3] = {x.Contiguous(), weight.Contiguous(), bias.Contiguous()};
+  // Channels-last x stays so, and so does y (the kernel's row loops).
+  const bool channels_last = x.is_channels_last() && !x.is_contiguous();
+  Tensor in[3] = {channels_last ? x : x.Contiguous(), weight.Contiguous(), bias.Contiguous()};
   DType stats = BatchNormStatsDType(x.dtype());
-  std::array<Tensor, 3> out = {Tensor::Empty(x.shape(), x.dtype(), x.device()),
+  std::array<Tensor, 3> out = {EmptyElementwise(x.shape(), x.dtype(), x.device(), {&in[0]}),
                                Tensor::Empty({x.size(1)}, stats, x.device()),
                                Tensor::Empty({x.size(1)}, stats, x.device())};
   Dispatch(Op::kBatchNorm, in, out, attrs);
@@ -539,8 +565,10 @@ std::array<Tensor, 3> BatchNormBackward(const Tensor& grad_y, const Tensor& x, c
   CheckBatchNormChannel("batch_norm_backward", x, var, "var", BatchNormStatsDType(x.dtype()));
   OpAttrs attrs;
   attrs.scalar = eps;
-  Tensor in[5] = {grad_y.Contiguous(), x.Contiguous(), weight.Contiguous(), mean.Contiguous(), var.Contiguous()};
-  std::array<Tensor, 3> out = {Tensor::Empty(x.shape(), x.dtype(), x.device()),
+  const bool channels_last = x.is_channels_last() && !x.is_contiguous();
+  Tensor in[5] = {channels_last ? grad_y.ChannelsLast() : grad_y.Contiguous(), channels_last ? x : x.Contiguous(),
+                  weight.Contiguous(), mean.Contiguous(), var.Contiguous()};
+  std::array<Tensor, 3> out = {EmptyElementwise(x.shape(), x.dtype(), x.device(), {&in[1]}),
                                Tensor::Empty({x.size(1)}, x.dtype(), x.device()),
                                Tensor::Empty({x.size(1)}, x.dtype(), x.device())};
   Dispatch(Op::kBatchNormBackward, in, out, attrs);

@@ -153,6 +153,7 @@ struct ConvProblem {
   Dims x_dims, w_dims, y_dims, strides, dilates, padding;
   int64_t groups, out_channels;
   bool bias;
+  bool nhwc = false;  // activations channels-last, handed to the primitive as they are
 
   // Shapes: x (N, C, H, W), w (O, C/G, KH, KW), y (N, O, OH, OW).
   ConvProblem(const Shape& x, const Shape& w, const Shape& y, const OpAttrs& at, bool has_bias, memory::data_type type)
@@ -164,20 +165,24 @@ struct ConvProblem {
   std::string Key(const char* op) const {
     return absl::StrCat(op, "|", GetNumThreads(), "|", static_cast<int>(dt), "|", absl::StrJoin(x_dims, ","), "|",
                         absl::StrJoin(w_dims, ","), "|", bias, "|", absl::StrJoin(strides, ","), "|",
-                        absl::StrJoin(dilates, ","), "|", absl::StrJoin(padding, ","));
+                        absl::StrJoin(dilates, ","), "|", absl::StrJoin(padding, ","), "|", nhwc);
   }
-  memory::desc XPlain() const { return memory::desc(x_dims, dt, memory::format_tag::nchw); }
+  memory::format_tag ActTag() const { return nhwc ? memory::format_tag::nhwc : memory::format_tag::nchw; }
+  memory::desc XPlain() const { return memory::desc(x_dims, dt, ActTag()); }
   memory::desc WPlain() const {
     return memory::desc(w_dims, dt, groups == 1 ? memory::format_tag::oihw : memory::format_tag::goihw);
   }
-  memory::desc YPlain() const { return memory::desc(y_dims, dt, memory::format_tag::nchw); }
+  memory::desc YPlain() const { return memory::desc(y_dims, dt, ActTag()); }
+  // The primitive's activation descriptors: NHWC as is, or "any" (blocked, reordered around the call).
+  memory::desc XWant() const { return nhwc ? XPlain() : Any(x_dims); }
+  memory::desc YWant() const { return nhwc ? YPlain() : Any(y_dims); }
   memory::desc BiasDesc() const {
     return bias ? memory::desc({out_channels}, dt, memory::format_tag::x) : memory::desc();
   }
   memory::desc Any(const Dims& d) const { return memory::desc(d, dt, memory::format_tag::any); }
   dnnl::convolution_forward::primitive_desc Forward() const {
     dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
-                                         Any(x_dims), Any(w_dims), BiasDesc(), Any(y_dims), strides, dilates,
+                                         XWant(), Any(w_dims), BiasDesc(), YWant(), strides, dilates,
                                          padding, padding);
     return dnnl::convolution_forward::primitive_desc(desc, Engine());
   }
@@ -393,6 +398,9 @@ void Execute(const dnnl::primitive& prim, const std::vector<Arg>& args) {
   ExecuteWith(prim, {}, args, stream);
 }
 
+// Channels-last (N, C, H, W) memory that is not also contiguous.
+bool IsNhwc(const Tensor& t) { return t.dim() == 4 && t.is_channels_last() && !t.is_contiguous(); }
+
 bool ConvDtype(const KernelCall& c, memory::data_type* dt) {
   return ToOneDnn(c.in[0].dtype(), dt) && c.out[0].numel() > 0 && c.in[0].numel() > 0 && c.in[1].numel() > 0;
 }
@@ -407,6 +415,7 @@ void OneDnnConv2d(const KernelCall& c) {
   const Tensor &x = c.in[0], &w = c.in[1], &y = c.out[0];
   const Tensor* bias = c.in.size() > 2 ? &c.in[2] : nullptr;
   ConvProblem p(x.shape(), w.shape(), y.shape(), c.attrs, bias != nullptr, dt);
+  p.nhwc = IsNhwc(x) && IsNhwc(y);
   auto entry = ConvPrimitive("conv2d", p.Key("conv"), [&] {
     auto pd = p.Forward();
     return std::make_shared<CachedConv>(
@@ -438,9 +447,10 @@ void OneDnnConv2dBackwardInput(const KernelCall& c) {
   if (!ConvDtype(c, &dt)) return Fallback(c, "a dtype oneDNN's convolution does not take");
   const Tensor &gy = c.in[0], &w = c.in[1], &gx = c.out[0];
   ConvProblem p(gx.shape(), w.shape(), gy.shape(), c.attrs, false, dt);
+  p.nhwc = IsNhwc(gy) && IsNhwc(gx);
   auto entry = ConvPrimitive("conv2d_backward_input", p.Key("conv_bwd_data"), [&] {
-    dnnl::convolution_backward_data::desc desc(dnnl::algorithm::convolution_direct, p.Any(p.x_dims),
-                                               p.Any(p.w_dims), p.Any(p.y_dims), p.strides, p.dilates, p.padding,
+    dnnl::convolution_backward_data::desc desc(dnnl::algorithm::convolution_direct, p.XWant(),
+                                               p.Any(p.w_dims), p.YWant(), p.strides, p.dilates, p.padding,
                                                p.padding);
     auto pd = dnnl::convolution_backward_data::primitive_desc(desc, Engine(), p.Forward());
     return std::make_shared<CachedConv>(CachedConv{dnnl::convolution_backward_data(pd),
@@ -459,9 +469,10 @@ void OneDnnConv2dBackwardWeight(const KernelCall& c) {
   if (!ConvDtype(c, &dt)) return Fallback(c, "a dtype oneDNN's convolution does not take");
   const Tensor &gy = c.in[0], &x = c.in[1], &gw = c.out[0];
   ConvProblem p(x.shape(), gw.shape(), gy.shape(), c.attrs, false, dt);
+  p.nhwc = IsNhwc(gy) && IsNhwc(x);
   auto entry = ConvPrimitive("conv2d_backward_weight", p.Key("conv_bwd_weights"), [&] {
-    dnnl::convolution_backward_weights::desc desc(dnnl::algorithm::convolution_direct, p.Any(p.x_dims),
-                                                  p.Any(p.w_dims), p.Any(p.y_dims), p.strides, p.dilates,
+    dnnl::convolution_backward_weights::desc desc(dnnl::algorithm::convolution_direct, p.XWant(),
+                                                  p.Any(p.w_dims), p.YWant(), p.strides, p.dilates,
                                                   p.padding, p.padding);
     auto pd = dnnl::convolution_backward_weights::primitive_desc(desc, Engine(), p.Forward());
     return std::make_shared<CachedConv>(CachedConv{dnnl::convolution_backward_weights(pd),

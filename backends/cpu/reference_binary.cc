@@ -38,7 +38,7 @@ void BinaryKernel(const KernelCall& c) {
           yp[j * s[0]] = Convert<Out>(Fn{}(Convert<C>(ap[j * s[1]]), Convert<C>(bp[j * s[2]])));
         }
       }
-    });
+    }, 32768, /*serial=*/false, /*memory_order=*/true);
   });
 }
 

@@ -47,7 +47,27 @@ void MatmulKernel(const KernelCall& c) {
 
 // x (N, C, H, W), w (O, C/G, KH, KW), optional bias (O); all contiguous.
 // y (N, O, OH, OW).
+// The convolution loops below index contiguous (N, C, H, W) tensors; channels-
+// last operands (a channels-last network's activations) go through contiguous
+// copies. True when it ran `kernel` so.
+bool RanContiguous(const KernelCall& c, void (*kernel)(const KernelCall&)) {
+  bool strided = false;
+  for (const Tensor& t : c.in) strided = strided || (t.defined() && !t.is_contiguous());
+  for (const Tensor& t : c.out) strided = strided || (t.defined() && !t.is_contiguous());
+  if (!strided) return false;
+  std::vector<Tensor> in, out;
+  for (const Tensor& t : c.in) in.push_back(t.Contiguous());
+  for (const Tensor& t : c.out) out.push_back(Tensor::Empty(t.shape(), t.dtype(), t.device()));
+  kernel(KernelCall{c.op, in, out, c.attrs});
+  for (size_t i = 0; i < out.size(); ++i) {
+    Tensor target = c.out[i];
+    target.CopyFrom(out[i]);
+  }
+  return true;
+}
+
 void Conv2dKernel(const KernelCall& c) {
+  if (RanContiguous(c, &Conv2dKernel)) return;
   const Tensor& x = c.in[0];
   const Tensor& w = c.in[1];
   const Tensor* bias = c.in.size() > 2 ? &c.in[2] : nullptr;
@@ -91,6 +111,7 @@ void Conv2dKernel(const KernelCall& c) {
 // grad_out (N, O, OH, OW), w (O, C/G, KH, KW) -> grad_in (N, C, H, W): the
 // transpose of Conv2dKernel's loop, accumulating per input element.
 void Conv2dBackwardInputKernel(const KernelCall& c) {
+  if (RanContiguous(c, &Conv2dBackwardInputKernel)) return;
   const Tensor& gy = c.in[0];
   const Tensor& w = c.in[1];
   const Tensor& gx = c.out[0];
@@ -132,6 +153,7 @@ void Conv2dBackwardInputKernel(const KernelCall& c) {
 
 // grad_out (N, O, OH, OW), x (N, C, H, W) -> grad_w (O, C/G, KH, KW).
 void Conv2dBackwardWeightKernel(const KernelCall& c) {
+  if (RanContiguous(c, &Conv2dBackwardWeightKernel)) return;
   const Tensor& gy = c.in[0];
   const Tensor& x = c.in[1];
   const Tensor& gw = c.out[0];

@@ -13,6 +13,8 @@
 #include <cmath>
 #include <type_traits>
 #include <array>
+#include <algorithm>
+#include <vector>
 
 #include "backends/cpu/reference_common.h"
 
@@ -59,6 +61,38 @@ void VisitFloatingWithStats(const KernelCall& c, DType dtype, F&& f) {
   });
 }
 
+// Channels-last (rows of C values, R = N * H * W rows): per-channel sums of
+// each f over fixed chunks of rows (the same chunks at any thread count),
+// combined in chunk order; f(row, channel).
+template <typename... F>
+std::vector<std::array<double, sizeof...(F)>> SumRows(int64_t R, int64_t C, F&&... f) {
+  constexpr int64_t kChunk = 256;
+  const int64_t chunks = (R + kChunk - 1) / kChunk;
+  std::vector<double> part(static_cast<size_t>(chunks * C * sizeof...(F)), 0.0);
+  ParallelFor(0, chunks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t k = b; k < e; ++k) {
+      double* acc = part.data() + k * C * sizeof...(F);
+      for (int64_t r = k * kChunk; r < std::min(R, (k + 1) * kChunk); ++r) {
+        size_t which = 0;
+        ((([&] {
+           double* a = acc + which * C;
+           for (int64_t c = 0; c < C; ++c) a[c] += f(r, c);
+         })(), ++which), ...);
+      }
+    }
+  });
+  std::vector<std::array<double, sizeof...(F)>> total(C);
+  for (int64_t k = 0; k < chunks; ++k) {
+    for (size_t which = 0; which < sizeof...(F); ++which) {
+      const double* a = part.data() + (k * sizeof...(F) + which) * C;
+      for (int64_t c = 0; c < C; ++c) total[c][which] += a[c];
+    }
+  }
+  return total;
+}
+
+bool ChannelsLast(const Tensor& x) { return x.is_channels_last() && !x.is_contiguous(); }
+
 // in: x (N, C, H, W), weight (C), bias (C), all contiguous; attrs.scalar: eps.
 // out: y (like x), mean (C), biased variance (C).
 void BatchNormKernel(const KernelCall& c) {
@@ -71,6 +105,35 @@ void BatchNormKernel(const KernelCall& c) {
     const T *wp = static_cast<const T*>(w.raw_data()), *bp = static_cast<const T*>(b.raw_data());
     T* yp = static_cast<T*>(c.out[0].raw_data());
     S *mp = static_cast<S*>(c.out[1].raw_data()), *vp = static_cast<S*>(c.out[2].raw_data());
+    if (ChannelsLast(x)) {  // x and y (N, H, W, C) in memory
+      const int64_t R = N * HW;
+      std::vector<double> pivot(C);
+      for (int64_t ch = 0; ch < C; ++ch) pivot[ch] = static_cast<double>(Convert<K>(xp[ch]));
+      auto sums = SumRows(
+          R, C, [&](int64_t r, int64_t ch) { return static_cast<double>(Convert<K>(xp[r * C + ch])) - pivot[ch]; },
+          [&](int64_t r, int64_t ch) {
+            double d = static_cast<double>(Convert<K>(xp[r * C + ch])) - pivot[ch];
+            return d * d;
+          });
+      std::vector<K> m(C), scale(C), shift(C);
+      for (int64_t ch = 0; ch < C; ++ch) {
+        const double mean_d = sums[ch][0] / count, mean = pivot[ch] + mean_d;
+        const double var = std::max(0.0, sums[ch][1] / count - mean_d * mean_d);
+        mp[ch] = static_cast<S>(mean);
+        vp[ch] = static_cast<S>(var);
+        m[ch] = static_cast<K>(mean);
+        scale[ch] = static_cast<K>(static_cast<double>(Convert<K>(wp[ch])) / std::sqrt(var + eps));
+        shift[ch] = Convert<K>(bp[ch]);
+      }
+      ParallelFor(0, R, 64, [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          const T* xr = xp + r * C;
+          T* yr = yp + r * C;
+          for (int64_t ch = 0; ch < C; ++ch) yr[ch] = Convert<T>((Convert<K>(xr[ch]) - m[ch]) * scale[ch] + shift[ch]);
+        }
+      });
+      return;
+    }
     ParallelFor(0, C, 1, [&](int64_t begin, int64_t end) {
       for (int64_t ch = begin; ch < end; ++ch) {
         // One pass for both moments, about a pivot (the channel's first value):
@@ -119,6 +182,37 @@ void BatchNormBackwardKernel(const KernelCall& c) {
     const S *mp = static_cast<const S*>(mean.raw_data()), *vp = static_cast<const S*>(var.raw_data());
     T* gxp = static_cast<T*>(c.out[0].raw_data());
     T *gwp = static_cast<T*>(c.out[1].raw_data()), *gbp = static_cast<T*>(c.out[2].raw_data());
+    if (ChannelsLast(x)) {  // grad_y, x and grad_x (N, H, W, C) in memory
+      const int64_t R = N * HW;
+      auto sums = SumRows(
+          R, C, [&](int64_t r, int64_t ch) { return static_cast<double>(Convert<K>(gp[r * C + ch])); },
+          [&](int64_t r, int64_t ch) {
+            return static_cast<double>(Convert<K>(gp[r * C + ch])) *
+                   (static_cast<double>(Convert<K>(xp[r * C + ch])) - static_cast<double>(mp[ch]));
+          });
+      std::vector<K> k1(C), k2(C), k3(C), m(C);
+      for (int64_t ch = 0; ch < C; ++ch) {
+        const double mu = static_cast<double>(mp[ch]);
+        const double invstd = 1 / std::sqrt(static_cast<double>(vp[ch]) + eps);
+        const double gw = sums[ch][1] * invstd;
+        gbp[ch] = Convert<T>(static_cast<K>(sums[ch][0]));
+        gwp[ch] = Convert<T>(static_cast<K>(gw));
+        const double wi = static_cast<double>(Convert<K>(wp[ch])) * invstd;
+        k1[ch] = static_cast<K>(wi);
+        k2[ch] = static_cast<K>(-wi * invstd * gw / count);
+        k3[ch] = static_cast<K>(-wi * sums[ch][0] / count);
+        m[ch] = static_cast<K>(mu);
+      }
+      ParallelFor(0, R, 64, [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          for (int64_t ch = 0; ch < C; ++ch) {
+            const int64_t i = r * C + ch;
+            gxp[i] = Convert<T>(k1[ch] * Convert<K>(gp[i]) + k2[ch] * (Convert<K>(xp[i]) - m[ch]) + k3[ch]);
+          }
+        }
+      });
+      return;
+    }
     ParallelFor(0, C, 1, [&](int64_t begin, int64_t end) {
       for (int64_t ch = begin; ch < end; ++ch) {
         const double mu = static_cast<double>(mp[ch]);

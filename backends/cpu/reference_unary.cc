@@ -32,7 +32,7 @@ void UnaryKernel(const KernelCall& c) {
       } else {
         for (int64_t j = 0; j < n; ++j) yp[j * s[0]] = Convert<T>(Fn{}(Convert<Compute<T>>(xp[j * s[1]])));
       }
-    });
+    }, 32768, /*serial=*/false, /*memory_order=*/true);
   });
 }
 

@@ -53,9 +53,19 @@ struct LoopGeometry {
   std::vector<std::array<int64_t, N>> strides;  // per dim, per operand
   std::array<int64_t, N> offsets;
 
-  LoopGeometry(const Shape& shape, const std::array<const Tensor*, N>& tensors) {
+  // memory_order: visit dims in operand 0's memory order (its strides, largest
+  // first) rather than the logical one, so that channels-last operands of an
+  // elementwise op merge into long dense runs. Only for kernels that do not care
+  // in which order elements come (not reductions: argmax counts them).
+  LoopGeometry(const Shape& shape, const std::array<const Tensor*, N>& tensors, bool memory_order = false) {
     for (int k = 0; k < N; ++k) offsets[k] = tensors[k]->offset();
-    for (size_t d = 0; d < shape.size(); ++d) {
+    std::vector<size_t> order(shape.size());
+    for (size_t d = 0; d < shape.size(); ++d) order[d] = d;
+    if (memory_order) {
+      const Strides& s0 = tensors[0]->strides();
+      std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return s0[a] > s0[b]; });
+    }
+    for (size_t d : order) {
       if (shape[d] == 1) continue;
       std::array<int64_t, N> st;
       for (int k = 0; k < N; ++k) st[k] = tensors[k]->strides()[d];
@@ -85,10 +95,10 @@ struct LoopGeometry {
 // stride 0) as plain loops the compiler vectorizes (Note [Dense runs]).
 template <int N, typename F>
 void ForEachRunStrided(const Shape& shape, const std::array<const Tensor*, N>& tensors, F&& f,
-                       int64_t grain = 32768, bool serial = false) {
+                       int64_t grain = 32768, bool serial = false, bool memory_order = false) {
   int64_t numel = NumElements(shape);
   if (numel == 0) return;
-  const LoopGeometry<N> g(shape, tensors);
+  const LoopGeometry<N> g(shape, tensors, memory_order);
   const int rank = static_cast<int>(g.sizes.size());
   const int64_t inner = g.sizes[rank - 1];
   const std::array<int64_t, N> inner_stride = g.strides[rank - 1];

@@ -98,6 +98,39 @@ TEST(OneDnn, Conv2dMatchesReference) {
   }
 }
 
+// Channels-last activations run oneDNN's NHWC convolutions (no reorders) and
+// stay channels-last: forward, backward-input and backward-weight equal the
+// NCHW path's and the reference's (which runs them through contiguous copies),
+// and oneDNN took every case.
+TEST(OneDnn, ChannelsLastConvolutionsMatchNchw) {
+  Generator gen(3);
+  Backend& cpu = GetBackend(Device::Cpu());
+  cpu.ResetFallbackCounts();
+  for (int64_t stride : {1, 2}) {
+    Tensor x = Normal({4, 16, 10, 10}, 0, 1, &gen), w = Normal({24, 16, 3, 3}, 0, 0.3, &gen), b = Normal({24}, 0, 1, &gen);
+    Conv2dOptions o;
+    o.stride[0] = o.stride[1] = stride;
+    o.padding[0] = o.padding[1] = 1;
+    Tensor xc = x.ChannelsLast();
+    Tensor y = Conv2d(xc, w, b, o);
+    EXPECT_TRUE(y.is_channels_last() && !y.is_contiguous());
+    EXPECT_LE(NormalizedMse(y, Conv2d(x, w, b, o)), Tolerance(DType::kF32));
+    ExpectMatchesReference([&] { return Conv2d(xc, w, b, o); }, DType::kF32, "channels-last forward");
+    Tensor gy = Normal(y.shape(), 0, 1, &gen), gyc = gy.ChannelsLast();
+    Tensor gx = Conv2dBackwardInput(gyc, w, x.shape(), o);
+    EXPECT_TRUE(gx.is_channels_last() && !gx.is_contiguous());
+    EXPECT_LE(NormalizedMse(gx, Conv2dBackwardInput(gy, w, x.shape(), o)), Tolerance(DType::kF32));
+    ExpectMatchesReference([&] { return Conv2dBackwardInput(gyc, w, x.shape(), o); }, DType::kF32, "channels-last backward input");
+    EXPECT_LE(NormalizedMse(Conv2dBackwardWeight(gyc, xc, w.shape(), o), Conv2dBackwardWeight(gy, x, w.shape(), o)),
+              Tolerance(DType::kF32));
+    ExpectMatchesReference([&] { return Conv2dBackwardWeight(gyc, xc, w.shape(), o); }, DType::kF32,
+                           "channels-last backward weight");
+  }
+  for (Op op : {Op::kConv2d, Op::kConv2dBackwardInput, Op::kConv2dBackwardWeight}) {
+    EXPECT_EQ(cpu.FallbackCount(op), 0) << OpName(op);
+  }
+}
+
 // Note [No silent slow path] in core/backend.h: an int8 test holds the fast
 // path to the reference only if the fast path ran. Checked when it ends.
 class ExpectFastPath {

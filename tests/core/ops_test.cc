@@ -474,6 +474,22 @@ TEST(Ops, BatchNormTrainingAndBackward) {
   EXPECT_THROW(BatchNormTraining(F({1, 2}, {1, 2, 1, 1}), w, b, 1e-5), Error);  // one value per channel
 }
 
+// Channels-last batch norm (rows of C) against the contiguous kernel: the
+// same statistics, outputs and gradients to rounding, and channels-last out.
+TEST(Ops, BatchNormChannelsLastMatchesContiguous) {
+  Generator gen(14);
+  Tensor x = Add(Mul(Normal({6, 5, 7, 9}, 0, 1, &gen), 2.0), 3.0);
+  Tensor w = Normal({5}, 1, 0.3, &gen), b = Normal({5}, 0, 0.3, &gen), gy = Normal({6, 5, 7, 9}, 0, 1, &gen);
+  std::array<Tensor, 3> want = BatchNormTraining(x, w, b, 1e-3);
+  std::array<Tensor, 3> got = BatchNormTraining(x.ChannelsLast(), w, b, 1e-3);
+  EXPECT_TRUE(got[0].is_channels_last() && !got[0].is_contiguous());
+  for (int i = 0; i < 3; ++i) ExpectClose(got[i], want[i].ToVector<double>(), 1e-5, 1e-5);
+  std::array<Tensor, 3> gwant = BatchNormBackward(gy, x, w, want[1], want[2], 1e-3);
+  std::array<Tensor, 3> ggot = BatchNormBackward(gy, x.ChannelsLast(), w, want[1], want[2], 1e-3);
+  EXPECT_TRUE(ggot[0].is_channels_last() && !ggot[0].is_contiguous());
+  for (int i = 0; i < 3; ++i) ExpectClose(ggot[i], gwant[i].ToVector<double>(), 1e-4, 1e-5);
+}
+
 // The one-pass moments (Note [Fused batch norm]) on a channel whose mean is a
 // million times its spread: the variance to f32 precision against the two-pass
 // variance in f64 (core's Var), where E[x^2] - E[x]^2 would lose every digit.
