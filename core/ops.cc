@@ -544,8 +544,9 @@ std::array<Tensor, 3> BatchNormTraining(const Tensor& x, const Tensor& weight, c
   CheckBatchNormChannel("batch_norm", x, bias, "bias", x.dtype());
   OpAttrs attrs;
   attrs.scalar = eps;
-  // Channels-last x stays so, and so does y (the kernel's row loops).
-  const bool channels_last = x.is_channels_last() && !x.is_contiguous();
+  // Channels-last x on the CPU stays so, and so does y (the kernel's row loops;
+  // the CUDA kernel reads contiguous planes).
+  const bool channels_last = x.device().is_cpu() && x.is_channels_last() && !x.is_contiguous();
   Tensor in[3] = {channels_last ? x : x.Contiguous(), weight.Contiguous(), bias.Contiguous()};
   DType stats = BatchNormStatsDType(x.dtype());
   std::array<Tensor, 3> out = {EmptyElementwise(x.shape(), x.dtype(), x.device(), {&in[0]}),
@@ -565,7 +566,7 @@ std::array<Tensor, 3> BatchNormBackward(const Tensor& grad_y, const Tensor& x, c
   CheckBatchNormChannel("batch_norm_backward", x, var, "var", BatchNormStatsDType(x.dtype()));
   OpAttrs attrs;
   attrs.scalar = eps;
-  const bool channels_last = x.is_channels_last() && !x.is_contiguous();
+  const bool channels_last = x.device().is_cpu() && x.is_channels_last() && !x.is_contiguous();
   Tensor in[5] = {channels_last ? grad_y.ChannelsLast() : grad_y.Contiguous(), channels_last ? x : x.Contiguous(),
                   weight.Contiguous(), mean.Contiguous(), var.Contiguous()};
   std::array<Tensor, 3> out = {EmptyElementwise(x.shape(), x.dtype(), x.device(), {&in[1]}),
