@@ -18,7 +18,8 @@ ABSL_FLAG(int, batch, 128, "images per step");
 ABSL_FLAG(int, steps, 6, "timed steps per thread count (after one warm-up step)");
 ABSL_FLAG(int, depth, 20, "ResNet depth (6n + 2)");
 ABSL_FLAG(bool, bf16, false, "run matmul and convolution under bf16 autocast");
-ABSL_FLAG(bool, channels_last, false, "feed channels-last images (the network then runs channels-last)");
+ABSL_FLAG(bool, channels_last, true,
+          "feed channels-last images, so the network runs channels-last (oneDNN's NHWC convolutions); false: NCHW");
 
 namespace quanta {
 namespace {
@@ -44,8 +45,9 @@ int main(int argc, char** argv) {
   std::vector<int64_t> label_values(batch);
   for (int i = 0; i < batch; ++i) label_values[i] = (i * 37) % 100;
   Tensor labels = Tensor::FromVector<int64_t>(label_values, {batch});
-  std::printf("ResNet-%d (CIFAR, 100 classes): %lld parameters, batch %d, %s\n", absl::GetFlag(FLAGS_depth),
-              static_cast<long long>(net->NumParameters()), batch, absl::GetFlag(FLAGS_bf16) ? "bf16 autocast" : "f32");
+  std::printf("ResNet-%d (CIFAR, 100 classes): %lld parameters, batch %d, %s, %s\n", absl::GetFlag(FLAGS_depth),
+              static_cast<long long>(net->NumParameters()), batch, absl::GetFlag(FLAGS_bf16) ? "bf16 autocast" : "f32",
+              absl::GetFlag(FLAGS_channels_last) ? "channels-last" : "NCHW");
   for (int threads : {1, 2}) {
     SetNumThreads(threads);
     std::vector<double> seconds;

@@ -20,6 +20,7 @@
 ABSL_FLAG(int, threads, 2, "threads");
 ABSL_FLAG(int, steps, 6, "timed ResNet-20 steps per configuration (after three warm-up rounds)");
 ABSL_FLAG(int, batch, 128, "ResNet-20 batch");
+ABSL_FLAG(bool, channels_last, true, "ResNet-20 steps on channels-last images (as bench_nn); false: NCHW");
 ABSL_FLAG(bool, compare, true, "also compare PTQ and QAT methods at W4A4 on a synthetic task");
 
 namespace quanta {
@@ -64,6 +65,7 @@ std::vector<StepConfig> StepSeconds(const std::vector<std::string>& policies, in
   }
   Generator gen(0);
   Tensor images = Normal({batch, 3, 32, 32}, 0, 1, &gen);
+  if (absl::GetFlag(FLAGS_channels_last)) images = images.ChannelsLast();
   std::vector<int64_t> l(batch);
   for (int i = 0; i < batch; ++i) l[i] = (i * 37) % 100;
   Tensor labels = Tensor::FromVector<int64_t>(l, {batch});
@@ -168,7 +170,8 @@ int main(int argc, char** argv) {
       StepSeconds({"", "default 8 8 ema", "default 4 4 ema", "default 4 4 ewgs", "default 4 4 lsq"}, steps, batch);
   auto median = [](const StepConfig& c) { return c.seconds[c.seconds.size() / 2]; };
   const double f32 = median(configs[0]);
-  std::printf("ResNet-20 batch %d step: f32 %.3f s (steps interleaved with the QAT ones below; medians)\n", batch, f32);
+  std::printf("ResNet-20 batch %d, %s, step: f32 %.3f s (steps interleaved with the QAT ones below; medians)\n", batch,
+              absl::GetFlag(FLAGS_channels_last) ? "channels-last" : "NCHW", f32);
   for (size_t i = 1; i < configs.size(); ++i) {
     double q = median(configs[i]);
     std::printf("  QAT %-18s %.3f s  = %.2fx f32 (target <= 1.15x)\n", configs[i].name.c_str(), q, q / f32);

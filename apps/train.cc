@@ -38,6 +38,9 @@ ABSL_FLAG(bool, augment, true, "random crop and horizontal flip");
 ABSL_FLAG(uint64_t, seed, 0, "seed (initialization, shuffling, augmentation)");
 ABSL_FLAG(int, threads, 0, "compute threads (0: $OMP_NUM_THREADS if set, else one per core)");
 ABSL_FLAG(int, workers, 2, "data loader threads");
+ABSL_FLAG(bool, channels_last, true,
+          "on the CPU, feed channels-last batches so the network runs channels-last (oneDNN's NHWC convolutions, "
+          "faster); false: NCHW. Results agree up to rounding (the convolutions sum in another order)");
 ABSL_FLAG(std::string, quant, "none", "none | ptq | qat");
 ABSL_FLAG(int, wbits, 8, "weight bits (2..8)");
 ABSL_FLAG(int, abits, 8, "activation bits (2..8)");
@@ -113,6 +116,7 @@ int main(int argc, char** argv) {
   c.seed = absl::GetFlag(FLAGS_seed);
   c.threads = absl::GetFlag(FLAGS_threads);
   c.workers = absl::GetFlag(FLAGS_workers);
+  c.channels_last = absl::GetFlag(FLAGS_channels_last);
   c.quant = absl::GetFlag(FLAGS_quant);
   c.wbits = absl::GetFlag(FLAGS_wbits);
   c.abits = absl::GetFlag(FLAGS_abits);

@@ -307,6 +307,7 @@ std::string CommandLine(const TrainConfig& c, const std::string& program) {
   add(c.schedule != d.schedule, "--schedule=" + c.schedule);
   add(c.schedule == "cosine" && c.warmup_epochs != d.warmup_epochs, absl::StrCat("--warmup_epochs=", c.warmup_epochs));
   add(c.augment != d.augment, absl::StrCat("--augment=", c.augment ? "true" : "false"));
+  add(c.channels_last != d.channels_last, absl::StrCat("--channels_last=", c.channels_last ? "true" : "false"));
   add(true, absl::StrCat("--seed=", c.seed));
   add(c.quant != d.quant, "--quant=" + c.quant);
   add(c.quant != "none" && c.policy_file.empty(),
@@ -495,12 +496,16 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log_
   }
   train_tf.push_back(data::Normalize(d.mean, d.std));
   auto test_tf = data::Compose({data::ToTensor(), data::Normalize(d.mean, d.std)});
+  // Channels-last batches on the CPU only: the CUDA kernels read NCHW.
+  const bool channels_last = c.channels_last && dev.is_cpu();
   data::DataLoader train_loader(d.train, data::Compose(train_tf),
                                 {.batch_size = c.batch, .shuffle = true, .seed = c.seed, .drop_last = true,
-                                 .workers = c.workers, .device = dev, .num_shards = num_shards, .shard = shard});
-  data::DataLoader test_loader(d.test, test_tf, {.batch_size = 256, .shuffle = false, .workers = c.workers, .device = dev});
+                                 .workers = c.workers, .device = dev, .channels_last = channels_last,
+                                 .num_shards = num_shards, .shard = shard});
+  data::DataLoader test_loader(d.test, test_tf, {.batch_size = 256, .shuffle = false, .workers = c.workers, .device = dev,
+                                                 .channels_last = channels_last});
   data::DataLoader calib_loader(d.train, test_tf, {.batch_size = c.batch, .shuffle = true, .seed = c.seed + 1,
-                                                   .workers = c.workers, .device = dev});
+                                                   .workers = c.workers, .device = dev, .channels_last = channels_last});
 
   Generator gen(c.seed);
   std::shared_ptr<nn::Layer> net;

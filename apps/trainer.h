@@ -58,6 +58,7 @@ struct TrainConfig {
   std::vector<int> progressive;   // e.g. {8, 6, 4}: bits step down over the epochs
   std::string amp;                // "" | bf16
   std::string device = "cpu";     // cpu | cuda | cuda:N
+  bool channels_last = true;      // on the CPU, batches (and so the network) channels-last
   std::string checkpoint_dir;     // "" : no checkpoints
   std::string export_onnx;        // "" : no ONNX file; else the converted model, QDQ, batch symbolic
   bool resume = false;

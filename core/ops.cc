@@ -57,7 +57,7 @@ Tensor ScalarLike(const Tensor& like, double value) {
 Tensor EmptyElementwise(const Shape& shape, DType dtype, const Device& device, std::initializer_list<const Tensor*> operands) {
   if (shape.size() == 4) {
     for (const Tensor* t : operands) {
-      if (t->shape() == shape && t->is_channels_last() && !t->is_contiguous()) {
+      if (t->shape() == shape && t->suggests_channels_last()) {
         return Tensor::Empty({shape[0], shape[2], shape[3], shape[1]}, dtype, device).Permute({0, 3, 1, 2});
       }
     }
@@ -424,7 +424,7 @@ Tensor Conv2d(const Tensor& input, const Tensor& weight, const Tensor& bias,
   OpAttrs attrs = ConvAttrs(o);
   // Channels-last input on the CPU stays so, and so does the output (oneDNN's
   // NHWC convolutions: no reorders around the call).
-  const bool nhwc = input.device().is_cpu() && input.is_channels_last() && !input.is_contiguous();
+  const bool nhwc = input.device().is_cpu() && input.suggests_channels_last();
   std::vector<Tensor> in = {nhwc ? input : input.Contiguous(), weight.Contiguous()};
   if (bias.defined()) in.push_back(bias.Contiguous());
   Shape y_shape = {input.size(0), weight.size(0), out_hw[0], out_hw[1]};
@@ -451,7 +451,7 @@ Tensor Conv2dBackwardInput(const Tensor& grad_out, const Tensor& weight, const S
   QUANTA_CHECK(grad_out.dim() == 4 && weight.dim() == 4 && input_shape.size() == 4 &&
                    grad_out.dtype() == weight.dtype(),
                "conv2d_backward_input: bad operands (", grad_out.Describe(), ", ", weight.Describe(), ")");
-  const bool nhwc = grad_out.device().is_cpu() && grad_out.is_channels_last() && !grad_out.is_contiguous();
+  const bool nhwc = grad_out.device().is_cpu() && grad_out.suggests_channels_last();
   Tensor in[2] = {nhwc ? grad_out : grad_out.Contiguous(), weight.Contiguous()};
   Tensor out = nhwc ? Tensor::Empty({input_shape[0], input_shape[2], input_shape[3], input_shape[1]}, grad_out.dtype(),
                                     grad_out.device())
@@ -466,7 +466,7 @@ Tensor Conv2dBackwardWeight(const Tensor& grad_out, const Tensor& input, const S
   QUANTA_CHECK(grad_out.dim() == 4 && input.dim() == 4 && weight_shape.size() == 4 &&
                    grad_out.dtype() == input.dtype(),
                "conv2d_backward_weight: bad operands (", grad_out.Describe(), ", ", input.Describe(), ")");
-  const bool nhwc = input.device().is_cpu() && input.is_channels_last() && !input.is_contiguous();
+  const bool nhwc = input.device().is_cpu() && input.suggests_channels_last();
   Tensor in[2] = {nhwc ? grad_out.ChannelsLast() : grad_out.Contiguous(), nhwc ? input : input.Contiguous()};
   Tensor out = Tensor::Empty(weight_shape, grad_out.dtype(), grad_out.device());
   Dispatch(Op::kConv2dBackwardWeight, in, {&out, 1}, ConvAttrs(o));
@@ -496,7 +496,7 @@ Tensor MaxPool2d(const Tensor& x, const Pool2dOptions& o) {
   }
   Shape shape = {x.size(0), x.size(1), out_hw[0], out_hw[1]};
   // Channels-last input stays so (and so does the output): no layout change.
-  bool channels_last = x.is_channels_last() && !x.is_contiguous();
+  bool channels_last = x.suggests_channels_last();
   Tensor in = channels_last ? x : x.Contiguous();
   Shape alloc = channels_last ? Shape{shape[0], shape[2], shape[3], shape[1]} : shape;
   // The argmax is only read by the backward: in inference it is not computed
@@ -546,7 +546,7 @@ std::array<Tensor, 3> BatchNormTraining(const Tensor& x, const Tensor& weight, c
   attrs.scalar = eps;
   // Channels-last x on the CPU stays so, and so does y (the kernel's row loops;
   // the CUDA kernel reads contiguous planes).
-  const bool channels_last = x.device().is_cpu() && x.is_channels_last() && !x.is_contiguous();
+  const bool channels_last = x.device().is_cpu() && x.suggests_channels_last();
   Tensor in[3] = {channels_last ? x : x.Contiguous(), weight.Contiguous(), bias.Contiguous()};
   DType stats = BatchNormStatsDType(x.dtype());
   std::array<Tensor, 3> out = {EmptyElementwise(x.shape(), x.dtype(), x.device(), {&in[0]}),
@@ -566,7 +566,7 @@ std::array<Tensor, 3> BatchNormBackward(const Tensor& grad_y, const Tensor& x, c
   CheckBatchNormChannel("batch_norm_backward", x, var, "var", BatchNormStatsDType(x.dtype()));
   OpAttrs attrs;
   attrs.scalar = eps;
-  const bool channels_last = x.device().is_cpu() && x.is_channels_last() && !x.is_contiguous();
+  const bool channels_last = x.device().is_cpu() && x.suggests_channels_last();
   Tensor in[5] = {channels_last ? grad_y.ChannelsLast() : grad_y.Contiguous(), channels_last ? x : x.Contiguous(),
                   weight.Contiguous(), mean.Contiguous(), var.Contiguous()};
   std::array<Tensor, 3> out = {EmptyElementwise(x.shape(), x.dtype(), x.device(), {&in[1]}),
@@ -670,7 +670,7 @@ Tensor FakeQuantize(const Tensor& x, const Tensor& scale, const Tensor& zero_poi
     return (x.dim() == 0 ? c.View({}) : c.View(along)).Expand(x.shape());
   };
   Tensor in[3] = {x, spread(scale), spread(zero_point)};
-  Tensor out = Tensor::Empty(x.shape(), x.dtype(), x.device());
+  Tensor out = EmptyElementwise(x.shape(), x.dtype(), x.device(), {&x});  // channels-last stays so
   Dispatch(Op::kFakeQuantize, in, {&out, 1}, attrs);
   return out;
 }
@@ -686,7 +686,7 @@ std::array<Tensor, 3> FakeQuantizeBackward(const Tensor& grad, const Tensor& x, 
   QUANTA_CHECK(needed[0] || needed[1] || needed[2], "fake_quantize_backward: no gradient asked for");
   std::array<Tensor, 3> out;
   for (int i = 0; i < 3; ++i) {
-    if (needed[i]) out[i] = Tensor::Empty(x.shape(), x.dtype(), x.device());
+    if (needed[i]) out[i] = EmptyElementwise(x.shape(), x.dtype(), x.device(), {&x});  // x's layout
   }
   // Kernels skip the outputs left undefined.
   Dispatch(Op::kFakeQuantizeBackward, in, out, attrs);

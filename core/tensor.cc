@@ -452,9 +452,17 @@ bool Tensor::is_channels_last() const {
   return true;
 }
 
+bool Tensor::suggests_channels_last() const {
+  if (!is_channels_last()) return false;
+  if (!is_contiguous()) return true;
+  return shape_[1] == 1 && strides_[1] == 1 && shape_[2] * shape_[3] > 1;
+}
+
 Tensor Tensor::ChannelsLast() const {
   QUANTA_CHECK(dim() == 4, "channels_last: needs (N, C, H, W), got ", Describe());
-  if (is_channels_last()) return *this;
+  if (suggests_channels_last() || (is_channels_last() && (shape_[1] != 1 || shape_[2] * shape_[3] == 1))) return *this;
+  // One channel: the same memory either way; the channel stride of 1 marks it.
+  if (shape_[1] == 1 && is_contiguous()) return View({shape_[0], shape_[2], shape_[3], 1}).Permute({0, 3, 1, 2});
   return Permute({0, 2, 3, 1}).Contiguous().Permute({0, 3, 1, 2});
 }
 

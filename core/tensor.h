@@ -69,6 +69,12 @@ class Tensor {
   // 4-D with memory in (N, H, W, C) order: what int8 convolutions read and write
   // without a layout change.
   bool is_channels_last() const;
+  // Channels-last memory that asks for channels-last results (PyTorch's
+  // suggest_memory_format): channels-last and not contiguous, or, with one
+  // channel (where both hold), a channel stride of 1 as ChannelsLast() gives it.
+  // Convolutions, batch norm and elementwise ops on the CPU keep such inputs
+  // channels-last.
+  bool suggests_channels_last() const;
   bool is_quantized() const { return IsQuantized(dtype_); }
   const QuantParams& qparams() const;  // throws unless quantized
   const std::shared_ptr<Storage>& storage() const { return storage_; }

@@ -79,7 +79,17 @@ Batch DataLoader::MakeBatch(const std::vector<int64_t>& order, int64_t b, uint64
   }
   const Sample& first = samples.at(0);
   int64_t B = static_cast<int64_t>(samples.size());
-  if (first.is_float) {
+  if (first.is_float && options_.channels_last) {
+    const int64_t C = first.c, HW = first.h * first.w;
+    Tensor nhwc = Tensor::Empty({B, first.h, first.w, C});
+    float* p = nhwc.data<float>();
+    for (const Sample& s : samples) {
+      for (int64_t i = 0; i < HW; ++i) {
+        for (int64_t ch = 0; ch < C; ++ch) *p++ = s.chw[ch * HW + i];
+      }
+    }
+    batch.data = nhwc.Permute({0, 3, 1, 2});
+  } else if (first.is_float) {
     batch.data = Tensor::Empty({B, first.c, first.h, first.w});
     float* p = batch.data.data<float>();
     for (const Sample& s : samples) p = std::copy(s.chw.begin(), s.chw.end(), p);

@@ -40,6 +40,10 @@ struct LoaderOptions {
   int workers = 2;       // 0: batches are made on the calling thread
   int prefetch = 4;      // batches made ahead of the consumer, at most
   Device device = Device::Cpu();
+  // Float batches in channels-last memory (Tensor::suggests_channels_last), so
+  // that the network runs channels-last on the CPU (oneDNN's NHWC convolutions).
+  // Values are the same either way.
+  bool channels_last = false;
   // Data parallelism (PyTorch's DistributedSampler): the epoch's permutation,
   // cut to a multiple of num_shards (drop_last) or padded with its first
   // indices, is dealt out round-robin, and this loader reads shard `shard` of

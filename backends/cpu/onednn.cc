@@ -398,8 +398,10 @@ void Execute(const dnnl::primitive& prim, const std::vector<Arg>& args) {
   ExecuteWith(prim, {}, args, stream);
 }
 
-// Channels-last (N, C, H, W) memory that is not also contiguous.
-bool IsNhwc(const Tensor& t) { return t.dim() == 4 && t.is_channels_last() && !t.is_contiguous(); }
+// (N, C, H, W) memory in NHWC order. Where it is also NCHW order (one channel,
+// or 1x1 images) either description is true; both operands must be NHWC for
+// the primitive to take them as they are.
+bool IsNhwc(const Tensor& t) { return t.dim() == 4 && t.is_channels_last(); }
 
 bool ConvDtype(const KernelCall& c, memory::data_type* dt) {
   return ToOneDnn(c.in[0].dtype(), dt) && c.out[0].numel() > 0 && c.in[0].numel() > 0 && c.in[1].numel() > 0;

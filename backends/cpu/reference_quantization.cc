@@ -13,10 +13,13 @@
 namespace quanta::cpu {
 namespace {
 
-// Note [Fake-quant runs]: when x is contiguous and scale and zero point vary
-// along at most one dim (per tensor or per channel), the work is (outer, channel,
-// inner) runs with constant parameters: a loop the compiler vectorizes. Fills
-// *runs and returns true when that layout holds.
+// Note [Fake-quant runs]: when x and the other dense operands are laid out
+// alike with no gaps (all contiguous, or all channels-last: contiguous once
+// permuted into x's memory order) and scale and zero point vary along at most
+// one dim (per tensor or per channel), the work is (outer, channel, inner) runs
+// of memory with constant parameters: a loop the compiler vectorizes. Fills
+// *runs and returns true when that layout holds. In channels-last memory a
+// per-channel axis 1 is the innermost dim: runs of one value, still correct.
 struct ChannelRuns {
   int64_t outer = 1, channels = 1, inner = 1, param_stride = 0;
 };
@@ -35,21 +38,33 @@ void ForEachRun(const ChannelRuns& runs, F&& fn) {
 }
 
 bool AsChannelRuns(const Tensor& x, const Tensor& param, std::initializer_list<const Tensor*> dense, ChannelRuns* runs) {
+  // x's memory order: dims by decreasing stride (ties keep their order). Read
+  // from sizes and strides alone: a per-channel quantized operand has no views.
+  std::vector<int> order(x.dim());
+  for (int d = 0; d < x.dim(); ++d) order[d] = d;
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return x.stride(a) > x.stride(b); });
   for (const Tensor* t : dense) {
-    if (!t->is_contiguous()) return false;
+    if (t->shape() != x.shape()) return false;
+    int64_t expected = 1;
+    for (int k = x.dim() - 1; k >= 0; --k) {
+      const int d = order[k];
+      if (x.size(d) == 1) continue;
+      if (t->stride(d) != expected) return false;
+      expected *= x.size(d);
+    }
   }
-  int axis = -1;
-  for (int d = 0; d < x.dim(); ++d) {
-    if (param.stride(d) != 0 && x.size(d) != 1) {
+  int axis = -1;  // a position in `order`
+  for (int k = 0; k < x.dim(); ++k) {
+    if (param.stride(order[k]) != 0 && x.size(order[k]) != 1) {
       if (axis >= 0) return false;
-      axis = d;
+      axis = k;
     }
   }
   if (axis >= 0) {
-    runs->channels = x.size(axis);
-    runs->param_stride = param.stride(axis);
-    for (int d = 0; d < axis; ++d) runs->outer *= x.size(d);
-    for (int d = axis + 1; d < x.dim(); ++d) runs->inner *= x.size(d);
+    runs->channels = x.size(order[axis]);
+    runs->param_stride = param.stride(order[axis]);
+    for (int k = 0; k < axis; ++k) runs->outer *= x.size(order[k]);
+    for (int k = axis + 1; k < x.dim(); ++k) runs->inner *= x.size(order[k]);
   } else {
     runs->inner = x.numel();
   }

@@ -102,10 +102,13 @@ void ReduceKernel(const KernelCall& c) {
   // sums (a different order from the serial loop, no less accurate), max and min
   // with NaN tracked beside the comparison. The result is the serial loop's but
   // for the last bits of a sum.
-  const LoopGeometry<1> inner_geometry(v.inner.shape(), {&v.inner});
-  const bool dense = inner_geometry.sizes.size() == 1 && inner_geometry.strides[0][0] == 1;
   constexpr bool kSum = std::is_same_v<Reducer, SumReducer>;
   constexpr bool kExtreme = std::is_same_v<Reducer, ExtremeReducer<true>> || std::is_same_v<Reducer, ExtremeReducer<false>>;
+  // Sums and extremes do not depend on the order they visit values in, so the
+  // reduced dims are taken in memory order: a whole channels-last activation (an
+  // observer's min and max) is one dense run too. Argmax counts in index order.
+  const LoopGeometry<1> inner_geometry(v.inner.shape(), {&v.inner}, /*memory_order=*/kSum || kExtreme);
+  const bool dense = inner_geometry.sizes.size() == 1 && inner_geometry.strides[0][0] == 1;
   if (dense && (kSum || kExtreme) && (x.dtype() == DType::kF32 || x.dtype() == DType::kF64)) {
     const int64_t n = v.inner.numel();
     StoreFn<double> store = StoreFor<double>(c, y.dtype());

@@ -56,7 +56,8 @@ struct LoopGeometry {
   // memory_order: visit dims in operand 0's memory order (its strides, largest
   // first) rather than the logical one, so that channels-last operands of an
   // elementwise op merge into long dense runs. Only for kernels that do not care
-  // in which order elements come (not reductions: argmax counts them).
+  // in which order elements come (of the reductions, sums and extremes, not
+  // argmax, which counts them).
   LoopGeometry(const Shape& shape, const std::array<const Tensor*, N>& tensors, bool memory_order = false) {
     for (int k = 0; k < N; ++k) offsets[k] = tensors[k]->offset();
     std::vector<size_t> order(shape.size());

@@ -124,14 +124,18 @@ void BindData(py::module_& m) {
       .def("__next__", &EpochIterator::Next);
   py::class_<PyLoader>(d, "DataLoader")
       .def(py::init([](std::shared_ptr<data::Dataset> ds, std::shared_ptr<data::Transform> transform,
-                       int64_t batch_size, bool shuffle, uint64_t seed, bool drop_last, int workers) {
+                       int64_t batch_size, bool shuffle, uint64_t seed, bool drop_last, int workers,
+                       bool channels_last) {
              data::LoaderOptions o{.batch_size = batch_size, .shuffle = shuffle, .seed = seed, .drop_last = drop_last,
-                                   .workers = workers};
+                                   .workers = workers, .channels_last = channels_last};
              return PyLoader{std::make_shared<data::DataLoader>(ds, transform, o)};
            }),
            py::arg("dataset"), py::arg("transform") = nullptr, py::arg("batch_size") = 128, py::arg("shuffle") = true,
            py::arg("seed") = 0, py::arg("drop_last") = false, py::arg("num_workers") = 2,
-           "Batches (data f32 (B, C, H, W), labels i64 (B)); each epoch a permutation drawn from (seed, epoch)")
+           py::arg("channels_last") = false,
+           "Batches (data f32 (B, C, H, W), labels i64 (B)); each epoch a permutation drawn from (seed, epoch). "
+           "channels_last: batches in channels-last memory, so the network runs channels-last on the CPU "
+           "(faster; what //apps:train does by default)")
       .def("__len__", [](const PyLoader& l) { return l.loader->NumBatches(); })
       .def("__iter__", [](PyLoader& l) { return EpochIterator(*l.loader, l.next_epoch++); }, py::keep_alive<0, 1>())
       .def("epoch", [](PyLoader& l, uint64_t e) { return EpochIterator(*l.loader, e); }, py::arg("epoch"),

@@ -131,6 +131,30 @@ TEST(OneDnn, ChannelsLastConvolutionsMatchNchw) {
   }
 }
 
+// One input channel (a Fashion-MNIST stem): NCHW and NHWC memory coincide, and
+// the channel stride of 1 that ChannelsLast() gives asks for a channels-last
+// output, as PyTorch's suggest_memory_format does. Forward and backward-weight
+// equal the NCHW path's, and oneDNN took them.
+TEST(OneDnn, OneChannelInputAsksForChannelsLast) {
+  Generator gen(4);
+  Backend& cpu = GetBackend(Device::Cpu());
+  cpu.ResetFallbackCounts();
+  Tensor x = Normal({4, 1, 12, 12}, 0, 1, &gen), w = Normal({16, 1, 3, 3}, 0, 0.3, &gen);
+  Conv2dOptions o;
+  o.padding[0] = o.padding[1] = 1;
+  Tensor xc = x.ChannelsLast();
+  ASSERT_TRUE(x.is_contiguous() && !x.suggests_channels_last());
+  ASSERT_TRUE(xc.suggests_channels_last() && xc.SharesStorageWith(x));
+  Tensor y = Conv2d(xc, w, Tensor(), o), want = Conv2d(x, w, Tensor(), o);
+  EXPECT_TRUE(y.is_channels_last() && !y.is_contiguous());
+  EXPECT_TRUE(want.is_contiguous());
+  EXPECT_LE(NormalizedMse(y, want), Tolerance(DType::kF32));
+  Tensor gy = Normal(y.shape(), 0, 1, &gen);
+  EXPECT_LE(NormalizedMse(Conv2dBackwardWeight(gy.ChannelsLast(), xc, w.shape(), o), Conv2dBackwardWeight(gy, x, w.shape(), o)),
+            Tolerance(DType::kF32));
+  for (Op op : {Op::kConv2d, Op::kConv2dBackwardWeight}) EXPECT_EQ(cpu.FallbackCount(op), 0) << OpName(op);
+}
+
 // Note [No silent slow path] in core/backend.h: an int8 test holds the fast
 // path to the reference only if the fast path ran. Checked when it ends.
 class ExpectFastPath {

@@ -344,10 +344,10 @@ TEST(Ops, Conv2dBackwardHandValues) {
 
 // A whole-tensor max, min or sum over a long dense run is split across the
 // pool (Note [Split whole-tensor reductions]): the planted extremes come back at
-// 1 and 2 threads, equal to the general loop's (the same values through a
-// transposed view), a NaN anywhere wins, and the sum is the same to the bit at
-// either thread count, exact on integers and within rounding of the general
-// loop's on the rest.
+// 1 and 2 threads, also through a transposed view (dense in memory order, so the
+// same path) and through a view with gaps (the general loop), a NaN anywhere
+// wins, and the sum is the same to the bit at either thread count, exact on
+// integers and within rounding of a plain f64 loop on the rest.
 TEST(Ops, WholeTensorReductionsSplitAcrossThreads) {
   Generator gen(12);
   Tensor x = Uniform({300, 1001}, -1, 1, &gen);  // 300,300 values: several chunks and a short last one
@@ -360,9 +360,14 @@ TEST(Ops, WholeTensorReductionsSplitAcrossThreads) {
     SetNumThreads(threads);
     EXPECT_EQ(Max(x).item<float>(), 7.5f);
     EXPECT_EQ(Min(x).item<float>(), -6.25f);
-    Tensor t = x.Transpose(0, 1);  // not dense: the general loop
+    Tensor t = x.Transpose(0, 1);  // dense in memory order
     EXPECT_EQ(Max(t).item<float>(), 7.5f);
     EXPECT_EQ(Min(t).item<float>(), -6.25f);
+    // Every other column of [x x]: x's even columns, then its odd ones, with
+    // gaps between them (the general loop).
+    Tensor gaps = Concat({x, x}, 1).Slice(1, 0, 2002, 2);
+    EXPECT_EQ(Max(gaps).item<float>(), 7.5f);
+    EXPECT_EQ(Min(gaps).item<float>(), -6.25f);
     Tensor with_nan = x.Clone();
     with_nan.data<float>()[200000] = std::nanf("");
     EXPECT_TRUE(std::isnan(Max(with_nan).item<float>()));
@@ -370,10 +375,35 @@ TEST(Ops, WholeTensorReductionsSplitAcrossThreads) {
     EXPECT_EQ(Sum(Ones({300, 1001})).item<float>(), 300300.0f);
     Tensor x64 = x.To(DType::kF64);
     sums.push_back(Sum(x64).item<double>());
-    EXPECT_NEAR(sums.back(), Sum(x64.Transpose(0, 1)).item<double>(), 1e-9);
+    double plain = 0;
+    for (double v : x64.ToVector<double>()) plain += v;
+    EXPECT_NEAR(sums.back(), plain, 1e-9);
   }
   EXPECT_EQ(sums[0], sums[1]);
   SetNumThreads(before);
+}
+
+// An observer's min and max of a channels-last activation, and a sum over it,
+// read its memory as one dense run (the reduced dims in memory order): the
+// result is the one of the same memory read flat, to the bit, which the
+// general loop (logical order) would not give a sum of f64 values; extremes
+// planted at the first and last bytes of memory come back.
+TEST(Ops, WholeTensorReductionsOfChannelsLastReadMemoryInOrder) {
+  Generator gen(13);
+  Tensor memory = Uniform({8 * 20 * 20 * 96}, -1, 1, &gen, DType::kF64);  // 307,200 values: several chunks
+  double* p = memory.data<double>();
+  p[0] = 3.5;
+  p[memory.numel() - 1] = -2.75;
+  Tensor activation = memory.View({8, 20, 20, 96}).Permute({0, 3, 1, 2});  // (N, C, H, W), channels-last
+  ASSERT_TRUE(activation.is_channels_last() && !activation.is_contiguous());
+  EXPECT_EQ(Max(activation).item<double>(), 3.5);
+  EXPECT_EQ(Min(activation).item<double>(), -2.75);
+  EXPECT_EQ(Sum(activation).item<double>(), Sum(memory).item<double>());
+  double plain = 0;
+  for (double v : memory.ToVector<double>()) plain += v;
+  EXPECT_NEAR(Sum(activation).item<double>(), plain, 1e-9);
+  EXPECT_NE(Sum(activation).item<double>(), Sum(activation.Contiguous()).item<double>())
+      << "the same values summed in another order should differ in the last bits";
 }
 
 TEST(Ops, MaxPoolAndItsBackward) {

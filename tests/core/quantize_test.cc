@@ -1,6 +1,8 @@
 // quantize, dequantize, requantize and fake_quantize against hand-computed
 // values at the range edges (ties go to even), per tensor and per channel, and
 // fake quantization's STE, EWGS and LSQ gradients against their formulas.
+#include <tuple>
+
 #include "autograd/autograd.h"
 #include "core/ops.h"
 #include "gtest/gtest.h"
@@ -296,6 +298,38 @@ TEST(FakeQuantize, BackwardWritesOnlyTheGradientsAskedFor) {
     }
   }
   EXPECT_THROW(FakeQuantizeBackward(g, x, s, z, OpAttrs{}, {false, false, false}), Error);
+}
+
+// A channels-last activation (QAT on channels-last images) is fake-quantized in
+// runs over its memory (Note [Fake-quant runs]) and stays channels-last,
+// forward and backward; the values equal those of its contiguous copy, per
+// tensor and per channel (axis 1: the innermost dim in memory), ties included.
+TEST(FakeQuantize, ChannelsLastStaysChannelsLast) {
+  Generator gen(6);
+  Tensor nchw = Mul(Round(Mul(Normal({2, 5, 6, 7}, 0, 3, &gen), 4.0)), 0.25);  // ties at scale 0.5, clamping
+  Tensor x = nchw.ChannelsLast();
+  Tensor g = Normal({2, 5, 6, 7}, 0, 1, &gen).ChannelsLast();
+  ASSERT_TRUE(x.is_channels_last() && !x.is_contiguous());
+  Tensor s1 = F({0.5f}, {1}), z1 = F({1}, {1});
+  Tensor sc = F({0.5f, 0.25f, 1, 0.125f, 0.5f}, {5}), zc = F({0, 1, -1, 2, 0}, {5});
+  for (auto [scale, zero, axis] : {std::tuple{s1, z1, -1}, std::tuple{sc, zc, 1}}) {
+    SCOPED_TRACE(axis);
+    FakeQuantOptions o{.quant_min = -8, .quant_max = 7, .axis = axis};
+    Tensor y = FakeQuantize(x, scale, zero, o);
+    EXPECT_TRUE(y.is_channels_last() && !y.is_contiguous());
+    EXPECT_EQ(y.ToVector<float>(), FakeQuantize(nchw, scale, zero, o).ToVector<float>());
+  }
+  Tensor s = Uniform({1, 5, 1, 1}, 0.1, 0.4, &gen).Expand({2, 5, 6, 7});
+  Tensor z = Round(Uniform({1, 5, 1, 1}, -2, 2, &gen)).Expand({2, 5, 6, 7});
+  for (bool ewgs : {false, true}) {
+    OpAttrs at = BackwardAttrs(ewgs);
+    std::array<Tensor, 3> cl = FakeQuantizeBackward(g, x, s, z, at);
+    std::array<Tensor, 3> want = FakeQuantizeBackward(g.Contiguous(), nchw, s, z, at);
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_TRUE(cl[i].is_channels_last() && !cl[i].is_contiguous()) << i;
+      EXPECT_EQ(cl[i].ToVector<float>(), want[i].ToVector<float>()) << i << " ewgs " << ewgs;
+    }
+  }
 }
 
 }  // namespace

@@ -78,6 +78,29 @@ TEST(Tensor, ContiguousCopiesOnlyWhenNeeded) {
   EXPECT_TRUE(Tensor::Empty({0, 3}, DType::kF32).Transpose(0, 1).is_contiguous());
 }
 
+// ChannelsLast() and the layout it asks for (PyTorch's suggest_memory_format):
+// three channels are reordered (a copy, values kept, NHWC strides); one channel
+// is the same memory, marked by a channel stride of 1 (a view); a 1x1 image is
+// left as it is and asks for nothing.
+TEST(Tensor, ChannelsLastAndWhatItAsksFor) {
+  Tensor x = Iota({2, 3, 2, 2});
+  EXPECT_TRUE(x.is_contiguous() && !x.is_channels_last() && !x.suggests_channels_last());
+  Tensor c = x.ChannelsLast();
+  EXPECT_EQ(c.strides(), (Strides{12, 1, 6, 3}));
+  EXPECT_TRUE(c.suggests_channels_last() && !c.SharesStorageWith(x));
+  EXPECT_EQ(c.ToVector<float>(), x.ToVector<float>());
+  EXPECT_TRUE(c.ChannelsLast().SharesStorageWith(c));
+  Tensor one = Iota({2, 1, 3, 2});
+  EXPECT_TRUE(one.is_contiguous() && one.is_channels_last() && !one.suggests_channels_last());
+  Tensor marked = one.ChannelsLast();
+  EXPECT_TRUE(marked.SharesStorageWith(one) && marked.suggests_channels_last() && marked.is_contiguous());
+  EXPECT_EQ(marked.stride(1), 1);
+  EXPECT_EQ(marked.ToVector<float>(), one.ToVector<float>());
+  Tensor pixel = Iota({4, 5, 1, 1});
+  EXPECT_FALSE(pixel.ChannelsLast().suggests_channels_last());
+  EXPECT_TRUE(pixel.ChannelsLast().SharesStorageWith(pixel));
+}
+
 TEST(Tensor, CastsBetweenDTypes) {
   Tensor x = Tensor::FromVector<float>({-1.5f, 0.4f, 2.6f, 300.0f}, {4});
   EXPECT_EQ(x.To(DType::kI32).ToVector<int32_t>(), (std::vector<int32_t>{-1, 0, 2, 300}));

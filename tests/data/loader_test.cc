@@ -106,6 +106,30 @@ TEST(Loader, WorkerCountDoesNotChangeTheBatches) {
   for (size_t i = 1; i < results.size(); ++i) EXPECT_EQ(results[i], results[0]) << "workers " << i;
 }
 
+// channels_last: float batches hold the same values (ToTensor's, hand-checked:
+// pixel / 255 at (image, c, y, x)) in NHWC memory that asks for channels-last
+// results, with three channels and with one (channel stride 1).
+TEST(Loader, ChannelsLastBatchesHoldTheSameValues) {
+  for (int channels : {3, 1}) {
+    SCOPED_TRACE(channels);
+    auto d = Tiny(5, channels);
+    DataLoader plain(d, ToTensor(), {.batch_size = 4, .shuffle = false, .workers = 0});
+    DataLoader last(d, ToTensor(), {.batch_size = 4, .shuffle = false, .workers = 1, .channels_last = true});
+    auto a = plain.Start(0), b = last.Start(0);
+    Batch x, y;
+    ASSERT_TRUE(a->Next(&x) && b->Next(&y));
+    EXPECT_TRUE(y.data.suggests_channels_last());
+    EXPECT_FALSE(x.data.suggests_channels_last());
+    EXPECT_EQ(y.data.shape(), x.data.shape());
+    EXPECT_EQ(y.data.ToVector<float>(), x.data.ToVector<float>());
+    // Image 3, channel c, row 1, column 2: pixel 3 * 10 + 1 * 3 + 2 + c * 100.
+    for (int c = 0; c < channels; ++c) {
+      EXPECT_FLOAT_EQ(y.data.Select(0, 3).Select(0, c).Select(0, 1).Select(0, 2).item<float>(), (35 + c * 100) / 255.0f);
+    }
+    EXPECT_EQ(y.indices, x.indices);
+  }
+}
+
 TEST(Loader, WorkerErrorsReachTheConsumer) {
   auto d = Tiny(10);
   DataLoader loader(d, Compose({ToTensor(), Normalize({0.5f, 0.5f, 0.5f}, {1, 1, 1})}), {.batch_size = 4, .workers = 2});

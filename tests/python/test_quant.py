@@ -42,9 +42,10 @@ def test_python_qat_loop_reproduces_the_cpp_trainer(tmp_path):
     train = subset(data.fashion_mnist("train"), n_train)
     test = subset(data.fashion_mnist("test"), n_test)
     augment = T.Compose([T.ToTensor(), T.RandomCrop(28, padding=2), T.RandomHorizontalFlip(), T.Normalize(MEAN, STD)])
-    loader = data.DataLoader(train, augment, batch_size=batch, seed=seed, drop_last=True)
+    # Channels-last batches, as the trainer feeds them on the CPU by default.
+    loader = data.DataLoader(train, augment, batch_size=batch, seed=seed, drop_last=True, channels_last=True)
     test_loader = data.DataLoader(test, T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)]), batch_size=256,
-                                  shuffle=False)
+                                  shuffle=False, channels_last=True)
     model = quanta.models.make("fmnist_resnet8_half", seed=seed)
     quant.prepare_qat(model, quant.Policy(4, 4, "lsq"))
     opt = optim.SGD(quant.parameter_groups(model, 0.1), lr=lr, momentum=0.9, weight_decay=5e-4)
