@@ -93,6 +93,39 @@ std::vector<std::array<double, sizeof...(F)>> SumRows(int64_t R, int64_t C, F&&.
 
 bool ChannelsLast(const Tensor& x) { return x.is_channels_last() && !x.is_contiguous(); }
 
+// One channel's batch-norm forward from its moments about a pivot (the
+// channel's first value): with d = x - pivot, mean = pivot + E[d] and
+// var = E[d^2] - E[d]^2, in f64. The pivot lies inside the data, so E[d]^2 is at
+// most of the order of E[d^2] and the subtraction loses no more than the f64
+// sums' last bits (far below f32's), where E[x^2] - E[x]^2 would cancel badly
+// for a channel whose mean is large against its spread. y = (x - m) * scale + shift.
+template <typename K>
+struct BnForward {
+  double mean, var;
+  K m, scale, shift;
+};
+template <typename K>
+BnForward<K> BnForwardOf(double pivot, double sum_d, double sum_d2, double count, K weight, K bias, double eps) {
+  const double mean_d = sum_d / count, mean = pivot + mean_d;
+  const double var = std::max(0.0, sum_d2 / count - mean_d * mean_d);
+  return {mean, var, static_cast<K>(mean), static_cast<K>(static_cast<double>(weight) / std::sqrt(var + eps)), bias};
+}
+
+// One channel's batch-norm backward from Σ gy and Σ gy (x - mean):
+// grad_bias = Σ gy, grad_weight = Σ gy x̂, and grad_x = k1 gy + k2 (x - m) + k3.
+template <typename K>
+struct BnBackward {
+  K grad_bias, grad_weight, k1, k2, k3, m;
+};
+template <typename K>
+BnBackward<K> BnBackwardOf(double sum_gy, double sum_gy_xmu, double mean, double var, double count, K weight,
+                           double eps) {
+  const double invstd = 1 / std::sqrt(var + eps);
+  const double gw = sum_gy_xmu * invstd, wi = static_cast<double>(weight) * invstd;
+  return {static_cast<K>(sum_gy),           static_cast<K>(gw), static_cast<K>(wi), static_cast<K>(-wi * invstd * gw / count),
+          static_cast<K>(-wi * sum_gy / count), static_cast<K>(mean)};
+}
+
 // in: x (N, C, H, W), weight (C), bias (C), all contiguous; attrs.scalar: eps.
 // out: y (like x), mean (C), biased variance (C).
 void BatchNormKernel(const KernelCall& c) {
@@ -117,13 +150,11 @@ void BatchNormKernel(const KernelCall& c) {
           });
       std::vector<K> m(C), scale(C), shift(C);
       for (int64_t ch = 0; ch < C; ++ch) {
-        const double mean_d = sums[ch][0] / count, mean = pivot[ch] + mean_d;
-        const double var = std::max(0.0, sums[ch][1] / count - mean_d * mean_d);
-        mp[ch] = static_cast<S>(mean);
-        vp[ch] = static_cast<S>(var);
-        m[ch] = static_cast<K>(mean);
-        scale[ch] = static_cast<K>(static_cast<double>(Convert<K>(wp[ch])) / std::sqrt(var + eps));
-        shift[ch] = Convert<K>(bp[ch]);
+        const BnForward<K> f = BnForwardOf(pivot[ch], sums[ch][0], sums[ch][1], count, Convert<K>(wp[ch]),
+                                           Convert<K>(bp[ch]), eps);
+        mp[ch] = static_cast<S>(f.mean);
+        vp[ch] = static_cast<S>(f.var);
+        m[ch] = f.m, scale[ch] = f.scale, shift[ch] = f.shift;
       }
       ParallelFor(0, R, 64, [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
@@ -136,12 +167,7 @@ void BatchNormKernel(const KernelCall& c) {
     }
     ParallelFor(0, C, 1, [&](int64_t begin, int64_t end) {
       for (int64_t ch = begin; ch < end; ++ch) {
-        // One pass for both moments, about a pivot (the channel's first value):
-        // with d = x - pivot, mean = pivot + E[d] and var = E[d^2] - E[d]^2, in
-        // f64. The pivot lies inside the data, so E[d]^2 is at most of the order of
-        // E[d^2] and the subtraction loses no more than the f64 sums' last bits
-        // (far below f32's), where E[x^2] - E[x]^2 would cancel badly for a
-        // channel whose mean is large against its spread.
+        // One pass for both moments, about a pivot (BnForwardOf).
         const double pivot = static_cast<double>(Convert<K>(xp[ch * HW]));
         const auto [s1, s2] = SumChannel(
             N, C, HW, ch, [&](int64_t i) { return static_cast<double>(Convert<K>(xp[i])) - pivot; },
@@ -149,14 +175,10 @@ void BatchNormKernel(const KernelCall& c) {
               double d = static_cast<double>(Convert<K>(xp[i])) - pivot;
               return d * d;
             });
-        const double mean_d = s1 / count;
-        const double mean = pivot + mean_d;
-        const double var = std::max(0.0, s2 / count - mean_d * mean_d);
-        mp[ch] = static_cast<S>(mean);
-        vp[ch] = static_cast<S>(var);
-        const K m = static_cast<K>(mean);
-        const K scale = static_cast<K>(static_cast<double>(Convert<K>(wp[ch])) / std::sqrt(var + eps));
-        const K shift = Convert<K>(bp[ch]);
+        const BnForward<K> f = BnForwardOf(pivot, s1, s2, count, Convert<K>(wp[ch]), Convert<K>(bp[ch]), eps);
+        mp[ch] = static_cast<S>(f.mean);
+        vp[ch] = static_cast<S>(f.var);
+        const K m = f.m, scale = f.scale, shift = f.shift;
         for (int64_t n = 0; n < N; ++n) {
           const T* xr = xp + (n * C + ch) * HW;
           T* yr = yp + (n * C + ch) * HW;
@@ -192,16 +214,11 @@ void BatchNormBackwardKernel(const KernelCall& c) {
           });
       std::vector<K> k1(C), k2(C), k3(C), m(C);
       for (int64_t ch = 0; ch < C; ++ch) {
-        const double mu = static_cast<double>(mp[ch]);
-        const double invstd = 1 / std::sqrt(static_cast<double>(vp[ch]) + eps);
-        const double gw = sums[ch][1] * invstd;
-        gbp[ch] = Convert<T>(static_cast<K>(sums[ch][0]));
-        gwp[ch] = Convert<T>(static_cast<K>(gw));
-        const double wi = static_cast<double>(Convert<K>(wp[ch])) * invstd;
-        k1[ch] = static_cast<K>(wi);
-        k2[ch] = static_cast<K>(-wi * invstd * gw / count);
-        k3[ch] = static_cast<K>(-wi * sums[ch][0] / count);
-        m[ch] = static_cast<K>(mu);
+        const BnBackward<K> b = BnBackwardOf(sums[ch][0], sums[ch][1], static_cast<double>(mp[ch]),
+                                             static_cast<double>(vp[ch]), count, Convert<K>(wp[ch]), eps);
+        gbp[ch] = Convert<T>(b.grad_bias);
+        gwp[ch] = Convert<T>(b.grad_weight);
+        k1[ch] = b.k1, k2[ch] = b.k2, k3[ch] = b.k3, m[ch] = b.m;
       }
       ParallelFor(0, R, 64, [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
@@ -216,19 +233,16 @@ void BatchNormBackwardKernel(const KernelCall& c) {
     ParallelFor(0, C, 1, [&](int64_t begin, int64_t end) {
       for (int64_t ch = begin; ch < end; ++ch) {
         const double mu = static_cast<double>(mp[ch]);
-        const double invstd = 1 / std::sqrt(static_cast<double>(vp[ch]) + eps);
         const auto [sum_gy, sum_gy_xmu] = SumChannel(
             N, C, HW, ch, [&](int64_t i) { return static_cast<double>(Convert<K>(gp[i])); },
             [&](int64_t i) {
               return static_cast<double>(Convert<K>(gp[i])) * (static_cast<double>(Convert<K>(xp[i])) - mu);
             });
-        const double gw = sum_gy_xmu * invstd;
-        gbp[ch] = Convert<T>(static_cast<K>(sum_gy));
-        gwp[ch] = Convert<T>(static_cast<K>(gw));
-        // grad_x = k1 * gy + k2 * (x - mean) + k3.
-        const double wi = static_cast<double>(Convert<K>(wp[ch])) * invstd;
-        const K k1 = static_cast<K>(wi), k2 = static_cast<K>(-wi * invstd * gw / count),
-                k3 = static_cast<K>(-wi * sum_gy / count), m = static_cast<K>(mu);
+        const BnBackward<K> b =
+            BnBackwardOf(sum_gy, sum_gy_xmu, mu, static_cast<double>(vp[ch]), count, Convert<K>(wp[ch]), eps);
+        gbp[ch] = Convert<T>(b.grad_bias);
+        gwp[ch] = Convert<T>(b.grad_weight);
+        const K k1 = b.k1, k2 = b.k2, k3 = b.k3, m = b.m;
         for (int64_t n = 0; n < N; ++n) {
           const int64_t base = (n * C + ch) * HW;
           for (int64_t j = 0; j < HW; ++j) {
