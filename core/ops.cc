@@ -665,13 +665,24 @@ Tensor FakeQuantize(const Tensor& x, const Tensor& scale, const Tensor& zero_poi
   attrs.fake_quant_gradient = static_cast<int>(o.gradient);
   attrs.ewgs_delta = o.ewgs_delta;
   attrs.lsq_grad_scale = o.lsq_grad_scale;
-  auto spread = [&](const Tensor& t) {
-    Tensor c = t.To(x.dtype()).Reshape({channels});
-    return (x.dim() == 0 ? c.View({}) : c.View(along)).Expand(x.shape());
-  };
-  Tensor in[3] = {x, spread(scale), spread(zero_point)};
+  attrs.dims = {o.axis};
+  // Note [Fake-quant parameter sums]: the node records the parameters as given,
+  // one value per channel, and the kernel reads them spread to x's shape
+  // (stride 0) through views the graph does not see. The backward rule then
+  // returns their gradients already summed per channel
+  // (FakeQuantizeBackwardSummed), which the CPU kernel does in its one pass:
+  // recording the spread views instead would write x-sized scale and zero-point
+  // gradients (LSQ) for the expand nodes to read back and sum.
+  Tensor params[2] = {scale.To(x.dtype()).Reshape({channels}), zero_point.To(x.dtype()).Reshape({channels})};
   Tensor out = EmptyElementwise(x.shape(), x.dtype(), x.device(), {&x});  // channels-last stays so
-  Dispatch(Op::kFakeQuantize, in, {&out, 1}, attrs);
+  {
+    NoGradGuard no_grad;
+    auto spread = [&](const Tensor& c) { return (x.dim() == 0 ? c.View({}) : c.View(along)).Expand(x.shape()); };
+    Tensor in[3] = {x, spread(params[0]), spread(params[1])};
+    Dispatch(Op::kFakeQuantize, in, {&out, 1}, attrs);
+  }
+  Tensor recorded[3] = {x, params[0], params[1]};
+  Record(Op::kFakeQuantize, recorded, {&out, 1}, attrs);
   return out;
 }
 
@@ -690,6 +701,41 @@ std::array<Tensor, 3> FakeQuantizeBackward(const Tensor& grad, const Tensor& x, 
   }
   // Kernels skip the outputs left undefined.
   Dispatch(Op::kFakeQuantizeBackward, in, out, attrs);
+  return out;
+}
+
+std::array<Tensor, 3> FakeQuantizeBackwardSummed(const Tensor& grad, const Tensor& x, const Tensor& scale,
+                                                 const Tensor& zero_point, const OpAttrs& attrs,
+                                                 std::array<bool, 3> needed) {
+  const int64_t axis = attrs.dims.empty() ? -1 : attrs.dims[0];
+  QUANTA_CHECK(axis < x.dim(), "fake_quantize_backward: axis ", axis, " out of range for ", x.Describe());
+  const int64_t channels = axis >= 0 ? x.size(axis) : 1;
+  // The CPU kernel sums in its pass where x and grad are dense and alike (its
+  // channel runs); a gradient of x, when asked for, follows x's layout.
+  const bool fused = x.device().is_cpu() && needed[1] && grad.strides() == x.strides() &&
+                     (x.is_contiguous() || x.suggests_channels_last());
+  if (fused) {
+    QUANTA_CHECK(grad.shape() == x.shape() && scale.shape() == x.shape() && zero_point.shape() == x.shape() &&
+                     grad.dtype() == x.dtype() && scale.dtype() == x.dtype() && zero_point.dtype() == x.dtype(),
+                 "fake_quantize_backward: operands differ (", grad.Describe(), ", ", x.Describe(), ", ",
+                 scale.Describe(), ", ", zero_point.Describe(), ")");
+    Tensor in[4] = {grad, x, scale, zero_point};
+    std::array<Tensor, 3> out;
+    if (needed[0]) out[0] = EmptyElementwise(x.shape(), x.dtype(), x.device(), {&x});
+    for (int i = 1; i < 3; ++i) {
+      if (needed[i]) out[i] = Tensor::Empty({channels}, x.dtype(), x.device());  // the kernel sums into these
+    }
+    Dispatch(Op::kFakeQuantizeBackward, in, out, attrs);
+    return out;
+  }
+  std::array<Tensor, 3> out = FakeQuantizeBackward(grad, x, scale, zero_point, attrs, needed);
+  std::vector<int64_t> dims;
+  for (int64_t d = 0; d < x.dim(); ++d) {
+    if (d != axis) dims.push_back(d);
+  }
+  for (int i = 1; i < 3; ++i) {
+    if (out[i].defined()) out[i] = Sum(out[i], dims).Reshape({channels});
+  }
   return out;
 }
 

@@ -240,6 +240,8 @@ void FakeQuantizeBackwardKernel(const KernelCall& c) {
   // fallback writes every gradient, the unneeded ones into scratch.
   std::array<Tensor, 3> out = {c.out[0], c.out[1], c.out[2]};
   const std::array<bool, 3> want = {out[0].defined(), out[1].defined(), out[2].defined()};
+  // Parameter gradients of another shape than x's are summed per channel.
+  const bool summed = (want[1] && out[1].shape() != x.shape()) || (want[2] && out[2].shape() != x.shape());
   auto fill_scratch = [&] {  // the outputs not asked for, where a pass writes all three
     for (Tensor& t : out) {
       if (!t.defined()) t = Tensor::Empty(x.shape(), x.dtype(), x.device());
@@ -249,6 +251,59 @@ void FakeQuantizeBackwardKernel(const KernelCall& c) {
     using C = Compute<T>;
     const C qmin = static_cast<C>(at.quant_min), qmax = static_cast<C>(at.quant_max);
     const C delta = static_cast<C>(at.ewgs_delta), grad_scale = static_cast<C>(at.lsq_grad_scale);
+    // Scale and zero-point gradients summed per channel in the pass (Note
+    // [Fake-quant parameter sums] in core/ops.cc; FakeQuantizeBackwardSummed
+    // hands over x and grad dense and alike): x is cut into fixed blocks whatever
+    // the thread count, each block sums per channel in f64, and the blocks'
+    // sums are added in order, so the result does not depend on the threads.
+    auto run_summed = [&]<bool kEwgs, bool kX, bool kZero>() {
+      ChannelRuns runs;
+      const Tensor& gx = kX ? out[0] : x;
+      QUANTA_CHECK(scale.strides() == zp.strides() && AsChannelRuns(x, scale, {&x, &g, &gx}, &runs),
+                   "fake_quantize_backward: summed parameter gradients need x, grad and grad_x dense and alike (",
+                   g.Describe(), ", ", x.Describe(), ")");
+      const int64_t numel = x.numel(), channels = runs.channels, block = 32768;
+      const int64_t blocks = (numel + block - 1) / block;
+      QUANTA_CHECK(out[1].numel() == channels && (!kZero || out[2].numel() == channels),
+                   "fake_quantize_backward: ", channels, " summed gradients expected, got ", out[1].Describe());
+      std::vector<double> part_s(blocks * channels, 0.0), part_z(kZero ? blocks * channels : 0, 0.0);
+      const T *xp = x.data<T>(), *gp0 = g.data<T>();
+      const T* sp0 = static_cast<const T*>(StorageBase(scale)) + scale.offset();
+      const T* zp0 = static_cast<const T*>(StorageBase(zp)) + zp.offset();
+      T* gx0 = kX ? gx.data<T>() : nullptr;
+      ParallelFor(0, blocks, 1, [&](int64_t kb, int64_t ke) {
+        for (int64_t k = kb; k < ke; ++k) {
+          double* ps = part_s.data() + k * channels;
+          double* pz = kZero ? part_z.data() + k * channels : nullptr;
+          for (int64_t b = k * block, e = std::min(numel, b + block); b < e;) {
+            const int64_t run = b / runs.inner, stop = std::min(e, (run + 1) * runs.inner), ch = run % channels;
+            const C s = Convert<C>(sp0[ch * runs.param_stride]), z = Convert<C>(zp0[ch * runs.param_stride]);
+            double sum_s = 0, sum_z = 0;
+            for (int64_t i = b; i < stop; ++i) {
+              FakeQuantGrads<C> r =
+                  FakeQuantizeGradients<C, kEwgs>(Convert<C>(gp0[i]), Convert<C>(xp[i]), s, z, qmin, qmax, delta);
+              if constexpr (kX) gx0[i] = Convert<T>(r.x);
+              sum_s += static_cast<double>(r.scale);
+              if constexpr (kZero) sum_z += static_cast<double>(r.zero_point);
+            }
+            ps[ch] += sum_s;
+            if constexpr (kZero) pz[ch] += sum_z;
+            b = stop;
+          }
+        }
+      });
+      T* gs = out[1].data<T>();
+      T* gz = kZero ? out[2].data<T>() : nullptr;
+      for (int64_t ch = 0; ch < channels; ++ch) {
+        double ts = 0, tz = 0;
+        for (int64_t k = 0; k < blocks; ++k) {
+          ts += part_s[k * channels + ch];
+          if constexpr (kZero) tz += part_z[k * channels + ch];
+        }
+        gs[ch] = Convert<T>(static_cast<C>(ts * static_cast<double>(grad_scale)));
+        if constexpr (kZero) gz[ch] = Convert<T>(static_cast<C>(tz));
+      }
+    };
     auto run = [&]<bool kEwgs, bool kX, bool kScale, bool kZero>() {
       ChannelRuns runs;
       // x stands in for an output not asked for in the contiguity check.
@@ -291,6 +346,13 @@ void FakeQuantizeBackwardKernel(const KernelCall& c) {
     // x and scale (symmetric LSQ), all three (LSQ+), and scale alone or with the
     // zero point (LSQ on a weight or an input that needs no gradient).
     auto dispatch = [&]<bool kEwgs>() {
+      if (summed) {  // the combinations with a scale gradient (LSQ)
+        QUANTA_CHECK(want[1], "fake_quantize_backward: summed gradients without the scale's");
+        if (want[0] && !want[2]) return run_summed.template operator()<kEwgs, true, false>();
+        if (want[0] && want[2]) return run_summed.template operator()<kEwgs, true, true>();
+        if (!want[0] && !want[2]) return run_summed.template operator()<kEwgs, false, false>();
+        return run_summed.template operator()<kEwgs, false, true>();
+      }
       if (want[0] && !want[1] && !want[2]) return run.template operator()<kEwgs, true, false, false>();
       if (want[0] && want[1] && !want[2]) return run.template operator()<kEwgs, true, true, false>();
       if (!want[0] && want[1] && !want[2]) return run.template operator()<kEwgs, false, true, false>();

@@ -300,6 +300,75 @@ TEST(FakeQuantize, BackwardWritesOnlyTheGradientsAskedFor) {
   EXPECT_THROW(FakeQuantizeBackward(g, x, s, z, OpAttrs{}, {false, false, false}), Error);
 }
 
+// Note [Fake-quant parameter sums]: the scale and zero-point gradients summed
+// per channel in the kernel's pass equal the per-element gradients summed
+// afterwards (f64 operands: to 1e-12), per tensor and per channel, NCHW and
+// channels-last, for every combination autograd asks for; the sum is the same
+// to the bit at 1 and 2 threads (fixed blocks). The per-element pass rounds each
+// product with the gradient scale (0.3 here) to f32 before summing and the
+// fused one multiplies once: on f32 operands the two differ in the last bits,
+// which shows the fused pass is the one that ran.
+TEST(FakeQuantize, SummedParameterGradientsEqualTheSumsOfThePass) {
+  Generator gen(7);
+  const Shape shape = {4, 6, 40, 50};  // 48,000 values: two fixed blocks of 32,768, the first ending mid-run
+  Tensor x = Normal(shape, 0, 1.5, &gen, DType::kF64), g = Normal(shape, 0, 1, &gen, DType::kF64);
+  Tensor sc = Uniform({6}, 0.1, 0.4, &gen, DType::kF64), zc = Round(Uniform({6}, -2, 2, &gen, DType::kF64));
+  const int before = GetNumThreads();
+  for (int axis : {-1, 1, 0}) {
+    const int64_t channels = axis >= 0 ? shape[axis] : 1;
+    Tensor s = axis == 0 ? Uniform({4}, 0.1, 0.4, &gen, DType::kF64) : axis == 1 ? sc : sc.Narrow(0, 0, 1);
+    Tensor z = axis == 0 ? Round(Uniform({4}, -2, 2, &gen, DType::kF64)) : axis == 1 ? zc : zc.Narrow(0, 0, 1);
+    Shape along(4, 1);
+    if (axis >= 0) along[axis] = channels;
+    Tensor ss = s.View(along).Expand(shape), zs = z.View(along).Expand(shape);
+    for (bool ewgs : {false, true}) {
+      OpAttrs at = BackwardAttrs(ewgs);
+      at.dims = {axis};
+      std::array<Tensor, 3> full = FakeQuantizeBackward(g, x, ss, zs, at);
+      std::vector<int64_t> dims;
+      for (int d = 0; d < 4; ++d) {
+        if (d != axis) dims.push_back(d);
+      }
+      for (bool channels_last : {false, true}) {
+        Tensor xl = channels_last ? x.ChannelsLast() : x, gl = channels_last ? g.ChannelsLast() : g;
+        for (std::array<bool, 3> needed : {std::array<bool, 3>{true, true, false}, {true, true, true},
+                                            {false, true, false}, {false, true, true}}) {
+          SCOPED_TRACE(::testing::Message() << "axis " << axis << " ewgs " << ewgs << " channels-last "
+                                            << channels_last << " zero " << needed[2] << " x " << needed[0]);
+          std::vector<std::array<Tensor, 3>> got;
+          for (int threads : {1, 2}) {
+            SetNumThreads(threads);
+            got.push_back(FakeQuantizeBackwardSummed(gl, xl, ss, zs, at, needed));
+          }
+          for (int i = 0; i < 3; ++i) {
+            ASSERT_EQ(got[0][i].defined(), needed[i]) << i;
+            if (!needed[i]) continue;
+            EXPECT_EQ(got[0][i].ToVector<double>(), got[1][i].ToVector<double>()) << i;
+            if (i == 0) {
+              EXPECT_EQ(got[0][0].ToVector<double>(), full[0].ToVector<double>());
+              continue;
+            }
+            ASSERT_EQ(got[0][i].shape(), Shape{channels});
+            std::vector<double> a = got[0][i].ToVector<double>(), b = Sum(full[i], dims).ToVector<double>();
+            for (int64_t c = 0; c < channels; ++c) EXPECT_NEAR(a[c], b[c], 1e-12 * (1 + std::abs(b[c]))) << i << " " << c;
+          }
+        }
+      }
+    }
+  }
+  SetNumThreads(before);
+  OpAttrs at = BackwardAttrs(false);
+  at.dims = {1};
+  Tensor x32 = x.To(DType::kF32), g32 = g.To(DType::kF32);
+  Tensor ss = sc.To(DType::kF32).View({1, 6, 1, 1}).Expand(shape), zs = zc.To(DType::kF32).View({1, 6, 1, 1}).Expand(shape);
+  at.lsq_grad_scale = 0.3;
+  std::vector<float> fused = FakeQuantizeBackwardSummed(g32, x32, ss, zs, at, {true, true, false})[1].ToVector<float>();
+  std::vector<float> after = Sum(FakeQuantizeBackward(g32, x32, ss, zs, at, {true, true, false})[1], {0, 2, 3}).ToVector<float>();
+  EXPECT_NE(fused, after) << "the per-element pass and the fused sum agreeing to the bit on every channel "
+                             "suggests the fused pass did not run";
+  for (int c = 0; c < 6; ++c) EXPECT_NEAR(fused[c], after[c], 1e-4 * (1 + std::abs(after[c]))) << c;
+}
+
 // A channels-last activation (QAT on channels-last images) is fake-quantized in
 // runs over its memory (Note [Fake-quant runs]) and stays channels-last,
 // forward and backward; the values equal those of its contiguous copy, per
