@@ -83,6 +83,15 @@ void MaxPool2dKernel(const KernelCall& c) {
   };
   auto th = taps(OH, H, at.kernel[0], at.stride[0], at.padding[0], at.dilation[0]);
   auto tw = taps(OW, W, at.kernel[1], at.stride[1], at.padding[1], at.dilation[1]);
+  // Calls f(ih, iw) for the valid taps of output (oh, ow), row by row.
+  auto for_each_tap = [&](int64_t oh, int64_t ow, auto&& f) {
+    for (int64_t a = 0; a < th[oh].second; ++a) {
+      const int64_t ih = oh * at.stride[0] - at.padding[0] + (th[oh].first + a) * at.dilation[0];
+      for (int64_t b = 0; b < tw[ow].second; ++b) {
+        f(ih, ow * at.stride[1] - at.padding[1] + (tw[ow].first + b) * at.dilation[1]);
+      }
+    }
+  };
   bool channels_last = x.is_channels_last() && !x.is_contiguous();
   // Quantized values (scale > 0) order as their integers: the max is taken on them.
   VisitDType(x.dtype(), [&]<typename T>(TypeTag<T>) {
@@ -123,14 +132,10 @@ void MaxPool2dKernel(const KernelCall& c) {
               for (int64_t ow = 0; ow < OW; ++ow) {
                 T* yrow = yp + ((n * OH + oh) * OW + ow) * C;
                 bool first = true;
-                for (int64_t a = 0; a < th[oh].second; ++a) {
-                  int64_t ih = oh * at.stride[0] - at.padding[0] + (th[oh].first + a) * at.dilation[0];
-                  for (int64_t b = 0; b < tw[ow].second; ++b) {
-                    int64_t iw = ow * at.stride[1] - at.padding[1] + (tw[ow].first + b) * at.dilation[1];
-                    fold(yrow, xp + ((n * H + ih) * W + iw) * C, C, first);
-                    first = false;
-                  }
-                }
+                for_each_tap(oh, ow, [&](int64_t ih, int64_t iw) {
+                  fold(yrow, xp + ((n * H + ih) * W + iw) * C, C, first);
+                  first = false;
+                });
               }
             }
           });
@@ -142,14 +147,10 @@ void MaxPool2dKernel(const KernelCall& c) {
                 for (int64_t ow = 0; ow < OW; ++ow) {
                   T* out = yp + (p * OH + oh) * OW + ow;
                   bool first = true;
-                  for (int64_t a = 0; a < th[oh].second; ++a) {
-                    int64_t ih = oh * at.stride[0] - at.padding[0] + (th[oh].first + a) * at.dilation[0];
-                    for (int64_t b = 0; b < tw[ow].second; ++b) {
-                      int64_t iw = ow * at.stride[1] - at.padding[1] + (tw[ow].first + b) * at.dilation[1];
-                      fold(out, plane + ih * W + iw, 1, first);
-                      first = false;
-                    }
-                  }
+                  for_each_tap(oh, ow, [&](int64_t ih, int64_t iw) {
+                    fold(out, plane + ih * W + iw, 1, first);
+                    first = false;
+                  });
                 }
               }
             }
@@ -167,22 +168,18 @@ void MaxPool2dKernel(const KernelCall& c) {
               T* yrow = yp + ((n * OH + oh) * OW + ow) * C;
               int64_t* irow = ip + ((n * OH + oh) * OW + ow) * C;
               bool first = true;
-              for (int64_t a = 0; a < th[oh].second; ++a) {
-                int64_t ih = oh * at.stride[0] - at.padding[0] + (th[oh].first + a) * at.dilation[0];
-                for (int64_t b = 0; b < tw[ow].second; ++b) {
-                  int64_t iw = ow * at.stride[1] - at.padding[1] + (tw[ow].first + b) * at.dilation[1];
-                  const T* xrow = xp + ((n * H + ih) * W + iw) * C;
-                  for (int64_t ch = 0; ch < C; ++ch) {
-                    C_ v = Convert<C_>(xrow[ch]);
-                    if (first || better(v, best[ch])) {
-                      best[ch] = v;
-                      yrow[ch] = xrow[ch];
-                      irow[ch] = ih * W + iw;
-                    }
+              for_each_tap(oh, ow, [&](int64_t ih, int64_t iw) {
+                const T* xrow = xp + ((n * H + ih) * W + iw) * C;
+                for (int64_t ch = 0; ch < C; ++ch) {
+                  C_ v = Convert<C_>(xrow[ch]);
+                  if (first || better(v, best[ch])) {
+                    best[ch] = v;
+                    yrow[ch] = xrow[ch];
+                    irow[ch] = ih * W + iw;
                   }
-                  first = false;
                 }
-              }
+                first = false;
+              });
             }
           }
         });
@@ -195,17 +192,14 @@ void MaxPool2dKernel(const KernelCall& c) {
             for (int64_t ow = 0; ow < OW; ++ow) {
               C_ best{};
               int64_t best_i = -1;
-              for (int64_t a = 0; a < th[oh].second; ++a) {
-                int64_t ih = oh * at.stride[0] - at.padding[0] + (th[oh].first + a) * at.dilation[0];
-                for (int64_t b = 0; b < tw[ow].second; ++b) {
-                  int64_t i = ih * W + ow * at.stride[1] - at.padding[1] + (tw[ow].first + b) * at.dilation[1];
-                  C_ v = Convert<C_>(plane[i]);
-                  if (best_i < 0 || better(v, best)) {
-                    best = v;
-                    best_i = i;
-                  }
+              for_each_tap(oh, ow, [&](int64_t ih, int64_t iw) {
+                const int64_t i = ih * W + iw;
+                C_ v = Convert<C_>(plane[i]);
+                if (best_i < 0 || better(v, best)) {
+                  best = v;
+                  best_i = i;
                 }
-              }
+              });
               yp[(p * OH + oh) * OW + ow] = plane[best_i];
               ip[(p * OH + oh) * OW + ow] = best_i;
             }
