@@ -179,13 +179,7 @@ Grads ScatterAddBackward(const GradNode& n, const Grads& g) {
 Grads FakeQuantizeBackwardRule(const GradNode& n, const Grads& g) {
   std::array<bool, 3> needed = {n.NeedsGrad(0), n.NeedsGrad(1), n.NeedsGrad(2)};
   if (!needed[0] && !needed[1] && !needed[2]) return {Tensor(), Tensor(), Tensor()};
-  const Tensor& x = X(n, 0);
-  const int64_t axis = n.attrs.dims.empty() ? -1 : n.attrs.dims[0];
-  Shape along(x.dim(), 1);
-  if (axis >= 0) along[axis] = x.size(axis);
-  auto spread = [&](const Tensor& c) { return (x.dim() == 0 ? c.View({}) : c.View(along)).Expand(x.shape()); };
-  std::array<Tensor, 3> grads =
-      FakeQuantizeBackwardSummed(g[0], x, spread(X(n, 1)), spread(X(n, 2)), n.attrs, needed);
+  std::array<Tensor, 3> grads = FakeQuantizeBackwardSummed(g[0], X(n, 0), X(n, 1), X(n, 2), n.attrs, needed);
   return {grads[0], grads[1], grads[2]};
 }
 

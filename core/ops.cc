@@ -54,12 +54,15 @@ Tensor ScalarLike(const Tensor& like, double value) {
 // An elementwise result keeps channels-last memory when an operand of the full
 // 4-D shape has it (as PyTorch's suggest_memory_format), so that a channels-last
 // network stays so from op to op.
+// An (N, C, H, W) tensor in channels-last memory.
+Tensor EmptyChannelsLast(const Shape& shape, DType dtype, const Device& device) {
+  return Tensor::Empty({shape[0], shape[2], shape[3], shape[1]}, dtype, device).Permute({0, 3, 1, 2});
+}
+
 Tensor EmptyElementwise(const Shape& shape, DType dtype, const Device& device, std::initializer_list<const Tensor*> operands) {
   if (shape.size() == 4) {
     for (const Tensor* t : operands) {
-      if (t->shape() == shape && t->suggests_channels_last()) {
-        return Tensor::Empty({shape[0], shape[2], shape[3], shape[1]}, dtype, device).Permute({0, 3, 1, 2});
-      }
+      if (t->shape() == shape && t->suggests_channels_last()) return EmptyChannelsLast(shape, dtype, device);
     }
   }
   return Tensor::Empty(shape, dtype, device);
@@ -428,8 +431,7 @@ Tensor Conv2d(const Tensor& input, const Tensor& weight, const Tensor& bias,
   std::vector<Tensor> in = {nhwc ? input : input.Contiguous(), weight.Contiguous()};
   if (bias.defined()) in.push_back(bias.Contiguous());
   Shape y_shape = {input.size(0), weight.size(0), out_hw[0], out_hw[1]};
-  Tensor out = nhwc ? Tensor::Empty({y_shape[0], y_shape[2], y_shape[3], y_shape[1]}, input.dtype(), input.device())
-                          .Permute({0, 3, 1, 2})
+  Tensor out = nhwc ? EmptyChannelsLast(y_shape, input.dtype(), input.device())
                     : Tensor::Empty(y_shape, input.dtype(), input.device());
   Dispatch(Op::kConv2d, in, {&out, 1}, attrs);
   return out;
@@ -453,9 +455,7 @@ Tensor Conv2dBackwardInput(const Tensor& grad_out, const Tensor& weight, const S
                "conv2d_backward_input: bad operands (", grad_out.Describe(), ", ", weight.Describe(), ")");
   const bool nhwc = grad_out.device().is_cpu() && grad_out.suggests_channels_last();
   Tensor in[2] = {nhwc ? grad_out : grad_out.Contiguous(), weight.Contiguous()};
-  Tensor out = nhwc ? Tensor::Empty({input_shape[0], input_shape[2], input_shape[3], input_shape[1]}, grad_out.dtype(),
-                                    grad_out.device())
-                          .Permute({0, 3, 1, 2})
+  Tensor out = nhwc ? EmptyChannelsLast(input_shape, grad_out.dtype(), grad_out.device())
                     : Tensor::Empty(input_shape, grad_out.dtype(), grad_out.device());
   Dispatch(Op::kConv2dBackwardInput, in, {&out, 1}, ConvAttrs(o));
   return out;
@@ -643,6 +643,41 @@ Tensor Requantize(const Tensor& q, DType dtype, const QuantParams& params) {
   return Quantize(Dequantize(q, DType::kF64), dtype, params);
 }
 
+namespace {
+// One value per channel along `axis` (or one value, axis -1) spread to x's
+// shape with stride 0: what the fake-quantize kernels read.
+Tensor SpreadAlong(const Tensor& per_channel, const Tensor& x, int64_t axis) {
+  if (x.dim() == 0) return per_channel.View({});
+  Shape along(x.dim(), 1);
+  if (axis >= 0) along[axis] = x.size(axis);
+  return per_channel.View(along).Expand(x.shape());
+}
+
+// fake_quantize_backward with the scale and zero-point gradients shaped
+// `param_shape`: x's shape (per element) or (C) (summed by the CPU kernel).
+std::array<Tensor, 3> FakeQuantizeBackwardInto(const Tensor& grad, const Tensor& x, const Tensor& scale,
+                                               const Tensor& zero_point, const OpAttrs& attrs,
+                                               std::array<bool, 3> needed, const Shape& param_shape) {
+  QUANTA_CHECK(grad.shape() == x.shape() && scale.shape() == x.shape() && zero_point.shape() == x.shape() &&
+                   grad.dtype() == x.dtype() && scale.dtype() == x.dtype() && zero_point.dtype() == x.dtype(),
+               "fake_quantize_backward: operands differ (", grad.Describe(), ", ", x.Describe(), ", ",
+               scale.Describe(), ", ", zero_point.Describe(), ")");
+  QUANTA_CHECK(needed[0] || needed[1] || needed[2], "fake_quantize_backward: no gradient asked for");
+  Tensor in[4] = {grad, x, scale, zero_point};
+  std::array<Tensor, 3> out;
+  if (needed[0]) out[0] = EmptyElementwise(x.shape(), x.dtype(), x.device(), {&x});  // x's layout
+  for (int i = 1; i < 3; ++i) {
+    if (needed[i]) {
+      out[i] = param_shape == x.shape() ? EmptyElementwise(x.shape(), x.dtype(), x.device(), {&x})
+                                        : Tensor::Empty(param_shape, x.dtype(), x.device());
+    }
+  }
+  // Kernels skip the outputs left undefined.
+  Dispatch(Op::kFakeQuantizeBackward, in, out, attrs);
+  return out;
+}
+}  // namespace
+
 Tensor FakeQuantize(const Tensor& x, const Tensor& scale, const Tensor& zero_point, const FakeQuantOptions& o) {
   CheckDefined("fake_quantize", {&x, &scale, &zero_point});
   QUANTA_CHECK(IsFloating(x.dtype()), "fake_quantize: ", x.Describe(), " is not floating");
@@ -650,11 +685,9 @@ Tensor FakeQuantize(const Tensor& x, const Tensor& scale, const Tensor& zero_poi
   QUANTA_CHECK(o.gradient == FakeQuantGradient::kSte || o.ewgs_delta >= 0, "fake_quantize: negative EWGS delta ",
                o.ewgs_delta);
   int64_t channels = 1;
-  Shape along(x.dim(), 1);
   if (o.axis >= 0) {
     QUANTA_CHECK(o.axis < x.dim(), "fake_quantize: axis ", o.axis, " out of range for ", x.Describe());
     channels = x.size(o.axis);
-    along[o.axis] = channels;
   }
   QUANTA_CHECK(scale.numel() == channels && zero_point.numel() == channels, "fake_quantize: ", channels,
                " scale and zero point values expected, got ", scale.Describe(), ", ", zero_point.Describe(), " for ",
@@ -677,8 +710,7 @@ Tensor FakeQuantize(const Tensor& x, const Tensor& scale, const Tensor& zero_poi
   Tensor out = EmptyElementwise(x.shape(), x.dtype(), x.device(), {&x});  // channels-last stays so
   {
     NoGradGuard no_grad;
-    auto spread = [&](const Tensor& c) { return (x.dim() == 0 ? c.View({}) : c.View(along)).Expand(x.shape()); };
-    Tensor in[3] = {x, spread(params[0]), spread(params[1])};
+    Tensor in[3] = {x, SpreadAlong(params[0], x, o.axis), SpreadAlong(params[1], x, o.axis)};
     Dispatch(Op::kFakeQuantize, in, {&out, 1}, attrs);
   }
   Tensor recorded[3] = {x, params[0], params[1]};
@@ -689,19 +721,7 @@ Tensor FakeQuantize(const Tensor& x, const Tensor& scale, const Tensor& zero_poi
 std::array<Tensor, 3> FakeQuantizeBackward(const Tensor& grad, const Tensor& x, const Tensor& scale,
                                            const Tensor& zero_point, const OpAttrs& attrs,
                                            std::array<bool, 3> needed) {
-  QUANTA_CHECK(grad.shape() == x.shape() && scale.shape() == x.shape() && zero_point.shape() == x.shape() &&
-                   grad.dtype() == x.dtype() && scale.dtype() == x.dtype() && zero_point.dtype() == x.dtype(),
-               "fake_quantize_backward: operands differ (", grad.Describe(), ", ", x.Describe(), ", ",
-               scale.Describe(), ", ", zero_point.Describe(), ")");
-  Tensor in[4] = {grad, x, scale, zero_point};
-  QUANTA_CHECK(needed[0] || needed[1] || needed[2], "fake_quantize_backward: no gradient asked for");
-  std::array<Tensor, 3> out;
-  for (int i = 0; i < 3; ++i) {
-    if (needed[i]) out[i] = EmptyElementwise(x.shape(), x.dtype(), x.device(), {&x});  // x's layout
-  }
-  // Kernels skip the outputs left undefined.
-  Dispatch(Op::kFakeQuantizeBackward, in, out, attrs);
-  return out;
+  return FakeQuantizeBackwardInto(grad, x, scale, zero_point, attrs, needed, x.shape());
 }
 
 std::array<Tensor, 3> FakeQuantizeBackwardSummed(const Tensor& grad, const Tensor& x, const Tensor& scale,
@@ -710,25 +730,16 @@ std::array<Tensor, 3> FakeQuantizeBackwardSummed(const Tensor& grad, const Tenso
   const int64_t axis = attrs.dims.empty() ? -1 : attrs.dims[0];
   QUANTA_CHECK(axis < x.dim(), "fake_quantize_backward: axis ", axis, " out of range for ", x.Describe());
   const int64_t channels = axis >= 0 ? x.size(axis) : 1;
+  QUANTA_CHECK(scale.numel() == channels && zero_point.numel() == channels, "fake_quantize_backward: ", channels,
+               " scale and zero point values expected, got ", scale.Describe(), ", ", zero_point.Describe(), " for ",
+               x.Describe());
+  const Tensor s = SpreadAlong(scale.Reshape({channels}), x, axis), z = SpreadAlong(zero_point.Reshape({channels}), x, axis);
   // The CPU kernel sums in its pass where x and grad are dense and alike (its
   // channel runs); a gradient of x, when asked for, follows x's layout.
   const bool fused = x.device().is_cpu() && needed[1] && grad.strides() == x.strides() &&
                      (x.is_contiguous() || x.suggests_channels_last());
-  if (fused) {
-    QUANTA_CHECK(grad.shape() == x.shape() && scale.shape() == x.shape() && zero_point.shape() == x.shape() &&
-                     grad.dtype() == x.dtype() && scale.dtype() == x.dtype() && zero_point.dtype() == x.dtype(),
-                 "fake_quantize_backward: operands differ (", grad.Describe(), ", ", x.Describe(), ", ",
-                 scale.Describe(), ", ", zero_point.Describe(), ")");
-    Tensor in[4] = {grad, x, scale, zero_point};
-    std::array<Tensor, 3> out;
-    if (needed[0]) out[0] = EmptyElementwise(x.shape(), x.dtype(), x.device(), {&x});
-    for (int i = 1; i < 3; ++i) {
-      if (needed[i]) out[i] = Tensor::Empty({channels}, x.dtype(), x.device());  // the kernel sums into these
-    }
-    Dispatch(Op::kFakeQuantizeBackward, in, out, attrs);
-    return out;
-  }
-  std::array<Tensor, 3> out = FakeQuantizeBackward(grad, x, scale, zero_point, attrs, needed);
+  if (fused) return FakeQuantizeBackwardInto(grad, x, s, z, attrs, needed, {channels});
+  std::array<Tensor, 3> out = FakeQuantizeBackwardInto(grad, x, s, z, attrs, needed, x.shape());
   std::vector<int64_t> dims;
   for (int64_t d = 0; d < x.dim(); ++d) {
     if (d != axis) dims.push_back(d);

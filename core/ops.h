@@ -168,12 +168,12 @@ Tensor FakeQuantize(const Tensor& x, const Tensor& scale, const Tensor& zero_poi
 std::array<Tensor, 3> FakeQuantizeBackward(const Tensor& grad, const Tensor& x, const Tensor& scale,
                                            const Tensor& zero_point, const OpAttrs& attrs,
                                            std::array<bool, 3> needed = {true, true, true});
-// The same with the scale and zero-point gradients summed to one value per
-// channel: shape (C) along attrs.dims[0], or (1) per tensor (attrs.dims empty or
-// {-1}); what the spread of the parameters sums them to, as autograd's rule for
-// fake_quantize returns them (Note [Fake-quant parameter sums]). On the CPU the
-// kernel sums them in its pass over dense x and grad laid out alike, writing no
-// x-sized gradient for them; otherwise they are written and summed.
+// The same for scale and zero point given as one value per channel, (C) along
+// attrs.dims[0], or (1) per tensor (attrs.dims empty or {-1}), with their
+// gradients summed to that shape, as autograd's rule for fake_quantize returns
+// them (Note [Fake-quant parameter sums]). On the CPU the kernel sums them in its
+// pass over dense x and grad laid out alike, writing no x-sized gradient for
+// them; otherwise they are written and summed.
 std::array<Tensor, 3> FakeQuantizeBackwardSummed(const Tensor& grad, const Tensor& x, const Tensor& scale,
                                                  const Tensor& zero_point, const OpAttrs& attrs,
                                                  std::array<bool, 3> needed);

@@ -38,16 +38,12 @@ void ForEachRun(const ChannelRuns& runs, F&& fn) {
 }
 
 bool AsChannelRuns(const Tensor& x, const Tensor& param, std::initializer_list<const Tensor*> dense, ChannelRuns* runs) {
-  // x's memory order: dims by decreasing stride (ties keep their order). Read
-  // from sizes and strides alone: a per-channel quantized operand has no views.
-  std::vector<int> order(x.dim());
-  for (int d = 0; d < x.dim(); ++d) order[d] = d;
-  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return x.stride(a) > x.stride(b); });
+  const std::vector<int64_t> order = MemoryOrder(x);
   for (const Tensor* t : dense) {
     if (t->shape() != x.shape()) return false;
     int64_t expected = 1;
     for (int k = x.dim() - 1; k >= 0; --k) {
-      const int d = order[k];
+      const int64_t d = order[k];
       if (x.size(d) == 1) continue;
       if (t->stride(d) != expected) return false;
       expected *= x.size(d);
@@ -84,9 +80,7 @@ bool PerTensorParams(const Tensor& scale, const Tensor& zp) {
 
 // `read` and `write` permuted alike so that `read`'s strides decrease.
 std::pair<Tensor, Tensor> InReadOrder(const Tensor& read, const Tensor& write) {
-  std::vector<int64_t> perm(read.dim());
-  for (int d = 0; d < read.dim(); ++d) perm[d] = d;
-  std::stable_sort(perm.begin(), perm.end(), [&](int64_t a, int64_t b) { return read.stride(a) > read.stride(b); });
+  const std::vector<int64_t> perm = MemoryOrder(read);
   return {read.Permute(perm), write.Permute(perm)};
 }
 

@@ -44,6 +44,15 @@ inline void StoreAt(void* base, int64_t i, Elem<T> v) {
 
 inline void* StorageBase(const Tensor& t) { return t.storage()->data(); }
 
+// t's dims in memory order: by decreasing stride, ties in their logical order.
+// Read from sizes and strides alone (a per-channel quantized tensor has no views).
+inline std::vector<int64_t> MemoryOrder(const Tensor& t) {
+  std::vector<int64_t> order(t.dim());
+  for (int64_t d = 0; d < t.dim(); ++d) order[d] = d;
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return t.stride(a) > t.stride(b); });
+  return order;
+}
+
 // The loop geometry of N operands over one shape after merging dims that are
 // adjacent in every operand's memory and dropping dims of size 1: (N, C, H, W)
 // with a (1, C, 1, 1) operand becomes (N, C, H*W), whose innermost run is long.
@@ -60,13 +69,10 @@ struct LoopGeometry {
   // argmax, which counts them).
   LoopGeometry(const Shape& shape, const std::array<const Tensor*, N>& tensors, bool memory_order = false) {
     for (int k = 0; k < N; ++k) offsets[k] = tensors[k]->offset();
-    std::vector<size_t> order(shape.size());
-    for (size_t d = 0; d < shape.size(); ++d) order[d] = d;
-    if (memory_order) {
-      const Strides& s0 = tensors[0]->strides();
-      std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return s0[a] > s0[b]; });
-    }
-    for (size_t d : order) {
+    std::vector<int64_t> order(shape.size());
+    for (size_t d = 0; d < shape.size(); ++d) order[d] = static_cast<int64_t>(d);
+    if (memory_order) order = MemoryOrder(*tensors[0]);
+    for (int64_t d : order) {
       if (shape[d] == 1) continue;
       std::array<int64_t, N> st;
       for (int k = 0; k < N; ++k) st[k] = tensors[k]->strides()[d];

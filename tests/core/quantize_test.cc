@@ -338,7 +338,7 @@ TEST(FakeQuantize, SummedParameterGradientsEqualTheSumsOfThePass) {
           std::vector<std::array<Tensor, 3>> got;
           for (int threads : {1, 2}) {
             SetNumThreads(threads);
-            got.push_back(FakeQuantizeBackwardSummed(gl, xl, ss, zs, at, needed));
+            got.push_back(FakeQuantizeBackwardSummed(gl, xl, s, z, at, needed));
           }
           for (int i = 0; i < 3; ++i) {
             ASSERT_EQ(got[0][i].defined(), needed[i]) << i;
@@ -362,7 +362,8 @@ TEST(FakeQuantize, SummedParameterGradientsEqualTheSumsOfThePass) {
   Tensor x32 = x.To(DType::kF32), g32 = g.To(DType::kF32);
   Tensor ss = sc.To(DType::kF32).View({1, 6, 1, 1}).Expand(shape), zs = zc.To(DType::kF32).View({1, 6, 1, 1}).Expand(shape);
   at.lsq_grad_scale = 0.3;
-  std::vector<float> fused = FakeQuantizeBackwardSummed(g32, x32, ss, zs, at, {true, true, false})[1].ToVector<float>();
+  std::vector<float> fused =
+      FakeQuantizeBackwardSummed(g32, x32, sc.To(DType::kF32), zc.To(DType::kF32), at, {true, true, false})[1].ToVector<float>();
   std::vector<float> after = Sum(FakeQuantizeBackward(g32, x32, ss, zs, at, {true, true, false})[1], {0, 2, 3}).ToVector<float>();
   EXPECT_NE(fused, after) << "the per-element pass and the fused sum agreeing to the bit on every channel "
                              "suggests the fused pass did not run";
