@@ -1,7 +1,7 @@
 // The training apps end to end: train_cifar100 on a tiny synthetic CIFAR-100
 // file (one epoch, checkpoint, metrics, resume, the integer model written),
 // flag errors, reproduce_tables --quick on a small subset producing a table
-// with every row, and train_bert on make_text_task's synthetic files (f32, QAT,
+// with every row (and the long recipe cut to some rows by --rows), and train_bert on make_text_task's synthetic files (f32, QAT,
 // int8) with its errors.
 #include <sys/wait.h>
 
@@ -13,6 +13,7 @@
 #include <fstream>
 #include <random>
 #include <sstream>
+#include <vector>
 #include <algorithm>
 #include <string>
 
@@ -193,6 +194,73 @@ TEST(Apps, ReproduceTablesQuickWritesEveryRow) {
   EXPECT_NE(out.find("row 5/9 done"), std::string::npos) << out;
   EXPECT_NE(out.find("row 9/9 done"), std::string::npos) << out;
   EXPECT_NE(out.find("about 0:00:00 left"), std::string::npos) << out;  // the last row leaves nothing
+}
+
+std::string Trim(const std::string& s) {
+  size_t a = s.find_first_not_of(' '), b = s.find_last_not_of(' ');
+  return a == std::string::npos ? "" : s.substr(a, b - a + 1);
+}
+
+// The long recipe's main table cut to some rows (--rows): f32 and the named
+// rows only; the targets whose rows are absent say so instead of reading a
+// zero drop; issue 17's long-recipe line reads the rows that are there (the
+// bit search's gap to uniform W4A4 and both byte counts, as the table lists
+// them).
+TEST(Apps, ReproduceTablesRowsFilterAndLongRecipeTargets) {
+  std::string md = Tmp() + "/docs/long_rows.md", out;
+  ASSERT_EQ(RunCommand("apps/reproduce_tables --train_subset=256 --test_subset=128 --epochs=1 --finetune_epochs=1 "
+                       "--rows='W4A4 (LSQ)|W2A2 (APoT)|auto' --out=" + md + " --work_dir=" + Tmp() + "/rt_rows",
+                       &out),
+            0)
+      << out;
+  std::string table = Read(md);
+  EXPECT_NE(out.find("=== row 1/4, f32:"), std::string::npos) << out;
+  EXPECT_NE(out.find("row 4/4 done"), std::string::npos) << out;
+  for (const char* row : {"| f32 |", "| QAT W4A4 (LSQ) |", "| QAT W2A2 (APoT) |", "| QAT auto W3.0A4 (LSQ, bit search) |"}) {
+    EXPECT_NE(table.find(row), std::string::npos) << row << "\n" << table;
+  }
+  for (const char* row : {"| QAT int8 (EMA) |", "| QAT W4A4 (LSQ, paper's start) |", "| QAT W3A3 (APoT) |"}) {
+    EXPECT_EQ(table.find(row), std::string::npos) << row << "\n" << table;
+  }
+  EXPECT_NE(table.find("--rows='W4A4 (LSQ)|W2A2 (APoT)|auto'"), std::string::npos) << table;
+  EXPECT_NE(table.find("QAT int8 within 0.2 points — not in this table"), std::string::npos) << table;
+  EXPECT_NE(table.find("PTQ int8 (min/max) within 0.5 — not in this table"), std::string::npos) << table;
+  // The table's own figures: top-1 and bytes of W4A4 (LSQ) and of the search.
+  auto cells = [&](const std::string& method) {
+    size_t at = table.find("| " + method + " | ");
+    EXPECT_NE(at, std::string::npos) << method;
+    std::vector<std::string> c;
+    std::stringstream line(table.substr(at + 1, table.find('\n', at) - at - 1));
+    for (std::string cell; std::getline(line, cell, '|');) c.push_back(cell);
+    return c;  // method, top-1, drop, fake-quant, agreement, logit diff, bytes, ...
+  };
+  std::vector<std::string> w4 = cells("QAT W4A4 (LSQ)"), automatic = cells("QAT auto W3.0A4 (LSQ, bit search)"),
+                           apot = cells("QAT W2A2 (APoT)");
+  ASSERT_GE(w4.size(), 7u);
+  ASSERT_GE(automatic.size(), 7u);
+  ASSERT_GE(apot.size(), 3u);
+  // How far the search's top-1 is below uniform W4A4's, from the cells.
+  double gap = std::atof(w4[1].c_str()) - std::atof(automatic[1].c_str());
+  long bytes_4 = std::atol(w4[6].c_str()), bytes_a = std::atol(automatic[6].c_str());
+  EXPECT_LT(bytes_a, bytes_4) << table;  // 3.0 bits of weights on average against 4
+  size_t at = table.find("Targets (issue 17, long recipe");
+  ASSERT_NE(at, std::string::npos) << table;
+  std::string line = table.substr(at, table.find('\n', at) - at);
+  // The W2A2 target reads the one W2A2 row there is: its drop, sign flipped.
+  char w2[64];
+  std::snprintf(w2, sizeof w2, "drop <= 1.0 — %.2f,", -std::atof(apot[2].c_str()));
+  EXPECT_NE(line.find(w2), std::string::npos) << w2 << "\n" << line;
+  EXPECT_NE(line.find("APoT rows: QAT W2A2 (APoT) drop "), std::string::npos) << line;
+  // Both top-1 figures as the table's cells print them, then the bytes.
+  std::string automatic_text = "in fewer bytes — " + Trim(automatic[1]) + " against " + Trim(w4[1]) + " (";
+  EXPECT_NE(line.find(automatic_text), std::string::npos) << automatic_text << "\n" << line;
+  std::string bytes_text = "), " + std::to_string(bytes_a) + " bytes against " + std::to_string(bytes_4) + ", " +
+                           (gap <= 0.3 + 0.01 ? "" : "**missed**");
+  EXPECT_NE(line.find(bytes_text), std::string::npos) << bytes_text << "\n" << line;
+  EXPECT_NE(RunCommand("apps/reproduce_tables --rows='W9A9'", &out), 0);
+  EXPECT_NE(out.find("--rows: 'W9A9' is in no row's name"), std::string::npos) << out;
+  EXPECT_NE(RunCommand("apps/reproduce_tables --table=ptq --rows=APoT", &out), 0);
+  EXPECT_NE(out.find("--rows applies to --table=main"), std::string::npos) << out;
 }
 
 // The PTQ table over two seeds: every row once per seed, the table's mean and
