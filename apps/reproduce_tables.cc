@@ -71,7 +71,8 @@ ABSL_FLAG(std::string, ptq_roundings, "adaround,brecq",
           "alone)");
 ABSL_FLAG(std::string, rows, "",
           "--table=main: run only the rows whose method contains one of these '|'-separated parts (f32 always), "
-          "e.g. 'W4A4 (LSQ)|W2A2 (LSQ|APoT|auto' for issue 17's long-recipe targets; empty: every row");
+          "e.g. 'W4A4 (LSQ)|W2A2 (LSQ|APoT|auto' for issue 17's long-recipe targets; empty: every row. Such a table "
+          "and its figures are named *_rows (docs/accuracy_rows.md unless --out) and never replace the full table's");
 ABSL_FLAG(std::string, f32_checkpoint, "",
           "take the f32 model from this checkpoint (written by //apps:train) instead of training it; with --seeds, "
           "{seed} in the path stands for each seed (e.g. /runs/seed{seed}/f32/last.safetensors); the table says which "
@@ -177,6 +178,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "error: --table=%s: main, ptq, distill, formats or fp8\n", table.c_str());
     return 2;
   }
+  // --rows: the f32 row and the rows it names (checked against the rows below).
+  std::vector<std::string> row_parts = absl::StrSplit(absl::GetFlag(FLAGS_rows), '|', absl::SkipEmpty());
+  if (!row_parts.empty() && table != "main") {
+    std::fprintf(stderr, "error: --rows applies to --table=main (the PTQ table has --ptq_rows)\n");
+    return 2;
+  }
   std::vector<std::string> ptq_rows = absl::StrSplit(absl::GetFlag(FLAGS_ptq_rows), ',', absl::SkipEmpty());
   for (const std::string& r : ptq_rows) {
     bool ok = r == "auto" || (r.size() == 4 && r[0] == 'W' && r[2] == 'A' && r[1] >= '2' && r[1] <= '8' &&
@@ -234,7 +241,7 @@ int main(int argc, char** argv) {
                                    : fp8_table     ? "accuracy_fp8"
                                                    : "accuracy") +
                        (short_recipe ? "_short" : "") +
-                       (quick ? "_quick" : "");
+                       (quick ? "_quick" : "") + (row_parts.empty() ? "" : "_rows");  // never the full table
     out_flag = "docs/" + name + ".md";
   }
   const std::string out = FromWorkspace(out_flag);
@@ -415,13 +422,8 @@ int main(int argc, char** argv) {
     }
     return rows;
   };
-  // --rows: the f32 row and the rows it names; a part that names no row is an
-  // error (a typo would otherwise shrink the table without a word).
-  std::vector<std::string> row_parts = absl::StrSplit(absl::GetFlag(FLAGS_rows), '|', absl::SkipEmpty());
-  if (!row_parts.empty() && table != "main") {
-    std::fprintf(stderr, "error: --rows applies to --table=main (the PTQ table has --ptq_rows)\n");
-    return 2;
-  }
+  // A part of --rows that names no row is an error (a typo would otherwise
+  // shrink the table without a word).
   auto wanted = [&](const Row& r) {
     if (row_parts.empty() || r.bits == 0) return true;
     for (const std::string& part : row_parts) {
@@ -522,7 +524,7 @@ int main(int argc, char** argv) {
   // over the seeds).
   std::string figures = (out_dir / "figures").string();
   std::string prefix = std::string(cifar ? "cifar100_resnet20" : "fmnist_resnet8") + (short_recipe ? "_short" : "") +
-                       (quick ? "_quick" : "");
+                       (quick ? "_quick" : "") + (row_parts.empty() ? "" : "_rows");  // --rows: not the full table's
   std::string curves = figures + "/" + prefix + "_curves.png", bits_png = figures + "/" + prefix + "_bits.png";
   std::string script = absl::StrCat("set terminal pngcairo size 900,540\nset output '", curves,
                                     "'\nset xlabel 'epoch'\nset ylabel 'test top-1 (%)'\nset key bottom right\nset grid\n"
@@ -849,7 +851,8 @@ int main(int argc, char** argv) {
       absl::StrAppendFormat(
           &md,
           "\nTargets (issue 17, short recipe, mean of 3 seeds; this table: %s; a drop is f32 minus the row): f32 at "
-          "least PyTorch's 92.21%% — %.2f%%, %s; %s; %s; %s; %s.\n",
+          "least PyTorch's 92.21%% (the issue's figure; tools/torch_fmnist_short.py measures it) — %.2f%%, %s; %s; "
+          "%s; %s; %s.\n",
           this_table, 100 * base_acc, verdict(base_acc >= 0.9221),
           drop_target("QAT int8 drop <= 0", lowest_drop({"QAT int8 (EMA)"}), 0),
           drop_target("QAT W4A4 (best) drop <= 0.1", w4, 0.001),
@@ -898,7 +901,9 @@ int main(int argc, char** argv) {
   absl::StrAppend(&md, "\nBERT (//apps:train_bert, f32 / QAT / PTQ / int8 with F1): docs/accuracy_bert.md.\n");
   absl::StrAppend(&md,
                   "\nThe other tables, each written by its program: the short recipe over three seeds "
-                  "(docs/accuracy_short.md, `--recipe=short`); PTQ with learned rounding "
+                  "(docs/accuracy_short.md, `--recipe=short`; PyTorch's f32 on it: docs/accuracy_torch_short.md, "
+                  "tools/torch_fmnist_short.py); the long recipe's low-bit rows and issue 17's long-recipe targets "
+                  "(docs/accuracy_long_lowbit.md, `--rows`); PTQ with learned rounding "
                   "(docs/accuracy_ptq_short_3seeds.md, `--table=ptq`); QAT with distillation "
                   "(docs/accuracy_distill_short.md, `--table=distill`); MXFP8, MXFP6, MXFP4 and NVFP4 PTQ and QAT rows "
                   "beside int8 and int4, with model bytes (docs/accuracy_formats_short.md, `--table=formats`); FP8 "

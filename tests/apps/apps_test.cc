@@ -223,6 +223,9 @@ TEST(Apps, ReproduceTablesRowsFilterAndLongRecipeTargets) {
     EXPECT_EQ(table.find(row), std::string::npos) << row << "\n" << table;
   }
   EXPECT_NE(table.find("--rows='W4A4 (LSQ)|W2A2 (APoT)|auto'"), std::string::npos) << table;
+  // Its figures do not replace the full table's.
+  EXPECT_EQ(table.find("(figures/fmnist_resnet8_curves.png)"), std::string::npos) << table;
+  EXPECT_FALSE(std::filesystem::exists(Tmp() + "/docs/figures/fmnist_resnet8_curves.png"));
   EXPECT_NE(table.find("QAT int8 within 0.2 points — not in this table"), std::string::npos) << table;
   EXPECT_NE(table.find("PTQ int8 (min/max) within 0.5 — not in this table"), std::string::npos) << table;
   // The table's own figures: top-1 and bytes of W4A4 (LSQ) and of the search.
