@@ -422,8 +422,6 @@ int main(int argc, char** argv) {
     }
     return rows;
   };
-  // A part of --rows that names no row is an error (a typo would otherwise
-  // shrink the table without a word).
   auto wanted = [&](const Row& r) {
     if (row_parts.empty() || r.bits == 0) return true;
     for (const std::string& part : row_parts) {
@@ -434,6 +432,8 @@ int main(int argc, char** argv) {
   std::vector<std::vector<Row>> runs;  // [seed][row]
   for (uint64_t seed : seeds) {
     std::vector<Row> all = make_rows(seed), kept;
+    // A part of --rows that names no row is an error (a typo would otherwise
+    // shrink the table without a word).
     for (const std::string& part : row_parts) {
       if (std::none_of(all.begin(), all.end(), [&](const Row& r) { return absl::StrContains(r.method, part); })) {
         std::vector<std::string> names;
@@ -879,8 +879,9 @@ int main(int argc, char** argv) {
       if (ka != 0 && k4 != 0) {
         double gap = Mean(top1_of(k4)) - Mean(top1_of(ka));
         int64_t bytes_a = rows[ka].result.integer_bytes, bytes_4 = rows[k4].result.integer_bytes;
-        absl::StrAppendFormat(&automatic, "%.2f%% against %.2f%% (%.2f points below it), %d bytes against %d, %s",
-                              100 * Mean(top1_of(ka)), 100 * Mean(top1_of(k4)), 100 * gap, bytes_a, bytes_4,
+        absl::StrAppendFormat(&automatic, "%.2f%% against %.2f%% (%.2f points %s it), %d bytes against %d, %s",
+                              100 * Mean(top1_of(ka)), 100 * Mean(top1_of(k4)), 100 * std::fabs(gap),
+                              gap > 0 ? "below" : "above", bytes_a, bytes_4,
                               verdict(gap <= 0.003 + 1e-9 && bytes_a < bytes_4));
       } else {
         absl::StrAppend(&automatic, "not in this table");
