@@ -137,7 +137,7 @@ def run(seed, epochs, log):
 def cpu_name():
     try:
         with open("/proc/cpuinfo") as f:
-            info = dict(line.split(":", 1) for line in f if ":" in line)
+            info = {k.strip(): v for k, v in (line.split(":", 1) for line in f if ":" in line)}
         return f"{info['model name'].strip()} (family {info['cpu family'].strip()} model {info['model'].strip()})"
     except (OSError, KeyError):
         return platform.processor() or "unknown CPU"
