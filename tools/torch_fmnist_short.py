@@ -20,7 +20,6 @@ import argparse
 import gzip
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -29,6 +28,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+# The residual block and the CPU's name, as the other PyTorch tools have them
+# (this folder is on sys.path when the script runs).
+from compare_torch import cpu_name
+from torch_resnet18_step import Block
 
 DATA = "/usr/share/datasets/fashion-mnist"
 MEAN, STD = 0.2860, 0.3530
@@ -40,23 +44,6 @@ def read_idx(path):
     dims = raw[3]
     shape = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
-
-
-class Block(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.down = None
-        if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        y = F.relu(self.bn1(self.conv1(x)))
-        y = self.bn2(self.conv2(y))
-        return F.relu(y + (self.down(x) if self.down is not None else x))
 
 
 class FmnistResNet8(nn.Module):
@@ -132,15 +119,6 @@ def run(seed, epochs, log):
               f"test acc {100 * test_correct / test_x.shape[0]:.2f}% | {time.time() - start:.1f} s", file=log,
               flush=True)
     return history
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = {k.strip(): v for k, v in (line.split(":", 1) for line in f if ":" in line)}
-        return f"{info['model name'].strip()} (family {info['cpu family'].strip()} model {info['model'].strip()})"
-    except (OSError, KeyError):
-        return platform.processor() or "unknown CPU"
 
 
 def main():
