@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -23,6 +24,8 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -79,6 +82,10 @@ ABSL_FLAG(std::string, f32_checkpoint, "",
           "files and the command that made the first");
 ABSL_FLAG(std::string, out, "", "the table (default docs/accuracy.md; --quick: docs/accuracy_quick.md, so a quick run never replaces the full table); figures go to figures/ beside it");
 ABSL_FLAG(std::string, work_dir, "/tmp/quanta-reproduce", "checkpoints and metrics of the runs");
+ABSL_FLAG(bool, resume, false,
+          "take a row from the result file its last run left in --work_dir (NAME.result beside NAME.jsonl) when "
+          "that run had the same command, instead of running it again (a seed's rows rerun when its f32 row does); "
+          "for tables longer than a sitting: stop one, rerun it with --resume. The table lists the rows so taken");
 
 namespace quanta::apps {
 namespace {
@@ -114,6 +121,123 @@ bool Gnuplot(const std::string& script) {
   if (p == nullptr) return false;
   std::fwrite(script.data(), 1, script.size(), p);
   return pclose(p) == 0;
+}
+
+// Note [Resuming a table]: a row that finishes leaves its result beside its
+// metrics file (NAME.result: the command that made it, its seconds, when it
+// finished, every field of its TrainResult with doubles to 17 digits, so a
+// resumed table prints the same figures). With --resume a row is taken from
+// that file when the file's command is the row's command; a seed whose f32
+// row is run again runs all its rows again (they start from its model). The
+// table says which rows came from files and when those were written.
+struct SavedRow {
+  std::string command, finished;
+  double seconds = 0;
+  TrainResult result;
+};
+
+std::string ResultPath(const TrainConfig& c) {
+  std::string path = c.metrics_file;
+  if (absl::EndsWith(path, ".jsonl")) path.resize(path.size() - 6);
+  return path + ".result";
+}
+
+absl::Status WriteSavedRow(const std::string& path, const SavedRow& row) {
+  const TrainResult& t = row.result;
+  std::string text = absl::StrCat("command\t", row.command, "\nfinished\t", row.finished, "\n");
+  auto num = [&](const char* key, double v) { absl::StrAppendFormat(&text, "%s\t%.17g\n", key, v); };
+  num("seconds", row.seconds);
+  num("float_accuracy", t.float_accuracy);
+  num("integer_accuracy", t.integer_accuracy);
+  num("agreement", t.agreement);
+  num("max_logit_diff", t.max_logit_diff);
+  num("max_logit_diff_steps", t.max_logit_diff_steps);
+  num("float_bytes", static_cast<double>(t.float_bytes));
+  num("integer_bytes", static_cast<double>(t.integer_bytes));
+  num("integer_images_per_second", t.integer_images_per_second);
+  num("float_images_per_second", t.float_images_per_second);
+  for (const auto& [name, delta] : t.ewgs_deltas) absl::StrAppendFormat(&text, "ewgs\t%s\t%.17g\n", name, delta);
+  for (const EpochMetrics& m : t.history) {
+    absl::StrAppendFormat(&text, "epoch\t%d\t%.17g\t%.17g\t%.17g\t%.17g\t%.17g\t%.17g\n", m.epoch, m.train_loss,
+                          m.train_accuracy, m.test_accuracy, m.lr, m.images_per_second, m.seconds);
+  }
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::trunc);
+    f << text;
+    if (!f.flush()) return absl::InternalError("cannot write " + tmp);
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ", path, ": ", ec.message()));
+  return absl::OkStatus();
+}
+
+// NotFound when there is no file; InvalidArgument naming the line when it is
+// not one WriteSavedRow wrote.
+absl::StatusOr<SavedRow> ReadSavedRow(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) return absl::NotFoundError("no file " + path);
+  SavedRow row;
+  TrainResult& t = row.result;
+  double float_bytes = -1, integer_bytes = -1;
+  std::vector<std::pair<const char*, double*>> numbers = {
+      {"seconds", &row.seconds},
+      {"float_accuracy", &t.float_accuracy},
+      {"integer_accuracy", &t.integer_accuracy},
+      {"agreement", &t.agreement},
+      {"max_logit_diff", &t.max_logit_diff},
+      {"max_logit_diff_steps", &t.max_logit_diff_steps},
+      {"float_bytes", &float_bytes},
+      {"integer_bytes", &integer_bytes},
+      {"integer_images_per_second", &t.integer_images_per_second},
+      {"float_images_per_second", &t.float_images_per_second}};
+  size_t seen = 0;
+  int line_no = 0;
+  for (std::string line; std::getline(f, line);) {
+    ++line_no;
+    std::vector<std::string> cells = absl::StrSplit(line, '\t');
+    auto bad = [&](const char* what) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ":", line_no, ": ", what, " in '", line, "'"));
+    };
+    auto parse = [&](size_t i, double* v) { return i < cells.size() && absl::SimpleAtod(cells[i], v); };
+    const std::string& key = cells[0];
+    if (key == "command" || key == "finished") {
+      if (cells.size() < 2) return bad("no value");
+      (key == "command" ? row.command : row.finished) = line.substr(key.size() + 1);
+    } else if (key == "ewgs") {
+      double delta;
+      if (cells.size() != 3 || !parse(2, &delta)) return bad("not 'ewgs NAME DELTA'");
+      t.ewgs_deltas.emplace_back(cells[1], delta);
+    } else if (key == "epoch") {
+      EpochMetrics m{};
+      double* fields[] = {&m.train_loss, &m.train_accuracy, &m.test_accuracy, &m.lr, &m.images_per_second,
+                          &m.seconds};
+      bool ok = cells.size() == 8 && absl::SimpleAtoi(cells[1], &m.epoch);
+      for (size_t i = 0; ok && i < 6; ++i) ok = parse(i + 2, fields[i]);
+      if (!ok) return bad("not an epoch's seven figures");
+      t.history.push_back(m);
+    } else {
+      auto it = std::find_if(numbers.begin(), numbers.end(), [&](const auto& n) { return key == n.first; });
+      if (it == numbers.end()) return bad("unknown key");
+      if (cells.size() != 2 || !parse(1, it->second)) return bad("not a number");
+      ++seen;
+    }
+  }
+  if (row.command.empty() || seen != numbers.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": truncated (", seen, " of ", numbers.size(),
+                                                   " figures", row.command.empty() ? ", no command" : "", ")"));
+  }
+  t.float_bytes = static_cast<int64_t>(float_bytes);
+  t.integer_bytes = static_cast<int64_t>(integer_bytes);
+  return row;
+}
+
+std::string NowUtc() {
+  std::time_t now = std::time(nullptr);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
+  return text;
 }
 
 }  // namespace
@@ -466,17 +590,66 @@ int main(int argc, char** argv) {
     for (const Row& r : seed_rows) total_work += work_of(r);
   }
   const size_t n_runs = n_seeds * rows.size();
+  // --resume: which runs come from result files (Note [Resuming a table]).
+  std::vector<std::vector<std::optional<SavedRow>>> saved(n_seeds);
+  for (size_t s = 0; s < n_seeds; ++s) {
+    saved[s].resize(runs[s].size());
+    for (size_t k = 0; absl::GetFlag(FLAGS_resume) && k < runs[s].size(); ++k) {
+      const Row& r = runs[s][k];
+      absl::StatusOr<SavedRow> row = ReadSavedRow(ResultPath(r.config));
+      const std::string command = CommandLine(r.config, "bazel run //apps:train");
+      std::string why;  // why it runs again ("": it does not)
+      if (!row.ok()) {
+        why = absl::IsNotFound(row.status()) ? "" : std::string(row.status().message());
+        if (why.empty()) continue;  // never finished: it runs, nothing to say
+      } else if (row->command != command) {
+        why = "its last run had another command: " + row->command;
+      } else if (!r.config.checkpoint_dir.empty() &&
+                 !std::filesystem::exists(r.config.checkpoint_dir + "/last.safetensors")) {
+        why = "its model " + r.config.checkpoint_dir + "/last.safetensors is gone";
+      }
+      if (why.empty()) {
+        saved[s][k] = *std::move(row);
+      } else {
+        std::printf("--resume: %s (seed %llu) runs again: %s\n", r.method.c_str(),
+                    static_cast<unsigned long long>(seeds[s]), why.c_str());
+      }
+      if (k == 0 && !saved[s][0]) break;  // the others start from the f32 model it will make
+    }
+  }
+  double resumed_seconds = 0;
+  std::vector<std::string> resumed_names, resumed_times;
+  for (size_t s = 0; s < n_seeds; ++s) {
+    for (size_t k = 0; k < runs[s].size(); ++k) {
+      if (!saved[s][k]) continue;
+      total_work -= work_of(runs[s][k]);
+      resumed_seconds += saved[s][k]->seconds;
+      resumed_names.push_back(n_seeds == 1 ? runs[s][k].method : absl::StrCat(runs[s][k].method, " (seed ", seeds[s], ")"));
+      resumed_times.push_back(saved[s][k]->finished);
+    }
+  }
+  std::sort(resumed_times.begin(), resumed_times.end());
   const auto table_start = std::chrono::steady_clock::now();
   for (size_t s = 0; s < n_seeds; ++s) {
     for (size_t k = 0; k < runs[s].size(); ++k) {
       Row& r = runs[s][k];
       const size_t run = s * rows.size() + k + 1;
-      std::filesystem::remove(r.config.metrics_file);
       std::string seed = n_seeds == 1 ? "" : absl::StrCat(" (seed ", seeds[s], ")");
+      if (saved[s][k]) {
+        r.result = saved[s][k]->result;
+        std::printf("\n=== row %zu/%zu, %s%s: resumed from %s (finished %s)\n%s: top-1 %.2f%% (integer %.2f%%)\n", run,
+                    n_runs, r.method.c_str(), seed.c_str(), ResultPath(r.config).c_str(),
+                    saved[s][k]->finished.c_str(), r.method.c_str(), 100 * r.result.float_accuracy,
+                    100 * r.result.integer_accuracy);
+        continue;
+      }
+      std::filesystem::remove(r.config.metrics_file);
+      std::filesystem::remove(ResultPath(r.config));  // a stale one must not outlive this run
       std::printf("\n=== row %zu/%zu, %s%s: %s\n", run, n_runs, r.method.c_str(), seed.c_str(),
                   CommandLine(r.config, "bazel run //apps:train").c_str());
       std::fflush(stdout);
       absl::StatusOr<TrainResult> result;
+      const auto row_start = std::chrono::steady_clock::now();
       try {
         result = RunTraining(r.config, std::cout);
       } catch (const Error& e) {
@@ -488,6 +661,11 @@ int main(int argc, char** argv) {
         return 1;
       }
       r.result = *result;
+      SavedRow row{CommandLine(r.config, "bazel run //apps:train"), NowUtc(),
+                   std::chrono::duration<double>(std::chrono::steady_clock::now() - row_start).count(), r.result};
+      if (absl::Status written = WriteSavedRow(ResultPath(r.config), row); !written.ok()) {
+        std::fprintf(stderr, "warning: %s (--resume will run this row again)\n", std::string(written.message()).c_str());
+      }
       done_work += work_of(r);
       double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - table_start).count();
       int left = static_cast<int>(elapsed / done_work * (total_work - done_work));
@@ -569,7 +747,15 @@ int main(int argc, char** argv) {
 
   // The table.
   auto images = [](int64_t n) { return n ? std::to_string(n) : std::string("all"); };
-  const double table_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - table_start).count();
+  const double table_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - table_start).count() + resumed_seconds;
+  const std::string resumed_text =
+      resumed_names.empty()
+          ? ""
+          : absl::StrCat("Resumed: ", resumed_names.size(), " of the ", n_runs,
+                         " runs come from the result files earlier runs of the same commands left (`--resume`, "
+                         "written ", resumed_times.front(), " to ", resumed_times.back(),
+                         "; their time is in the total above): ", absl::StrJoin(resumed_names, "; "), ".\n\n");
   std::string f32_text =
       f32_checkpoint.empty()
           ? absl::StrCat("f32 trained for ", epochs, " epochs (SGD, momentum 0.9", f32.nesterov ? " Nesterov" : "",
@@ -667,7 +853,7 @@ int main(int argc, char** argv) {
       fp8_table ? ". " : ". First and last layers stay 8-bit in every quantized row. ",
       "Train images: ", images(train_subset), fp8_table ? " for every row" : " for f32",
       ptq_table || fp8_table ? "" : ", " + images(finetune_subset) + " for the quantized rows",
-      "; test images: ", images(test_subset), ".\n\n",
+      "; test images: ", images(test_subset), ".\n\n", resumed_text,
       quick && figures_wanted ? "The quick table is the full table's recipe made small: a half-width model, 2 epochs, fine-tuning on a sixth "
               "of the images. The full run (`bazel run //apps:reproduce_tables`, docs/accuracy.md) trains fmnist_resnet8 "
               "for 15 epochs with augmentation and fine-tunes on every image: higher accuracy everywhere, and the 4-bit "

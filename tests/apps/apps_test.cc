@@ -260,6 +260,42 @@ TEST(Apps, ReproduceTablesRowsFilterAndLongRecipeTargets) {
   std::string bytes_text = "), " + std::to_string(bytes_a) + " bytes against " + std::to_string(bytes_4) + ", " +
                            (gap <= 0.3 + 0.01 ? "" : "**missed**");
   EXPECT_NE(line.find(bytes_text), std::string::npos) << bytes_text << "\n" << line;
+
+  // --resume: every row's result file matches its command, so nothing trains
+  // and the table prints the same figures; a truncated file reruns its row
+  // alone; a missing f32 model reruns the seed's every row.
+  const std::string command = "apps/reproduce_tables --resume --train_subset=256 --test_subset=128 --epochs=1 "
+                              "--finetune_epochs=1 --rows='W4A4 (LSQ)|W2A2 (APoT)|auto' --out=" + md +
+                              " --work_dir=" + Tmp() + "/rt_rows";
+  auto body = [](const std::string& t) { return t.substr(t.find("| method |")); };
+  auto count = [](const std::string& text, const std::string& what) {
+    size_t n = 0;
+    for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+    return n;
+  };
+  ASSERT_EQ(RunCommand(command, &out), 0) << out;
+  std::string resumed = Read(md);
+  EXPECT_EQ(count(out, ": resumed from "), 4u) << out;
+  EXPECT_EQ(out.find(": bazel run //apps:train"), std::string::npos) << out;  // no row ran ("=== row N/M, ROW: COMMAND")
+  EXPECT_EQ(body(resumed), body(table));
+  EXPECT_NE(resumed.find("Resumed: 4 of the 4 runs come from the result files"), std::string::npos) << resumed;
+  const std::string apot_result = Tmp() + "/rt_rows/fashion_mnist/QAT W2A2 (APoT).result";
+  std::string saved = Read(apot_result);
+  std::ofstream(apot_result, std::ios::trunc) << saved.substr(0, saved.find("float_accuracy"));
+  ASSERT_EQ(RunCommand(command, &out), 0) << out;
+  EXPECT_EQ(count(out, ": resumed from "), 3u) << out;
+  EXPECT_NE(out.find("--resume: QAT W2A2 (APoT) (seed 0) runs again: " + apot_result + ": truncated (1 of 10 figures)"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("=== row 3/4, QAT W2A2 (APoT): bazel run //apps:train"), std::string::npos) << out;
+  EXPECT_NE(Read(md).find("Resumed: 3 of the 4 runs"), std::string::npos) << Read(md);
+  EXPECT_NE(Read(apot_result).find("float_accuracy\t"), std::string::npos);  // written again by its run
+  std::filesystem::remove(Tmp() + "/rt_rows/fashion_mnist/f32/last.safetensors");
+  ASSERT_EQ(RunCommand(command, &out), 0) << out;
+  EXPECT_NE(out.find("f32 (seed 0) runs again: its model"), std::string::npos) << out;
+  EXPECT_EQ(count(out, ": resumed from "), 0u) << out;
+  EXPECT_EQ(Read(md).find("Resumed:"), std::string::npos);
+
   EXPECT_NE(RunCommand("apps/reproduce_tables --rows='W9A9'", &out), 0);
   EXPECT_NE(out.find("--rows: 'W9A9' is in no row's name"), std::string::npos) << out;
   EXPECT_NE(RunCommand("apps/reproduce_tables --table=ptq --rows=APoT", &out), 0);
