@@ -895,6 +895,15 @@ int main(int argc, char** argv) {
   }
   auto verdict = [](bool ok) { return ok ? "met" : "**missed**"; };
   auto mean_drop = [&](const std::string& m) { return -Mean(drops_of(index_of(m))); };  // f32 minus the row
+  // Of the named rows this table has, the one with the lowest mean drop (0: none).
+  auto best_of = [&](std::initializer_list<const char*> methods) {
+    size_t best_row = 0;
+    for (const char* m : methods) {
+      size_t k = index_of(m);
+      if (k != 0 && (best_row == 0 || Mean(drops_of(k)) > Mean(drops_of(best_row)))) best_row = k;
+    }
+    return best_row;
+  };
   // Which method wins at 4 bits (mean top-1).
   size_t best = 0, second = 0;
   for (size_t k = 1; k < rows.size(); ++k) {
@@ -931,14 +940,6 @@ int main(int argc, char** argv) {
     }
     // The targets: W4A8's best row by its mean drop; W4A4's better learned
     // rounding (by mean) on its worst seed, as the issue asks "on every seed".
-    auto best_of = [&](std::initializer_list<const char*> methods) {
-      size_t best_row = 0;
-      for (const char* m : methods) {
-        size_t k = index_of(m);
-        if (k != 0 && (best_row == 0 || Mean(drops_of(k)) > Mean(drops_of(best_row)))) best_row = k;
-      }
-      return best_row;
-    };
     std::vector<std::string> targets;
     if (size_t k = best_of({"PTQ W4A8 (MSE, nearest)", "PTQ W4A8 (MSE, AdaRound)", "PTQ W4A8 (MSE, BRECQ)"})) {
       targets.push_back(absl::StrFormat("PTQ W4A8 drop <= 0.2 points (mean; best row %s) — %.2f, %s",
@@ -1020,11 +1021,8 @@ int main(int argc, char** argv) {
     // A target whose rows are not in this table (--rows) says so instead of
     // reading the f32 row's zero drop.
     auto lowest_drop = [&](std::initializer_list<const char*> methods) -> std::optional<double> {
-      std::optional<double> low;
-      for (const char* m : methods) {
-        if (index_of(m) != 0) low = std::min(low.value_or(1.0), mean_drop(m));
-      }
-      return low;
+      size_t k = best_of(methods);
+      return k == 0 ? std::nullopt : std::optional<double>(-Mean(drops_of(k)));
     };
     auto drop_target = [&](const std::string& what, std::optional<double> drop, double limit) {
       return drop ? absl::StrFormat("%s — %.2f, %s", what, 100 * *drop, verdict(*drop <= limit + 1e-9))
