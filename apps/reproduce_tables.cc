@@ -619,17 +619,17 @@ int main(int argc, char** argv) {
       const std::string command = CommandLine(r.config, "bazel run //apps:train");
       std::string why;  // why it runs again ("": it does not)
       if (!row.ok()) {
-        why = absl::IsNotFound(row.status()) ? "" : std::string(row.status().message());
-        if (why.empty()) continue;  // never finished: it runs, nothing to say
+        // No file: it never finished, it runs without a word.
+        if (!absl::IsNotFound(row.status())) why = std::string(row.status().message());
       } else if (row->command != command) {
         why = "its last run had another command: " + row->command;
       } else if (!r.config.checkpoint_dir.empty() &&
                  !std::filesystem::exists(r.config.checkpoint_dir + "/last.safetensors")) {
         why = "its model " + r.config.checkpoint_dir + "/last.safetensors is gone";
       }
-      if (why.empty()) {
+      if (row.ok() && why.empty()) {
         saved[s][k] = *std::move(row);
-      } else {
+      } else if (!why.empty()) {
         std::printf("--resume: %s (seed %llu) runs again: %s\n", r.method.c_str(),
                     static_cast<unsigned long long>(seeds[s]), why.c_str());
       }
