@@ -1115,7 +1115,8 @@ int main(int argc, char** argv) {
   absl::StrAppend(&md,
                   "\nThe other tables, each written by its program: the short recipe over three seeds "
                   "(docs/accuracy_short.md, `--recipe=short`; PyTorch's f32 on it: docs/accuracy_torch_short.md, "
-                  "tools/torch_fmnist_short.py); the long recipe's low-bit rows and issue 17's long-recipe targets "
+                  "tools/torch_fmnist_short.py; its int8 rows with QAT fine-tuning on every training image: "
+                  "docs/accuracy_short_int8.md, `--recipe=short --rows=int8`); the long recipe's low-bit rows and issue 17's long-recipe targets "
                   "(docs/accuracy_long_lowbit.md, `--rows`); PTQ with learned rounding "
                   "(docs/accuracy_ptq_short_3seeds.md, `--table=ptq`); QAT with distillation "
                   "(docs/accuracy_distill_short.md, `--table=distill`); MXFP8, MXFP6, MXFP4 and NVFP4 PTQ and QAT rows "
