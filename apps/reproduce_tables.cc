@@ -145,35 +145,34 @@ std::string ResultPath(const TrainConfig& c) {
   return path + ".result";
 }
 
-absl::Status WriteSavedRow(const std::string& path, const SavedRow& row) {
+// The single figures of a result file, by key, where they live in `row`
+// (the byte counts pass through `bytes`: the file holds every figure as a
+// double). Both the writer and the reader go by this list.
+std::vector<std::pair<const char*, double*>> Figures(SavedRow& row, double (&bytes)[2]) {
+  TrainResult& t = row.result;
+  return {{"seconds", &row.seconds},
+          {"float_accuracy", &t.float_accuracy},
+          {"integer_accuracy", &t.integer_accuracy},
+          {"agreement", &t.agreement},
+          {"max_logit_diff", &t.max_logit_diff},
+          {"max_logit_diff_steps", &t.max_logit_diff_steps},
+          {"float_bytes", &bytes[0]},
+          {"integer_bytes", &bytes[1]},
+          {"integer_images_per_second", &t.integer_images_per_second},
+          {"float_images_per_second", &t.float_images_per_second}};
+}
+
+absl::Status WriteSavedRow(const std::string& path, SavedRow row) {
   const TrainResult& t = row.result;
   std::string text = absl::StrCat("command\t", row.command, "\nfinished\t", row.finished, "\n");
-  auto num = [&](const char* key, double v) { absl::StrAppendFormat(&text, "%s\t%.17g\n", key, v); };
-  num("seconds", row.seconds);
-  num("float_accuracy", t.float_accuracy);
-  num("integer_accuracy", t.integer_accuracy);
-  num("agreement", t.agreement);
-  num("max_logit_diff", t.max_logit_diff);
-  num("max_logit_diff_steps", t.max_logit_diff_steps);
-  num("float_bytes", static_cast<double>(t.float_bytes));
-  num("integer_bytes", static_cast<double>(t.integer_bytes));
-  num("integer_images_per_second", t.integer_images_per_second);
-  num("float_images_per_second", t.float_images_per_second);
+  double bytes[2] = {static_cast<double>(t.float_bytes), static_cast<double>(t.integer_bytes)};
+  for (const auto& [key, value] : Figures(row, bytes)) absl::StrAppendFormat(&text, "%s\t%.17g\n", key, *value);
   for (const auto& [name, delta] : t.ewgs_deltas) absl::StrAppendFormat(&text, "ewgs\t%s\t%.17g\n", name, delta);
   for (const EpochMetrics& m : t.history) {
     absl::StrAppendFormat(&text, "epoch\t%d\t%.17g\t%.17g\t%.17g\t%.17g\t%.17g\t%.17g\n", m.epoch, m.train_loss,
                           m.train_accuracy, m.test_accuracy, m.lr, m.images_per_second, m.seconds);
   }
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::trunc);
-    f << text;
-    if (!f.flush()) return absl::InternalError("cannot write " + tmp);
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ", path, ": ", ec.message()));
-  return absl::OkStatus();
+  return WriteFileAtomically(path, text);
 }
 
 // NotFound when there is no file; InvalidArgument naming the line when it is
@@ -183,18 +182,8 @@ absl::StatusOr<SavedRow> ReadSavedRow(const std::string& path) {
   if (!f) return absl::NotFoundError("no file " + path);
   SavedRow row;
   TrainResult& t = row.result;
-  double float_bytes = -1, integer_bytes = -1;
-  std::vector<std::pair<const char*, double*>> numbers = {
-      {"seconds", &row.seconds},
-      {"float_accuracy", &t.float_accuracy},
-      {"integer_accuracy", &t.integer_accuracy},
-      {"agreement", &t.agreement},
-      {"max_logit_diff", &t.max_logit_diff},
-      {"max_logit_diff_steps", &t.max_logit_diff_steps},
-      {"float_bytes", &float_bytes},
-      {"integer_bytes", &integer_bytes},
-      {"integer_images_per_second", &t.integer_images_per_second},
-      {"float_images_per_second", &t.float_images_per_second}};
+  double bytes[2] = {-1, -1};
+  const std::vector<std::pair<const char*, double*>> numbers = Figures(row, bytes);
   size_t seen = 0;
   int line_no = 0;
   for (std::string line; std::getline(f, line);) {
@@ -231,8 +220,8 @@ absl::StatusOr<SavedRow> ReadSavedRow(const std::string& path) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": truncated (", seen, " of ", numbers.size(),
                                                    " figures", row.command.empty() ? ", no command" : "", ")"));
   }
-  t.float_bytes = static_cast<int64_t>(float_bytes);
-  t.integer_bytes = static_cast<int64_t>(integer_bytes);
+  t.float_bytes = static_cast<int64_t>(bytes[0]);
+  t.integer_bytes = static_cast<int64_t>(bytes[1]);
   return row;
 }
 
