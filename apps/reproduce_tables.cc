@@ -35,6 +35,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "apps/trainer.h"
+#include "data/readers.h"
 #include "nn/safetensors.h"
 #include "quant/quantizer.h"
 #include "core/backend.h"
@@ -228,9 +229,9 @@ absl::StatusOr<SavedRow> ReadSavedRow(const std::string& path) {
 // The mean top-1 (a fraction) that tools/torch_fmnist_short.py writes as
 // "**mean 92.00 +- 0.17**".
 absl::StatusOr<double> TorchReferenceMean(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) return absl::NotFoundError("no file " + path);
-  std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  absl::StatusOr<std::string> read = data::ReadFileBytes(path);
+  if (!read.ok()) return read.status();
+  const std::string& text = *read;
   size_t at = text.find("**mean ");
   double mean = 0;
   if (at == std::string::npos) return absl::InvalidArgumentError(path + ": no '**mean ' line");

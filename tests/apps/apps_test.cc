@@ -345,8 +345,8 @@ TEST(Apps, ReproduceTablesShortRecipeReadsPyTorchsMean) {
   std::filesystem::remove(ref);
   ASSERT_EQ(RunCommand(command, &out), 0) << out;
   EXPECT_EQ(out.find(": bazel run //apps:train"), std::string::npos) << out;  // every row from its result file
-  EXPECT_NE(Read(md).find("PyTorch's on the same recipe, 92.21% (the issue's figure: no file " + ref +
-                          "; tools/torch_fmnist_short.py measures it) — " + f32 + ", **missed**"),
+  EXPECT_NE(Read(md).find("PyTorch's on the same recipe, 92.21% (the issue's figure: " + ref +
+                          ": no such file; tools/torch_fmnist_short.py measures it) — " + f32 + ", **missed**"),
             std::string::npos)
       << Read(md);
 }
