@@ -11,6 +11,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "autograd/autograd.h"
+#include "core/backend.h"
 #include "models/resnet_cifar.h"
 #include "nn/optim.h"
 
@@ -20,6 +21,9 @@ ABSL_FLAG(int, depth, 20, "ResNet depth (6n + 2)");
 ABSL_FLAG(bool, bf16, false, "run matmul and convolution under bf16 autocast");
 ABSL_FLAG(bool, channels_last, true,
           "feed channels-last images, so the network runs channels-last (oneDNN's NHWC convolutions); false: NCHW");
+ABSL_FLAG(bool, winograd, true,
+          "oneDNN's Winograd kernels for the 3x3 convolutions of 32+ channels (Note [Winograd convolutions] in "
+          "backends/cpu/onednn.cc); false: direct convolutions everywhere");
 
 namespace quanta {
 namespace {
@@ -37,6 +41,7 @@ int main(int argc, char** argv) {
   using namespace quanta;
   absl::ParseCommandLine(argc, argv);
   const int batch = absl::GetFlag(FLAGS_batch), steps = absl::GetFlag(FLAGS_steps);
+  GetBackend(Device::Cpu()).SetOption("winograd", absl::GetFlag(FLAGS_winograd) ? "1" : "0");
   Generator gen(0);
   auto net = models::CifarResNet::Make(absl::GetFlag(FLAGS_depth), 100, &gen);
   nn::SGD opt({{net->Parameters()}}, {.lr = 0.1, .momentum = 0.9, .weight_decay = 5e-4});
@@ -45,9 +50,10 @@ int main(int argc, char** argv) {
   std::vector<int64_t> label_values(batch);
   for (int i = 0; i < batch; ++i) label_values[i] = (i * 37) % 100;
   Tensor labels = Tensor::FromVector<int64_t>(label_values, {batch});
-  std::printf("ResNet-%d (CIFAR, 100 classes): %lld parameters, batch %d, %s, %s\n", absl::GetFlag(FLAGS_depth),
+  std::printf("ResNet-%d (CIFAR, 100 classes): %lld parameters, batch %d, %s, %s, %s\n", absl::GetFlag(FLAGS_depth),
               static_cast<long long>(net->NumParameters()), batch, absl::GetFlag(FLAGS_bf16) ? "bf16 autocast" : "f32",
-              absl::GetFlag(FLAGS_channels_last) ? "channels-last" : "NCHW");
+              absl::GetFlag(FLAGS_channels_last) ? "channels-last" : "NCHW",
+              absl::GetFlag(FLAGS_winograd) ? "Winograd 3x3 convolutions from 32 channels" : "direct convolutions");
   for (int threads : {1, 2}) {
     SetNumThreads(threads);
     std::vector<double> seconds;

@@ -61,6 +61,14 @@ class CpuBackend : public Backend {
   void CopyToHost(void* dst, const void* src, size_t bytes, int) override { std::memcpy(dst, src, bytes); }
   void CopyOnDevice(void* dst, const void* src, size_t bytes, int) override { std::memcpy(dst, src, bytes); }
   void SetNumThreads(int n) override { OneDnnSetNumThreads(n); }
+  // "winograd" "1" (default) / "0": Note [Winograd convolutions] in onednn.cc.
+  void SetOption(const std::string& key, const std::string& value) override {
+    if (key == "winograd" && (value == "0" || value == "1")) {
+      OneDnnSetWinograd(value == "1");
+    } else {
+      Backend::SetOption(key, value);
+    }
+  }
 
   Kernel Find(Op op) const override {
     return reference_mode.load(std::memory_order_relaxed) > 0 ? ReferenceKernel(op) : Backend::Find(op);

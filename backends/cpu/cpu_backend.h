@@ -11,6 +11,10 @@ namespace quanta::cpu {
 
 // oneDNN primitives built and cached so far (one per op, shape and thread count).
 size_t OneDnnCachedPrimitives();
+// Of those, the convolutions built with oneDNN's Winograd kernels (Note
+// [Winograd convolutions] in onednn.cc: f32 3x3 stride 1, 32+ channels;
+// Backend::SetOption("winograd", "0") builds direct ones instead).
+size_t OneDnnWinogradPrimitives();
 
 // While alive, every CPU op runs its reference kernel (all threads). For tests
 // that hold fast kernels equal to the reference.

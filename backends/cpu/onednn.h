@@ -18,6 +18,9 @@ void OneDnnConv2dBackwardWeight(const KernelCall& c);
 void OneDnnQuantizedMatmul(const KernelCall& c);
 void OneDnnQuantizedConv2d(const KernelCall& c);
 void OneDnnSetNumThreads(int n);
+// Note [Winograd convolutions] (onednn.cc): on by default; the backend's
+// SetOption("winograd", "0"/"1").
+void OneDnnSetWinograd(bool on);
 // Drops what the weight cache holds for storage at `data` (Note [Weight cache]).
 void OneDnnForget(const void* data);
 

@@ -1,11 +1,13 @@
 // oneDNN's matmul and conv2d held equal to the reference kernels on random
 // inputs. Tolerance: normalized MSE (sum (got-ref)^2 / sum ref^2) per dtype.
 #include <cmath>
+#include <cstdio>
 
 #include "backends/cpu/cpu_backend.h"
 #include "core/backend.h"
 #include "core/ops.h"
 #include "gtest/gtest.h"
+#include "oneapi/dnnl/dnnl.hpp"
 
 namespace quanta {
 namespace {
@@ -126,6 +128,59 @@ TEST(OneDnn, ChannelsLastConvolutionsMatchNchw) {
     ExpectMatchesReference([&] { return Conv2dBackwardWeight(gyc, xc, w.shape(), o); }, DType::kF32,
                            "channels-last backward weight");
   }
+  for (Op op : {Op::kConv2d, Op::kConv2dBackwardInput, Op::kConv2dBackwardWeight}) {
+    EXPECT_EQ(cpu.FallbackCount(op), 0) << OpName(op);
+  }
+}
+
+// Note [Winograd convolutions] (backends/cpu/onednn.cc): f32 3x3 stride-1
+// convolutions with 32 or more channels run oneDNN's Winograd kernels on an
+// AVX-512 CPU (the count of Winograd primitives rises by the passes that take
+// it: forward and backward-data at 32 channels, all three at 64), keep
+// channels-last outputs channels-last, and agree with the reference to
+// the f32 tolerance (Winograd's transforms add and subtract before the
+// products: normalized MSE 1e-14 to 6e-13 on these cases, direct 1e-14 to
+// 2e-13, against 1e-10 allowed and about 1 for a misread layout); with the
+// option off the same problems build direct primitives.
+TEST(OneDnn, WinogradConvolutionsMatchReference) {
+  const dnnl::cpu_isa isa = dnnl::get_effective_cpu_isa();
+  const bool avx512 = isa == dnnl::cpu_isa::avx512_core || isa == dnnl::cpu_isa::avx512_core_vnni ||
+                      isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx;
+  if (!avx512) std::printf("no AVX-512: oneDNN has no Winograd kernels here, every case must run direct\n");
+  Generator gen(5);
+  Backend& cpu = GetBackend(Device::Cpu());
+  cpu.ResetFallbackCounts();
+  for (bool winograd : {true, false}) {
+    cpu.SetOption("winograd", winograd ? "1" : "0");
+    for (int64_t c : {32, 64}) {
+      for (bool nhwc : {false, true}) {
+        // 9x9 maps: not a tile multiple; batch 3 + winograd: shapes no other test builds.
+        Tensor x = Normal({3, c, 9, 9}, 0, 1, &gen), w = Normal({c, c, 3, 3}, 0, 0.1, &gen);
+        Tensor b = Normal({c}, 0, 1, &gen);
+        if (nhwc) x = x.ChannelsLast();
+        Conv2dOptions o;
+        o.padding[0] = o.padding[1] = 1;
+        const size_t before = cpu::OneDnnWinogradPrimitives();
+        Tensor y = Conv2d(x, w, b, o);
+        Tensor gy = Normal(y.shape(), 0, 1, &gen);
+        if (nhwc) gy = gy.ChannelsLast();
+        Tensor gx = Conv2dBackwardInput(gy, w, x.shape(), o);
+        Conv2dBackwardWeight(gy, x, w.shape(), o);
+        const size_t built = cpu::OneDnnWinogradPrimitives() - before;
+        std::string what = std::string(winograd ? "winograd " : "direct ") + x.Describe() + (nhwc ? " nhwc" : "");
+        EXPECT_EQ(built, winograd && avx512 ? (c == 64 ? 3u : 2u) : 0u) << what;
+        EXPECT_EQ(y.is_channels_last(), nhwc) << what;
+        EXPECT_EQ(gx.is_channels_last(), nhwc) << what;
+        ExpectMatchesReference([&] { return Conv2d(x, w, b, o); }, DType::kF32, ("forward " + what).c_str());
+        ExpectMatchesReference([&] { return Conv2dBackwardInput(gy, w, x.shape(), o); }, DType::kF32,
+                               ("backward input " + what).c_str());
+        ExpectMatchesReference([&] { return Conv2dBackwardWeight(gy, x, w.shape(), o); }, DType::kF32,
+                               ("backward weight " + what).c_str());
+      }
+    }
+  }
+  cpu.SetOption("winograd", "1");
+  EXPECT_THROW(cpu.SetOption("winograd", "yes"), Error);
   for (Op op : {Op::kConv2d, Op::kConv2dBackwardInput, Op::kConv2dBackwardWeight}) {
     EXPECT_EQ(cpu.FallbackCount(op), 0) << OpName(op);
   }
