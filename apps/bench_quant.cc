@@ -11,6 +11,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "core/backend.h"
 #include "autograd/autograd.h"
 #include "data/synthetic.h"
 #include "models/tiny_cnn.h"
@@ -21,6 +22,8 @@ ABSL_FLAG(int, threads, 2, "threads");
 ABSL_FLAG(int, steps, 6, "timed ResNet-20 steps per configuration (after three warm-up rounds)");
 ABSL_FLAG(int, batch, 128, "ResNet-20 batch");
 ABSL_FLAG(bool, channels_last, true, "ResNet-20 steps on channels-last images (as bench_nn); false: NCHW");
+ABSL_FLAG(bool, winograd, true,
+          "oneDNN's Winograd kernels for 3x3 convolutions of 32+ channels (as bench_nn); false: direct everywhere");
 ABSL_FLAG(bool, compare, true, "also compare PTQ and QAT methods at W4A4 on a synthetic task");
 
 namespace quanta {
@@ -152,7 +155,9 @@ int main(int argc, char** argv) {
   using namespace quanta;
   absl::ParseCommandLine(argc, argv);
   SetNumThreads(absl::GetFlag(FLAGS_threads));
-  std::printf("threads: %d\n", absl::GetFlag(FLAGS_threads));
+  GetBackend(Device::Cpu()).SetOption("winograd", absl::GetFlag(FLAGS_winograd) ? "1" : "0");
+  std::printf("threads: %d, %s convolutions\n", absl::GetFlag(FLAGS_threads),
+              absl::GetFlag(FLAGS_winograd) ? "Winograd 3x3 (32+ channels)" : "direct");
   // Fake quantization of a (64, 256, 32, 32) activation-sized tensor: 16M floats.
   Generator gen(1);
   Tensor x = Normal({64, 256, 32, 32}, 0, 1, &gen);

@@ -1,11 +1,13 @@
-// Benchmark behind issue 18's layout decision (not a test, not used by the
-// library): one ResNet-20 training convolution of each stage (batch 128, 3x3,
-// stride 1, padding 1, f32) forward, backward-data and backward-weights through
-// oneDNN alone,
-//   blocked: as the CPU backend runs it today, Quanta's NCHW tensors reordered
-//            into the primitive's preferred ("any", blocked) layout and back
-//            around every call;
-//   nhwc:    channels-last tensors handed to the primitive as they are.
+// Benchmark behind issue 18's layout and algorithm decisions (not a test, not
+// used by the library): one training convolution of each stage of ResNet-20
+// and of fmnist_resnet8 (batch 128, 3x3, stride 1, padding 1, f32) forward,
+// backward-data and backward-weights through oneDNN alone,
+//   blocked:  Quanta's NCHW tensors reordered into the primitive's preferred
+//             ("any", blocked) layout and back around every call;
+//   nhwc:     channels-last tensors handed to the primitive as they are (the
+//             CPU backend's direct convolutions);
+//   winograd: Winograd F(4x4, 3x3), which takes only blocked layouts: reordered
+//             as in "blocked" (Note [Winograd convolutions] in onednn.cc).
 // Prints the best of 7 per pass (ms) and the implementations oneDNN chose.
 // Run: OMP_NUM_THREADS=1 bazel run //backends/cpu:bench_conv_layouts
 #include <algorithm>
@@ -27,22 +29,22 @@ struct Layer {
 };
 
 // Best-of-7 milliseconds of forward, backward-data and backward-weights.
-std::vector<double> Measure(const Layer& l, bool nhwc, std::string* impls) {
+std::vector<double> Measure(const Layer& l, bool nhwc, dnnl::algorithm alg, std::string* impls) {
   dnnl::engine eng(dnnl::engine::kind::cpu, 0);
   dnnl::stream s(eng);
   const memory::dims x = {l.n, l.c, l.hw, l.hw}, w = {l.c, l.c, 3, 3}, stride = {1, 1}, dilate = {0, 0}, pad = {1, 1};
   auto desc = [](const memory::dims& d, Tag t) { return memory::desc(d, memory::data_type::f32, t); };
   const memory::desc act = desc(x, nhwc ? Tag::nhwc : Tag::any), wei = desc(w, Tag::any);
   dnnl::convolution_forward::primitive_desc fwd(
-      dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, act,
+      dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training, alg, act,
                                       wei, memory::desc(), act, stride, dilate, pad, pad),
       eng);
   dnnl::convolution_backward_data::primitive_desc bwd_d(
-      dnnl::convolution_backward_data::desc(dnnl::algorithm::convolution_direct, act, wei, act, stride, dilate, pad,
+      dnnl::convolution_backward_data::desc(alg, act, wei, act, stride, dilate, pad,
                                             pad),
       eng, fwd);
   dnnl::convolution_backward_weights::primitive_desc bwd_w(
-      dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, act, wei, memory::desc(), act,
+      dnnl::convolution_backward_weights::desc(alg, act, wei, memory::desc(), act,
                                                stride, dilate, pad, pad),
       eng, fwd);
   *impls = std::string(fwd.impl_info_str()) + " | " + bwd_d.impl_info_str() + " | " + bwd_w.impl_info_str();
@@ -90,14 +92,24 @@ std::vector<double> Measure(const Layer& l, bool nhwc, std::string* impls) {
 }  // namespace
 
 int main() {
-  for (Layer l : {Layer{128, 16, 32}, Layer{128, 32, 16}, Layer{128, 64, 8}}) {
-    for (bool nhwc : {false, true}) {
+  // ResNet-20's three stages, then fmnist_resnet8's.
+  for (Layer l : {Layer{128, 16, 32}, Layer{128, 32, 16}, Layer{128, 64, 8}, Layer{128, 32, 28}, Layer{128, 64, 14},
+                  Layer{128, 128, 7}}) {
+    for (const char* how : {"blocked", "nhwc", "winograd"}) {
+      const bool nhwc = how[0] == 'n', winograd = how[0] == 'w';
       std::string impls;
-      std::vector<double> t = Measure(l, nhwc, &impls);
-      std::printf("batch %d, %d channels, %dx%d, %s: forward %.2f ms, backward-data %.2f ms, backward-weights %.2f ms, "
-                  "total %.2f ms (%s)\n",
-                  l.n, l.c, l.hw, l.hw, nhwc ? "nhwc   " : "blocked", t[0], t[1], t[2], t[0] + t[1] + t[2],
-                  impls.c_str());
+      std::vector<double> t;
+      try {
+        t = Measure(l, nhwc, winograd ? dnnl::algorithm::convolution_winograd : dnnl::algorithm::convolution_direct,
+                    &impls);
+      } catch (const dnnl::error& e) {  // e.g. Winograd without AVX-512
+        std::printf("batch %d, %d channels, %dx%d, %-8s: oneDNN has no kernel (%s)\n", l.n, l.c, l.hw, l.hw, how,
+                    e.what());
+        continue;
+      }
+      std::printf("batch %d, %d channels, %dx%d, %-8s: forward %.2f ms, backward-data %.2f ms, backward-weights %.2f "
+                  "ms, total %.2f ms (%s)\n",
+                  l.n, l.c, l.hw, l.hw, how, t[0], t[1], t[2], t[0] + t[1] + t[2], impls.c_str());
     }
   }
   return 0;

@@ -150,19 +150,21 @@ namespace {
 // Note [Winograd convolutions]: f32 3x3 convolutions at stride 1 with 32 or
 // more input and output channels run oneDNN's Winograd F(4x4, 3x3) kernels
 // (jit_wino_4x3), which do about a quarter of direct convolution's multiplies
-// in exchange for transforms. Measured with oneDNN 2.6 on Zen 4, batch 128, the
-// layers of ResNet-20 and fmnist_resnet8, Winograd with the reorders to its
-// blocked layout and back against direct on channels-last tensors
-// (backends/cpu:bench_conv_layouts):
-// - forward and backward-data are faster from 32 channels on (64 channels at
-//   8x8 and 14x14: about 1.6x; 32 channels: 1.2-1.4x; 128 at 7x7: 1.35x), and
-//   4x slower at 16 channels, where direct stays;
-// - backward-weights is faster at 64 channels (1.3-1.5x), no faster at 32 and
-//   1.6x slower at 128, so it takes Winograd only from 48 to 96 channels.
-// Where oneDNN has no Winograd kernel (an ISA without AVX-512) the direct one
-// runs. Winograd rounds differently from direct (its transforms add and
-// subtract before the products): results agree to f32 rounding, not to the bit.
-// `Backend::SetOption("winograd", "0")` turns it off (direct everywhere).
+// in exchange for transforms. Measured with oneDNN 2.6 on Zen 4 at 1 and 2
+// threads, batch 128, the 3x3 layers of ResNet-20 and fmnist_resnet8, Winograd
+// with the reorders to its blocked layout and back against direct on
+// channels-last tensors (//backends/cpu:bench_conv_layouts):
+// - forward and backward-data together are 1.1-1.4x faster at 32 channels and
+//   1.4-1.8x at 64 and 128, and 6.5x slower at 16 channels, where direct stays;
+// - backward-weights is 1.2-1.7x faster at 64 channels, within 10% either way
+//   at 32, and at 128 1.7x faster on one thread but 1.6x slower on two, so it
+//   takes Winograd only from 48 to 96 channels.
+// A fixed rule rather than timing each shape at run time: the same program
+// computes the same bits on every run. Where oneDNN has no Winograd kernel (an
+// ISA without AVX-512) the direct one runs. Winograd rounds differently from
+// direct (its transforms add and subtract before the products): both agree
+// with the f64 reference to f32 rounding (tests/backends:onednn_test), not to
+// each other's bits. `Backend::SetOption("winograd", "0")` turns it off.
 std::atomic<bool> winograd_enabled{true};
 std::atomic<int64_t> winograd_primitives{0};
 
