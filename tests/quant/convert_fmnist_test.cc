@@ -47,28 +47,55 @@ const Data& FashionMnist() {
   return *d;
 }
 
-// Steps of SGD over consecutive training batches of 64 from `first`.
+// Steps of SGD over consecutive training batches of 64 from `first`, the lr
+// annealed from `lr` to 0 by a cosine. Without the annealing the test accuracy
+// of so short a run swings by 10-40 points from one step to the next (measured:
+// the f32 model between 29% and 70% over its last 50 steps at lr 0.05), and
+// which end point a run lands on follows the last bit of rounding: one thread
+// and Winograd convolutions left QAT W4A4 LSQ at 64% after 77.7% ten steps before.
 void Train(nn::Layer& net, const std::vector<nn::ParamGroup>& groups, int64_t first, int steps, double lr) {
   const data::ImageDataset& train = *FashionMnist().train;
   nn::SGD opt(groups, {.lr = lr, .momentum = 0.9, .weight_decay = 5e-4});
+  nn::CosineWarmup schedule(&opt, /*warmup=*/0, steps);
   net.Train();
   for (int s = 0; s < steps; ++s) {
     int64_t start = (first + s * 64) % (train.size() - 64);
     opt.ZeroGrad();
     Backward(CrossEntropy(net.Forward(Images(train, start, start + 64)), Labels(train, start, start + 64)));
     opt.Step();
+    schedule.Step();
   }
 }
 
-// The f32 model every case starts from: 150 steps (9,600 images), about 80% top-1.
-TensorMap F32Weights() {
-  static TensorMap* weights = [] {
+// Top-1 of a model (eval mode) over the whole test set.
+double TestAccuracy(nn::Layer& net) {
+  const data::ImageDataset& test = *FashionMnist().test;
+  net.Eval();
+  NoGradGuard no_grad;
+  int64_t right = 0;
+  for (int64_t start = 0; start < test.size(); start += 500) {
+    int64_t end = std::min(test.size(), start + 500);
+    std::vector<int64_t> a = Argmax(net.Forward(Images(test, start, end)), 1).ToVector<int64_t>();
+    for (int64_t i = 0; i < end - start; ++i) right += a[i] == test.labels()[start + i];
+  }
+  return static_cast<double>(right) / static_cast<double>(test.size());
+}
+
+// The f32 model every case starts from: 300 steps (19,200 images), about 80% top-1.
+struct F32Model {
+  TensorMap weights;
+  double accuracy;
+};
+const F32Model& F32() {
+  static F32Model* model = [] {
     Generator gen(3);
     auto net = models::ResNet::Make("fmnist_resnet8_half", 10, &gen);
-    Train(*net, {{net->Parameters()}}, 0, 150, 0.05);
-    return new TensorMap(net->StateDict());
+    Train(*net, {{net->Parameters()}}, 0, 300, 0.05);
+    auto* m = new F32Model{net->StateDict(), TestAccuracy(*net)};
+    std::printf("f32 model: top-1 %.4f\n", m->accuracy);
+    return m;
   }();
-  return *weights;
+  return *model;
 }
 
 struct Agreement {
@@ -112,15 +139,20 @@ TEST_P(QatAgreement, IntegerModelGivesTheFakeQuantTop1) {
   auto [quantizer, bits] = GetParam();
   Generator gen(4);
   auto net = models::ResNet::Make("fmnist_resnet8_half", 10, &gen);
-  ASSERT_TRUE(net->LoadStateDict(F32Weights()).ok());
+  ASSERT_TRUE(net->LoadStateDict(F32().weights).ok());
   auto policy = MixedPrecisionPolicy::Parse(absl::StrCat("default ", bits, " ", bits, " ", quantizer, "\n"));
   ASSERT_TRUE(policy.ok());
   policy->defaults.ema_decay = 0.9;
   PrepareReport report = PrepareQat(*net, *policy);
-  Train(*net, ParameterGroups(*net), 9600, 60, 0.01);
+  Train(*net, ParameterGroups(*net), 19200, 60, 0.01);
   std::string what = absl::StrCat("QAT W", bits, "A", bits, " ", quantizer);
   Agreement a = Compare(*net, what);
-  EXPECT_GT(a.fake_quant_accuracy, bits >= 4 ? 0.7 : 0.4) << what << " should keep most of what f32 learned";
+  // Most of what f32 learned: within 3 points of it at 4 and 8 bits (measured
+  // on Zen 4 with 1 and 2 threads, Winograd convolutions on and off: f32
+  // 79.6-80.4%, every 4- and 8-bit case within 1.1 points of it; at 2 and 3
+  // bits 44-79%).
+  EXPECT_GT(a.fake_quant_accuracy, bits >= 4 ? F32().accuracy - 0.03 : 0.3) << what << " against f32's "
+                                                                              << F32().accuracy;
   EXPECT_GE(a.same_top1, 0.999) << what;
 }
 
@@ -135,13 +167,13 @@ TEST(ConvertFashionMnist, PtqW4A8Agrees) {
   ASSERT_TRUE(FashionMnist().train && FashionMnist().test) << "tools/setup.sh installs dataset-fashion-mnist";
   Generator gen(4);
   auto net = models::ResNet::Make("fmnist_resnet8_half", 10, &gen);
-  ASSERT_TRUE(net->LoadStateDict(F32Weights()).ok());
+  ASSERT_TRUE(net->LoadStateDict(F32().weights).ok());
   PrepareReport r = PrepareQat(*net, *MixedPrecisionPolicy::Parse("default 4 8 minmax"));
   std::vector<Tensor> calibration;
   for (int b = 0; b < 8; ++b) calibration.push_back(Images(*FashionMnist().train, b * 64, (b + 1) * 64));
   Calibrate(r, *net, calibration, [&](const Tensor& x) { return net->Forward(x); });
   Agreement w4 = Compare(*net, "PTQ W4A8");
-  EXPECT_GT(w4.fake_quant_accuracy, 0.6);
+  EXPECT_GT(w4.fake_quant_accuracy, F32().accuracy - 0.05) << "against f32's " << F32().accuracy;  // measured: -0.7 to -2.3 points
   EXPECT_GE(w4.same_top1, 0.999);
 }
 

@@ -173,6 +173,28 @@ TEST(Quantizers, LsqActivationGradientScaleCountsOneExample) {
   }
 }
 
+// Note [LSQ steps through zero]: a step parameter carried below zero by an
+// update quantizes with its magnitude and keeps a gradient (of the opposite
+// sign), so the next updates can bring it back; x = (0.13, -0.5) at 8 bits and
+// s = -0.1: y = (0.1, -0.5), and d(sum y)/ds = -(round(1.3) - 1.3 + round(-5) + 5)
+// / sqrt(2 * 127) = 0.3 / sqrt(254).
+TEST(Quantizers, LsqStepBelowZeroQuantizesWithItsMagnitude) {
+  LsqQuantizer q({.bits = 8});
+  Tensor x = Tensor::FromVector<float>({0.13f, -0.5f}, {2});
+  q.Forward(x);
+  {
+    NoGradGuard no_grad;
+    q.scale.CopyFrom(Tensor::FromVector<float>({-0.1f}, {1}));
+  }
+  Tensor y = q.Forward(x);
+  std::vector<float> got = y.ToVector<float>();
+  EXPECT_FLOAT_EQ(got[0], 0.1f);
+  EXPECT_FLOAT_EQ(got[1], -0.5f);
+  EXPECT_FLOAT_EQ(q.Params().first.item<float>(), 0.1f);  // what conversion stores
+  Backward(Sum(y));
+  EXPECT_NEAR(q.scale.grad().item<float>(), 0.3 / std::sqrt(254.0), 1e-6);
+}
+
 // Note [LSQ+ offsets on the integer grid]: a learned offset of -6.4 steps is used
 // as -6.4 -> -6 in the forward pass (the integer model's zero point), and its
 // gradient passes straight through: for x clipped at either end, dy/doffset = -s.
