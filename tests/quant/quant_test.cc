@@ -173,6 +173,24 @@ TEST(Quantizers, LsqActivationGradientScaleCountsOneExample) {
   }
 }
 
+// A recording quantizer's input statistics (the PTQ report's columns): |x| over
+// x = -50..50 is 0 once and 1..50 twice each, so sorted it has 25 at index
+// 0.5 * 100 and 50 at index 0.99 * 100; the maximum is 50. At 8 bits with
+// min/max ranges nothing is clipped.
+TEST(Quantizers, RecordedInputStatistics) {
+  FakeQuant q({.bits = 8}, ObserverKind::kMinMax);
+  std::vector<float> v;
+  for (int i = -50; i <= 50; ++i) v.push_back(static_cast<float>(i));
+  q.SetRecording(true);
+  q.Forward(Tensor::FromVector<float>(v, {101}));
+  const Quantizer::Stats& s = q.stats();
+  ASSERT_TRUE(s.valid);
+  EXPECT_EQ(s.abs_p50, 25);
+  EXPECT_EQ(s.abs_p99, 50);
+  EXPECT_EQ(s.abs_max, 50);
+  EXPECT_EQ(s.clip_rate, 0);
+}
+
 // Note [LSQ steps through zero]: a step parameter carried below zero by an
 // update quantizes with its magnitude and keeps a gradient (of the opposite
 // sign), so the next updates can bring it back; x = (0.13, -0.5) at 8 bits and
