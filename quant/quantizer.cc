@@ -132,9 +132,15 @@ void LsqQuantizer::Initialize(const Tensor& x_in) {
   FillInplace(initialized, 1);
 }
 
+namespace {
+// The step LSQ quantizes with, in training and in conversion alike: Note [LSQ
+// steps through zero].
+Tensor LsqStep(const Tensor& scale) { return Maximum(Abs(scale), 1e-8); }
+}  // namespace
+
 std::pair<Tensor, Tensor> LsqQuantizer::Params() const {
   NoGradGuard no_grad;
-  return {Maximum(Abs(scale.Detach()), 1e-8), spec_.symmetric ? offset.Detach() : Round(offset.Detach())};
+  return {LsqStep(scale.Detach()), spec_.symmetric ? offset.Detach() : Round(offset.Detach())};
 }
 
 Tensor LsqQuantizer::Forward(const Tensor& x) {
@@ -158,7 +164,7 @@ Tensor LsqQuantizer::Forward(const Tensor& x) {
   // top-1 fell from 71% to 21%. Fine-tuning the long recipe's f32 model at W4A4
   // (one epoch, //apps:train), one of conv1's 32 steps ended below zero.
   // PyTorch's _LearnableFakeQuantize clamps the parameter in place instead.
-  Tensor step = Maximum(Abs(scale), 1e-8);
+  Tensor step = LsqStep(scale);
   Tensor y = FakeQuantize(x, step, zero_point, o);
   Record(x, y, step);
   return y;
