@@ -24,6 +24,8 @@ ABSL_FLAG(int, batch, 128, "ResNet-20 batch");
 ABSL_FLAG(bool, channels_last, true, "ResNet-20 steps on channels-last images (as bench_nn); false: NCHW");
 ABSL_FLAG(bool, winograd, true,
           "oneDNN's Winograd kernels for 3x3 convolutions of 32+ channels (as bench_nn); false: direct everywhere");
+ABSL_FLAG(std::vector<std::string>, qat, std::vector<std::string>({"default 8 8 ema", "default 4 4 ema", "default 4 4 ewgs", "default 4 4 lsq"}),
+          "the QAT policies timed beside f32 (comma-separated; one alone for perf record)");
 ABSL_FLAG(bool, compare, true, "also compare PTQ and QAT methods at W4A4 on a synthetic task");
 
 namespace quanta {
@@ -171,8 +173,9 @@ int main(int argc, char** argv) {
   std::printf("fake_quantize per channel: %.0f M elements/s\n", n / t_channel / 1e6);
   std::printf("(for scale: add of the same tensors %.0f M elements/s)\n", n / t_add / 1e6);
   int steps = absl::GetFlag(FLAGS_steps), batch = absl::GetFlag(FLAGS_batch);
-  std::vector<StepConfig> configs =
-      StepSeconds({"", "default 8 8 ema", "default 4 4 ema", "default 4 4 ewgs", "default 4 4 lsq"}, steps, batch);
+  std::vector<std::string> policies = {""};
+  for (const std::string& p : absl::GetFlag(FLAGS_qat)) policies.push_back(p);
+  std::vector<StepConfig> configs = StepSeconds(policies, steps, batch);
   auto median = [](const StepConfig& c) { return c.seconds[c.seconds.size() / 2]; };
   const double f32 = median(configs[0]);
   std::printf("ResNet-20 batch %d, %s, step: f32 %.3f s (steps interleaved with the QAT ones below; medians)\n", batch,

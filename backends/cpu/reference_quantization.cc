@@ -272,14 +272,40 @@ void FakeQuantizeBackwardKernel(const KernelCall& c) {
           for (int64_t b = k * block, e = std::min(numel, b + block); b < e;) {
             const int64_t run = b / runs.inner, stop = std::min(e, (run + 1) * runs.inner), ch = run % channels;
             const C s = Convert<C>(sp0[ch * runs.param_stride]), z = Convert<C>(zp0[ch * runs.param_stride]);
-            double sum_s = 0, sum_z = 0;
-            for (int64_t i = b; i < stop; ++i) {
-              FakeQuantGrads<C> r =
-                  FakeQuantizeGradients<C, kEwgs>(Convert<C>(gp0[i]), Convert<C>(xp[i]), s, z, qmin, qmax, delta);
-              if constexpr (kX) gx0[i] = Convert<T>(r.x);
-              sum_s += static_cast<double>(r.scale);
-              if constexpr (kZero) sum_z += static_cast<double>(r.zero_point);
+            // Note [Sums in lanes]: one running f64 sum is a chain of dependent
+            // adds, one element per add's latency, and it kept the whole loop
+            // scalar: LSQ's backward made its QAT step the slowest (bench_quant,
+            // ResNet-20: 1.16-1.18x the f32 step against EMA's 1.05-1.07x). The
+            // run goes in chunks: the elementwise gradients into small buffers
+            // (a loop that vectorizes as FakeQuantize's does), then the buffers
+            // into kLanes independent f64 sums. A standalone copy of the loop
+            // (g++ 12 -O3, Zen 4, one thread) went from 938 to 2464 M elements/s
+            // (x and scale) and from 733 to 1561 (with the zero point). The
+            // blocks stay fixed, so the result still does not depend on the
+            // thread count.
+            constexpr int64_t kLanes = 16, kChunk = 256;
+            double lane_s[kLanes] = {}, lane_z[kLanes] = {};
+            C chunk_s[kChunk], chunk_z[kChunk];
+            for (int64_t i = b; i < stop; i += kChunk) {
+              const int64_t n = std::min(kChunk, stop - i);
+              for (int64_t j = 0; j < n; ++j) {
+                FakeQuantGrads<C> r = FakeQuantizeGradients<C, kEwgs>(Convert<C>(gp0[i + j]), Convert<C>(xp[i + j]), s,
+                                                                      z, qmin, qmax, delta);
+                if constexpr (kX) gx0[i + j] = Convert<T>(r.x);
+                chunk_s[j] = r.scale;
+                if constexpr (kZero) chunk_z[j] = r.zero_point;
+              }
+              const int64_t padded = (n + kLanes - 1) / kLanes * kLanes;
+              for (int64_t j = n; j < padded; ++j) chunk_s[j] = C(0), chunk_z[j] = C(0);
+              for (int64_t j = 0; j < padded; j += kLanes) {
+                for (int64_t l = 0; l < kLanes; ++l) {
+                  lane_s[l] += static_cast<double>(chunk_s[j + l]);
+                  if constexpr (kZero) lane_z[l] += static_cast<double>(chunk_z[j + l]);
+                }
+              }
             }
+            double sum_s = 0, sum_z = 0;
+            for (int64_t l = 0; l < kLanes; ++l) sum_s += lane_s[l], sum_z += lane_z[l];
             ps[ch] += sum_s;
             if constexpr (kZero) pz[ch] += sum_z;
             b = stop;

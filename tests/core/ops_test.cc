@@ -383,6 +383,35 @@ TEST(Ops, WholeTensorReductionsSplitAcrossThreads) {
   SetNumThreads(before);
 }
 
+// Note [Extremes in lanes]: a dense run of 2 * 32 f32 (2 * 16 f64) values or
+// more keeps 32 (16) running extremes and finishes the last values one by one.
+// For run lengths on both sides of those bounds, an extreme planted at each
+// position of the run (first value, inside the lanes, in the tail) comes back
+// as std::max_element/min_element find it, and one NaN anywhere gives NaN.
+TEST(Ops, DenseExtremesFindEveryPosition) {
+  Generator gen(17);
+  for (DType dt : {DType::kF32, DType::kF64}) {
+    for (int64_t n : {1, 31, 63, 64, 65, 95, 127, 128, 129, 200}) {
+      Tensor base = Uniform({n}, -1, 1, &gen, DType::kF64);
+      for (int64_t at = 0; at < n; ++at) {
+        SCOPED_TRACE(::testing::Message() << Name(dt) << " n " << n << " at " << at);
+        std::vector<double> v = base.ToVector<double>();
+        v[at] = at % 2 ? 5.0 + at : -5.0 - at;  // the extreme in one direction, the other is a random value
+        if (dt == DType::kF32) {
+          for (double& e : v) e = static_cast<float>(e);  // the values x holds
+        }
+        Tensor x = Tensor::FromVector<double>(v, {1, n}).To(dt);
+        EXPECT_EQ(Max(x, {1}).item<double>(), *std::max_element(v.begin(), v.end()));
+        EXPECT_EQ(Min(x, {1}).item<double>(), *std::min_element(v.begin(), v.end()));
+        v[at] = NAN;
+        Tensor with_nan = Tensor::FromVector<double>(v, {1, n}).To(dt);
+        EXPECT_TRUE(std::isnan(Max(with_nan, {1}).item<double>()));
+        EXPECT_TRUE(std::isnan(Min(with_nan, {1}).item<double>()));
+      }
+    }
+  }
+}
+
 // An observer's min and max of a channels-last activation, and a sum over it,
 // read its memory as one dense run (the reduced dims in memory order): the
 // result is the one of the same memory read flat, to the bit, which the
