@@ -22,7 +22,8 @@ ABSL_FLAG(int, runs, 5, "timed runs per case (after one warm-up); the median is 
 ABSL_FLAG(std::string, checkpoint, "", "a Hugging Face BERT sequence classifier (safetensors) of --config's shape (random weights otherwise)");
 ABSL_FLAG(std::string, config, "base", "tiny, mini, small, base or minilm (all-MiniLM-L6-v2)");
 ABSL_FLAG(int64_t, seq, 128, "sequence length");
-ABSL_FLAG(std::string, only, "", "int8, dynamic or f32: time one model alone (for a profiler), batch 8 at --threads");
+ABSL_FLAG(std::string, only, "", "int8, dynamic or f32: time one model alone (for a profiler), batch --batch at --threads");
+ABSL_FLAG(int64_t, batch, 8, "with --only: batch");
 ABSL_FLAG(int, threads, 1, "with --only: compute threads");
 
 namespace quanta {
@@ -70,10 +71,11 @@ int Main(int argc, char** argv) {
   if (const std::string only = absl::GetFlag(FLAGS_only); !only.empty()) {
     SetNumThreads(absl::GetFlag(FLAGS_threads));
     auto& net = only == "int8" ? q : only == "dynamic" ? dyn : f32;
-    Tensor x = ids(8);
+    Tensor x = ids(absl::GetFlag(FLAGS_batch));
     Tensor mask = OnesLike(x);
     double s = Median([&] { net->Forward({x, Tensor(), mask}); }, runs);
-    std::printf("%s batch 8, %d threads: %.1f ms\n", only.c_str(), absl::GetFlag(FLAGS_threads), s * 1e3);
+    std::printf("%s batch %lld, %d threads: %.1f ms\n", only.c_str(), static_cast<long long>(x.size(0)),
+                absl::GetFlag(FLAGS_threads), s * 1e3);
     return 0;
   }
   std::printf("BERT-%s, sequence %lld, %s weights (median of %d)\n", absl::GetFlag(FLAGS_config).c_str(),
