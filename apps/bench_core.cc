@@ -1,7 +1,9 @@
 // Core benchmark: f32 matmul 1024^3 in GFLOP/s at 1 and 2 threads beside this
-// CPU's peak, and elementwise add of 16M floats in GB/s. Not a test: it asserts
+// CPU's peak, the int8 multiply-accumulate peak (measured), and elementwise add
+// of 16M floats in GB/s. Not a test: it asserts
 // nothing, it prints figures. Run: bazel run //apps:bench_core
 #include <benchmark/benchmark.h>
+#include <immintrin.h>
 
 #include <algorithm>
 #include <cstring>
@@ -109,6 +111,58 @@ void BM_MatmulF32_1024(benchmark::State& state) {
   state.SetLabel(std::to_string(threads) + " thread(s)");
 }
 BENCHMARK(BM_MatmulF32_1024)->Arg(1)->Arg(2)->UseRealTime()->MinTime(2.0);
+
+// The int8 multiply-accumulate peak, measured rather than computed from tables:
+// each thread runs 12 independent chains of vpdpbusd on 512-bit registers (64
+// u8 x s8 products a instruction), enough to hide its latency, so the rate is
+// the VNNI units' throughput at the clock the core holds under this load. Zen 4
+// retires one 512-bit vpdpbusd a cycle (two 256-bit halves). The ceiling for
+// every integer convolution and matmul here, which compare_torch.py sets the
+// int8 models' multiply-accumulates per second against. 0 without AVX512-VNNI.
+double Int8PeakGmacs(int threads) {
+#if defined(__AVX512VNNI__)
+  const int64_t trips = 50'000'000;
+  std::vector<double> seconds(threads);
+  std::vector<int> sink(threads);
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      __m512i acc[12];
+      for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_epi32(i);
+      __m512i a = _mm512_set1_epi8(1), b = _mm512_set1_epi8(2);
+      auto start = std::chrono::steady_clock::now();
+      for (int64_t k = 0; k < trips; ++k) {
+#pragma GCC unroll 12
+        for (int i = 0; i < 12; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], a, b);
+        __asm__ volatile("" : "+v"(a));  // keeps the loop from being folded
+      }
+      seconds[t] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      alignas(64) int32_t lanes[16];
+      int s = 0;
+      for (int i = 0; i < 12; ++i) {
+        _mm512_store_si512(lanes, acc[i]);
+        s += lanes[0];
+      }
+      sink[t] = s;
+    });
+  }
+  for (std::thread& th : pool) th.join();
+  benchmark::DoNotOptimize(sink);
+  return threads * 12.0 * 64 * trips / *std::max_element(seconds.begin(), seconds.end()) / 1e9;
+#else
+  (void)threads;
+  return 0;
+#endif
+}
+
+void BM_Int8Peak(benchmark::State& state) {
+  const int threads = static_cast<int>(state.range(0));
+  double gmacs = 0;
+  for (auto _ : state) gmacs = Int8PeakGmacs(threads);
+  state.counters["GMAC/s"] = gmacs;
+  state.SetLabel(std::to_string(threads) + " thread(s), vpdpbusd zmm" + (gmacs == 0 ? " (no AVX512-VNNI)" : ""));
+}
+BENCHMARK(BM_Int8Peak)->Arg(1)->Arg(2)->Iterations(3)->UseRealTime();
 
 // u8 x s8 -> f32 through oneDNN's int8 matmul (VNNI): what converted models run.
 void BM_MatmulInt8_1024(benchmark::State& state) {

@@ -105,6 +105,32 @@ def quanta_bert(bin_dir, runs):
     return figs
 
 
+def quanta_int8_peak(bin_dir):
+    """bench_core's measured int8 multiply-accumulate peak (vpdpbusd), GMAC/s by thread count."""
+    out = run_bin(os.path.join(bin_dir, "apps/bench_core"), "--benchmark_filter=Int8Peak")
+    return {int(t): float(g) for t, g in re.findall(r"BM_Int8Peak/(\d+)\S*\s.*?GMAC/s=([\d.]+)", out)}
+
+
+def macs_per_image(model, shape):
+    """Multiply-accumulates of one image through the convolutions and linear layers (PyTorch's copy of the net)."""
+    import torch
+    total = [0]
+
+    def conv(m, inp, out):
+        total[0] += out[0].numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    def linear(m, inp, out):
+        total[0] += out[0].numel() * m.in_features
+
+    hooks = [m.register_forward_hook(conv) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    hooks += [m.register_forward_hook(linear) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, *shape[1:]))
+    for h in hooks:
+        h.remove()
+    return total[0]
+
+
 def quanta_qat(bin_dir, steps):
     out = run_bin(os.path.join(bin_dir, "apps/bench_quant"), f"--steps={steps}", "--compare=false")
     return {name.strip(): float(x) for name, x in re.findall(r"QAT (default [^\n]*?)\s+[\d.]+ s\s+= ([\d.]+)x f32", out)}
@@ -271,6 +297,34 @@ def spread(values):
     return fmt(m) if len(values) == 1 else f"{fmt(m)} ({fmt(min(values))}-{fmt(max(values))})"
 
 
+def ceiling_lines(rows, macs):
+    """The int8 rows against the machine's int8 ceiling: what each side reaches and what the targets would need."""
+    peaks = {t: statistics.median(rows[("int8_peak", t)]["q"]) for t in (1, 2) if rows.get(("int8_peak", t), {}).get("q")}
+    if not peaks or not any(peaks.values()):
+        return ["\nNo int8 ceiling: bench_core measured no AVX512-VNNI peak on this CPU."]
+    out = ["", "The int8 rows against this machine's int8 ceiling (bench_core's measured vpdpbusd peak: " +
+           ", ".join(f"{peaks[t]:.0f} GMAC/s at {t} thread{'s' if t > 1 else ''}" for t in sorted(peaks)) +
+           "), counting the multiply-accumulates of the convolutions and linear layers (ResNet-20: " +
+           f"{macs['resnet20_b64'] / 1e6:.1f} M an image" +
+           (f"; ResNet-50: {macs['resnet50'] / 1e9:.2f} G" if "resnet50" in macs else "") + "):", ""]
+    for name, label, target, ips in (("resnet20_b64", "ResNet-20 int8 batch 64", 1.5, True),
+                                     ("resnet50", "ResNet-50 int8 batch 1", 0.8, False)):
+        for t in sorted(peaks):
+            r = rows.get((name, t))
+            if name not in macs or not r or not r["q"] or not r["t"]:
+                continue
+            q, tt = statistics.median(r["q"]), statistics.median(r["t"])
+            # images/s, or ms for one image
+            rate = (lambda v: v * macs[name] / 1e9) if ips else (lambda v: macs[name] / (v / 1e3) / 1e9)
+            need = rate(tt) * target if ips else rate(tt) / target
+            goal = f">= {target:g}x PyTorch's images/s" if ips else f"<= {target:g}x PyTorch's latency"
+            out.append(f"- {label}, {t} thread{'s' if t > 1 else ''}: Quanta {rate(q):.0f} GMAC/s "
+                       f"({100 * rate(q) / peaks[t]:.0f}% of the ceiling), PyTorch {rate(tt):.0f} "
+                       f"({100 * rate(tt) / peaks[t]:.0f}%); the target ({goal}) needs {need:.0f} GMAC/s, "
+                       f"{100 * need / peaks[t]:.0f}% of the ceiling for the whole network.")
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (each figure: the median over rounds)")
@@ -282,7 +336,7 @@ def main():
 
     import torch
     bin_dir = subprocess.run(["bazel", "info", "bazel-bin"], capture_output=True, text=True).stdout.strip()
-    for b in ("bench_nn", "bench_infer", "bench_bert", "bench_quant"):
+    for b in ("bench_nn", "bench_infer", "bench_bert", "bench_quant", "bench_core"):
         if not os.path.exists(os.path.join(bin_dir, "apps", b)):
             sys.exit(f"error: {bin_dir}/apps/{b} missing: bazel build //apps:{b} first")
     CifarResNet = torch_models()
@@ -330,9 +384,12 @@ def main():
             add(("bert_dyn", 2), q=bert[(1, 2)]["dyn_ms"], t=None if tb is None else 1e3 * tb)
         for name, ratio in quanta_qat(bin_dir, args.steps).items():
             add(("qat", name), q=ratio)
+        for t, g in quanta_int8_peak(bin_dir).items():
+            add(("int8_peak", t), q=g)
     minutes = (time.monotonic() - start) / 60
 
-    def line(label, key, unit, higher_better, target=None):
+    def line(label, key, unit, higher_better, target=None, own=None):
+        """target: (op, v) on the ratio to PyTorch; own: (op, v, unit) on Quanta's own median."""
         r = rows.get(key)
         if not r or not r["q"]:
             return None
@@ -340,10 +397,13 @@ def main():
         tm = statistics.median(r["t"]) if r["t"] else None
         ratio = qm / tm if tm else None
         verdict = ""
+        met = lambda x, op, v: x >= v if op == ">=" else x <= v
         if target is not None and ratio is not None:
             op, v = target
-            ok = ratio >= v if op == ">=" else ratio <= v
-            verdict = f"{op} {v:g}x: {'met' if ok else '**missed**'}"
+            verdict = f"{op} {v:g}x: {'met' if met(ratio, op, v) else '**missed**'}"
+        if own is not None:
+            op, v, u = own
+            verdict = f"Quanta {op} {v:g}{u}: {'met' if met(qm, op, v) else '**missed**'}"
         note = ", ".join(sorted(r["note"]))
         return (f"| {label} | {unit} ({'higher' if higher_better else 'lower'} is better) | {spread(r['q'])} | "
                 f"{spread(r['t']) if r['t'] else '—'}{' [' + note + ']' if note else ''} | "
@@ -372,20 +432,23 @@ def main():
                         ("<=", 0.8)))
     for t in (1, 2):
         out.append(line(f"ResNet-50 int8 speed-up over Quanta's folded f32, {t} thread{'s' if t > 1 else ''}",
-                        ("resnet50_vs_folded", t), "x", True))
+                        ("resnet50_vs_folded", t), "x", True, own=(">=", 3.5, "x")))
     out.append(line("BERT-base seq 128 int8 (static ranges), batch 1, 2 threads; PyTorch: dynamic", ("bert", 2),
-                    "ms", False))
+                    "ms", False, own=("<=", 50, " ms")))
     out.append(line("BERT-base seq 128 int8 (dynamic), batch 1, 2 threads; PyTorch: dynamic", ("bert_dyn", 2), "ms",
                     False))
     for t in (1, 2):
         out.append(line(f"f32 GEMM 1024^3, {t} thread{'s' if t > 1 else ''}", ("gemm", t), "GFLOP/s", True))
     for key in sorted(k for k in rows if k[0] == "qat"):
-        out.append(line(f"QAT step / f32 step, ResNet-20 batch 128, policy `{key[1]}`", key, "x", False))
+        out.append(line(f"QAT step / f32 step, ResNet-20 batch 128, policy `{key[1]}`", key, "x", False,
+                        own=("<=", 1.15, "x")))
     out = [o for o in out if o is not None]
     if ("bert", 2) in rows and not rows[("bert", 2)]["t"]:
         out.append("\nPyTorch's BERT: transformers is not installed here (pip install transformers).")
-    out.append("\nTargets: issue 18's, ratios as this program measured them. The QAT rows have no PyTorch figure; "
-               "their target is <= 1.15x the f32 step.")
+    out.append("\nTargets: issue 18's, as this program measured them: on the ratio to PyTorch, or (\"Quanta ...\") on "
+               "Quanta's own figure: the QAT step against Quanta's f32 step, ResNet-50 int8 against Quanta's folded "
+               "f32, BERT-base's absolute latency.")
+    out += ceiling_lines(rows, {name: macs_per_image(make(), shape) for name, make, shape in cases})
     text = "\n".join(out) + "\n"
     print(text)
     if args.write:
