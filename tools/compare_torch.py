@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Quanta against the PyTorch installed on this machine, side by side, in one run.
 
-    bazel build //apps:bench_nn //apps:bench_infer //apps:bench_bert //apps:bench_quant
+    bazel build //apps:bench_nn //apps:bench_infer //apps:bench_bert //apps:bench_quant //apps:bench_core
     python3 tools/compare_torch.py                          # the table on stdout
     python3 tools/compare_torch.py --write=docs/benchmarks.md
 
@@ -22,7 +22,10 @@ median over rounds with the ratio Quanta / PyTorch:
     transformers is installed;
   - f32 GEMM 1024^3 (GFLOP/s, bench_infer's GEMM against torch.matmul);
   - Quanta's QAT step against its f32 step (//apps:bench_quant; no PyTorch
-    figure).
+    figure);
+  - the int8 rows against the machine's int8 ceiling: //apps:bench_core's
+    measured vpdpbusd peak, and the multiply-accumulates of the convolutions
+    and linear layers counted on the PyTorch copies of the nets.
 With --write, the table replaces the part of that file between the markers
 <!-- compare_torch:begin --> and <!-- compare_torch:end --> (written to a
 temporary file, then renamed). Not used by CI; run it on an idle machine.
