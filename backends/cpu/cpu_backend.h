@@ -16,6 +16,12 @@ size_t OneDnnCachedPrimitives();
 // Backend::SetOption("winograd", "0") builds direct ones instead).
 size_t OneDnnWinogradPrimitives();
 
+// Quantize and dequantize calls so far that took the general strided loop (an
+// index computation per element) rather than a run loop (Note [Fake-quant
+// runs], Note [Per-tensor runs] in reference_quantization.cc): per-channel
+// parameters on a strided view. For tests that the run loops ran.
+size_t QuantizeGeneralLoops();
+
 // While alive, every CPU op runs its reference kernel (all threads). For tests
 // that hold fast kernels equal to the reference.
 class ReferenceModeGuard {

@@ -4,6 +4,7 @@
 #include <tuple>
 
 #include "autograd/autograd.h"
+#include "backends/cpu/cpu_backend.h"
 #include "core/ops.h"
 #include "gtest/gtest.h"
 
@@ -79,24 +80,31 @@ TEST(Quantize, RunLoopEqualsTheStridedLoop) {
 // The three loops of quantize and dequantize on one value: per-tensor runs
 // (strided, one scale), the general loop (the same strided view with per-channel
 // parameters that are all equal) and the channel runs (contiguous), over the
-// layouts integer models use: NCHW images read into channels-last, and a
-// channels-last activation subsampled at stride 2 (a ResNet shortcut).
+// layouts integer models use: NCHW images read into channels-last (a batch of 3
+// and of 1, whose size-1 batch dim keeps a nonzero stride in the spread
+// parameters), and a channels-last activation subsampled at stride 2 (a ResNet
+// shortcut). cpu::QuantizeGeneralLoops counts the calls that took the general
+// loop: the per-channel ones, not the per-tensor ones.
 TEST(Quantize, PerTensorRunsEqualTheGeneralLoop) {
   Generator gen(5);
   Tensor nchw = Mul(Round(Mul(Normal({3, 5, 9, 7}, 0, 20, &gen), 4.0)), 0.25);  // ties at scale 0.5, and clamping
   Tensor images = nchw.Permute({0, 2, 3, 1});                                     // read NCHW, write NHWC
+  Tensor image = nchw.Narrow(0, 1, 1).Contiguous().Permute({0, 2, 3, 1});         // one image, read NCHW
   Tensor sub = nchw.Permute({0, 2, 3, 1}).Contiguous().Permute({0, 3, 1, 2}).Slice(2, 0, 9, 2).Slice(3, 0, 7, 2);
   for (DType dtype : {DType::kQInt8, DType::kQUInt8}) {
     int64_t z = dtype == DType::kQUInt8 ? 100 : 3;
     QuantParams tensor = QuantParams::PerTensor(0.5, z);
-    for (const Tensor& x : {images, sub}) {
+    for (const Tensor& x : {images, image, sub}) {
       SCOPED_TRACE(std::string(Name(dtype)) + " " + ShapeToString(x.shape()));
       ASSERT_FALSE(x.is_contiguous());
       int axis = 1;
       QuantParams channel = QuantParams::PerChannel(std::vector<double>(x.size(axis), 0.5),
                                                     std::vector<int64_t>(x.size(axis), z), axis);
+      const size_t general = cpu::QuantizeGeneralLoops();
       Tensor runs = Quantize(x, dtype, tensor);
+      EXPECT_EQ(cpu::QuantizeGeneralLoops(), general) << "per-tensor quantize took the general loop";
       EXPECT_EQ(runs.IntRepr(), Quantize(x, dtype, channel).IntRepr());
+      EXPECT_EQ(cpu::QuantizeGeneralLoops(), general + 1) << "per-channel quantize of a strided view: the general loop";
       EXPECT_EQ(runs.IntRepr(), Quantize(x.Contiguous(), dtype, tensor).IntRepr());
       // Dequantize a strided view of the integers (per-tensor runs) and its
       // contiguous copy (channel runs) against its integers read one by one
@@ -105,7 +113,9 @@ TEST(Quantize, PerTensorRunsEqualTheGeneralLoop) {
       ASSERT_FALSE(q.is_contiguous());
       std::vector<float> want;
       for (int32_t i : q.IntRepr()) want.push_back(0.5f * static_cast<float>(i - z));
+      const size_t before_dequantize = cpu::QuantizeGeneralLoops();
       EXPECT_EQ(Dequantize(q).ToVector<float>(), want);
+      EXPECT_EQ(cpu::QuantizeGeneralLoops(), before_dequantize) << "per-tensor dequantize took the general loop";
       EXPECT_EQ(Dequantize(q.Contiguous()).ToVector<float>(), want);
     }
   }
