@@ -1,7 +1,7 @@
 // Core benchmark: f32 matmul 1024^3 in GFLOP/s at 1 and 2 threads beside this
 // CPU's peak, the int8 multiply-accumulate peak (measured), and elementwise add
-// of 16M floats in GB/s. Not a test: it asserts
-// nothing, it prints figures. Run: bazel run //apps:bench_core
+// of 16M floats in GB/s. Not a test: it asserts nothing, it prints figures.
+// Run: bazel run //apps:bench_core
 #include <benchmark/benchmark.h>
 #include <immintrin.h>
 
@@ -114,11 +114,11 @@ BENCHMARK(BM_MatmulF32_1024)->Arg(1)->Arg(2)->UseRealTime()->MinTime(2.0);
 
 // The int8 multiply-accumulate peak, measured rather than computed from tables:
 // each thread runs 12 independent chains of vpdpbusd on 512-bit registers (64
-// u8 x s8 products a instruction), enough to hide its latency, so the rate is
-// the VNNI units' throughput at the clock the core holds under this load. Zen 4
-// retires one 512-bit vpdpbusd a cycle (two 256-bit halves). The ceiling for
-// every integer convolution and matmul here, which compare_torch.py sets the
-// int8 models' multiply-accumulates per second against. 0 without AVX512-VNNI.
+// u8 x s8 products an instruction), enough to hide its latency, so the rate is
+// the VNNI units' throughput at the clock the core holds under this load (the
+// Zen 4 here: about 3.6 G instructions/s a core). The ceiling for every integer
+// convolution and matmul here, which compare_torch.py sets the int8 models'
+// multiply-accumulates per second against. 0 without AVX512-VNNI.
 double Int8PeakGmacs(int threads) {
 #if defined(__AVX512VNNI__)
   const int64_t trips = 50'000'000;

@@ -70,11 +70,13 @@ bool AsChannelRuns(const Tensor& x, const Tensor& param, std::initializer_list<c
 }
 
 // Note [Per-tensor runs]: with one scale and zero point (both spread from a
-// single value: every stride 0), any strides are runs of constant parameters.
-// The dims are visited in the read operand's memory order (its strides, largest
-// first), so that quantizing NCHW images into a channels-last tensor, or
-// dequantizing a channels-last slice, reads memory in order and the inner loop
-// runs over the long merged dim, not over the three channels.
+// single value: every stride 0 but those of size-1 dims), any strides are runs
+// of constant parameters. The dims are visited in the read operand's memory
+// order (its strides, largest first), so that quantizing NCHW images into a
+// channels-last tensor, or dequantizing a channels-last slice, reads memory in
+// order and the inner loop runs over the long merged dim, not over the three
+// channels.
+//
 // A dim of size 1 keeps whatever stride it had (Expand leaves it alone), so only
 // the others must be 0: a batch of one image spreads its one scale with a
 // nonzero batch stride. Counting that dim sent ResNet-50's batch-1 input
