@@ -114,8 +114,8 @@ void BenchModel(const std::string& title, const std::function<std::shared_ptr<nn
     std::printf("             int8 vs f32 %.2fx, vs f32 folded %.2fx | int4 vs f32 folded %.2fx\n", t_f32 / t_int8,
                 t_folded / t_int8, t_folded / t_int4);
     double gops = 2.0 * macs / t_int8 / 1e9, limit = Int8GemmGops(runs);
-    std::printf("             int8 %.1f GOP/s (%.2f G multiply-adds a run) = %.0f%% of the int8 1024^3 GEMM's %.1f GOP/s\n",
-                gops, macs / 1e9, 100 * gops / limit, limit);
+    std::printf("             int8 %.1f GOP/s (%.1f M multiply-adds an image) = %.0f%% of the int8 1024^3 GEMM's %.1f GOP/s\n",
+                gops, macs / 1e6 / n, 100 * gops / limit, limit);
   }
 }
 

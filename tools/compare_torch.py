@@ -24,8 +24,8 @@ median over rounds with the ratio Quanta / PyTorch:
   - Quanta's QAT step against its f32 step (//apps:bench_quant; no PyTorch
     figure);
   - the int8 rows against the machine's int8 ceiling: //apps:bench_core's
-    measured vpdpbusd peak, and the multiply-accumulates of the convolutions
-    and linear layers counted on the PyTorch copies of the nets.
+    measured vpdpbusd peak, and the multiply-accumulates bench_infer prints
+    (IntegerModel::MultiplyAdds of the converted model).
 With --write, the table replaces the part of that file between the markers
 <!-- compare_torch:begin --> and <!-- compare_torch:end --> (written to a
 temporary file, then renamed). Not used by CI; run it on an idle machine.
@@ -92,6 +92,10 @@ def quanta_infer(bin_dir, only, runs):
         if m:
             t = int(m.group(1))
             figs[t] = {"folded_ms": float(m.group(4)), "int8_ms": float(m.group(6)), "int8_ips": float(m.group(7))}
+    # The integer model's own count (IntegerModel::MultiplyAdds: convolutions and linear layers).
+    macs = re.search(r"\(([\d.]+) M multiply-adds an image\)", out)
+    for f in figs.values():
+        f["macs"] = float(macs.group(1)) * 1e6 if macs else None
     return figs
 
 
@@ -112,26 +116,6 @@ def quanta_int8_peak(bin_dir):
     """bench_core's measured int8 multiply-accumulate peak (vpdpbusd), GMAC/s by thread count."""
     out = run_bin(os.path.join(bin_dir, "apps/bench_core"), "--benchmark_filter=Int8Peak")
     return {int(t): float(g) for t, g in re.findall(r"BM_Int8Peak/(\d+)\S*\s.*?GMAC/s=([\d.]+)", out)}
-
-
-def macs_per_image(model, shape):
-    """Multiply-accumulates of one image through the convolutions and linear layers (PyTorch's copy of the net)."""
-    import torch
-    total = [0]
-
-    def conv(m, inp, out):
-        total[0] += out[0].numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-
-    def linear(m, inp, out):
-        total[0] += out[0].numel() * m.in_features
-
-    hooks = [m.register_forward_hook(conv) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    hooks += [m.register_forward_hook(linear) for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    with torch.no_grad():
-        model.eval()(torch.zeros(1, *shape[1:]))
-    for h in hooks:
-        h.remove()
-    return total[0]
 
 
 def quanta_qat(bin_dir, steps):
@@ -307,9 +291,9 @@ def ceiling_lines(rows, macs):
         return ["\nNo int8 ceiling: bench_core measured no AVX512-VNNI peak on this CPU."]
     out = ["", "The int8 rows against this machine's int8 ceiling (bench_core's measured vpdpbusd peak: " +
            ", ".join(f"{peaks[t]:.0f} GMAC/s at {t} thread{'s' if t > 1 else ''}" for t in sorted(peaks)) +
-           "), counting the multiply-accumulates of the convolutions and linear layers (ResNet-20: " +
-           f"{macs['resnet20_b64'] / 1e6:.1f} M an image" +
-           (f"; ResNet-50: {macs['resnet50'] / 1e9:.2f} G" if "resnet50" in macs else "") + "):", ""]
+           "), counting the multiply-accumulates of the convolutions and linear layers as the integer model does (" +
+           "; ".join(f"{label}: {macs[name] / 1e6:.1f} M an image" for name, label in
+                     (("resnet20_b64", "ResNet-20"), ("resnet50", "ResNet-50")) if name in macs) + "):", ""]
     for name, label, target, ips in (("resnet20_b64", "ResNet-20 int8 batch 64", 1.5, True),
                                      ("resnet50", "ResNet-50 int8 batch 1", 0.8, False)):
         for t in sorted(peaks):
@@ -346,6 +330,7 @@ def main():
     import torchvision
 
     rows = {}  # key -> {"q": [...], "t": [...], "note": str}
+    macs = {}  # case -> multiply-accumulates an image, as bench_infer's integer model counts them
 
     def add(key, q=None, t=None, note=None):
         r = rows.setdefault(key, {"q": [], "t": [], "note": set()})
@@ -371,6 +356,8 @@ def main():
         for only, make, shape in cases:
             for t, f in quanta_infer(bin_dir, only, args.runs).items():
                 add((only, t), q=f["int8_ips"] if only == "resnet20_b64" else f["int8_ms"])
+                if f["macs"]:
+                    macs[only] = f["macs"]
                 if only == "resnet50":
                     add(("resnet50_vs_folded", t), q=f["folded_ms"] / f["int8_ms"])
             for t in (1, 2):
@@ -451,7 +438,7 @@ def main():
     out.append("\nTargets: issue 18's, as this program measured them: on the ratio to PyTorch, or (\"Quanta ...\") on "
                "Quanta's own figure: the QAT step against Quanta's f32 step, ResNet-50 int8 against Quanta's folded "
                "f32, BERT-base's absolute latency.")
-    out += ceiling_lines(rows, {name: macs_per_image(make(), shape) for name, make, shape in cases})
+    out += ceiling_lines(rows, macs)
     text = "\n".join(out) + "\n"
     print(text)
     if args.write:
