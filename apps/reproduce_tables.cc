@@ -90,6 +90,11 @@ ABSL_FLAG(bool, resume, false,
           "take a row from the result file its last run left in --work_dir (NAME.result beside NAME.jsonl) when "
           "that run had the same command, instead of running it again (a seed's rows rerun when its f32 row does); "
           "for tables longer than a sitting: stop one, rerun it with --resume. The table lists the rows so taken");
+ABSL_FLAG(std::string, results_dir, "",
+          "keep each row's result file under this folder (the same relative path as its metrics under --work_dir) "
+          "instead of beside its metrics: a folder in the checkout (e.g. docs/runs/long) carries a table longer than "
+          "one machine's sitting to the next machine, which --resume then reads; relative to where `bazel run` "
+          "was called");
 
 namespace quanta::apps {
 namespace {
@@ -133,16 +138,25 @@ bool Gnuplot(const std::string& script) {
 // resumed table prints the same figures). With --resume a row is taken from
 // that file when the file's command is the row's command; a seed whose f32
 // row is run again runs all its rows again (they start from its model). The
-// table says which rows came from files and when those were written.
+// f32 row needs its model on disk only while some row of its seed has still
+// to run: a seed whose rows all have result files is complete without it, so
+// result files kept in the checkout (--results_dir; the models are not kept)
+// carry finished seeds to another machine. The table says which rows came
+// from files and when those were written.
 struct SavedRow {
   std::string command, finished;
   double seconds = 0;
   TrainResult result;
 };
 
-std::string ResultPath(const TrainConfig& c) {
+// Beside the metrics file, or under `results_dir` at the metrics file's path
+// relative to `work_dir`.
+std::string ResultPath(const TrainConfig& c, const std::string& work_dir, const std::string& results_dir) {
   std::string path = c.metrics_file;
   if (absl::EndsWith(path, ".jsonl")) path.resize(path.size() - 6);
+  if (!results_dir.empty() && absl::StartsWith(path, work_dir + "/")) {
+    path = results_dir + path.substr(work_dir.size());
+  }
   return path + ".result";
 }
 
@@ -173,6 +187,9 @@ absl::Status WriteSavedRow(const std::string& path, SavedRow row) {
     absl::StrAppendFormat(&text, "epoch\t%d\t%.17g\t%.17g\t%.17g\t%.17g\t%.17g\t%.17g\n", m.epoch, m.train_loss,
                           m.train_accuracy, m.test_accuracy, m.lr, m.images_per_second, m.seconds);
   }
+  std::error_code ec;  // --results_dir: the seed's folder may not exist yet
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
+  if (ec) return absl::InternalError(absl::StrCat("save ", path, ": cannot create its folder: ", ec.message()));
   return WriteFileAtomically(path, text);
 }
 
@@ -302,6 +319,8 @@ int main(int argc, char** argv) {
                                                                            : train_subset;
   const int64_t test_subset = std::max<int64_t>(0, absl::GetFlag(FLAGS_test_subset));
   const std::string work = absl::GetFlag(FLAGS_work_dir) + "/" + dataset;
+  const std::string results_dir = FromWorkspace(absl::GetFlag(FLAGS_results_dir));
+  auto result_path = [&](const TrainConfig& c) { return ResultPath(c, absl::GetFlag(FLAGS_work_dir), results_dir); };
   std::string out_flag = absl::GetFlag(FLAGS_out);
   const std::string table = absl::GetFlag(FLAGS_table);
   const bool ptq_table = table == "ptq";
@@ -603,9 +622,11 @@ int main(int argc, char** argv) {
   std::vector<std::vector<std::optional<SavedRow>>> saved(n_seeds);
   for (size_t s = 0; s < n_seeds; ++s) {
     saved[s].resize(runs[s].size());
-    for (size_t k = 0; absl::GetFlag(FLAGS_resume) && k < runs[s].size(); ++k) {
+    if (!absl::GetFlag(FLAGS_resume)) continue;
+    std::string f32_gone;  // why the f32 row's model is missing ("": it is not)
+    for (size_t k = 0; k < runs[s].size(); ++k) {
       const Row& r = runs[s][k];
-      absl::StatusOr<SavedRow> row = ReadSavedRow(ResultPath(r.config));
+      absl::StatusOr<SavedRow> row = ReadSavedRow(result_path(r.config));
       const std::string command = CommandLine(r.config, "bazel run //apps:train");
       std::string why;  // why it runs again ("": it does not)
       if (!row.ok()) {
@@ -615,7 +636,7 @@ int main(int argc, char** argv) {
         why = "its last run had another command: " + row->command;
       } else if (!r.config.checkpoint_dir.empty() &&
                  !std::filesystem::exists(r.config.checkpoint_dir + "/last.safetensors")) {
-        why = "its model " + r.config.checkpoint_dir + "/last.safetensors is gone";
+        f32_gone = "its model " + r.config.checkpoint_dir + "/last.safetensors is gone";
       }
       if (row.ok() && why.empty()) {
         saved[s][k] = *std::move(row);
@@ -624,6 +645,12 @@ int main(int argc, char** argv) {
                     static_cast<unsigned long long>(seeds[s]), why.c_str());
       }
       if (k == 0 && !saved[s][0]) break;  // the others start from the f32 model it will make
+    }
+    const bool complete = std::all_of(saved[s].begin(), saved[s].end(), [](const auto& r) { return r.has_value(); });
+    if (!f32_gone.empty() && !complete) {  // a row still to run needs the model
+      std::printf("--resume: seed %llu runs again from its f32 row: %s\n", static_cast<unsigned long long>(seeds[s]),
+                  f32_gone.c_str());
+      for (auto& r : saved[s]) r.reset();
     }
   }
   double resumed_seconds = 0;
@@ -647,13 +674,13 @@ int main(int argc, char** argv) {
       if (saved[s][k]) {
         r.result = saved[s][k]->result;
         std::printf("\n=== row %zu/%zu, %s%s: resumed from %s (finished %s)\n%s: top-1 %.2f%% (integer %.2f%%)\n", run,
-                    n_runs, r.method.c_str(), seed.c_str(), ResultPath(r.config).c_str(),
+                    n_runs, r.method.c_str(), seed.c_str(), result_path(r.config).c_str(),
                     saved[s][k]->finished.c_str(), r.method.c_str(), 100 * r.result.float_accuracy,
                     100 * r.result.integer_accuracy);
         continue;
       }
       std::filesystem::remove(r.config.metrics_file);
-      std::filesystem::remove(ResultPath(r.config));  // a stale one must not outlive this run
+      std::filesystem::remove(result_path(r.config));  // a stale one must not outlive this run
       std::printf("\n=== row %zu/%zu, %s%s: %s\n", run, n_runs, r.method.c_str(), seed.c_str(),
                   CommandLine(r.config, "bazel run //apps:train").c_str());
       std::fflush(stdout);
@@ -672,7 +699,7 @@ int main(int argc, char** argv) {
       r.result = *result;
       SavedRow row{CommandLine(r.config, "bazel run //apps:train"), NowUtc(),
                    std::chrono::duration<double>(std::chrono::steady_clock::now() - row_start).count(), r.result};
-      if (absl::Status written = WriteSavedRow(ResultPath(r.config), row); !written.ok()) {
+      if (absl::Status written = WriteSavedRow(result_path(r.config), row); !written.ok()) {
         std::fprintf(stderr, "warning: %s (--resume will run this row again)\n", std::string(written.message()).c_str());
       }
       done_work += work_of(r);
