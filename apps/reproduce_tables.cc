@@ -147,6 +147,7 @@ struct SavedRow {
   std::string command, finished;
   double seconds = 0;
   TrainResult result;
+  std::string machine;  // CpuName() of the run ("": a file from before it was kept)
 };
 
 // Beside the metrics file, or under `results_dir` at the metrics file's path
@@ -179,7 +180,7 @@ std::vector<std::pair<const char*, double*>> Figures(SavedRow& row, double (&byt
 
 absl::Status WriteSavedRow(const std::string& path, SavedRow row) {
   const TrainResult& t = row.result;
-  std::string text = absl::StrCat("command\t", row.command, "\nfinished\t", row.finished, "\n");
+  std::string text = absl::StrCat("command\t", row.command, "\nfinished\t", row.finished, "\nmachine\t", row.machine, "\n");
   double bytes[2] = {static_cast<double>(t.float_bytes), static_cast<double>(t.integer_bytes)};
   for (const auto& [key, value] : Figures(row, bytes)) absl::StrAppendFormat(&text, "%s\t%.17g\n", key, *value);
   for (const auto& [name, delta] : t.ewgs_deltas) absl::StrAppendFormat(&text, "ewgs\t%s\t%.17g\n", name, delta);
@@ -212,9 +213,9 @@ absl::StatusOr<SavedRow> ReadSavedRow(const std::string& path) {
     };
     auto parse = [&](size_t i, double* v) { return i < cells.size() && absl::SimpleAtod(cells[i], v); };
     const std::string& key = cells[0];
-    if (key == "command" || key == "finished") {
+    if (key == "command" || key == "finished" || key == "machine") {
       if (cells.size() < 2) return bad("no value");
-      (key == "command" ? row.command : row.finished) = line.substr(key.size() + 1);
+      (key == "command" ? row.command : key == "finished" ? row.finished : row.machine) = line.substr(key.size() + 1);
     } else if (key == "ewgs") {
       double delta;
       if (cells.size() != 3 || !parse(2, &delta)) return bad("not 'ewgs NAME DELTA'");
@@ -655,9 +656,15 @@ int main(int argc, char** argv) {
   }
   double resumed_seconds = 0;
   std::vector<std::string> resumed_names, resumed_times;
+  std::vector<std::pair<std::string, std::vector<uint64_t>>> resumed_machines;  // machine, its seeds
   for (size_t s = 0; s < n_seeds; ++s) {
     for (size_t k = 0; k < runs[s].size(); ++k) {
       if (!saved[s][k]) continue;
+      const std::string machine = saved[s][k]->machine.empty() ? "a CPU the file does not name" : saved[s][k]->machine;
+      auto m = std::find_if(resumed_machines.begin(), resumed_machines.end(),
+                            [&](const auto& e) { return e.first == machine; });
+      if (m == resumed_machines.end()) m = resumed_machines.insert(m, {machine, {}});
+      if (m->second.empty() || m->second.back() != seeds[s]) m->second.push_back(seeds[s]);
       total_work -= work_of(runs[s][k]);
       resumed_seconds += saved[s][k]->seconds;
       resumed_names.push_back(n_seeds == 1 ? runs[s][k].method : absl::StrCat(runs[s][k].method, " (seed ", seeds[s], ")"));
@@ -698,7 +705,8 @@ int main(int argc, char** argv) {
       }
       r.result = *result;
       SavedRow row{CommandLine(r.config, "bazel run //apps:train"), NowUtc(),
-                   std::chrono::duration<double>(std::chrono::steady_clock::now() - row_start).count(), r.result};
+                   std::chrono::duration<double>(std::chrono::steady_clock::now() - row_start).count(), r.result,
+                   CpuName()};
       if (absl::Status written = WriteSavedRow(result_path(r.config), row); !written.ok()) {
         std::fprintf(stderr, "warning: %s (--resume will run this row again)\n", std::string(written.message()).c_str());
       }
@@ -790,7 +798,15 @@ int main(int argc, char** argv) {
           ? ""
           : absl::StrCat("Resumed: ", resumed_names.size(), " of the ", n_runs,
                          " runs come from the result files earlier runs of the same commands left (`--resume`, "
-                         "written ", resumed_times.front(), " to ", resumed_times.back(),
+                         "written ", resumed_times.front(), " to ", resumed_times.back(), " on ",
+                         absl::StrJoin(resumed_machines, ", ",
+                                       [&](std::string* out, const auto& m) {
+                                         absl::StrAppend(out, m.first);
+                                         if (n_seeds > 1) {
+                                           absl::StrAppend(out, m.second.size() == 1 ? " (seed " : " (seeds ",
+                                                           absl::StrJoin(m.second, ", "), ")");
+                                         }
+                                       }),
                          "; their time is in the total above): ", absl::StrJoin(resumed_names, "; "), ".\n\n");
   std::string f32_text =
       f32_checkpoint.empty()

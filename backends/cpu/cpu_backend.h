@@ -16,11 +16,22 @@ size_t OneDnnCachedPrimitives();
 // Backend::SetOption("winograd", "0") builds direct ones instead).
 size_t OneDnnWinogradPrimitives();
 
+// Whether oneDNN has bf16 matmul and convolution kernels on this CPU: 2.6
+// has them from AVX-512 up (emulating the bf16 instructions where the CPU
+// lacks them), none on AVX2 machines (a Zen 3 EPYC), where bf16 matmul and
+// conv2d run the reference kernels and say so once.
+bool OneDnnHasBf16Kernels();
+
 // Quantize and dequantize calls so far that took the general strided loop (an
 // index computation per element) rather than a run loop (Note [Fake-quant
 // runs], Note [Per-tensor runs] in reference_quantization.cc): per-channel
 // parameters on a strided view. For tests that the run loops ran.
 size_t QuantizeGeneralLoops();
+
+// Sum, max, min and argmax calls so far that took the general loop (an index
+// computation per element) rather than a dense run (Note [Dense reductions])
+// or a column loop (Note [Column reductions] in reference_reductions.cc).
+size_t ReductionGeneralLoops();
 
 // While alive, every CPU op runs its reference kernel (all threads). For tests
 // that hold fast kernels equal to the reference.

@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "backends/cpu/cpu_backend.h"
 #include "backends/cpu/reference_kernels.h"
 #include "core/backend.h"
 #include "core/ops.h"
@@ -835,6 +836,18 @@ void OneDnnForget(const void* data) {
 void OneDnnSetNumThreads(int n) { omp_set_num_threads(n); }
 
 void OneDnnSetWinograd(bool on) { winograd_enabled = on; }
+
+bool OneDnnHasBf16Kernels() {
+  switch (dnnl::get_effective_cpu_isa()) {
+    case dnnl::cpu_isa::avx512_core:
+    case dnnl::cpu_isa::avx512_core_vnni:
+    case dnnl::cpu_isa::avx512_core_bf16:
+    case dnnl::cpu_isa::avx512_core_amx:
+      return true;
+    default:
+      return false;
+  }
+}
 
 size_t OneDnnWinogradPrimitives() { return static_cast<size_t>(winograd_primitives.load()); }
 

@@ -1,14 +1,18 @@
 // Reference kernels: sum, max, min and argmax over dims.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <vector>
 
+#include "backends/cpu/cpu_backend.h"
 #include "backends/cpu/reference_common.h"
 
 namespace quanta::cpu {
 namespace {
+
+std::atomic<size_t> general_loops{0};  // ReductionGeneralLoops()
 
 // Splits x into the outer view (reduced dims at size 1, aligned with the
 // keepdim-shaped output) and the inner view over the reduced dims alone.
@@ -215,6 +219,65 @@ void ReduceKernel(const KernelCall& c) {
     });
     return;
   }
+  // Note [Column reductions]: a sum or extreme over a strided dim whose outputs
+  // lie side by side in x's memory (a channels-last activation's mean over
+  // H*W: the integer models' global average pool; a bias gradient's sum over
+  // the batch) walks the rows once, adding each row's run of columns into
+  // per-column results, a loop over columns that vectorizes. Each column sees
+  // its values in the serial loop's order, with the same f64 sum, so the
+  // result is the serial loop's to the bit (extremes: but for the sign of a
+  // zero extreme). The general loop below took 1.3% of ResNet-50's batch-1
+  // int8 forward for the pool alone (perf, bench_infer).
+  if ((kSum || kExtreme) && (x.dtype() == DType::kF32 || x.dtype() == DType::kF64) &&
+      inner_geometry.sizes.size() == 1) {
+    const LoopGeometry<2> outer_geometry(y.shape(), {&y, &v.outer});
+    if (outer_geometry.strides.back()[1] == 1 && outer_geometry.sizes.back() >= 4) {
+      const int64_t rows = inner_geometry.sizes[0], row_stride = inner_geometry.strides[0][0];
+      StoreFn<double> store = StoreFor<double>(c, y.dtype());
+      VisitDType(x.dtype(), [&]<typename T>(TypeTag<T>) {
+        if constexpr (std::is_floating_point_v<T>) {
+          constexpr bool kMax = std::is_same_v<Reducer, ExtremeReducer<true>>;
+          using Acc = std::conditional_t<kSum, double, T>;
+          using Mask = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+          const T* xb = static_cast<const T*>(StorageBase(x));
+          void* yp = StorageBase(y);
+          ForEachRunStrided<2>(y.shape(), {&y, &v.outer}, [&](const std::array<int64_t, 2>& off, int64_t n,
+                                                               const std::array<int64_t, 2>& stride) {
+            constexpr int64_t kBlock = 256;
+            Acc acc[kBlock];
+            Mask bad[kBlock];
+            for (int64_t c0 = 0; c0 < n; c0 += kBlock) {
+              const int64_t m = std::min(kBlock, n - c0);
+              const T* p = xb + off[1] + c0;
+              for (int64_t j = 0; j < m; ++j) {
+                acc[j] = kSum ? Acc(0) + static_cast<Acc>(p[j]) : static_cast<Acc>(p[j]);
+                bad[j] = p[j] != p[j];
+              }
+              for (int64_t r = 1; r < rows; ++r) {
+                const T* q = p + r * row_stride;
+                if constexpr (kSum) {
+                  for (int64_t j = 0; j < m; ++j) acc[j] += static_cast<double>(q[j]);
+                } else {
+                  for (int64_t j = 0; j < m; ++j) {
+                    const T val = q[j];
+                    bad[j] |= val != val;
+                    acc[j] = kMax ? (val > acc[j] ? val : acc[j]) : (val < acc[j] ? val : acc[j]);
+                  }
+                }
+              }
+              for (int64_t j = 0; j < m; ++j) {
+                const bool nan = !kSum && bad[j] != 0;
+                store(yp, off[0] + (c0 + j) * stride[0],
+                      nan ? std::numeric_limits<double>::quiet_NaN() : static_cast<double>(acc[j]));
+              }
+            }
+          }, /*grain=*/std::max<int64_t>(1, 32768 / rows));
+        }
+      });
+      return;
+    }
+  }
+  general_loops.fetch_add(1, std::memory_order_relaxed);
   VisitPlain(c, x.dtype(), [&]<typename T>(TypeTag<T>) {
     using R = decltype(Reducer{}.template Result<T>());
     StoreFn<R> store = StoreFor<R>(c, y.dtype());
@@ -234,6 +297,8 @@ void ReduceKernel(const KernelCall& c) {
 }
 
 }  // namespace
+
+size_t ReductionGeneralLoops() { return general_loops.load(std::memory_order_relaxed); }
 
 void AddReductionKernels(KernelTable& t) {
   t[static_cast<int>(Op::kSum)] = &ReduceKernel<SumReducer>;

@@ -9,6 +9,7 @@
 #include <map>
 #include <sstream>
 
+#include "backends/cpu/cpu_backend.h"
 #include "core/backend.h"
 #include "core/grad_mode.h"
 #include "gtest/gtest.h"
@@ -408,6 +409,64 @@ TEST(Ops, DenseExtremesFindEveryPosition) {
         EXPECT_TRUE(std::isnan(Max(with_nan, {1}).item<double>()));
         EXPECT_TRUE(std::isnan(Min(with_nan, {1}).item<double>()));
       }
+    }
+  }
+}
+
+// Note [Column reductions]: a channels-last activation's sum over H and W
+// (global average pooling) and a sum over a matrix's rows (a bias gradient)
+// take the column loop, not the general one (the counter says which ran), and
+// give, per column, the f64 sum of its values in row order to the bit and the
+// extremes std::max/min find; a NaN in one column makes that column's extremes
+// NaN and no other's. 300 columns cross the loop's block of 256.
+TEST(Ops, ColumnReductionsEqualTheSerialSumPerColumn) {
+  Generator gen(29);
+  for (DType dt : {DType::kF32, DType::kF64}) {
+    struct Case {
+      Tensor x;                    // the view reduced
+      std::vector<int64_t> dims;   // over these
+      int64_t outer, rows, cols;   // its memory: (outer, rows, cols), dense
+    };
+    Tensor pooled = Uniform({2, 7, 7, 37}, -1, 1, &gen, DType::kF64).To(dt);
+    Tensor grad = Uniform({5, 300}, -1, 1, &gen, DType::kF64).To(dt);
+    std::vector<double> nan_memory = Uniform({3, 4, 40}, -1, 1, &gen, DType::kF64).ToVector<double>();
+    nan_memory[2 * 160 + 1 * 40 + 11] = NAN;  // outer 2, row 1, column 11
+    Tensor with_nan = Tensor::FromVector<double>(nan_memory, {3, 4, 40}).To(dt);
+    for (const Case& k : {Case{pooled.Permute({0, 3, 1, 2}), {2, 3}, 2, 49, 37}, Case{grad, {0}, 1, 5, 300},
+                          Case{with_nan, {1}, 3, 4, 40}}) {
+      SCOPED_TRACE(::testing::Message() << Name(dt) << " " << k.outer << "x" << k.rows << "x" << k.cols);
+      std::vector<double> m = k.x.Contiguous().ToVector<double>();
+      if (k.x.is_channels_last()) m = k.x.Permute({0, 2, 3, 1}).Contiguous().ToVector<double>();
+      const size_t general = cpu::ReductionGeneralLoops();
+      std::vector<double> sum = Sum(k.x, k.dims).To(DType::kF64).ToVector<double>();
+      std::vector<double> max = Max(k.x, k.dims).To(DType::kF64).ToVector<double>();
+      std::vector<double> min = Min(k.x, k.dims).To(DType::kF64).ToVector<double>();
+      EXPECT_EQ(cpu::ReductionGeneralLoops(), general) << "a column reduction took the general loop";
+      ASSERT_EQ(sum.size(), static_cast<size_t>(k.outer * k.cols));
+      for (int64_t o = 0; o < k.outer; ++o) {
+        for (int64_t c = 0; c < k.cols; ++c) {
+          double s = 0, hi = -INFINITY, lo = INFINITY;
+          bool nan = false;
+          for (int64_t r = 0; r < k.rows; ++r) {
+            const double v = m[(o * k.rows + r) * k.cols + c];
+            s += v;
+            nan |= std::isnan(v);
+            hi = std::max(hi, v);
+            lo = std::min(lo, v);
+          }
+          const size_t at = o * k.cols + c;
+          const double expect = dt == DType::kF32 ? static_cast<float>(s) : s;
+          if (nan) {
+            EXPECT_TRUE(std::isnan(sum[at]) && std::isnan(max[at]) && std::isnan(min[at])) << o << "," << c;
+          } else {
+            EXPECT_EQ(sum[at], expect) << o << "," << c;
+            EXPECT_EQ(max[at], hi) << o << "," << c;
+            EXPECT_EQ(min[at], lo) << o << "," << c;
+          }
+        }
+      }
+      Argmax(k.x.Contiguous(), k.dims[0]);  // counts in index order: the general loop
+      EXPECT_EQ(cpu::ReductionGeneralLoops(), general + 1);
     }
   }
 }
