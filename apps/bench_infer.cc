@@ -18,6 +18,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
 #include "core/grad_mode.h"
 #include "models/resnet.h"
 #include "models/resnet_cifar.h"
@@ -30,6 +31,9 @@ ABSL_FLAG(std::string, profile, "",
           "run only this model variant (f32, folded, int8 or int4), at --threads, --runs times, and print its median: "
           "for perf record");
 ABSL_FLAG(int, threads, 1, "threads for --profile");
+ABSL_FLAG(int, abits, 8,
+          "activation bits of the int8 and int4 models: 7 is PyTorch x86's reduce_range, with which a CPU without "
+          "VNNI runs int8 weights whole (Note [Exact integers without VNNI] in backends/cpu/onednn.cc)");
 ABSL_FLAG(std::string, only, "", "run only this case (resnet20_b64, resnet20_b1, resnet50 or gemm); for profiling and tools/compare_torch.py");
 
 namespace quanta {
@@ -76,8 +80,10 @@ void BenchModel(const std::string& title, const std::function<std::shared_ptr<nn
   auto model = make();
   model->Eval();
   auto folded = quant::ConvertFloat(*model);
-  auto int8 = Converted(make, "default 8 8 ema\n", x);
-  auto int4 = Converted(make, "default 4 8 ema\n", x);  // first and last layers stay 8-bit
+  const int abits = absl::GetFlag(FLAGS_abits);
+  QUANTA_CHECK(abits >= 2 && abits <= 8, "bench_infer: --abits=", abits, ": expected 2 to 8");
+  auto int8 = Converted(make, absl::StrCat("default 8 ", abits, " ema\n"), x);
+  auto int4 = Converted(make, absl::StrCat("default 4 ", abits, " ema\n"), x);  // first and last layers stay 8-bit
   int64_t f32_bytes = 4 * f32->NumParameters();  // the trained model's parameters
   std::printf("\n%s, input %s: parameters %lld\n", title.c_str(), ShapeToString(input).c_str(),
               static_cast<long long>(f32->NumParameters()));

@@ -42,6 +42,16 @@ import sys
 import time
 
 
+def cpu_flags():
+    """The CPU's feature flags (/proc/cpuinfo), empty where unreadable."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = re.search(r"^flags\s*:(.*)$", f.read(), re.M)
+        return set(flags.group(1).split()) if flags else set()
+    except OSError:
+        return set()
+
+
 def cpu_name():
     try:
         with open("/proc/cpuinfo") as f:
@@ -288,8 +298,9 @@ def ceiling_lines(rows, macs):
     """The int8 rows against the machine's int8 ceiling: what each side reaches and what the targets would need."""
     peaks = {t: statistics.median(rows[("int8_peak", t)]["q"]) for t in (1, 2) if rows.get(("int8_peak", t), {}).get("q")}
     if not peaks or not any(peaks.values()):
-        return ["\nNo int8 ceiling: bench_core measured no AVX512-VNNI peak on this CPU."]
-    out = ["", "The int8 rows against this machine's int8 ceiling (bench_core's measured vpdpbusd peak: " +
+        return ["\nNo int8 ceiling: bench_core measured no int8 peak on this CPU (neither AVX512-VNNI nor AVX2)."]
+    how = "vpdpbusd" if "avx512_vnni" in cpu_flags() else "vpmaddubsw + vpmaddwd + vpaddd, no VNNI"
+    out = ["", f"The int8 rows against this machine's int8 ceiling (bench_core's measured peak, {how}: " +
            ", ".join(f"{peaks[t]:.0f} GMAC/s at {t} thread{'s' if t > 1 else ''}" for t in sorted(peaks)) +
            "), counting the multiply-accumulates of the convolutions and linear layers as the integer model does (" +
            "; ".join(f"{label}: {macs[name] / 1e6:.1f} M an image" for name, label in
@@ -318,6 +329,9 @@ def main():
     p.add_argument("--runs", type=int, default=7, help="timed runs per inference case and round")
     p.add_argument("--steps", type=int, default=6, help="timed training steps per thread count and round")
     p.add_argument("--write", help="replace the marked section of this Markdown file with the table")
+    p.add_argument("--section", default="",
+                   help="with --write: the section marked <!-- compare_torch:begin SECTION --> ... "
+                        "<!-- compare_torch:end SECTION --> (one per kind of machine; default: the unnamed one)")
     p.add_argument("--skip_resnet50", action="store_true")
     args = p.parse_args()
 
@@ -444,7 +458,8 @@ def main():
     if args.write:
         with open(args.write) as f:
             doc = f.read()
-        begin, end = "<!-- compare_torch:begin -->", "<!-- compare_torch:end -->"
+        name = f" {args.section}" if args.section else ""
+        begin, end = f"<!-- compare_torch:begin{name} -->", f"<!-- compare_torch:end{name} -->"
         if begin not in doc or end not in doc:
             sys.exit(f"error: {args.write} has no {begin} ... {end} section")
         doc = doc[: doc.index(begin) + len(begin)] + "\n" + text + doc[doc.index(end):]

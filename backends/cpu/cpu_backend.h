@@ -22,6 +22,11 @@ size_t OneDnnWinogradPrimitives();
 // conv2d run the reference kernels and say so once.
 bool OneDnnHasBf16Kernels();
 
+// Integer convolutions and matmuls so far that ran their weights as two halves
+// (Note [Exact integers without VNNI] in onednn.cc: CPUs without VNNI, 8-bit
+// sources with |w| > 64). For tests that narrower sources need none.
+size_t OneDnnSplitWeightCalls();
+
 // Quantize and dequantize calls so far that took the general strided loop (an
 // index computation per element) rather than a run loop (Note [Fake-quant
 // runs], Note [Per-tensor runs] in reference_quantization.cc): per-channel

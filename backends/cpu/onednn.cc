@@ -4,6 +4,7 @@
 #include "backends/cpu/onednn.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <mutex>
 #include <atomic>
 #include <string>
@@ -280,7 +281,7 @@ struct SplitWeights;
 struct WeightCache {
   std::mutex mu;
   std::unordered_map<const void*, std::vector<std::pair<memory::desc, memory>>> entries;
-  // Note [Exact integers without VNNI]: per constant weight, its split (null: none needed).
+  // Note [Exact integers without VNNI]: per constant weight, its largest |w| and split.
   std::unordered_map<const void*, std::shared_ptr<const SplitWeights>> splits;
 };
 WeightCache& GetWeightCache() {
@@ -327,7 +328,10 @@ memory WeightsFor(const Tensor& w, const memory::desc& plain, const memory::desc
 // - an s8 source is handed over as u8 (x + 128, zero point + 128: the same real
 //   values), which oneDNN takes without the adjustment;
 // - weights with some |w| > 64 run as two halves w = low + high, |low| <= 64,
-//   |high| <= 63, so that a pair of products stays within 2 * 255 * 64 = 32640:
+//   |high| <= 63, so that a pair of products stays within 2 * 255 * 64 = 32640
+//   (not where the source's range is narrower: 2 * a_max * max|w| <= 32767
+//   needs no split, so 7-bit activations [0, 127], PyTorch x86's reduce_range,
+//   and 4-bit ones run every int8 weight whole, on half the instructions):
 //   the high half's products (in the layer's output units) enter the low half's
 //   epilogue as its first post-op, an f32 add before the residual and the ReLU.
 // 4-bit weights (|w| <= 8) never split. With VNNI (vpdpbusd accumulates in
@@ -349,40 +353,54 @@ bool HasVnni() {
 }
 
 struct SplitWeights {
-  Tensor low, high;  // qint8, w's shape and parameters; w = low + high
+  int32_t max_abs = 0;  // the largest |w|
+  Tensor low, high;     // qint8, w's shape and parameters; w = low + high (max_abs > 64 only)
 };
 
-// The split of w when this CPU needs one (Note [Exact integers without VNNI]),
-// else null; remembered for weights in constant storage.
-std::shared_ptr<const SplitWeights> SplitFor(const Tensor& w) {
+std::atomic<size_t> split_calls{0};  // OneDnnSplitWeightCalls()
+
+// The split of w when this CPU and this source need one (Note [Exact integers
+// without VNNI]), else null; remembered for weights in constant storage.
+// `x`: the source as oneDNN gets it (u8: an s8 one comes shifted).
+std::shared_ptr<const SplitWeights> SplitFor(const Tensor& w, const Tensor& x) {
   if (HasVnni() || w.dtype() != DType::kQInt8) return nullptr;
+  // A pair of products stays within int16 while 2 * a_max * |w| <= 32767:
+  // |w| <= 64 for any u8 source, |w| <= 128 (every int8 weight) for a 7-bit one.
+  const QuantParams& px = x.qparams();
+  const int64_t a_max = px.quant_min != 0 || px.quant_max != 0 ? std::clamp<int64_t>(px.quant_max, 1, 255) : 255;
+  const int64_t limit = 32767 / (2 * a_max);
   bool constant = w.storage()->constant();
   WeightCache& cache = GetWeightCache();
+  std::shared_ptr<SplitWeights> split;
   if (constant) {
     std::lock_guard<std::mutex> lock(cache.mu);
     auto it = cache.splits.find(w.raw_data());
-    if (it != cache.splits.end()) return it->second;
+    if (it != cache.splits.end()) split = std::const_pointer_cast<SplitWeights>(it->second);
   }
-  std::vector<int32_t> v = w.IntRepr();
-  std::shared_ptr<SplitWeights> split;
-  if (std::any_of(v.begin(), v.end(), [](int32_t x) { return x > 64 || x < -64; })) {
-    std::vector<int32_t> low(v.size()), high(v.size());
-    for (size_t i = 0; i < v.size(); ++i) {
-      low[i] = std::clamp(v[i], -64, 64);
-      high[i] = v[i] - low[i];
-    }
+  if (!split) {
+    std::vector<int32_t> v = w.IntRepr();
     split = std::make_shared<SplitWeights>();
-    split->low = Tensor::FromQuantized(low, w.shape(), DType::kQInt8, w.qparams());
-    split->high = Tensor::FromQuantized(high, w.shape(), DType::kQInt8, w.qparams());
-    if (constant) {  // their reorders are cached too, until w is freed (OneDnnForget)
-      split->low.storage()->MarkConstant();
-      split->high.storage()->MarkConstant();
+    for (int32_t e : v) split->max_abs = std::max(split->max_abs, std::abs(e));
+    if (split->max_abs > 64) {  // the halves fit every source: 2 * 255 * 64 = 32640
+      std::vector<int32_t> low(v.size()), high(v.size());
+      for (size_t i = 0; i < v.size(); ++i) {
+        low[i] = std::clamp(v[i], -64, 64);
+        high[i] = v[i] - low[i];
+      }
+      split->low = Tensor::FromQuantized(low, w.shape(), DType::kQInt8, w.qparams());
+      split->high = Tensor::FromQuantized(high, w.shape(), DType::kQInt8, w.qparams());
+      if (constant) {  // their reorders are cached too, until w is freed (OneDnnForget)
+        split->low.storage()->MarkConstant();
+        split->high.storage()->MarkConstant();
+      }
+    }
+    if (constant) {
+      std::lock_guard<std::mutex> lock(cache.mu);
+      cache.splits.emplace(w.raw_data(), split);
     }
   }
-  if (constant) {
-    std::lock_guard<std::mutex> lock(cache.mu);
-    cache.splits.emplace(w.raw_data(), split);
-  }
+  if (split->max_abs <= limit) return nullptr;
+  split_calls.fetch_add(1, std::memory_order_relaxed);
   return split;
 }
 
@@ -718,7 +736,7 @@ void OneDnnQuantizedConv2d(const KernelCall& c) {
   const Tensor* bias = IntegerBias(c);
   if (y.numel() == 0) return ReferenceKernel(c.op)(c);
   if (WithUnsignedSource(c, &OneDnnQuantizedConv2d)) return;  // Note [Exact integers without VNNI]
-  std::shared_ptr<const SplitWeights> split = SplitFor(c.in[1]);
+  std::shared_ptr<const SplitWeights> split = SplitFor(c.in[1], c.in[0]);
   const Tensor& w = split ? split->low : c.in[1];
   const QuantParams& pw = w.qparams();
   int64_t O = w.size(0);
@@ -783,7 +801,7 @@ void OneDnnQuantizedMatmul(const KernelCall& c) {
   if (y.numel() == 0) return ReferenceKernel(c.op)(c);
   if (!supported) return Fallback(c, "weights with nonzero zero points");
   if (WithUnsignedSource(c, &OneDnnQuantizedMatmul)) return;  // Note [Exact integers without VNNI]
-  std::shared_ptr<const SplitWeights> split = SplitFor(c.in[1]);
+  std::shared_ptr<const SplitWeights> split = SplitFor(c.in[1], c.in[0]);
   const Tensor& b = split ? split->low : c.in[1];
   int64_t M = a.size(0), K = a.size(1), N = b.size(1);
   bool per_channel = pb.scheme == QScheme::kPerChannel;
@@ -848,6 +866,8 @@ bool OneDnnHasBf16Kernels() {
       return false;
   }
 }
+
+size_t OneDnnSplitWeightCalls() { return split_calls.load(std::memory_order_relaxed); }
 
 size_t OneDnnWinogradPrimitives() { return static_cast<size_t>(winograd_primitives.load()); }
 

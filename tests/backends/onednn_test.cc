@@ -376,6 +376,48 @@ TEST(OneDnnExact, SaturatingProductsAndOddWeights) {
   }
 }
 
+// The split's condition is 2 * a_max * max|w| > 32767, a_max the source's
+// largest stored value: a 7-bit source (PyTorch x86's reduce_range) or a 4-bit
+// one runs weights of 127 whole, exact (2 * 127 * 127 fits int16), and an
+// 8-bit source with the same constant weights still splits where the CPU has
+// no VNNI (cpu::OneDnnSplitWeightCalls counts the splits).
+TEST(OneDnnExact, NarrowSourcesNeedNoSplit) {
+  ExpectFastPath fast_path;
+  bool vnni = false;
+  switch (dnnl::get_effective_cpu_isa()) {
+    case dnnl::cpu_isa::avx512_core_vnni:
+    case dnnl::cpu_isa::avx512_core_bf16:
+    case dnnl::cpu_isa::avx512_core_amx:
+    case dnnl::cpu_isa::avx2_vnni:
+      vnni = true;
+      break;
+    default:
+      break;
+  }
+  const int64_t K = 64;
+  std::vector<int32_t> bv;
+  for (int64_t k = 0; k < K; ++k) bv.insert(bv.end(), {127, -127, 65, 3});
+  Tensor b = Tensor::FromQuantized(bv, {K, 4}, DType::kQInt8, QuantParams::PerTensor(1.0 / 128, 0));
+  b.storage()->MarkConstant();  // the cached split serves every source
+  const double unit = 1.0 / 256 / 128;
+  for (int64_t a_max : {127, 255, 15, 127}) {
+    SCOPED_TRACE(::testing::Message() << "a_max " << a_max);
+    QuantParams pa = QuantParams::PerTensor(1.0 / 256, 0);
+    if (a_max < 255) pa = pa.WithRange(0, a_max);
+    Tensor a = Tensor::FromQuantized(std::vector<int32_t>(2 * K, static_cast<int32_t>(a_max)), {2, K},
+                                     DType::kQUInt8, pa);
+    const size_t before = cpu::OneDnnSplitWeightCalls();
+    std::vector<float> y = QuantizedMatmul(a, b, Tensor()).ToVector<float>();
+    EXPECT_EQ(cpu::OneDnnSplitWeightCalls() - before, a_max == 255 && !vnni ? 1u : 0u);
+    for (int64_t m = 0; m < 2; ++m) {
+      EXPECT_EQ(y[m * 4 + 0], 64 * a_max * 127 * unit);
+      EXPECT_EQ(y[m * 4 + 1], -64 * a_max * 127 * unit);
+      EXPECT_EQ(y[m * 4 + 2], 64 * a_max * 65 * unit);
+      EXPECT_EQ(y[m * 4 + 3], 64 * a_max * 3 * unit);
+    }
+  }
+}
+
 // The fused post-ops (residual, ReLU, a narrowed output range), channels-last
 // activations, qint4 weights and cached constant weights: each variant of the
 // oneDNN int8 convolution and matmul against the reference kernels, f32 outputs
