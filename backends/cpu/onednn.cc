@@ -371,29 +371,32 @@ std::shared_ptr<const SplitWeights> SplitFor(const Tensor& w, const Tensor& x) {
   const int64_t limit = 32767 / (2 * a_max);
   bool constant = w.storage()->constant();
   WeightCache& cache = GetWeightCache();
-  std::shared_ptr<SplitWeights> split;
+  std::shared_ptr<const SplitWeights> split;
   if (constant) {
     std::lock_guard<std::mutex> lock(cache.mu);
     auto it = cache.splits.find(w.raw_data());
-    if (it != cache.splits.end()) split = std::const_pointer_cast<SplitWeights>(it->second);
+    if (it != cache.splits.end()) split = it->second;
   }
   if (!split) {
     std::vector<int32_t> v = w.IntRepr();
-    split = std::make_shared<SplitWeights>();
-    for (int32_t e : v) split->max_abs = std::max(split->max_abs, std::abs(e));
-    if (split->max_abs > 64) {  // the halves fit every source: 2 * 255 * 64 = 32640
+    auto made = std::make_shared<SplitWeights>();
+    for (int32_t e : v) made->max_abs = std::max(made->max_abs, std::abs(e));
+    // The halves fit every source (2 * 255 * 64 = 32640); made for this call's
+    // source only where it needs them, and for constant weights once for all.
+    if (made->max_abs > 64 && (constant || made->max_abs > limit)) {
       std::vector<int32_t> low(v.size()), high(v.size());
       for (size_t i = 0; i < v.size(); ++i) {
         low[i] = std::clamp(v[i], -64, 64);
         high[i] = v[i] - low[i];
       }
-      split->low = Tensor::FromQuantized(low, w.shape(), DType::kQInt8, w.qparams());
-      split->high = Tensor::FromQuantized(high, w.shape(), DType::kQInt8, w.qparams());
+      made->low = Tensor::FromQuantized(low, w.shape(), DType::kQInt8, w.qparams());
+      made->high = Tensor::FromQuantized(high, w.shape(), DType::kQInt8, w.qparams());
       if (constant) {  // their reorders are cached too, until w is freed (OneDnnForget)
-        split->low.storage()->MarkConstant();
-        split->high.storage()->MarkConstant();
+        made->low.storage()->MarkConstant();
+        made->high.storage()->MarkConstant();
       }
     }
+    split = made;
     if (constant) {
       std::lock_guard<std::mutex> lock(cache.mu);
       cache.splits.emplace(w.raw_data(), split);
