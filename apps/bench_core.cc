@@ -120,68 +120,66 @@ BENCHMARK(BM_MatmulF32_1024)->Arg(1)->Arg(2)->UseRealTime()->MinTime(2.0);
 // convolution and matmul here, which compare_torch.py sets the int8 models'
 // multiply-accumulates per second against. On AVX2 without VNNI (a Zen 3), the
 // three-instruction sequence oneDNN's kernels use there; 0 without either.
-double Int8PeakGmacs(int threads) {
-#if defined(__AVX512VNNI__)
-  const int64_t trips = 50'000'000;
+// Runs `chains(trips)` (one thread's independent multiply-accumulate chains;
+// it returns a value that keeps them from being folded) on `threads` threads
+// at once: the rate the slowest reached, in G multiply-accumulates a second.
+template <typename Chains>
+double ChainsGmacs(int threads, int64_t trips, double macs_per_trip, Chains chains) {
   std::vector<double> seconds(threads);
   std::vector<int> sink(threads);
   std::vector<std::thread> pool;
   for (int t = 0; t < threads; ++t) {
     pool.emplace_back([&, t] {
-      __m512i acc[12];
-      for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_epi32(i);
-      __m512i a = _mm512_set1_epi8(1), b = _mm512_set1_epi8(2);
       auto start = std::chrono::steady_clock::now();
-      for (int64_t k = 0; k < trips; ++k) {
-#pragma GCC unroll 12
-        for (int i = 0; i < 12; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], a, b);
-        __asm__ volatile("" : "+v"(a));  // keeps the loop from being folded
-      }
+      sink[t] = chains(trips);
       seconds[t] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      alignas(64) int32_t lanes[16];
-      int s = 0;
-      for (int i = 0; i < 12; ++i) {
-        _mm512_store_si512(lanes, acc[i]);
-        s += lanes[0];
-      }
-      sink[t] = s;
     });
   }
   for (std::thread& th : pool) th.join();
   benchmark::DoNotOptimize(sink);
-  return threads * 12.0 * 64 * trips / *std::max_element(seconds.begin(), seconds.end()) / 1e9;
+  return threads * macs_per_trip * trips / *std::max_element(seconds.begin(), seconds.end()) / 1e9;
+}
+
+double Int8PeakGmacs(int threads) {
+#if defined(__AVX512VNNI__)
+  return ChainsGmacs(threads, 50'000'000, 12.0 * 64, [](int64_t trips) {
+    __m512i acc[12];
+    for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_epi32(i);
+    __m512i a = _mm512_set1_epi8(1), b = _mm512_set1_epi8(2);
+    for (int64_t k = 0; k < trips; ++k) {
+#pragma GCC unroll 12
+      for (int i = 0; i < 12; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], a, b);
+      __asm__ volatile("" : "+v"(a));  // keeps the loop from being folded
+    }
+    alignas(64) int32_t lanes[16];
+    int s = 0;
+    for (int i = 0; i < 12; ++i) {
+      _mm512_store_si512(lanes, acc[i]);
+      s += lanes[0];
+    }
+    return s;
+  });
 #elif defined(__AVX2__)
   // Without VNNI an int8 multiply-accumulate takes three instructions, as
   // oneDNN's AVX2 kernels issue them: vpmaddubsw (pairs of u8 x s8 products
   // into saturating s16), vpmaddwd by ones (pairs of those into s32), vpaddd.
   // Each of the 12 chains has its own b, so no two compute the same product.
-  const int64_t trips = 25'000'000;
-  std::vector<double> seconds(threads);
-  std::vector<int> sink(threads);
-  std::vector<std::thread> pool;
-  for (int t = 0; t < threads; ++t) {
-    pool.emplace_back([&, t] {
-      __m256i acc[12], b[12];
-      for (int i = 0; i < 12; ++i) acc[i] = _mm256_set1_epi32(i), b[i] = _mm256_set1_epi8(static_cast<char>(i + 1));
-      __m256i a = _mm256_set1_epi8(1);
-      const __m256i ones = _mm256_set1_epi16(1);
-      auto start = std::chrono::steady_clock::now();
-      for (int64_t k = 0; k < trips; ++k) {
+  return ChainsGmacs(threads, 25'000'000, 12.0 * 32, [](int64_t trips) {
+    __m256i acc[12], b[12];
+    for (int i = 0; i < 12; ++i) acc[i] = _mm256_set1_epi32(i), b[i] = _mm256_set1_epi8(static_cast<char>(i + 1));
+    __m256i a = _mm256_set1_epi8(1);
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int64_t k = 0; k < trips; ++k) {
 #pragma GCC unroll 12
-        for (int i = 0; i < 12; ++i) {
-          acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(_mm256_maddubs_epi16(a, b[i]), ones));
-        }
-        __asm__ volatile("" : "+x"(a));  // a new a each trip: nothing leaves the loop
+      for (int i = 0; i < 12; ++i) {
+        acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(_mm256_maddubs_epi16(a, b[i]), ones));
       }
-      seconds[t] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      int s = 0;
-      for (int i = 0; i < 12; ++i) s += _mm256_extract_epi32(acc[i], 0);
-      sink[t] = s;
-    });
-  }
-  for (std::thread& th : pool) th.join();
-  benchmark::DoNotOptimize(sink);
-  return threads * 12.0 * 32 * trips / *std::max_element(seconds.begin(), seconds.end()) / 1e9;
+      __asm__ volatile("" : "+x"(a));  // a new a each trip: nothing leaves the loop
+    }
+    int s = 0;
+    for (int i = 0; i < 12; ++i) s += _mm256_extract_epi32(acc[i], 0);
+    return s;
+  });
 #else
   (void)threads;
   return 0;

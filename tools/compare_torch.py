@@ -52,6 +52,11 @@ def cpu_flags():
         return set()
 
 
+def has_vnni():
+    """Whether the CPU multiplies int8 with VNNI (vpdpbusd), 512-bit or 256-bit."""
+    return bool({"avx512_vnni", "avx_vnni"} & cpu_flags())
+
+
 def cpu_name():
     try:
         with open("/proc/cpuinfo") as f:
@@ -65,11 +70,8 @@ def cpu_name():
             text = f.read()
         fam = re.search(r"^cpu family\s*:\s*(\d+)", text, re.M)
         model = re.search(r"^model\s*:\s*(\d+)", text, re.M)
-        flags = re.search(r"^flags\s*:(.*)$", text, re.M)
-        isa = []
-        if flags:
-            f = flags.group(1).split()
-            isa = [x for x in ("avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if x in f]
+        f = cpu_flags()
+        isa = [x for x in ("avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if x in f]
         extra = f"family {fam.group(1)} model {model.group(1)}" if fam and model else ""
         return f"{name} ({extra}; {', '.join(isa) or 'no AVX-512'}), {os.cpu_count()} cores"
     except OSError:
@@ -299,8 +301,8 @@ def ceiling_lines(rows, macs):
     peaks = {t: statistics.median(rows[("int8_peak", t)]["q"]) for t in (1, 2) if rows.get(("int8_peak", t), {}).get("q")}
     if not peaks or not any(peaks.values()):
         return ["\nNo int8 ceiling: bench_core measured no int8 peak on this CPU (neither AVX512-VNNI nor AVX2)."]
-    vnni = "avx512_vnni" in cpu_flags()
-    how = "vpdpbusd" if vnni else "vpmaddubsw + vpmaddwd + vpaddd, no VNNI"
+    vnni = has_vnni()
+    how = "vpdpbusd" if "avx512_vnni" in cpu_flags() else "vpmaddubsw + vpmaddwd + vpaddd, no VNNI"
     caveat = "" if vnni else (
         " On a CPU without VNNI this is the rate of the exact sequence, not a ceiling: a kernel that lets pairs of "
         "products saturate in int16, or keeps partial sums in int16 longer, can pass it (PyTorch does here), and "
@@ -360,7 +362,7 @@ def main():
         if note:
             r["note"].add(note)
 
-    vnni = bool({"avx512_vnni", "avx_vnni"} & cpu_flags())
+    vnni = has_vnni()
     start = time.monotonic()
     for rnd in range(args.rounds):
         print(f"round {rnd + 1}/{args.rounds}", file=sys.stderr, flush=True)

@@ -21,6 +21,10 @@ size_t OneDnnWinogradPrimitives();
 // lacks them), none on AVX2 machines (a Zen 3 EPYC), where bf16 matmul and
 // conv2d run the reference kernels and say so once.
 bool OneDnnHasBf16Kernels();
+// Whether oneDNN's int8 kernels here accumulate with VNNI (vpdpbusd); without
+// it they use vpmaddubsw, and the integer kernels take the measures of Note
+// [Exact integers without VNNI] in onednn.cc.
+bool OneDnnHasVnni();
 
 // Integer convolutions and matmuls so far that ran their weights as two halves
 // (Note [Exact integers without VNNI] in onednn.cc: CPUs without VNNI, 8-bit

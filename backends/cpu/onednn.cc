@@ -870,6 +870,8 @@ bool OneDnnHasBf16Kernels() {
   }
 }
 
+bool OneDnnHasVnni() { return HasVnni(); }
+
 size_t OneDnnSplitWeightCalls() { return split_calls.load(std::memory_order_relaxed); }
 
 size_t OneDnnWinogradPrimitives() { return static_cast<size_t>(winograd_primitives.load()); }

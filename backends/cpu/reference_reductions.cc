@@ -225,8 +225,8 @@ void ReduceKernel(const KernelCall& c) {
   // the batch) walks the rows once, adding each row's run of columns into
   // per-column results, a loop over columns that vectorizes. Each column sees
   // its values in the serial loop's order, with the same f64 sum, so the
-  // result is the serial loop's to the bit (extremes: but for the sign of a
-  // zero extreme). The general loop below took 1.3% of ResNet-50's batch-1
+  // result is the serial loop's to the bit (extremes keep the first of equal
+  // values, as the serial loop does). The general loop below took 1.3% of ResNet-50's batch-1
   // int8 forward for the pool alone (perf, bench_infer).
   if ((kSum || kExtreme) && (x.dtype() == DType::kF32 || x.dtype() == DType::kF64) &&
       inner_geometry.sizes.size() == 1) {
@@ -250,8 +250,8 @@ void ReduceKernel(const KernelCall& c) {
               const int64_t m = std::min(kBlock, n - c0);
               const T* p = xb + off[1] + c0;
               for (int64_t j = 0; j < m; ++j) {
-                acc[j] = kSum ? Acc(0) + static_cast<Acc>(p[j]) : static_cast<Acc>(p[j]);
-                bad[j] = p[j] != p[j];
+                acc[j] = kSum ? Acc(0) + static_cast<Acc>(p[j]) : static_cast<Acc>(p[j]);  // 0 + -0 = +0, as serially
+                if constexpr (!kSum) bad[j] = p[j] != p[j];
               }
               for (int64_t r = 1; r < rows; ++r) {
                 const T* q = p + r * row_stride;

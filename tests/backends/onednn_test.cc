@@ -383,17 +383,7 @@ TEST(OneDnnExact, SaturatingProductsAndOddWeights) {
 // no VNNI (cpu::OneDnnSplitWeightCalls counts the splits).
 TEST(OneDnnExact, NarrowSourcesNeedNoSplit) {
   ExpectFastPath fast_path;
-  bool vnni = false;
-  switch (dnnl::get_effective_cpu_isa()) {
-    case dnnl::cpu_isa::avx512_core_vnni:
-    case dnnl::cpu_isa::avx512_core_bf16:
-    case dnnl::cpu_isa::avx512_core_amx:
-    case dnnl::cpu_isa::avx2_vnni:
-      vnni = true;
-      break;
-    default:
-      break;
-  }
+  const bool vnni = cpu::OneDnnHasVnni();
   const int64_t K = 64;
   std::vector<int32_t> bv;
   for (int64_t k = 0; k < K; ++k) bv.insert(bv.end(), {127, -127, 65, 3});
