@@ -136,17 +136,25 @@ Grads MaxPool2dBackwardRule(const GradNode& n, const Grads& g) {
 }
 
 // ---- batch normalization ------------------------------------------------------------
-// Inputs x, weight, bias; outputs y, mean, var. The fused pass gives what flows
-// back from y; gradients that reach the statistics themselves (rare: running
-// statistics are updated detached) add d mean / dx = 1 / n and
-// d var / dx = 2 (x - mean) / n. tests/nn/layers_test.cc holds the fused pair
-// equal to the composition of ops it replaces.
+// Inputs x, weight, bias and, with the epilogue's residual, the residual;
+// outputs y, mean, var. The fused pass gives what flows back from y (through
+// ReLU's mask where the epilogue has relu: Note [Batch norm epilogue]), and the
+// residual's gradient (y's own without relu); gradients that reach the
+// statistics themselves (rare: running statistics are updated detached) add
+// d mean / dx = 1 / n and d var / dx = 2 (x - mean) / n. tests/nn/layers_test.cc
+// holds the fused pair equal to the composition of ops it replaces.
 Grads BatchNormBackwardRule(const GradNode& n, const Grads& g) {
   const Tensor &x = X(n, 0), &w = X(n, 1);
-  Tensor gx, gw, gb;
-  if (g[0].defined()) {
+  const Tensor residual = n.attrs.residual ? X(n, 3) : Tensor();
+  Tensor gx, gw, gb, gr;
+  if (g[0].defined() && n.attrs.relu) {
+    std::array<Tensor, 4> r =
+        BatchNormReluBackward(g[0], x, w, X(n, 2), Y(n, 1), Y(n, 2), n.attrs.scalar, residual);
+    gx = r[0], gw = r[1], gb = r[2], gr = r[3];
+  } else if (g[0].defined()) {
     std::array<Tensor, 3> r = BatchNormBackward(g[0], x, w, Y(n, 1), Y(n, 2), n.attrs.scalar);
     gx = r[0], gw = r[1], gb = r[2];
+    if (residual.defined()) gr = g[0];
   }
   const bool g_mean = g.size() > 1 && g[1].defined(), g_var = g.size() > 2 && g[2].defined();
   if (g_mean || g_var) {
@@ -160,7 +168,9 @@ Grads BatchNormBackwardRule(const GradNode& n, const Grads& g) {
     }
     gx = gx.defined() ? Add(gx, extra) : extra;
   }
-  return {n.NeedsGrad(0) ? gx : Tensor(), n.NeedsGrad(1) ? gw : Tensor(), n.NeedsGrad(2) ? gb : Tensor()};
+  Grads out = {n.NeedsGrad(0) ? gx : Tensor(), n.NeedsGrad(1) ? gw : Tensor(), n.NeedsGrad(2) ? gb : Tensor()};
+  if (residual.defined()) out.push_back(n.NeedsGrad(3) ? gr : Tensor());
+  return out;
 }
 
 Grads GatherBackward(const GradNode& n, const Grads& g) {

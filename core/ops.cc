@@ -531,9 +531,15 @@ void CheckBatchNormChannel(const char* op, const Tensor& x, const Tensor& t, con
                Name(dtype), "[", x.size(1), "] for input ", x.Describe(), ", got ",
                t.defined() ? t.Describe() : std::string("undefined"));
 }
+void CheckBatchNormResidual(const char* op, const Tensor& x, const Tensor& residual) {
+  QUANTA_CHECK(!residual.defined() || (residual.shape() == x.shape() && residual.dtype() == x.dtype() &&
+                                       residual.device() == x.device()),
+               op, ": residual must match the input ", x.Describe(), ", got ", residual.Describe());
+}
 }  // namespace
 
-std::array<Tensor, 3> BatchNormTraining(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
+std::array<Tensor, 3> BatchNormTraining(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
+                                        const Tensor& residual, bool relu) {
   CheckDefined("batch_norm", {&x});
   QUANTA_CHECK(x.dim() == 4 && IsFloating(x.dtype()), "batch_norm: input must be floating (N, C, H, W), got ",
                x.Describe());
@@ -542,12 +548,16 @@ std::array<Tensor, 3> BatchNormTraining(const Tensor& x, const Tensor& weight, c
   QUANTA_CHECK(eps >= 0, "batch_norm: negative eps ", eps);
   CheckBatchNormChannel("batch_norm", x, weight, "weight", x.dtype());
   CheckBatchNormChannel("batch_norm", x, bias, "bias", x.dtype());
+  CheckBatchNormResidual("batch_norm", x, residual);
   OpAttrs attrs;
   attrs.scalar = eps;
+  attrs.residual = residual.defined();
+  attrs.relu = relu;
   // Channels-last x on the CPU stays so, and so does y (the kernel's row loops;
-  // the CUDA kernel reads contiguous planes).
+  // the CUDA kernel reads contiguous planes); a residual is laid out as x.
   const bool channels_last = x.device().is_cpu() && x.suggests_channels_last();
-  Tensor in[3] = {channels_last ? x : x.Contiguous(), weight.Contiguous(), bias.Contiguous()};
+  std::vector<Tensor> in = {channels_last ? x : x.Contiguous(), weight.Contiguous(), bias.Contiguous()};
+  if (residual.defined()) in.push_back(channels_last ? residual.ChannelsLast() : residual.Contiguous());
   DType stats = BatchNormStatsDType(x.dtype());
   std::array<Tensor, 3> out = {EmptyElementwise(x.shape(), x.dtype(), x.device(), {&in[0]}),
                                Tensor::Empty({x.size(1)}, stats, x.device()),
@@ -556,24 +566,50 @@ std::array<Tensor, 3> BatchNormTraining(const Tensor& x, const Tensor& weight, c
   return out;
 }
 
-std::array<Tensor, 3> BatchNormBackward(const Tensor& grad_y, const Tensor& x, const Tensor& weight,
-                                        const Tensor& mean, const Tensor& var, double eps) {
-  CheckDefined("batch_norm_backward", {&grad_y, &x});
+namespace {
+// Both backward forms: in = {grad_y, x, weight, mean, var} and, with relu,
+// bias and the residual where there is one; out = {grad x, grad weight, grad
+// bias} and, with relu and a residual, grad residual.
+std::array<Tensor, 4> BatchNormBackwardOf(const char* op, const Tensor& grad_y, const Tensor& x, const Tensor& weight,
+                                          const Tensor* bias, const Tensor& mean, const Tensor& var, double eps,
+                                          const Tensor& residual) {
+  CheckDefined(op, {&grad_y, &x});
   QUANTA_CHECK(x.dim() == 4 && IsFloating(x.dtype()) && grad_y.shape() == x.shape() && grad_y.dtype() == x.dtype(),
-               "batch_norm_backward: bad operands (", grad_y.Describe(), ", ", x.Describe(), ")");
-  CheckBatchNormChannel("batch_norm_backward", x, weight, "weight", x.dtype());
-  CheckBatchNormChannel("batch_norm_backward", x, mean, "mean", BatchNormStatsDType(x.dtype()));
-  CheckBatchNormChannel("batch_norm_backward", x, var, "var", BatchNormStatsDType(x.dtype()));
+               op, ": bad operands (", grad_y.Describe(), ", ", x.Describe(), ")");
+  CheckBatchNormChannel(op, x, weight, "weight", x.dtype());
+  if (bias) CheckBatchNormChannel(op, x, *bias, "bias", x.dtype());
+  CheckBatchNormChannel(op, x, mean, "mean", BatchNormStatsDType(x.dtype()));
+  CheckBatchNormChannel(op, x, var, "var", BatchNormStatsDType(x.dtype()));
+  CheckBatchNormResidual(op, x, residual);
   OpAttrs attrs;
   attrs.scalar = eps;
+  attrs.relu = bias != nullptr;
+  attrs.residual = residual.defined();
   const bool channels_last = x.device().is_cpu() && x.suggests_channels_last();
-  Tensor in[5] = {channels_last ? grad_y.ChannelsLast() : grad_y.Contiguous(), channels_last ? x : x.Contiguous(),
-                  weight.Contiguous(), mean.Contiguous(), var.Contiguous()};
-  std::array<Tensor, 3> out = {EmptyElementwise(x.shape(), x.dtype(), x.device(), {&in[1]}),
+  auto like_x = [&](const Tensor& t) { return channels_last ? t.ChannelsLast() : t.Contiguous(); };
+  std::vector<Tensor> in = {like_x(grad_y), channels_last ? x : x.Contiguous(), weight.Contiguous(),
+                            mean.Contiguous(), var.Contiguous()};
+  if (bias) in.push_back(bias->Contiguous());
+  if (residual.defined()) in.push_back(like_x(residual));
+  std::array<Tensor, 4> out = {EmptyElementwise(x.shape(), x.dtype(), x.device(), {&in[1]}),
                                Tensor::Empty({x.size(1)}, x.dtype(), x.device()),
-                               Tensor::Empty({x.size(1)}, x.dtype(), x.device())};
-  Dispatch(Op::kBatchNormBackward, in, out, attrs);
+                               Tensor::Empty({x.size(1)}, x.dtype(), x.device()), Tensor()};
+  if (residual.defined()) out[3] = EmptyElementwise(x.shape(), x.dtype(), x.device(), {&in[1]});
+  Dispatch(Op::kBatchNormBackward, in, {out.data(), residual.defined() ? 4u : 3u}, attrs);
   return out;
+}
+}  // namespace
+
+std::array<Tensor, 3> BatchNormBackward(const Tensor& grad_y, const Tensor& x, const Tensor& weight,
+                                        const Tensor& mean, const Tensor& var, double eps) {
+  std::array<Tensor, 4> r = BatchNormBackwardOf("batch_norm_backward", grad_y, x, weight, nullptr, mean, var, eps, {});
+  return {r[0], r[1], r[2]};
+}
+
+std::array<Tensor, 4> BatchNormReluBackward(const Tensor& grad_y, const Tensor& x, const Tensor& weight,
+                                            const Tensor& bias, const Tensor& mean, const Tensor& var, double eps,
+                                            const Tensor& residual) {
+  return BatchNormBackwardOf("batch_norm_backward (relu)", grad_y, x, weight, &bias, mean, var, eps, residual);
 }
 
 Tensor ScatterAdd(const Shape& shape, int64_t dim, const Tensor& index, const Tensor& src) {

@@ -125,11 +125,23 @@ Tensor MaxPool2dBackward(const Tensor& grad_out, const Tensor& indices, const Sh
 // (C) of x's dtype. Returns {y, mean, var}; mean and var are f32 (f64 for an f64
 // x). Gradients reach x, weight and bias (and through mean and var).
 // nn::BatchNorm2d calls it (nn/functional.h) where the backend has the kernel.
-std::array<Tensor, 3> BatchNormTraining(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps);
+// With an epilogue (Note [Batch norm epilogue] in backends/cpu/reference_normalization.cc)
+// y = relu(bn(x) + residual) in the same pass: residual (like x) is added where
+// defined, ReLU applied where relu is set, rounded exactly as the composition
+// Relu(Add(bn(x), residual)) rounds, so the two are equal bit for bit.
+std::array<Tensor, 3> BatchNormTraining(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
+                                        const Tensor& residual = Tensor(), bool relu = false);
 // Its gradients in one pass over grad_y and x: {grad x, grad weight, grad bias},
 // for y's gradient only (the statistics' own gradients are added by the rule).
 std::array<Tensor, 3> BatchNormBackward(const Tensor& grad_y, const Tensor& x, const Tensor& weight,
                                         const Tensor& mean, const Tensor& var, double eps);
+// The gradients of the epilogue form with relu: grad_y is relu's output's
+// gradient; the ReLU mask is recomputed from x, bias and residual (no saved
+// output). {grad x, grad weight, grad bias, grad residual (undefined without one)}:
+// equal to ThresholdBackward then BatchNormBackward, bit for bit.
+std::array<Tensor, 4> BatchNormReluBackward(const Tensor& grad_y, const Tensor& x, const Tensor& weight,
+                                            const Tensor& bias, const Tensor& mean, const Tensor& var, double eps,
+                                            const Tensor& residual = Tensor());
 
 // ---- quantization (Note [One quantization formula] in core/scalar_ops.h) -------
 // The integer range of a quantized dtype under params (params' own range if set).

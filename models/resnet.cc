@@ -47,17 +47,20 @@ Tensor ResNetBlock::Forward(const Tensor& x_in) {
   // quantizes it, the value the integer model holds (Note [One quantized value,
   // several readers] in nn/layers.h).
   Tensor x = convs[0]->QuantizeInput(x_in);
-  Tensor y = x;
-  for (size_t i = 0; i < convs.size(); ++i) {
-    y = bns[i]->Forward(i == 0 ? convs[0]->ForwardQuantized(x) : convs[i]->Forward(y));
-    if (i + 1 < convs.size()) y = Relu(y);
-  }
   Tensor shortcut = x;
   if (downsample_conv) {
     Tensor ds = downsample_conv->owns_input_quant() ? downsample_conv->Forward(x_in) : downsample_conv->ForwardQuantized(x);
     shortcut = downsample_bn->Forward(ds);
   }
-  return Relu(Add(y, shortcut));
+  // Each ReLU and the residual add run inside batch norm's pass (nn::BatchNorm's
+  // epilogue).
+  Tensor y = x;
+  for (size_t i = 0; i < convs.size(); ++i) {
+    Tensor z = i == 0 ? convs[0]->ForwardQuantized(x) : convs[i]->Forward(y);
+    const bool last = i + 1 == convs.size();
+    y = bns[i]->Forward(z, {.residual = last ? shortcut : Tensor(), .relu = true});
+  }
+  return y;
 }
 
 std::shared_ptr<ResNet> ResNet::Make(const std::string& name, int64_t num_classes, Generator* gen, bool cifar_stem) {
@@ -110,7 +113,7 @@ ResNet::ResNet(const ResNetConfig& c, Generator* gen) : config(c) {
 Tensor ResNet::Forward(const Tensor& x) {
   QUANTA_CHECK(x.dim() == 4 && x.size(1) == config.in_channels, "ResNet: expected (N, ", config.in_channels,
                ", H, W) images, got ", x.Describe());
-  Tensor y = Relu(bn1->Forward(conv1->Forward(x)));
+  Tensor y = bn1->Forward(conv1->Forward(x), {.relu = true});
   if (!config.cifar_stem) y = MaxPool2d(y, Pool2dOptions{.kernel = {3, 3}, .stride = {2, 2}, .padding = {1, 1}});
   for (auto& [name, block] : blocks) y = block->Forward(y);
   return fc->Forward(Mean(y, {2, 3}));

@@ -31,7 +31,9 @@ Tensor BasicBlock::Forward(const Tensor& x_in) {
   // the integer model holds (Note [One quantized value, several readers] in
   // nn/layers.h); option A pads the quantized value with exact zeros.
   Tensor x = conv1->QuantizeInput(x_in);
-  Tensor y = bn2->Forward(conv2->Forward(Relu(bn1->Forward(conv1->ForwardQuantized(x)))));
+  // Each ReLU and the residual add run inside batch norm's pass (nn::BatchNorm's
+  // epilogue).
+  Tensor h = bn1->Forward(conv1->ForwardQuantized(x), {.relu = true});
   Tensor shortcut = x;
   if (stride != 1 || in_channels != out_channels) {
     // Option A: subsample, then pad the new channels with zeros on both sides.
@@ -43,7 +45,7 @@ Tensor BasicBlock::Forward(const Tensor& x_in) {
     pad_after[1] = extra - before;
     shortcut = Concat({Zeros(pad, x.dtype(), x.device()), shortcut, Zeros(pad_after, x.dtype(), x.device())}, 1);
   }
-  return Relu(Add(y, shortcut));
+  return bn2->Forward(conv2->Forward(h), {.residual = shortcut, .relu = true});
 }
 
 CifarResNet::CifarResNet(int n, int64_t num_classes, Generator* gen) {
@@ -70,7 +72,7 @@ std::shared_ptr<CifarResNet> CifarResNet::Make(int depth, int64_t num_classes, G
 
 Tensor CifarResNet::Forward(const Tensor& x) {
   QUANTA_CHECK(x.dim() == 4 && x.size(1) == 3, "CifarResNet: expected (N, 3, H, W) images, got ", x.Describe());
-  Tensor y = Relu(bn1->Forward(conv1->Forward(x)));
+  Tensor y = bn1->Forward(conv1->Forward(x), {.relu = true});
   y = layer3->Forward(layer2->Forward(layer1->Forward(y)));
   return fc->Forward(Mean(y, {2, 3}));
 }

@@ -43,19 +43,30 @@ void UpdateBatchNormRunning(const Tensor& mean, const Tensor& var, double count,
   running_var.CopyFrom(Add(Mul(running_var, 1 - momentum), Mul(v, momentum)));
 }
 
+Tensor ApplyEpilogue(const Tensor& y, const BatchNormEpilogue& epilogue) {
+  Tensor out = epilogue.residual.defined() ? Add(y, epilogue.residual) : y;
+  return epilogue.relu ? Relu(out) : out;
+}
+
 Tensor BatchNorm(const Tensor& x, Tensor& running_mean, Tensor& running_var, const Tensor& weight,
-                 const Tensor& bias, bool training, double momentum, double eps) {
+                 const Tensor& bias, bool training, double momentum, double eps, const BatchNormEpilogue& epilogue) {
   // Note [Fused batch norm] in backends/cpu/reference_normalization.cc: training
   // runs one fused kernel where the backend has it and the parameters share x's
   // dtype (under autocast they do not: the composition promotes as before).
   const bool fused = training && x.defined() && IsFloating(x.dtype()) &&
                      GetBackend(x.device()).Supports(Op::kBatchNorm) &&
                      (!weight.defined() || weight.dtype() == x.dtype()) && (!bias.defined() || bias.dtype() == x.dtype());
-  if (!fused) return BatchNormComposite(x, running_mean, running_var, weight, bias, training, momentum, eps);
+  const Tensor& r = epilogue.residual;
+  const bool fused_epilogue = fused && (!r.defined() || (r.shape() == x.shape() && r.dtype() == x.dtype() &&
+                                                         r.device() == x.device()));
+  if (!fused_epilogue) {
+    return ApplyEpilogue(BatchNormComposite(x, running_mean, running_var, weight, bias, training, momentum, eps),
+                         epilogue);
+  }
   CheckBatchNorm(x, running_mean, training);
   const Tensor w = weight.defined() ? weight : Ones({x.size(1)}, x.dtype(), x.device());
   const Tensor b = bias.defined() ? bias : Zeros({x.size(1)}, x.dtype(), x.device());
-  std::array<Tensor, 3> out = BatchNormTraining(x, w, b, eps);
+  std::array<Tensor, 3> out = BatchNormTraining(x, w, b, eps, r, epilogue.relu);
   UpdateRunning(x, out[1], out[2], running_mean, running_var, momentum);
   return out[0];
 }

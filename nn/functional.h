@@ -20,8 +20,20 @@ Tensor Linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor
 // x (N, C, H, W). In training, normalizes with the batch's statistics and updates
 // the running ones (momentum, unbiased variance); otherwise uses the running ones.
 // Training runs core's fused BatchNormTraining where the backend has its kernel.
+// What follows batch norm in a ResNet block, y = relu(bn(x) + residual), runs in
+// the same kernel when given as the epilogue (Note [Batch norm epilogue] in
+// backends/cpu/reference_normalization.cc: one pass instead of up to three, and
+// no ReLU threshold pass in the backward); elsewhere as Add and Relu, with the
+// same result bit for bit.
+struct BatchNormEpilogue {
+  Tensor residual;  // added when defined (x's shape and dtype)
+  bool relu = false;
+};
 Tensor BatchNorm(const Tensor& x, Tensor& running_mean, Tensor& running_var, const Tensor& weight,
-                 const Tensor& bias, bool training, double momentum, double eps);
+                 const Tensor& bias, bool training, double momentum, double eps,
+                 const BatchNormEpilogue& epilogue = {});
+// The epilogue as ops: Relu(Add(y, residual)), the parts that are set.
+Tensor ApplyEpilogue(const Tensor& y, const BatchNormEpilogue& epilogue);
 // Batch norm's running statistics after a batch of `count` values a channel with
 // this (mean, biased var): an exponential average with `momentum`, the
 // variance made unbiased (count / (count - 1)) as PyTorch does. Both layers use

@@ -83,13 +83,15 @@ BatchNorm2d::BatchNorm2d(int64_t channels, double eps, double momentum, bool aff
   RegisterBuffer("num_batches_tracked", &num_batches_tracked);
 }
 
-Tensor BatchNorm2d::Forward(const Tensor& x) {
+Tensor BatchNorm2d::Forward(const Tensor& x) { return Forward(x, {}); }
+
+Tensor BatchNorm2d::Forward(const Tensor& x, const BatchNormEpilogue& epilogue) {
   if (is_training()) {
     NoGradGuard no_grad;
     num_batches_tracked.CopyFrom(Add(num_batches_tracked, Scalar(1, DType::kI64, num_batches_tracked.device())));
   }
-  if (is_training() && sync_stats) return SyncedForward(x);
-  return quanta::BatchNorm(x, running_mean, running_var, weight, bias, is_training(), momentum, eps);
+  if (is_training() && sync_stats) return ApplyEpilogue(SyncedForward(x), epilogue);
+  return quanta::BatchNorm(x, running_mean, running_var, weight, bias, is_training(), momentum, eps, epilogue);
 }
 
 // Note [Synchronized statistics] in dist/ddp.cc says how the global statistics

@@ -81,6 +81,9 @@ class BatchNorm2d : public Layer {
  public:
   explicit BatchNorm2d(int64_t channels, double eps = 1e-5, double momentum = 0.1, bool affine = true);
   Tensor Forward(const Tensor& x) override;
+  // relu(bn(x) + residual), the parts the epilogue sets, in batch norm's own
+  // pass where the backend fuses it (nn::BatchNorm).
+  Tensor Forward(const Tensor& x, const BatchNormEpilogue& epilogue);
   double eps, momentum;
   Tensor weight, bias;                 // (C), when affine
   Tensor running_mean, running_var;    // (C) buffers

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "backends/cpu/reference_common.h"
+#include "core/scalar_ops.h"
 
 namespace quanta::cpu {
 namespace {
@@ -93,22 +94,146 @@ std::vector<std::array<double, sizeof...(F)>> SumRows(int64_t R, int64_t C, F&&.
 
 bool ChannelsLast(const Tensor& x) { return x.is_channels_last() && !x.is_contiguous(); }
 
-// One channel's batch-norm forward from its moments about a pivot (the
-// channel's first value): with d = x - pivot, mean = pivot + E[d] and
-// var = E[d^2] - E[d]^2, in f64. The pivot lies inside the data, so E[d]^2 is at
-// most of the order of E[d^2] and the subtraction loses no more than the f64
-// sums' last bits (far below f32's), where E[x^2] - E[x]^2 would cancel badly
-// for a channel whose mean is large against its spread. y = (x - m) * scale + shift.
-template <typename K>
-struct BnForward {
+// One channel's batch statistics from its moments about a pivot (the channel's
+// first value): with d = x - pivot, mean = pivot + E[d] and var = E[d^2] -
+// E[d]^2, in f64. The pivot lies inside the data, so E[d]^2 is at most of the
+// order of E[d^2] and the subtraction loses no more than the f64 sums' last
+// bits (far below f32's), where E[x^2] - E[x]^2 would cancel badly for a
+// channel whose mean is large against its spread.
+struct BnStats {
   double mean, var;
+};
+inline BnStats BnStatsOf(double pivot, double sum_d, double sum_d2, double count) {
+  const double mean_d = sum_d / count;
+  return {pivot + mean_d, std::max(0.0, sum_d2 / count - mean_d * mean_d)};
+}
+
+// y = (x - m) * scale + shift, from the statistics as stored (S: f32, or f64
+// for f64), so that the backward recomputes the forward's normalized values
+// bit for bit from mean, var, weight and bias (Note [Batch norm epilogue]).
+template <typename K>
+struct BnAffine {
   K m, scale, shift;
 };
+// Channels-last loops keep each field in its own vector (so they vectorize).
 template <typename K>
-BnForward<K> BnForwardOf(double pivot, double sum_d, double sum_d2, double count, K weight, K bias, double eps) {
-  const double mean_d = sum_d / count, mean = pivot + mean_d;
-  const double var = std::max(0.0, sum_d2 / count - mean_d * mean_d);
-  return {mean, var, static_cast<K>(mean), static_cast<K>(static_cast<double>(weight) / std::sqrt(var + eps)), bias};
+struct BnAffines {
+  std::vector<K> m, scale, shift;
+  explicit BnAffines(int64_t C) : m(C), scale(C), shift(C) {}
+  void Set(int64_t ch, const BnAffine<K>& f) { m[ch] = f.m, scale[ch] = f.scale, shift[ch] = f.shift; }
+};
+// The one expression both directions use, so that they round alike.
+template <typename K>
+inline K BnNormalize(K x, K m, K scale, K shift) {
+  return (x - m) * scale + shift;
+}
+template <typename K, typename S>
+BnAffine<K> BnAffineOf(S mean, S var, K weight, K bias, double eps) {
+  return {static_cast<K>(static_cast<double>(mean)),
+          static_cast<K>(static_cast<double>(weight) / std::sqrt(static_cast<double>(var) + eps)), bias};
+}
+
+// Note [Batch norm epilogue]: y = relu(bn(x) + residual), the tail of a ResNet
+// block, and y = relu(bn(x)), its middle, in the normalizing pass instead of
+// two or three more passes (an add, a ReLU, and ReLU's threshold in the
+// backward). The value is rounded as the composition rounds it: bn(x) to T,
+// then the sum in the compute type and to T, then ReLU. The backward needs
+// ReLU's mask, which it recomputes from x, the stored statistics, weight, bias
+// and the residual (BnAffineOf gives the forward's exact m, scale, shift), so
+// nothing extra is saved for it; it masks grad_y as ThresholdBackward does and
+// writes the residual's gradient (the masked grad_y) in the same pass.
+template <typename T, bool kResidual, bool kRelu, typename K>
+inline T BnEpilogue(K normalized, const T* residual, int64_t i) {
+  T y = Convert<T>(normalized);
+  if constexpr (kResidual) y = Convert<T>(AddFn{}(Convert<K>(y), Convert<K>(residual[i])));
+  if constexpr (kRelu) y = Convert<T>(ReluFn{}(Convert<K>(y)));
+  return y;
+}
+// grad_y masked by ReLU at i (the epilogue with relu, before ReLU: pre > 0).
+template <typename T, bool kResidual, typename K>
+inline K BnMaskedGrad(K gy, K normalized, const T* residual, int64_t i) {
+  return ThresholdBackwardFn{}(gy, Convert<K>(BnEpilogue<T, kResidual, false>(normalized, residual, i)));
+}
+
+// Calls f.template operator()<kResidual, kRelu>() for the call's flags.
+template <typename F>
+void WithEpilogue(const OpAttrs& a, F&& f) {
+  if (a.residual) {
+    a.relu ? f.template operator()<true, true>() : f.template operator()<true, false>();
+  } else {
+    a.relu ? f.template operator()<false, true>() : f.template operator()<false, false>();
+  }
+}
+
+// in: x (N, C, H, W), weight (C), bias (C), [residual (like x)], all contiguous
+// or all channels-last; attrs.scalar: eps; attrs.residual, attrs.relu: the
+// epilogue. out: y (like x), mean (C), biased variance (C).
+void BatchNormKernel(const KernelCall& c) {
+  const Tensor &x = c.in[0], &w = c.in[1], &b = c.in[2];
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  const double eps = c.attrs.scalar, count = static_cast<double>(N * HW);
+  VisitFloatingWithStats(c, x.dtype(), [&]<typename T, typename S>(TypeTag<T>, TypeTag<S>) {
+    using K = Compute<T>;
+    const T* xp = static_cast<const T*>(x.raw_data());
+    const T *wp = static_cast<const T*>(w.raw_data()), *bp = static_cast<const T*>(b.raw_data());
+    const T* rp = c.attrs.residual ? static_cast<const T*>(c.in[3].raw_data()) : nullptr;
+    T* yp = static_cast<T*>(c.out[0].raw_data());
+    S *mp = static_cast<S*>(c.out[1].raw_data()), *vp = static_cast<S*>(c.out[2].raw_data());
+    // Stores channel ch's statistics and returns its affine map.
+    auto finish = [&](int64_t ch, double pivot, double sum_d, double sum_d2) {
+      const BnStats st = BnStatsOf(pivot, sum_d, sum_d2, count);
+      mp[ch] = static_cast<S>(st.mean);
+      vp[ch] = static_cast<S>(st.var);
+      return BnAffineOf<K, S>(mp[ch], vp[ch], Convert<K>(wp[ch]), Convert<K>(bp[ch]), eps);
+    };
+    if (ChannelsLast(x)) {  // x, y and the residual (N, H, W, C) in memory
+      const int64_t R = N * HW;
+      std::vector<double> pivot(C);
+      for (int64_t ch = 0; ch < C; ++ch) pivot[ch] = static_cast<double>(Convert<K>(xp[ch]));
+      auto sums = SumRows(
+          R, C, [&](int64_t r, int64_t ch) { return static_cast<double>(Convert<K>(xp[r * C + ch])) - pivot[ch]; },
+          [&](int64_t r, int64_t ch) {
+            double d = static_cast<double>(Convert<K>(xp[r * C + ch])) - pivot[ch];
+            return d * d;
+          });
+      BnAffines<K> f(C);
+      for (int64_t ch = 0; ch < C; ++ch) f.Set(ch, finish(ch, pivot[ch], sums[ch][0], sums[ch][1]));
+      const K *m = f.m.data(), *scale = f.scale.data(), *shift = f.shift.data();
+      WithEpilogue(c.attrs, [&]<bool kResidual, bool kRelu>() {
+        ParallelFor(0, R, 64, [&](int64_t begin, int64_t end) {
+          for (int64_t r = begin; r < end; ++r) {
+            for (int64_t ch = 0; ch < C; ++ch) {
+              const int64_t i = r * C + ch;
+              yp[i] = BnEpilogue<T, kResidual, kRelu>(BnNormalize(Convert<K>(xp[i]), m[ch], scale[ch], shift[ch]), rp, i);
+            }
+          }
+        });
+      });
+      return;
+    }
+    WithEpilogue(c.attrs, [&]<bool kResidual, bool kRelu>() {
+      ParallelFor(0, C, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t ch = begin; ch < end; ++ch) {
+          // One pass for both moments, about a pivot (BnStatsOf).
+          const double pivot = static_cast<double>(Convert<K>(xp[ch * HW]));
+          const auto [s1, s2] = SumChannel(
+              N, C, HW, ch, [&](int64_t i) { return static_cast<double>(Convert<K>(xp[i])) - pivot; },
+              [&](int64_t i) {
+                double d = static_cast<double>(Convert<K>(xp[i])) - pivot;
+                return d * d;
+              });
+          const BnAffine<K> f = finish(ch, pivot, s1, s2);
+          for (int64_t n = 0; n < N; ++n) {
+            const int64_t base = (n * C + ch) * HW;
+            for (int64_t j = 0; j < HW; ++j) {
+              yp[base + j] = BnEpilogue<T, kResidual, kRelu>(BnNormalize(Convert<K>(xp[base + j]), f.m, f.scale, f.shift), rp,
+                                                             base + j);
+            }
+          }
+        }
+      });
+    });
+  });
 }
 
 // One channel's batch-norm backward from Σ gy and Σ gy (x - mean):
@@ -126,73 +251,34 @@ BnBackward<K> BnBackwardOf(double sum_gy, double sum_gy_xmu, double mean, double
           static_cast<K>(-wi * sum_gy / count), static_cast<K>(mean)};
 }
 
-// in: x (N, C, H, W), weight (C), bias (C), all contiguous; attrs.scalar: eps.
-// out: y (like x), mean (C), biased variance (C).
-void BatchNormKernel(const KernelCall& c) {
-  const Tensor &x = c.in[0], &w = c.in[1], &b = c.in[2];
-  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
-  const double eps = c.attrs.scalar, count = static_cast<double>(N * HW);
-  VisitFloatingWithStats(c, x.dtype(), [&]<typename T, typename S>(TypeTag<T>, TypeTag<S>) {
-    using K = Compute<T>;
-    const T* xp = static_cast<const T*>(x.raw_data());
-    const T *wp = static_cast<const T*>(w.raw_data()), *bp = static_cast<const T*>(b.raw_data());
-    T* yp = static_cast<T*>(c.out[0].raw_data());
-    S *mp = static_cast<S*>(c.out[1].raw_data()), *vp = static_cast<S*>(c.out[2].raw_data());
-    if (ChannelsLast(x)) {  // x and y (N, H, W, C) in memory
-      const int64_t R = N * HW;
-      std::vector<double> pivot(C);
-      for (int64_t ch = 0; ch < C; ++ch) pivot[ch] = static_cast<double>(Convert<K>(xp[ch]));
-      auto sums = SumRows(
-          R, C, [&](int64_t r, int64_t ch) { return static_cast<double>(Convert<K>(xp[r * C + ch])) - pivot[ch]; },
-          [&](int64_t r, int64_t ch) {
-            double d = static_cast<double>(Convert<K>(xp[r * C + ch])) - pivot[ch];
-            return d * d;
-          });
-      std::vector<K> m(C), scale(C), shift(C);
-      for (int64_t ch = 0; ch < C; ++ch) {
-        const BnForward<K> f = BnForwardOf(pivot[ch], sums[ch][0], sums[ch][1], count, Convert<K>(wp[ch]),
-                                           Convert<K>(bp[ch]), eps);
-        mp[ch] = static_cast<S>(f.mean);
-        vp[ch] = static_cast<S>(f.var);
-        m[ch] = f.m, scale[ch] = f.scale, shift[ch] = f.shift;
-      }
-      ParallelFor(0, R, 64, [&](int64_t begin, int64_t end) {
-        for (int64_t r = begin; r < end; ++r) {
-          const T* xr = xp + r * C;
-          T* yr = yp + r * C;
-          for (int64_t ch = 0; ch < C; ++ch) yr[ch] = Convert<T>((Convert<K>(xr[ch]) - m[ch]) * scale[ch] + shift[ch]);
-        }
-      });
-      return;
+// grad_y over n values (a channels-last row, or a run of one channel's plane),
+// masked by ReLU where the epilogue has it, into out (Note [Batch norm
+// epilogue]). Per-value forward parameters (m, scale, shift) advance with the
+// values when kRow (a row's channels), else stay put (one channel's run).
+template <typename T, typename K, bool kResidual, bool kRelu, bool kRow>
+inline void MaskedGrads(int64_t n, const T* __restrict gy, const T* __restrict x, const T* __restrict residual,
+                        const K* __restrict m, const K* __restrict scale, const K* __restrict shift,
+                        K* __restrict out) {
+  for (int64_t i = 0; i < n; ++i) {
+    const K g = Convert<K>(gy[i]);
+    if constexpr (kRelu) {
+      const int64_t p = kRow ? i : 0;
+      out[i] = BnMaskedGrad<T, kResidual>(g, BnNormalize(Convert<K>(x[i]), m[p], scale[p], shift[p]), residual, i);
+    } else {
+      out[i] = g;
     }
-    ParallelFor(0, C, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t ch = begin; ch < end; ++ch) {
-        // One pass for both moments, about a pivot (BnForwardOf).
-        const double pivot = static_cast<double>(Convert<K>(xp[ch * HW]));
-        const auto [s1, s2] = SumChannel(
-            N, C, HW, ch, [&](int64_t i) { return static_cast<double>(Convert<K>(xp[i])) - pivot; },
-            [&](int64_t i) {
-              double d = static_cast<double>(Convert<K>(xp[i])) - pivot;
-              return d * d;
-            });
-        const BnForward<K> f = BnForwardOf(pivot, s1, s2, count, Convert<K>(wp[ch]), Convert<K>(bp[ch]), eps);
-        mp[ch] = static_cast<S>(f.mean);
-        vp[ch] = static_cast<S>(f.var);
-        const K m = f.m, scale = f.scale, shift = f.shift;
-        for (int64_t n = 0; n < N; ++n) {
-          const T* xr = xp + (n * C + ch) * HW;
-          T* yr = yp + (n * C + ch) * HW;
-          for (int64_t j = 0; j < HW; ++j) yr[j] = Convert<T>((Convert<K>(xr[j]) - m) * scale + shift);
-        }
-      }
-    });
-  });
+  }
 }
 
-// in: grad_y, x (N, C, H, W), weight, mean, var (C), all contiguous; attrs.scalar: eps.
-// out: grad_x (like x), grad_weight, grad_bias (C). With x̂ = (x - mean) * invstd:
+// in: grad_y, x (N, C, H, W), weight, mean, var (C) and, with attrs.relu, bias
+// (C) and (attrs.residual) the residual (like x); x-shaped operands all
+// contiguous or all channels-last; attrs.scalar: eps. out: grad_x (like x),
+// grad_weight, grad_bias (C) and, with relu and a residual, grad_residual. With
+// x̂ = (x - mean) * invstd and gy masked by ReLU (Note [Batch norm epilogue]):
 // grad_bias = Σ gy, grad_weight = Σ gy x̂, and
 // grad_x = weight * invstd * (gy - grad_bias / n - x̂ * grad_weight / n).
+// The masked grad_y of a row (or plane) goes to a small buffer first, so every
+// loop is a plain vectorizable one.
 void BatchNormBackwardKernel(const KernelCall& c) {
   const Tensor &gy = c.in[0], &x = c.in[1], &w = c.in[2], &mean = c.in[3], &var = c.in[4];
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
@@ -202,54 +288,124 @@ void BatchNormBackwardKernel(const KernelCall& c) {
     const T *gp = static_cast<const T*>(gy.raw_data()), *xp = static_cast<const T*>(x.raw_data());
     const T* wp = static_cast<const T*>(w.raw_data());
     const S *mp = static_cast<const S*>(mean.raw_data()), *vp = static_cast<const S*>(var.raw_data());
+    const T* bp = c.attrs.relu ? static_cast<const T*>(c.in[5].raw_data()) : nullptr;
+    const T* rp = c.attrs.relu && c.attrs.residual ? static_cast<const T*>(c.in[6].raw_data()) : nullptr;
     T* gxp = static_cast<T*>(c.out[0].raw_data());
     T *gwp = static_cast<T*>(c.out[1].raw_data()), *gbp = static_cast<T*>(c.out[2].raw_data());
-    if (ChannelsLast(x)) {  // grad_y, x and grad_x (N, H, W, C) in memory
-      const int64_t R = N * HW;
-      auto sums = SumRows(
-          R, C, [&](int64_t r, int64_t ch) { return static_cast<double>(Convert<K>(gp[r * C + ch])); },
-          [&](int64_t r, int64_t ch) {
-            return static_cast<double>(Convert<K>(gp[r * C + ch])) *
-                   (static_cast<double>(Convert<K>(xp[r * C + ch])) - static_cast<double>(mp[ch]));
-          });
-      std::vector<K> k1(C), k2(C), k3(C), m(C);
-      for (int64_t ch = 0; ch < C; ++ch) {
-        const BnBackward<K> b = BnBackwardOf(sums[ch][0], sums[ch][1], static_cast<double>(mp[ch]),
-                                             static_cast<double>(vp[ch]), count, Convert<K>(wp[ch]), eps);
-        gbp[ch] = Convert<T>(b.grad_bias);
-        gwp[ch] = Convert<T>(b.grad_weight);
-        k1[ch] = b.k1, k2[ch] = b.k2, k3[ch] = b.k3, m[ch] = b.m;
+    T* grp = rp ? static_cast<T*>(c.out[3].raw_data()) : nullptr;
+    // The forward's affine maps, for ReLU's mask.
+    BnAffines<K> fwd(bp ? C : 0);
+    for (int64_t ch = 0; bp && ch < C; ++ch) {
+      fwd.Set(ch, BnAffineOf<K, S>(mp[ch], vp[ch], Convert<K>(wp[ch]), Convert<K>(bp[ch]), eps));
+    }
+    std::vector<double> mean_d(C);
+    for (int64_t ch = 0; ch < C; ++ch) mean_d[ch] = static_cast<double>(mp[ch]);
+    // grad_bias, grad_weight and the coefficients of grad_x from the two sums.
+    std::vector<K> k1(C), k2(C), k3(C), m(C);
+    auto coefficients = [&](int64_t ch, double sum_gy, double sum_gy_xmu) {
+      const BnBackward<K> b =
+          BnBackwardOf(sum_gy, sum_gy_xmu, mean_d[ch], static_cast<double>(vp[ch]), count, Convert<K>(wp[ch]), eps);
+      gbp[ch] = Convert<T>(b.grad_bias);
+      gwp[ch] = Convert<T>(b.grad_weight);
+      k1[ch] = b.k1, k2[ch] = b.k2, k3[ch] = b.k3, m[ch] = b.m;
+    };
+    WithEpilogue(c.attrs, [&]<bool kResidual, bool kRelu>() {
+      if (ChannelsLast(x)) {  // x-shaped operands (N, H, W, C) in memory
+        const int64_t R = N * HW;
+        const K *fm = fwd.m.data(), *fs = fwd.scale.data(), *fb = fwd.shift.data();
+        // Per-channel sums over fixed chunks of rows (the same chunks at any
+        // thread count), combined in chunk order.
+        constexpr int64_t kChunk = 256;
+        const int64_t chunks = (R + kChunk - 1) / kChunk;
+        std::vector<double> part(static_cast<size_t>(chunks * C * 2), 0.0);
+        ParallelFor(0, chunks, 1, [&](int64_t b, int64_t e) {
+          std::vector<K> row(C);
+          K* __restrict g = row.data();
+          const double* __restrict mu = mean_d.data();
+          for (int64_t k = b; k < e; ++k) {
+            double* __restrict s0 = part.data() + k * C * 2;
+            double* __restrict s1 = s0 + C;
+            for (int64_t r = k * kChunk; r < std::min(R, (k + 1) * kChunk); ++r) {
+              const T* __restrict xr = xp + r * C;
+              MaskedGrads<T, K, kResidual, kRelu, true>(C, gp + r * C, xr, rp ? rp + r * C : nullptr, fm, fs, fb, g);
+              for (int64_t ch = 0; ch < C; ++ch) {
+                const double gd = static_cast<double>(g[ch]);
+                s0[ch] += gd;
+                s1[ch] += gd * (static_cast<double>(Convert<K>(xr[ch])) - mu[ch]);
+              }
+            }
+          }
+        });
+        for (int64_t ch = 0; ch < C; ++ch) {
+          double sum_gy = 0, sum_gy_xmu = 0;
+          for (int64_t k = 0; k < chunks; ++k) sum_gy += part[k * C * 2 + ch], sum_gy_xmu += part[k * C * 2 + C + ch];
+          coefficients(ch, sum_gy, sum_gy_xmu);
+        }
+        ParallelFor(0, R, 64, [&](int64_t begin, int64_t end) {
+          std::vector<K> row(C);
+          K* __restrict g = row.data();
+          const K *__restrict a = k1.data(), *__restrict bb = k2.data(), *__restrict cc = k3.data(),
+                  *__restrict mm = m.data();
+          for (int64_t r = begin; r < end; ++r) {
+            const T* __restrict xr = xp + r * C;
+            MaskedGrads<T, K, kResidual, kRelu, true>(C, gp + r * C, xr, rp ? rp + r * C : nullptr, fm, fs, fb, g);
+            T* __restrict gx = gxp + r * C;
+            for (int64_t ch = 0; ch < C; ++ch) gx[ch] = Convert<T>(a[ch] * g[ch] + bb[ch] * (Convert<K>(xr[ch]) - mm[ch]) + cc[ch]);
+            if constexpr (kRelu && kResidual) {
+              T* __restrict gr = grp + r * C;
+              for (int64_t ch = 0; ch < C; ++ch) gr[ch] = Convert<T>(g[ch]);
+            }
+          }
+        });
+        return;
       }
-      ParallelFor(0, R, 64, [&](int64_t begin, int64_t end) {
-        for (int64_t r = begin; r < end; ++r) {
-          for (int64_t ch = 0; ch < C; ++ch) {
-            const int64_t i = r * C + ch;
-            gxp[i] = Convert<T>(k1[ch] * Convert<K>(gp[i]) + k2[ch] * (Convert<K>(xp[i]) - m[ch]) + k3[ch]);
+      // NCHW: one channel's planes at a time, sums in 8 lanes as SumChannel.
+      ParallelFor(0, C, 1, [&](int64_t begin, int64_t end) {
+        std::vector<K> plane(HW);
+        K* __restrict g = plane.data();
+        for (int64_t ch = begin; ch < end; ++ch) {
+          const K* fm = kRelu ? &fwd.m[ch] : nullptr;
+          const K* fs = kRelu ? &fwd.scale[ch] : nullptr;
+          const K* fb = kRelu ? &fwd.shift[ch] : nullptr;
+          auto masked = [&](int64_t n) {
+            const int64_t base = (n * C + ch) * HW;
+            MaskedGrads<T, K, kResidual, kRelu, false>(HW, gp + base, xp + base, rp ? rp + base : nullptr, fm, fs, fb,
+                                                       g);
+            return base;
+          };
+          const double mu = mean_d[ch];
+          double p0[8] = {}, p1[8] = {};
+          for (int64_t n = 0; n < N; ++n) {
+            const T* __restrict xr = xp + masked(n);
+            int64_t j = 0;
+            for (; j + 8 <= HW; j += 8) {
+              for (int l = 0; l < 8; ++l) {
+                const double gd = static_cast<double>(g[j + l]);
+                p0[l] += gd;
+                p1[l] += gd * (static_cast<double>(Convert<K>(xr[j + l])) - mu);
+              }
+            }
+            for (; j < HW; ++j) {
+              const double gd = static_cast<double>(g[j]);
+              p0[0] += gd;
+              p1[0] += gd * (static_cast<double>(Convert<K>(xr[j])) - mu);
+            }
+          }
+          auto total = [](const double* p) { return ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7])); };
+          coefficients(ch, total(p0), total(p1));
+          const K a = k1[ch], bb = k2[ch], cc = k3[ch], mm = m[ch];
+          for (int64_t n = 0; n < N; ++n) {
+            const int64_t base = masked(n);
+            const T* __restrict xr = xp + base;
+            T* __restrict gx = gxp + base;
+            for (int64_t j = 0; j < HW; ++j) gx[j] = Convert<T>(a * g[j] + bb * (Convert<K>(xr[j]) - mm) + cc);
+            if constexpr (kRelu && kResidual) {
+              T* __restrict gr = grp + base;
+              for (int64_t j = 0; j < HW; ++j) gr[j] = Convert<T>(g[j]);
+            }
           }
         }
       });
-      return;
-    }
-    ParallelFor(0, C, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t ch = begin; ch < end; ++ch) {
-        const double mu = static_cast<double>(mp[ch]);
-        const auto [sum_gy, sum_gy_xmu] = SumChannel(
-            N, C, HW, ch, [&](int64_t i) { return static_cast<double>(Convert<K>(gp[i])); },
-            [&](int64_t i) {
-              return static_cast<double>(Convert<K>(gp[i])) * (static_cast<double>(Convert<K>(xp[i])) - mu);
-            });
-        const BnBackward<K> b =
-            BnBackwardOf(sum_gy, sum_gy_xmu, mu, static_cast<double>(vp[ch]), count, Convert<K>(wp[ch]), eps);
-        gbp[ch] = Convert<T>(b.grad_bias);
-        gwp[ch] = Convert<T>(b.grad_weight);
-        const K k1 = b.k1, k2 = b.k2, k3 = b.k3, m = b.m;
-        for (int64_t n = 0; n < N; ++n) {
-          const int64_t base = (n * C + ch) * HW;
-          for (int64_t j = 0; j < HW; ++j) {
-            gxp[base + j] = Convert<T>(k1 * Convert<K>(gp[base + j]) + k2 * (Convert<K>(xp[base + j]) - m) + k3);
-          }
-        }
-      }
     });
   });
 }

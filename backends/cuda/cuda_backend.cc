@@ -681,18 +681,24 @@ void MaxPool2dBackwardKernel(const KernelCall& c) {
 void BatchNormKernel(const KernelCall& c) {
   DeviceState& s = StateOf(c);
   const Tensor& x = c.in[0];
+  const BatchNormEpilogue epilogue{c.attrs.residual ? c.in[3].raw_data() : nullptr, c.attrs.relu};
   QUANTA_LAUNCH_CHECK(c, LaunchBatchNorm(x.dtype(), x.size(0), x.size(1), x.size(2) * x.size(3), c.attrs.scalar,
                                          x.raw_data(), c.in[1].raw_data(), c.in[2].raw_data(), c.out[0].raw_data(),
-                                         c.out[1].raw_data(), c.out[2].raw_data(), s.stream));
+                                         c.out[1].raw_data(), c.out[2].raw_data(), epilogue, s.stream));
 }
 
+// With relu: in[5] bias, in[6] the residual; out[3] its gradient.
 void BatchNormBackwardKernel(const KernelCall& c) {
   DeviceState& s = StateOf(c);
   const Tensor& x = c.in[1];
+  const bool residual = c.attrs.relu && c.attrs.residual;
+  const BatchNormEpilogue epilogue{residual ? c.in[6].raw_data() : nullptr, c.attrs.relu};
   QUANTA_LAUNCH_CHECK(c, LaunchBatchNormBackward(x.dtype(), x.size(0), x.size(1), x.size(2) * x.size(3),
                                                  c.attrs.scalar, c.in[0].raw_data(), x.raw_data(), c.in[2].raw_data(),
                                                  c.in[3].raw_data(), c.in[4].raw_data(), c.out[0].raw_data(),
-                                                 c.out[1].raw_data(), c.out[2].raw_data(), s.stream));
+                                                 c.out[1].raw_data(), c.out[2].raw_data(),
+                                                 c.attrs.relu ? c.in[5].raw_data() : nullptr, epilogue,
+                                                 residual ? c.out[3].raw_data() : nullptr, s.stream));
 }
 
 // Runs an indexing kernel with a device slot for a bad index, then checks it

@@ -113,12 +113,20 @@ std::string LaunchMaxPool2dBackward(DType dtype, int64_t planes, int64_t ohw, in
 // backends/cpu/reference_normalization.cc), one block per channel; x, y, grad_y,
 // grad_x (N, C, HW) contiguous, the rest (C). mean and var are f64 for f64 data,
 // else f32. Forward: y, the batch mean and the biased variance. Backward:
-// grad_x, grad_weight, grad_bias from grad_y.
+// grad_x, grad_weight, grad_bias from grad_y. The epilogue (Note [Batch norm
+// epilogue]): residual (like x) added where non-null, ReLU where relu is set;
+// the backward takes bias (non-null with relu: the mask is recomputed) and
+// writes grad_residual where the residual is non-null.
+struct BatchNormEpilogue {
+  const void* residual = nullptr;
+  bool relu = false;
+};
 std::string LaunchBatchNorm(DType dtype, int64_t N, int64_t C, int64_t HW, double eps, const void* x, const void* weight,
-                            const void* bias, void* y, void* mean, void* var, Stream s);
+                            const void* bias, void* y, void* mean, void* var, BatchNormEpilogue epilogue, Stream s);
 std::string LaunchBatchNormBackward(DType dtype, int64_t N, int64_t C, int64_t HW, double eps, const void* grad_y,
                                     const void* x, const void* weight, const void* mean, const void* var,
-                                    void* grad_x, void* grad_weight, void* grad_bias, Stream s);
+                                    void* grad_x, void* grad_weight, void* grad_bias, const void* bias,
+                                    BatchNormEpilogue epilogue, void* grad_residual, Stream s);
 
 // Plain loops for what cuBLAS does not cover (integer dtypes): y (batch, M, N)
 // contiguous; a and b addressed by (batch stride, row stride, column stride).

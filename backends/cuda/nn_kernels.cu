@@ -77,9 +77,28 @@ __device__ inline int64_t ChannelIndex(int64_t i, int64_t C, int64_t HW, int64_t
   return (i / HW * C + c) * HW + i % HW;
 }
 
+// The CPU kernels' epilogue (Note [Batch norm epilogue]): bn(x) rounded to T,
+// plus the residual, rounded, then ReLU; the affine map from the statistics as
+// stored, so the backward recomputes the forward's values exactly.
+template <typename T, typename K>
+__device__ inline T BnEpilogue(K normalized, const T* r, bool relu, int64_t at) {
+  T y = Convert<T>(normalized);
+  if (r) y = Convert<T>(AddFn{}(Convert<K>(y), Convert<K>(r[at])));
+  if (relu) y = Convert<T>(ReluFn{}(Convert<K>(y)));
+  return y;
+}
+template <typename K>
+__device__ inline K BnScale(K weight, double var, double eps) {
+  return K(double(weight) / sqrt(var + eps));
+}
+template <typename K>
+__device__ inline K BnNormalize(K x, K m, K scale, K shift) {
+  return (x - m) * scale + shift;
+}
+
 template <typename T, typename S>
 __global__ void BatchNormLoop(int64_t N, int64_t C, int64_t HW, double eps, const T* x, const T* w, const T* b, T* y,
-                              S* mean_out, S* var_out) {
+                              S* mean_out, S* var_out, const T* r, bool relu) {
   using K = Compute<T>;
   __shared__ double shared[kThreads];
   const int64_t c = blockIdx.x, count = N * HW;
@@ -91,28 +110,38 @@ __global__ void BatchNormLoop(int64_t N, int64_t C, int64_t HW, double eps, cons
     double d = double(Convert<K>(x[ChannelIndex(i, C, HW, c)])) - mean;
     sq += d * d;
   }
-  const double var = BlockSum(sq, shared) / double(count);
-  if (threadIdx.x == 0) mean_out[c] = S(mean), var_out[c] = S(var);
-  const K m = K(mean), scale = K(double(Convert<K>(w[c])) / sqrt(var + eps)), shift = Convert<K>(b[c]);
+  const S mean_s = S(mean), var_s = S(BlockSum(sq, shared) / double(count));
+  if (threadIdx.x == 0) mean_out[c] = mean_s, var_out[c] = var_s;
+  const K m = K(double(mean_s)), scale = BnScale(Convert<K>(w[c]), double(var_s), eps), shift = Convert<K>(b[c]);
   for (int64_t i = threadIdx.x; i < count; i += blockDim.x) {
     int64_t at = ChannelIndex(i, C, HW, c);
-    y[at] = Convert<T>((Convert<K>(x[at]) - m) * scale + shift);
+    y[at] = BnEpilogue<T, K>(BnNormalize(Convert<K>(x[at]), m, scale, shift), r, relu, at);
   }
 }
 
 template <typename T, typename S>
 __global__ void BatchNormBackwardLoop(int64_t N, int64_t C, int64_t HW, double eps, const T* gy, const T* x,
-                                      const T* w, const S* mean, const S* var, T* gx, T* gw, T* gb) {
+                                      const T* w, const S* mean, const S* var, T* gx, T* gw, T* gb, const T* b,
+                                      const T* r, T* gr) {
   using K = Compute<T>;
   __shared__ double shared[kThreads];
   const int64_t c = blockIdx.x, count = N * HW;
   const double mu = double(mean[c]), invstd = 1 / sqrt(double(var[c]) + eps);
+  // With ReLU (b non-null): grad_y where the forward's value before ReLU was
+  // positive, else 0, as ThresholdBackward.
+  const K fm = K(mu), fscale = BnScale(Convert<K>(w[c]), double(var[c]), eps), fshift = b ? Convert<K>(b[c]) : K(0);
+  auto g = [&](int64_t at) -> K {
+    const K gi = Convert<K>(gy[at]);
+    if (!b) return gi;
+    return ThresholdBackwardFn{}(
+        gi, Convert<K>(BnEpilogue<T, K>(BnNormalize(Convert<K>(x[at]), fm, fscale, fshift), r, false, at)));
+  };
   double sum_gy = 0, sum_gy_xmu = 0;
   for (int64_t i = threadIdx.x; i < count; i += blockDim.x) {
     int64_t at = ChannelIndex(i, C, HW, c);
-    double g = double(Convert<K>(gy[at]));
-    sum_gy += g;
-    sum_gy_xmu += g * (double(Convert<K>(x[at])) - mu);
+    double gi = double(g(at));
+    sum_gy += gi;
+    sum_gy_xmu += gi * (double(Convert<K>(x[at])) - mu);
   }
   sum_gy = BlockSum(sum_gy, shared);
   sum_gy_xmu = BlockSum(sum_gy_xmu, shared);
@@ -122,7 +151,9 @@ __global__ void BatchNormBackwardLoop(int64_t N, int64_t C, int64_t HW, double e
   const K k1 = K(wi), k2 = K(-wi * invstd * grad_w / double(count)), k3 = K(-wi * sum_gy / double(count)), m = K(mu);
   for (int64_t i = threadIdx.x; i < count; i += blockDim.x) {
     int64_t at = ChannelIndex(i, C, HW, c);
-    gx[at] = Convert<T>(k1 * Convert<K>(gy[at]) + k2 * (Convert<K>(x[at]) - m) + k3);
+    const K gi = g(at);
+    gx[at] = Convert<T>(k1 * gi + k2 * (Convert<K>(x[at]) - m) + k3);
+    if (gr) gr[at] = Convert<T>(gi);
   }
 }
 
@@ -406,14 +437,15 @@ std::string LaunchMaxPool2dBackward(DType dtype, int64_t planes, int64_t ohw, in
 }
 
 std::string LaunchBatchNorm(DType dtype, int64_t N, int64_t C, int64_t HW, double eps, const void* x, const void* weight,
-                            const void* bias, void* y, void* mean, void* var, Stream s) {
+                            const void* bias, void* y, void* mean, void* var, BatchNormEpilogue epilogue, Stream s) {
   if (C == 0) return "";
   return VisitPlain(dtype, [&]<typename T>(TypeTag<T>) -> std::string {
     if constexpr (kFloating<T>) {
       using S = std::conditional_t<std::is_same_v<T, double>, double, float>;
       BatchNormLoop<T, S><<<static_cast<int>(C), kThreads, 0, AsStream(s)>>>(
           N, C, HW, eps, static_cast<const T*>(x), static_cast<const T*>(weight), static_cast<const T*>(bias),
-          static_cast<T*>(y), static_cast<S*>(mean), static_cast<S*>(var));
+          static_cast<T*>(y), static_cast<S*>(mean), static_cast<S*>(var), static_cast<const T*>(epilogue.residual),
+          epilogue.relu);
       return LastError();
     } else {
       return "batch norm needs a floating dtype";
@@ -423,15 +455,18 @@ std::string LaunchBatchNorm(DType dtype, int64_t N, int64_t C, int64_t HW, doubl
 
 std::string LaunchBatchNormBackward(DType dtype, int64_t N, int64_t C, int64_t HW, double eps, const void* grad_y,
                                     const void* x, const void* weight, const void* mean, const void* var,
-                                    void* grad_x, void* grad_weight, void* grad_bias, Stream s) {
+                                    void* grad_x, void* grad_weight, void* grad_bias, const void* bias,
+                                    BatchNormEpilogue epilogue, void* grad_residual, Stream s) {
   if (C == 0) return "";
+  if (epilogue.relu != (bias != nullptr)) return "batch norm backward: bias is needed with relu, and only then";
   return VisitPlain(dtype, [&]<typename T>(TypeTag<T>) -> std::string {
     if constexpr (kFloating<T>) {
       using S = std::conditional_t<std::is_same_v<T, double>, double, float>;
       BatchNormBackwardLoop<T, S><<<static_cast<int>(C), kThreads, 0, AsStream(s)>>>(
           N, C, HW, eps, static_cast<const T*>(grad_y), static_cast<const T*>(x), static_cast<const T*>(weight),
           static_cast<const S*>(mean), static_cast<const S*>(var), static_cast<T*>(grad_x),
-          static_cast<T*>(grad_weight), static_cast<T*>(grad_bias));
+          static_cast<T*>(grad_weight), static_cast<T*>(grad_bias), static_cast<const T*>(bias),
+          static_cast<const T*>(epilogue.residual), static_cast<T*>(grad_residual));
       return LastError();
     } else {
       return "batch norm needs a floating dtype";

@@ -256,23 +256,36 @@ std::vector<Row> MakeRows() {
                   },
                   [](const Inputs& in, const Device&) { return Out(MaxPool2dBackward(in[0], in[1], {2, 3, 11, 10})); },
                   kSums});
-  // ---- batch norm (training): a mean far from 0, planes of 7 x 6.
+  // ---- batch norm (training): a mean far from 0, planes of 7 x 6; each row
+  // also runs the epilogue forms (Note [Batch norm epilogue]): relu(bn(x)) and
+  // relu(bn(x) + residual), whose backward takes the statistics as inputs, so
+  // every backend sees the same ReLU mask.
   auto bn_inputs = [](DType d, Generator& gen) {
     Tensor x = Add(Normal({4, 5, 7, 6}, 0, 2, &gen), 3.0).To(d);
     std::array<Tensor, 3> ref = BatchNormTraining(x, Ones({5}, d), Zeros({5}, d), 1e-5);
     return Inputs{x, Uniform({5}, 0.5, 1.5, &gen).To(d), Normal({5}, 0, 1, &gen).To(d),
-                  Normal({4, 5, 7, 6}, 0, 1, &gen).To(d), ref[1], ref[2]};
+                  Normal({4, 5, 7, 6}, 0, 1, &gen).To(d), ref[1], ref[2], Normal({4, 5, 7, 6}, 0, 1, &gen).To(d)};
   };
   rows.push_back({Op::kBatchNorm, kFloats, bn_inputs,
                   [](const Inputs& in, const Device&) {
-                    std::array<Tensor, 3> o = BatchNormTraining(in[0], in[1], in[2], 1e-5);
-                    return std::vector<Tensor>(o.begin(), o.end());
+                    std::vector<Tensor> out;
+                    for (const Tensor& residual : {Tensor(), Tensor(), in[6]}) {
+                      const bool relu = out.size() > 0;
+                      std::array<Tensor, 3> o = BatchNormTraining(in[0], in[1], in[2], 1e-5, residual, relu);
+                      out.insert(out.end(), o.begin(), o.end());
+                    }
+                    return out;
                   },
                   kSums});
   rows.push_back({Op::kBatchNormBackward, kFloats, bn_inputs,
                   [](const Inputs& in, const Device&) {
                     std::array<Tensor, 3> o = BatchNormBackward(in[3], in[0], in[1], in[4], in[5], 1e-5);
-                    return std::vector<Tensor>(o.begin(), o.end());
+                    std::vector<Tensor> out(o.begin(), o.end());
+                    for (const Tensor& residual : {Tensor(), in[6]}) {
+                      std::array<Tensor, 4> r = BatchNormReluBackward(in[3], in[0], in[1], in[2], in[4], in[5], 1e-5, residual);
+                      out.insert(out.end(), r.begin(), r.begin() + (residual.defined() ? 4 : 3));
+                    }
+                    return out;
                   },
                   kSums});
   // ---- indexing: repeated indices (scatter_add sums them).

@@ -585,6 +585,30 @@ TEST(Ops, BatchNormTrainingAndBackward) {
   ExpectClose(g[0], {0.609375, -0.296875, 0, 0, -0.203125, -0.109375, 0, 0}, 1e-6, 0);
   ExpectClose(g[1], {-0.75, 0}, 1e-6, 0);
   ExpectClose(g[2], {1, 8}, 1e-6, 0);
+  // The epilogue (Note [Batch norm epilogue]), worked by hand from the y above.
+  // relu(y): the negatives go; ReLU's mask y > 0 keeps gy at elements 2 and 6
+  // (both channel 1, x̂ = -0.75 and -0.25), so channel 0 gets nothing and channel
+  // 1 grad bias 4, grad weight 2 (-0.75) + 2 (-0.25) = -2 and grad x =
+  // -1 / 2 (g - 4/4 - x̂ (-2) / 4).
+  ExpectClose(BatchNormTraining(x, w, b, 2.75, Tensor(), /*relu=*/true)[0], {0, 0.5, 0.75, 0, 1.5, 2.5, 0.25, 0}, 0, 0);
+  std::array<Tensor, 4> gr = BatchNormReluBackward(gy, x, w, b, out[1], out[2], 2.75);
+  ExpectClose(gr[0], {0, 0, -0.3125, 0.4375, 0, 0, -0.4375, 0.3125}, 1e-6, 0);
+  ExpectClose(gr[1], {0, -2}, 1e-6, 0);
+  ExpectClose(gr[2], {0, 4}, 1e-6, 0);
+  EXPECT_FALSE(gr[3].defined());
+  // With a residual that brings four values to exactly 0 (masked: ReLU passes
+  // no gradient at 0) and one from -0.75 to 0.25: gy survives at elements 2 and
+  // 7 (x̂ = -0.75 and 0.75), so grad weight 0, grad bias 4, grad x = -1/2 (g - 1);
+  // the residual's gradient is the masked gy.
+  Tensor r = F({0.5, -0.5, 0, 0.25, 0, 0, -0.25, 1}, {2, 2, 1, 2});
+  ExpectClose(BatchNormTraining(x, w, b, 2.75, r, /*relu=*/true)[0], {0, 0, 0.75, 0, 1.5, 2.5, 0, 0.25}, 0, 0);
+  ExpectClose(BatchNormTraining(x, w, b, 2.75, r, /*relu=*/false)[0], {0, 0, 0.75, 0, 1.5, 2.5, 0, 0.25}, 0, 0);
+  gr = BatchNormReluBackward(gy, x, w, b, out[1], out[2], 2.75, r);
+  ExpectClose(gr[0], {0, 0, -0.5, 0.5, 0, 0, 0.5, -0.5}, 1e-6, 0);
+  ExpectClose(gr[1], {0, 0}, 1e-6, 0);
+  ExpectClose(gr[2], {0, 4}, 1e-6, 0);
+  ExpectClose(gr[3], {0, 0, 2, 0, 0, 0, 0, 2}, 0, 0);
+  EXPECT_THROW(BatchNormTraining(x, w, b, 2.75, F({1, 2}, {2, 1, 1, 1})), Error);  // residual not like x
   // f64 keeps f64 statistics; bad operands name the op and the shapes.
   EXPECT_EQ(BatchNormTraining(x.To(DType::kF64), w.To(DType::kF64), b.To(DType::kF64), 1e-5)[1].dtype(), DType::kF64);
   EXPECT_THROW(BatchNormTraining(x, F({1, 1, 1}, {3}), b, 1e-5), Error);
@@ -606,6 +630,44 @@ TEST(Ops, BatchNormChannelsLastMatchesContiguous) {
   std::array<Tensor, 3> ggot = BatchNormBackward(gy, x.ChannelsLast(), w, want[1], want[2], 1e-3);
   EXPECT_TRUE(ggot[0].is_channels_last() && !ggot[0].is_contiguous());
   for (int i = 0; i < 3; ++i) ExpectClose(ggot[i], gwant[i].ToVector<double>(), 1e-4, 1e-5);
+}
+
+// Note [Batch norm epilogue]: relu(bn(x) + residual) in the batch-norm kernel
+// equals the composition Relu(Add(y, residual)) bit for bit, and its backward
+// equals ThresholdBackward then BatchNormBackward, in every floating dtype and
+// both layouts; a quarter of the residual cancels bn(x) exactly, so ReLU's mask
+// meets values that are exactly 0.
+TEST(Ops, BatchNormEpilogueEqualsTheComposition) {
+  Generator gen(21);
+  for (DType d : {DType::kF32, DType::kF64, DType::kBF16, DType::kF16}) {
+    for (bool channels_last : {false, true}) {
+      SCOPED_TRACE(std::string(Name(d)) + (channels_last ? " channels-last" : " contiguous"));
+      auto layout = [&](Tensor t) { return channels_last ? t.ChannelsLast() : t.Contiguous(); };
+      Tensor x = layout(Add(Normal({4, 6, 5, 7}, 0, 2, &gen), 1.0).To(d));
+      Tensor w = Normal({6}, 1, 0.5, &gen).To(d), b = Normal({6}, 0, 0.5, &gen).To(d);
+      Tensor gy = layout(Normal(x.shape(), 0, 1, &gen).To(d));
+      std::array<Tensor, 3> plain = BatchNormTraining(x, w, b, 1e-5);
+      Tensor cancel = Lt(Uniform(x.shape(), 0, 1, &gen), 0.25).To(d);  // 1 where the residual cancels bn(x)
+      Tensor r = layout(Add(Mul(Neg(plain[0]), cancel),
+                            Mul(Normal(x.shape(), 0, 1, &gen).To(d), Sub(OnesLike(cancel), cancel))));
+      for (bool with_residual : {false, true}) {
+        SCOPED_TRACE(with_residual ? "residual" : "no residual");
+        Tensor res = with_residual ? r : Tensor();
+        Tensor pre = with_residual ? Add(plain[0], r) : plain[0];
+        if (with_residual) ASSERT_GT(Sum(Eq(pre, 0).To(DType::kF32)).item<float>(), 0) << "no exact zeros";
+        std::array<Tensor, 3> fused = BatchNormTraining(x, w, b, 1e-5, res, /*relu=*/true);
+        EXPECT_EQ(fused[0].is_channels_last() && !fused[0].is_contiguous(), channels_last);
+        ExpectClose(fused[0].To(DType::kF64), Relu(pre).To(DType::kF64).ToVector<double>(), 0, 0);
+        for (int i = 1; i < 3; ++i) ExpectClose(fused[i], plain[i].ToVector<double>(), 0, 0);
+        std::array<Tensor, 4> g = BatchNormReluBackward(gy, x, w, b, plain[1], plain[2], 1e-5, res);
+        Tensor masked = ThresholdBackward(gy, pre);
+        std::array<Tensor, 3> want = BatchNormBackward(masked, x, w, plain[1], plain[2], 1e-5);
+        for (int i = 0; i < 3; ++i) ExpectClose(g[i].To(DType::kF64), want[i].To(DType::kF64).ToVector<double>(), 0, 0);
+        ASSERT_EQ(g[3].defined(), with_residual);
+        if (with_residual) ExpectClose(g[3].To(DType::kF64), masked.To(DType::kF64).ToVector<double>(), 0, 0);
+      }
+    }
+  }
 }
 
 // The one-pass moments (Note [Fused batch norm]) on a channel whose mean is a

@@ -31,6 +31,9 @@ TEST(Layers, GradChecks) {
   ExpectGradCheck("batch_norm train",
                   [&](V x) { return BatchNorm(x[0], rm, rv, x[1], x[2], true, 0.1, 1e-5); },
                   {Randn({4, 3, 2, 2}), Randn({3}), Randn({3})});
+  ExpectGradCheck("batch_norm train, relu(bn(x) + residual) fused",
+                  [&](V x) { return BatchNorm(x[0], rm, rv, x[1], x[2], true, 0.1, 1e-5, {.residual = x[3], .relu = true}); },
+                  {Randn({4, 3, 2, 2}), Randn({3}), Randn({3}), Randn({4, 3, 2, 2})});
   ExpectGradCheck("batch_norm eval", [&](V x) { return BatchNorm(x[0], rm, rv, x[1], x[2], false, 0.1, 1e-5); },
                   {Randn({2, 3, 2, 2}), Randn({3}), Randn({3})});
   ExpectGradCheck("layer_norm", [](V x) { return quanta::LayerNorm(x[0], {4}, x[1], x[2], 1e-5); },
@@ -162,6 +165,53 @@ TEST(Layers, FusedBatchNormMatchesComposition) {
       expect_near(grads[1][2], grads[0][2], 2e-5, "grad bias");
     }
   }
+}
+
+// Note [Batch norm epilogue]: BatchNorm2d with relu(bn(x) + residual) fused
+// against the same layer followed by Add and Relu, through autograd: equal bit
+// for bit, forward and every gradient (x, weight, bias, residual); the fused
+// op is what ran (one graph node, with the epilogue's flags), and in eval mode
+// the epilogue runs as ops.
+TEST(Layers, BatchNormEpilogueMatchesAddAndRelu) {
+  Generator gen(6);
+  Tensor x0 = Normal({8, 5, 6, 6}, 0, 2, &gen).ChannelsLast(), r0 = Normal({8, 5, 6, 6}, 0, 1, &gen);
+  Tensor gy = Normal(x0.shape(), 0, 1, &gen);
+  for (bool with_residual : {false, true}) {
+    Tensor y[2], grads[2][4];
+    for (int fused = 0; fused < 2; ++fused) {
+      Generator init(3);
+      BatchNorm2d bn(5);
+      {
+        NoGradGuard no_grad;
+        bn.weight.CopyFrom(Uniform({5}, 0.5, 1.5, &init));
+        bn.bias.CopyFrom(Normal({5}, 0, 1, &init));
+      }
+      Tensor x = x0.Clone().SetRequiresGrad(), r = r0.Clone().SetRequiresGrad();
+      BatchNormEpilogue epilogue{.residual = with_residual ? r : Tensor(), .relu = true};
+      y[fused] = fused ? bn.Forward(x, epilogue) : ApplyEpilogue(bn.Forward(x), epilogue);
+      if (fused) {
+        const GradNode& node = *y[1].autograd_meta()->grad_fn;
+        EXPECT_EQ(node.op, Op::kBatchNorm) << "the epilogue did not run in the batch-norm kernel";
+        EXPECT_TRUE(node.attrs.relu);
+        EXPECT_EQ(node.attrs.residual, with_residual);
+      }
+      Backward(Sum(Mul(y[fused], gy)));
+      grads[fused][0] = x.grad(), grads[fused][1] = bn.weight.grad(), grads[fused][2] = bn.bias.grad();
+      if (with_residual) grads[fused][3] = r.grad();
+    }
+    auto same = [](const Tensor& a, const Tensor& b, const char* what) {
+      EXPECT_EQ(a.ToVector<float>(), b.ToVector<float>()) << what;
+    };
+    same(y[1], y[0], "y");
+    same(grads[1][0], grads[0][0], "grad x");
+    same(grads[1][1], grads[0][1], "grad weight");
+    same(grads[1][2], grads[0][2], "grad bias");
+    if (with_residual) same(grads[1][3], grads[0][3], "grad residual");
+  }
+  BatchNorm2d bn(5);
+  bn.Eval();
+  Tensor want = Relu(Add(bn.Forward(x0), r0));
+  EXPECT_EQ(bn.Forward(x0, {.residual = r0, .relu = true}).ToVector<float>(), want.ToVector<float>());
 }
 
 TEST(Layers, BatchNormRunningStatisticsAndDropout) {
