@@ -13,6 +13,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
 #include "core/backend.h"
 #include "core/grad_mode.h"
 #include "models/bert.h"
@@ -25,6 +26,9 @@ ABSL_FLAG(int64_t, seq, 128, "sequence length");
 ABSL_FLAG(std::string, only, "", "int8, dynamic or f32: time one model alone (for a profiler), batch --batch at --threads");
 ABSL_FLAG(int64_t, batch, 8, "with --only: batch");
 ABSL_FLAG(int, threads, 1, "with --only: compute threads");
+ABSL_FLAG(int, abits, 8,
+          "activation bits of both int8 models (static ranges and dynamic): 8, or 7 as PyTorch's dynamic Linear "
+          "(reduce_range), which CPUs without VNNI run without splitting weights");
 
 namespace quanta {
 namespace {
@@ -62,11 +66,17 @@ int Main(int argc, char** argv) {
   q->Eval();
   dyn->Eval();
   auto ids = [&](int64_t B) { return Uniform({B, T}, 1000, 29000, &gen).To(DType::kI64); };
-  quant::PrepareReport report = quant::PrepareQat(*q, *quant::MixedPrecisionPolicy::Parse("default 8 8 minmax\n"));
+  const int abits = absl::GetFlag(FLAGS_abits);
+  if (abits < 2 || abits > 8) {
+    std::fprintf(stderr, "bench_bert: --abits=%d: expected 2 to 8\n", abits);
+    return 1;
+  }
+  quant::PrepareReport report =
+      quant::PrepareQat(*q, *quant::MixedPrecisionPolicy::Parse(absl::StrCat("default 8 ", abits, " minmax\n")));
   Tensor calib = ids(8);
   quant::Calibrate(report, *q, {calib}, [&](const Tensor& x) { return q->Forward({x, Tensor(), Tensor()}); });
   q->ToInteger({.dynamic = false});
-  dyn->ToInteger({.dynamic = true});
+  dyn->ToInteger({.dynamic = true, .dynamic_bits = abits});
   NoGradGuard no_grad;
   if (const std::string only = absl::GetFlag(FLAGS_only); !only.empty()) {
     SetNumThreads(absl::GetFlag(FLAGS_threads));
@@ -78,8 +88,9 @@ int Main(int argc, char** argv) {
                 absl::GetFlag(FLAGS_threads), s * 1e3);
     return 0;
   }
-  std::printf("BERT-%s, sequence %lld, %s weights (median of %d)\n", absl::GetFlag(FLAGS_config).c_str(),
-              static_cast<long long>(T), absl::GetFlag(FLAGS_checkpoint).empty() ? "random" : "checkpoint", runs);
+  std::printf("BERT-%s, sequence %lld, %s weights, int8 with %d-bit activations (median of %d)\n",
+              absl::GetFlag(FLAGS_config).c_str(), static_cast<long long>(T),
+              absl::GetFlag(FLAGS_checkpoint).empty() ? "random" : "checkpoint", abits, runs);
   std::printf("%-6s %-8s %10s %10s %8s %14s %8s\n", "batch", "threads", "f32 ms", "int8 ms", "speedup", "dyn int8 ms",
               "speedup");
   for (int64_t B : {1, 8}) {

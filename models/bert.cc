@@ -55,7 +55,7 @@ nn::Module& Path(nn::Module& parent, std::vector<std::shared_ptr<nn::Module>>& k
 void Swap(nn::Module& parent, const std::string& name, std::shared_ptr<nn::Layer>& slot, const IntegerOptions& o) {
   auto* linear = dynamic_cast<nn::Linear*>(slot.get());
   if (linear == nullptr) return;  // already converted
-  slot = quant::IntegerLinear::From(*linear, {.dynamic = o.dynamic});
+  slot = quant::IntegerLinear::From(*linear, {.dynamic = o.dynamic, .dynamic_bits = o.dynamic_bits});
   parent.ReplaceModule(name, slot);
 }
 

@@ -47,6 +47,7 @@ struct BertInput {
 // quantizers) or dynamic ones (each batch's min/max, PyTorch's quantize_dynamic).
 struct IntegerOptions {
   bool dynamic = false;
+  int dynamic_bits = 8;  // quant::IntegerLinearOptions::dynamic_bits (PyTorch's dynamic Linear: 7)
 };
 
 class BertEncoderLayer;

@@ -40,7 +40,10 @@ QuantParams RowParams(const Tensor& w, const nn::Layer* weight_quant, const char
 std::shared_ptr<IntegerLinear> IntegerLinear::From(const nn::Linear& linear, const IntegerLinearOptions& options) {
   NoGradGuard no_grad;
   auto out = std::make_shared<IntegerLinear>();
+  QUANTA_CHECK(options.dynamic_bits >= 2 && options.dynamic_bits <= 8, "integer_linear: dynamic_bits ",
+               options.dynamic_bits, " outside [2, 8] (", linear.weight.Describe(), ")");
   out->dynamic = options.dynamic;
+  out->dynamic_bits = options.dynamic_bits;
   Tensor w = linear.weight.Detach().To(Device::Cpu()).To(DType::kF32).Contiguous();  // (N, K)
   // Stored (K, N), per output column: quantizing the transposed weight with the
   // rows' parameters on axis 1 gives the same integers.
@@ -55,9 +58,16 @@ std::shared_ptr<IntegerLinear> IntegerLinear::From(const nn::Linear& linear, con
                  "input quantizer (", w.Describe(), "); use dynamic activations otherwise");
     auto [s, z] = aq->Params();
     double scale = s.ToVector<float>()[0], zero = std::rint(z.ToVector<float>()[0]);  // an integer already
+    // Stored as quint8 whatever the spec's sign: a signed range [qmin, qmax]
+    // with zero point z as [0, qmax - qmin] with z - qmin, the same real values
+    // (as quant::Convert's integer models store activations). oneDNN takes u8
+    // sources as they are, and a 7-bit range stays [0, 127], which CPUs without
+    // VNNI run without splitting weights (Note [Exact integers without VNNI] in
+    // backends/cpu/onednn.cc); as s8 it would reach them shifted by 128.
     const QuantSpec& spec = aq->spec();
-    out->input_dtype = spec.quant_min() >= 0 ? DType::kQUInt8 : DType::kQInt8;
-    out->input_params = QuantParams::PerTensor(scale, static_cast<int64_t>(zero)).WithRange(spec.quant_min(), spec.quant_max());
+    const int64_t qmin = spec.quant_min(), qmax = spec.quant_max();
+    out->input_dtype = DType::kQUInt8;
+    out->input_params = QuantParams::PerTensor(scale, static_cast<int64_t>(zero) - qmin).WithRange(0, qmax - qmin);
   }
   Device device = linear.weight.device();
   if (!device.is_cpu()) {
@@ -109,15 +119,17 @@ Tensor IntegerLinear::Forward(const Tensor& x) {
                  "integer_linear: a quantized input ", x.Describe(), " must carry this layer's input parameters");
     q = x.Reshape({-1, K});
   } else if (dynamic) {
-    // The batch's own range, widened to hold 0, as quint8 (PyTorch's dynamic quantization).
+    // The batch's own range, widened to hold 0, as quint8 in [0, 2^bits - 1]
+    // (PyTorch's dynamic quantization; it uses 7 bits).
     // Row ranges first: rows run in parallel as dense reductions, then one short pass.
     Tensor x2 = x.To(DType::kF32).Reshape({-1, K});
     double lo = std::min(0.0, static_cast<double>(Min(Min(x2, {1})).item<float>()));
     double hi = std::max(0.0, static_cast<double>(Max(Max(x2, {1})).item<float>()));
-    // Note [Range to parameters] in quant/observer.h: the observers' rule, 8-bit unsigned affine.
-    RangeParams p = ParamsForRange(static_cast<float>(lo), static_cast<float>(hi),
-                                   QuantSpec{.bits = 8, .is_signed = false, .symmetric = false});
-    q = Quantize(x2, DType::kQUInt8, QuantParams::PerTensor(p.scale, p.zero_point));
+    // Note [Range to parameters] in quant/observer.h: the observers' rule, unsigned affine.
+    const QuantSpec spec{.bits = dynamic_bits, .is_signed = false, .symmetric = false};
+    RangeParams p = ParamsForRange(static_cast<float>(lo), static_cast<float>(hi), spec);
+    q = Quantize(x2, DType::kQUInt8,
+                 QuantParams::PerTensor(p.scale, p.zero_point).WithRange(spec.quant_min(), spec.quant_max()));
     post.varying_input_scale = true;  // Note [Run-time output scales] in backends/cpu/onednn.cc
   } else {
     q = Quantize(x.To(DType::kF32).Reshape({-1, K}), input_dtype, input_params);

@@ -24,6 +24,11 @@ namespace quanta::quant {
 
 struct IntegerLinearOptions {
   bool dynamic = false;
+  // Dynamic layers: the bits of each batch's unsigned activations, 2 to 8.
+  // PyTorch's dynamic Linear quantizes to 7 (linear_dynamic's reduce_range), and
+  // CPUs without VNNI then run 8-bit weights whole (Note [Exact integers without
+  // VNNI] in backends/cpu/onednn.cc). Static layers take their input quantizer's.
+  int dynamic_bits = 8;
 };
 
 class IntegerLinear : public nn::Layer {
@@ -47,7 +52,8 @@ class IntegerLinear : public nn::Layer {
   Tensor weight;       // (in, out) qint8 or qint4, per output column (axis 1), zero points 0
   Tensor bias;         // (out) f32 or undefined
   bool dynamic = false;
-  DType input_dtype = DType::kQInt8;
+  int dynamic_bits = 8;  // IntegerLinearOptions::dynamic_bits
+  DType input_dtype = DType::kQUInt8;  // static layers: quint8 (a signed range shifted to [0, qmax - qmin])
   QuantParams input_params;  // static: per tensor
   bool gelu = false;         // FuseGeluAndQuantize was called
   DType output_dtype = DType::kF32;

@@ -19,7 +19,9 @@ median over rounds with the ratio Quanta / PyTorch:
     and as frozen TorchScript on each quantized engine it has; the best is kept);
   - BERT-base, sequence 128, batch 1, int8 (ms) (//apps:bench_bert against
     transformers' BertModel with torch.ao.quantization.quantize_dynamic), when
-    transformers is installed;
+    transformers is installed; on CPUs without VNNI also with Quanta's
+    activations at 7 bits, as PyTorch's dynamic Linear quantizes them
+    (reduce_range=True), where 8-bit ones make Quanta split its weights;
   - f32 GEMM 1024^3 (GFLOP/s, bench_infer's GEMM against torch.matmul);
   - Quanta's QAT step against its f32 step (//apps:bench_quant; no PyTorch
     figure);
@@ -116,8 +118,8 @@ def quanta_gemm(bin_dir, runs):
     return {int(t): float(g) for t, g in re.findall(r"threads=(\d+)\s+f32 ([\d.]+) GFLOP/s", out)}
 
 
-def quanta_bert(bin_dir, runs):
-    out = run_bin(os.path.join(bin_dir, "apps/bench_bert"), f"--runs={runs}")
+def quanta_bert(bin_dir, runs, abits=8):
+    out = run_bin(os.path.join(bin_dir, "apps/bench_bert"), f"--runs={runs}", f"--abits={abits}")
     figs = {}
     for b, t, f32, int8, dyn in re.findall(r"^(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+[\d.]+x\s+([\d.]+)", out, re.M):
         figs[(int(b), int(t))] = {"int8_ms": float(int8), "dyn_ms": float(dyn)}
@@ -399,6 +401,11 @@ def main():
         if (1, 2) in bert:
             add(("bert", 2), q=bert[(1, 2)]["int8_ms"], t=None if tb is None else 1e3 * tb)
             add(("bert_dyn", 2), q=bert[(1, 2)]["dyn_ms"], t=None if tb is None else 1e3 * tb)
+        if not vnni:  # PyTorch's dynamic Linear quantizes activations to 7 bits (reduce_range=True)
+            bert7 = quanta_bert(bin_dir, max(3, args.runs // 2), abits=7)
+            if (1, 2) in bert7:
+                add(("bert_a7", 2), q=bert7[(1, 2)]["int8_ms"], t=None if tb is None else 1e3 * tb)
+                add(("bert_dyn_a7", 2), q=bert7[(1, 2)]["dyn_ms"], t=None if tb is None else 1e3 * tb)
         for name, ratio in quanta_qat(bin_dir, args.steps).items():
             add(("qat", name), q=ratio)
         for t, g in quanta_int8_peak(bin_dir).items():
@@ -461,6 +468,9 @@ def main():
                     "ms", False, own=("<=", 50, " ms")))
     out.append(line("BERT-base seq 128 int8 (dynamic), batch 1, 2 threads; PyTorch: dynamic", ("bert_dyn", 2), "ms",
                     False))
+    for key, kind in (("bert_a7", "static ranges"), ("bert_dyn_a7", "dynamic")):
+        out.append(line(f"BERT-base seq 128 int8 ({kind}), batch 1, 2 threads, with 7-bit activations as PyTorch's "
+                        "dynamic Linear (reduce_range); PyTorch: dynamic", (key, 2), "ms", False))
     for t in (1, 2):
         out.append(line(f"f32 GEMM 1024^3, {t} thread{'s' if t > 1 else ''}", ("gemm", t), "GFLOP/s", True))
     for key in sorted(k for k in rows if k[0] == "qat"):

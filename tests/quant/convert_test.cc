@@ -18,6 +18,7 @@
 #include <fstream>
 #include <set>
 
+#include "backends/cpu/cpu_backend.h"
 #include "core/grad_mode.h"
 #include "core/ops.h"
 #include "absl/strings/str_cat.h"
@@ -27,6 +28,7 @@
 #include "models/tiny_cnn.h"
 #include "nn/layers.h"
 #include "quant/convert.h"
+#include "quant/integer_linear.h"
 #include "quant/prepare.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
@@ -470,6 +472,46 @@ TEST(Convert, LoaderFuzzTargetSurvivesMutations) {
       }
     }
   }
+}
+
+// Dynamic IntegerLinear with 7-bit activations (PyTorch's dynamic Linear,
+// reduce_range): x lies on the 7-bit grid of its own range [-0.5, 12.2] (scale
+// 12.7 / 127 = 0.1, zero point 5) and each weight row on its max-abs grid
+// (1.27 / 127 = 0.01), so the integer layer computes x w^T + b to f32 rounding;
+// 8-bit activations (scale 12.7 / 255) cannot hold those x and miss by more.
+// 7-bit sources run 8-bit weights whole even without VNNI (2 * 127 * 127 <=
+// 32767); 8-bit ones split there, which shows the oneDNN kernel ran.
+TEST(Convert, DynamicLinearWithSevenBitActivations) {
+  std::vector<float> xs(2 * 12), ws(5 * 12), bs = {0.5, -1, 0, 2, 0.25};
+  for (size_t i = 0; i < xs.size(); ++i) xs[i] = -0.5f + 0.1f * static_cast<float>((i * 37) % 128);
+  xs[3] = -0.5f, xs[17] = 12.2f;  // the batch's range
+  for (size_t i = 0; i < ws.size(); ++i) ws[i] = 0.01f * static_cast<float>(static_cast<int>((i * 53) % 255) - 127);
+  for (int r = 0; r < 5; ++r) ws[r * 12 + r] = r % 2 ? -1.27f : 1.27f;  // each row's max |w|
+  Tensor x = Tensor::FromVector(xs, {2, 12}), w = Tensor::FromVector(ws, {5, 12}), b = Tensor::FromVector(bs, {5});
+  nn::Linear linear(12, 5);
+  {
+    NoGradGuard no_grad;
+    linear.weight.CopyFrom(w);
+    linear.bias.CopyFrom(b);
+  }
+  std::vector<double> want = Add(Matmul(x.To(DType::kF64), w.To(DType::kF64).Transpose(0, 1)), b.To(DType::kF64))
+                                 .ToVector<double>();
+  NoGradGuard no_grad;
+  auto run = [&](int bits, size_t* splits) {
+    auto q = IntegerLinear::From(linear, {.dynamic = true, .dynamic_bits = bits});
+    const size_t before = cpu::OneDnnSplitWeightCalls();
+    std::vector<float> y = q->Forward(x).ToVector<float>();
+    *splits = cpu::OneDnnSplitWeightCalls() - before;
+    double worst = 0;
+    for (size_t i = 0; i < y.size(); ++i) worst = std::max(worst, std::abs(y[i] - want[i]));
+    return worst;
+  };
+  size_t splits7 = 0, splits8 = 0;
+  EXPECT_LT(run(7, &splits7), 1e-4);
+  EXPECT_GT(run(8, &splits8), 1e-3);
+  EXPECT_EQ(splits7, 0u);
+  EXPECT_EQ(splits8, cpu::OneDnnHasVnni() ? 0u : 1u);
+  EXPECT_THROW(IntegerLinear::From(linear, {.dynamic = true, .dynamic_bits = 9}), Error);
 }
 
 TEST(Convert, UnpreparedModelsAreRefusedByName) {
