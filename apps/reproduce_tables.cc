@@ -143,6 +143,25 @@ bool Gnuplot(const std::string& script) {
 // result files kept in the checkout (--results_dir; the models are not kept)
 // carry finished seeds to another machine. The table says which rows came
 // from files and when those were written.
+// A row stopped part-way continues instead: its checkpoint folder's
+// last.safetensors names the row's command and an epoch before the last, and
+// train --resume restores model, optimizer, schedule and the epochs' figures
+// (the data order is keyed by seed and epoch), so the result is the one an
+// unbroken run gives.
+int EpochToContinue(const TrainConfig& c) {
+  if (c.checkpoint_dir.empty()) return 0;
+  absl::StatusOr<Safetensors> last = LoadSafetensors(c.checkpoint_dir + "/last.safetensors");
+  if (!last.ok()) return 0;
+  const auto& meta = last->metadata;
+  auto command = meta.find("command"), epoch = meta.find("epoch");
+  int e = 0;
+  if (command == meta.end() || epoch == meta.end() || command->second != CommandLine(c, "bazel run //apps:train") ||
+      !absl::SimpleAtoi(epoch->second, &e)) {
+    return 0;
+  }
+  return e > 0 && e < c.epochs ? e : 0;
+}
+
 struct SavedRow {
   std::string command, finished;
   double seconds = 0;
@@ -686,10 +705,16 @@ int main(int argc, char** argv) {
                     100 * r.result.integer_accuracy);
         continue;
       }
-      std::filesystem::remove(r.config.metrics_file);
+      // A row cut off part-way (its last.safetensors from the same command, at
+      // an epoch before the last) continues from there with --resume
+      // (Note [Resuming a table]); otherwise it starts over.
+      const int from_epoch = absl::GetFlag(FLAGS_resume) ? EpochToContinue(r.config) : 0;
+      r.config.resume = from_epoch > 0;
+      if (!r.config.resume) std::filesystem::remove(r.config.metrics_file);
       std::filesystem::remove(result_path(r.config));  // a stale one must not outlive this run
-      std::printf("\n=== row %zu/%zu, %s%s: %s\n", run, n_runs, r.method.c_str(), seed.c_str(),
-                  CommandLine(r.config, "bazel run //apps:train").c_str());
+      std::printf("\n=== row %zu/%zu, %s%s: %s%s\n", run, n_runs, r.method.c_str(), seed.c_str(),
+                  CommandLine(r.config, "bazel run //apps:train").c_str(),
+                  r.config.resume ? absl::StrCat(" (continued from its epoch ", from_epoch, ")").c_str() : "");
       std::fflush(stdout);
       absl::StatusOr<TrainResult> result;
       const auto row_start = std::chrono::steady_clock::now();
@@ -704,9 +729,11 @@ int main(int argc, char** argv) {
         return 1;
       }
       r.result = *result;
-      SavedRow row{CommandLine(r.config, "bazel run //apps:train"), NowUtc(),
-                   std::chrono::duration<double>(std::chrono::steady_clock::now() - row_start).count(), r.result,
-                   CpuName()};
+      double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - row_start).count();
+      for (const EpochMetrics& m : r.result.history) {
+        if (m.epoch <= from_epoch) seconds += m.seconds;  // the epochs an earlier run trained
+      }
+      SavedRow row{CommandLine(r.config, "bazel run //apps:train"), NowUtc(), seconds, r.result, CpuName()};
       if (absl::Status written = WriteSavedRow(result_path(r.config), row); !written.ok()) {
         std::fprintf(stderr, "warning: %s (--resume will run this row again)\n", std::string(written.message()).c_str());
       }

@@ -78,6 +78,9 @@ ABSL_FLAG(int, local_steps, 0, "--distributed: federated averaging, the models a
 ABSL_FLAG(double, dirichlet_alpha, 0, "--local_steps: split the training set among the ranks by a Dirichlet over "
           "labels (non-IID clients; smaller is more skewed); 0: IID shards");
 ABSL_FLAG(bool, resume, false, "continue from --checkpoint_dir/last.safetensors");
+ABSL_FLAG(int, stop_after_epoch, 0,
+          "end after this epoch of the --epochs schedule (checkpoint written, no final evaluation); the rest runs "
+          "later with --resume and the same flags, as if never stopped");
 ABSL_FLAG(std::string, init_from, "", "start from this checkpoint's model (e.g. QAT from a trained f32 model)");
 ABSL_FLAG(std::string, distill, "", "QAT: distill from this checkpoint (same model, e.g. the f32 run's last.safetensors)");
 ABSL_FLAG(double, distill_weight, 0.5, "--distill: loss = (1 - w) cross-entropy + w T^2 KL(teacher || student)");
@@ -152,6 +155,7 @@ int main(int argc, char** argv) {
   c.device = absl::GetFlag(FLAGS_device);
   c.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
   c.resume = absl::GetFlag(FLAGS_resume);
+  c.stop_after_epoch = absl::GetFlag(FLAGS_stop_after_epoch);
   c.export_onnx = absl::GetFlag(FLAGS_export_onnx);
   c.report = absl::GetFlag(FLAGS_report);
   c.init_from = absl::GetFlag(FLAGS_init_from);
@@ -195,6 +199,11 @@ int main(int argc, char** argv) {
   if (c.distributed) {
     absl::StatusOr<std::shared_ptr<dist::Communicator>> comm = dist::Init();
     if (comm.ok() && (*comm)->rank() != 0) return 0;  // rank 0 prints the summary
+  }
+  if (r->stopped) {
+    std::printf("stopped after epoch %d of %d (--stop_after_epoch): rerun with --resume to finish\n",
+                c.stop_after_epoch, c.epochs);
+    return 0;
   }
   const bool f32_run = c.quant == "none";
   std::printf("\n%-30s %10s %14s %12s\n", "model", "top-1", "bytes", "images/s");

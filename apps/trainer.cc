@@ -47,6 +47,32 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
+// The epochs so far in a checkpoint's metadata ("history"), so that a resumed
+// run returns every epoch's figures: one line per epoch, its seven fields to
+// 17 digits.
+std::string HistoryText(const std::vector<EpochMetrics>& history) {
+  std::string text;
+  for (const EpochMetrics& m : history) {
+    absl::StrAppend(&text, absl::StrFormat("%d %.17g %.17g %.17g %.17g %.17g %.17g\n", m.epoch, m.train_loss,
+                                           m.train_accuracy, m.test_accuracy, m.lr, m.images_per_second, m.seconds));
+  }
+  return text;
+}
+std::optional<std::vector<EpochMetrics>> ParseHistory(const std::string& text) {
+  std::vector<EpochMetrics> history;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    EpochMetrics m{};
+    std::istringstream fields(line);
+    if (!(fields >> m.epoch >> m.train_loss >> m.train_accuracy >> m.test_accuracy >> m.lr >> m.images_per_second >>
+          m.seconds)) {
+      return std::nullopt;
+    }
+    history.push_back(m);
+  }
+  return history;
+}
+
 struct Data {
   std::shared_ptr<data::ImageDataset> train, test;
   int64_t classes, channels, size;
@@ -407,6 +433,10 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log_
   }
   if (!c.amp.empty() && c.amp != "bf16") return absl::InvalidArgumentError("unknown --amp '" + c.amp + "' (bf16)");
   if (c.epochs < 0 || c.batch <= 0) return absl::InvalidArgumentError("--epochs must be >= 0 and --batch > 0");
+  if (c.stop_after_epoch < 0 || (c.stop_after_epoch > 0 && c.checkpoint_dir.empty())) {
+    return absl::InvalidArgumentError(absl::StrCat("--stop_after_epoch=", c.stop_after_epoch,
+                                                   ": needs a count >= 0 and --checkpoint_dir (where --resume continues)"));
+  }
   if (!c.distill.empty() && c.quant != "qat") {
     return absl::InvalidArgumentError("--distill needs --quant=qat (the student is trained)");
   }
@@ -638,6 +668,9 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log_
     start_epoch = std::stoi(meta->count("epoch") ? meta->at("epoch") : "0");
     if (schedule) schedule->SetStep(start_epoch * steps_per_epoch);
     log << "resumed from " << last << " at epoch " << start_epoch << std::endl;
+    std::optional<std::vector<EpochMetrics>> history =
+        ParseHistory(meta->count("history") ? meta->at("history") : std::string());
+    if (history && static_cast<int>(history->size()) == start_epoch) result.history = *std::move(history);
   }
   if (rank == 0 && !c.checkpoint_dir.empty()) {
     std::error_code error;
@@ -804,8 +837,15 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log_
     }
     if (rank == 0 && !last.empty()) {
       absl::Status saved = nn::SaveCheckpoint(last, *net, &opt, {{"epoch", std::to_string(epoch + 1)},
-                                                                  {"command", result.command}});
+                                                                  {"command", result.command},
+                                                                  {"history", HistoryText(result.history)}});
       if (!saved.ok()) return saved;
+    }
+    if (c.stop_after_epoch == epoch + 1 && epoch + 1 < c.epochs) {
+      log << "stopped after epoch " << epoch + 1 << " of " << c.epochs << " (--stop_after_epoch)" << std::endl;
+      result.stopped = true;
+      result.float_accuracy = m.test_accuracy;
+      return result;
     }
   }
 

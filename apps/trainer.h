@@ -62,6 +62,10 @@ struct TrainConfig {
   std::string checkpoint_dir;     // "" : no checkpoints
   std::string export_onnx;        // "" : no ONNX file; else the converted model, QDQ, batch symbolic
   bool resume = false;
+  // End the run after this epoch of the --epochs schedule (checkpoint written,
+  // no final evaluation or conversion): the rest runs later with --resume, as
+  // if never stopped. 0: run to the end. Not part of CommandLine.
+  int stop_after_epoch = 0;
   std::string init_from;          // a checkpoint (model part) to start from
   // Knowledge distillation, QAT only (an error otherwise): a checkpoint of the
   // same architecture, run in eval mode as the teacher; the loss becomes
@@ -114,7 +118,8 @@ struct EpochMetrics {
 };
 
 struct TrainResult {
-  std::vector<EpochMetrics> history;
+  std::vector<EpochMetrics> history;  // every epoch so far, those before a --resume too (from the checkpoint)
+  bool stopped = false;               // ended by stop_after_epoch: only history (and float_accuracy) are set
   double float_accuracy = 0;       // the model as trained (fake-quant for QAT/PTQ)
   double integer_accuracy = 0;     // the converted integer model (an f32 run: W8A8 PTQ of it)
   double agreement = 0;            // share of test images where both give the same top-1

@@ -56,19 +56,20 @@ Tensor BatchNorm(const Tensor& x, Tensor& running_mean, Tensor& running_var, con
   const bool fused = training && x.defined() && IsFloating(x.dtype()) &&
                      GetBackend(x.device()).Supports(Op::kBatchNorm) &&
                      (!weight.defined() || weight.dtype() == x.dtype()) && (!bias.defined() || bias.dtype() == x.dtype());
-  const Tensor& r = epilogue.residual;
-  const bool fused_epilogue = fused && (!r.defined() || (r.shape() == x.shape() && r.dtype() == x.dtype() &&
-                                                         r.device() == x.device()));
-  if (!fused_epilogue) {
+  if (!fused) {
     return ApplyEpilogue(BatchNormComposite(x, running_mean, running_var, weight, bias, training, momentum, eps),
                          epilogue);
   }
+  // A residual of another shape (broadcast), dtype or device is added after.
+  const Tensor& r = epilogue.residual;
+  const bool in_kernel = !r.defined() || (r.shape() == x.shape() && r.dtype() == x.dtype() && r.device() == x.device());
   CheckBatchNorm(x, running_mean, training);
   const Tensor w = weight.defined() ? weight : Ones({x.size(1)}, x.dtype(), x.device());
   const Tensor b = bias.defined() ? bias : Zeros({x.size(1)}, x.dtype(), x.device());
-  std::array<Tensor, 3> out = BatchNormTraining(x, w, b, eps, r, epilogue.relu);
+  std::array<Tensor, 3> out =
+      in_kernel ? BatchNormTraining(x, w, b, eps, r, epilogue.relu) : BatchNormTraining(x, w, b, eps);
   UpdateRunning(x, out[1], out[2], running_mean, running_var, momentum);
-  return out[0];
+  return in_kernel ? out[0] : ApplyEpilogue(out[0], epilogue);
 }
 
 Tensor BatchNormComposite(const Tensor& x, Tensor& running_mean, Tensor& running_var, const Tensor& weight,

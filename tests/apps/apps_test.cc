@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <regex>
 #include <sstream>
 #include <vector>
 #include <algorithm>
@@ -64,6 +65,55 @@ TEST(Apps, TrainCifar100EndToEndWithResume) {
   EXPECT_NE(out.find("epoch 2: train loss"), std::string::npos) << out;
   m = Read(metrics);
   EXPECT_EQ(std::count(m.begin(), m.end(), '\n'), 2) << m;
+}
+
+// --stop_after_epoch then --resume gives the run an unbroken one gives: the
+// same loss, accuracy and test top-1 every epoch (restored from the
+// checkpoint's history for the epochs before the stop) and the same model.
+TEST(Apps, StopAfterEpochThenResumeEqualsAnUnbrokenRun) {
+  std::string data = Tmp() + "/cifar_stop";
+  std::filesystem::create_directories(data + "/cifar-100-binary");
+  WriteCifar100(data + "/cifar-100-binary/train.bin", 128, 3);
+  WriteCifar100(data + "/cifar-100-binary/test.bin", 64, 4);
+  const std::string common = "apps/train_cifar100 --data_dir=" + data +
+                             " --model=resnet20 --batch=32 --lr=0.05 --workers=1 --epochs=3 --checkpoint_dir=";
+  // "epoch N: train loss ... | test acc ..." lines without their speed and time.
+  auto epochs = [](const std::string& log) {
+    std::vector<std::string> lines;
+    std::istringstream in(log);
+    for (std::string line; std::getline(in, line);) {
+      if (line.rfind("epoch ", 0) == 0 && line.find(": train loss") != std::string::npos) {
+        lines.push_back(line.substr(0, line.find(" | lr")));
+      }
+    }
+    return lines;
+  };
+  std::string whole, first, rest;
+  ASSERT_EQ(RunCommand(common + Tmp() + "/whole", &whole), 0) << whole;
+  ASSERT_EQ(RunCommand(common + Tmp() + "/parts --stop_after_epoch=2", &first), 0) << first;
+  EXPECT_NE(first.find("stopped after epoch 2 of 3 (--stop_after_epoch)"), std::string::npos) << first;
+  EXPECT_EQ(first.find("integer (converted)"), std::string::npos) << first;  // no final evaluation
+  ASSERT_EQ(RunCommand(common + Tmp() + "/parts --resume", &rest), 0) << rest;
+  EXPECT_NE(rest.find("at epoch 2"), std::string::npos) << rest;
+  ASSERT_EQ(epochs(whole).size(), 3u) << whole;
+  std::vector<std::string> parts = epochs(first), tail = epochs(rest);
+  parts.insert(parts.end(), tail.begin(), tail.end());
+  EXPECT_EQ(parts, epochs(whole));
+  // The summary: top-1 of the model and of its integer form, their agreement.
+  auto summary = [](const std::string& log) { return log.substr(log.find("\nmodel ")); };
+  auto strip_speed = [](std::string text) {  // the images/s column differs run to run
+    std::string kept;
+    std::istringstream in(text);
+    for (std::string line; std::getline(in, line);) {
+      size_t pct = line.find('%');
+      kept += (pct != std::string::npos && line.find("same top-1") == std::string::npos ? line.substr(0, pct + 1) : line) + "\n";
+    }
+    return kept;
+  };
+  EXPECT_EQ(strip_speed(summary(rest)), strip_speed(summary(whole)));
+  std::string out;
+  EXPECT_NE(RunCommand("apps/train_cifar100 --data_dir=" + data + " --stop_after_epoch=1 --epochs=2", &out), 0);
+  EXPECT_NE(out.find("--stop_after_epoch=1: needs a count >= 0 and --checkpoint_dir"), std::string::npos) << out;
 }
 
 // QAT distilled from the f32 run it starts from, batch norm re-estimated before
@@ -323,6 +373,35 @@ TEST(Apps, ReproduceTablesRowsFilterAndLongRecipeTargets) {
   ASSERT_EQ(RunCommand(kept, &out), 0) << out;
   EXPECT_EQ(count(out, ": resumed from " + Tmp() + "/kept/"), 4u) << out;
   EXPECT_EQ(body(Read(md)), body(table_kept));
+
+  // An f32 row stopped part-way (here: its own command run with
+  // --stop_after_epoch) continues from its last epoch under --resume, and the
+  // table is the one an unbroken run made.
+  const std::string two = "apps/reproduce_tables --resume --train_subset=256 --test_subset=128 --epochs=2 "
+                          "--finetune_epochs=1 --rows='W4A4 (LSQ)' --out=" + md + " --work_dir=" + Tmp() + "/rt_two";
+  ASSERT_EQ(RunCommand(two, &out), 0) << out;
+  const std::string unbroken = Read(md);
+  const std::string f32_command = "bazel run //apps:train -- ";
+  size_t from = out.find("=== row 1/2, f32: " + f32_command);
+  ASSERT_NE(from, std::string::npos) << out;
+  from += std::string("=== row 1/2, f32: ").size() + f32_command.size();
+  const std::string f32_args = out.substr(from, out.find('\n', from) - from);
+  std::string stopped;
+  ASSERT_EQ(RunCommand("apps/train " + f32_args + " --stop_after_epoch=1 --checkpoint_dir=" + Tmp() +
+                           "/rt_two/fashion_mnist/f32",
+                       &stopped),
+            0)
+      << stopped;
+  std::filesystem::remove(Tmp() + "/rt_two/fashion_mnist/f32.result");
+  ASSERT_EQ(RunCommand(two, &out), 0) << out;
+  EXPECT_NE(out.find("=== row 1/2, f32: " + f32_command + f32_args + " (continued from its epoch 1)"), std::string::npos)
+      << out;
+  // Every figure but the speeds (the images/s cell before each command) agrees.
+  auto without_speed = [&](const std::string& t) {
+    return std::regex_replace(body(t), std::regex("\\| [0-9.]+ \\| `"), "| `");
+  };
+  EXPECT_EQ(without_speed(Read(md)), without_speed(unbroken));
+  EXPECT_NE(without_speed(unbroken), body(unbroken));  // the speeds were there
 
   EXPECT_NE(RunCommand("apps/reproduce_tables --rows='W9A9'", &out), 0);
   EXPECT_NE(out.find("--rows: 'W9A9' is in no row's name"), std::string::npos) << out;

@@ -212,6 +212,11 @@ TEST(Layers, BatchNormEpilogueMatchesAddAndRelu) {
   bn.Eval();
   Tensor want = Relu(Add(bn.Forward(x0), r0));
   EXPECT_EQ(bn.Forward(x0, {.residual = r0, .relu = true}).ToVector<float>(), want.ToVector<float>());
+  // In training, a residual the kernel cannot take (a broadcast one) is added after it.
+  BatchNorm2d a(5), b(5);
+  Tensor per_channel = Normal({1, 5, 1, 1}, 0, 1, &gen);
+  EXPECT_EQ(a.Forward(x0, {.residual = per_channel, .relu = true}).ToVector<float>(),
+            Relu(Add(b.Forward(x0), per_channel)).ToVector<float>());
 }
 
 TEST(Layers, BatchNormRunningStatisticsAndDropout) {
