@@ -7,6 +7,8 @@
 //   });
 #pragma once
 
+#include <signal.h>
+
 #include <cstdint>
 #include <functional>
 
@@ -17,6 +19,24 @@ namespace quanta {
 // The first exception thrown by any chunk is rethrown here. Nested calls run inline.
 void ParallelFor(int64_t begin, int64_t end, int64_t grain,
                  const std::function<void(int64_t, int64_t)>& fn);
+
+// Note [Signals stay off the pool]: while alive, the calling thread's
+// asynchronous signals (SIGINT, SIGTERM, SIGUSR1, SIGPROF, ...; not the faults
+// SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT, SIGSYS) are held, and the
+// pool's worker threads hold them for good; a signal that arrives meanwhile is
+// delivered when the guard ends, on the caller's own stack. Wraps code that
+// must not be interrupted by a signal handler (oneDNN's GEMM kernels, see
+// backends/cpu/onednn.cc). Not for use inside ParallelFor.
+class SignalsDeferred {
+ public:
+  SignalsDeferred();
+  ~SignalsDeferred();
+  SignalsDeferred(const SignalsDeferred&) = delete;
+  SignalsDeferred& operator=(const SignalsDeferred&) = delete;
+
+ private:
+  sigset_t saved_;
+};
 
 namespace internal {
 void SetPoolThreads(int n);

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <mutex>
+#include <optional>
 #include <atomic>
 #include <string>
 #include <string_view>
@@ -17,6 +18,7 @@
 #include "backends/cpu/reference_kernels.h"
 #include "core/backend.h"
 #include "core/ops.h"
+#include "core/parallel.h"
 #include "core/tensor.h"
 #include "oneapi/dnnl/dnnl.hpp"
 
@@ -105,6 +107,21 @@ bool Implemented(F&& create) {
   }
 }
 
+// Whether prim runs one of oneDNN's GEMM-based implementations ("gemm:jit",
+// "x64:gemm_s8u8s32:jit"; not brgemm's "brg:..."), whose JIT kernels a signal
+// handler must not interrupt (Note [Signals stay off the pool] in
+// core/parallel.cc). Only those hold signals: the guard's two system calls
+// (1.6 us together on a Zen 3 VM, timed as a loop of pthread_sigmask pairs)
+// would be 5% of a batch-1 int8 ResNet-20, whose direct convolutions need none.
+bool RunsGemm(const dnnl::primitive& prim) {
+  const char* impl = nullptr;
+  if (dnnl_primitive_desc_query(prim.get_primitive_desc(), dnnl_query_impl_info_str, 0, &impl) != dnnl_success ||
+      impl == nullptr) {
+    return true;
+  }
+  return std::string_view(impl).find("gemm") != std::string_view::npos;
+}
+
 }  // namespace
 
 void OneDnnMatmul(const KernelCall& c) {
@@ -139,6 +156,8 @@ void OneDnnMatmul(const KernelCall& c) {
   }
   if (!prim) return Fallback(c, "oneDNN has no kernel for it here (e.g. f16 without AVX512-FP16)");
   QUANTA_ONEDNN("matmul", {
+    std::optional<SignalsDeferred> held;
+    if (RunsGemm(prim)) held.emplace();
     dnnl::stream stream(Engine());
     memory a_mem(a_md, Engine(), a.raw_data()), b_mem(b_md, Engine(), b.raw_data()),
         y_mem(y_md, Engine(), y.raw_data());
@@ -448,6 +467,8 @@ memory Temporary(const memory::desc& md, std::vector<Tensor>& keep) {
 // differs from the primitive's; reorders outputs back.
 void ExecuteWith(const dnnl::primitive& prim, std::unordered_map<int, memory> args, const std::vector<Arg>& layout_args,
                  dnnl::stream& stream) {
+  std::optional<SignalsDeferred> held;
+  if (RunsGemm(prim)) held.emplace();
   std::vector<std::pair<memory, memory>> outputs;
   std::vector<Tensor> keep;  // Note [oneDNN buffers from the block cache]
   for (const Arg& a : layout_args) {

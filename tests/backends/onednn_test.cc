@@ -1,7 +1,14 @@
 // oneDNN's matmul and conv2d held equal to the reference kernels on random
 // inputs. Tolerance: normalized MSE (sum (got-ref)^2 / sum ref^2) per dtype.
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <thread>
 
 #include "backends/cpu/cpu_backend.h"
 #include "core/backend.h"
@@ -561,6 +568,54 @@ TEST(OneDnn, PrimitivesAreCachedPerShape) {
     if (i == 1) after_first = cpu::OneDnnCachedPrimitives();
   }
   EXPECT_EQ(cpu::OneDnnCachedPrimitives(), after_first);
+}
+
+std::atomic<int64_t> signals_handled{0};
+void CountSignal(int) { signals_handled.fetch_add(1, std::memory_order_relaxed); }
+
+// Note [Signals stay off the pool] in core/parallel.cc: oneDNN 2.6's JIT f32
+// GEMM runs with its stack pointer in a heap workspace, so a signal handler that
+// ran inside it would write its frame into the heap. Here SIGUSR1 arrives every
+// 100 us, at the calling thread and at the process, while 1,500 matmuls of a
+// shape oneDNN runs with that GEMM ("gemm:jit") run on two threads; without the
+// guard this crashed within seconds ("corrupted size vs. prev_size"). Every
+// product must stay what the first one was, and the handler must have run.
+TEST(OneDnn, SignalsDuringTheGemmCorruptNothing) {
+  Backend& cpu = GetBackend(Device::Cpu());
+  const int threads = GetNumThreads();
+  SetNumThreads(2);
+  cpu.ResetFallbackCounts();
+  struct sigaction action = {}, saved = {};
+  action.sa_handler = CountSignal;  // no SA_ONSTACK and no alternate stack: the frame goes where the stack pointer is
+  ASSERT_EQ(sigaction(SIGUSR1, &action, &saved), 0);
+  Generator gen(5);
+  Tensor a = Normal({512, 256}, 0, 1, &gen), b = Normal({256, 512}, 0, 1, &gen);
+  const std::vector<float> first = Matmul(a, b).ToVector<float>();
+  const pthread_t caller = pthread_self();
+  std::atomic<bool> stop{false};
+  int64_t sent = 0;
+  std::thread sender([&] {
+    while (!stop.load()) {
+      if (sent++ % 2 == 0) {
+        pthread_kill(caller, SIGUSR1);
+      } else {
+        kill(getpid(), SIGUSR1);
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+  });
+  int differing = 0;
+  for (int i = 0; i < 1500; ++i) {
+    Tensor y = Matmul(a, b);
+    if (i % 100 == 99 && y.ToVector<float>() != first) ++differing;
+  }
+  stop = true;
+  sender.join();
+  sigaction(SIGUSR1, &saved, nullptr);
+  SetNumThreads(threads);
+  EXPECT_EQ(differing, 0);
+  EXPECT_GT(signals_handled.load(), 100) << "of " << sent << " sent";
+  EXPECT_EQ(cpu.FallbackCount(Op::kMatmul), 0) << "oneDNN's matmul did not run";
 }
 
 }  // namespace

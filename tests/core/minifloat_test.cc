@@ -150,7 +150,9 @@ TEST(MiniFloat, SaturatesAndMapsSpecialValues) {
   for (DType d : kAll) {
     const MiniFloatFormat& f = MiniFloatOf(d);
     for (float x : huge) {
-      if (x > f.max) EXPECT_EQ(Encode(d, x), static_cast<uint32_t>(f.max_code)) << Name(d) << " " << x;
+      if (x > f.max) {
+        EXPECT_EQ(Encode(d, x), static_cast<uint32_t>(f.max_code)) << Name(d) << " " << x;
+      }
     }
     EXPECT_EQ(Encode(d, f.max * 1.25f), static_cast<uint32_t>(f.max_code)) << Name(d);
     if (d == DType::kF8E8M0) continue;

@@ -654,7 +654,9 @@ TEST(Ops, BatchNormEpilogueEqualsTheComposition) {
         SCOPED_TRACE(with_residual ? "residual" : "no residual");
         Tensor res = with_residual ? r : Tensor();
         Tensor pre = with_residual ? Add(plain[0], r) : plain[0];
-        if (with_residual) ASSERT_GT(Sum(Eq(pre, 0).To(DType::kF32)).item<float>(), 0) << "no exact zeros";
+        if (with_residual) {
+          ASSERT_GT(Sum(Eq(pre, 0).To(DType::kF32)).item<float>(), 0) << "no exact zeros";
+        }
         std::array<Tensor, 3> fused = BatchNormTraining(x, w, b, 1e-5, res, /*relu=*/true);
         EXPECT_EQ(fused[0].is_channels_last() && !fused[0].is_contiguous(), channels_last);
         ExpectClose(fused[0].To(DType::kF64), Relu(pre).To(DType::kF64).ToVector<double>(), 0, 0);
