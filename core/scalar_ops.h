@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 #include <type_traits>
 
 #include "core/dtype.h"
@@ -115,6 +116,41 @@ QUANTA_HOST_DEVICE inline FakeQuantGrads<C> FakeQuantizeGradients(C g, C x, C s,
   C gs = g * (below ? qmin - z : (above ? qmax - z : r - xs));
   C gz = inside ? C(0) : -g * s;
   return {gx, gs, gz};
+}
+
+// Batch norm's value at one element, for every backend (Note [Batch norm
+// epilogue] in backends/cpu/reference_normalization.cc). The affine map comes
+// from the statistics as stored (S: f32 or f64) so that the backward recomputes
+// the forward's values bit for bit; bn(x) = (x - m) * scale + shift in the
+// compute type K; the epilogue relu(bn(x) + residual) rounds as the composition
+// Relu(Add(y, residual)) does: bn(x) to T, the sum in K and to T, then ReLU.
+// The flags are template parameters so that CPU loops stay branch-free.
+template <typename K>
+struct BnAffine {
+  K m, scale, shift;
+};
+template <typename K, typename S>
+QUANTA_HOST_DEVICE inline BnAffine<K> BnAffineOf(S mean, S var, K weight, K bias, double eps) {
+  using std::sqrt;
+  return {static_cast<K>(static_cast<double>(mean)),
+          static_cast<K>(static_cast<double>(weight) / sqrt(static_cast<double>(var) + eps)), bias};
+}
+template <typename K>
+QUANTA_HOST_DEVICE inline K BnNormalize(K x, K m, K scale, K shift) {
+  return (x - m) * scale + shift;
+}
+template <typename T, bool kResidual, bool kRelu, typename K>
+QUANTA_HOST_DEVICE inline T BnEpilogue(K normalized, const T* residual, int64_t i) {
+  T y = Convert<T>(normalized);
+  if constexpr (kResidual) y = Convert<T>(AddFn{}(Convert<K>(y), Convert<K>(residual[i])));
+  if constexpr (kRelu) y = Convert<T>(ReluFn{}(Convert<K>(y)));
+  return y;
+}
+// grad_y masked by the epilogue's ReLU at i (its value before ReLU > 0), as
+// ThresholdBackward masks it.
+template <typename T, bool kResidual, typename K>
+QUANTA_HOST_DEVICE inline K BnMaskedGrad(K gy, K normalized, const T* residual, int64_t i) {
+  return ThresholdBackwardFn{}(gy, Convert<K>(BnEpilogue<T, kResidual, false>(normalized, residual, i)));
 }
 
 }  // namespace quanta

@@ -111,27 +111,14 @@ inline BnStats BnStatsOf(double pivot, double sum_d, double sum_d2, double count
 // y = (x - m) * scale + shift, from the statistics as stored (S: f32, or f64
 // for f64), so that the backward recomputes the forward's normalized values
 // bit for bit from mean, var, weight and bias (Note [Batch norm epilogue]).
-template <typename K>
-struct BnAffine {
-  K m, scale, shift;
-};
-// Channels-last loops keep each field in its own vector (so they vectorize).
+// Channels-last loops keep each field of BnAffine (core/scalar_ops.h) in its
+// own vector (so they vectorize).
 template <typename K>
 struct BnAffines {
   std::vector<K> m, scale, shift;
   explicit BnAffines(int64_t C) : m(C), scale(C), shift(C) {}
   void Set(int64_t ch, const BnAffine<K>& f) { m[ch] = f.m, scale[ch] = f.scale, shift[ch] = f.shift; }
 };
-// The one expression both directions use, so that they round alike.
-template <typename K>
-inline K BnNormalize(K x, K m, K scale, K shift) {
-  return (x - m) * scale + shift;
-}
-template <typename K, typename S>
-BnAffine<K> BnAffineOf(S mean, S var, K weight, K bias, double eps) {
-  return {static_cast<K>(static_cast<double>(mean)),
-          static_cast<K>(static_cast<double>(weight) / std::sqrt(static_cast<double>(var) + eps)), bias};
-}
 
 // Note [Batch norm epilogue]: y = relu(bn(x) + residual), the tail of a ResNet
 // block, and y = relu(bn(x)), its middle, in the normalizing pass instead of
@@ -141,19 +128,9 @@ BnAffine<K> BnAffineOf(S mean, S var, K weight, K bias, double eps) {
 // ReLU's mask, which it recomputes from x, the stored statistics, weight, bias
 // and the residual (BnAffineOf gives the forward's exact m, scale, shift), so
 // nothing extra is saved for it; it masks grad_y as ThresholdBackward does and
-// writes the residual's gradient (the masked grad_y) in the same pass.
-template <typename T, bool kResidual, bool kRelu, typename K>
-inline T BnEpilogue(K normalized, const T* residual, int64_t i) {
-  T y = Convert<T>(normalized);
-  if constexpr (kResidual) y = Convert<T>(AddFn{}(Convert<K>(y), Convert<K>(residual[i])));
-  if constexpr (kRelu) y = Convert<T>(ReluFn{}(Convert<K>(y)));
-  return y;
-}
-// grad_y masked by ReLU at i (the epilogue with relu, before ReLU: pre > 0).
-template <typename T, bool kResidual, typename K>
-inline K BnMaskedGrad(K gy, K normalized, const T* residual, int64_t i) {
-  return ThresholdBackwardFn{}(gy, Convert<K>(BnEpilogue<T, kResidual, false>(normalized, residual, i)));
-}
+// writes the residual's gradient (the masked grad_y) in the same pass. The
+// value functions (BnAffineOf, BnNormalize, BnEpilogue, BnMaskedGrad) live in
+// core/scalar_ops.h, shared with the CUDA kernels.
 
 // Calls f.template operator()<kResidual, kRelu>() for the call's flags.
 template <typename F>

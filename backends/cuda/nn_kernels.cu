@@ -77,23 +77,12 @@ __device__ inline int64_t ChannelIndex(int64_t i, int64_t C, int64_t HW, int64_t
   return (i / HW * C + c) * HW + i % HW;
 }
 
-// The CPU kernels' epilogue (Note [Batch norm epilogue]): bn(x) rounded to T,
-// plus the residual, rounded, then ReLU; the affine map from the statistics as
-// stored, so the backward recomputes the forward's values exactly.
+// The epilogue of core/scalar_ops.h (Note [Batch norm epilogue]) for flags
+// known only at run time: residual r when non-null, then ReLU when relu.
 template <typename T, typename K>
-__device__ inline T BnEpilogue(K normalized, const T* r, bool relu, int64_t at) {
-  T y = Convert<T>(normalized);
-  if (r) y = Convert<T>(AddFn{}(Convert<K>(y), Convert<K>(r[at])));
-  if (relu) y = Convert<T>(ReluFn{}(Convert<K>(y)));
-  return y;
-}
-template <typename K>
-__device__ inline K BnScale(K weight, double var, double eps) {
-  return K(double(weight) / sqrt(var + eps));
-}
-template <typename K>
-__device__ inline K BnNormalize(K x, K m, K scale, K shift) {
-  return (x - m) * scale + shift;
+__device__ inline T BnEpilogueAt(K normalized, const T* r, bool relu, int64_t at) {
+  if (r) return relu ? BnEpilogue<T, true, true>(normalized, r, at) : BnEpilogue<T, true, false>(normalized, r, at);
+  return relu ? BnEpilogue<T, false, true>(normalized, r, at) : BnEpilogue<T, false, false>(normalized, r, at);
 }
 
 template <typename T, typename S>
@@ -112,10 +101,10 @@ __global__ void BatchNormLoop(int64_t N, int64_t C, int64_t HW, double eps, cons
   }
   const S mean_s = S(mean), var_s = S(BlockSum(sq, shared) / double(count));
   if (threadIdx.x == 0) mean_out[c] = mean_s, var_out[c] = var_s;
-  const K m = K(double(mean_s)), scale = BnScale(Convert<K>(w[c]), double(var_s), eps), shift = Convert<K>(b[c]);
+  const BnAffine<K> f = BnAffineOf<K, S>(mean_s, var_s, Convert<K>(w[c]), Convert<K>(b[c]), eps);
   for (int64_t i = threadIdx.x; i < count; i += blockDim.x) {
     int64_t at = ChannelIndex(i, C, HW, c);
-    y[at] = BnEpilogue<T, K>(BnNormalize(Convert<K>(x[at]), m, scale, shift), r, relu, at);
+    y[at] = BnEpilogueAt<T, K>(BnNormalize(Convert<K>(x[at]), f.m, f.scale, f.shift), r, relu, at);
   }
 }
 
@@ -129,12 +118,12 @@ __global__ void BatchNormBackwardLoop(int64_t N, int64_t C, int64_t HW, double e
   const double mu = double(mean[c]), invstd = 1 / sqrt(double(var[c]) + eps);
   // With ReLU (b non-null): grad_y where the forward's value before ReLU was
   // positive, else 0, as ThresholdBackward.
-  const K fm = K(mu), fscale = BnScale(Convert<K>(w[c]), double(var[c]), eps), fshift = b ? Convert<K>(b[c]) : K(0);
+  const BnAffine<K> f = BnAffineOf<K, S>(mean[c], var[c], Convert<K>(w[c]), b ? Convert<K>(b[c]) : K(0), eps);
   auto g = [&](int64_t at) -> K {
     const K gi = Convert<K>(gy[at]);
     if (!b) return gi;
-    return ThresholdBackwardFn{}(
-        gi, Convert<K>(BnEpilogue<T, K>(BnNormalize(Convert<K>(x[at]), fm, fscale, fshift), r, false, at)));
+    const K normalized = BnNormalize(Convert<K>(x[at]), f.m, f.scale, f.shift);
+    return r ? BnMaskedGrad<T, true>(gi, normalized, r, at) : BnMaskedGrad<T, false>(gi, normalized, r, at);
   };
   double sum_gy = 0, sum_gy_xmu = 0;
   for (int64_t i = threadIdx.x; i < count; i += blockDim.x) {
