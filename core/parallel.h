@@ -26,7 +26,8 @@ void ParallelFor(int64_t begin, int64_t end, int64_t grain,
 // pool's worker threads hold them for good; a signal that arrives meanwhile is
 // delivered when the guard ends, on the caller's own stack. Wraps code that
 // must not be interrupted by a signal handler (oneDNN's GEMM kernels, see
-// backends/cpu/onednn.cc). Not for use inside ParallelFor.
+// backends/cpu/onednn.cc). Inside a parallel region it holds the calling
+// thread's signals only.
 class SignalsDeferred {
  public:
   SignalsDeferred();

@@ -110,9 +110,11 @@ bool Implemented(F&& create) {
 // Whether prim runs one of oneDNN's GEMM-based implementations ("gemm:jit",
 // "x64:gemm_s8u8s32:jit"; not brgemm's "brg:..."), whose JIT kernels a signal
 // handler must not interrupt (Note [Signals stay off the pool] in
-// core/parallel.cc). Only those hold signals: the guard's two system calls
-// (1.6 us together on a Zen 3 VM, timed as a loop of pthread_sigmask pairs)
-// would be 5% of a batch-1 int8 ResNet-20, whose direct convolutions need none.
+// core/parallel.cc). Only those hold signals: the guard costs two system calls
+// (1.6 us together on a Zen 3 VM, timed as a loop of pthread_sigmask pairs),
+// which a batch-1 int8 ResNet-20 (about 20 convolutions in 0.6 ms) would feel,
+// and the direct convolutions ("jit:avx2", "jit_uni_int8:avx2") keep their
+// stack pointer: onednn_test runs them under a stream of signals unguarded.
 bool RunsGemm(const dnnl::primitive& prim) {
   const char* impl = nullptr;
   if (dnnl_primitive_desc_query(prim.get_primitive_desc(), dnnl_query_impl_info_str, 0, &impl) != dnnl_success ||

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <thread>
 
 #include "backends/cpu/cpu_backend.h"
@@ -576,11 +577,13 @@ void CountSignal(int) { signals_handled.fetch_add(1, std::memory_order_relaxed);
 // Note [Signals stay off the pool] in core/parallel.cc: oneDNN 2.6's JIT f32
 // GEMM runs with its stack pointer in a heap workspace, so a signal handler that
 // ran inside it would write its frame into the heap. Here SIGUSR1 arrives every
-// 100 us, at the calling thread and at the process, while 1,500 matmuls of a
-// shape oneDNN runs with that GEMM ("gemm:jit") run on two threads; without the
-// guard this crashed within seconds ("corrupted size vs. prev_size"). Every
-// product must stay what the first one was, and the handler must have run.
-TEST(OneDnn, SignalsDuringTheGemmCorruptNothing) {
+// 100 us, at the calling thread and at the process, while oneDNN's kernels run
+// on two threads: f32 matmuls of a shape it runs with that GEMM ("gemm:jit"),
+// channels-last convolutions forward and backward, int8 matmul and convolution.
+// Without the guard the matmuls crashed within seconds ("corrupted size vs.
+// prev_size"). Every result must stay what it was the first time, and the
+// handler must have run.
+TEST(OneDnn, SignalsDuringTheKernelsCorruptNothing) {
   Backend& cpu = GetBackend(Device::Cpu());
   const int threads = GetNumThreads();
   SetNumThreads(2);
@@ -590,7 +593,29 @@ TEST(OneDnn, SignalsDuringTheGemmCorruptNothing) {
   ASSERT_EQ(sigaction(SIGUSR1, &action, &saved), 0);
   Generator gen(5);
   Tensor a = Normal({512, 256}, 0, 1, &gen), b = Normal({256, 512}, 0, 1, &gen);
-  const std::vector<float> first = Matmul(a, b).ToVector<float>();
+  Tensor x = Normal({32, 16, 16, 16}, 0, 1, &gen).ChannelsLast(), w = Normal({16, 16, 3, 3}, 0, 0.2, &gen);
+  Conv2dOptions o;
+  o.padding[0] = o.padding[1] = 1;
+  Tensor gy = Normal({32, 16, 16, 16}, 0, 1, &gen).ChannelsLast();
+  Tensor qa = Quantize(Uniform({256, 256}, 0, 2, &gen), DType::kQUInt8, QuantParams::PerTensor(2.0 / 255, 0));
+  Tensor qb = Quantize(Normal({256, 256}, 0, 0.2, &gen), DType::kQInt8, QuantParams::PerTensor(0.01, 0));
+  Tensor qx = Quantize(Abs(x), DType::kQUInt8, QuantParams::PerTensor(4.0 / 255, 0));
+  Tensor qw = Quantize(w, DType::kQInt8, QuantParams::PerTensor(0.005, 0));
+  struct Kernel {
+    const char* name;
+    std::function<Tensor()> run;
+    int times;
+  };
+  const std::vector<Kernel> kernels = {
+      {"matmul", [&] { return Matmul(a, b); }, 1000},
+      {"conv2d", [&] { return Conv2d(x, w, Tensor(), o); }, 300},
+      {"conv2d backward input", [&] { return Conv2dBackwardInput(gy, w, x.shape(), o); }, 300},
+      {"conv2d backward weight", [&] { return Conv2dBackwardWeight(gy, x, w.shape(), o); }, 300},
+      {"int8 matmul", [&] { return QuantizedMatmul(qa, qb); }, 1000},
+      {"int8 conv2d", [&] { return QuantizedConv2d(qx, qw, Tensor(), o); }, 300},
+  };
+  std::vector<std::vector<float>> first;
+  for (const Kernel& k : kernels) first.push_back(k.run().ToVector<float>());
   const pthread_t caller = pthread_self();
   std::atomic<bool> stop{false};
   int64_t sent = 0;
@@ -604,18 +629,23 @@ TEST(OneDnn, SignalsDuringTheGemmCorruptNothing) {
       std::this_thread::sleep_for(std::chrono::microseconds(100));
     }
   });
-  int differing = 0;
-  for (int i = 0; i < 1500; ++i) {
-    Tensor y = Matmul(a, b);
-    if (i % 100 == 99 && y.ToVector<float>() != first) ++differing;
+  std::vector<int> differing(kernels.size());
+  for (size_t k = 0; k < kernels.size(); ++k) {
+    for (int i = 0; i < kernels[k].times; ++i) {
+      Tensor y = kernels[k].run();
+      if (i % 50 == 49 && y.ToVector<float>() != first[k]) ++differing[k];
+    }
   }
   stop = true;
   sender.join();
   sigaction(SIGUSR1, &saved, nullptr);
   SetNumThreads(threads);
-  EXPECT_EQ(differing, 0);
+  for (size_t k = 0; k < kernels.size(); ++k) EXPECT_EQ(differing[k], 0) << kernels[k].name;
   EXPECT_GT(signals_handled.load(), 100) << "of " << sent << " sent";
-  EXPECT_EQ(cpu.FallbackCount(Op::kMatmul), 0) << "oneDNN's matmul did not run";
+  for (Op op : {Op::kMatmul, Op::kConv2d, Op::kConv2dBackwardInput, Op::kConv2dBackwardWeight, Op::kQuantizedMatmul,
+                Op::kQuantizedConv2d}) {
+    EXPECT_EQ(cpu.FallbackCount(op), 0) << OpName(op) << ": oneDNN did not run";
+  }
 }
 
 }  // namespace
