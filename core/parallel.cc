@@ -39,7 +39,10 @@ int pool_threads = std::max(1, omp_get_max_threads());
 // mask from the thread that starts the team: held when that thread is inside a
 // guard, and held on the worker's first ParallelFor chunk otherwise; after
 // SetNumThreads (libgomp ends surplus workers when a team shrinks) the next
-// guard has the whole team hold them again.
+// guard has the whole team hold them again. Not covered: a pool thread that
+// other OpenMP code in the process (not Quanta) created and oneDNN later uses.
+// A profiler's SIGPROF that lands in a GEMM is delivered when the kernel
+// returns, so the GEMM's time is charged to the code right after it.
 const sigset_t& AsynchronousSignals() {
   static const sigset_t set = [] {
     sigset_t s;
