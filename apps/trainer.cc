@@ -175,15 +175,20 @@ absl::StatusOr<Device> ParseDevice(const std::string& name) {
   return device;
 }
 
+// Sums (or takes the largest of) each value over the ranks, in place: every
+// rank gets the totals. The identity on one rank.
+using RankReduce = std::function<void(std::vector<double>&, dist::ReduceOp)>;
+
 // Over a loader's batches: the top-1 accuracy of `a`, of `b` (when given), and
 // the share of examples where the two predict the same class.
 // With `step` (one value per class), the largest |logit_a - logit_b| in those
-// units as well.
+// units as well. With `reduce`, the loader holds this rank's part of the data
+// set and the figures are the whole set's (Note [Distributed evaluation]).
 struct Scores {
   double a = 0, b = 0, same = 0, max_diff = 0, max_diff_steps = 0;
 };
 Scores Score(const data::DataLoader& loader, const Forward& a, const Forward& b = nullptr,
-             const std::vector<double>& step = {}) {
+             const std::vector<double>& step = {}, const RankReduce& reduce = nullptr) {
   NoGradGuard no_grad;
   auto it = loader.Start(0);
   data::Batch batch;
@@ -206,6 +211,17 @@ Scores Score(const data::DataLoader& loader, const Forward& a, const Forward& b 
       same += pa[i] == pb[i];
     }
     total += static_cast<int64_t>(label.size());
+  }
+  if (reduce) {
+    // Counts below 2^53 travel exactly as doubles.
+    std::vector<double> counts = {static_cast<double>(right_a), static_cast<double>(right_b), static_cast<double>(same),
+                                  static_cast<double>(total)};
+    std::vector<double> largest = {r.max_diff, r.max_diff_steps};
+    reduce(counts, dist::ReduceOp::kSum);
+    reduce(largest, dist::ReduceOp::kMax);
+    right_a = static_cast<int64_t>(counts[0]), right_b = static_cast<int64_t>(counts[1]);
+    same = static_cast<int64_t>(counts[2]), total = static_cast<int64_t>(counts[3]);
+    r.max_diff = largest[0], r.max_diff_steps = largest[1];
   }
   if (total == 0) return {};
   r.a = static_cast<double>(right_a) / total;
@@ -532,7 +548,32 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log_
                                 {.batch_size = c.batch, .shuffle = true, .seed = c.seed, .drop_last = true,
                                  .workers = c.workers, .device = dev, .channels_last = channels_last,
                                  .num_shards = num_shards, .shard = shard});
-  data::DataLoader test_loader(d.test, test_tf, {.batch_size = 256, .shuffle = false, .workers = c.workers, .device = dev,
+  // Note [Distributed evaluation]: with several ranks, each scores its own
+  // contiguous part of the test set and the counts are summed over the ranks
+  // (Score's `reduce`), so an evaluation costs each rank 1/ranks of the set,
+  // not all of it, and every rank gets the whole set's figures. Data parallel
+  // ranks hold the same parameters, but batch norm's running statistics are
+  // each rank's own (each normalizes its own batches): rank 0's state goes to
+  // every rank before each evaluation (as PyTorch's DDP broadcasts buffers),
+  // so the figures are those of rank 0's model, the one rank 0 saves, on the
+  // whole set. Training reads no running statistic, so its steps are as
+  // before. Federated runs end each epoch on the averaged model, already the
+  // same on every rank.
+  RankReduce reduce;
+  std::shared_ptr<data::ImageDataset> test_part = d.test;
+  if (ranks > 1) {
+    const Device on = comm->name() == "nccl" ? dev : Device::Cpu();  // the engine's device
+    reduce = [comm, on](std::vector<double>& v, dist::ReduceOp op) {
+      Tensor t = Tensor::FromVector<double>(v, {static_cast<int64_t>(v.size())}).To(on);
+      comm->AllReduce(t, op);
+      v = t.To(Device::Cpu()).ToVector<double>();
+    };
+    const int64_t n = d.test->size();
+    std::vector<int64_t> mine;
+    for (int64_t i = n * rank / ranks; i < n * (rank + 1) / ranks; ++i) mine.push_back(i);
+    test_part = data::Subset(*d.test, mine);
+  }
+  data::DataLoader test_loader(test_part, test_tf, {.batch_size = 256, .shuffle = false, .workers = c.workers, .device = dev,
                                                  .channels_last = channels_last});
   data::DataLoader calib_loader(d.train, test_tf, {.batch_size = c.batch, .shuffle = true, .seed = c.seed + 1,
                                                    .workers = c.workers, .device = dev, .channels_last = channels_last});
@@ -736,6 +777,9 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log_
     log << "epoch " << epoch + 1 << ": EWGS delta (in steps) " << absl::StrJoin(parts, ", ") << std::endl;
   };
 
+  // Whether the last evaluation scored the model as it now is (no second pass
+  // over the test set for the summary's f32 row).
+  bool scored_as_is = false;
   for (int epoch = start_epoch; epoch < c.epochs; ++epoch) {
     if (progressive) progressive->Apply(report, epoch);
     if (auto_ewgs) estimate_ewgs(epoch);
@@ -810,15 +854,16 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log_
     if (tty) std::printf("\n");
     if (averager && step % c.local_steps != 0) averager->Average();  // the epoch ends on the averaged model
     if (ranks > 1) {
-      Tensor counts = Tensor::FromVector<int64_t>({right, seen}, {2});
-      comm->AllReduce(counts, dist::ReduceOp::kSum);
-      std::vector<int64_t> v = counts.ToVector<int64_t>();
+      std::vector<double> v = {static_cast<double>(right), static_cast<double>(seen)};
+      reduce(v, dist::ReduceOp::kSum);
       loss_sum = loss_sum / std::max<int64_t>(seen, 1) * v[1];  // already the mean over ranks
-      right = v[0];
-      seen = v[1];
+      right = static_cast<int64_t>(v[0]);
+      seen = static_cast<int64_t>(v[1]);
     }
     double seconds = Since(start);
-    double test_acc = Score(test_loader, eval_model).a;
+    if (ddp) dist::BroadcastState(*net, *comm);  // rank 0's batch norm statistics (Note [Distributed evaluation])
+    double test_acc = Score(test_loader, eval_model, nullptr, {}, reduce).a;
+    scored_as_is = true;
     EpochMetrics m{epoch + 1, loss_sum / std::max<int64_t>(seen, 1), static_cast<double>(right) / std::max<int64_t>(seen, 1),
                    test_acc, opt.lr(), seen / std::max(seconds, 1e-9), seconds};
     result.history.push_back(m);
@@ -874,6 +919,7 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log_
       batches.push_back(b.data);
     }
     int n = quant::ReestimateBatchNorm(report, *net, batches, [&](const Tensor& x) { return net->Forward(x); });
+    scored_as_is = false;
     log << absl::StrFormat("batch norm re-estimated: %d layers over %d training batches (no augmentation)", n,
                            batches.size())
         << std::endl;
@@ -881,6 +927,7 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log_
   net->Eval();
   // PTQ: quantizers from the policy, ranges from the calibration batches.
   auto post_training = [&](const quant::MixedPrecisionPolicy& policy, const std::string& rounding) {
+    scored_as_is = false;
     report = quant::PrepareQat(*net, policy);
     net->To(dev);  // the new quantizers' state
     std::vector<Tensor> batches;
@@ -906,7 +953,8 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log_
     if (!policy.ok()) return policy.status();
     post_training(*policy, c.rounding);
   }
-  result.float_accuracy = Score(test_loader, eval_model).a;
+  result.float_accuracy =
+      scored_as_is ? result.history.back().test_accuracy : Score(test_loader, eval_model, nullptr, {}, reduce).a;
   // What follows (folding, conversion) reads the f32 master weights.
   if (c.fp8 != "none") quant::RemoveFp8Training(*net);
   Tensor sample;
@@ -955,7 +1003,8 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log_
     auto q = quant::Convert(*net);
     net->To(dev);
     q->MoveTo(dev);
-    Scores scores = Score(test_loader, eval_model, [&](const Tensor& x) { return q->Forward(x); }, OutputSteps(*q));
+    Scores scores =
+        Score(test_loader, eval_model, [&](const Tensor& x) { return q->Forward(x); }, OutputSteps(*q), reduce);
     result.integer_accuracy = scores.b;
     result.agreement = scores.same;
     result.max_logit_diff = scores.max_diff;

@@ -76,15 +76,19 @@ Tensor BatchNormComposite(const Tensor& x, Tensor& running_mean, Tensor& running
                           const Tensor& bias, bool training, double momentum, double eps) {
   CheckBatchNorm(x, running_mean, training);
   Shape channel = {1, x.size(1), 1, 1};
-  Tensor mean, var;
-  if (training) {
-    mean = Mean(x, {0, 2, 3}, /*keepdim=*/true);
-    var = Var(x, {0, 2, 3}, /*keepdim=*/true, /*correction=*/0);
-    UpdateRunning(x, mean, var, running_mean, running_var, momentum);
-  } else {
-    mean = running_mean.View(channel);
-    var = running_var.View(channel);
+  if (!training) {
+    // Inference: y = x * scale + shift, with scale = weight / sqrt(var + eps)
+    // and shift = bias - mean * scale computed on the C values first, as
+    // PyTorch's CPU inference kernel does: two passes over x instead of four.
+    Tensor scale = Rsqrt(Add(running_var, eps));
+    if (weight.defined()) scale = Mul(scale, weight);
+    Tensor shift = Neg(Mul(running_mean, scale));
+    if (bias.defined()) shift = Add(shift, bias);
+    return Add(Mul(x, scale.View(channel)), shift.View(channel));
   }
+  Tensor mean = Mean(x, {0, 2, 3}, /*keepdim=*/true);
+  Tensor var = Var(x, {0, 2, 3}, /*keepdim=*/true, /*correction=*/0);
+  UpdateRunning(x, mean, var, running_mean, running_var, momentum);
   Tensor y = Mul(Sub(x, mean), Rsqrt(Add(var, eps)));
   if (weight.defined()) y = Mul(y, weight.View(channel));
   if (bias.defined()) y = Add(y, bias.View(channel));
