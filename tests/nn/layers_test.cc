@@ -227,6 +227,17 @@ TEST(Layers, BatchNormRunningStatisticsAndDropout) {
   EXPECT_NEAR(bn.running_var.item<float>(), 0.5 + 0.5 * (14.0 / 3), 1e-5);  // unbiased var 14/3
   EXPECT_EQ(bn.num_batches_tracked.item<int64_t>(), 1);
   EXPECT_NEAR(y.ToVector<float>()[3], 3 / std::sqrt(3.5 + 1e-5), 1e-5);
+  // Eval: the running statistics (mean 1.5, var 17/6), weight 2, bias 0.5;
+  // 2 (x - 1.5) / sqrt(17/6 + 1e-5) + 0.5, worked out by hand.
+  {
+    NoGradGuard no_grad;
+    bn.weight.CopyFrom(Tensor::FromVector<float>({2}, {1}));
+    bn.bias.CopyFrom(Tensor::FromVector<float>({0.5}, {1}));
+  }
+  bn.Eval();
+  std::vector<float> eval = bn.Forward(x).ToVector<float>();
+  const std::vector<double> expected = {-0.0940875, 1.0940875, 2.2822624, 5.8467873};
+  for (size_t i = 0; i < expected.size(); ++i) EXPECT_NEAR(eval[i], expected[i], 2e-6) << i;
   Generator gen(3);
   Dropout drop(0.25, &gen);
   Tensor d = drop.Forward(Ones({100000}));
