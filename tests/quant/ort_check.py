@@ -7,6 +7,7 @@ integer model's: top-1 agreement must be at least 99.9%.
 
     python3 ort_check.py DIR
 """
+import os
 import sys
 
 import numpy as np
@@ -19,7 +20,11 @@ def main(folder):
     ok = True
     for name in ("w8a8", "w4a4"):
         quanta = np.fromfile(f"{folder}/{name}.logits.f32", dtype=np.float32).reshape(len(images), -1)
-        session = ort.InferenceSession(f"{folder}/{name}.onnx", providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        # The test's thread count (Bazel's test_env gives 1): its spinning pool
+        # would otherwise take both cores from the tests beside it.
+        options.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS", "0"))
+        session = ort.InferenceSession(f"{folder}/{name}.onnx", options, providers=["CPUExecutionProvider"])
         feed = session.get_inputs()[0].name
         batch = session.get_inputs()[0].shape[0]
         batch = batch if isinstance(batch, int) else 500
