@@ -186,6 +186,34 @@ double Int8PeakGmacs(int threads) {
 #endif
 }
 
+// Without VNNI the sequence above is not exact at 8 bits: a pair of products
+// reaches 2 * 255 * 127 and saturates its int16. Exact u8 x s8 takes either
+// that sequence twice (Note [Exact integers without VNNI]: weights in two
+// halves, half the rate above) or both operands widened to 16 bits and
+// multiplied by vpmaddwd alone (16 products an instruction, pairs exact in
+// int32), measured here: the larger of the two is the rate an exact kernel can
+// reach on this CPU. 0 where VNNI is present (vpdpbusd is exact) or AVX2 absent.
+double Int8ExactPeakGmacs(int threads) {
+#if !defined(__AVX512VNNI__) && defined(__AVX2__)
+  return ChainsGmacs(threads, 25'000'000, 12.0 * 16, [](int64_t trips) {
+    __m256i acc[12], b[12];
+    for (int i = 0; i < 12; ++i) acc[i] = _mm256_set1_epi32(i), b[i] = _mm256_set1_epi16(static_cast<int16_t>(i + 1));
+    __m256i a = _mm256_set1_epi16(1);
+    for (int64_t k = 0; k < trips; ++k) {
+#pragma GCC unroll 12
+      for (int i = 0; i < 12; ++i) acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(a, b[i]));
+      __asm__ volatile("" : "+x"(a));
+    }
+    int s = 0;
+    for (int i = 0; i < 12; ++i) s += _mm256_extract_epi32(acc[i], 0);
+    return s;
+  });
+#else
+  (void)threads;
+  return 0;
+#endif
+}
+
 void BM_Int8Peak(benchmark::State& state) {
   const int threads = static_cast<int>(state.range(0));
   double gmacs = 0;
@@ -201,6 +229,17 @@ void BM_Int8Peak(benchmark::State& state) {
   state.SetLabel(std::to_string(threads) + " thread(s)" + how);
 }
 BENCHMARK(BM_Int8Peak)->Arg(1)->Arg(2)->Iterations(3)->UseRealTime();
+
+#if !defined(__AVX512VNNI__) && defined(__AVX2__)
+void BM_Int8ExactPeak(benchmark::State& state) {
+  const int threads = static_cast<int>(state.range(0));
+  double gmacs = 0;
+  for (auto _ : state) gmacs = Int8ExactPeakGmacs(threads);
+  state.counters["GMAC/s"] = gmacs;
+  state.SetLabel(std::to_string(threads) + " thread(s), vpmaddwd + vpaddd ymm on 16-bit operands (exact, no VNNI)");
+}
+BENCHMARK(BM_Int8ExactPeak)->Arg(1)->Arg(2)->Iterations(3)->UseRealTime();
+#endif
 
 // u8 x s8 -> f32 through oneDNN's int8 matmul (VNNI): what converted models run.
 void BM_MatmulInt8_1024(benchmark::State& state) {
