@@ -26,8 +26,11 @@ median over rounds with the ratio Quanta / PyTorch:
   - Quanta's QAT step against its f32 step (//apps:bench_quant; no PyTorch
     figure);
   - the int8 rows against the machine's int8 ceiling: //apps:bench_core's
-    measured vpdpbusd peak, and the multiply-accumulates bench_infer prints
-    (IntegerModel::MultiplyAdds of the converted model).
+    measured vpdpbusd peak (without VNNI: the vpmaddubsw sequence's rate, and
+    the rate exact 8-bit products can reach), and the multiply-accumulates
+    bench_infer prints (IntegerModel::MultiplyAdds of the converted model);
+  - whether PyTorch's int8 convolution is exact on this CPU, per engine (a
+    probe that makes pairs of products overflow int16: torch_int8_probe).
 With --write, the table replaces the part of that file between the markers
 <!-- compare_torch:begin --> and <!-- compare_torch:end --> (written to a
 temporary file, then renamed). Not used by CI; run it on an idle machine.
@@ -252,6 +255,54 @@ def torch_int8_variants(make, shape):
     return variants
 
 
+def torch_int8_probe():
+    """Whether PyTorch's int8 convolution is exact on this CPU, per quantized engine: the largest error, in output
+    steps, of a quantized 3x3 Conv2d (64 input channels) on 8-bit activations of 200 to 255 and weights of +-127
+    (neighbouring input channels of one sign, so a pair of products reaches 2 * 255 * 127, past int16), against the
+    same sum in float64; rounding alone gives at most 0.5. Also whether the engine's default static qconfig keeps
+    activations at 8 bits (reduce_range=False) or 7. {engine: (error, activation bits)}."""
+    import warnings
+
+    import torch
+    from torch.ao.quantization import get_default_qconfig
+    found = {}
+    with warnings.catch_warnings():  # quantized tensor creation is deprecated in PyTorch 2.x
+        warnings.simplefilter("ignore")
+        for engine in ("x86", "onednn", "fbgemm", "qnnpack"):
+            if engine not in torch.backends.quantized.supported_engines:
+                continue
+            torch.backends.quantized.engine = engine
+            x = torch.full((1, 64, 8, 8), 255.0)
+            x[:, ::3] = 200.0
+            w = torch.full((16, 64, 3, 3), 127.0)
+            w[1::2] = -127.0
+            conv = torch.ao.nn.quantized.Conv2d(64, 16, 3, padding=1)
+            conv.set_weight_bias(torch.quantize_per_channel(w, torch.ones(16), torch.zeros(16, dtype=torch.long), 0,
+                                                            torch.qint8), None)
+            exact = torch.nn.functional.conv2d(x.double(), w.double(), padding=1)
+            conv.scale, conv.zero_point = float(exact.abs().max()) / 100, 128  # no output clipping
+            y = conv(torch.quantize_per_tensor(x, 1.0, 0, torch.quint8)).dequantize().double()
+            bits = 7 if getattr(get_default_qconfig(engine).activation(), "reduce_range", False) else 8
+            found[engine] = ((y - exact).abs().max().item() / conv.scale, bits)
+    return found
+
+
+def probe_line(found):
+    if not found:
+        return []
+    parts = [f"{e} {err:.1f} (default qconfig: {bits}-bit activations)" for e, (err, bits) in found.items()]
+    inexact = [e for e, (err, _) in found.items() if err > 0.5 + 1e-6]
+    by_default = [e for e in inexact if found[e][1] == 8]
+    verdict = ("exact on every engine" if not inexact else
+               f"{', '.join(inexact)} not exact with 8-bit activations (a pair of products saturates in int16)" +
+               (f"; {', '.join(by_default)} quantize{'s' if len(by_default) == 1 else ''} activations to 8 bits by "
+                "default, so a model it runs is not exactly the model that was calibrated or trained" if by_default
+                else "; their default qconfigs keep activations at 7 bits, where no pair overflows"))
+    return ["", "PyTorch's int8 convolution on this CPU (`torch_int8_probe` in this program: a 3x3 Conv2d, 64 input "
+            "channels, 8-bit activations 200-255, weights +-127), its largest error in output steps against float64 "
+            "(rounding alone: at most 0.5): " + "; ".join(parts) + f". So: {verdict}."]
+
+
 def torch_int8(make, shape, threads, runs):
     """Best (lowest) latency in seconds over PyTorch's int8 variants, and which one."""
     import torch
@@ -426,6 +477,7 @@ def main():
             add(("qat", name), q=ratio)
         for (name, t), g in quanta_int8_peak(bin_dir).items():
             add(("int8_peak" if name == "Int8Peak" else "int8_exact_peak", t), q=g)
+    probe = torch_int8_probe()
     minutes = (time.monotonic() - start) / 60
 
     def line(label, key, unit, higher_better, target=None, own=None):
@@ -499,6 +551,7 @@ def main():
                "Quanta's own figure: the QAT step against Quanta's f32 step, ResNet-50 int8 against Quanta's folded "
                "f32, BERT-base's absolute latency.")
     out += ceiling_lines(rows, macs)
+    out += probe_line(probe)
     text = "\n".join(out) + "\n"
     print(text)
     if args.write:
