@@ -143,14 +143,24 @@ bool Gnuplot(const std::string& script) {
 // result files kept in the checkout (--results_dir; the models are not kept)
 // carry finished seeds to another machine. The table says which rows came
 // from files and when those were written.
-// A row stopped part-way continues instead: its checkpoint folder's
-// last.safetensors names the row's command and an epoch before the last, and
-// train --resume restores model, optimizer, schedule and the epochs' figures
-// (the data order is keyed by seed and epoch), so the result is the one an
-// unbroken run gives.
+// A row stopped part-way continues instead: every row that trains for more
+// than one epoch keeps its last epoch in a checkpoint folder (the f32 row's
+// f32/, a fine-tuned row's named like its metrics file), whose last.safetensors
+// names the row's command and an epoch before the last, and train --resume
+// restores model, quantizers, optimizer, schedule and the epochs' figures (the
+// data order is keyed by seed and epoch), so the result is the one an unbroken
+// run gives. A fine-tuned row's checkpoint older than the model it starts from
+// (--init_from: the f32 row ran again since) is not continued.
 int EpochToContinue(const TrainConfig& c) {
   if (c.checkpoint_dir.empty()) return 0;
-  absl::StatusOr<Safetensors> last = LoadSafetensors(c.checkpoint_dir + "/last.safetensors");
+  const std::string path = c.checkpoint_dir + "/last.safetensors";
+  std::error_code error;
+  if (!c.init_from.empty() && std::filesystem::exists(c.init_from, error)) {
+    auto start = std::filesystem::last_write_time(c.init_from, error);
+    auto saved = std::filesystem::last_write_time(path, error);
+    if (error || saved < start) return 0;
+  }
+  absl::StatusOr<Safetensors> last = LoadSafetensors(path);
   if (!last.ok()) return 0;
   const auto& meta = last->metadata;
   auto command = meta.find("command"), epoch = meta.find("epoch");
@@ -480,6 +490,8 @@ int main(int argc, char** argv) {
       c.train_subset = finetune_subset;
       // A file name: "QAT MXFP4 / MXFP8" would name a folder.
       c.metrics_file = dir + "/" + absl::StrReplaceAll(name, {{"/", "-"}}) + ".jsonl";
+      // Note [Resuming a table]: a row stopped part-way continues from its last epoch.
+      if (c.epochs > 1) c.checkpoint_dir = c.metrics_file.substr(0, c.metrics_file.size() - 6);
       Row r{name, c, bits, {}};
       return r;
     };
@@ -516,8 +528,8 @@ int main(int argc, char** argv) {
         Row r{absl::StrCat("FP8 training (DeepSeek-V3, gradients ", absl::AsciiStrToUpper(gradient), ")"), f32, 0, {}};
         r.config.fp8 = "deepseek";
         r.config.fp8_gradient = gradient;
-        r.config.checkpoint_dir.clear();
-        r.config.metrics_file = absl::StrCat(dir, "/fp8_", gradient, ".jsonl");
+        r.config.checkpoint_dir = absl::StrCat(dir, "/fp8_", gradient);
+        r.config.metrics_file = r.config.checkpoint_dir + ".jsonl";
         rows.push_back(r);
       }
     } else if (distill_table) {
@@ -654,7 +666,7 @@ int main(int argc, char** argv) {
         if (!absl::IsNotFound(row.status())) why = std::string(row.status().message());
       } else if (row->command != command) {
         why = "its last run had another command: " + row->command;
-      } else if (!r.config.checkpoint_dir.empty() &&
+      } else if (k == 0 && !r.config.checkpoint_dir.empty() &&
                  !std::filesystem::exists(r.config.checkpoint_dir + "/last.safetensors")) {
         f32_gone = "its model " + r.config.checkpoint_dir + "/last.safetensors is gone";
       }

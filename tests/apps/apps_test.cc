@@ -16,6 +16,7 @@
 #include <sstream>
 #include <vector>
 #include <algorithm>
+#include <chrono>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -402,6 +403,39 @@ TEST(Apps, ReproduceTablesRowsFilterAndLongRecipeTargets) {
   };
   EXPECT_EQ(without_speed(Read(md)), without_speed(unbroken));
   EXPECT_NE(without_speed(unbroken), body(unbroken));  // the speeds were there
+
+  // A fine-tuned (QAT) row stopped part-way continues from its last epoch too,
+  // in the folder named like its metrics file; the f32 row is taken from its
+  // result file. A checkpoint older than the f32 model it starts from is not
+  // continued (the f32 row ran again since): its row starts over.
+  const std::string two_qat = "apps/reproduce_tables --resume --train_subset=256 --test_subset=128 --epochs=1 "
+                              "--finetune_epochs=2 --rows='W4A4 (LSQ)' --out=" + md + " --work_dir=" + Tmp() +
+                              "/rt_qat";
+  ASSERT_EQ(RunCommand(two_qat, &out), 0) << out;
+  const std::string unbroken_qat = Read(md);
+  const std::string qat_dir = Tmp() + "/rt_qat/fashion_mnist/QAT W4A4 (LSQ)";
+  from = out.find("=== row 2/2, QAT W4A4 (LSQ): " + f32_command);
+  ASSERT_NE(from, std::string::npos) << out;
+  from += std::string("=== row 2/2, QAT W4A4 (LSQ): ").size() + f32_command.size();
+  const std::string qat_args = out.substr(from, out.find('\n', from) - from);
+  ASSERT_EQ(RunCommand("apps/train " + qat_args + " --stop_after_epoch=1 '--checkpoint_dir=" + qat_dir + "'", &stopped), 0)
+      << stopped;
+  std::filesystem::remove(qat_dir + ".result");
+  ASSERT_EQ(RunCommand(two_qat, &out), 0) << out;
+  EXPECT_EQ(count(out, ": resumed from "), 1u) << out;  // the f32 row
+  EXPECT_NE(out.find("=== row 2/2, QAT W4A4 (LSQ): " + f32_command + qat_args + " (continued from its epoch 1)"),
+            std::string::npos)
+      << out;
+  EXPECT_EQ(without_speed(Read(md)), without_speed(unbroken_qat));
+  ASSERT_EQ(RunCommand("apps/train " + qat_args + " --stop_after_epoch=1 '--checkpoint_dir=" + qat_dir + "'", &stopped), 0)
+      << stopped;
+  std::filesystem::remove(qat_dir + ".result");
+  std::filesystem::last_write_time(Tmp() + "/rt_qat/fashion_mnist/f32/last.safetensors",
+                                   std::filesystem::last_write_time(qat_dir + "/last.safetensors") +
+                                       std::chrono::seconds(1));
+  ASSERT_EQ(RunCommand(two_qat, &out), 0) << out;
+  EXPECT_NE(out.find("=== row 2/2, QAT W4A4 (LSQ): " + f32_command + qat_args + "\n"), std::string::npos) << out;
+  EXPECT_EQ(without_speed(Read(md)), without_speed(unbroken_qat));
 
   EXPECT_NE(RunCommand("apps/reproduce_tables --rows='W9A9'", &out), 0);
   EXPECT_NE(out.find("--rows: 'W9A9' is in no row's name"), std::string::npos) << out;
