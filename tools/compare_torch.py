@@ -373,7 +373,8 @@ def ceiling_lines(rows, macs):
             caveat += (" Exact u8 x s8 products at 8 bits: " + ", ".join(
                 f"{e:.0f} GMAC/s at {t} thread{'s' if t > 1 else ''} (the larger of half the sequence, "
                 f"{peaks[t] / 2:.0f}, and vpmaddwd on operands widened to 16 bits, {w:.0f})"
-                for t, (e, w) in sorted(exact.items())) + ": the exact rate, beside which Quanta's 8-bit rows are set below "
+                for t, (e, w) in sorted(exact.items())) +
+                ": the exact rate, beside which Quanta's 8-bit rows are set below "
                 "(its split weights are the first of the two).")
     out = ["", f"The int8 rows against this machine's int8 ceiling (bench_core's measured peak, {how}: " +
            ", ".join(f"{peaks[t]:.0f} GMAC/s at {t} thread{'s' if t > 1 else ''}" for t in sorted(peaks)) +
