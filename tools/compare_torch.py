@@ -31,6 +31,11 @@ median over rounds with the ratio Quanta / PyTorch:
     bench_infer prints (IntegerModel::MultiplyAdds of the converted model);
   - whether PyTorch's int8 convolution is exact on this CPU, per engine (a
     probe that makes pairs of products overflow int16: torch_int8_probe).
+With --also_torch=PYTHON, the PyTorch of another interpreter (Debian's
+python3-torch under /usr/bin/python3, say, beside a current release from PyPI
+in the interpreter running this) is measured in the same rounds, each of its
+parts right after this process's (it runs this file with --torch_part and
+hands back JSON), and gets a second table and probe line.
 With --write, the table replaces the part of that file between the markers
 <!-- compare_torch:begin --> and <!-- compare_torch:end --> (written to a
 temporary file, then renamed). Not used by CI; run it on an idle machine.
@@ -38,6 +43,7 @@ temporary file, then renamed). Not used by CI; run it on an idle machine.
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import re
@@ -287,7 +293,7 @@ def torch_int8_probe():
     return found
 
 
-def probe_line(found):
+def probe_line(found, subject="PyTorch's int8 convolution"):
     if not found:
         return []
     parts = [f"{e} {err:.1f} (default qconfig: {bits}-bit activations)" for e, (err, bits) in found.items()]
@@ -298,7 +304,7 @@ def probe_line(found):
                (f"; {', '.join(by_default)} quantize{'s' if len(by_default) == 1 else ''} activations to 8 bits by "
                 "default, so a model it runs is not exactly the model that was calibrated or trained" if by_default
                 else "; their default qconfigs keep activations at 7 bits, where no pair overflows"))
-    return ["", "PyTorch's int8 convolution on this CPU (`torch_int8_probe` in this program: a 3x3 Conv2d, 64 input "
+    return ["", f"{subject} on this CPU (`torch_int8_probe` in this program: a 3x3 Conv2d, 64 input "
             "channels, 8-bit activations 200-255, weights +-127), its largest error in output steps against float64 "
             "(rounding alone: at most 0.5): " + "; ".join(parts) + f". So: {verdict}."]
 
@@ -339,6 +345,67 @@ def torch_bert(threads, runs):
     mask = torch.ones_like(ids)
     with torch.no_grad():
         return median_seconds(lambda: q(input_ids=ids, attention_mask=mask), runs)
+
+
+def cases(args):
+    """The inference cases, in bench_infer's names."""
+    return ["resnet20_b64", "resnet20_b1"] + ([] if args.skip_resnet50 else ["resnet50"])
+
+
+def torch_figures(part, args):
+    """One part of a round on PyTorch's side: [(key, value, note)], keys as the table's rows. Parts: train, an
+    inference case (cases()), gemm, bert."""
+    import torch
+    out = []
+    if part == "train":
+        for t in (1, 2):
+            ips, name = torch_train(t, args.steps)
+            out.append((("train", t), ips, name))
+    elif part in cases(args):
+        CifarResNet = torch_models()
+        if part == "resnet50":
+            import torchvision
+            make, shape = (lambda: torchvision.models.resnet50(weights=None)), (1, 3, 224, 224)
+        else:
+            make, shape = (lambda: CifarResNet(20, 100)), (64 if part == "resnet20_b64" else 1, 3, 32, 32)
+        for t in (1, 2):
+            s, name = torch_int8(make, shape, t, args.runs)
+            out.append(((part, t), shape[0] / s if part == "resnet20_b64" else 1e3 * s, name))
+    elif part == "gemm":
+        for t in (1, 2):
+            out.append((("gemm", t), torch_gemm(t, args.runs), None))
+    elif part == "bert":
+        tb = torch_bert(2, max(3, args.runs // 2))
+        if tb is not None:
+            out.append((("bert", 2), 1e3 * tb, None))
+    else:
+        raise ValueError(f"no part {part!r}")
+    torch.set_num_threads(os.cpu_count() or 1)
+    return out
+
+
+def torch_describe():
+    """This interpreter's PyTorch: version, quantized engines, whether it is Debian's package, and for Debian's the
+    BLAS its matmul calls (Debian's libblas.so.3 alternative: the reference BLAS unless an optimized one, such as
+    libopenblas0-pthread, is installed; PyPI's wheels carry MKL or OpenBLAS inside)."""
+    import torch
+    debian = torch.__file__.startswith("/usr/lib/python3/dist-packages/")
+    blas = os.path.realpath("/usr/lib/x86_64-linux-gnu/libblas.so.3") if debian else None
+    package = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "python3-torch"], capture_output=True,
+                             text=True).stdout.strip() if debian else ""
+    return {"version": torch.__version__, "package": package, "engines": list(torch.backends.quantized.supported_engines),
+            "debian": debian, "blas": blas, "python": sys.executable}
+
+
+def torch_in(python, part, args):
+    """Runs one part in another Python's PyTorch (--also_torch): this file with --torch_part, figures as JSON."""
+    cmd = [python, os.path.abspath(__file__), f"--torch_part={part}", f"--runs={args.runs}", f"--steps={args.steps}"]
+    if args.skip_resnet50:
+        cmd.append("--skip_resnet50")
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"error: {' '.join(cmd)} failed:\n{r.stderr[-2000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 # ---- the table -----------------------------------------------------------------
@@ -410,42 +477,69 @@ def main():
                    help="with --write: the section marked <!-- compare_torch:begin SECTION --> ... "
                         "<!-- compare_torch:end SECTION --> (one per kind of machine; default: the unnamed one)")
     p.add_argument("--skip_resnet50", action="store_true")
+    p.add_argument("--also_torch", metavar="PYTHON",
+                   help="also measure the PyTorch of this interpreter (e.g. /usr/bin/python3 with Debian's "
+                        "python3-torch) in the same rounds, as a second table")
+    p.add_argument("--torch_part", help=argparse.SUPPRESS)  # what --also_torch runs in the other interpreter
     args = p.parse_args()
+
+    if args.torch_part:  # one part of a round for another interpreter's caller: JSON on the last line
+        if args.torch_part == "version":
+            print(json.dumps(torch_describe()))
+        elif args.torch_part == "probe":
+            print(json.dumps({"probe": torch_int8_probe()}))
+        else:
+            print(json.dumps({"figures": torch_figures(args.torch_part, args)}))
+        return
 
     import torch
     bin_dir = subprocess.run(["bazel", "info", "bazel-bin"], capture_output=True, text=True).stdout.strip()
     for b in ("bench_nn", "bench_infer", "bench_bert", "bench_quant", "bench_core"):
         if not os.path.exists(os.path.join(bin_dir, "apps", b)):
             sys.exit(f"error: {bin_dir}/apps/{b} missing: bazel build //apps:{b} first")
-    CifarResNet = torch_models()
-    import torchvision
 
-    rows = {}  # key -> {"q": [...], "t": [...], "note": str}
+    rows = {}  # key -> {"q": [...], "t": [...], "t2": [...], "note": {...}, "note2": {...}} (see add)
     macs = {}  # case -> multiply-accumulates an image, as bench_infer's integer model counts them
 
-    def add(key, q=None, t=None, note=None):
-        r = rows.setdefault(key, {"q": [], "t": [], "note": set()})
+    def add(key, q=None, note=None, **torch_side):
+        """q: a Quanta figure; t= or t2=: a figure of the PyTorch of this process or of --also_torch's, whose
+        variant (engine, memory format) is `note`."""
+        r = rows.setdefault(key, {"q": [], "t": [], "t2": [], "note": set(), "note2": set()})
         if q is not None:
             r["q"].append(q)
-        if t is not None:
-            r["t"].append(t)
-        if note:
-            r["note"].add(note)
+        for side, value in torch_side.items():
+            r[side].append(value)
+            if note:
+                r["note" if side == "t" else "note2"].add(note)
 
     vnni = has_vnni()
+    other = None  # the second PyTorch (--also_torch): its version line, then its figures under "t2"
+    if args.also_torch:
+        other = torch_in(args.also_torch, "version", args)
+
+    def add_torch(found, side):
+        """PyTorch's figures of one part; the 7-bit rows (no VNNI) compare against the same PyTorch figures."""
+        for key, value, note in found:
+            keys = [key]
+            if key[0] in ("resnet20_b64", "resnet20_b1", "resnet50") and not vnni:
+                keys.append((key[0] + "_a7", key[1]))
+            if key[0] == "bert":
+                keys = [("bert", 2), ("bert_dyn", 2)] + ([] if vnni else [("bert_a7", 2), ("bert_dyn_a7", 2)])
+            for k in keys:
+                add(k, note=note, **{side: value})
+
+    def torch_part(part):
+        add_torch(torch_figures(part, args), "t")
+        if other:
+            add_torch([(tuple(k), v, n) for k, v, n in torch_in(args.also_torch, part, args)["figures"]], "t2")
+
     start = time.monotonic()
     for rnd in range(args.rounds):
         print(f"round {rnd + 1}/{args.rounds}", file=sys.stderr, flush=True)
         for t, ips in quanta_train(bin_dir, args.steps).items():
             add(("train", t), q=ips)
-        for t in (1, 2):
-            ips, name = torch_train(t, args.steps)
-            add(("train", t), t=ips, note=name)
-        cases = [("resnet20_b64", lambda: CifarResNet(20, 100), (64, 3, 32, 32)),
-                 ("resnet20_b1", lambda: CifarResNet(20, 100), (1, 3, 32, 32))]
-        if not args.skip_resnet50:
-            cases.append(("resnet50", lambda: torchvision.models.resnet50(weights=None), (1, 3, 224, 224)))
-        for only, make, shape in cases:
+        torch_part("train")
+        for only in cases(args):
             for t, f in quanta_infer(bin_dir, only, args.runs).items():
                 add((only, t), q=f["int8_ips"] if only == "resnet20_b64" else f["int8_ms"])
                 if f["macs"]:
@@ -455,39 +549,40 @@ def main():
             if not vnni:  # 7-bit activations: no weight split (Note [Exact integers without VNNI])
                 for t, f in quanta_infer(bin_dir, only, args.runs, abits=7).items():
                     add((only + "_a7", t), q=f["int8_ips"] if only == "resnet20_b64" else f["int8_ms"])
-            for t in (1, 2):
-                s, name = torch_int8(make, shape, t, args.runs)
-                add((only, t), t=shape[0] / s if only == "resnet20_b64" else 1e3 * s, note=name)
-                if not vnni:
-                    add((only + "_a7", t), t=shape[0] / s if only == "resnet20_b64" else 1e3 * s, note=name)
+            torch_part(only)
         for t, g in quanta_gemm(bin_dir, args.runs).items():
             add(("gemm", t), q=g)
-        for t in (1, 2):
-            add(("gemm", t), t=torch_gemm(t, args.runs))
+        torch_part("gemm")
         bert = quanta_bert(bin_dir, max(3, args.runs // 2))
-        tb = torch_bert(2, max(3, args.runs // 2))
         if (1, 2) in bert:
-            add(("bert", 2), q=bert[(1, 2)]["int8_ms"], t=None if tb is None else 1e3 * tb)
-            add(("bert_dyn", 2), q=bert[(1, 2)]["dyn_ms"], t=None if tb is None else 1e3 * tb)
+            add(("bert", 2), q=bert[(1, 2)]["int8_ms"])
+            add(("bert_dyn", 2), q=bert[(1, 2)]["dyn_ms"])
         if not vnni:  # PyTorch's dynamic Linear quantizes activations to 7 bits (reduce_range=True)
             bert7 = quanta_bert(bin_dir, max(3, args.runs // 2), abits=7)
             if (1, 2) in bert7:
-                add(("bert_a7", 2), q=bert7[(1, 2)]["int8_ms"], t=None if tb is None else 1e3 * tb)
-                add(("bert_dyn_a7", 2), q=bert7[(1, 2)]["dyn_ms"], t=None if tb is None else 1e3 * tb)
+                add(("bert_a7", 2), q=bert7[(1, 2)]["int8_ms"])
+                add(("bert_dyn_a7", 2), q=bert7[(1, 2)]["dyn_ms"])
+        torch_part("bert")
         for name, ratio in quanta_qat(bin_dir, args.steps).items():
             add(("qat", name), q=ratio)
         for (name, t), g in quanta_int8_peak(bin_dir).items():
             add(("int8_peak" if name == "Int8Peak" else "int8_exact_peak", t), q=g)
     probe = torch_int8_probe()
+    probe2 = {e: tuple(v) for e, v in torch_in(args.also_torch, "probe", args)["probe"].items()} if other else None
     minutes = (time.monotonic() - start) / 60
 
-    def line(label, key, unit, higher_better, target=None, own=None):
-        """target: (op, v) on the ratio to PyTorch; own: (op, v, unit) on Quanta's own median."""
+    compared = []  # (label, key, unit, higher_better) of the main table's rows, for --also_torch's table
+
+    def line(label, key, unit, higher_better, target=None, own=None, side="t"):
+        """target: (op, v) on the ratio to PyTorch; own: (op, v, unit) on Quanta's own median. side t2: a row of
+        --also_torch's table (no target column)."""
         r = rows.get(key)
-        if not r or not r["q"]:
+        if not r or not r["q"] or (side == "t2" and not r["t2"]):
             return None
+        if side == "t" and r["t"]:
+            compared.append((label, key, unit, higher_better))
         qm = statistics.median(r["q"])
-        tm = statistics.median(r["t"]) if r["t"] else None
+        tm = statistics.median(r[side]) if r[side] else None
         ratio = qm / tm if tm else None
         verdict = ""
         met = lambda x, op, v: x >= v if op == ">=" else x <= v
@@ -497,14 +592,15 @@ def main():
         if own is not None:
             op, v, u = own
             verdict = f"Quanta {op} {v:g}{u}: {'met' if met(qm, op, v) else '**missed**'}"
-        note = ", ".join(sorted(r["note"]))
+        note = ", ".join(sorted(r["note" if side == "t" else "note2"]))
         return (f"| {label} | {unit} ({'higher' if higher_better else 'lower'} is better) | {spread(r['q'])} | "
-                f"{spread(r['t']) if r['t'] else '—'}{' [' + note + ']' if note else ''} | "
-                f"{f'{ratio:.2f}x' if ratio else '—'} | {verdict} |")
+                f"{spread(r[side]) if r[side] else '—'}{' [' + note + ']' if note else ''} | "
+                f"{f'{ratio:.2f}x' if ratio else '—'} |" + (f" {verdict} |" if side == "t" else ""))
 
     out = [
         f"Measured by `python3 tools/compare_torch.py --rounds={args.rounds} --runs={args.runs} --steps={args.steps}"
-        f"{' --skip_resnet50' if args.skip_resnet50 else ''}` on {datetime.date.today()}, {cpu_name()}, against "
+        f"{' --skip_resnet50' if args.skip_resnet50 else ''}"
+        f"{' --also_torch=' + args.also_torch if args.also_torch else ''}` on {datetime.date.today()}, {cpu_name()}, against "
         f"PyTorch {torch.__version__} (its quantized engines: {', '.join(torch.backends.quantized.supported_engines)}), "
         f"{minutes:.0f} min. Each figure is the median over {args.rounds} interleaved rounds (range in brackets); "
         "ratio: Quanta / PyTorch.",
@@ -553,6 +649,17 @@ def main():
                "f32, BERT-base's absolute latency.")
     out += ceiling_lines(rows, macs)
     out += probe_line(probe)
+    if other:
+        name = (f"Debian's PyTorch (python3-torch {other['package']}, torch {other['version']})" if other["debian"]
+                else f"PyTorch {other['version']}")
+        short = "Debian's PyTorch" if other["debian"] else f"PyTorch {other['version']}"
+        blas = f"; its BLAS: {other['blas']}" if other.get("blas") else ""
+        out += ["", f"Against {name}, the PyTorch of `{other['python']}` (its quantized engines: "
+                f"{', '.join(other['engines'])}{blas}), measured in the same rounds, each figure right after the table "
+                f"above's PyTorch figure; ratio: Quanta / {short}.", "",
+                f"| figure | unit | Quanta | {short} | ratio |", "|---|---|---|---|---|"]
+        out += [o for o in (line(*c, side="t2") for c in compared) if o is not None]
+        out += probe_line(probe2, f"The int8 convolution of {name}")
     text = "\n".join(out) + "\n"
     print(text)
     if args.write:
