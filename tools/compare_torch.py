@@ -11,8 +11,9 @@ median over rounds with the ratio Quanta / PyTorch:
   - ResNet-20 (CIFAR, 100 classes) f32 training step, batch 128, SGD momentum,
     images/s at 1 and 2 threads (//apps:bench_nn, channels-last by default,
     against the same network in PyTorch: option-A shortcuts, no biases before
-    batch norm, run in both memory formats, NCHW and channels_last; the faster
-    is kept and named);
+    batch norm, run in both memory formats, NCHW and channels_last, eager and
+    under torch.compile where the PyTorch has it (--no_compile: eager only);
+    the fastest is kept and named);
   - ResNet-20 int8 inference, batch 64 (images/s) and batch 1 (ms), and
     torchvision's ResNet-50 int8 at batch 1 (ms) (//apps:bench_infer against
     PyTorch's FX graph-mode static quantization, per-channel weights, run eager
@@ -210,29 +211,48 @@ def median_seconds(fn, runs):
     return statistics.median(s)
 
 
-def torch_train(threads, steps):
-    """PyTorch's best training speed (images/s) over its two memory formats, and which one."""
+_compiled = {}  # (memory format, threads) -> torch.compile's training step, compiled once a process
+
+
+def torch_train(threads, steps, compiled_too=True):
+    """PyTorch's best training speed (images/s) over its two memory formats, NCHW and channels_last, eager and (a
+    PyTorch that has it, compiled_too) under torch.compile, and which variant that was."""
     import torch
     torch.set_num_threads(threads)
     best = None
-    for name, fmt in (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last)):
-        torch.manual_seed(0)
-        net = torch_models()().to(memory_format=fmt)
-        net.train()
-        opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-        x = torch.randn(128, 3, 32, 32).contiguous(memory_format=fmt)
-        y = torch.tensor([(i * 37) % 100 for i in range(128)])
-        loss_fn = torch.nn.CrossEntropyLoss()
+    formats = (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last))
+    variants = [(name, fmt, False) for name, fmt in formats]
+    if compiled_too and hasattr(torch, "compile"):
+        variants += [(name, fmt, True) for name, fmt in formats]
+    for name, fmt, compiled in variants:
+        step = _compiled.get((name, threads)) if compiled else None
+        if step is None:
+            torch.manual_seed(0)
+            net = torch_models()().to(memory_format=fmt)
+            net.train()
+            model = torch.compile(net) if compiled else net
+            opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+            x = torch.randn(128, 3, 32, 32).contiguous(memory_format=fmt)
+            y = torch.tensor([(i * 37) % 100 for i in range(128)])
+            loss_fn = torch.nn.CrossEntropyLoss()
 
-        def step():
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(net(x), y)
-            loss.backward()
-            opt.step()
+            def step(model=model, opt=opt, x=x, y=y, loss_fn=loss_fn):
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(model(x), y)
+                loss.backward()
+                opt.step()
 
+            if compiled:
+                try:
+                    step()  # compiles forward and backward (minutes), outside the timed runs of every round
+                except Exception as e:  # noqa: BLE001 - a variant that cannot be compiled is left out, and said so
+                    print(f"  (PyTorch torch.compile training, {name}: {type(e).__name__}: {str(e)[:160]})",
+                          file=sys.stderr)
+                    continue
+                _compiled[(name, threads)] = step
         ips = 128 / median_seconds(step, steps)
         if best is None or ips > best[0]:
-            best = (ips, name)
+            best = (ips, ("torch.compile " if compiled else "") + name)
     return best
 
 
@@ -359,7 +379,7 @@ def torch_figures(part, args):
     out = []
     if part == "train":
         for t in (1, 2):
-            ips, name = torch_train(t, args.steps)
+            ips, name = torch_train(t, args.steps, not args.no_compile)
             out.append((("train", t), ips, name))
     elif part in cases(args):
         CifarResNet = torch_models()
@@ -400,8 +420,7 @@ def torch_describe():
 def torch_in(python, part, args):
     """Runs one part in another Python's PyTorch (--also_torch): this file with --torch_part, figures as JSON."""
     cmd = [python, os.path.abspath(__file__), f"--torch_part={part}", f"--runs={args.runs}", f"--steps={args.steps}"]
-    if args.skip_resnet50:
-        cmd.append("--skip_resnet50")
+    cmd += [f for f, on in (("--skip_resnet50", args.skip_resnet50), ("--no_compile", args.no_compile)) if on]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"error: {' '.join(cmd)} failed:\n{r.stderr[-2000:]}")
@@ -477,6 +496,8 @@ def main():
                    help="with --write: the section marked <!-- compare_torch:begin SECTION --> ... "
                         "<!-- compare_torch:end SECTION --> (one per kind of machine; default: the unnamed one)")
     p.add_argument("--skip_resnet50", action="store_true")
+    p.add_argument("--no_compile", action="store_true",
+                   help="leave torch.compile out of PyTorch's training figure (eager only; compiling takes minutes)")
     p.add_argument("--also_torch", metavar="PYTHON",
                    help="also measure the PyTorch of this interpreter (e.g. /usr/bin/python3 with Debian's "
                         "python3-torch) in the same rounds, as a second table")
@@ -599,7 +620,7 @@ def main():
 
     out = [
         f"Measured by `python3 tools/compare_torch.py --rounds={args.rounds} --runs={args.runs} --steps={args.steps}"
-        f"{' --skip_resnet50' if args.skip_resnet50 else ''}"
+        f"{' --skip_resnet50' if args.skip_resnet50 else ''}{' --no_compile' if args.no_compile else ''}"
         f"{' --also_torch=' + args.also_torch if args.also_torch else ''}` on {datetime.date.today()}, {cpu_name()}, against "
         f"PyTorch {torch.__version__} (its quantized engines: {', '.join(torch.backends.quantized.supported_engines)}), "
         f"{minutes:.0f} min. Each figure is the median over {args.rounds} interleaved rounds (range in brackets); "
