@@ -11,6 +11,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "autograd/autograd.h"
+#include "backends/cpu/cpu_backend.h"
 #include "core/backend.h"
 #include "models/resnet_cifar.h"
 #include "nn/optim.h"
@@ -50,10 +51,10 @@ int main(int argc, char** argv) {
   std::vector<int64_t> label_values(batch);
   for (int i = 0; i < batch; ++i) label_values[i] = (i * 37) % 100;
   Tensor labels = Tensor::FromVector<int64_t>(label_values, {batch});
-  std::printf("ResNet-%d (CIFAR, 100 classes): %lld parameters, batch %d, %s, %s, %s\n", absl::GetFlag(FLAGS_depth),
+  std::printf("ResNet-%d (CIFAR, 100 classes): %lld parameters, batch %d, %s, %s\n", absl::GetFlag(FLAGS_depth),
               static_cast<long long>(net->NumParameters()), batch, absl::GetFlag(FLAGS_bf16) ? "bf16 autocast" : "f32",
-              absl::GetFlag(FLAGS_channels_last) ? "channels-last" : "NCHW",
-              absl::GetFlag(FLAGS_winograd) ? "Winograd 3x3 convolutions from 32 channels" : "direct convolutions");
+              absl::GetFlag(FLAGS_channels_last) ? "channels-last" : "NCHW");
+  const size_t winograd_before = cpu::OneDnnWinogradPrimitives();
   for (int threads : {1, 2}) {
     SetNumThreads(threads);
     std::vector<double> seconds;
@@ -79,6 +80,7 @@ int main(int argc, char** argv) {
     std::printf("threads=%d  median step %.3f s  %.1f images/s  (min %.3f s, max %.3f s, loss %.3f)\n", threads,
                 median, batch / median, seconds.front(), seconds.back(), loss_value);
   }
+  std::printf("convolutions: %s\n", cpu::DescribeConvolutions(winograd_before).c_str());
   std::printf("peak memory (max RSS): %.0f MiB\n", PeakRssMiB());
   return 0;
 }

@@ -11,8 +11,9 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "core/backend.h"
 #include "autograd/autograd.h"
+#include "backends/cpu/cpu_backend.h"
+#include "core/backend.h"
 #include "data/synthetic.h"
 #include "models/tiny_cnn.h"
 #include "models/resnet_cifar.h"
@@ -158,8 +159,8 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   SetNumThreads(absl::GetFlag(FLAGS_threads));
   GetBackend(Device::Cpu()).SetOption("winograd", absl::GetFlag(FLAGS_winograd) ? "1" : "0");
-  std::printf("threads: %d, %s convolutions\n", absl::GetFlag(FLAGS_threads),
-              absl::GetFlag(FLAGS_winograd) ? "Winograd 3x3 (32+ channels)" : "direct");
+  std::printf("threads: %d\n", absl::GetFlag(FLAGS_threads));
+  const size_t winograd_before = cpu::OneDnnWinogradPrimitives();
   // Fake quantization of a (64, 256, 32, 32) activation-sized tensor: 16M floats.
   Generator gen(1);
   Tensor x = Normal({64, 256, 32, 32}, 0, 1, &gen);
@@ -184,6 +185,7 @@ int main(int argc, char** argv) {
     double q = median(configs[i]);
     std::printf("  QAT %-18s %.3f s  = %.2fx f32 (target <= 1.15x)\n", configs[i].name.c_str(), q, q / f32);
   }
+  std::printf("convolutions: %s\n", cpu::DescribeConvolutions(winograd_before).c_str());
   if (absl::GetFlag(FLAGS_compare)) CompareMethods();
   return 0;
 }

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstddef>
+#include <string>
 
 namespace quanta::cpu {
 
@@ -15,6 +16,10 @@ size_t OneDnnCachedPrimitives();
 // [Winograd convolutions] in onednn.cc: f32 3x3 stride 1, 32+ channels;
 // Backend::SetOption("winograd", "0") builds direct ones instead).
 size_t OneDnnWinogradPrimitives();
+// What the f32 convolutions built since a OneDnnWinogradPrimitives() reading
+// ran as, for benchmark reports (what ran, not what was asked: oneDNN 2.6 has
+// Winograd kernels only with AVX-512, so on an AVX2 CPU every one is direct).
+std::string DescribeConvolutions(size_t winograd_primitives_before);
 
 // Whether oneDNN has bf16 matmul and convolution kernels on this CPU: 2.6
 // has them from AVX-512 up (emulating the bf16 instructions where the CPU

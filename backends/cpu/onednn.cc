@@ -899,6 +899,14 @@ size_t OneDnnSplitWeightCalls() { return split_calls.load(std::memory_order_rela
 
 size_t OneDnnWinogradPrimitives() { return static_cast<size_t>(winograd_primitives.load()); }
 
+std::string DescribeConvolutions(size_t winograd_primitives_before) {
+  if (!winograd_enabled.load(std::memory_order_relaxed)) return "direct (Winograd turned off)";
+  const size_t built = OneDnnWinogradPrimitives() - winograd_primitives_before;
+  if (built == 0) return "direct (oneDNN built no Winograd primitive: it has Winograd kernels only with AVX-512)";
+  return absl::StrCat("Winograd for the 3x3 layers of 32+ channels (", built,
+                      " Winograd primitives built), direct for the others");
+}
+
 size_t OneDnnCachedPrimitives() {
   Cache& cache = GetCache();
   std::lock_guard<std::mutex> lock(cache.mu);

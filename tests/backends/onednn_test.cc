@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <string>
 #include <thread>
 
 #include "backends/cpu/cpu_backend.h"
@@ -177,6 +178,15 @@ TEST(OneDnn, WinogradConvolutionsMatchReference) {
         const size_t built = cpu::OneDnnWinogradPrimitives() - before;
         std::string what = std::string(winograd ? "winograd " : "direct ") + x.Describe() + (nhwc ? " nhwc" : "");
         EXPECT_EQ(built, winograd && avx512 ? (c == 64 ? 3u : 2u) : 0u) << what;
+        // The benchmarks' report says what ran: the count where Winograd did, why not where it did not.
+        const std::string described = cpu::DescribeConvolutions(before);
+        if (built > 0) {
+          EXPECT_NE(described.find("(" + std::to_string(built) + " Winograd primitives built)"), std::string::npos)
+              << described;
+        } else {
+          EXPECT_EQ(described.rfind("direct (", 0), 0u) << described;
+          EXPECT_NE(described.find(winograd ? "only with AVX-512" : "turned off"), std::string::npos) << described;
+        }
         EXPECT_EQ(y.is_channels_last(), nhwc) << what;
         EXPECT_EQ(gx.is_channels_last(), nhwc) << what;
         ExpectMatchesReference([&] { return Conv2d(x, w, b, o); }, DType::kF32, ("forward " + what).c_str());
