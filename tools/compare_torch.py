@@ -413,8 +413,9 @@ def torch_describe():
     blas = os.path.realpath("/usr/lib/x86_64-linux-gnu/libblas.so.3") if debian else None
     package = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "python3-torch"], capture_output=True,
                              text=True).stdout.strip() if debian else ""
-    return {"version": torch.__version__, "package": package, "engines": list(torch.backends.quantized.supported_engines),
-            "debian": debian, "blas": blas, "python": sys.executable}
+    return {"version": torch.__version__, "package": package,
+            "engines": list(torch.backends.quantized.supported_engines), "debian": debian, "blas": blas,
+            "python": sys.executable}
 
 
 def torch_in(python, part, args):
@@ -621,7 +622,8 @@ def main():
     out = [
         f"Measured by `python3 tools/compare_torch.py --rounds={args.rounds} --runs={args.runs} --steps={args.steps}"
         f"{' --skip_resnet50' if args.skip_resnet50 else ''}{' --no_compile' if args.no_compile else ''}"
-        f"{' --also_torch=' + args.also_torch if args.also_torch else ''}` on {datetime.date.today()}, {cpu_name()}, against "
+        f"{' --also_torch=' + args.also_torch if args.also_torch else ''}` on {datetime.date.today()}, {cpu_name()}, "
+        "against "
         f"PyTorch {torch.__version__} (its quantized engines: {', '.join(torch.backends.quantized.supported_engines)}), "
         f"{minutes:.0f} min. Each figure is the median over {args.rounds} interleaved rounds (range in brackets); "
         "ratio: Quanta / PyTorch.",
