@@ -881,7 +881,8 @@ void OneDnnSetNumThreads(int n) { omp_set_num_threads(n); }
 
 void OneDnnSetWinograd(bool on) { winograd_enabled = on; }
 
-bool OneDnnHasBf16Kernels() {
+// oneDNN 2.6's bf16 and Winograd kernels both start at AVX-512 (core).
+static bool HasAvx512Core() {
   switch (dnnl::get_effective_cpu_isa()) {
     case dnnl::cpu_isa::avx512_core:
     case dnnl::cpu_isa::avx512_core_vnni:
@@ -893,6 +894,8 @@ bool OneDnnHasBf16Kernels() {
   }
 }
 
+bool OneDnnHasBf16Kernels() { return HasAvx512Core(); }
+
 bool OneDnnHasVnni() { return HasVnni(); }
 
 size_t OneDnnSplitWeightCalls() { return split_calls.load(std::memory_order_relaxed); }
@@ -902,7 +905,10 @@ size_t OneDnnWinogradPrimitives() { return static_cast<size_t>(winograd_primitiv
 std::string DescribeConvolutions(size_t winograd_primitives_before) {
   if (!winograd_enabled.load(std::memory_order_relaxed)) return "direct (Winograd turned off)";
   const size_t built = OneDnnWinogradPrimitives() - winograd_primitives_before;
-  if (built == 0) return "direct (oneDNN built no Winograd primitive: it has Winograd kernels only with AVX-512)";
+  if (built == 0) {
+    return HasAvx512Core() ? "direct (no Winograd primitive built since the reading: no 3x3 layer of 32+ channels)"
+                           : "direct (oneDNN built no Winograd primitive: it has Winograd kernels only with AVX-512)";
+  }
   return absl::StrCat("Winograd for the 3x3 layers of 32+ channels (", built,
                       " Winograd primitives built), direct for the others");
 }
