@@ -1,6 +1,6 @@
 // //apps:export: a saved integer model (//apps:train --checkpoint_dir writes
 // model.int.safetensors) to ONNX in QDQ form, checked by ONNX's checker before
-// it is written (atomically).
+// it is written (atomically); block-format models at opset 21 (quant/onnx_export.h).
 //
 //   bazel run //apps:export -- --model=ckpt/model.int.safetensors --onnx=model.onnx [--input_shape=1,3,32,32]
 #include <cstdio>
@@ -53,6 +53,6 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "error: %s: %s\n", model.c_str(), std::string(s.message()).c_str());
     return 1;
   }
-  std::printf("wrote %s (ONNX QDQ, opset 13, checked) from %s\n", onnx.c_str(), model.c_str());
+  std::printf("wrote %s (%s) from %s\n", onnx.c_str(), quant::OnnxForm(*file->integer).c_str(), model.c_str());
   return 0;
 }

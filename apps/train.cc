@@ -63,7 +63,7 @@ ABSL_FLAG(std::string, progressive, "", "progressive bits, e.g. 8,6,4 (with --qu
 ABSL_FLAG(std::string, amp, "", "bf16: autocast matmul and convolution");
 ABSL_FLAG(std::string, device, "cpu", "cpu, or cuda / cuda:N (a build with --config=cuda and a GPU)");
 ABSL_FLAG(std::string, checkpoint_dir, "", "write last.safetensors every epoch (and the integer model at the end)");
-ABSL_FLAG(std::string, export_onnx, "", "write the converted integer model to this ONNX file (QDQ, checked)");
+ABSL_FLAG(std::string, export_onnx, "", "write the converted integer model to this ONNX file (QDQ, checked; block formats at opset 21)");
 ABSL_FLAG(bool, report, false, "print the per-layer quantization report (range, clip %, SQNR) and write it as JSON next to --metrics");
 ABSL_FLAG(bool, distributed, false, "train on every rank the launcher started (mpirun -np N ..., srun ...; MPI, "
           "or NCCL with --device=cuda): --batch per rank, rank 0 logs and writes");

@@ -1022,7 +1022,7 @@ absl::StatusOr<TrainResult> RunTraining(const TrainConfig& c, std::ostream& log_
       q->MoveTo(Device::Cpu());
       absl::Status exported = quant::ExportOnnx(*q, c.export_onnx, {1, d.channels, d.size, d.size});
       if (!exported.ok()) return exported;
-      log << "wrote " << c.export_onnx << " (ONNX QDQ)" << std::endl;
+      log << "wrote " << c.export_onnx << " (" << quant::OnnxForm(*q) << ")" << std::endl;
     }
   }
   return result;

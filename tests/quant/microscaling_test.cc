@@ -210,11 +210,26 @@ TEST(Microscaling, ConvertSaveLoad) {
     const int64_t padded = (72 + wf.cols - 1) / wf.cols * wf.cols;  // conv2's 8 x 3 x 3 per row
     EXPECT_EQ(file->tensors.at("conv2.weight_codes").numel(), StorageBytes(wf.element, 8 * padded));
     EXPECT_EQ(file->tensors.count("conv2.weight"), 0u);
-    // ONNX cannot carry them yet: a clear error, no file.
-    absl::Status onnx = ExportOnnx(*q, path + ".onnx", {1, 3, 6, 6});
-    EXPECT_EQ(onnx.code(), absl::StatusCode::kUnimplemented) << onnx;
-    EXPECT_FALSE(std::filesystem::exists(path + ".onnx"));
+    // Exported at opset 21 (Note [Block formats in ONNX]); ONNX Runtime runs such
+    // files in tests/quant:onnx_runtime_test, which holds them to Quanta's outputs.
+    absl::StatusOr<std::string> onnx = OnnxBytes(*q, {1, 3, 6, 6});
+    ASSERT_TRUE(onnx.ok()) << onnx.status();
+    EXPECT_NE(onnx->find("block_size"), std::string::npos);
+    EXPECT_NE(onnx->find("conv2_weight_codes"), std::string::npos);
   }
+}
+
+// A block-quantized value takes its channels from the layer that reads it; one
+// that no Conv or Linear reads cannot be exported, and the error names it.
+TEST(Microscaling, OnnxNeedsAReaderForBlockChannels) {
+  IntegerModel m;
+  int q = m.Add(IntegerNode{.kind = NodeKind::kQuantize, .name = "lonely", .inputs = {0},
+                            .block = *BlockFormatFromName("mxfp8")});
+  m.Add(IntegerNode{.kind = NodeKind::kFlatten, .name = "flat", .inputs = {q}});
+  absl::StatusOr<std::string> onnx = OnnxBytes(m, {2, 8, 3, 3});
+  ASSERT_FALSE(onnx.ok());
+  EXPECT_NE(onnx.status().message().find("'lonely' has no Conv or Linear reader"), std::string::npos)
+      << onnx.status();
 }
 
 // A corrupt block size in the file is an error that names it, not a crash.
