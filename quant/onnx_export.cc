@@ -236,8 +236,8 @@ class Emitter {
     std::vector<uint8_t> bytes(static_cast<size_t>(rows * cols));
     for (int64_t i = 0; i < rows * cols; ++i) {
       const uint32_t c = LoadMiniFloatCode(bits, packed, i);
-      bytes[i] = static_cast<uint8_t>(element.dtype == container.dtype ? c
-                                                                      : EncodeMiniFloat(container, DecodeMiniFloat(element, c)));
+      const uint32_t widened = EncodeMiniFloat(container, DecodeMiniFloat(element, c));
+      bytes[i] = static_cast<uint8_t>(element.dtype == container.dtype ? c : widened);
     }
     std::string wq = Initializer(base + "_weight_codes", e5m2 ? kOnnxFloat8E5M2 : kOnnxFloat8E4M3FN, {rows, cols},
                                  bytes.data(), bytes.size());
@@ -577,7 +577,9 @@ absl::StatusOr<std::string> OnnxBytes(const IntegerModel& model, const Shape& in
 
 std::string OnnxForm(const IntegerModel& model) {
   for (const IntegerNode& n : model.nodes()) {
-    if (n.block) return absl::StrCat("ONNX opset ", kBlockOpset, " with block formats, unchecked by Debian's ONNX 1.12");
+    if (n.block) {
+      return absl::StrCat("ONNX opset ", kBlockOpset, " with block formats, unchecked by Debian's ONNX 1.12");
+    }
   }
   return absl::StrCat("ONNX QDQ, opset ", kOpset, ", checked");
 }
