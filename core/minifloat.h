@@ -98,6 +98,45 @@ inline QUANTA_HOST_DEVICE uint32_t EncodeMiniFloat(const MiniFloatFormat& f, flo
   return sign | (code > static_cast<uint32_t>(f.max_code) ? static_cast<uint32_t>(f.max_code) : code);
 }
 
+// EncodeMiniFloat over n values of an element format (not e8m0): the same
+// codes, in a loop the compiler vectorizes (block quantization's inner loop).
+// Note [Encoding runs]: the scalar form branches on zero, subnormals, rounding
+// into the next binade and saturation; here each is arithmetic. The magnitude
+// is first clamped to the largest finite value (a NaN compares false and
+// becomes that too; it is replaced at the end), which is itself a code, so
+// rounding can no longer pass it: saturation for free. With e the binade's
+// exponent (raised to emin, where subnormals share the lowest binade) and
+// k = rint(a * 2^(man_bits - e)) in [0, 2^(man_bits + 1)], the code is
+// ((e + bias - 1) << man_bits) + k: a normal value's exponent field plus its
+// implicit bit as k's top bit, a subnormal's k alone (e + bias - 1 is 0 at
+// emin), and k = 2^(man_bits + 1), rounded up out of the binade, lands on the
+// next exponent with a zero mantissa. tests/core/minifloat_test.cc holds it to
+// EncodeMiniFloat on every code's neighbours and midpoints and on sweeps of f32.
+inline void EncodeMiniFloatRun(const MiniFloatFormat& f, const float* __restrict x, int64_t n,
+                               uint8_t* __restrict codes) {
+  // The format in locals: a byte store may alias anything, so fields read
+  // through `f` would be reloaded after every store. Magnitudes are compared as
+  // bits (non-negative floats order as their bits; NaN's lie above infinity's)
+  // and NaN is selected by a mask: GCC 12 does not vectorize the loop with a
+  // float comparison (it may trap) or with a select of bytes.
+  const int man = f.man_bits, bias = f.bias, width = f.exp_bits + f.man_bits, emin = 1 - f.bias;
+  const uint32_t max_bits = FloatBits(f.max), nan_code = f.nan_code >= 0 ? static_cast<uint32_t>(f.nan_code) : 0u;
+  constexpr uint32_t kInfinityBits = 0x7F800000u;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t bits = FloatBits(x[i]);
+    const uint32_t magnitude = bits & 0x7FFFFFFFu;
+    const uint32_t a = magnitude < max_bits ? magnitude : max_bits;
+    int e = static_cast<int>(a >> 23) - 127;
+    e = e < emin ? emin : e;
+    const float to_units = BitsToFloat(static_cast<uint32_t>(127 + man - e) << 23);
+    const int32_t k = static_cast<int32_t>(rintf(BitsToFloat(a) * to_units));
+    const uint32_t code = (static_cast<uint32_t>(e + bias - 1) << man) + static_cast<uint32_t>(k);
+    const uint32_t sign = (bits >> 31) << width;
+    const uint32_t nan_mask = 0u - static_cast<uint32_t>(magnitude > kInfinityBits);
+    codes[i] = static_cast<uint8_t>((nan_mask & nan_code) | (~nan_mask & (sign | code)));
+  }
+}
+
 // Note [Block scaling]
 // Block-scaled formats (BlockQuantize in core/ops.h) give each block of elements
 // one scale from its largest magnitude amax, and store x / scale as minifloat

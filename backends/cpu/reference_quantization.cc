@@ -455,13 +455,26 @@ void BlockQuantizeKernel(const KernelCall& c) {
     const T* xp = static_cast<const T*>(x.raw_data());
     geo.ForEachBlock(bits, [&](int64_t b) {
       const int64_t start = geo.Start(b);
-      float amax = 0;
+      // The block's largest magnitude, as bits (non-negative floats order as
+      // their bits, and a NaN's lie above infinity's, so a NaN in the block
+      // wins), in 8 lanes: one running maximum would be a chain of dependent
+      // instructions, and a float comparison keeps GCC from vectorizing.
+      constexpr int kLanes = 8;
+      uint32_t lanes[kLanes] = {};
       for (int64_t r = 0; r < geo.rows; ++r) {
-        for (int64_t k = 0; k < geo.cols; ++k) {
-          float v = std::fabs(Convert<float>(xp[start + r * geo.matrix_cols + k]));
-          amax = std::isnan(v) || std::isnan(amax) ? NAN : std::max(amax, v);
+        const T* p = xp + start + r * geo.matrix_cols;
+        int64_t k = 0;
+        for (; k + kLanes <= geo.cols; k += kLanes) {
+          for (int j = 0; j < kLanes; ++j) {
+            const uint32_t m = FloatBits(Convert<float>(p[k + j])) & 0x7FFFFFFFu;
+            lanes[j] = m > lanes[j] ? m : lanes[j];
+          }
         }
+        for (; k < geo.cols; ++k) lanes[0] = std::max(lanes[0], FloatBits(Convert<float>(p[k])) & 0x7FFFFFFFu);
       }
+      uint32_t top = 0;
+      for (uint32_t m : lanes) top = std::max(top, m);
+      const float amax = top > 0x7F800000u ? NAN : BitsToFloat(top);
       uint32_t stored;
       const float s = BlockScaleOf(scale_format, element, amax, g, &stored);
       if (scale_format == nullptr) {
@@ -469,18 +482,27 @@ void BlockQuantizeKernel(const KernelCall& c) {
       } else {
         static_cast<uint8_t*>(sp)[b] = static_cast<uint8_t>(stored);
       }
+      // x / s (0 for a zero scale), encoded a chunk at a time (Note [Encoding
+      // runs] in core/minifloat.h).
+      constexpr int64_t kChunk = 256;
+      float values[kChunk];
+      uint8_t codes[kChunk];
       for (int64_t r = 0; r < geo.rows; ++r) {
         const int64_t row = start + r * geo.matrix_cols;
-        if (bits == 8) {  // one byte a code: a plain store
-          for (int64_t k = 0; k < geo.cols; ++k) {
-            float v = s == 0 ? 0.0f : Convert<float>(xp[row + k]) / s;
-            cp[row + k] = static_cast<uint8_t>(EncodeMiniFloat(element, v));
+        for (int64_t k0 = 0; k0 < geo.cols; k0 += kChunk) {
+          const int64_t n = std::min(kChunk, geo.cols - k0);
+          const T* p = xp + row + k0;
+          if (s == 0) {
+            std::fill_n(values, n, 0.0f);
+          } else {
+            for (int64_t k = 0; k < n; ++k) values[k] = Convert<float>(p[k]) / s;
           }
-          continue;
-        }
-        for (int64_t k = 0; k < geo.cols; ++k) {
-          float v = s == 0 ? 0.0f : Convert<float>(xp[row + k]) / s;
-          StoreMiniFloatCode(bits, cp, row + k, EncodeMiniFloat(element, v));
+          if (bits == 8) {  // one byte a code: encoded in place
+            EncodeMiniFloatRun(element, values, n, cp + row + k0);
+            continue;
+          }
+          EncodeMiniFloatRun(element, values, n, codes);
+          for (int64_t k = 0; k < n; ++k) StoreMiniFloatCode(bits, cp, row + k0 + k, codes[k]);
         }
       }
     });

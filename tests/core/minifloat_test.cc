@@ -5,6 +5,7 @@
 // strided and packed storage, and every other op refusing them by name.
 #include "core/minifloat.h"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <limits>
@@ -211,6 +212,47 @@ TEST(MiniFloat, MatchesMlDtypes) {
   for (DType d : kAll) {
     EXPECT_EQ(decodes[Name(d)], 1 << Info(d).bits) << Name(d);
     EXPECT_GT(encodes[Name(d)], 400) << Name(d);
+  }
+}
+
+// EncodeMiniFloatRun (the vectorized encoder block quantization uses) gives
+// EncodeMiniFloat's code for every code's value and its two f32 neighbours,
+// every midpoint between neighbouring codes and its neighbours, both signs,
+// the special values, and a sweep of f32 bit patterns across every exponent.
+TEST(MiniFloat, EncodeRunMatchesTheScalarEncoder) {
+  for (DType d : kAll) {
+    if (d == DType::kF8E8M0) continue;  // a scale type, never an element
+    SCOPED_TRACE(Name(d));
+    const MiniFloatFormat& f = MiniFloatOf(d);
+    const int width = f.exp_bits + f.man_bits;
+    std::vector<float> x = {0.f, -0.f, NAN, -NAN, INFINITY, -INFINITY, f.max, 2 * f.max,
+                            std::numeric_limits<float>::max(), std::numeric_limits<float>::denorm_min()};
+    std::vector<float> finite;
+    for (uint32_t code = 0; code < (1u << width); ++code) {
+      float v = DecodeMiniFloat(f, code);
+      if (std::isfinite(v)) finite.push_back(v);
+    }
+    std::sort(finite.begin(), finite.end());
+    for (size_t i = 0; i < finite.size(); ++i) {
+      float v = finite[i];
+      for (float w : {v, std::nextafter(v, -INFINITY), std::nextafter(v, INFINITY)}) x.push_back(w);
+      if (i + 1 < finite.size()) {
+        float mid = (v + finite[i + 1]) / 2;  // exact: the codes have far fewer bits than f32
+        for (float w : {mid, std::nextafter(mid, -INFINITY), std::nextafter(mid, INFINITY)}) x.push_back(w);
+      }
+    }
+    for (uint64_t bits = 0; bits < (1ull << 32); bits += 4099) x.push_back(BitsToFloat(static_cast<uint32_t>(bits)));
+    std::vector<uint8_t> got(x.size());
+    EncodeMiniFloatRun(f, x.data(), static_cast<int64_t>(x.size()), got.data());
+    int64_t wrong = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      uint32_t want = EncodeMiniFloat(f, x[i]);
+      if (got[i] != want && ++wrong <= 5) {
+        ADD_FAILURE() << "x = " << x[i] << " (bits 0x" << std::hex << FloatBits(x[i]) << std::dec << "): run code "
+                      << int(got[i]) << ", scalar code " << want;
+      }
+    }
+    EXPECT_EQ(wrong, 0) << "of " << x.size() << " values";
   }
 }
 
