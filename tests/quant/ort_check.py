@@ -1,7 +1,7 @@
 """ONNX Runtime against Quanta's integer model on the files ort_fixture wrote.
 
 For each exported model (W8A8, W4A4, and the block formats MXFP8, MXFP6 / MXFP8,
-NVFP4) runs the ONNX file in ONNX Runtime (CPU, default graph optimizations,
+NVFP4, MXFP4 / MXFP8 on every layer) runs the ONNX file in ONNX Runtime (CPU, default graph optimizations,
 which fold the QDQ pairs into integer kernels) over the test images the
 fixture scored and compares its logits with the integer model's: top-1
 agreement must be at least 99.9%. For each block format's quantization model
@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import onnxruntime as ort
 
-MODELS = ("w8a8", "w4a4", "mxfp8", "mxfp6_mxfp8", "nvfp4")
+MODELS = ("w8a8", "w4a4", "mxfp8", "mxfp6_mxfp8", "nvfp4", "mxfp4_all")
 BLOCK_FORMATS = ("mxfp8", "mxfp8_e5m2", "mxfp6", "mxfp6_e3m2", "mxfp4", "nvfp4")
 
 

@@ -1,13 +1,14 @@
 // Writes what tests/quant/ort_check.py compares: fmnist_resnet8 trained briefly
 // on Fashion-MNIST, post-training quantized at W8A8 (min/max ranges) and W4A4
-// (MSE ranges), and in the block formats MXFP8, MXFP6 / MXFP8 and NVFP4 (their
-// blocks need no calibration), converted, exported to ONNX, and the integer
-// model's logits on the test images (all 10,000 for the integer models, the
-// first 1,000 for the block formats, which run on f32 kernels); and, per block
-// format, a model that only block-quantizes its input (then a 1 x 1 identity
-// convolution, exact in f32) with its output on inputs chosen to hit ties,
-// saturation, all-zero blocks and a wide range of magnitudes. Not a test by
-// itself: onnx_runtime_test runs it, then ONNX Runtime on the exported files.
+// (MSE ranges), and in the block formats MXFP8, MXFP6 / MXFP8, NVFP4 and, first
+// and last layers included, MXFP4 / MXFP8 (blocks need no calibration),
+// converted, exported to ONNX, and the integer model's logits on the test
+// images (all 10,000 for the integer models, the first 1,000 for the block
+// formats, which run on f32 kernels); and, per block format, a model that only
+// block-quantizes its input (then a 1 x 1 identity convolution, exact in f32)
+// with its output on inputs chosen to hit ties, saturation, all-zero blocks and
+// a wide range of magnitudes. Not a test by itself: onnx_runtime_test runs it,
+// then ONNX Runtime on the exported files.
 //
 //   ort_fixture --out=DIR   # DIR/images.f32, labels.u8, NAME.onnx, NAME.logits.f32,
 //                           # blocks.f32, blocks_FORMAT.onnx, blocks_FORMAT.out.f32
@@ -125,7 +126,10 @@ int Run(const std::string& out) {
   for (const auto& [name, policy, count] :
        {Case{"w8a8", "default 8 8 minmax\n", n}, Case{"w4a4", "default 4 4 mse\n", n},
         Case{"mxfp8", "default mxfp8 mxfp8\n", 1000}, Case{"mxfp6_mxfp8", "default mxfp6_e3m2 mxfp8\n", 1000},
-        Case{"nvfp4", "default nvfp4 nvfp4\n", 1000}}) {
+        Case{"nvfp4", "default nvfp4 nvfp4\n", 1000},
+        // Every layer in blocks: the one-channel image block-quantized, the
+        // Linear's weight and its 2-D input in blocks too.
+        Case{"mxfp4_all", "default mxfp4 mxfp8\nfirst_last_8bit off\n", 1000}}) {
     Generator g(4);
     auto m = models::ResNet::Make("fmnist_resnet8", 10, &g);
     if (!m->LoadStateDict(weights).ok()) return 1;
