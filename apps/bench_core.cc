@@ -276,6 +276,28 @@ void BM_AddF32_16M(benchmark::State& state) {
 }
 BENCHMARK(BM_AddF32_16M)->Arg(1)->Arg(2)->UseRealTime()->MinTime(2.0);
 
+// Block quantization (issue 21) of a 4096 x 256 f32 matrix along its rows, the
+// way a block-format layer quantizes its activations each forward: encode
+// (BlockQuantize: each block's maximum, its scale, the codes) and decode
+// (BlockDequantize), one thread. Arg: 0 MXFP8 (E4M3), 1 MXFP4, 2 NVFP4. Melem/s
+// counts the matrix's elements; GB/s its f32 read once and written once.
+void BM_BlockFakeQuantize(benchmark::State& state) {
+  SetNumThreads(1);
+  Generator gen(5);
+  Tensor x = Normal({4096, 256}, 0, 1, &gen);
+  const BlockFormat formats[] = {BlockFormat::Mx(DType::kF8E4M3), BlockFormat::Mx(DType::kF4E2M1), BlockFormat::Nvfp4()};
+  const char* names[] = {"mxfp8", "mxfp4", "nvfp4"};
+  const BlockFormat& f = formats[state.range(0)];
+  NoGradGuard no_grad;
+  for (auto _ : state) benchmark::DoNotOptimize(BlockFakeQuantize(x, f));
+  const double n = static_cast<double>(x.numel());
+  state.counters["Melem/s"] = benchmark::Counter(n / 1e6, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GB/s"] = benchmark::Counter(8 * n, benchmark::Counter::kIsIterationInvariantRate,
+                                              benchmark::Counter::kIs1000);
+  state.SetLabel(std::string(names[state.range(0)]) + ", 1 thread");
+}
+BENCHMARK(BM_BlockFakeQuantize)->Arg(0)->Arg(1)->Arg(2)->UseRealTime()->MinTime(1.0);
+
 // ResNet-50's stem pool (3x3, stride 2, padding 1 over 1x64x112x112) as an
 // integer model runs it: channels-last, in inference (no argmax kept). Arg 0:
 // quint8 (the integer model), 1: f32. GB/s counts the input read once and the
