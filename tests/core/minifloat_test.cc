@@ -256,6 +256,19 @@ TEST(MiniFloat, EncodeRunMatchesTheScalarEncoder) {
   }
 }
 
+// Every FP6 and FP4 value is an E4M3 value: the ONNX export carries those
+// elements as FLOAT8E4M3FN (Note [Block formats in ONNX] in quant/onnx_export.cc).
+TEST(MiniFloat, Fp6AndFp4ValuesAreE4m3Values) {
+  const MiniFloatFormat& e4m3 = MiniFloatOf(DType::kF8E4M3);
+  for (DType d : {DType::kF6E2M3, DType::kF6E3M2, DType::kF4E2M1}) {
+    const MiniFloatFormat& f = MiniFloatOf(d);
+    for (uint32_t code = 0; code < (1u << (f.exp_bits + f.man_bits + 1)); ++code) {
+      const float v = DecodeMiniFloat(f, code);
+      EXPECT_TRUE(Same(DecodeMiniFloat(e4m3, EncodeMiniFloat(e4m3, v)), v)) << Name(d) << " code " << code << " = " << v;
+    }
+  }
+}
+
 TEST(MiniFloat, TensorConversionBothWays) {
   std::vector<float> v;
   for (int i = 0; i < 24; ++i) v.push_back(std::ldexp(static_cast<float>(i - 11) * 0.37f, i % 7 - 3));
