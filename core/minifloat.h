@@ -63,6 +63,38 @@ inline QUANTA_HOST_DEVICE float DecodeMiniFloat(const MiniFloatFormat& f, uint32
   return negative ? -v : v;
 }
 
+// Note [Encoding runs]: an element format's code for the f32 with these bits,
+// round to nearest even and saturating (Note [Minifloat conversion]), in
+// arithmetic without branches, so that a loop of it vectorizes (block
+// quantization's inner loop, EncodeMiniFloatRun). The magnitude is first
+// clamped to the largest finite value, compared as bits (non-negative floats
+// order as their bits; a NaN's lie above infinity's and is replaced at the
+// end): that value is itself a code, so rounding can no longer pass it, and
+// saturation comes free. With e the binade's exponent (raised to emin, where
+// subnormals share the lowest binade; f32 subnormals fall below every format's
+// emin) and k = rint(a * 2^(man_bits - e)) in [0, 2^(man_bits + 1)] (an exact
+// scaling by a power of two; rintf rounds half to even in the default mode), the
+// code is ((e + bias - 1) << man_bits) + k: a normal value's exponent field plus
+// its implicit bit as k's top bit, a subnormal's k alone (e + bias - 1 is 0 at
+// emin), and k = 2^(man_bits + 1), rounded up out of the binade, lands on the
+// next exponent with a zero mantissa. NaN is selected by a mask: GCC 12 does
+// not vectorize a loop with a float comparison (it may trap) or a byte select.
+inline QUANTA_HOST_DEVICE uint32_t EncodeElement(uint32_t bits, int man, int bias, int width, uint32_t max_bits,
+                                                 uint32_t nan_code) {
+  constexpr uint32_t kInfinityBits = 0x7F800000u;
+  const int emin = 1 - bias;
+  const uint32_t magnitude = bits & 0x7FFFFFFFu;
+  const uint32_t a = magnitude < max_bits ? magnitude : max_bits;
+  int e = static_cast<int>(a >> 23) - 127;
+  e = e < emin ? emin : e;
+  const float to_units = BitsToFloat(static_cast<uint32_t>(127 + man - e) << 23);
+  const int32_t k = static_cast<int32_t>(rintf(BitsToFloat(a) * to_units));
+  const uint32_t code = (static_cast<uint32_t>(e + bias - 1) << man) + static_cast<uint32_t>(k);
+  const uint32_t sign = (bits >> 31) << width;
+  const uint32_t nan_mask = 0u - static_cast<uint32_t>(magnitude > kInfinityBits);
+  return (nan_mask & nan_code) | (~nan_mask & (sign | code));
+}
+
 inline QUANTA_HOST_DEVICE uint32_t EncodeMiniFloat(const MiniFloatFormat& f, float x) {
   if (f.exp_bits == 8) {  // e8m0: unsigned powers of two
     if (std::isnan(x) || x < 0) return 0xFFu;
@@ -72,69 +104,29 @@ inline QUANTA_HOST_DEVICE uint32_t EncodeMiniFloat(const MiniFloatFormat& f, flo
     float m = frexpf(x, &e);  // x = m 2^e, m in [0.5, 1)
     return static_cast<uint32_t>(e - 1 + 127 + (m >= 0.75f ? 1 : 0));
   }
-  const int width = f.exp_bits + f.man_bits;
-  if (std::isnan(x)) return f.nan_code >= 0 ? static_cast<uint32_t>(f.nan_code) : 0u;
-  const uint32_t sign = std::signbit(x) ? 1u << width : 0u;
-  const float a = fabsf(x);
-  if (a >= f.max) return sign | static_cast<uint32_t>(f.max_code);  // saturate (infinities too)
-  if (a == 0) return sign;
-  const int emin = 1 - f.bias;  // the smallest normal exponent
-  // a's binade from its exponent field (f32 subnormals fall below every
-  // format's emin); subnormals share the lowest.
-  int e = static_cast<int>((FloatBits(a) >> 23) & 0xFFu) - 127;
-  e = e < emin ? emin : e;
-  // a / 2^(e - man_bits) is exact (a power of two well inside f32's range:
-  // |man_bits - e| <= 17 for every format); rintf rounds half to even in the
-  // default rounding mode.
-  const float to_units = BitsToFloat(static_cast<uint32_t>(127 + f.man_bits - e) << 23);
-  uint32_t k = static_cast<uint32_t>(rintf(a * to_units));
-  if (k == 0) return sign;
-  if (k < (1u << f.man_bits)) return sign | k;  // subnormal (e == emin)
-  if (k == (2u << f.man_bits)) {                // rounded up into the next binade
-    k = 1u << f.man_bits;
-    ++e;
-  }
-  uint32_t code = (static_cast<uint32_t>(e + f.bias) << f.man_bits) | (k - (1u << f.man_bits));
-  return sign | (code > static_cast<uint32_t>(f.max_code) ? static_cast<uint32_t>(f.max_code) : code);
+  return EncodeElement(FloatBits(x), f.man_bits, f.bias, f.exp_bits + f.man_bits, FloatBits(f.max),
+                       f.nan_code >= 0 ? static_cast<uint32_t>(f.nan_code) : 0u);
 }
 
-// EncodeMiniFloat over n values of an element format (not e8m0): the same
-// codes, in a loop the compiler vectorizes (block quantization's inner loop).
-// Note [Encoding runs]: the scalar form branches on zero, subnormals, rounding
-// into the next binade and saturation; here each is arithmetic. The magnitude
-// is first clamped to the largest finite value (a NaN compares false and
-// becomes that too; it is replaced at the end), which is itself a code, so
-// rounding can no longer pass it: saturation for free. With e the binade's
-// exponent (raised to emin, where subnormals share the lowest binade) and
-// k = rint(a * 2^(man_bits - e)) in [0, 2^(man_bits + 1)], the code is
-// ((e + bias - 1) << man_bits) + k: a normal value's exponent field plus its
-// implicit bit as k's top bit, a subnormal's k alone (e + bias - 1 is 0 at
-// emin), and k = 2^(man_bits + 1), rounded up out of the binade, lands on the
-// next exponent with a zero mantissa. tests/core/minifloat_test.cc holds it to
-// EncodeMiniFloat on every code's neighbours and midpoints and on sweeps of f32.
+// EncodeMiniFloat over n values of an element format (not e8m0), a loop the
+// compiler vectorizes (Note [Encoding runs]). The format is read into locals
+// first: a byte store may alias anything, so fields read through `f` would be
+// reloaded after every store.
 inline void EncodeMiniFloatRun(const MiniFloatFormat& f, const float* __restrict x, int64_t n,
                                uint8_t* __restrict codes) {
-  // The format in locals: a byte store may alias anything, so fields read
-  // through `f` would be reloaded after every store. Magnitudes are compared as
-  // bits (non-negative floats order as their bits; NaN's lie above infinity's)
-  // and NaN is selected by a mask: GCC 12 does not vectorize the loop with a
-  // float comparison (it may trap) or with a select of bytes.
-  const int man = f.man_bits, bias = f.bias, width = f.exp_bits + f.man_bits, emin = 1 - f.bias;
+  const int man = f.man_bits, bias = f.bias, width = f.exp_bits + f.man_bits;
   const uint32_t max_bits = FloatBits(f.max), nan_code = f.nan_code >= 0 ? static_cast<uint32_t>(f.nan_code) : 0u;
-  constexpr uint32_t kInfinityBits = 0x7F800000u;
   for (int64_t i = 0; i < n; ++i) {
-    const uint32_t bits = FloatBits(x[i]);
-    const uint32_t magnitude = bits & 0x7FFFFFFFu;
-    const uint32_t a = magnitude < max_bits ? magnitude : max_bits;
-    int e = static_cast<int>(a >> 23) - 127;
-    e = e < emin ? emin : e;
-    const float to_units = BitsToFloat(static_cast<uint32_t>(127 + man - e) << 23);
-    const int32_t k = static_cast<int32_t>(rintf(BitsToFloat(a) * to_units));
-    const uint32_t code = (static_cast<uint32_t>(e + bias - 1) << man) + static_cast<uint32_t>(k);
-    const uint32_t sign = (bits >> 31) << width;
-    const uint32_t nan_mask = 0u - static_cast<uint32_t>(magnitude > kInfinityBits);
-    codes[i] = static_cast<uint8_t>((nan_mask & nan_code) | (~nan_mask & (sign | code)));
+    codes[i] = static_cast<uint8_t>(EncodeElement(FloatBits(x[i]), man, bias, width, max_bits, nan_code));
   }
+}
+
+// The exponent of a format's largest finite value (E4M3 8, E5M2 15, E3M2 4,
+// E2M3 2, E2M1 2): the emax of OCP MX's shared-exponent rule.
+inline QUANTA_HOST_DEVICE int MaxExponent(const MiniFloatFormat& f) {
+  int exp;
+  frexpf(f.max, &exp);
+  return exp - 1;
 }
 
 // Note [Block scaling]
@@ -174,13 +166,12 @@ inline QUANTA_HOST_DEVICE float BlockScaleOf(const MiniFloatFormat* scale /* nul
       *stored = 0xFFu;
       return NAN;
     }
-    int exp;
-    frexpf(element.max, &exp);
-    const int emax = exp - 1;
+    const int emax = MaxExponent(element);
     int shared = -127;
     if (std::isinf(amax)) {
       shared = 127;
     } else if (amax > 0) {
+      int exp;
       frexpf(amax, &exp);
       shared = exp - 1 - emax;
       shared = shared < -127 ? -127 : shared > 127 ? 127 : shared;

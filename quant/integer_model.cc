@@ -267,15 +267,13 @@ int IndexBits(size_t size) {
 
 int64_t PackedBytes(int64_t count, int bits) { return (count * bits + 7) / 8; }
 
-// The layer's own weight shape: (O, C, KH, KW) for a convolution, (N, K) for a
-// Linear, whose node holds (K, N).
+}  // namespace
+
 Shape LayerShape(const IntegerNode& n) {
   Shape s = n.weight.shape();
   if (n.kind == NodeKind::kLinear) std::swap(s[0], s[1]);
   return s;
 }
-
-}  // namespace
 
 Tensor DecodeBlockWeight(NodeKind kind, const BlockQuantized& blocks, const Tensor& factor, const Shape& layer_shape) {
   Tensor w = BlockDequantizeWeight(blocks, layer_shape);

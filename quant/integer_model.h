@@ -75,6 +75,10 @@ struct IntegerNode {
   Tensor weight_factor;
 };
 
+// The layer's own weight shape: (O, C, KH, KW) for a convolution, (N, K) for a
+// Linear, whose node holds (K, N).
+Shape LayerShape(const IntegerNode& n);
+
 // A block-format layer's f32 weight in the node's layout (kConv2d: (O, C, KH,
 // KW); kLinear: (K, N)) from its blocks, `layer_shape` being the layer's own
 // weight shape ((O, C, KH, KW) or (N, K)) and factor (O) or undefined.

@@ -212,6 +212,13 @@ class Emitter {
     return out;
   }
   std::string Scalar(const std::string& name, float v) { return Floats(name, {v}, {}); }
+  // Cast to element type `to` (saturating for float8 targets); returns out.
+  std::string Cast(const std::string& in, int to, const std::string& out) {
+    onnx::NodeProto* c = Node("Cast", {in}, out, out);
+    Int(c, "to", to);
+    if (to == kOnnxFloat8E4M3FN || to == kOnnxFloat8E5M2) Int(c, "saturate", 1);
+    return out;
+  }
 
   // A block-format layer's f32 weight in the layout the Conv (O, C/G, KH, KW) or
   // Gemm (K, N) reads: DequantizeLinear of the stored blocks, then what
@@ -260,8 +267,7 @@ class Emitter {
     // The layer's own shape: (O, C/G, KH, KW), or (N, K) for a Linear, whose
     // node keeps (K, N).
     const bool linear = n.kind == NodeKind::kLinear;
-    Shape layer = n.weight.shape();
-    if (linear) layer = {layer[1], layer[0]};
+    const Shape layer = LayerShape(n);
     int64_t rest = 1;
     for (size_t d = 1; d < layer.size(); ++d) rest *= layer[d];
     if (rows != layer[0] || cols < rest) {
@@ -350,12 +356,9 @@ class Emitter {
       const std::string wanted =
           Op("Div", {Op("Div", {amax, Scalar(base + "_element_max", element.max)}, base + "_per_element"), g},
              base + "_wanted_scale");
-      onnx::NodeProto* c = Node("Cast", {wanted}, base + "_scale_e4m3", base + "_scale_e4m3");
-      Int(c, "to", kOnnxFloat8E4M3FN);
-      Int(c, "saturate", 1);
-      onnx::NodeProto* back = Node("Cast", {base + "_scale_e4m3"}, base + "_scale_code", base + "_scale_code");
-      Int(back, "to", onnx::TensorProto::FLOAT);
-      scale = Op("Mul", {base + "_scale_code", g}, base + "_scale");
+      const std::string code = Cast(Cast(wanted, kOnnxFloat8E4M3FN, base + "_scale_e4m3"), onnx::TensorProto::FLOAT,
+                                    base + "_scale_code");
+      scale = Op("Mul", {code, g}, base + "_scale");
     }
     std::string v = Op("Div", {blocks, scale}, base + "_scaled");
     if (f.scale == DType::kF8E4M3) {  // a zero block scale gives zero elements
@@ -385,9 +388,8 @@ class Emitter {
     const std::string powers = Floats(base + "_powers_of_two", table, {kCount});
     auto power = [&](const std::string& exponent, const std::string& name) {  // table[exponent - kLow]
       std::string index = Op("Add", {exponent, Scalar(name + "_offset", static_cast<float>(-kLow))}, name + "_index");
-      onnx::NodeProto* c = Node("Cast", {index}, name + "_index_i64", name + "_index_i64");
-      Int(c, "to", onnx::TensorProto::INT64);
-      onnx::NodeProto* gather = Node("Gather", {powers, name + "_index_i64"}, name, name);
+      onnx::NodeProto* gather =
+          Node("Gather", {powers, Cast(index, onnx::TensorProto::INT64, name + "_index_i64")}, name, name);
       Int(gather, "axis", 0);
       return name;
     };
@@ -398,17 +400,12 @@ class Emitter {
                         base + "_e0");
     std::string below = power(e0, base + "_pow_e0");
     std::string above = power(Op("Add", {e0, Scalar(base + "_plus_one", 1.f)}, base + "_e0_plus_1"), base + "_pow_e1");
-    auto as_float = [&](const std::string& b, const std::string& name) {
-      onnx::NodeProto* c = Node("Cast", {b}, name, name);
-      Int(c, "to", onnx::TensorProto::FLOAT);
-      return name;
-    };
-    std::string too_high = as_float(Op("Greater", {below, amax}, base + "_e0_high"), base + "_e0_high_f");
-    std::string too_low = as_float(Op("LessOrEqual", {above, amax}, base + "_e0_low"), base + "_e0_low_f");
+    std::string too_high =
+        Cast(Op("Greater", {below, amax}, base + "_e0_high"), onnx::TensorProto::FLOAT, base + "_e0_high_f");
+    std::string too_low =
+        Cast(Op("LessOrEqual", {above, amax}, base + "_e0_low"), onnx::TensorProto::FLOAT, base + "_e0_low_f");
     std::string e = Op("Add", {Op("Sub", {e0, too_high}, base + "_e_down"), too_low}, base + "_exponent");
-    int exp;
-    std::frexp(element.max, &exp);
-    const float emax = static_cast<float>(exp - 1);
+    const float emax = static_cast<float>(MaxExponent(element));
     std::string shared = Op("Clip", {Op("Sub", {e, Scalar(base + "_emax", emax)}, base + "_shared_raw"),
                                      Scalar(base + "_shared_min", -127.f), Scalar(base + "_shared_max", 127.f)},
                             base + "_shared_exponent");
@@ -421,16 +418,10 @@ class Emitter {
   // e (exact powers of two; ONNX's Round is half to even).
   std::string RoundToElement(const std::string& base, const std::string& v, const MiniFloatFormat& element) {
     if (element.dtype == DType::kF8E4M3 || element.dtype == DType::kF8E5M2) {
-      onnx::NodeProto* c = Node("Cast", {v}, base + "_codes", base + "_codes");
-      Int(c, "to", element.dtype == DType::kF8E4M3 ? kOnnxFloat8E4M3FN : kOnnxFloat8E5M2);
-      Int(c, "saturate", 1);
-      onnx::NodeProto* back = Node("Cast", {base + "_codes"}, base + "_rounded", base + "_rounded");
-      Int(back, "to", onnx::TensorProto::FLOAT);
-      return base + "_rounded";
+      const int to = element.dtype == DType::kF8E4M3 ? kOnnxFloat8E4M3FN : kOnnxFloat8E5M2;
+      return Cast(Cast(v, to, base + "_codes"), onnx::TensorProto::FLOAT, base + "_rounded");
     }
-    int exp;
-    std::frexp(element.max, &exp);
-    const int emax = exp - 1, emin = 1 - element.bias;
+    const int emax = MaxExponent(element), emin = 1 - element.bias;
     const std::string a = Op("Abs", {v}, base + "_element_abs");
     std::string u = Scalar(absl::StrCat(base, "_units_e", emax), std::ldexp(1.0f, element.man_bits - emax));
     for (int e = emax - 1; e >= emin; --e) {

@@ -215,8 +215,9 @@ TEST(MiniFloat, MatchesMlDtypes) {
   }
 }
 
-// EncodeMiniFloatRun (the vectorized encoder block quantization uses) gives
-// EncodeMiniFloat's code for every code's value and its two f32 neighbours,
+// EncodeMiniFloatRun (the vectorized loop block quantization uses; its
+// arithmetic is EncodeMiniFloat's, which the tests above hold to the OCP tables
+// and ml_dtypes) gives EncodeMiniFloat's code for every code's value and its two f32 neighbours,
 // every midpoint between neighbouring codes and its neighbours, both signs,
 // the special values, and a sweep of f32 bit patterns across every exponent.
 TEST(MiniFloat, EncodeRunMatchesTheScalarEncoder) {
