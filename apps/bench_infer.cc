@@ -19,6 +19,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
+#include "core/backend.h"
 #include "core/grad_mode.h"
 #include "models/resnet.h"
 #include "models/resnet_cifar.h"
@@ -34,6 +35,10 @@ ABSL_FLAG(int, threads, 1, "threads for --profile");
 ABSL_FLAG(int, abits, 8,
           "activation bits of the int8 and int4 models: 7 is PyTorch x86's reduce_range, with which a CPU without "
           "VNNI runs int8 weights whole (Note [Exact integers without VNNI] in backends/cpu/onednn.cc)");
+ABSL_FLAG(std::string, int8_implementation, "rule",
+          "which of oneDNN's int8 convolution implementations run: rule (the default), first (oneDNN's own "
+          "choice) or a name prefix such as jit_int8 or brgconv (Note [int8 convolution implementations] in "
+          "backends/cpu/onednn.cc)");
 ABSL_FLAG(std::string, only, "", "run only this case (resnet20_b64, resnet20_b1, resnet50 or gemm); for profiling and tools/compare_torch.py");
 
 namespace quanta {
@@ -150,6 +155,7 @@ int main(int argc, char** argv) {
   using namespace quanta;
   absl::ParseCommandLine(argc, argv);
   const int runs = absl::GetFlag(FLAGS_runs);
+  GetBackend(Device::Cpu()).SetOption("int8_implementation", absl::GetFlag(FLAGS_int8_implementation));
   auto resnet20 = [] {
     Generator gen(0);
     return std::shared_ptr<nn::Layer>(models::CifarResNet::Make(20, 100, &gen));

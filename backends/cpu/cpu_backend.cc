@@ -62,9 +62,13 @@ class CpuBackend : public Backend {
   void CopyOnDevice(void* dst, const void* src, size_t bytes, int) override { std::memcpy(dst, src, bytes); }
   void SetNumThreads(int n) override { OneDnnSetNumThreads(n); }
   // "winograd" "1" (default) / "0": Note [Winograd convolutions] in onednn.cc.
+  // "int8_implementation" "rule" (default) / "first" / a name prefix: Note
+  // [int8 convolution implementations] there.
   void SetOption(const std::string& key, const std::string& value) override {
     if (key == "winograd" && (value == "0" || value == "1")) {
       OneDnnSetWinograd(value == "1");
+    } else if (key == "int8_implementation" && !value.empty()) {
+      OneDnnSetInt8Implementation(value);
     } else {
       Backend::SetOption(key, value);
     }

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <string>
+#include <vector>
 
 namespace quanta::cpu {
 
@@ -20,6 +21,18 @@ size_t OneDnnWinogradPrimitives();
 // ran as, for benchmark reports (what ran, not what was asked: oneDNN 2.6 has
 // Winograd kernels only with AVX-512, so on an AVX2 CPU every one is direct).
 std::string DescribeConvolutions(size_t winograd_primitives_before);
+
+// Note [int8 convolution implementations] in onednn.cc: which of the
+// implementations oneDNN offers for an int8 convolution runs. The count of
+// primitives so far for which the rule took another than oneDNN's first, and
+// the last choice made (the names as ONEDNN_VERBOSE prints them; candidates:
+// every implementation offered but the reference ones), for tests.
+struct Int8Choice {
+  std::vector<std::string> candidates;
+  std::string chosen;
+};
+size_t OneDnnRuleInt8Choices();
+Int8Choice OneDnnLastInt8Choice();
 
 // Whether oneDNN has bf16 matmul and convolution kernels on this CPU: 2.6
 // has them from AVX-512 up (emulating the bf16 instructions where the CPU

@@ -11,6 +11,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -753,6 +754,77 @@ void RunInteger(const char* op, const CachedConv& entry, const IntegerEpilogue& 
   });
 }
 
+// Note [int8 convolution implementations]
+// oneDNN lists several JIT implementations for most int8 convolutions (with
+// AVX-512 VNNI: brgconv and jit_int8, or their 1x1 forms) and builds the first
+// it lists, brgconv, which is not the fastest everywhere. Measured with oneDNN
+// 2.6 on a Zen 4 EPYC, each implementation forced in turn
+// (`bench_infer --profile=int8 --int8_implementation=first|jit_int8`,
+// ONEDNN_VERBOSE's median time of every layer, 1 thread):
+// - ResNet-20's 3x3 layers of 16 to 64 input channels run 8-28% faster with
+//   jit_int8, at batch 64 and at batch 1 (the whole batch-64 int8 model:
+//   14.3 -> 13.4 ms at 1 thread, 7.5 -> 7.0 ms at 2);
+// - ResNet-50's 3x3 layers at batch 1 run as fast with either at 64 and 128
+//   input channels and 8-29% faster with brgconv at 256 and 512; its 1x1
+//   layers 0-13% faster with brgconv_1x1 than jit_int8_1x1.
+// So a convolution with a kernel larger than 1x1 and at most 64 input channels
+// a group takes jit_int8 where oneDNN offers it; every other one oneDNN's
+// first. A fixed rule, like Note [Winograd convolutions]'s, rather than timing
+// each shape at run time: tried, timing on scratch buffers picked jit_int8 for
+// ResNet-50's 256-channel layers, faster with the weights in cache but slower
+// in the network, which streams them from memory.
+// The candidates are the implementations for the ISA of oneDNN's first, not
+// the reference ones: on a VNNI CPU oneDNN also offers its AVX2 and SSE4.1
+// int8 kernels, which saturate int16 pairs (Note [Exact integers without
+// VNNI]; onednn_test caught them giving other bits). Among the candidates the
+// choice cannot change a result: each accumulates the same integers exactly in
+// int32 and applies the same f32 epilogue, and tests/backends:onednn_test holds
+// every candidate's output bit-equal to the chosen one's (u8 and f32 outputs,
+// u8, f32 or no residual, u8 and s8 sources). SetOption("int8_implementation",
+// v): "rule" (the default), "first" (oneDNN's own choice) or a candidate's name
+// prefix ("brgconv": that one where oneDNN offers it, else the first), for
+// tests and benchmarks.
+std::mutex int8_choice_mu;
+std::string int8_choice_mode = "rule";  // guarded by int8_choice_mu
+Int8Choice last_int8_choice;            // guarded by int8_choice_mu
+std::atomic<size_t> rule_int8_choices{0};
+
+std::string Int8ChoiceMode() {
+  std::lock_guard<std::mutex> lock(int8_choice_mu);
+  return int8_choice_mode;
+}
+
+// The int8 convolution primitive for pd's problem that Note [int8 convolution
+// implementations] picks; `small_spatial`: a kernel larger than 1x1 over at
+// most 64 input channels a group.
+std::shared_ptr<CachedConv> PickInt8Convolution(dnnl::convolution_forward::primitive_desc pd, bool small_spatial,
+                                                const std::string& mode) {
+  std::string want = mode;
+  if (mode == "rule") want = small_spatial ? "jit_int8:" : "first";
+  Int8Choice choice;
+  std::optional<dnnl::convolution_forward::primitive_desc> first, chosen;
+  auto isa = [](std::string_view impl) { return impl.substr(std::min(impl.find(':'), impl.size())); };
+  do {
+    const std::string impl = pd.impl_info_str();
+    if (!first) first = pd;
+    // Candidates: those for the ISA of oneDNN's first, not the reference ones
+    // nor those for an older ISA (on a VNNI CPU, jit_uni_int8:avx2 would
+    // saturate int16 pairs: Note [Exact integers without VNNI]).
+    if (impl.rfind("ref", 0) == 0 || isa(impl) != isa(first->impl_info_str())) continue;
+    choice.candidates.push_back(impl);
+    if (!chosen && want != "first" && impl.rfind(want, 0) == 0) chosen = pd;
+  } while (pd.next_impl());
+  if (!chosen) chosen = first;
+  choice.chosen = chosen->impl_info_str();
+  if (mode == "rule" && choice.chosen != first->impl_info_str()) rule_int8_choices.fetch_add(1);
+  {
+    std::lock_guard<std::mutex> lock(int8_choice_mu);
+    last_int8_choice = std::move(choice);
+  }
+  return std::make_shared<CachedConv>(
+      CachedConv{dnnl::convolution_forward(*chosen), {chosen->src_desc(), chosen->weights_desc(), chosen->dst_desc()}});
+}
+
 // x (N, C, H, W) u8/s8, w (O, C/G, KH, KW) s8/s4 (symmetric), optional f32 bias
 // (O), optional f32 residual -> y f32 or u8/s8. Activations are read and written
 // channels-last (what int8 convolutions want; channels-last tensors need no
@@ -779,17 +851,18 @@ void OneDnnQuantizedConv2d(const KernelCall& c) {
   memory::desc r_want(y_dims, e.residual_dt, memory::format_tag::nhwc);
   memory::desc w_plain(w_dims, memory::data_type::s8, G == 1 ? memory::format_tag::oihw : memory::format_tag::goihw);
   memory::desc b_md = has_bias ? memory::desc({O}, memory::data_type::f32, memory::format_tag::x) : memory::desc();
+  const std::string mode = Int8ChoiceMode();
+  const bool small_spatial = (w.size(2) > 1 || w.size(3) > 1) && w.size(1) <= 64;  // Note [int8 convolution implementations]
   auto primitive = [&](const IntegerEpilogue& ep, const memory::desc& dst, const memory::desc& bias_md) {
-    std::string key = absl::StrCat("qconv|", GetNumThreads(), "|", ep.Key(), "|", absl::StrJoin(x_dims, ","), "|",
+    std::string key = absl::StrCat("qconv|", mode, "|", GetNumThreads(), "|", ep.Key(), "|", absl::StrJoin(x_dims, ","), "|",
                                    absl::StrJoin(w_dims, ","), "|", !bias_md.is_zero(), "|", absl::StrJoin(strides, ","),
                                    "|", absl::StrJoin(dilates, ","), "|", absl::StrJoin(padding, ","));
     return ConvPrimitive("quantized_conv2d", key, [&] {
       dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
                                            x_want, memory::desc(w_dims, memory::data_type::s8, memory::format_tag::any),
                                            bias_md, dst, strides, dilates, padding, padding);
-      auto pd = dnnl::convolution_forward::primitive_desc(desc, ep.Attr(per_channel, r_want), Engine());
-      return std::make_shared<CachedConv>(
-          CachedConv{dnnl::convolution_forward(pd), {pd.src_desc(), pd.weights_desc(), pd.dst_desc()}});
+      return PickInt8Convolution(
+          dnnl::convolution_forward::primitive_desc(desc, ep.Attr(per_channel, r_want), Engine()), small_spatial, mode);
     });
   };
   Arg src{DNNL_ARG_SRC, Plain(x, e.src_dt), x_want, x.raw_data(), true};
@@ -880,6 +953,18 @@ void OneDnnForget(const void* data) {
 void OneDnnSetNumThreads(int n) { omp_set_num_threads(n); }
 
 void OneDnnSetWinograd(bool on) { winograd_enabled = on; }
+
+void OneDnnSetInt8Implementation(const std::string& mode) {
+  std::lock_guard<std::mutex> lock(int8_choice_mu);
+  int8_choice_mode = mode;
+}
+
+size_t OneDnnRuleInt8Choices() { return rule_int8_choices.load(std::memory_order_relaxed); }
+
+Int8Choice OneDnnLastInt8Choice() {
+  std::lock_guard<std::mutex> lock(int8_choice_mu);
+  return last_int8_choice;
+}
 
 // oneDNN 2.6's bf16 and Winograd kernels both start at AVX-512 (core).
 static bool HasAvx512Core() {

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstddef>
+#include <string>
 
 #include "backends/cpu/cpu_backend.h"
 #include "core/backend.h"
@@ -21,6 +22,9 @@ void OneDnnSetNumThreads(int n);
 // Note [Winograd convolutions] (onednn.cc): on by default; the backend's
 // SetOption("winograd", "0"/"1").
 void OneDnnSetWinograd(bool on);
+// Note [int8 convolution implementations] (onednn.cc): "rule" by default; the
+// backend's SetOption("int8_implementation", "rule"/"first"/a name prefix).
+void OneDnnSetInt8Implementation(const std::string& mode);
 // Drops what the weight cache holds for storage at `data` (Note [Weight cache]).
 void OneDnnForget(const void* data);
 

@@ -12,6 +12,7 @@
 #include <string>
 #include <thread>
 
+#include "absl/strings/str_join.h"
 #include "backends/cpu/cpu_backend.h"
 #include "core/backend.h"
 #include "core/ops.h"
@@ -344,6 +345,92 @@ TEST(OneDnn, QuantizedConv2dMatchesReference) {
       EXPECT_LE(differ, static_cast<int>(fq.size() / 100) + 1) << x.Describe();
     }
   }
+}
+
+// Note [int8 convolution implementations] (backends/cpu/onednn.cc): every
+// implementation oneDNN offers for an int8 convolution, forced in turn, gives
+// the bits the rule's choice gives (u8 and f32 outputs; a u8 residual, an f32
+// one, none; s8 and u8 sources), so which one runs cannot change a result; and
+// the rule takes jit_int8 for kernels larger than 1x1 over at most 64 input
+// channels (brgconv, oneDNN's first there, is 8-28% slower on ResNet-20's
+// layers) and oneDNN's first otherwise. Without VNNI oneDNN offers no
+// jit_int8 (AVX-512 VNNI) kernels: the bits are still compared.
+TEST(OneDnn, Int8ConvolutionImplementationsAgreeBitForBit) {
+  Generator gen(12);
+  Backend& cpu = GetBackend(Device::Cpu());
+  cpu.ResetFallbackCounts();
+  struct Case {
+    Shape x, w;
+    int64_t stride, padding;
+    int residual;  // 0: none, 1: f32, 2: quint8
+    DType src;
+    int64_t zero_point;  // the source's: oneDNN 2.6's brgconv takes only 0 (a ReLU's output)
+  };
+  const size_t rule_before = cpu::OneDnnRuleInt8Choices();
+  int compared = 0, with_choices = 0;
+  for (const Case& k : {Case{{2, 16, 10, 10}, {16, 16, 3, 3}, 1, 1, 2, DType::kQUInt8, 0},
+                        Case{{2, 16, 10, 10}, {16, 16, 3, 3}, 1, 1, 0, DType::kQUInt8, 0},
+                        Case{{3, 16, 9, 9}, {32, 16, 3, 3}, 2, 1, 0, DType::kQUInt8, 0},
+                        Case{{1, 64, 6, 6}, {64, 64, 3, 3}, 1, 1, 1, DType::kQUInt8, 0},
+                        Case{{1, 64, 6, 6}, {64, 64, 3, 3}, 1, 1, 0, DType::kQUInt8, 0},
+                        Case{{2, 16, 10, 10}, {16, 16, 3, 3}, 1, 1, 0, DType::kQUInt8, 40},
+                        Case{{2, 16, 10, 10}, {16, 16, 3, 3}, 1, 1, 0, DType::kQInt8, -20},
+                        Case{{1, 72, 6, 6}, {24, 72, 3, 3}, 1, 1, 0, DType::kQUInt8, 0},
+                        Case{{2, 32, 5, 5}, {48, 32, 1, 1}, 1, 0, 0, DType::kQUInt8, 0},
+                        Case{{2, 32, 5, 5}, {48, 32, 1, 1}, 1, 0, 2, DType::kQUInt8, 0}}) {
+    SCOPED_TRACE(::testing::Message() << ShapeToString(k.x) << " * " << ShapeToString(k.w) << " residual " << k.residual);
+    Conv2dOptions o;
+    o.stride[0] = o.stride[1] = k.stride;
+    o.padding[0] = o.padding[1] = k.padding;
+    Tensor x = Quantize(Uniform(k.x, -0.5, 2, &gen), k.src, QuantParams::PerTensor(2.5 / 255, k.zero_point))
+                   .ChannelsLast();
+    const int64_t O = k.w[0];
+    std::vector<double> scales(O);
+    for (int64_t i = 0; i < O; ++i) scales[i] = 0.002 + 0.0001 * i;
+    Tensor w = Quantize(Normal(k.w, 0, 0.15, &gen), DType::kQInt8, QuantParams::PerChannel(scales, std::vector<int64_t>(O, 0), 0));
+    Tensor bias = Normal({O}, 0, 0.5, &gen);
+    const int64_t oh = (k.x[2] + 2 * k.padding - k.w[2]) / k.stride + 1;
+    Tensor r = Normal({k.x[0], O, oh, oh}, 0, 1, &gen);
+    if (k.residual == 2) r = Quantize(r, DType::kQUInt8, QuantParams::PerTensor(0.02, 110));
+    IntegerPostOps post{.residual = k.residual == 0 ? Tensor() : r.ChannelsLast(), .relu = true};
+    QuantParams po = QuantParams::PerTensor(0.03, 12);
+    auto run = [&] {
+      return std::make_pair(QuantizedConv2d(x, w, bias, o, DType::kQUInt8, &po, post).IntRepr(),
+                            QuantizedConv2d(x, w, bias, o, DType::kF32, nullptr, post).ToVector<float>());
+    };
+    cpu.SetOption("int8_implementation", "rule");
+    const auto by_rule = run();
+    const cpu::Int8Choice rule = cpu::OneDnnLastInt8Choice();
+    ASSERT_FALSE(rule.candidates.empty());
+    const bool small_spatial = k.w[2] > 1 && k.x[1] <= 64;
+    bool offers_jit = false;
+    for (const std::string& c : rule.candidates) offers_jit |= c.rfind("jit_int8:", 0) == 0;
+    if (small_spatial && offers_jit) {
+      EXPECT_EQ(rule.chosen.rfind("jit_int8:", 0), 0u) << rule.chosen;
+    } else {
+      EXPECT_EQ(rule.chosen, rule.candidates[0]);
+    }
+    with_choices += rule.candidates.size() > 1;
+    std::printf("candidates %s chosen %s\n", absl::StrJoin(rule.candidates, " ").c_str(), rule.chosen.c_str());
+    for (const std::string& c : rule.candidates) {
+      cpu.SetOption("int8_implementation", c);
+      const auto forced = run();
+      EXPECT_EQ(cpu::OneDnnLastInt8Choice().chosen, c);
+      EXPECT_EQ(forced.first, by_rule.first) << c << " against " << rule.chosen;
+      EXPECT_EQ(forced.second, by_rule.second) << c << " against " << rule.chosen;
+      ++compared;
+    }
+  }
+  cpu.SetOption("int8_implementation", "rule");
+  std::printf("%d implementation runs compared; %d cases with more than one implementation; %zu rule choices\n",
+              compared, with_choices, cpu::OneDnnRuleInt8Choices() - rule_before);
+  if (cpu::OneDnnHasVnni()) {
+    // brgconv and jit_int8 for every 3x3 case: the comparison compared something,
+    // and the rule overrode oneDNN's first at least once.
+    EXPECT_GE(with_choices, 5);
+    EXPECT_GE(cpu::OneDnnRuleInt8Choices() - rule_before, 3u);
+  }
+  for (Op op : {Op::kQuantizedConv2d}) EXPECT_EQ(cpu.FallbackCount(op), 0) << OpName(op);
 }
 
 // Note [Exact integers without VNNI] in backends/cpu/onednn.cc: the products
