@@ -165,13 +165,26 @@ Tensor IntegerModel::Forward(const Tensor& x) {
       }
       case NodeKind::kFlatten: v[i] = in.Reshape({in.size(0), -1}); break;
       case NodeKind::kShortcutPad: {
-        // Subsampled first, then dequantized (a quarter of the values at stride
-        // 2), into the channels-last f32 value that the next convolution reads as
-        // its residual with no layout change; the padded channels are zeros.
+        // Subsampled, into a channels-last value that the next convolution reads
+        // as its residual with no layout change; the padded channels are real
+        // zeros. Note [Quantized shortcuts] in integer_model.h: a quantized
+        // input whose zero point is in range stays quantized.
         Tensor s = in.Slice(2, 0, in.size(2), n.stride).Slice(3, 0, in.size(3), n.stride);
-        Tensor nhwc = Zeros({s.size(0), s.size(2), s.size(3), n.pad_before + s.size(1) + n.pad_after}, DType::kF32,
-                            s.device());
-        nhwc.Narrow(3, n.pad_before, s.size(1)).CopyFrom(Real(s).Permute({0, 2, 3, 1}));
+        const Shape nhwc_shape = {s.size(0), s.size(2), s.size(3), n.pad_before + s.size(1) + n.pad_after};
+        Tensor nhwc;
+        const bool zero_in_range = s.is_quantized() && s.qparams().scheme == QScheme::kPerTensor && [&] {
+          auto [qmin, qmax] = QuantRange(s.dtype(), s.qparams());
+          return qmin <= s.qparams().zero_points[0] && s.qparams().zero_points[0] <= qmax;
+        }();
+        if (zero_in_range) {
+          nhwc = Tensor::Empty(nhwc_shape, s.dtype(), s.device(), s.qparams());
+          // The zero point everywhere (one dense run), then the channels between.
+          nhwc.CopyFrom(Quantize(Zeros({1, 1, 1, 1}, DType::kF32, s.device()), s.dtype(), s.qparams()));
+          nhwc.Narrow(3, n.pad_before, s.size(1)).CopyFrom(s.Permute({0, 2, 3, 1}));
+        } else {
+          nhwc = Zeros(nhwc_shape, DType::kF32, s.device());
+          nhwc.Narrow(3, n.pad_before, s.size(1)).CopyFrom(Real(s).Permute({0, 2, 3, 1}));
+        }
         v[i] = nhwc.Permute({0, 3, 1, 2});
         break;
       }

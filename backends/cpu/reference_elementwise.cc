@@ -64,6 +64,20 @@ void CopyMiniFloatKernel(const KernelCall& c) {
   }
 }
 
+// One run of a same-dtype copy: element j from from[j * from_stride] to
+// to[j * to_stride], T a whole-byte type of the element's size.
+template <typename T>
+void CopyRun(char* to, const char* from, int64_t n, int64_t to_stride, int64_t from_stride) {
+  T* t = reinterpret_cast<T*>(to);
+  const T* f = reinterpret_cast<const T*>(from);
+  if (from_stride == 0) {
+    const T v = f[0];
+    for (int64_t j = 0; j < n; ++j) t[j * to_stride] = v;
+  } else {
+    for (int64_t j = 0; j < n; ++j) t[j * to_stride] = f[j * from_stride];
+  }
+}
+
 // Copy with cast. Quantized dtypes copy their integer values (to the same
 // quantized dtype, or to a plain integer dtype for IntRepr).
 void CopyKernel(const KernelCall& c) {
@@ -71,6 +85,32 @@ void CopyKernel(const KernelCall& c) {
   const Tensor& y = c.out[0];
   if (x.dtype() == y.dtype() && x.is_contiguous() && y.is_contiguous() && Info(x.dtype()).bits >= 8) {
     std::memcpy(y.raw_data(), x.raw_data(), StorageBytes(x.dtype(), x.numel()));
+    return;
+  }
+  // Note [Copy runs]: a strided copy to the same dtype moves bits, a run at a
+  // time: a run dense on both sides by memcpy, a broadcast one as a fill, any
+  // other as a loop over the element's bytes as one integer. Element by element
+  // through ForEachStrided it took 7% of an int8 ResNet-20's time for one
+  // 16-channel-run copy (a quantized shortcut, Note [Quantized shortcuts]).
+  if (x.dtype() == y.dtype() && Info(x.dtype()).bits >= 8) {
+    const int64_t size = Info(x.dtype()).bits / 8;
+    const char* xp = static_cast<const char*>(StorageBase(x));
+    char* yp = static_cast<char*>(StorageBase(y));
+    ForEachRunStrided<2>(y.shape(), {&y, &x}, [&](const std::array<int64_t, 2>& off, int64_t n,
+                                                  const std::array<int64_t, 2>& stride) {
+      char* to = yp + off[0] * size;
+      const char* from = xp + off[1] * size;
+      if (stride[0] == 1 && stride[1] == 1) {
+        std::memcpy(to, from, static_cast<size_t>(n * size));
+        return;
+      }
+      switch (size) {
+        case 1: CopyRun<uint8_t>(to, from, n, stride[0], stride[1]); break;
+        case 2: CopyRun<uint16_t>(to, from, n, stride[0], stride[1]); break;
+        case 4: CopyRun<uint32_t>(to, from, n, stride[0], stride[1]); break;
+        default: CopyRun<uint64_t>(to, from, n, stride[0], stride[1]); break;
+      }
+    });
     return;
   }
   if (IsMiniFloat(x.dtype()) || IsMiniFloat(y.dtype())) {

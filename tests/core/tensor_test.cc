@@ -78,6 +78,49 @@ TEST(Tensor, ContiguousCopiesOnlyWhenNeeded) {
   EXPECT_TRUE(Tensor::Empty({0, 3}, DType::kF32).Transpose(0, 1).is_contiguous());
 }
 
+// Note [Copy runs] (backends/cpu/reference_elementwise.cc): strided copies to
+// the same dtype move bits a run at a time (memcpy, fill, or a loop over 1, 2,
+// 4 or 8-byte integers). For each width: a transpose (runs of stride 4), a
+// stride-2 slice into a narrow of a wider tensor (short dense runs, the
+// shortcut of a quantized ResNet), and broadcasts of a row and of one value
+// (stride-0 runs), against values indexed by hand.
+TEST(Tensor, StridedCopiesOfOneDTypeMoveExactValues) {
+  for (DType dtype : {DType::kI8, DType::kBF16, DType::kI32, DType::kF64, DType::kQUInt8}) {
+    SCOPED_TRACE(Name(dtype));
+    auto make = [&](const Shape& shape) {
+      Tensor t = Iota(shape);  // 0, 1, 2, ...: exact in every dtype here (at most 127 values)
+      return dtype == DType::kQUInt8 ? Quantize(t, dtype, QuantParams::PerTensor(1.0, 0)) : t.To(dtype);
+    };
+    auto values = [&](const Tensor& t) {
+      return dtype == DType::kQUInt8 ? [&] {
+        std::vector<int32_t> v = t.IntRepr();
+        return std::vector<double>(v.begin(), v.end());
+      }()
+                                     : t.ToVector<double>();
+    };
+    Tensor x = make({3, 4});
+    EXPECT_EQ(values(x.Transpose(0, 1).Contiguous()), (std::vector<double>{0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11}));
+    // (2, 4, 3) -> every second of dim 1 (2, 2, 3), into channels 1..3 of a (2, 2, 5) zeros.
+    Tensor src = make({2, 4, 3}).Slice(1, 0, 4, 2);
+    Tensor dst = dtype == DType::kQUInt8 ? Quantize(Zeros({2, 2, 5}), dtype, QuantParams::PerTensor(1.0, 0))
+                                         : Zeros({2, 2, 5}, dtype);
+    dst.Narrow(2, 1, 3).CopyFrom(src);
+    std::vector<double> want(20, 0);
+    for (int n = 0; n < 2; ++n) {
+      for (int h = 0; h < 2; ++h) {
+        for (int c = 0; c < 3; ++c) want[n * 10 + h * 5 + 1 + c] = n * 12 + (2 * h) * 3 + c;
+      }
+    }
+    EXPECT_EQ(values(dst), want);
+    Tensor wide = dtype == DType::kQUInt8 ? Quantize(Zeros({3, 4}), dtype, QuantParams::PerTensor(1.0, 0))
+                                          : Zeros({3, 4}, dtype);
+    wide.CopyFrom(make({1, 4}));
+    EXPECT_EQ(values(wide), (std::vector<double>{0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3}));
+    wide.Transpose(0, 1).CopyFrom(make({1, 1}).Expand({4, 3}).Narrow(0, 0, 4));  // one value, strided target
+    EXPECT_EQ(values(wide), std::vector<double>(12, 0));
+  }
+}
+
 // ChannelsLast() and the layout it asks for (PyTorch's suggest_memory_format):
 // three channels are reordered (a copy, values kept, NHWC strides); one channel
 // is the same memory, marked by a channel stride of 1 (a view); a 1x1 image is
