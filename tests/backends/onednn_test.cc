@@ -348,7 +348,8 @@ TEST(OneDnn, QuantizedConv2dMatchesReference) {
 }
 
 // Note [int8 convolution implementations] (backends/cpu/onednn.cc): every
-// implementation oneDNN offers for an int8 convolution, forced in turn, gives
+// implementation oneDNN offers for an int8 convolution (each name; where two
+// share one, the first of them), forced in turn, gives
 // the bits the rule's choice gives (u8 and f32 outputs; a u8 residual, an f32
 // one, none; s8 and u8 sources), so which one runs cannot change a result; and
 // the rule takes jit_int8 for kernels larger than 1x1 over at most 64 input
@@ -425,8 +426,10 @@ TEST(OneDnn, Int8ConvolutionImplementationsAgreeBitForBit) {
   std::printf("%d implementation runs compared; %d cases with more than one implementation; %zu rule choices\n",
               compared, with_choices, cpu::OneDnnRuleInt8Choices() - rule_before);
   if (cpu::OneDnnHasVnni()) {
-    // brgconv and jit_int8 for every 3x3 case: the comparison compared something,
-    // and the rule overrode oneDNN's first at least once.
+    // brgconv beside jit_int8 where the source's zero point is 0 and no residual
+    // is added (brgconv takes neither), brgconv_1x1 beside jit_int8_1x1 for the
+    // 1x1 case: the comparison compared something, and the rule overrode
+    // oneDNN's first.
     EXPECT_GE(with_choices, 5);
     EXPECT_GE(cpu::OneDnnRuleInt8Choices() - rule_before, 3u);
   }
