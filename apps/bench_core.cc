@@ -344,6 +344,43 @@ void BM_LayoutBatchNorm(benchmark::State& state) {
 }
 BENCHMARK(BM_LayoutBatchNorm)->Arg(0)->Arg(1)->UseRealTime()->MinTime(1.0);
 
+// Batch norm in training as ResNet-20 runs it (channels-last, f32, 1 thread):
+// the fused forward and backward (Note [Fused batch norm]) on each stage's
+// activation. Arg 0: the stage (0: 128x16x32x32, 1: 128x32x16x16, 2:
+// 128x64x8x8); Arg 1: 0 the forward plain, 1 the forward with the block's
+// epilogue (relu(bn(x) + residual)), 2 the backward plain, 3 the backward of
+// the epilogue form (which also writes the residual's gradient). GB/s counts
+// each activation-sized tensor the call reads or writes once (forward: x, y
+// and the residual; backward: grad_y, x, grad_x, and the residual and its
+// gradient), the traffic of a kernel that made one pass: compare with
+// BM_AddF32_16M's and BM_MemcpyF32_16M's.
+void BM_BatchNormChannelsLast(benchmark::State& state) {
+  SetNumThreads(1);
+  const int64_t stage = state.range(0), pass = state.range(1);
+  const int64_t C = 16 << stage, HW = 32 >> stage;
+  Generator gen(6);
+  Tensor x = Normal({128, C, HW, HW}, 0.5, 2, &gen).ChannelsLast();
+  Tensor r = Normal({128, C, HW, HW}, 0, 1, &gen).ChannelsLast();
+  Tensor gy = Normal({128, C, HW, HW}, 0, 1, &gen).ChannelsLast();
+  Tensor w = Uniform({C}, 0.5, 1.5, &gen), b = Uniform({C}, -0.2, 0.2, &gen);
+  const bool epilogue = pass == 1 || pass == 3;
+  NoGradGuard no_grad;
+  auto [y, mean, var] = BatchNormTraining(x, w, b, 1e-5);
+  for (auto _ : state) {
+    if (pass == 0) benchmark::DoNotOptimize(BatchNormTraining(x, w, b, 1e-5)[0]);
+    if (pass == 1) benchmark::DoNotOptimize(BatchNormTraining(x, w, b, 1e-5, r, true)[0]);
+    if (pass == 2) benchmark::DoNotOptimize(BatchNormBackward(gy, x, w, mean, var, 1e-5)[0]);
+    if (pass == 3) benchmark::DoNotOptimize(BatchNormReluBackward(gy, x, w, b, mean, var, 1e-5, r)[0]);
+  }
+  const int64_t tensors = pass < 2 ? (epilogue ? 3 : 2) : (epilogue ? 5 : 3);
+  state.counters["GB/s"] = benchmark::Counter(static_cast<double>(tensors * x.numel() * sizeof(float)),
+                                              benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+  const char* passes[] = {"forward", "forward, relu(bn(x) + residual)", "backward", "backward, relu(bn(x) + residual)"};
+  state.SetLabel("128x" + std::to_string(C) + "x" + std::to_string(HW) + "x" + std::to_string(HW) + " channels-last, " +
+                 passes[pass] + ", 1 thread");
+}
+BENCHMARK(BM_BatchNormChannelsLast)->ArgsProduct({{0, 1, 2}, {0, 1, 2, 3}})->UseRealTime()->MinTime(0.5);
+
 void BM_MemcpyF32_16M(benchmark::State& state) {  // the memory-bandwidth reference for add
   const int64_t n = 16 << 20;
   std::vector<float> a(n, 1.0f), y(n);

@@ -14,6 +14,8 @@
 #include <type_traits>
 #include <array>
 #include <algorithm>
+#include <bit>
+#include <cstdint>
 #include <vector>
 
 #include "backends/cpu/reference_common.h"
@@ -63,29 +65,56 @@ void VisitFloatingWithStats(const KernelCall& c, DType dtype, F&& f) {
 }
 
 // Channels-last (rows of C values, R = N * H * W rows): per-channel sums of
-// each f over fixed chunks of rows (the same chunks at any thread count),
-// combined in chunk order; f(row, channel).
-template <typename... F>
-std::vector<std::array<double, sizeof...(F)>> SumRows(int64_t R, int64_t C, F&&... f) {
-  constexpr int64_t kChunk = 256;
+// kF terms over fixed chunks of rows (the same chunks at any thread count),
+// combined in chunk order; f(r, ch) returns the kF terms (std::array<double,
+// kF>) of row r, channel ch.
+//
+// Note [Channel sums in registers]: a chunk's sums run over blocks of 16
+// channels, each block's kF x 16 running sums in a local array that GCC keeps
+// in vector registers for the whole chunk. Accumulating a whole row into an
+// array of C sums in memory instead (as this did before) makes every row's
+// adds wait for the previous row's stores to the same sums: at 16 channels,
+// ResNet-20's first stage, that chain bounded the statistics pass at a third
+// of the memory's rate (apps:bench_core's BM_BatchNormChannelsLast). Each
+// channel's sum still adds its rows in row order from 0, so the result is the
+// same to the bit. GCC unrolls a block's 16 channels and vectorizes them as
+// straight-line code, which keeps no branch: hence ReLU's mask below by bits
+// (KeepIf), not by a conditional. Channels past the last whole block of 16 go
+// one at a time.
+template <size_t kF, typename F>
+std::vector<std::array<double, kF>> SumRows(int64_t R, int64_t C, F&& f) {
+  constexpr int64_t kChunk = 256, kLanes = 16;
   const int64_t chunks = (R + kChunk - 1) / kChunk;
-  std::vector<double> part(static_cast<size_t>(chunks * C * sizeof...(F)), 0.0);
+  std::vector<double> part(static_cast<size_t>(chunks * C * kF), 0.0);
   ParallelFor(0, chunks, 1, [&](int64_t b, int64_t e) {
     for (int64_t k = b; k < e; ++k) {
-      double* acc = part.data() + k * C * sizeof...(F);
-      for (int64_t r = k * kChunk; r < std::min(R, (k + 1) * kChunk); ++r) {
-        size_t which = 0;
-        ((([&] {
-           double* a = acc + which * C;
-           for (int64_t c = 0; c < C; ++c) a[c] += f(r, c);
-         })(), ++which), ...);
+      double* acc = part.data() + k * C * kF;
+      const int64_t r0 = k * kChunk, r1 = std::min(R, r0 + kChunk);
+      int64_t c0 = 0;
+      for (; c0 + kLanes <= C; c0 += kLanes) {
+        double a[kF][kLanes] = {};
+        for (int64_t r = r0; r < r1; ++r) {
+          for (int64_t l = 0; l < kLanes; ++l) {
+            const std::array<double, kF> t = f(r, c0 + l);
+            for (size_t which = 0; which < kF; ++which) a[which][l] += t[which];
+          }
+        }
+        for (size_t which = 0; which < kF; ++which) {
+          for (int64_t l = 0; l < kLanes; ++l) acc[which * C + c0 + l] = a[which][l];
+        }
+      }
+      for (int64_t r = r0; r < r1 && c0 < C; ++r) {
+        for (int64_t c = c0; c < C; ++c) {
+          const std::array<double, kF> t = f(r, c);
+          for (size_t which = 0; which < kF; ++which) acc[which * C + c] += t[which];
+        }
       }
     }
   });
-  std::vector<std::array<double, sizeof...(F)>> total(C);
+  std::vector<std::array<double, kF>> total(C);
   for (int64_t k = 0; k < chunks; ++k) {
-    for (size_t which = 0; which < sizeof...(F); ++which) {
-      const double* a = part.data() + (k * sizeof...(F) + which) * C;
+    for (size_t which = 0; which < kF; ++which) {
+      const double* a = part.data() + (k * kF + which) * C;
       for (int64_t c = 0; c < C; ++c) total[c][which] += a[c];
     }
   }
@@ -167,12 +196,11 @@ void BatchNormKernel(const KernelCall& c) {
       const int64_t R = N * HW;
       std::vector<double> pivot(C);
       for (int64_t ch = 0; ch < C; ++ch) pivot[ch] = static_cast<double>(Convert<K>(xp[ch]));
-      auto sums = SumRows(
-          R, C, [&](int64_t r, int64_t ch) { return static_cast<double>(Convert<K>(xp[r * C + ch])) - pivot[ch]; },
-          [&](int64_t r, int64_t ch) {
-            double d = static_cast<double>(Convert<K>(xp[r * C + ch])) - pivot[ch];
-            return d * d;
-          });
+      const double* __restrict pv = pivot.data();
+      auto sums = SumRows<2>(R, C, [&](int64_t r, int64_t ch) {
+        const double d = static_cast<double>(Convert<K>(xp[r * C + ch])) - pv[ch];
+        return std::array<double, 2>{d, d * d};
+      });
       BnAffines<K> f(C);
       for (int64_t ch = 0; ch < C; ++ch) f.Set(ch, finish(ch, pivot[ch], sums[ch][0], sums[ch][1]));
       const K *m = f.m.data(), *scale = f.scale.data(), *shift = f.shift.data();
@@ -247,6 +275,31 @@ inline void MaskedGrads(int64_t n, const T* __restrict gy, const T* __restrict x
   }
 }
 
+// g with its bits where keep, else +0: ThresholdBackward's `b > 0 ? a : 0`
+// for a float g, without a branch (Note [Channel sums in registers]).
+template <typename K>
+inline K KeepIf(bool keep, K g) {
+  using U = std::conditional_t<sizeof(K) == 8, uint64_t, uint32_t>;
+  static_assert(sizeof(K) == sizeof(U));
+  return std::bit_cast<K>(static_cast<U>(std::bit_cast<U>(g) & (U{0} - static_cast<U>(keep))));
+}
+
+// grad_y at flat index i of channels-last operands, masked by ReLU where the
+// epilogue has it (as MaskedGrads masks it, bit for bit) but by bits
+// (KeepIf), for SumRows (Note [Channel sums in registers]); m, scale, shift:
+// the forward's affine map of i's channel (unused without ReLU).
+template <typename T, bool kResidual, bool kRelu, typename K = Compute<T>>
+inline K MaskedGrad(const T* __restrict gy, const T* __restrict x, const T* __restrict residual, int64_t i, K m,
+                    K scale, K shift) {
+  const K g = Convert<K>(gy[i]);
+  if constexpr (!kRelu) {
+    return g;
+  } else {
+    const K v = Convert<K>(BnEpilogue<T, kResidual, false>(BnNormalize(Convert<K>(x[i]), m, scale, shift), residual, i));
+    return KeepIf(v > K(0), g);
+  }
+}
+
 // in: grad_y, x (N, C, H, W), weight, mean, var (C) and, with attrs.relu, bias
 // (C) and (attrs.residual) the residual (like x); x-shaped operands all
 // contiguous or all channels-last; attrs.scalar: eps. out: grad_x (like x),
@@ -271,7 +324,7 @@ void BatchNormBackwardKernel(const KernelCall& c) {
     T *gwp = static_cast<T*>(c.out[1].raw_data()), *gbp = static_cast<T*>(c.out[2].raw_data());
     T* grp = rp ? static_cast<T*>(c.out[3].raw_data()) : nullptr;
     // The forward's affine maps, for ReLU's mask.
-    BnAffines<K> fwd(bp ? C : 0);
+    BnAffines<K> fwd(C);  // zeros without ReLU (then unread)
     for (int64_t ch = 0; bp && ch < C; ++ch) {
       fwd.Set(ch, BnAffineOf<K, S>(mp[ch], vp[ch], Convert<K>(wp[ch]), Convert<K>(bp[ch]), eps));
     }
@@ -290,34 +343,15 @@ void BatchNormBackwardKernel(const KernelCall& c) {
       if (ChannelsLast(x)) {  // x-shaped operands (N, H, W, C) in memory
         const int64_t R = N * HW;
         const K *fm = fwd.m.data(), *fs = fwd.scale.data(), *fb = fwd.shift.data();
-        // Per-channel sums over fixed chunks of rows (the same chunks at any
-        // thread count), combined in chunk order.
-        constexpr int64_t kChunk = 256;
-        const int64_t chunks = (R + kChunk - 1) / kChunk;
-        std::vector<double> part(static_cast<size_t>(chunks * C * 2), 0.0);
-        ParallelFor(0, chunks, 1, [&](int64_t b, int64_t e) {
-          std::vector<K> row(C);
-          K* __restrict g = row.data();
-          const double* __restrict mu = mean_d.data();
-          for (int64_t k = b; k < e; ++k) {
-            double* __restrict s0 = part.data() + k * C * 2;
-            double* __restrict s1 = s0 + C;
-            for (int64_t r = k * kChunk; r < std::min(R, (k + 1) * kChunk); ++r) {
-              const T* __restrict xr = xp + r * C;
-              MaskedGrads<T, K, kResidual, kRelu, true>(C, gp + r * C, xr, rp ? rp + r * C : nullptr, fm, fs, fb, g);
-              for (int64_t ch = 0; ch < C; ++ch) {
-                const double gd = static_cast<double>(g[ch]);
-                s0[ch] += gd;
-                s1[ch] += gd * (static_cast<double>(Convert<K>(xr[ch])) - mu[ch]);
-              }
-            }
-          }
+        // Σ gy and Σ gy (x - mean) per channel (SumRows), gy masked by ReLU
+        // as MaskedGrads masks it.
+        const double* __restrict mu = mean_d.data();
+        auto sums = SumRows<2>(R, C, [&](int64_t r, int64_t ch) {
+          const int64_t i = r * C + ch;
+          const double gd = static_cast<double>(MaskedGrad<T, kResidual, kRelu>(gp, xp, rp, i, fm[ch], fs[ch], fb[ch]));
+          return std::array<double, 2>{gd, gd * (static_cast<double>(Convert<K>(xp[i])) - mu[ch])};
         });
-        for (int64_t ch = 0; ch < C; ++ch) {
-          double sum_gy = 0, sum_gy_xmu = 0;
-          for (int64_t k = 0; k < chunks; ++k) sum_gy += part[k * C * 2 + ch], sum_gy_xmu += part[k * C * 2 + C + ch];
-          coefficients(ch, sum_gy, sum_gy_xmu);
-        }
+        for (int64_t ch = 0; ch < C; ++ch) coefficients(ch, sums[ch][0], sums[ch][1]);
         ParallelFor(0, R, 64, [&](int64_t begin, int64_t end) {
           std::vector<K> row(C);
           K* __restrict g = row.data();
@@ -325,9 +359,16 @@ void BatchNormBackwardKernel(const KernelCall& c) {
                   *__restrict mm = m.data();
           for (int64_t r = begin; r < end; ++r) {
             const T* __restrict xr = xp + r * C;
-            MaskedGrads<T, K, kResidual, kRelu, true>(C, gp + r * C, xr, rp ? rp + r * C : nullptr, fm, fs, fb, g);
             T* __restrict gx = gxp + r * C;
-            for (int64_t ch = 0; ch < C; ++ch) gx[ch] = Convert<T>(a[ch] * g[ch] + bb[ch] * (Convert<K>(xr[ch]) - mm[ch]) + cc[ch]);
+            if constexpr (kRelu) {
+              MaskedGrads<T, K, kResidual, kRelu, true>(C, gp + r * C, xr, rp ? rp + r * C : nullptr, fm, fs, fb, g);
+              for (int64_t ch = 0; ch < C; ++ch) gx[ch] = Convert<T>(a[ch] * g[ch] + bb[ch] * (Convert<K>(xr[ch]) - mm[ch]) + cc[ch]);
+            } else {  // grad_y as it is (no copy into the row)
+              const T* __restrict gyr = gp + r * C;
+              for (int64_t ch = 0; ch < C; ++ch) {
+                gx[ch] = Convert<T>(a[ch] * Convert<K>(gyr[ch]) + bb[ch] * (Convert<K>(xr[ch]) - mm[ch]) + cc[ch]);
+              }
+            }
             if constexpr (kRelu && kResidual) {
               T* __restrict gr = grp + r * C;
               for (int64_t ch = 0; ch < C; ++ch) gr[ch] = Convert<T>(g[ch]);

@@ -618,33 +618,39 @@ TEST(Ops, BatchNormTrainingAndBackward) {
 
 // Channels-last batch norm (rows of C) against the contiguous kernel: the
 // same statistics, outputs and gradients to rounding, and channels-last out.
+// 5 channels take the channels-last sums' plain loop; 37 two blocks of 16 and a
+// tail of 5 (Note [Channel sums in registers]).
 TEST(Ops, BatchNormChannelsLastMatchesContiguous) {
   Generator gen(14);
-  Tensor x = Add(Mul(Normal({6, 5, 7, 9}, 0, 1, &gen), 2.0), 3.0);
-  Tensor w = Normal({5}, 1, 0.3, &gen), b = Normal({5}, 0, 0.3, &gen), gy = Normal({6, 5, 7, 9}, 0, 1, &gen);
-  std::array<Tensor, 3> want = BatchNormTraining(x, w, b, 1e-3);
-  std::array<Tensor, 3> got = BatchNormTraining(x.ChannelsLast(), w, b, 1e-3);
-  EXPECT_TRUE(got[0].is_channels_last() && !got[0].is_contiguous());
-  for (int i = 0; i < 3; ++i) ExpectClose(got[i], want[i].ToVector<double>(), 1e-5, 1e-5);
-  std::array<Tensor, 3> gwant = BatchNormBackward(gy, x, w, want[1], want[2], 1e-3);
-  std::array<Tensor, 3> ggot = BatchNormBackward(gy, x.ChannelsLast(), w, want[1], want[2], 1e-3);
-  EXPECT_TRUE(ggot[0].is_channels_last() && !ggot[0].is_contiguous());
-  for (int i = 0; i < 3; ++i) ExpectClose(ggot[i], gwant[i].ToVector<double>(), 1e-4, 1e-5);
+  for (int64_t C : {5, 37}) {
+    SCOPED_TRACE(C);
+    Tensor x = Add(Mul(Normal({6, C, 7, 9}, 0, 1, &gen), 2.0), 3.0);
+    Tensor w = Normal({C}, 1, 0.3, &gen), b = Normal({C}, 0, 0.3, &gen), gy = Normal({6, C, 7, 9}, 0, 1, &gen);
+    std::array<Tensor, 3> want = BatchNormTraining(x, w, b, 1e-3);
+    std::array<Tensor, 3> got = BatchNormTraining(x.ChannelsLast(), w, b, 1e-3);
+    EXPECT_TRUE(got[0].is_channels_last() && !got[0].is_contiguous());
+    for (int i = 0; i < 3; ++i) ExpectClose(got[i], want[i].ToVector<double>(), 1e-5, 1e-5);
+    std::array<Tensor, 3> gwant = BatchNormBackward(gy, x, w, want[1], want[2], 1e-3);
+    std::array<Tensor, 3> ggot = BatchNormBackward(gy, x.ChannelsLast(), w, want[1], want[2], 1e-3);
+    EXPECT_TRUE(ggot[0].is_channels_last() && !ggot[0].is_contiguous());
+    for (int i = 0; i < 3; ++i) ExpectClose(ggot[i], gwant[i].ToVector<double>(), 1e-4, 1e-5);
+  }
 }
 
 // Note [Batch norm epilogue]: relu(bn(x) + residual) in the batch-norm kernel
 // equals the composition Relu(Add(y, residual)) bit for bit, and its backward
 // equals ThresholdBackward then BatchNormBackward, in every floating dtype and
 // both layouts; a quarter of the residual cancels bn(x) exactly, so ReLU's mask
-// meets values that are exactly 0.
+// meets values that are exactly 0. 21 channels: one block of 16 and a tail in
+// the channels-last sums (Note [Channel sums in registers]).
 TEST(Ops, BatchNormEpilogueEqualsTheComposition) {
   Generator gen(21);
   for (DType d : {DType::kF32, DType::kF64, DType::kBF16, DType::kF16}) {
     for (bool channels_last : {false, true}) {
       SCOPED_TRACE(std::string(Name(d)) + (channels_last ? " channels-last" : " contiguous"));
       auto layout = [&](Tensor t) { return channels_last ? t.ChannelsLast() : t.Contiguous(); };
-      Tensor x = layout(Add(Normal({4, 6, 5, 7}, 0, 2, &gen), 1.0).To(d));
-      Tensor w = Normal({6}, 1, 0.5, &gen).To(d), b = Normal({6}, 0, 0.5, &gen).To(d);
+      Tensor x = layout(Add(Normal({4, 21, 5, 7}, 0, 2, &gen), 1.0).To(d));
+      Tensor w = Normal({21}, 1, 0.5, &gen).To(d), b = Normal({21}, 0, 0.5, &gen).To(d);
       Tensor gy = layout(Normal(x.shape(), 0, 1, &gen).To(d));
       std::array<Tensor, 3> plain = BatchNormTraining(x, w, b, 1e-5);
       Tensor cancel = Lt(Uniform(x.shape(), 0, 1, &gen), 0.25).To(d);  // 1 where the residual cancels bn(x)
