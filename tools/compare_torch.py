@@ -29,7 +29,9 @@ median over rounds with the ratio Quanta / PyTorch:
   - the int8 rows against the machine's int8 ceiling: //apps:bench_core's
     measured vpdpbusd peak (without VNNI: the vpmaddubsw sequence's rate, and
     the rate exact 8-bit products can reach), and the multiply-accumulates
-    bench_infer prints (IntegerModel::MultiplyAdds of the converted model);
+    bench_infer prints (IntegerModel::MultiplyAdds of the converted model),
+    beside oneDNN's int8 GEMM 1024^3 (bench_core's BM_MatmulInt8_1024) on
+    the same scale;
   - whether PyTorch's int8 convolution is exact on this CPU, per engine (a
     probe that makes pairs of products overflow int16: torch_int8_probe).
 With --also_torch=PYTHON, the PyTorch of another interpreter (Debian's
@@ -140,9 +142,13 @@ def quanta_int8_peak(bin_dir):
     """bench_core's measured int8 multiply-accumulate peaks, GMAC/s by (benchmark, thread count): BM_Int8Peak
     (vpdpbusd, or without VNNI the vpmaddubsw sequence) and, without VNNI only, BM_Int8ExactPeak (vpmaddwd on
     16-bit operands)."""
-    out = run_bin(os.path.join(bin_dir, "apps/bench_core"), "--benchmark_filter=Int8(Exact)?Peak")
-    return {(name, int(t)): float(g)
-            for name, t, g in re.findall(r"BM_(Int8Peak|Int8ExactPeak)/(\d+)\S*\s.*?GMAC/s=([\d.]+)", out)}
+    out = run_bin(os.path.join(bin_dir, "apps/bench_core"), "--benchmark_filter=Int8(Exact)?Peak|MatmulInt8_1024")
+    peaks = {(name, int(t)): float(g)
+             for name, t, g in re.findall(r"BM_(Int8Peak|Int8ExactPeak)/(\d+)\S*\s.*?GMAC/s=([\d.]+)", out)}
+    # oneDNN's int8 GEMM 1024^3 in GOP/s (two operations a multiply-accumulate), as GMAC/s.
+    peaks.update({("MatmulInt8", int(t)): float(g) / 2
+                  for t, g in re.findall(r"BM_MatmulInt8_1024/(\d+)\S*\s.*?GOP/s=([\d.]+)G", out)})
+    return peaks
 
 
 def quanta_qat(bin_dir, steps):
@@ -468,6 +474,12 @@ def ceiling_lines(rows, macs):
            "), counting the multiply-accumulates of the convolutions and linear layers as the integer model does (" +
            "; ".join(f"{label}: {macs[name] / 1e6:.1f} M an image" for name, label in
                      (("resnet20_b64", "ResNet-20"), ("resnet50", "ResNet-50")) if name in macs) + ")." + caveat, ""]
+    gemm = {t: statistics.median(rows[("int8_gemm", t)]["q"]) for t in peaks if rows.get(("int8_gemm", t), {}).get("q")}
+    if gemm:
+        out.append("- oneDNN's int8 GEMM 1024^3 (bench_core's BM_MatmulInt8_1024, the kernel of Quanta's int8 matmuls): " +
+                   ", ".join(f"{g:.0f} GMAC/s at {t} thread{'s' if t > 1 else ''} ({100 * g / peaks[t]:.0f}% of the "
+                             "ceiling)" for t, g in sorted(gemm.items())) +
+                   ": a large, regular product, the most of the ceiling a oneDNN kernel reaches here.")
     for name, label, target, ips in (("resnet20_b64", "ResNet-20 int8 batch 64", 1.5, True),
                                      ("resnet50", "ResNet-50 int8 batch 1", 0.8, False)):
         for t in sorted(peaks):
@@ -588,7 +600,7 @@ def main():
         for name, ratio in quanta_qat(bin_dir, args.steps).items():
             add(("qat", name), q=ratio)
         for (name, t), g in quanta_int8_peak(bin_dir).items():
-            add(("int8_peak" if name == "Int8Peak" else "int8_exact_peak", t), q=g)
+            add(({"Int8Peak": "int8_peak", "Int8ExactPeak": "int8_exact_peak", "MatmulInt8": "int8_gemm"}[name], t), q=g)
     probe = torch_int8_probe()
     probe2 = {e: tuple(v) for e, v in torch_in(args.also_torch, "probe", args)["probe"].items()} if other else None
     minutes = (time.monotonic() - start) / 60
