@@ -30,7 +30,7 @@ median over rounds with the ratio Quanta / PyTorch:
     measured vpdpbusd peak (without VNNI: the vpmaddubsw sequence's rate, and
     the rate exact 8-bit products can reach), and the multiply-accumulates
     bench_infer prints (IntegerModel::MultiplyAdds of the converted model),
-    beside oneDNN's int8 GEMM 1024^3 (bench_core's BM_MatmulInt8_1024) on
+    beside Quanta's int8 matmul 1024^3 (bench_core's BM_MatmulInt8_1024) on
     the same scale;
   - whether PyTorch's int8 convolution is exact on this CPU, per engine (a
     probe that makes pairs of products overflow int16: torch_int8_probe).
@@ -476,10 +476,12 @@ def ceiling_lines(rows, macs):
                      (("resnet20_b64", "ResNet-20"), ("resnet50", "ResNet-50")) if name in macs) + ")." + caveat, ""]
     gemm = {t: statistics.median(rows[("int8_gemm", t)]["q"]) for t in peaks if rows.get(("int8_gemm", t), {}).get("q")}
     if gemm:
-        out.append("- oneDNN's int8 GEMM 1024^3 (bench_core's BM_MatmulInt8_1024, the kernel of Quanta's int8 matmuls): " +
+        what = ("oneDNN's int8 GEMM underneath" if vnni else
+                "without VNNI two oneDNN int8 GEMMs over split weights, counted as one")
+        out.append(f"- Quanta's int8 matmul 1024^3 (bench_core's BM_MatmulInt8_1024; {what}): " +
                    ", ".join(f"{g:.0f} GMAC/s at {t} thread{'s' if t > 1 else ''} ({100 * g / peaks[t]:.0f}% of the "
                              "ceiling)" for t, g in sorted(gemm.items())) +
-                   ": a large, regular product, the most of the ceiling a oneDNN kernel reaches here.")
+                   ": one large, regular product, for scale beside the networks' many smaller ones.")
     for name, label, target, ips in (("resnet20_b64", "ResNet-20 int8 batch 64", 1.5, True),
                                      ("resnet50", "ResNet-50 int8 batch 1", 0.8, False)):
         for t in sorted(peaks):
