@@ -810,12 +810,14 @@ int main(int argc, char** argv) {
                                                              {"QAT APoT", "QAT W4A4 (APoT)|QAT W3A3 (APoT)|QAT W2A2 (APoT)"}};
   for (size_t s = 0; s < series.size(); ++s) {
     std::string dat = work + "/bits" + std::to_string(s) + ".dat";
-    std::ofstream f(dat);
+    // By bits, so that the line runs 2, 3, 4 (rows come in the table's order).
+    std::vector<std::pair<int, double>> points;
     for (size_t k = 0; k < rows.size(); ++k) {
-      if (series[s].second.find(rows[k].method) != std::string::npos) {
-        f << rows[k].bits << " " << 100 * Mean(top1_of(k)) << "\n";
-      }
+      if (series[s].second.find(rows[k].method) != std::string::npos) points.emplace_back(rows[k].bits, 100 * Mean(top1_of(k)));
     }
+    std::sort(points.begin(), points.end());
+    std::ofstream f(dat);
+    for (const auto& [bits, top1] : points) f << bits << " " << top1 << "\n";
     absl::StrAppend(&script, s ? ", " : "", "'", dat, "' with linespoints title '", series[s].first, "'");
   }
   absl::StrAppend(&script, ", ", 100 * base_acc, " title 'f32' dashtype 2\n");
