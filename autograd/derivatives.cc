@@ -173,6 +173,45 @@ Grads BatchNormBackwardRule(const GradNode& n, const Grads& g) {
   return out;
 }
 
+// Inputs x, weight, bias; outputs y, mean, rstd (x's shape with the last k =
+// weight.dim() dims 1). With xhat = (x - mean) rstd and gh = g weight, over each
+// row of D values: dx = rstd (gh - mean(gh) - xhat mean(gh xhat)), dweight =
+// the sum over rows of g xhat, dbias = that of g. Gradients that reach the
+// statistics themselves add g_mean / D and -g_rstd rstd^2 xhat / D
+// (d rstd / dx = -rstd^3 (x - mean) / D). tests/nn/layers_test.cc holds the
+// fused op equal to the composition of ops it replaces, gradients included.
+Grads LayerNormBackwardRule(const GradNode& n, const Grads& g) {
+  const Tensor &x = X(n, 0), &w = X(n, 1);
+  const int k = w.dim();
+  std::vector<int64_t> rows, row;
+  for (int d = 0; d < x.dim(); ++d) (d < x.dim() - k ? rows : row).push_back(d);
+  const double D = static_cast<double>(w.numel());
+  const Tensor rstd = Y(n, 2).To(x.dtype());
+  const Tensor xhat = Mul(Sub(x, Y(n, 1).To(x.dtype())), rstd);
+  Tensor gx, gw, gb;
+  if (g[0].defined()) {
+    Tensor gh = Mul(g[0], w);
+    gx = Mul(rstd, Sub(Sub(gh, Mean(gh, row, true)), Mul(xhat, Mean(Mul(gh, xhat), row, true))));
+    gw = rows.empty() ? Mul(g[0], xhat) : Sum(Mul(g[0], xhat), rows);
+    gb = rows.empty() ? g[0] : Sum(g[0], rows);
+  }
+  const bool g_mean = g.size() > 1 && g[1].defined(), g_rstd = g.size() > 2 && g[2].defined();
+  if (g_mean || g_rstd) {
+    Tensor extra = ZerosLike(x);
+    if (g_mean) extra = Add(extra, Mul(g[1].To(x.dtype()), 1 / D));
+    if (g_rstd) extra = Sub(extra, Mul(Mul(xhat, Square(rstd)), Mul(g[2].To(x.dtype()), 1 / D)));
+    gx = gx.defined() ? Add(gx, extra) : extra;
+  }
+  return {n.NeedsGrad(0) ? gx : Tensor(), n.NeedsGrad(1) ? gw : Tensor(), n.NeedsGrad(2) ? gb : Tensor()};
+}
+
+// y = softmax(x) along dim: dx = y (g - sum(g y)) = g y - y sum(g y).
+Grads SoftmaxBackward(const GradNode& n, const Grads& g) {
+  const Tensor& y = Y(n);
+  Tensor gy = Mul(g[0], y);
+  return {Sub(gy, Mul(y, Sum(gy, {n.attrs.dims[0]}, /*keepdim=*/true)))};
+}
+
 Grads GatherBackward(const GradNode& n, const Grads& g) {
   return {ScatterAdd(X(n, 0).shape(), n.attrs.dims[0], X(n, 1), g[0]), Tensor()};
 }
@@ -257,6 +296,8 @@ struct RuleTable {
     NotDifferentiable(Op::kMaxPool2dBackward);
     Set(Op::kBatchNorm, &BatchNormBackwardRule);
     NotDifferentiable(Op::kBatchNormBackward);  // no double backward yet
+    Set(Op::kLayerNorm, &LayerNormBackwardRule);
+    Set(Op::kSoftmax, &SoftmaxBackward);
     Set(Op::kGather, &GatherBackward);
     Set(Op::kScatterAdd, &ScatterAddBackward);
     NotDifferentiable(Op::kQuantize);    // quantized tensors carry no gradient
@@ -283,7 +324,7 @@ struct RuleTable {
   }
 };
 // A new op in core/ops.def needs an entry above (rule or NotDifferentiable).
-static_assert(kNumOps == 61, "give the new op its backward rule, then update this count");
+static_assert(kNumOps == 63, "give the new op its backward rule, then update this count");
 
 const RuleTable& Rules() {
   static const RuleTable* table = new RuleTable();

@@ -322,6 +322,15 @@ Tensor Var(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim, int6
 
 Tensor Softmax(const Tensor& x, int64_t dim) {
   QUANTA_CHECK(IsFloating(x.dtype()), "softmax: ", x.Describe(), " is not floating");
+  const int d = x.dim() > 0 ? WrapDimOrNeg(dim, x.dim()) : -1;
+  if (d >= 0 && GetBackend(x.device()).Supports(Op::kSoftmax)) {
+    OpAttrs attrs;
+    attrs.dims = {d};
+    Tensor in[1] = {x.Contiguous()};
+    Tensor out = Tensor::Empty(x.shape(), x.dtype(), x.device());
+    Dispatch(Op::kSoftmax, in, {&out, 1}, attrs);
+    return out;
+  }
   // Stable: the max entry becomes exp(0). The max is a constant shift, so it is
   // taken from the detached input (its gradient would cancel anyway).
   Tensor e = Exp(Sub(x, Max(x.Detach(), {dim}, /*keepdim=*/true)));
@@ -610,6 +619,30 @@ std::array<Tensor, 4> BatchNormReluBackward(const Tensor& grad_y, const Tensor& 
                                             const Tensor& bias, const Tensor& mean, const Tensor& var, double eps,
                                             const Tensor& residual) {
   return BatchNormBackwardOf("batch_norm_backward (relu)", grad_y, x, weight, &bias, mean, var, eps, residual);
+}
+
+std::array<Tensor, 3> NativeLayerNorm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
+  CheckDefined("layer_norm", {&x, &weight, &bias});
+  const int k = weight.dim();
+  QUANTA_CHECK(IsFloating(x.dtype()) && k >= 1 && x.dim() >= k &&
+                   Shape(x.shape().end() - k, x.shape().end()) == weight.shape(),
+               "layer_norm: input ", x.Describe(), " must be floating and end in the weight's shape ",
+               weight.Describe());
+  QUANTA_CHECK(weight.dtype() == x.dtype() && bias.shape() == weight.shape() && bias.dtype() == x.dtype(),
+               "layer_norm: weight and bias must be ", Name(x.dtype()), ShapeToString(weight.shape()),
+               " for input ", x.Describe(), ", got ", weight.Describe(), " and ", bias.Describe());
+  QUANTA_CHECK(eps >= 0, "layer_norm: negative eps ", eps);
+  OpAttrs attrs;
+  attrs.scalar = eps;
+  Tensor in[3] = {x.Contiguous(), weight.Contiguous(), bias.Contiguous()};
+  Shape stats_shape = x.shape();
+  for (int d = x.dim() - k; d < x.dim(); ++d) stats_shape[d] = 1;
+  const DType stats = x.dtype() == DType::kF64 ? DType::kF64 : DType::kF32;
+  std::array<Tensor, 3> out = {Tensor::Empty(x.shape(), x.dtype(), x.device()),
+                               Tensor::Empty(stats_shape, stats, x.device()),
+                               Tensor::Empty(stats_shape, stats, x.device())};
+  Dispatch(Op::kLayerNorm, in, out, attrs);
+  return out;
 }
 
 Tensor ScatterAdd(const Shape& shape, int64_t dim, const Tensor& index, const Tensor& src) {

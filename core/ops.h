@@ -76,6 +76,8 @@ Tensor Argmax(const Tensor& x, int64_t dim, bool keepdim = false);
 // Variance with Bessel's correction by default (correction = 1), as torch.var.
 Tensor Var(const Tensor& x, const std::vector<int64_t>& dims = {}, bool keepdim = false,
            int64_t correction = 1);
+// exp(x - max) / sum(exp(x - max)) along dim: one kernel (Op::kSoftmax) where
+// the backend has it, else that composition; the same values to a few ulps.
 Tensor Softmax(const Tensor& x, int64_t dim);
 Tensor LogSoftmax(const Tensor& x, int64_t dim);
 
@@ -142,6 +144,17 @@ std::array<Tensor, 3> BatchNormBackward(const Tensor& grad_y, const Tensor& x, c
 std::array<Tensor, 4> BatchNormReluBackward(const Tensor& grad_y, const Tensor& x, const Tensor& weight,
                                             const Tensor& bias, const Tensor& mean, const Tensor& var, double eps,
                                             const Tensor& residual = Tensor());
+
+// ---- layer normalization ----------------------------------------------------------
+// Over x's last k = weight.dim() dims, as torch.native_layer_norm: per row of
+// D = weight.numel() values, y = (x - mean) / sqrt(var + eps) * weight + bias
+// with the biased variance, in one kernel (Note [Fused layer norm] in
+// backends/cpu/reference_normalization.cc). weight and bias: x's trailing shape
+// and dtype. Returns {y, mean, rstd}: mean and rstd = 1 / sqrt(var + eps) have
+// x's shape with the last k dims 1, f32 (f64 for an f64 x). Gradients reach x,
+// weight and bias (and through mean and rstd). nn's LayerNorm calls it
+// (nn/functional.h) where the backend has the kernel.
+std::array<Tensor, 3> NativeLayerNorm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps);
 
 // ---- quantization (Note [One quantization formula] in core/scalar_ops.h) -------
 // The integer range of a quantized dtype under params (params' own range if set).

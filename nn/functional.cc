@@ -101,6 +101,22 @@ Tensor LayerNorm(const Tensor& x, const Shape& normalized_shape, const Tensor& w
   QUANTA_CHECK(k >= 1 && x.dim() >= k &&
                    Shape(x.shape().end() - k, x.shape().end()) == normalized_shape,
                "layer_norm: input ", x.Describe(), " does not end in ", ShapeToString(normalized_shape));
+  // One kernel where the backend has it (Note [Fused layer norm] in
+  // backends/cpu/reference_normalization.cc), with weight and bias of x's dtype
+  // and the normalized shape (under autocast the dtypes may differ, and
+  // broadcast parameters may be given: the composition takes those).
+  auto fits = [&](const Tensor& t) { return !t.defined() || (t.dtype() == x.dtype() && t.shape() == normalized_shape); };
+  if (IsFloating(x.dtype()) && GetBackend(x.device()).Supports(Op::kLayerNorm) && fits(weight) && fits(bias)) {
+    const Tensor w = weight.defined() ? weight : Ones(normalized_shape, x.dtype(), x.device());
+    const Tensor b = bias.defined() ? bias : Zeros(normalized_shape, x.dtype(), x.device());
+    return NativeLayerNorm(x, w, b, eps)[0];
+  }
+  return LayerNormComposite(x, normalized_shape, weight, bias, eps);
+}
+
+Tensor LayerNormComposite(const Tensor& x, const Shape& normalized_shape, const Tensor& weight, const Tensor& bias,
+                          double eps) {
+  int k = static_cast<int>(normalized_shape.size());
   std::vector<int64_t> dims;
   for (int d = x.dim() - k; d < x.dim(); ++d) dims.push_back(d);
   // The centered input is computed once and serves the variance and the output:

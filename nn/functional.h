@@ -45,9 +45,14 @@ void UpdateBatchNormRunning(const Tensor& mean, const Tensor& var, double count,
 Tensor BatchNormComposite(const Tensor& x, Tensor& running_mean, Tensor& running_var, const Tensor& weight,
                           const Tensor& bias, bool training, double momentum, double eps);
 
-// Normalizes over the last normalized_shape.size() dims.
+// Normalizes over the last normalized_shape.size() dims: one kernel
+// (NativeLayerNorm in core/ops.h) where the backend has it.
 Tensor LayerNorm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight,
                  const Tensor& bias, double eps);
+// The same as a composition of core ops: what backends without the kernel run,
+// and what tests hold the kernel equal to.
+Tensor LayerNormComposite(const Tensor& x, const Shape& normalized_shape, const Tensor& weight,
+                          const Tensor& bias, double eps);
 
 // Zeroes each element with probability p and scales the rest by 1 / (1 - p).
 Tensor Dropout(const Tensor& x, double p, bool training, Generator* gen = nullptr);

@@ -49,6 +49,11 @@ bool OneDnnHasVnni();
 // sources with |w| > 64). For tests that narrower sources need none.
 size_t OneDnnSplitWeightCalls();
 
+// Integer matmul primitives built so far whose constant weights oneDNN took in
+// a layout of its own (Note [Packed matmul weights] in onednn.cc). For tests
+// that a converted model's matmuls run on packed weights.
+size_t OneDnnPackedMatmulPrimitives();
+
 // Quantize and dequantize calls so far that took the general strided loop (an
 // index computation per element) rather than a run loop (Note [Fake-quant
 // runs], Note [Per-tensor runs] in reference_quantization.cc): per-channel

@@ -191,6 +191,7 @@ namespace {
 // each other's bits. `Backend::SetOption("winograd", "0")` turns it off.
 std::atomic<bool> winograd_enabled{true};
 std::atomic<int64_t> winograd_primitives{0};
+std::atomic<int64_t> packed_matmul_primitives{0};  // Note [Packed matmul weights]
 
 enum class ConvPass { kForward, kBackwardData, kBackwardWeights };
 
@@ -909,13 +910,21 @@ void OneDnnQuantizedMatmul(const KernelCall& c) {
   memory::desc a_md({M, K}, e.src_dt, memory::format_tag::ab), b_md({K, N}, memory::data_type::s8, memory::format_tag::ab),
       y_md({M, N}, e.dst_dt, memory::format_tag::ab), bias_md({1, N}, memory::data_type::f32, memory::format_tag::ab),
       r_md({M, N}, e.residual_dt, memory::format_tag::ab);
+  // Note [Packed matmul weights]: a converted model's weights (constant
+  // storage) go to the primitive in the layout it picks, reordered once into
+  // the weight cache (Note [Weight cache]); given plain, oneDNN's brgemm matmul
+  // packs them again inside every call.
+  const bool packed = b.storage()->constant();
+  const memory::desc b_prim = packed ? memory::desc({K, N}, memory::data_type::s8, memory::format_tag::any) : b_md;
   const bool runtime_scales = c.attrs.varying_input_scale;  // Note [Run-time output scales]
   auto primitive = [&](const IntegerEpilogue& ep, const memory::desc& dst, bool with_bias) {
     std::string key = absl::StrCat("qmatmul|", GetNumThreads(), "|", ep.Key(runtime_scales), "|", M, ",", K, ",", N,
-                                   "|", with_bias);
+                                   "|", with_bias, "|", packed);
     return ConvPrimitive("quantized_matmul", key, [&] {
-      dnnl::matmul::desc desc = with_bias ? dnnl::matmul::desc(a_md, b_md, bias_md, dst) : dnnl::matmul::desc(a_md, b_md, dst);
+      dnnl::matmul::desc desc =
+          with_bias ? dnnl::matmul::desc(a_md, b_prim, bias_md, dst) : dnnl::matmul::desc(a_md, b_prim, dst);
       auto pd = dnnl::matmul::primitive_desc(desc, ep.Attr(per_channel, r_md, runtime_scales), Engine());
+      if (packed && pd.weights_desc() != b_md) ++packed_matmul_primitives;
       return std::make_shared<CachedConv>(CachedConv{dnnl::matmul(pd), {pd.src_desc(), pd.weights_desc(), pd.dst_desc()}});
     });
   };
@@ -984,6 +993,8 @@ bool OneDnnHasBf16Kernels() { return HasAvx512Core(); }
 bool OneDnnHasVnni() { return HasVnni(); }
 
 size_t OneDnnSplitWeightCalls() { return split_calls.load(std::memory_order_relaxed); }
+
+size_t OneDnnPackedMatmulPrimitives() { return static_cast<size_t>(packed_matmul_primitives.load()); }
 
 size_t OneDnnWinogradPrimitives() { return static_cast<size_t>(winograd_primitives.load()); }
 

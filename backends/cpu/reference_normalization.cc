@@ -1,4 +1,5 @@
-// Reference kernels: batch normalization in training, forward and backward.
+// Reference kernels: batch normalization in training, forward and backward;
+// layer normalization and softmax (Note [Fused layer norm]).
 //
 // Note [Fused batch norm]: written with core ops, training-mode batch norm is a
 // mean, a variance (mean, subtract, square, mean), a subtract, an rsqrt and two
@@ -11,6 +12,7 @@
 // write grad_x. Sums go to 8 f64 partial sums (as Note [Dense reductions]) so
 // the loops vectorize; channels run in parallel.
 #include <cmath>
+#include <limits>
 #include <type_traits>
 #include <array>
 #include <algorithm>
@@ -19,6 +21,7 @@
 #include <vector>
 
 #include "backends/cpu/reference_common.h"
+#include "backends/cpu/vector_math.h"
 #include "core/scalar_ops.h"
 
 namespace quanta::cpu {
@@ -428,11 +431,133 @@ void BatchNormBackwardKernel(const KernelCall& c) {
   });
 }
 
+// Note [Fused layer norm]
+// Written with core ops, layer norm is nine passes over x, each a parallel
+// region of its own (a sum and a scale for the mean, a subtract, a square, the
+// variance's sum and scale, an rsqrt, two multiplies and an add), and softmax
+// five (max, subtract, exp, sum, divide). In BERT-base's int8 forward they were
+// most of the time outside the integer GEMMs (perf, docs/benchmarks.md). Here
+// each row (layer norm: the D values of the normalized trailing dims; softmax:
+// the values along its dim) is read for its statistics and written once, in one
+// parallel region per call; BERT's rows (768 values, 128 scores) stay in L1
+// between the passes. Sums are f64 over 8 partial sums (as Note [Dense
+// reductions]), so the loops vectorize and the order is fixed. Layer norm takes
+// the variance about the mean in a second pass, as the composition does (no
+// cancellation); softmax rounds exp(x - max) to the dtype before summing and
+// dividing, as the composition does, so at f32 the two agree to an ulp or two.
+
+// The sum of f(j) over j in [0, n), in 8 partial sums.
+template <typename F>
+double SumRow(int64_t n, F&& f) {
+  double part[8] = {};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    for (int l = 0; l < 8; ++l) part[l] += f(j + l);
+  }
+  for (; j < n; ++j) part[0] += f(j);
+  return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+}
+
+// Rows per parallel chunk: about 16K values.
+int64_t RowGrain(int64_t row_values) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(row_values, 1)); }
+
+// in: x (contiguous), weight and bias (x's trailing shape, D values); attrs.scalar:
+// eps. out: y (like x), mean and rstd (one per row of D values).
+void LayerNormKernel(const KernelCall& c) {
+  const Tensor &x = c.in[0], &w = c.in[1], &b = c.in[2];
+  const int64_t D = w.numel(), R = c.out[1].numel();
+  const double eps = c.attrs.scalar;
+  VisitFloatingWithStats(c, x.dtype(), [&]<typename T, typename S>(TypeTag<T>, TypeTag<S>) {
+    using K = Compute<T>;
+    const T* xp = static_cast<const T*>(x.raw_data());
+    const T *wp = static_cast<const T*>(w.raw_data()), *bp = static_cast<const T*>(b.raw_data());
+    T* yp = static_cast<T*>(c.out[0].raw_data());
+    S *mp = static_cast<S*>(c.out[1].raw_data()), *rp = static_cast<S*>(c.out[2].raw_data());
+    ParallelFor(0, R, RowGrain(D), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const T* __restrict xr = xp + r * D;
+        T* __restrict yr = yp + r * D;
+        const double mean = SumRow(D, [&](int64_t j) { return static_cast<double>(Convert<K>(xr[j])); }) / D;
+        const double var = SumRow(D, [&](int64_t j) {
+                             const double d = static_cast<double>(Convert<K>(xr[j])) - mean;
+                             return d * d;
+                           }) / D;
+        const double rstd = 1 / std::sqrt(var + eps);
+        mp[r] = static_cast<S>(mean);
+        rp[r] = static_cast<S>(rstd);
+        const K m = static_cast<K>(mean), s = static_cast<K>(rstd);
+        for (int64_t j = 0; j < D; ++j) {
+          yr[j] = Convert<T>((Convert<K>(xr[j]) - m) * s * Convert<K>(wp[j]) + Convert<K>(bp[j]));
+        }
+      }
+    });
+  });
+}
+
+// in: x (contiguous); attrs.dims: {the softmax's dim}. out: y (like x). A NaN
+// anywhere in a row makes the whole row NaN, as +inf does (inf - inf), as in
+// the composition.
+void SoftmaxKernel(const KernelCall& c) {
+  const Tensor& x = c.in[0];
+  const int d = static_cast<int>(c.attrs.dims[0]);
+  int64_t outer = 1, inner = 1;
+  const int64_t n = x.size(d);
+  for (int i = 0; i < d; ++i) outer *= x.size(i);
+  for (int i = d + 1; i < x.dim(); ++i) inner *= x.size(i);
+  VisitFloatingWithStats(c, x.dtype(), [&]<typename T, typename S>(TypeTag<T>, TypeTag<S>) {
+    using K = Compute<T>;
+    const T* xp = static_cast<const T*>(x.raw_data());
+    T* yp = static_cast<T*>(c.out[0].raw_data());
+    if (inner == 1) {  // rows of n contiguous values (the last dim)
+      ParallelFor(0, outer, RowGrain(n), [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          const T* __restrict xr = xp + r * n;
+          T* __restrict yr = yp + r * n;
+          K m = -std::numeric_limits<K>::infinity();
+          for (int64_t j = 0; j < n; ++j) m = std::max(m, Convert<K>(xr[j]));
+          for (int64_t j = 0; j < n; ++j) yr[j] = Convert<T>(ExpFn{}(Convert<K>(xr[j]) - m));
+          const K sum = static_cast<K>(SumRow(n, [&](int64_t j) { return static_cast<double>(Convert<K>(yr[j])); }));
+          for (int64_t j = 0; j < n; ++j) yr[j] = Convert<T>(Convert<K>(yr[j]) / sum);
+        }
+      });
+      return;
+    }
+    // Along an inner dim: the inner values side by side, each with its own max and sum.
+    ParallelFor(0, outer, 1, [&](int64_t begin, int64_t end) {
+      std::vector<K> m(inner);
+      std::vector<double> sum(inner);
+      for (int64_t o = begin; o < end; ++o) {
+        const T* __restrict xo = xp + o * n * inner;
+        T* __restrict yo = yp + o * n * inner;
+        std::fill(m.begin(), m.end(), -std::numeric_limits<K>::infinity());
+        std::fill(sum.begin(), sum.end(), 0.0);
+        for (int64_t i = 0; i < n; ++i) {
+          for (int64_t j = 0; j < inner; ++j) m[j] = std::max(m[j], Convert<K>(xo[i * inner + j]));
+        }
+        for (int64_t i = 0; i < n; ++i) {
+          for (int64_t j = 0; j < inner; ++j) {
+            const T e = Convert<T>(ExpFn{}(Convert<K>(xo[i * inner + j]) - m[j]));
+            yo[i * inner + j] = e;
+            sum[j] += static_cast<double>(Convert<K>(e));
+          }
+        }
+        for (int64_t i = 0; i < n; ++i) {
+          for (int64_t j = 0; j < inner; ++j) {
+            yo[i * inner + j] = Convert<T>(Convert<K>(yo[i * inner + j]) / static_cast<K>(sum[j]));
+          }
+        }
+      }
+    });
+  });
+}
+
 }  // namespace
 
 void AddNormalizationKernels(KernelTable& t) {
   t[static_cast<int>(Op::kBatchNorm)] = &BatchNormKernel;
   t[static_cast<int>(Op::kBatchNormBackward)] = &BatchNormBackwardKernel;
+  t[static_cast<int>(Op::kLayerNorm)] = &LayerNormKernel;
+  t[static_cast<int>(Op::kSoftmax)] = &SoftmaxKernel;
 }
 
 }  // namespace quanta::cpu

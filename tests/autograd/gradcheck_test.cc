@@ -11,7 +11,7 @@ namespace quanta {
 namespace {
 
 // A new op needs its gradcheck row here (or a note why it has no gradient).
-static_assert(kNumOps == 61, "add a gradcheck row for the new op, then update this count");
+static_assert(kNumOps == 63, "add a gradcheck row for the new op, then update this count");
 
 Generator& Gen() {
   static Generator gen(77);
@@ -110,6 +110,13 @@ std::vector<Row> Rows() {
          return Add(o[0], Mul(Add(o[1], Square(o[2])).View({1, 3, 1, 1}), 0.3));
        },
        {Randn({2, 3, 2, 3}), Randn({3}), Randn({3})}},
+      // layer norm (fused) over the last two dims, the statistics mixed in as above
+      {"layer_norm", [](V x) {
+         std::array<Tensor, 3> o = NativeLayerNorm(x[0], x[1], x[2], 1e-3);
+         return Add(o[0], Mul(Add(o[1], Square(o[2])), 0.3));
+       },
+       {Randn({2, 3, 2, 4}), Randn({2, 4}), Randn({2, 4})}},
+      {"softmax inner dim", [](V x) { return Softmax(x[0], 1); }, {Randn({2, 3, 4})}},
       // indexing
       {"index_select", [](V x) { return IndexSelect(x[0], 1, I64({2, 0, 2}, {3})); }, {Randn({2, 3})}},
       {"index_add", [](V x) { return IndexAdd({4, 2}, 0, I64({1, 3, 1}, {3}), x[0]); }, {Randn({3, 2})}},

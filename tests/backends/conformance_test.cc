@@ -288,6 +288,24 @@ std::vector<Row> MakeRows() {
                     return out;
                   },
                   kSums});
+  // ---- layer norm over the last two dims (rows of 40 values, a mean far from 0)
+  // and softmax along the last dim and an inner one.
+  rows.push_back({Op::kLayerNorm, kFloats,
+                  [](DType d, Generator& gen) {
+                    return Inputs{Add(Normal({3, 5, 4, 10}, 0, 2, &gen), 3.0).To(d), Uniform({4, 10}, 0.5, 1.5, &gen).To(d),
+                                  Normal({4, 10}, 0, 1, &gen).To(d)};
+                  },
+                  [](const Inputs& in, const Device&) {
+                    std::array<Tensor, 3> o = NativeLayerNorm(in[0], in[1], in[2], 1e-5);
+                    return std::vector<Tensor>(o.begin(), o.end());
+                  },
+                  kSums});
+  rows.push_back({Op::kSoftmax, kFloats,
+                  [](DType d, Generator& gen) { return One(Normal({3, 5, 37}, 0, 3, &gen).To(d)); },
+                  [](const Inputs& in, const Device&) {
+                    return std::vector<Tensor>{Softmax(in[0], -1), Softmax(in[0], 1)};
+                  },
+                  kSums});
   // ---- indexing: repeated indices (scatter_add sums them).
   auto index_inputs = [](DType d, Generator& gen) {
     std::vector<int64_t> idx(5 * 12);
@@ -485,7 +503,7 @@ const std::vector<Row>& Rows() {
 }
 
 // A row per op: adding an op to ops.def fails here until its row exists.
-static_assert(kNumOps == 61, "a new op needs its row in conformance_test.cc's table");
+static_assert(kNumOps == 63, "a new op needs its row in conformance_test.cc's table");
 TEST(Conformance, EveryKernelOpHasOneRow) {
   std::vector<int> count(kNumOps, 0);
   for (const Row& r : Rows()) ++count[static_cast<int>(r.op)];

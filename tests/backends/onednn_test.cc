@@ -586,7 +586,12 @@ TEST(OneDnn, IntegerPostOpsMatchReference) {
                         k.int4 ? QuantParams::PerTensor(0.05, 0).WithRange(-7, 7) : QuantParams::PerTensor(0.004, 0));
     if (k.constant) b.storage()->MarkConstant();
     IntegerPostOps mpost{.residual = residual_of(k.residual, {5, 9}, false), .relu = k.relu};
+    const size_t packed_before = cpu::OneDnnPackedMatmulPrimitives();
     Tensor mfast = QuantizedMatmul(a, b, Tensor(), DType::kF32, nullptr, mpost), mref;
+    // Note [Packed matmul weights]: constant weights go in oneDNN's own layout
+    // (its brgemm matmul's, AVX-512 up; with AVX2 it takes them plain).
+    if (!k.constant) EXPECT_EQ(cpu::OneDnnPackedMatmulPrimitives(), packed_before);
+    if (k.constant && cpu::OneDnnHasBf16Kernels()) EXPECT_GT(cpu::OneDnnPackedMatmulPrimitives(), packed_before);
     {
       cpu::ReferenceModeGuard guard;
       mref = QuantizedMatmul(a, b, Tensor(), DType::kF32, nullptr, mpost);

@@ -19,7 +19,7 @@ namespace {
 
 // A new op in core/ops.def needs its test here (block_quantize and
 // block_dequantize: block_quant_test.cc); then bump this.
-static_assert(kNumOps == 61, "add a test for the new op, then update this count");
+static_assert(kNumOps == 63, "add a test for the new op, then update this count");
 
 void ExpectClose(const Tensor& got, const std::vector<double>& want, double atol, double rtol) {
   std::vector<double> g = got.ToVector<double>();
@@ -278,6 +278,39 @@ TEST(Ops, SoftmaxAndLogSoftmax) {
                -std::log(3.0)},
               1e-6, 1e-6);
   ExpectClose(Sum(Softmax(Iota({3, 5}), 0), {0}), std::vector<double>(5, 1.0), 1e-6, 0);
+  // Along an inner dim (x is (2, 2, 3), softmax over the middle): each pair
+  // x[i][0][k], x[i][1][k] differs by log 3 (-> 0.25, 0.75), -log 3 or 0.
+  const float l3 = static_cast<float>(std::log(3.0));
+  Tensor inner = F({0, l3, 5, l3, 0, 5, 1, 1, 1, 1 + l3, 1, 1 - l3}, {2, 2, 3});
+  ExpectClose(Softmax(inner, 1), {0.25, 0.75, 0.5, 0.75, 0.25, 0.5, 0.25, 0.5, 0.75, 0.75, 0.5, 0.25}, 1e-6, 1e-6);
+  // Non-finite rows, as PyTorch: a NaN or +inf anywhere makes the row NaN; -inf is exp(-inf) = 0.
+  const float inf = INFINITY, nan = NAN;
+  ExpectClose(Softmax(F({0, l3, nan, 0, inf, 0, -inf, 0}, {4, 2}), 1),
+              {0.25, 0.75, NAN, NAN, NAN, NAN, 0, 1}, 1e-7, 1e-6);
+}
+
+TEST(Ops, LayerNormHandValues) {
+  // Row 0 holds 1, 2, 3, 4 (mean 2.5, biased variance 1.25), row 1 the same
+  // spread reversed around 11.5; eps 2.75 makes 1 / sqrt(var + eps) = 0.5, so
+  // x̂ = -0.75, -0.25, 0.25, 0.75 and its reverse, and y = x̂ w + b.
+  Tensor x = F({1, 2, 3, 4, 13, 12, 11, 10}, {2, 4});
+  Tensor w = F({2, -1, 1, 0}, {4}), b = F({1, 0, 0.5, 3}, {4});
+  std::array<Tensor, 3> out = NativeLayerNorm(x, w, b, 2.75);
+  ExpectClose(out[0], {-0.5, 0.25, 0.75, 3, 2.5, -0.25, 0.25, 3}, 1e-6, 0);
+  EXPECT_EQ(out[1].shape(), (Shape{2, 1}));
+  ExpectClose(out[1], {2.5, 11.5}, 1e-6, 0);
+  ExpectClose(out[2], {0.5, 0.5}, 1e-6, 0);
+  // Over two trailing dims: the same 8 values as one row (mean 7, deviations
+  // -6, -5, -4, -3 and their negatives: biased variance 172 / 8 = 21.5; eps 3.5
+  // makes rstd 1 / 5), so the first column's 1 and 13 become -1.2 and 1.2.
+  std::array<Tensor, 3> two = NativeLayerNorm(x, Ones({2, 4}), Zeros({2, 4}), 3.5);
+  EXPECT_EQ(two[1].shape(), (Shape{1, 1}));
+  ExpectClose(two[1], {7}, 1e-6, 0);
+  ExpectClose(two[2], {0.2}, 1e-7, 1e-6);
+  ExpectClose(two[0].Slice(1, 0, 1).Reshape({2}), {-1.2, 1.2}, 1e-6, 1e-6);
+  EXPECT_THROW(NativeLayerNorm(x, Ones({3}), Zeros({3}), 1e-5), Error);           // trailing shape
+  EXPECT_THROW(NativeLayerNorm(x, Ones({4}, DType::kF64), Zeros({4}), 1e-5), Error);  // dtype
+  EXPECT_THROW(NativeLayerNorm(x, Ones({4}), Zeros({4}), -1), Error);             // eps
 }
 
 // ---- matmul and conv2d --------------------------------------------------------------

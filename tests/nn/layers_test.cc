@@ -167,6 +167,51 @@ TEST(Layers, FusedBatchNormMatchesComposition) {
   }
 }
 
+// Note [Fused layer norm]: the layer-norm and softmax kernels against the
+// compositions of ops they replace (LayerNormComposite; exp(x - max) / sum),
+// forward and gradients, in f32 with a mean far from 0 and in f64; and the
+// fused ops are what ran (the outputs' graph nodes).
+TEST(Layers, FusedLayerNormAndSoftmaxMatchCompositions) {
+  Generator gen(6);
+  for (DType d : {DType::kF32, DType::kF64}) {
+    const double tol = d == DType::kF32 ? 2e-5 : 1e-12;
+    Tensor x0 = Add(Normal({3, 7, 48}, 0, 2, &gen), 5.0).To(d);
+    Tensor w0 = Uniform({48}, 0.5, 1.5, &gen).To(d), b0 = Normal({48}, 0, 1, &gen).To(d);
+    Tensor s0 = Normal({3, 7, 48}, 0, 3, &gen).To(d);
+    Tensor gy = Normal(x0.shape(), 0, 1, &gen).To(d);
+    Tensor y[2], grads[2][4];
+    for (int fused = 0; fused < 2; ++fused) {
+      Tensor x = x0.Clone().SetRequiresGrad(), w = w0.Clone().SetRequiresGrad(), b = b0.Clone().SetRequiresGrad();
+      Tensor sx = s0.Clone().SetRequiresGrad();
+      Tensor ln = fused ? quanta::LayerNorm(x, {48}, w, b, 1e-5) : LayerNormComposite(x, {48}, w, b, 1e-5);
+      Tensor sm[2];
+      for (int64_t dim : {-1, 1}) {
+        sm[dim == 1] = fused ? Softmax(sx, dim)
+                             : [&] {
+                                 Tensor e = Exp(Sub(sx, Max(sx.Detach(), {dim}, true)));
+                                 return Div(e, Sum(e, {dim}, true));
+                               }();
+      }
+      if (fused) {
+        EXPECT_EQ(ln.autograd_meta()->grad_fn->op, Op::kLayerNorm) << "the layer-norm kernel did not run";
+        EXPECT_EQ(sm[0].autograd_meta()->grad_fn->op, Op::kSoftmax) << "the softmax kernel did not run";
+        EXPECT_EQ(sm[1].autograd_meta()->grad_fn->op, Op::kSoftmax) << "the softmax kernel did not run";
+      }
+      y[fused] = Concat({ln.Flatten(), sm[0].Flatten(), sm[1].Flatten()}, 0);
+      Backward(Sum(Mul(Add(Add(ln, Mul(sm[0], 3.0)), Mul(sm[1], 2.0)), gy)));
+      grads[fused][0] = x.grad(), grads[fused][1] = w.grad(), grads[fused][2] = b.grad(), grads[fused][3] = sx.grad();
+    }
+    auto expect_near = [&](const Tensor& a, const Tensor& b, const char* what) {
+      std::vector<double> u = a.ToVector<double>(), v = b.ToVector<double>();
+      ASSERT_EQ(u.size(), v.size()) << what;
+      for (size_t i = 0; i < u.size(); ++i) EXPECT_NEAR(u[i], v[i], tol * (1 + std::abs(v[i]))) << what << " " << i;
+    };
+    expect_near(y[1], y[0], "layer norm and softmax");
+    const char* names[4] = {"grad x", "grad weight", "grad bias", "grad softmax input"};
+    for (int i = 0; i < 4; ++i) expect_near(grads[1][i], grads[0][i], names[i]);
+  }
+}
+
 // Note [Batch norm epilogue]: BatchNorm2d with relu(bn(x) + residual) fused
 // against the same layer followed by Add and Relu, through autograd: equal bit
 // for bit, forward and every gradient (x, weight, bias, residual); the fused
