@@ -687,6 +687,24 @@ void BatchNormKernel(const KernelCall& c) {
                                          c.out[1].raw_data(), c.out[2].raw_data(), epilogue, s.stream));
 }
 
+void LayerNormKernel(const KernelCall& c) {
+  DeviceState& s = StateOf(c);
+  const Tensor& x = c.in[0];
+  QUANTA_LAUNCH_CHECK(c, LaunchLayerNorm(x.dtype(), c.out[1].numel(), c.in[1].numel(), c.attrs.scalar, x.raw_data(),
+                                         c.in[1].raw_data(), c.in[2].raw_data(), c.out[0].raw_data(),
+                                         c.out[1].raw_data(), c.out[2].raw_data(), s.stream));
+}
+
+void SoftmaxKernel(const KernelCall& c) {
+  DeviceState& s = StateOf(c);
+  const Tensor& x = c.in[0];
+  const int d = static_cast<int>(c.attrs.dims[0]);
+  int64_t outer = 1, inner = 1;
+  for (int i = 0; i < d; ++i) outer *= x.size(i);
+  for (int i = d + 1; i < x.dim(); ++i) inner *= x.size(i);
+  QUANTA_LAUNCH_CHECK(c, LaunchSoftmax(x.dtype(), outer, x.size(d), inner, x.raw_data(), c.out[0].raw_data(), s.stream));
+}
+
 // With relu: in[5] bias, in[6] the residual; out[3] its gradient.
 void BatchNormBackwardKernel(const KernelCall& c) {
   DeviceState& s = StateOf(c);
@@ -1000,6 +1018,8 @@ class CudaBackend : public Backend {
     SetKernel(Op::kMaxPool2dBackward, &MaxPool2dBackwardKernel);
     SetKernel(Op::kBatchNorm, &BatchNormKernel);
     SetKernel(Op::kBatchNormBackward, &BatchNormBackwardKernel);
+    SetKernel(Op::kLayerNorm, &LayerNormKernel);
+    SetKernel(Op::kSoftmax, &SoftmaxKernel);
     SetKernel(Op::kGather, &GatherKernel);
     SetKernel(Op::kScatterAdd, &ScatterAddKernel);
     SetKernel(Op::kQuantize, &QuantizeKernel);

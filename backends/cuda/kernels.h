@@ -128,6 +128,13 @@ std::string LaunchBatchNormBackward(DType dtype, int64_t N, int64_t C, int64_t H
                                     void* grad_x, void* grad_weight, void* grad_bias, const void* bias,
                                     BatchNormEpilogue epilogue, void* grad_residual, Stream s);
 
+// Layer norm over rows of D values (x, y contiguous; weight and bias D values;
+// mean and rstd one per row, f64 for f64, else f32) and softmax along the
+// middle dim of x viewed as (outer, n, inner): Note [Fused layer norm].
+std::string LaunchLayerNorm(DType dtype, int64_t rows, int64_t D, double eps, const void* x, const void* weight,
+                            const void* bias, void* y, void* mean, void* rstd, Stream s);
+std::string LaunchSoftmax(DType dtype, int64_t outer, int64_t n, int64_t inner, const void* x, void* y, Stream s);
+
 // Plain loops for what cuBLAS does not cover (integer dtypes): y (batch, M, N)
 // contiguous; a and b addressed by (batch stride, row stride, column stride).
 struct MatrixOperand {

@@ -108,6 +108,91 @@ __global__ void BatchNormLoop(int64_t N, int64_t C, int64_t HW, double eps, cons
   }
 }
 
+// Note [Fused layer norm] (backends/cpu/reference_normalization.cc): one block
+// per row of D values, the mean and the variance about it in f64 through
+// shared memory (two passes), then y. Softmax along the last dim likewise (max,
+// then exp rounded to the dtype and summed, then divided); along an inner dim,
+// a thread per (outer, inner) column.
+template <typename T, typename S>
+__global__ void LayerNormLoop(int64_t D, double eps, const T* x, const T* w, const T* b, T* y, S* mean_out,
+                              S* rstd_out) {
+  using K = Compute<T>;
+  __shared__ double shared[kThreads];
+  const int64_t r = blockIdx.x;
+  const T* xr = x + r * D;
+  T* yr = y + r * D;
+  double sum = 0;
+  for (int64_t j = threadIdx.x; j < D; j += blockDim.x) sum += double(Convert<K>(xr[j]));
+  const double mean = BlockSum(sum, shared) / double(D);
+  double sq = 0;
+  for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
+    double d = double(Convert<K>(xr[j])) - mean;
+    sq += d * d;
+  }
+  const double rstd = 1 / sqrt(BlockSum(sq, shared) / double(D) + eps);
+  if (threadIdx.x == 0) mean_out[r] = S(mean), rstd_out[r] = S(rstd);
+  const K m = K(mean), sc = K(rstd);
+  for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
+    yr[j] = Convert<T>((Convert<K>(xr[j]) - m) * sc * Convert<K>(w[j]) + Convert<K>(b[j]));
+  }
+}
+
+// The largest v over the block; a NaN is passed over, as std::max(m, NaN) does
+// on the CPU (the NaN still makes its row NaN through exp and the sum).
+__device__ double BlockMax(double v, double* shared) {
+  shared[threadIdx.x] = v;
+  __syncthreads();
+  for (int step = blockDim.x / 2; step > 0; step >>= 1) {
+    if (threadIdx.x < step && shared[threadIdx.x] < shared[threadIdx.x + step]) {
+      shared[threadIdx.x] = shared[threadIdx.x + step];
+    }
+    __syncthreads();
+  }
+  double total = shared[0];
+  __syncthreads();
+  return total;
+}
+
+template <typename T>
+__global__ void SoftmaxRowLoop(int64_t n, const T* x, T* y) {
+  using K = Compute<T>;
+  __shared__ double shared[kThreads];
+  const T* xr = x + blockIdx.x * n;
+  T* yr = y + blockIdx.x * n;
+  K m = -INFINITY;
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+    K v = Convert<K>(xr[j]);
+    if (m < v) m = v;
+  }
+  m = K(BlockMax(double(m), shared));
+  double sum = 0;
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+    yr[j] = Convert<T>(ExpFn{}(Convert<K>(xr[j]) - m));
+    sum += double(Convert<K>(yr[j]));
+  }
+  const K total = K(BlockSum(sum, shared));
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) yr[j] = Convert<T>(Convert<K>(yr[j]) / total);
+}
+
+template <typename T>
+__global__ void SoftmaxColumnLoop(int64_t outer, int64_t n, int64_t inner, const T* x, T* y) {
+  using K = Compute<T>;
+  const int64_t col = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (col >= outer * inner) return;
+  const int64_t base = col / inner * n * inner + col % inner;
+  K m = -INFINITY;
+  for (int64_t i = 0; i < n; ++i) {
+    K v = Convert<K>(x[base + i * inner]);
+    if (m < v) m = v;
+  }
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    y[base + i * inner] = Convert<T>(ExpFn{}(Convert<K>(x[base + i * inner]) - m));
+    sum += double(Convert<K>(y[base + i * inner]));
+  }
+  for (int64_t i = 0; i < n; ++i) y[base + i * inner] = Convert<T>(Convert<K>(y[base + i * inner]) / K(sum));
+}
+
 template <typename T, typename S>
 __global__ void BatchNormBackwardLoop(int64_t N, int64_t C, int64_t HW, double eps, const T* gy, const T* x,
                                       const T* w, const S* mean, const S* var, T* gx, T* gw, T* gb, const T* b,
@@ -459,6 +544,42 @@ std::string LaunchBatchNormBackward(DType dtype, int64_t N, int64_t C, int64_t H
       return LastError();
     } else {
       return "batch norm needs a floating dtype";
+    }
+  });
+}
+
+std::string LaunchLayerNorm(DType dtype, int64_t rows, int64_t D, double eps, const void* x, const void* weight,
+                            const void* bias, void* y, void* mean, void* rstd, Stream s) {
+  if (rows == 0) return "";
+  if (rows > 0x7fffffff) return "layer norm: more than 2^31 - 1 rows";
+  return VisitPlain(dtype, [&]<typename T>(TypeTag<T>) -> std::string {
+    if constexpr (kFloating<T>) {
+      using S = std::conditional_t<std::is_same_v<T, double>, double, float>;
+      LayerNormLoop<T, S><<<static_cast<unsigned>(rows), kThreads, 0, AsStream(s)>>>(
+          D, eps, static_cast<const T*>(x), static_cast<const T*>(weight), static_cast<const T*>(bias),
+          static_cast<T*>(y), static_cast<S*>(mean), static_cast<S*>(rstd));
+      return LastError();
+    } else {
+      return "layer norm needs a floating dtype";
+    }
+  });
+}
+
+std::string LaunchSoftmax(DType dtype, int64_t outer, int64_t n, int64_t inner, const void* x, void* y, Stream s) {
+  if (outer * n * inner == 0) return "";
+  if (inner == 1 && outer > 0x7fffffff) return "softmax: more than 2^31 - 1 rows";
+  return VisitPlain(dtype, [&]<typename T>(TypeTag<T>) -> std::string {
+    if constexpr (kFloating<T>) {
+      if (inner == 1) {
+        SoftmaxRowLoop<T><<<static_cast<unsigned>(outer), kThreads, 0, AsStream(s)>>>(n, static_cast<const T*>(x),
+                                                                                      static_cast<T*>(y));
+      } else {
+        SoftmaxColumnLoop<T><<<Blocks(outer * inner), kThreads, 0, AsStream(s)>>>(
+            outer, n, inner, static_cast<const T*>(x), static_cast<T*>(y));
+      }
+      return LastError();
+    } else {
+      return "softmax needs a floating dtype";
     }
   });
 }
