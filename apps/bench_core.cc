@@ -17,6 +17,7 @@
 #include "core/generator.h"
 #include "core/grad_mode.h"
 #include "core/ops.h"
+#include "nn/functional.h"
 
 namespace quanta {
 namespace {
@@ -383,6 +384,34 @@ void BM_BatchNormChannelsLast(benchmark::State& state) {
                  passes[pass] + ", 1 thread");
 }
 BENCHMARK(BM_BatchNormChannelsLast)->ArgsProduct({{0, 1, 2}, {0, 1, 2, 3}})->UseRealTime()->MinTime(0.5);
+
+// Note [Fused layer norm] (backends/cpu/reference_normalization.cc): BERT-base's
+// layer norm (128 tokens x 768) and attention softmax (12 heads x 128 x 128),
+// f32, 1 thread, the kernel against the composition of core ops it replaced
+// (what a backend without the kernel still runs). GB/s: the input read and the
+// output written once; both fit in L2, as in the model.
+void BM_BertNorms(benchmark::State& state) {
+  SetNumThreads(1);
+  const bool softmax = state.range(0) == 1, fused = state.range(1) == 1;
+  Generator gen(7);
+  Tensor x = softmax ? Normal({1, 12, 128, 128}, 0, 3, &gen) : Normal({1, 128, 768}, 0.5, 2, &gen);
+  Tensor w = Uniform({768}, 0.5, 1.5, &gen), b = Uniform({768}, -0.2, 0.2, &gen);
+  NoGradGuard no_grad;
+  for (auto _ : state) {
+    if (softmax && fused) benchmark::DoNotOptimize(Softmax(x, -1));
+    if (softmax && !fused) {
+      Tensor e = Exp(Sub(x, Max(x, {-1}, true)));
+      benchmark::DoNotOptimize(Div(e, Sum(e, {-1}, true)));
+    }
+    if (!softmax && fused) benchmark::DoNotOptimize(LayerNorm(x, {768}, w, b, 1e-12));
+    if (!softmax && !fused) benchmark::DoNotOptimize(LayerNormComposite(x, {768}, w, b, 1e-12));
+  }
+  state.counters["GB/s"] = benchmark::Counter(static_cast<double>(2 * x.numel() * sizeof(float)),
+                                              benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+  state.SetLabel(std::string(softmax ? "softmax 12x128x128" : "layer norm 128x768") +
+                 (fused ? ", one kernel" : ", composition of core ops") + ", 1 thread");
+}
+BENCHMARK(BM_BertNorms)->ArgsProduct({{0, 1}, {0, 1}})->UseRealTime()->MinTime(0.5);
 
 void BM_MemcpyF32_16M(benchmark::State& state) {  // the memory-bandwidth reference for add
   const int64_t n = 16 << 20;

@@ -590,8 +590,11 @@ TEST(OneDnn, IntegerPostOpsMatchReference) {
     Tensor mfast = QuantizedMatmul(a, b, Tensor(), DType::kF32, nullptr, mpost), mref;
     // Note [Packed matmul weights]: constant weights go in oneDNN's own layout
     // (its brgemm matmul's, AVX-512 up; with AVX2 it takes them plain).
-    if (!k.constant) EXPECT_EQ(cpu::OneDnnPackedMatmulPrimitives(), packed_before);
-    if (k.constant && cpu::OneDnnHasBf16Kernels()) EXPECT_GT(cpu::OneDnnPackedMatmulPrimitives(), packed_before);
+    if (!k.constant) {
+      EXPECT_EQ(cpu::OneDnnPackedMatmulPrimitives(), packed_before);
+    } else if (cpu::OneDnnHasBf16Kernels()) {
+      EXPECT_GT(cpu::OneDnnPackedMatmulPrimitives(), packed_before);
+    }
     {
       cpu::ReferenceModeGuard guard;
       mref = QuantizedMatmul(a, b, Tensor(), DType::kF32, nullptr, mpost);
