@@ -444,7 +444,9 @@ void BatchNormBackwardKernel(const KernelCall& c) {
 // reductions]), so the loops vectorize and the order is fixed. Layer norm takes
 // the variance about the mean in a second pass, as the composition does (no
 // cancellation); softmax rounds exp(x - max) to the dtype before summing and
-// dividing, as the composition does, so at f32 the two agree to an ulp or two.
+// dividing, as the composition does. At f32 the kernels and the compositions
+// agree to a few ulps (tests/nn/layers_test.cc holds them, gradients included,
+// within 2e-5 relative; f64 within 1e-12).
 
 // The sum of f(j) over j in [0, n), in 8 partial sums.
 template <typename F>
