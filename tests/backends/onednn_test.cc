@@ -756,5 +756,24 @@ TEST(OneDnn, SignalsDuringTheKernelsCorruptNothing) {
   }
 }
 
+// Note [CPU block cache]: a freed block of 64 KiB or more (a 384 KiB tensor,
+// the size of BERT-base's 128x768 activations) is kept and handed to the next
+// request of its class, so the loop below reaches no allocator; a 16 KiB block
+// goes straight back to malloc and is not cached.
+TEST(CpuBackend, BlockCacheReusesBlocksFrom64KiB) {
+  Backend& cpu = GetBackend(Device::Cpu());
+  { Tensor warm = Zeros({96 << 10}, DType::kF32); }
+  MemoryStats before = cpu.Memory(0);
+  EXPECT_GE(before.cached, int64_t{384} << 10);
+  for (int i = 0; i < 10; ++i) {
+    Tensor t = Zeros({96 << 10}, DType::kF32);
+    EXPECT_EQ(cpu.Memory(0).in_use, before.in_use + (int64_t{384} << 10));
+  }
+  MemoryStats after = cpu.Memory(0);
+  EXPECT_EQ(after.device_allocations, before.device_allocations) << "a freed 384 KiB block should be reused";
+  { Tensor small = Zeros({4 << 10}, DType::kF32); }
+  EXPECT_EQ(cpu.Memory(0).cached, after.cached) << "a 16 KiB block should go back to malloc";
+}
+
 }  // namespace
 }  // namespace quanta
