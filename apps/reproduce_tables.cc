@@ -784,8 +784,12 @@ int main(int argc, char** argv) {
   // fine-tuning runs continue from its last epoch) and top-1 against bits (mean
   // over the seeds).
   std::string figures = (out_dir / "figures").string();
+  // A --rows table names its figures after its own file (two such tables, such
+  // as docs/accuracy_short_int8.md and docs/accuracy_short_full.md, would
+  // otherwise draw over each other's).
   std::string prefix = std::string(cifar ? "cifar100_resnet20" : "fmnist_resnet8") + (short_recipe ? "_short" : "") +
-                       (quick ? "_quick" : "") + (row_parts.empty() ? "" : "_rows");  // --rows: not the full table's
+                       (quick ? "_quick" : "") +
+                       (row_parts.empty() ? "" : "_" + std::filesystem::path(out).stem().string());
   std::string curves = figures + "/" + prefix + "_curves.png", bits_png = figures + "/" + prefix + "_bits.png";
   std::string script = absl::StrCat("set terminal pngcairo size 900,540\nset output '", curves,
                                     "'\nset xlabel 'epoch'\nset ylabel 'test top-1 (%)'\nset key bottom right\nset grid\n"
@@ -1190,7 +1194,8 @@ int main(int argc, char** argv) {
                   "\nThe other tables, each written by its program: the short recipe over three seeds "
                   "(docs/accuracy_short.md, `--recipe=short`; PyTorch's f32 on it: docs/accuracy_torch_short.md, "
                   "tools/torch_fmnist_short.py; its int8 rows with QAT fine-tuning on every training image: "
-                  "docs/accuracy_short_int8.md, `--recipe=short --rows=int8`); the long recipe's low-bit rows and issue 17's long-recipe targets "
+                  "docs/accuracy_short_int8.md, `--recipe=short --rows=int8`; its int8, W4A4 and W3A3 LSQ rows so, "
+                  "the recipe as issue 17 states it: docs/accuracy_short_full.md); the long recipe's low-bit rows and issue 17's long-recipe targets "
                   "(docs/accuracy_long_lowbit.md, `--rows`); PTQ with learned rounding "
                   "(docs/accuracy_ptq_short_3seeds.md, `--table=ptq`); QAT with distillation "
                   "(docs/accuracy_distill_short.md, `--table=distill`); MXFP8, MXFP6, MXFP4 and NVFP4 PTQ and QAT rows "
