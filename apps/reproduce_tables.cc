@@ -76,7 +76,8 @@ ABSL_FLAG(std::string, ptq_roundings, "adaround,brecq",
 ABSL_FLAG(std::string, rows, "",
           "--table=main: run only the rows whose method contains one of these '|'-separated parts (f32 always), "
           "e.g. 'W4A4 (LSQ)|W2A2 (LSQ|APoT|auto' for issue 17's long-recipe targets; empty: every row. Such a table "
-          "and its figures are named *_rows (docs/accuracy_rows.md unless --out) and never replace the full table's");
+          "is named *_rows (docs/accuracy_rows.md unless --out), its figures after its file, and never replaces the "
+          "full table's");
 ABSL_FLAG(std::string, f32_checkpoint, "",
           "take the f32 model from this checkpoint (written by //apps:train) instead of training it; with --seeds, "
           "{seed} in the path stands for each seed (e.g. /runs/seed{seed}/f32/last.safetensors); the table says which "

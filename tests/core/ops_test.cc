@@ -287,6 +287,25 @@ TEST(Ops, SoftmaxAndLogSoftmax) {
   const float inf = INFINITY, nan = NAN;
   ExpectClose(Softmax(F({0, l3, nan, 0, inf, 0, -inf, 0}, {4, 2}), 1),
               {0.25, 0.75, NAN, NAN, NAN, NAN, 0, 1}, 1e-7, 1e-6);
+  // Rows of 20 (the kernel takes the maximum 16 values at a time, then the
+  // rest): 19 values of 199 and one of 200, inside the first 16 or in the rest
+  // (exp(199) overflows f32, so a maximum that missed the 200 gives NaN:
+  // e^0 / (1 + 19/e) and e^-1 / (1 + 19/e)); a NaN, a +inf and a -inf among zeros.
+  std::vector<float> rows(5 * 20, 0.0f);
+  std::fill(rows.begin(), rows.begin() + 40, 199.0f);
+  rows[0 * 20 + 5] = rows[1 * 20 + 18] = 200.0f;
+  rows[2 * 20 + 9] = nan;
+  rows[3 * 20 + 12] = inf;
+  rows[4 * 20 + 7] = -inf;
+  const double z20 = 1 + 19 / std::exp(1.0);
+  std::vector<double> want(5 * 20);
+  for (int j = 0; j < 20; ++j) {
+    want[0 * 20 + j] = j == 5 ? 1 / z20 : 1 / std::exp(1.0) / z20;
+    want[1 * 20 + j] = j == 18 ? 1 / z20 : 1 / std::exp(1.0) / z20;
+    want[2 * 20 + j] = want[3 * 20 + j] = NAN;
+    want[4 * 20 + j] = j == 7 ? 0.0 : 1.0 / 19;
+  }
+  ExpectClose(Softmax(F(rows, {5, 20}), 1), want, 1e-7, 1e-6);
 }
 
 TEST(Ops, LayerNormHandValues) {
