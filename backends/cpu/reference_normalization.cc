@@ -9,7 +9,7 @@
 // (n, c) are dense runs of H * W: the forward reads them once for the mean and
 // the biased variance (both moments about a pivot, in f64: as accurate as the
 // composition's two passes in f32) and once to write y; the backward reads grad_y and x once for both sums and once more to
-// write grad_x. Sums go to 8 f64 partial sums (as Note [Dense reductions]) so
+// write grad_x. Sums go to 8 f64 partial sums (as Note [Dense sums]) so
 // the loops vectorize; channels run in parallel.
 #include <cmath>
 #include <limits>
@@ -440,43 +440,14 @@ void BatchNormBackwardKernel(const KernelCall& c) {
 // each row (layer norm: the D values of the normalized trailing dims; softmax:
 // the values along its dim) is read for its statistics and written once, in one
 // parallel region per call; BERT's rows (768 values, 128 scores) stay in L1
-// between the passes. Sums are f64 over 8 partial sums (as Note [Dense
-// reductions]), so the loops vectorize and the order is fixed. Layer norm takes
+// between the passes. Sums are f64 over 8 partial sums (Note [Dense
+// sums]), so the loops vectorize and the order is fixed. Layer norm takes
 // the variance about the mean in a second pass, as the composition does (no
 // cancellation); softmax rounds exp(x - max) to the dtype before summing, as
 // the composition does, and multiplies by 1/sum where the composition divides
 // (an ulp or two apart). At f32 the kernels and the compositions
 // agree to a few ulps (tests/nn/layers_test.cc holds them, gradients included,
 // within 2e-5 relative; f64 within 1e-12).
-
-// The sum of f(j) over j in [0, n), in 8 partial sums.
-template <typename F>
-double SumRow(int64_t n, F&& f) {
-  double part[8] = {};
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8) {
-    for (int l = 0; l < 8; ++l) part[l] += f(j + l);
-  }
-  for (; j < n; ++j) part[0] += f(j);
-  return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
-}
-
-// The largest of x[0, n) and -inf, in 16 partial maxima so that the loop
-// vectorizes (one running maximum is a chain of dependent vmaxss, over half of
-// softmax's time at BERT's 128-value rows). std::max(m, v) keeps m when v is
-// NaN, whatever the order, so the partials give the one chain's maximum (up to
-// the sign of a zero maximum, which x - m and so the softmax cannot see).
-template <typename K, typename T>
-K MaxRow(const T* __restrict x, int64_t n) {
-  K part[16];
-  std::fill(part, part + 16, -std::numeric_limits<K>::infinity());
-  int64_t j = 0;
-  for (; j + 16 <= n; j += 16) {
-    for (int l = 0; l < 16; ++l) part[l] = std::max(part[l], Convert<K>(x[j + l]));
-  }
-  for (; j < n; ++j) part[0] = std::max(part[0], Convert<K>(x[j]));
-  return *std::max_element(part, part + 16);
-}
 
 // Rows per parallel chunk: about 16K values.
 int64_t RowGrain(int64_t row_values) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(row_values, 1)); }
@@ -497,8 +468,8 @@ void LayerNormKernel(const KernelCall& c) {
       for (int64_t r = begin; r < end; ++r) {
         const T* __restrict xr = xp + r * D;
         T* __restrict yr = yp + r * D;
-        const double mean = SumRow(D, [&](int64_t j) { return static_cast<double>(Convert<K>(xr[j])); }) / D;
-        const double var = SumRow(D, [&](int64_t j) {
+        const double mean = DenseSum(D, [&](int64_t j) { return static_cast<double>(Convert<K>(xr[j])); }) / D;
+        const double var = DenseSum(D, [&](int64_t j) {
                              const double d = static_cast<double>(Convert<K>(xr[j])) - mean;
                              return d * d;
                            }) / D;
@@ -533,9 +504,10 @@ void SoftmaxKernel(const KernelCall& c) {
         for (int64_t r = begin; r < end; ++r) {
           const T* __restrict xr = xp + r * n;
           T* __restrict yr = yp + r * n;
-          const K m = MaxRow<K>(xr, n);
+          bool nan;  // a NaN makes the row NaN through x - m below
+          const K m = DenseExtreme<true, K>(xr, n, &nan);
           for (int64_t j = 0; j < n; ++j) yr[j] = Convert<T>(ExpFn{}(Convert<K>(xr[j]) - m));
-          const K sum = static_cast<K>(SumRow(n, [&](int64_t j) { return static_cast<double>(Convert<K>(yr[j])); }));
+          const K sum = static_cast<K>(DenseSum(n, [&](int64_t j) { return static_cast<double>(Convert<K>(yr[j])); }));
           const K inv = 1 / sum;  // a multiply per value: vdivps was a third of the kernel's time
           for (int64_t j = 0; j < n; ++j) yr[j] = Convert<T>(Convert<K>(yr[j]) * inv);
         }

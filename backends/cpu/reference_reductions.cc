@@ -121,49 +121,10 @@ void ReduceKernel(const KernelCall& c) {
         const T* xb = static_cast<const T*>(StorageBase(x));
         void* yp = StorageBase(y);
         constexpr bool kMax = std::is_same_v<Reducer, ExtremeReducer<true>>;
-        // The extreme of [p, p + count) (NaN if any), as the serial loop finds it
-        // but for the sign of a zero extreme. Note [Extremes in lanes]: one
-        // running best was a chain of dependent vmaxss, one element per
-        // max's latency (perf annotate, bench_quant: 91% of the kernel's samples
-        // on it), and QAT's EMA observers' min and max of every activation were
-        // 4% of a QAT step's samples. 32 independent bests (two 512-bit
-        // registers of f32) vectorize, and the pass becomes a memory stream.
-        auto extreme = [](const T* p, int64_t count, bool* nan) {
-          constexpr int64_t kLanes = 128 / sizeof(T);
-          using Mask = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
-          auto better = [](T a, T b) { return kMax ? (a > b ? a : b) : (a < b ? a : b); };
-          T best = p[0];
-          bool any_nan = false;
-          int64_t j = 0;
-          if (count >= 2 * kLanes) {
-            T lane[kLanes];
-            Mask bad[kLanes];
-            for (int64_t k = 0; k < kLanes; ++k) lane[k] = p[k], bad[k] = p[k] != p[k];
-            for (j = kLanes; j + kLanes <= count; j += kLanes) {
-              for (int64_t k = 0; k < kLanes; ++k) {
-                const T v = p[j + k];
-                bad[k] |= v != v;
-                lane[k] = better(v, lane[k]);
-              }
-            }
-            for (int64_t k = 0; k < kLanes; ++k) any_nan |= bad[k] != 0, best = better(lane[k], best);
-          }
-          for (; j < count; ++j) {
-            any_nan |= p[j] != p[j];
-            best = better(p[j], best);
-          }
-          *nan = any_nan;
-          return best;
-        };
-        // The sum of [p, p + count) in 8 f64 partial sums.
+        // Note [Dense sums] and Note [Extremes in lanes] (reference_common.h).
+        auto extreme = [](const T* p, int64_t count, bool* nan) { return DenseExtreme<kMax, T>(p, count, nan); };
         auto sum = [](const T* p, int64_t count) {
-          double part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-          int64_t j = 0;
-          for (; j + 8 <= count; j += 8) {
-            for (int k = 0; k < 8; ++k) part[k] += static_cast<double>(p[j + k]);
-          }
-          for (; j < count; ++j) part[0] += static_cast<double>(p[j]);
-          return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+          return DenseSum(count, [p](int64_t j) { return static_cast<double>(p[j]); });
         };
         // Note [Split whole-tensor reductions]: an observer's min and max of a
         // whole activation, and LSQ's step-size gradient (a sum over it), are one
