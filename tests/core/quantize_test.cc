@@ -91,10 +91,13 @@ TEST(Quantize, PerTensorRunsEqualTheGeneralLoop) {
   Tensor images = nchw.Permute({0, 2, 3, 1});                                     // read NCHW, write NHWC
   Tensor image = nchw.Narrow(0, 1, 1).Contiguous().Permute({0, 2, 3, 1});         // one image, read NCHW
   Tensor sub = nchw.Permute({0, 2, 3, 1}).Contiguous().Permute({0, 3, 1, 2}).Slice(2, 0, 9, 2).Slice(3, 0, 7, 2);
+  // Planes of 23 x 29 = 667 values: runs longer than the 256-value chunks that
+  // dense reads with strided writes are quantized in, and not a multiple of them.
+  Tensor large = Mul(Round(Mul(Normal({1, 3, 23, 29}, 0, 20, &gen), 4.0)), 0.25).Permute({0, 2, 3, 1});
   for (DType dtype : {DType::kQInt8, DType::kQUInt8}) {
     int64_t z = dtype == DType::kQUInt8 ? 100 : 3;
     QuantParams tensor = QuantParams::PerTensor(0.5, z);
-    for (const Tensor& x : {images, image, sub}) {
+    for (const Tensor& x : {images, image, sub, large}) {
       SCOPED_TRACE(std::string(Name(dtype)) + " " + ShapeToString(x.shape()));
       ASSERT_FALSE(x.is_contiguous());
       int axis = 1;
