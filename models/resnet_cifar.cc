@@ -43,7 +43,15 @@ Tensor BasicBlock::Forward(const Tensor& x_in) {
     pad[1] = before;
     Shape pad_after = shortcut.shape();
     pad_after[1] = extra - before;
-    shortcut = Concat({Zeros(pad, x.dtype(), x.device()), shortcut, Zeros(pad_after, x.dtype(), x.device())}, 1);
+    // The zeros in x's layout: channels-last beside a channels-last x, so that
+    // the concatenation is channels-last too (Note [Channels-last concat] in
+    // core/ops.cc).
+    auto zeros = [&](const Shape& s) {
+      return x.suggests_channels_last()
+                 ? Zeros({s[0], s[2], s[3], s[1]}, x.dtype(), x.device()).Permute({0, 3, 1, 2})
+                 : Zeros(s, x.dtype(), x.device());
+    };
+    shortcut = Concat({zeros(pad), shortcut, zeros(pad_after)}, 1);
   }
   return bn2->Forward(conv2->Forward(h), {.residual = shortcut, .relu = true});
 }

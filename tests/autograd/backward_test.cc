@@ -102,6 +102,40 @@ TEST(Backward, HooksSeeAndReplaceGradients) {
   EXPECT_EQ(V(x.grad()), (std::vector<float>{1, -1}));
 }
 
+// Note [Channels-last slice gradients]: the gradient of a slice of a
+// channels-last tensor (ResNet's option-A shortcut) is channels-last, zero
+// outside the slice; a slice of an NCHW tensor keeps NCHW.
+TEST(Backward, SliceGradientsKeepChannelsLast) {
+  for (bool channels_last : {true, false}) {
+    SCOPED_TRACE(channels_last ? "channels-last" : "NCHW");
+    Tensor x = F(std::vector<float>(2 * 3 * 4 * 4, 1), {2, 3, 4, 4}).SetRequiresGrad();
+    Tensor h = Mul(channels_last ? x.ChannelsLast() : x, 2.0);  // a non-leaf in that layout
+    ASSERT_EQ(h.suggests_channels_last(), channels_last);
+    Tensor seen;
+    RegisterHook(h, [&](const Tensor& g) {
+      seen = g;
+      return Tensor();
+    });
+    // Rows and columns 1 and 3 of each plane, times 1..24 in (n, c, h, w) order.
+    Tensor w = Arange(1, 25).View({2, 3, 2, 2});
+    Backward(Sum(Mul(h.Slice(2, 1, 4, 2).Slice(3, 1, 4, 2), w)));
+    ASSERT_TRUE(seen.defined());
+    EXPECT_EQ(seen.suggests_channels_last(), channels_last);
+    std::vector<float> want(2 * 3 * 4 * 4, 0);
+    float k = 1;
+    for (int n = 0; n < 2; ++n) {
+      for (int c = 0; c < 3; ++c) {
+        for (int r : {1, 3}) {
+          for (int q : {1, 3}) want[((n * 3 + c) * 4 + r) * 4 + q] = k++;
+        }
+      }
+    }
+    EXPECT_EQ(V(seen), want);
+    for (float& v : want) v *= 2;
+    EXPECT_EQ(V(x.grad()), want);
+  }
+}
+
 // Note [Leaves finish early]: a leaf's hook runs (and its grad() is written) as
 // soon as the last edge into it is walked, before backward reaches earlier
 // layers; a leaf used twice is finished once, with the sum.

@@ -775,6 +775,26 @@ TEST(Ops, ConcatStackIndexSelectGather) {
   EXPECT_THROW(Gather(x, 1, Tensor::FromVector<int64_t>({-1}, {1, 1})), Error);
 }
 
+// Note [Channels-last concat]: channels-last inputs, and a subsampled slice of
+// one, concatenate into a channels-last output along the channels or the batch;
+// the values are those of the contiguous inputs' concatenation (an NCHW output).
+// An NCHW input among them (channels not innermost) gives NCHW, as before.
+TEST(Ops, ConcatKeepsChannelsLast) {
+  Tensor a = Iota({2, 2, 3, 2}).ChannelsLast();
+  Tensor b = Iota({2, 3, 6, 2}).ChannelsLast().Slice(2, 0, 6, 2);  // (2, 3, 3, 2), channels innermost
+  ASSERT_FALSE(b.is_channels_last());
+  Tensor c = Concat({a, b}, 1);
+  EXPECT_TRUE(c.suggests_channels_last());
+  EXPECT_EQ(c.ToVector<float>(), Concat({a.Contiguous(), b.Contiguous()}, 1).ToVector<float>());
+  EXPECT_TRUE(Concat({a, a}, 0).suggests_channels_last());
+  EXPECT_EQ(Concat({a, a}, 0).ToVector<float>(), Concat({a.Contiguous(), a.Contiguous()}, 0).ToVector<float>());
+  // Element (1, 3, 2, 1) of c is b's (1, 1, 2, 1), Iota's (1, 1, 4, 1): ((1 * 3 + 1) * 6 + 4) * 2 + 1 = 57.
+  EXPECT_EQ(c.Select(0, 1).Select(0, 3).Select(0, 2).Select(0, 1).item<float>(), 57);
+  Tensor mixed = Concat({a, Iota({2, 2, 3, 2})}, 1);
+  EXPECT_TRUE(mixed.is_contiguous());
+  EXPECT_EQ(mixed.ToVector<float>(), Concat({a.Contiguous(), Iota({2, 2, 3, 2})}, 1).ToVector<float>());
+}
+
 TEST(Ops, Creation) {
   ExpectClose(Zeros({2, 2}), {0, 0, 0, 0}, 0, 0);
   ExpectClose(Ones({3}, DType::kI8), {1, 1, 1}, 0, 0);
