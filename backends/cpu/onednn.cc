@@ -777,7 +777,15 @@ void RunInteger(const char* op, const CachedConv& entry, const IntegerEpilogue& 
 //   layers 0-13% faster with brgconv_1x1 than jit_int8_1x1.
 // So a convolution with a kernel larger than 1x1 and at most 64 input channels
 // a group takes jit_int8 where oneDNN offers it; every other one oneDNN's
-// first. A fixed rule, like Note [Winograd convolutions]'s, rather than timing
+// first, but for a 1x1 convolution of one image on two or more threads, which
+// takes jit_int8_1x1: measured again on 2026-12-08 (same machine, ONEDNN_VERBOSE
+// per-layer medians of 40 forwards, first and jit_int8 alternated, two rounds),
+// at 2 threads jit_int8_1x1 was as fast or faster on every one of ResNet-50's
+// eleven 1x1 shapes in both rounds (by 0-12%), the 3x3 layers as before
+// (even at 64-256 channels, brgconv 7-12% faster at 512). At 1 thread that run
+// found the 1x1 kernels even (-3% to +15%), against brgconv_1x1's 0-13% lead
+// above, so one thread keeps oneDNN's first. Larger batches were not measured,
+// so they keep it too. A fixed rule, like Note [Winograd convolutions]'s, rather than timing
 // each shape at run time: tried, timing on scratch buffers picked jit_int8 for
 // ResNet-50's 256-channel layers, faster with the weights in cache but slower
 // in the network, which streams them from memory.
@@ -803,12 +811,12 @@ std::string Int8ChoiceMode() {
 }
 
 // The int8 convolution primitive for pd's problem that Note [int8 convolution
-// implementations] picks; `small_spatial`: a kernel larger than 1x1 over at
-// most 64 input channels a group.
-std::shared_ptr<CachedConv> PickInt8Convolution(dnnl::convolution_forward::primitive_desc pd, bool small_spatial,
-                                                const std::string& mode) {
+// implementations] picks; `rule_choice`: the rule's name prefix for the problem
+// ("jit_int8:", "jit_int8_1x1:" or "first").
+std::shared_ptr<CachedConv> PickInt8Convolution(dnnl::convolution_forward::primitive_desc pd,
+                                                const std::string& rule_choice, const std::string& mode) {
   std::string want = mode;
-  if (mode == "rule") want = small_spatial ? "jit_int8:" : "first";
+  if (mode == "rule") want = rule_choice;
   Int8Choice choice;
   std::optional<dnnl::convolution_forward::primitive_desc> first, chosen;
   auto isa = [](std::string_view impl) { return impl.substr(std::min(impl.find(':'), impl.size())); };
@@ -860,7 +868,10 @@ void OneDnnQuantizedConv2d(const KernelCall& c) {
   memory::desc w_plain(w_dims, memory::data_type::s8, G == 1 ? memory::format_tag::oihw : memory::format_tag::goihw);
   memory::desc b_md = has_bias ? memory::desc({O}, memory::data_type::f32, memory::format_tag::x) : memory::desc();
   const std::string mode = Int8ChoiceMode();
-  const bool small_spatial = (w.size(2) > 1 || w.size(3) > 1) && w.size(1) <= 64;  // Note [int8 convolution implementations]
+  // Note [int8 convolution implementations]; the thread count is part of the primitive's key.
+  const bool small_spatial = (w.size(2) > 1 || w.size(3) > 1) && w.size(1) <= 64;
+  const bool one_image_1x1 = w.size(2) == 1 && w.size(3) == 1 && x.size(0) == 1 && GetNumThreads() > 1;
+  const std::string rule_choice = small_spatial ? "jit_int8:" : one_image_1x1 ? "jit_int8_1x1:" : "first";
   auto primitive = [&](const IntegerEpilogue& ep, const memory::desc& dst, const memory::desc& bias_md) {
     std::string key = absl::StrCat("qconv|", mode, "|", GetNumThreads(), "|", ep.Key(), "|", absl::StrJoin(x_dims, ","), "|",
                                    absl::StrJoin(w_dims, ","), "|", !bias_md.is_zero(), "|", absl::StrJoin(strides, ","),
@@ -870,7 +881,7 @@ void OneDnnQuantizedConv2d(const KernelCall& c) {
                                            x_want, memory::desc(w_dims, memory::data_type::s8, memory::format_tag::any),
                                            bias_md, dst, strides, dilates, padding, padding);
       return PickInt8Convolution(
-          dnnl::convolution_forward::primitive_desc(desc, ep.Attr(per_channel, r_want), Engine()), small_spatial, mode);
+          dnnl::convolution_forward::primitive_desc(desc, ep.Attr(per_channel, r_want), Engine()), rule_choice, mode);
     });
   };
   Arg src{DNNL_ARG_SRC, Plain(x, e.src_dt), x_want, x.raw_data(), true};

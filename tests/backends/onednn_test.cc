@@ -436,6 +436,41 @@ TEST(OneDnn, Int8ConvolutionImplementationsAgreeBitForBit) {
   for (Op op : {Op::kQuantizedConv2d}) EXPECT_EQ(cpu.FallbackCount(op), 0) << OpName(op);
 }
 
+// Note [int8 convolution implementations]: a 1x1 convolution of one image takes
+// jit_int8_1x1 (where oneDNN offers it) on two threads and oneDNN's first on
+// one; a batch of two keeps oneDNN's first on either. Both give the same bits.
+TEST(OneDnn, Int8RuleTakesJit1x1ForOneImageOnSeveralThreads) {
+  Generator gen(13);
+  Backend& cpu = GetBackend(Device::Cpu());
+  cpu.SetOption("int8_implementation", "rule");
+  const int threads_before = GetNumThreads();
+  Tensor w = Quantize(Normal({48, 32, 1, 1}, 0, 0.15, &gen), DType::kQInt8, QuantParams::PerTensor(0.003, 0));
+  QuantParams po = QuantParams::PerTensor(0.03, 12);
+  for (int64_t batch : {1, 2}) {
+    Tensor x = Quantize(Uniform({batch, 32, 7, 7}, 0, 2, &gen), DType::kQUInt8, QuantParams::PerTensor(2.0 / 255, 0))
+                   .ChannelsLast();
+    std::vector<int32_t> first;
+    for (int threads : {1, 2}) {
+      SCOPED_TRACE(::testing::Message() << "batch " << batch << ", " << threads << " thread(s)");
+      SetNumThreads(threads);
+      std::vector<int32_t> y = QuantizedConv2d(x, w, Tensor(), {}, DType::kQUInt8, &po, {.relu = true}).IntRepr();
+      const cpu::Int8Choice choice = cpu::OneDnnLastInt8Choice();
+      ASSERT_FALSE(choice.candidates.empty());
+      bool offers = false;
+      for (const std::string& c : choice.candidates) offers |= c.rfind("jit_int8_1x1:", 0) == 0;
+      if (batch == 1 && threads == 2 && offers) {
+        EXPECT_EQ(choice.chosen.rfind("jit_int8_1x1:", 0), 0u) << choice.chosen;
+      } else {
+        EXPECT_EQ(choice.chosen, choice.candidates[0]);
+      }
+      if (first.empty()) first = y;
+      EXPECT_EQ(y, first);
+    }
+    if (cpu::OneDnnHasVnni()) EXPECT_TRUE(batch != 1 || cpu::OneDnnLastInt8Choice().candidates.size() > 1);
+  }
+  SetNumThreads(threads_before);
+}
+
 // Note [Exact integers without VNNI] in backends/cpu/onednn.cc: the products
 // that overflow int16 pairs (255 * 127 twice) and the odd weights oneDNN halves
 // for an s8 source, against sums worked out by hand. Scales are powers of two,
