@@ -776,16 +776,18 @@ void RunInteger(const char* op, const CachedConv& entry, const IntegerEpilogue& 
 //   input channels and 8-29% faster with brgconv at 256 and 512; its 1x1
 //   layers 0-13% faster with brgconv_1x1 than jit_int8_1x1.
 // So a convolution with a kernel larger than 1x1 and at most 64 input channels
-// a group takes jit_int8 where oneDNN offers it; every other one oneDNN's
-// first, but for a 1x1 convolution of one image on two or more threads, which
-// takes jit_int8_1x1: measured again on 2026-12-08 (same machine, ONEDNN_VERBOSE
-// per-layer medians of 40 forwards, first and jit_int8 alternated, two rounds),
-// at 2 threads jit_int8_1x1 was as fast or faster on every one of ResNet-50's
-// eleven 1x1 shapes in both rounds (by 0-12%), the 3x3 layers as before
-// (even at 64-256 channels, brgconv 7-12% faster at 512). At 1 thread that run
-// found the 1x1 kernels even (-3% to +15%), against brgconv_1x1's 0-13% lead
-// above, so one thread keeps oneDNN's first. Larger batches were not measured,
-// so they keep it too. A fixed rule, like Note [Winograd convolutions]'s, rather than timing
+// a group takes jit_int8 where oneDNN offers it, and a 1x1 convolution of one
+// image on two or more threads jit_int8_1x1; every other one oneDNN's first.
+// The 1x1 exception was measured on 2026-12-08 (same machine, ResNet-50 batch
+// 1, ONEDNN_VERBOSE's per-layer medians of 40 forwards, the two implementations
+// alternated): at 2 threads jit_int8_1x1 was as fast or faster than
+// brgconv_1x1 on all of the network's 1x1 shapes in two rounds (by 0-12%), and
+// in three more rounds of the old rule against the new one its 1x1 layers ran
+// 1.3%, 3.5% and 5.0% faster (geometric means over the shapes) after dividing
+// by the unchanged 3x3 layers' ratio of the same round (the host's noise). At 1 thread the same run found jit_int8_1x1 between
+// 3% slower and 15% faster, not the lead for brgconv_1x1 above, so one thread
+// keeps oneDNN's first; larger batches were not measured and keep it too.
+// A fixed rule, like Note [Winograd convolutions]'s, rather than timing
 // each shape at run time: tried, timing on scratch buffers picked jit_int8 for
 // ResNet-50's 256-channel layers, faster with the weights in cache but slower
 // in the network, which streams them from memory.

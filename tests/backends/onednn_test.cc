@@ -354,7 +354,8 @@ TEST(OneDnn, QuantizedConv2dMatchesReference) {
 // one, none; s8 and u8 sources), so which one runs cannot change a result; and
 // the rule takes jit_int8 for kernels larger than 1x1 over at most 64 input
 // channels (brgconv, oneDNN's first there, is 8-28% slower on ResNet-20's
-// layers) and oneDNN's first otherwise. Without VNNI oneDNN offers no
+// layers) and oneDNN's first otherwise (these cases' 1x1 convolutions are of
+// two images: the one-image exception is the next test). Without VNNI oneDNN offers no
 // jit_int8 (AVX-512 VNNI) kernels: the bits are still compared.
 TEST(OneDnn, Int8ConvolutionImplementationsAgreeBitForBit) {
   Generator gen(12);
